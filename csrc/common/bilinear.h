@@ -1,0 +1,65 @@
+#pragma once
+// Bilinear sampling in the RoIAlign convention (torchvision / Detectron): a sample at `coord` on an axis
+// of `size` pixels contributes iff -1 <= coord <= size, and is clamped to the border pixels. A 2-D sample
+// is the product of two independent 1-D taps, which lets the CPU launcher compute taps once per axis.
+#include <cstdint>
+
+#include "common/macros.h"
+
+namespace segops {
+
+// The two neighbouring pixels of a 1-D sample and their weights (w_low + w_high == 1).
+template <typename T>
+struct LinearTap {
+  int64_t low;
+  int64_t high;
+  T w_low;
+  T w_high;
+};
+
+// Written so that NaN falls on the out-of-range side; an empty axis has no valid sample.
+template <typename T>
+SEGOPS_HOST_DEVICE bool roi_sample_in_range(T coord, int64_t size) {
+  return size > 0 && coord >= T(-1) && coord <= static_cast<T>(size);
+}
+
+// Precondition: roi_sample_in_range(coord, size).
+template <typename T>
+SEGOPS_HOST_DEVICE LinearTap<T> roi_sample_tap(T coord, int64_t size) {
+  if (coord <= T(0)) coord = T(0);
+  int64_t low = static_cast<int64_t>(coord);
+  int64_t high = low + 1;
+  if (low >= size - 1) {
+    low = high = size - 1;
+    coord = static_cast<T>(low);
+  }
+  const T frac = coord - static_cast<T>(low);
+  return {low, high, T(1) - frac, frac};
+}
+
+// sum of w * v over the four neighbours of (ty, tx) in a row-major plane of `width` columns.
+template <typename acc_t, typename scalar_t>
+SEGOPS_HOST_DEVICE acc_t bilinear_gather(const scalar_t* plane, int64_t width, const LinearTap<acc_t>& ty,
+                                         const LinearTap<acc_t>& tx) {
+  const scalar_t* row_low = plane + ty.low * width;
+  const scalar_t* row_high = plane + ty.high * width;
+  return ty.w_low * tx.w_low * static_cast<acc_t>(row_low[tx.low]) +
+         ty.w_low * tx.w_high * static_cast<acc_t>(row_low[tx.high]) +
+         ty.w_high * tx.w_low * static_cast<acc_t>(row_high[tx.low]) +
+         ty.w_high * tx.w_high * static_cast<acc_t>(row_high[tx.high]);
+}
+
+// The adjoint of bilinear_gather: add(offset, w * grad) for the four neighbours. `add` is a plain add on
+// the CPU (each plane owned by one thread) and an atomic add on the GPU.
+template <typename acc_t, typename Add>
+SEGOPS_HOST_DEVICE void bilinear_scatter(Add& add, int64_t plane_offset, int64_t width, const LinearTap<acc_t>& ty,
+                                         const LinearTap<acc_t>& tx, acc_t grad) {
+  const int64_t row_low = plane_offset + ty.low * width;
+  const int64_t row_high = plane_offset + ty.high * width;
+  add(row_low + tx.low, grad * ty.w_low * tx.w_low);
+  add(row_low + tx.high, grad * ty.w_low * tx.w_high);
+  add(row_high + tx.low, grad * ty.w_high * tx.w_low);
+  add(row_high + tx.high, grad * ty.w_high * tx.w_high);
+}
+
+}  // namespace segops

@@ -1,0 +1,46 @@
+#pragma once
+// Host emulation of a CUDA launch, for tests only (built into segops._emulation with SEGOPS_EMULATION).
+// __global__/__device__ vanish, threadIdx/blockIdx/blockDim/gridDim become thread-local variables, and a
+// launch runs every (block, thread) of the grid in turn. Serial execution is a valid schedule for kernels
+// without inter-thread communication, so an emulated kernel must reproduce the CPU path's results; this
+// checks the kernels' index arithmetic, bounds tests and grid-stride loops, not only the shared math.
+#include <cstdint>
+
+namespace segops::emulation {
+
+struct Dim3 {
+  unsigned int x = 1, y = 1, z = 1;
+};
+
+inline thread_local Dim3 thread_idx, block_idx, block_dim, grid_dim;
+
+// Runs kernel(args...) for every thread of grid x block; `work` is ignored: the test chooses the grid.
+struct EmulatedLaunch {
+  Dim3 grid, block;
+
+  template <class Kernel, class... Args>
+  void operator()(int64_t /*work*/, Kernel kernel, Args... args) const {
+    grid_dim = grid;
+    block_dim = block;
+    for (unsigned int bz = 0; bz < grid.z; ++bz)
+      for (unsigned int by = 0; by < grid.y; ++by)
+        for (unsigned int bx = 0; bx < grid.x; ++bx) {
+          block_idx = {bx, by, bz};
+          for (unsigned int tz = 0; tz < block.z; ++tz)
+            for (unsigned int ty = 0; ty < block.y; ++ty)
+              for (unsigned int tx = 0; tx < block.x; ++tx) {
+                thread_idx = {tx, ty, tz};
+                kernel(args...);
+              }
+        }
+  }
+};
+
+}  // namespace segops::emulation
+
+#define __global__
+#define __device__
+#define threadIdx (::segops::emulation::thread_idx)
+#define blockIdx (::segops::emulation::block_idx)
+#define blockDim (::segops::emulation::block_dim)
+#define gridDim (::segops::emulation::grid_dim)

@@ -1,0 +1,57 @@
+#pragma once
+// What a __global__ kernel in a <op>_kernels.cuh header may use beyond the shared math: a grid-stride loop and
+// the SEGOPS_* intrinsics. Under nvcc they are the real device intrinsics; in the test-only emulation build
+// (SEGOPS_EMULATION, see common/emulation.h) they are their host equivalents, so the same kernels run on the
+// CPU. Include this after ATen: the emulation defines CUDA's keywords away.
+#include <cstdint>
+
+#if defined(SEGOPS_EMULATION)
+#include "common/emulation.h"
+#define SEGOPS_LAUNCH_BOUNDS(threads)
+#define SEGOPS_ATOMIC_ADD(base, index, numel, value) ((base)[index] += (value))
+#elif defined(__CUDACC__)
+#include <ATen/native/cuda/KernelUtils.cuh>
+#define SEGOPS_LAUNCH_BOUNDS(threads) __launch_bounds__(threads)
+// ATen's fast atomic add: packed half2/bfloat162 atomics for half types.
+#define SEGOPS_ATOMIC_ADD(base, index, numel, value) at::native::fastAtomicAdd((base), (index), (numel), (value), true)
+#else
+#error "kernel headers compile under nvcc, or with SEGOPS_EMULATION for the host emulation"
+#endif
+
+// for (i = global thread index; i < n; i += total threads), in 64-bit indices.
+#define SEGOPS_KERNEL_LOOP(i, n)                                                             \
+  for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < (n); \
+       i += static_cast<int64_t>(blockDim.x) * gridDim.x)
+
+namespace segops {
+
+constexpr int kThreadsPerBlock = 256;
+
+// add(index, value) into a device tensor of `numel` elements, atomically; the scatter functor of backward kernels.
+template <typename scalar_t>
+struct AtomicAdd {
+  scalar_t* data;
+  int64_t numel;
+  template <typename acc_t>
+  __device__ void operator()(int64_t index, acc_t value) const {
+    SEGOPS_ATOMIC_ADD(data, index, numel, static_cast<scalar_t>(value));
+  }
+};
+
+// The coordinates of flat index `index` of a contiguous [K, C, PH, PW] RoI-op output.
+struct RoIBinIndex {
+  int64_t roi, channel, ph, pw;
+};
+
+__device__ inline RoIBinIndex roi_bin_index(int64_t index, int64_t channels, int64_t pooled_h, int64_t pooled_w) {
+  RoIBinIndex bin;
+  bin.pw = index % pooled_w;
+  index /= pooled_w;
+  bin.ph = index % pooled_h;
+  index /= pooled_h;
+  bin.channel = index % channels;
+  bin.roi = index / channels;
+  return bin;
+}
+
+}  // namespace segops

@@ -1,0 +1,95 @@
+#include "common/roi_checks.h"
+
+#include <ATen/ATen.h>
+
+#include <cmath>
+#include <limits>
+
+namespace segops {
+namespace {
+
+bool is_supported_float(at::ScalarType type) {
+  return type == at::kFloat || type == at::kDouble || type == at::kHalf || type == at::kBFloat16;
+}
+
+void check_rois_tensor(const char* op, const at::Tensor& rois, const at::Tensor& like, const char* like_name) {
+  TORCH_CHECK(rois.dim() == 2 && rois.size(1) == 5, op, ": rois must have shape [K, 5], got ", rois.sizes());
+  TORCH_CHECK(rois.scalar_type() == like.scalar_type(), op, ": rois must have the same dtype as ", like_name, " (",
+              like.scalar_type(), "), got ", rois.scalar_type());
+  TORCH_CHECK(rois.device() == like.device(), op, ": rois must be on the same device as ", like_name, " (",
+              like.device(), "), got ", rois.device());
+}
+
+void check_pooling_args(const char* op, double spatial_scale, int64_t pooled_h, int64_t pooled_w) {
+  TORCH_CHECK(pooled_h >= 1 && pooled_w >= 1, op, ": output_size must be >= 1 in both dimensions, got (", pooled_h,
+              ", ", pooled_w, ")");
+  TORCH_CHECK(std::isfinite(spatial_scale) && spatial_scale >= 0, op,
+              ": spatial_scale must be a finite number >= 0, got ", spatial_scale);
+}
+
+void check_plane_fits_int32(const char* op, int64_t height, int64_t width) {
+  TORCH_CHECK(height * width <= std::numeric_limits<int32_t>::max(), op,
+              ": input planes (H * W) must have at most 2^31 - 1 elements, got ", height, " * ", width);
+}
+
+}  // namespace
+
+void check_roi_op_args(const char* op, const at::Tensor& input, const at::Tensor& rois, double spatial_scale,
+                       int64_t pooled_h, int64_t pooled_w) {
+  TORCH_CHECK(input.dim() == 4, op, ": input must have shape [N, C, H, W], got ", input.sizes());
+  TORCH_CHECK(is_supported_float(input.scalar_type()), op,
+              ": input must be float32, float64, float16 or bfloat16, got ", input.scalar_type());
+  check_rois_tensor(op, rois, input, "input");
+  check_pooling_args(op, spatial_scale, pooled_h, pooled_w);
+}
+
+void check_roi_op_backward_args(const char* op, const at::Tensor& grad, const at::Tensor& rois, double spatial_scale,
+                                int64_t pooled_h, int64_t pooled_w, int64_t batch_size, int64_t channels,
+                                int64_t height, int64_t width) {
+  TORCH_CHECK(is_supported_float(grad.scalar_type()), op,
+              ": grad must be float32, float64, float16 or bfloat16, got ", grad.scalar_type());
+  check_rois_tensor(op, rois, grad, "grad");
+  check_pooling_args(op, spatial_scale, pooled_h, pooled_w);
+  TORCH_CHECK(batch_size >= 0 && channels >= 0 && height >= 0 && width >= 0, op,
+              ": input shape must be non-negative, got [", batch_size, ", ", channels, ", ", height, ", ", width, "]");
+  const std::vector<int64_t> expected{rois.size(0), channels, pooled_h, pooled_w};
+  TORCH_CHECK(grad.sizes() == at::IntArrayRef(expected), op, ": grad must have shape ", at::IntArrayRef(expected),
+              ", got ", grad.sizes());
+}
+
+void check_roi_pool_args(const at::Tensor& input, const at::Tensor& rois, double spatial_scale, int64_t pooled_h,
+                         int64_t pooled_w) {
+  check_roi_op_args("roi_pool", input, rois, spatial_scale, pooled_h, pooled_w);
+  check_plane_fits_int32("roi_pool", input.size(2), input.size(3));
+}
+
+void check_roi_pool_backward_args(const at::Tensor& grad, const at::Tensor& rois, const at::Tensor& argmax,
+                                  double spatial_scale, int64_t pooled_h, int64_t pooled_w, int64_t batch_size,
+                                  int64_t channels, int64_t height, int64_t width) {
+  const char* op = "_roi_pool_backward";
+  check_roi_op_backward_args(op, grad, rois, spatial_scale, pooled_h, pooled_w, batch_size, channels, height, width);
+  check_plane_fits_int32(op, height, width);
+  TORCH_CHECK(argmax.scalar_type() == at::kInt && argmax.sizes() == grad.sizes() && argmax.device() == grad.device(),
+              op, ": argmax must be the int32 tensor of grad's shape ", grad.sizes(), " and device ", grad.device(),
+              " that roi_pool returned, got ", argmax.scalar_type(), " ", argmax.sizes(), " on ", argmax.device());
+}
+
+void check_rois_values(const char* op, const at::Tensor& rois, int64_t batch_size) {
+  if (rois.size(0) == 0) return;
+  const at::Tensor batch_index = rois.select(1, 0);
+  // NaN != trunc(NaN), so NaN counts as a bad index.
+  const at::Tensor bad_index =
+      batch_index.ne(batch_index.trunc()).logical_or_(batch_index.lt(0)).logical_or_(batch_index.ge(batch_size));
+  const at::Tensor bad_box = at::isfinite(rois.slice(1, 1)).logical_not_().any(1);
+  const at::Tensor bad_row = bad_index.logical_or(bad_box);
+  if (!bad_row.any().item<bool>()) return;
+  const int64_t row = bad_row.nonzero().select(1, 0)[0].item<int64_t>();
+  const at::Tensor values = rois[row].to(at::kDouble).cpu();
+  const double* v = values.const_data_ptr<double>();
+  TORCH_CHECK(!bad_index[row].item<bool>(), op, ": rois[", row, ", 0] (batch index) must be an integer in [0, ",
+              batch_size, "), got ", v[0]);
+  TORCH_CHECK(false, op, ": rois[", row, ", 1:5] (box x1, y1, x2, y2) must be finite, got (", v[1], ", ", v[2], ", ",
+              v[3], ", ", v[4], ")");
+}
+
+}  // namespace segops

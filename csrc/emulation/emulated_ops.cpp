@@ -1,0 +1,80 @@
+// Test-only: the GPU kernels of every op, compiled for the host and launched by EmulatedLaunch over a grid the
+// caller picks. Registered as torch.ops.segops_emulation.<op>(..., grid, block) in segops._emulation (built
+// with SEGOPS_BUILD_EMULATION=1); tests compare them with the CPU path. Not part of the public API.
+#define SEGOPS_EMULATION
+
+#include <torch/library.h>
+
+#include "roi_align/roi_align_kernels.cuh"
+#include "roi_pool/roi_pool_kernels.cuh"
+
+namespace segops::emulation {
+namespace {
+
+Dim3 to_dim3(const char* name, at::IntArrayRef sizes) {
+  TORCH_CHECK(!sizes.empty() && sizes.size() <= 3, "segops_emulation: ", name, " must have 1 to 3 dimensions, got ",
+              sizes);
+  unsigned int dims[3] = {1, 1, 1};
+  for (size_t i = 0; i < sizes.size(); ++i) {
+    TORCH_CHECK(sizes[i] >= 1 && sizes[i] <= 65535, "segops_emulation: ", name,
+                " dimensions must be in [1, 65535], got ", sizes);
+    dims[i] = static_cast<unsigned int>(sizes[i]);
+  }
+  return {dims[0], dims[1], dims[2]};
+}
+
+EmulatedLaunch launch_of(at::IntArrayRef grid, at::IntArrayRef block) {
+  return {to_dim3("grid", grid), to_dim3("block", block)};
+}
+
+at::Tensor roi_align(const at::Tensor& input, const at::Tensor& rois, double spatial_scale, int64_t pooled_h,
+                     int64_t pooled_w, int64_t sampling_ratio, bool aligned, at::IntArrayRef grid,
+                     at::IntArrayRef block) {
+  return roi_align_forward_launch(launch_of(grid, block), input, rois, spatial_scale, pooled_h, pooled_w,
+                                  sampling_ratio, aligned);
+}
+
+at::Tensor roi_align_backward(const at::Tensor& grad, const at::Tensor& rois, double spatial_scale, int64_t pooled_h,
+                              int64_t pooled_w, int64_t batch_size, int64_t channels, int64_t height, int64_t width,
+                              int64_t sampling_ratio, bool aligned, at::IntArrayRef grid, at::IntArrayRef block) {
+  return roi_align_backward_launch(launch_of(grid, block), grad, rois, spatial_scale, pooled_h, pooled_w, batch_size,
+                                   channels, height, width, sampling_ratio, aligned);
+}
+
+std::tuple<at::Tensor, at::Tensor> roi_pool(const at::Tensor& input, const at::Tensor& rois, double spatial_scale,
+                                            int64_t pooled_h, int64_t pooled_w, at::IntArrayRef grid,
+                                            at::IntArrayRef block) {
+  return roi_pool_forward_launch(launch_of(grid, block), input, rois, spatial_scale, pooled_h, pooled_w);
+}
+
+at::Tensor roi_pool_backward(const at::Tensor& grad, const at::Tensor& rois, const at::Tensor& argmax,
+                             double spatial_scale, int64_t pooled_h, int64_t pooled_w, int64_t batch_size,
+                             int64_t channels, int64_t height, int64_t width, at::IntArrayRef grid,
+                             at::IntArrayRef block) {
+  return roi_pool_backward_launch(launch_of(grid, block), grad, rois, argmax, spatial_scale, pooled_h, pooled_w,
+                                  batch_size, channels, height, width);
+}
+
+}  // namespace
+
+TORCH_LIBRARY(segops_emulation, m) {
+  m.def(
+      "roi_align(Tensor input, Tensor rois, float spatial_scale, int pooled_height, int pooled_width, "
+      "int sampling_ratio, bool aligned, int[] grid, int[] block) -> Tensor",
+      &roi_align);
+  m.def(
+      "_roi_align_backward(Tensor grad, Tensor rois, float spatial_scale, int pooled_height, int pooled_width, "
+      "int batch_size, int channels, int height, int width, int sampling_ratio, bool aligned, int[] grid, "
+      "int[] block) -> Tensor",
+      &roi_align_backward);
+  m.def(
+      "roi_pool(Tensor input, Tensor rois, float spatial_scale, int pooled_height, int pooled_width, int[] grid, "
+      "int[] block) -> (Tensor, Tensor)",
+      &roi_pool);
+  m.def(
+      "_roi_pool_backward(Tensor grad, Tensor rois, Tensor argmax, float spatial_scale, int pooled_height, "
+      "int pooled_width, int batch_size, int channels, int height, int width, int[] grid, int[] block) -> Tensor",
+      &roi_pool_backward);
+}
+
+}  // namespace segops::emulation

@@ -1,0 +1,50 @@
+// Every segops schema, in one place. Each backend file registers its own kernels with
+// TORCH_LIBRARY_IMPL(segops, CPU|CUDA, m); fake kernels and autograd are registered in Python.
+#include <torch/headeronly/version.h>
+#include <torch/library.h>
+
+#include <string>
+
+#ifdef SEGOPS_WITH_CUDA
+#include <cuda_runtime_api.h>
+#endif
+
+namespace segops {
+namespace {
+
+// CUDA runtime version this library was compiled against (e.g. 13000), or -1 for a CPU-only build.
+int64_t cuda_version() {
+#ifdef SEGOPS_WITH_CUDA
+  return CUDART_VERSION;
+#else
+  return -1;
+#endif
+}
+
+// The torch release whose headers this library was compiled against, "major.minor.patch".
+std::string torch_version() {
+  return std::to_string(TORCH_VERSION_MAJOR) + "." + std::to_string(TORCH_VERSION_MINOR) + "." +
+         std::to_string(TORCH_VERSION_PATCH);
+}
+
+}  // namespace
+
+TORCH_LIBRARY(segops, m) {
+  m.def(
+      "roi_align(Tensor input, Tensor rois, float spatial_scale, SymInt pooled_height, SymInt pooled_width, "
+      "int sampling_ratio, bool aligned) -> Tensor");
+  m.def(
+      "_roi_align_backward(Tensor grad, Tensor rois, float spatial_scale, SymInt pooled_height, "
+      "SymInt pooled_width, SymInt batch_size, SymInt channels, SymInt height, SymInt width, int sampling_ratio, "
+      "bool aligned) -> Tensor");
+  m.def(
+      "roi_pool(Tensor input, Tensor rois, float spatial_scale, SymInt pooled_height, SymInt pooled_width) "
+      "-> (Tensor, Tensor)");
+  m.def(
+      "_roi_pool_backward(Tensor grad, Tensor rois, Tensor argmax, float spatial_scale, SymInt pooled_height, "
+      "SymInt pooled_width, SymInt batch_size, SymInt channels, SymInt height, SymInt width) -> Tensor");
+  m.def("_cuda_version() -> int", &cuda_version);
+  m.def("_torch_version() -> str", &torch_version);
+}
+
+}  // namespace segops

@@ -1,0 +1,36 @@
+// RoIAlign CUDA launcher: the kernels live in roi_align_kernels.cuh.
+#include <ATen/Context.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <torch/library.h>
+
+#include "common/cuda_launch.cuh"
+#include "roi_align/roi_align_kernels.cuh"
+
+namespace segops {
+namespace {
+
+at::Tensor roi_align_forward_cuda(const at::Tensor& input, const at::Tensor& rois, double spatial_scale,
+                                  int64_t pooled_h, int64_t pooled_w, int64_t sampling_ratio, bool aligned) {
+  const c10::cuda::CUDAGuard device_guard(input.device());
+  return roi_align_forward_launch(CudaLaunch{}, input, rois, spatial_scale, pooled_h, pooled_w, sampling_ratio,
+                                  aligned);
+}
+
+at::Tensor roi_align_backward_cuda(const at::Tensor& grad, const at::Tensor& rois, double spatial_scale,
+                                   int64_t pooled_h, int64_t pooled_w, int64_t batch_size, int64_t channels,
+                                   int64_t height, int64_t width, int64_t sampling_ratio, bool aligned) {
+  const c10::cuda::CUDAGuard device_guard(grad.device());
+  // Overlapping bins scatter with atomics, so the summation order varies from run to run.
+  at::globalContext().alertNotDeterministic("segops::_roi_align_backward (CUDA)");
+  return roi_align_backward_launch(CudaLaunch{}, grad, rois, spatial_scale, pooled_h, pooled_w, batch_size, channels,
+                                   height, width, sampling_ratio, aligned);
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(segops, CUDA, m) {
+  m.impl("roi_align", &roi_align_forward_cuda);
+  m.impl("_roi_align_backward", &roi_align_backward_cuda);
+}
+
+}  // namespace segops

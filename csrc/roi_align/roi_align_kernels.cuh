@@ -1,0 +1,89 @@
+#pragma once
+// RoIAlign GPU kernels and their host-side launch, shared by roi_align_cuda.cu (CudaLaunch) and the test-only
+// host emulation (EmulatedLaunch). One thread per output bin; the arithmetic is roi_align.h's.
+#include <ATen/ATen.h>
+#include <ATen/Dispatch.h>
+#include <ATen/OpMathType.h>
+
+#include "common/roi_checks.h"
+#include "roi_align/roi_align.h"
+// After ATen: see common/kernel.h.
+#include "common/kernel.h"
+
+namespace segops {
+
+template <typename scalar_t>
+__global__ void SEGOPS_LAUNCH_BOUNDS(kThreadsPerBlock)
+    roi_align_forward_kernel(int64_t total, const scalar_t* __restrict__ input, const scalar_t* __restrict__ rois,
+                             scalar_t* __restrict__ output, int64_t channels, int64_t height, int64_t width,
+                             int64_t pooled_h, int64_t pooled_w, at::opmath_type<scalar_t> spatial_scale,
+                             int64_t sampling_ratio, bool aligned) {
+  using acc_t = at::opmath_type<scalar_t>;
+  SEGOPS_KERNEL_LOOP(index, total) {
+    const RoIBinIndex bin = roi_bin_index(index, channels, pooled_h, pooled_w);
+    const RoIAlignGeometry<acc_t> g =
+        roi_align_geometry<acc_t>(rois + bin.roi * 5, spatial_scale, pooled_h, pooled_w, sampling_ratio, aligned);
+    const scalar_t* plane = input + (g.batch * channels + bin.channel) * height * width;
+    output[index] = static_cast<scalar_t>(roi_align_bin_value(plane, height, width, g, bin.ph, bin.pw));
+  }
+}
+
+template <typename scalar_t>
+__global__ void SEGOPS_LAUNCH_BOUNDS(kThreadsPerBlock)
+    roi_align_backward_kernel(int64_t total, const scalar_t* __restrict__ grad, const scalar_t* __restrict__ rois,
+                              scalar_t* __restrict__ grad_input, int64_t grad_input_numel, int64_t channels,
+                              int64_t height, int64_t width, int64_t pooled_h, int64_t pooled_w,
+                              at::opmath_type<scalar_t> spatial_scale, int64_t sampling_ratio, bool aligned) {
+  using acc_t = at::opmath_type<scalar_t>;
+  AtomicAdd<scalar_t> add{grad_input, grad_input_numel};
+  SEGOPS_KERNEL_LOOP(index, total) {
+    const RoIBinIndex bin = roi_bin_index(index, channels, pooled_h, pooled_w);
+    const RoIAlignGeometry<acc_t> g =
+        roi_align_geometry<acc_t>(rois + bin.roi * 5, spatial_scale, pooled_h, pooled_w, sampling_ratio, aligned);
+    const int64_t plane_offset = (g.batch * channels + bin.channel) * height * width;
+    roi_align_bin_scatter(add, plane_offset, height, width, g, bin.ph, bin.pw, static_cast<acc_t>(grad[index]));
+  }
+}
+
+template <class Launch>
+at::Tensor roi_align_forward_launch(const Launch& launch, const at::Tensor& input, const at::Tensor& rois,
+                                    double spatial_scale, int64_t pooled_h, int64_t pooled_w, int64_t sampling_ratio,
+                                    bool aligned) {
+  check_roi_op_args("roi_align", input, rois, spatial_scale, pooled_h, pooled_w);
+  check_rois_values("roi_align", rois, input.size(0));
+  const int64_t channels = input.size(1);
+  at::Tensor output = at::empty({rois.size(0), channels, pooled_h, pooled_w}, input.options());
+  if (output.numel() == 0) return output;
+  const at::Tensor input_c = input.contiguous();
+  const at::Tensor rois_c = rois.contiguous();
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "roi_align_forward_kernel", [&] {
+    launch(output.numel(), roi_align_forward_kernel<scalar_t>, output.numel(), input_c.const_data_ptr<scalar_t>(),
+           rois_c.const_data_ptr<scalar_t>(), output.mutable_data_ptr<scalar_t>(), channels, input.size(2),
+           input.size(3), pooled_h, pooled_w, static_cast<at::opmath_type<scalar_t>>(spatial_scale), sampling_ratio,
+           aligned);
+  });
+  return output;
+}
+
+template <class Launch>
+at::Tensor roi_align_backward_launch(const Launch& launch, const at::Tensor& grad, const at::Tensor& rois,
+                                     double spatial_scale, int64_t pooled_h, int64_t pooled_w, int64_t batch_size,
+                                     int64_t channels, int64_t height, int64_t width, int64_t sampling_ratio,
+                                     bool aligned) {
+  check_roi_op_backward_args("_roi_align_backward", grad, rois, spatial_scale, pooled_h, pooled_w, batch_size,
+                             channels, height, width);
+  check_rois_values("_roi_align_backward", rois, batch_size);
+  at::Tensor grad_input = at::zeros({batch_size, channels, height, width}, grad.options());
+  if (grad.numel() == 0 || grad_input.numel() == 0) return grad_input;
+  const at::Tensor grad_c = grad.contiguous();
+  const at::Tensor rois_c = rois.contiguous();
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, grad.scalar_type(), "roi_align_backward_kernel", [&] {
+    launch(grad.numel(), roi_align_backward_kernel<scalar_t>, grad.numel(), grad_c.const_data_ptr<scalar_t>(),
+           rois_c.const_data_ptr<scalar_t>(), grad_input.mutable_data_ptr<scalar_t>(), grad_input.numel(), channels,
+           height, width, pooled_h, pooled_w, static_cast<at::opmath_type<scalar_t>>(spatial_scale), sampling_ratio,
+           aligned);
+  });
+  return grad_input;
+}
+
+}  // namespace segops

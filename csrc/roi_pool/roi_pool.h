@@ -1,0 +1,73 @@
+#pragma once
+// RoIPool arithmetic shared by the CPU launcher and the CUDA kernels (Fast R-CNN; torchvision semantics).
+#include <cmath>
+#include <cstdint>
+#include <limits>
+
+#include "common/macros.h"
+
+namespace segops {
+
+// The input window [h_start, h_end) x [w_start, w_end) that output bin (ph, pw) of one RoI max-pools.
+struct RoIPoolBin {
+  int64_t h_start, h_end, w_start, w_end;
+  SEGOPS_HOST_DEVICE bool empty() const { return h_end <= h_start || w_end <= w_start; }
+};
+
+// Rounds a box coordinate to a pixel index; clamping first keeps huge finite boxes out of undefined
+// float-to-int conversions (anything beyond +-2^40 pixels is off any feature map anyway).
+template <typename T>
+SEGOPS_HOST_DEVICE int64_t roi_pool_pixel(T coord) {
+  const T limit = T(1099511627776.0);
+  coord = round(coord);
+  coord = coord < -limit ? -limit : (coord > limit ? limit : coord);
+  return static_cast<int64_t>(coord);
+}
+
+SEGOPS_HOST_DEVICE int64_t clamp_index(int64_t value, int64_t size) {
+  return value < 0 ? 0 : (value > size ? size : value);
+}
+
+// `roi` points at one row [batch_index, x1, y1, x2, y2] of the rois tensor.
+template <typename T, typename scalar_t>
+SEGOPS_HOST_DEVICE RoIPoolBin roi_pool_bin(const scalar_t* roi, T spatial_scale, int64_t pooled_h, int64_t pooled_w,
+                                           int64_t ph, int64_t pw, int64_t height, int64_t width) {
+  const int64_t roi_start_w = roi_pool_pixel(static_cast<T>(roi[1]) * spatial_scale);
+  const int64_t roi_start_h = roi_pool_pixel(static_cast<T>(roi[2]) * spatial_scale);
+  const int64_t roi_end_w = roi_pool_pixel(static_cast<T>(roi[3]) * spatial_scale);
+  const int64_t roi_end_h = roi_pool_pixel(static_cast<T>(roi[4]) * spatial_scale);
+  // Malformed boxes are forced to be at least 1x1.
+  const int64_t roi_w = roi_end_w - roi_start_w + 1 > 1 ? roi_end_w - roi_start_w + 1 : 1;
+  const int64_t roi_h = roi_end_h - roi_start_h + 1 > 1 ? roi_end_h - roi_start_h + 1 : 1;
+  const T bin_h = static_cast<T>(roi_h) / static_cast<T>(pooled_h);
+  const T bin_w = static_cast<T>(roi_w) / static_cast<T>(pooled_w);
+  RoIPoolBin bin;
+  bin.h_start = clamp_index(static_cast<int64_t>(floor(static_cast<T>(ph) * bin_h)) + roi_start_h, height);
+  bin.h_end = clamp_index(static_cast<int64_t>(ceil(static_cast<T>(ph + 1) * bin_h)) + roi_start_h, height);
+  bin.w_start = clamp_index(static_cast<int64_t>(floor(static_cast<T>(pw) * bin_w)) + roi_start_w, width);
+  bin.w_end = clamp_index(static_cast<int64_t>(ceil(static_cast<T>(pw + 1) * bin_w)) + roi_start_w, width);
+  return bin;
+}
+
+// Max over the bin's window of a row-major plane; `argmax` receives its flat plane index. As in torchvision, the
+// search starts below every finite value and keeps the first strict maximum: NaN never wins, a bin of only
+// NaN/-inf keeps argmax -1 (no gradient), and an empty bin gives 0. Branch-free so the CPU compiler can
+// vectorise the row loop.
+template <typename T, typename scalar_t>
+SEGOPS_HOST_DEVICE T roi_pool_bin_max(const scalar_t* plane, int64_t width, const RoIPoolBin& bin, int32_t& argmax) {
+  T best = bin.empty() ? T(0) : std::numeric_limits<T>::lowest();
+  int64_t best_index = -1;
+  for (int64_t h = bin.h_start; h < bin.h_end; ++h) {
+    const scalar_t* row = plane + h * width;
+    for (int64_t w = bin.w_start; w < bin.w_end; ++w) {
+      const T value = static_cast<T>(row[w]);
+      const bool greater = value > best;
+      best = greater ? value : best;
+      best_index = greater ? h * width + w : best_index;
+    }
+  }
+  argmax = static_cast<int32_t>(best_index);
+  return best;
+}
+
+}  // namespace segops

@@ -1,0 +1,22 @@
+"""segops: hand-written C++/CUDA kernels for semantic, instance and video segmentation, as PyTorch ops.
+
+    >>> from segops import roi_align
+    >>> roi_align(features, boxes, output_size=7, spatial_scale=0.25, sampling_ratio=2, aligned=True)
+"""
+
+from segops._version import __version__
+from segops._extension import cuda_version, torch_version
+from segops import _meta  # noqa: F401  (registers the fake kernels)
+from segops.ops import RoIAlign, RoIAlignFunction, RoIPool, RoIPoolFunction, roi_align, roi_pool
+
+__all__ = [
+    "__version__",
+    "cuda_version",
+    "torch_version",
+    "RoIAlign",
+    "RoIAlignFunction",
+    "RoIPool",
+    "RoIPoolFunction",
+    "roi_align",
+    "roi_pool",
+]

@@ -1,0 +1,45 @@
+"""Fake (meta) kernels for every segops op, so torch.compile and torch.library.opcheck can trace them. They
+raise the C++ kernels' messages (segops/ops/_roi_common.py); data-dependent checks stay in C++."""
+
+import torch
+
+from segops.ops._roi_common import check_plane_fits_int32, check_roi_op_args, check_roi_op_backward_args
+
+
+@torch.library.register_fake("segops::roi_align")
+def _roi_align_fake(input, rois, spatial_scale, pooled_height, pooled_width, sampling_ratio, aligned):
+    check_roi_op_args("roi_align", input, rois, spatial_scale, pooled_height, pooled_width)
+    return input.new_empty((rois.shape[0], input.shape[1], pooled_height, pooled_width))
+
+
+@torch.library.register_fake("segops::_roi_align_backward")
+def _roi_align_backward_fake(
+    grad, rois, spatial_scale, pooled_height, pooled_width, batch_size, channels, height, width, sampling_ratio, aligned
+):
+    input_shape = (batch_size, channels, height, width)
+    check_roi_op_backward_args("_roi_align_backward", grad, rois, spatial_scale, pooled_height, pooled_width, input_shape)
+    return grad.new_empty(input_shape)
+
+
+@torch.library.register_fake("segops::roi_pool")
+def _roi_pool_fake(input, rois, spatial_scale, pooled_height, pooled_width):
+    check_roi_op_args("roi_pool", input, rois, spatial_scale, pooled_height, pooled_width)
+    check_plane_fits_int32("roi_pool", input.shape[2], input.shape[3])
+    shape = (rois.shape[0], input.shape[1], pooled_height, pooled_width)
+    return input.new_empty(shape), input.new_empty(shape, dtype=torch.int32)
+
+
+@torch.library.register_fake("segops::_roi_pool_backward")
+def _roi_pool_backward_fake(
+    grad, rois, argmax, spatial_scale, pooled_height, pooled_width, batch_size, channels, height, width
+):
+    op = "_roi_pool_backward"
+    input_shape = (batch_size, channels, height, width)
+    check_roi_op_backward_args(op, grad, rois, spatial_scale, pooled_height, pooled_width, input_shape)
+    check_plane_fits_int32(op, height, width)
+    if argmax.dtype != torch.int32 or argmax.shape != grad.shape or argmax.device != grad.device:
+        raise RuntimeError(
+            f"{op}: argmax must be the int32 tensor of grad's shape {list(grad.shape)} and device {grad.device} "
+            f"that roi_pool returned, got {argmax.dtype} {list(argmax.shape)} on {argmax.device}"
+        )
+    return grad.new_empty(input_shape)

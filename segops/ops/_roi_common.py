@@ -1,0 +1,120 @@
+"""Argument handling shared by the RoI operators: box conversion and the checks that the fake kernels run.
+
+The messages repeat csrc/common/roi_checks.cpp word for word, so one `pytest.raises(match=...)` covers eager,
+fake and compiled calls."""
+
+from typing import List, Sequence, Tuple, Union
+
+import torch
+from torch import Tensor
+
+_SUPPORTED_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
+# c10's names for dtypes, as the C++ messages print them.
+_CPP_DTYPE_NAMES = {
+    torch.float32: "Float",
+    torch.float64: "Double",
+    torch.float16: "Half",
+    torch.bfloat16: "BFloat16",
+    torch.int64: "Long",
+    torch.int32: "Int",
+    torch.int16: "Short",
+    torch.int8: "Char",
+    torch.uint8: "Byte",
+    torch.bool: "Bool",
+}
+
+
+def _dtype_name(dtype: torch.dtype) -> str:
+    return _CPP_DTYPE_NAMES.get(dtype, str(dtype))
+
+
+def _shape(tensor: Tensor) -> str:
+    return "[" + ", ".join(str(size) for size in tensor.shape) + "]"
+
+
+def output_size_pair(op: str, output_size: Union[int, Sequence[int]]) -> Tuple[int, int]:
+    """`output_size` as (height, width); an int means a square."""
+    if isinstance(output_size, int) and not isinstance(output_size, bool):
+        return output_size, output_size
+    if (
+        isinstance(output_size, (tuple, list))
+        and len(output_size) == 2
+        and all(isinstance(size, int) and not isinstance(size, bool) for size in output_size)
+    ):
+        return output_size[0], output_size[1]
+    raise ValueError(f"{op}: output_size must be an int or a pair of ints (height, width), got {output_size!r}")
+
+
+def boxes_to_rois(op: str, boxes: Union[Tensor, List[Tensor]], input: Tensor) -> Tensor:
+    """Boxes as torchvision takes them, Tensor[K, 5] (batch index, x1, y1, x2, y2) or a list of one Tensor[L, 4]
+    per image, returned as Tensor[K, 5] in input's dtype (the C++ op checks its shape, device and values)."""
+    if isinstance(boxes, Tensor):
+        rois = boxes
+    elif isinstance(boxes, (list, tuple)):
+        for index, image_boxes in enumerate(boxes):
+            if not isinstance(image_boxes, Tensor) or image_boxes.dim() != 2 or image_boxes.shape[1] != 4:
+                got = _shape(image_boxes) if isinstance(image_boxes, Tensor) else type(image_boxes).__name__
+                raise ValueError(f"{op}: boxes[{index}] must be a Tensor[L, 4] (x1, y1, x2, y2), got {got}")
+        if len(boxes) == 0:
+            return input.new_empty((0, 5))
+        rois = torch.cat(
+            [
+                torch.cat([torch.full_like(image_boxes[:, :1], index), image_boxes], dim=1)
+                for index, image_boxes in enumerate(boxes)
+            ]
+        )
+    else:
+        raise ValueError(
+            f"{op}: boxes must be a Tensor[K, 5] or a list of Tensor[L, 4], got {type(boxes).__name__}"
+        )
+    if rois.is_floating_point() and input.is_floating_point() and rois.dtype != input.dtype:
+        rois = rois.to(input.dtype)  # mixed precision: boxes usually stay float32
+    return rois
+
+
+def _check_rois_tensor(op: str, rois: Tensor, like: Tensor, like_name: str) -> None:
+    if rois.dim() != 2 or rois.shape[1] != 5:
+        raise RuntimeError(f"{op}: rois must have shape [K, 5], got {_shape(rois)}")
+    if rois.dtype != like.dtype:
+        raise RuntimeError(
+            f"{op}: rois must have the same dtype as {like_name} ({_dtype_name(like.dtype)}), got {_dtype_name(rois.dtype)}"
+        )
+    if rois.device != like.device:
+        raise RuntimeError(f"{op}: rois must be on the same device as {like_name} ({like.device}), got {rois.device}")
+
+
+def _check_pooling_args(op: str, spatial_scale: float, pooled_h: int, pooled_w: int) -> None:
+    if pooled_h < 1 or pooled_w < 1:
+        raise RuntimeError(f"{op}: output_size must be >= 1 in both dimensions, got ({pooled_h}, {pooled_w})")
+    if not (spatial_scale >= 0 and spatial_scale != float("inf")):
+        raise RuntimeError(f"{op}: spatial_scale must be a finite number >= 0, got {spatial_scale}")
+
+
+def check_roi_op_args(op: str, input: Tensor, rois: Tensor, spatial_scale: float, pooled_h: int, pooled_w: int) -> None:
+    if input.dim() != 4:
+        raise RuntimeError(f"{op}: input must have shape [N, C, H, W], got {_shape(input)}")
+    if input.dtype not in _SUPPORTED_DTYPES:
+        raise RuntimeError(
+            f"{op}: input must be float32, float64, float16 or bfloat16, got {_dtype_name(input.dtype)}"
+        )
+    _check_rois_tensor(op, rois, input, "input")
+    _check_pooling_args(op, spatial_scale, pooled_h, pooled_w)
+
+
+def check_roi_op_backward_args(
+    op: str, grad: Tensor, rois: Tensor, spatial_scale: float, pooled_h: int, pooled_w: int, input_shape: Sequence[int]
+) -> None:
+    if grad.dtype not in _SUPPORTED_DTYPES:
+        raise RuntimeError(f"{op}: grad must be float32, float64, float16 or bfloat16, got {_dtype_name(grad.dtype)}")
+    _check_rois_tensor(op, rois, grad, "grad")
+    _check_pooling_args(op, spatial_scale, pooled_h, pooled_w)
+    if any(size < 0 for size in input_shape):
+        raise RuntimeError(f"{op}: input shape must be non-negative, got [{', '.join(map(str, input_shape))}]")
+    expected = [rois.shape[0], input_shape[1], pooled_h, pooled_w]
+    if list(grad.shape) != expected:
+        raise RuntimeError(f"{op}: grad must have shape [{', '.join(map(str, expected))}], got {_shape(grad)}")
+
+
+def check_plane_fits_int32(op: str, height: int, width: int) -> None:
+    if height * width > 2**31 - 1:
+        raise RuntimeError(f"{op}: input planes (H * W) must have at most 2^31 - 1 elements, got {height} * {width}")

@@ -1,0 +1,97 @@
+"""Pure-PyTorch references for the segops operators, written independently of the kernels (no shared code):
+slow, loop-based and differentiable by autograd. Tests compare the kernels with them; use them for nothing
+else. Geometry is computed in the input's accumulation dtype (float32 for float32/float16/bfloat16, float64 for
+float64), as the kernels and torchvision do, so that rounding of bin edges agrees."""
+
+import math
+from typing import Tuple
+
+import torch
+from torch import Tensor
+
+
+def _acc_dtype(dtype: torch.dtype) -> torch.dtype:
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def _scalar(value, dtype: torch.dtype) -> Tensor:
+    return torch.tensor(value, dtype=dtype)
+
+
+def _roi_align_axis_matrix(start: Tensor, bin_size: Tensor, grid: int, pooled: int, size: int) -> Tensor:
+    """A[p, i] = sum of the bilinear weights that the samples of bin p give pixel i along one axis."""
+    matrix = torch.zeros(pooled, size, dtype=start.dtype)
+    for p in range(pooled):
+        for i in range(grid):
+            coord = start + p * bin_size + (i + 0.5) * bin_size / grid
+            if not (-1 <= coord.item() <= size) or size == 0:
+                continue
+            coord = torch.clamp(coord, min=0)
+            low = int(coord.item())
+            if low >= size - 1:
+                low = high = size - 1
+                coord = _scalar(float(low), start.dtype)
+            else:
+                high = low + 1
+            frac = coord - low
+            matrix[p, low] += 1 - frac
+            matrix[p, high] += frac
+    return matrix
+
+
+def roi_align(
+    input: Tensor, rois: Tensor, output_size: Tuple[int, int], spatial_scale: float = 1.0, sampling_ratio: int = -1,
+    aligned: bool = False,
+) -> Tensor:
+    """RoIAlign of input Tensor[N, C, H, W] over rois Tensor[K, 5] -> Tensor[K, C, PH, PW].
+
+    The bilinear samples of a box are separable, so each box is two interpolation matrices:
+    out[k, c] = Ay @ input[n, c] @ Ax^T / samples_per_bin.
+    """
+    pooled_h, pooled_w = output_size
+    _, channels, height, width = input.shape
+    acc = _acc_dtype(input.dtype)
+    offset = 0.5 if aligned else 0.0
+    outputs = []
+    for roi in rois.to(acc):
+        scale = _scalar(spatial_scale, acc)
+        x1, y1, x2, y2 = (roi[i] * scale - offset for i in range(1, 5))
+        roi_w, roi_h = x2 - x1, y2 - y1
+        if not aligned:
+            roi_w, roi_h = torch.clamp(roi_w, min=1), torch.clamp(roi_h, min=1)
+        grid_h = sampling_ratio if sampling_ratio > 0 else max(int(math.ceil((roi_h / pooled_h).item())), 0)
+        grid_w = sampling_ratio if sampling_ratio > 0 else max(int(math.ceil((roi_w / pooled_w).item())), 0)
+        a_y = _roi_align_axis_matrix(y1, roi_h / pooled_h, grid_h, pooled_h, height)
+        a_x = _roi_align_axis_matrix(x1, roi_w / pooled_w, grid_w, pooled_w, width)
+        plane = input[int(roi[0].item())].to(acc)
+        outputs.append(torch.einsum("ph,chw,qw->cpq", a_y, plane, a_x) / max(grid_h * grid_w, 1))
+    if not outputs:
+        return input.new_zeros((0, channels, pooled_h, pooled_w))
+    return torch.stack(outputs).to(input.dtype)
+
+
+def _round_half_away(value: float) -> int:
+    return int(math.copysign(math.floor(abs(value) + 0.5), value))
+
+
+def roi_pool(input: Tensor, rois: Tensor, output_size: Tuple[int, int], spatial_scale: float = 1.0) -> Tensor:
+    """RoIPool of input Tensor[N, C, H, W] over rois Tensor[K, 5] -> Tensor[K, C, PH, PW]: the max of each bin's
+    window of rounded pixel coordinates, 0 for an empty window."""
+    pooled_h, pooled_w = output_size
+    _, channels, height, width = input.shape
+    acc = _acc_dtype(input.dtype)
+    output = input.new_zeros((rois.shape[0], channels, pooled_h, pooled_w))
+    for k, roi in enumerate(rois.to(acc)):
+        x1, y1, x2, y2 = (_round_half_away((roi[i] * _scalar(spatial_scale, acc)).item()) for i in range(1, 5))
+        bin_h = _scalar(max(y2 - y1 + 1, 1), acc) / pooled_h
+        bin_w = _scalar(max(x2 - x1 + 1, 1), acc) / pooled_w
+        plane = input[int(roi[0].item())]
+        for ph in range(pooled_h):
+            h_start = min(max(int(math.floor((ph * bin_h).item())) + y1, 0), height)
+            h_end = min(max(int(math.ceil(((ph + 1) * bin_h).item())) + y1, 0), height)
+            for pw in range(pooled_w):
+                w_start = min(max(int(math.floor((pw * bin_w).item())) + x1, 0), width)
+                w_end = min(max(int(math.ceil(((pw + 1) * bin_w).item())) + x1, 0), width)
+                if h_end > h_start and w_end > w_start:
+                    output[k, :, ph, pw] = plane[:, h_start:h_end, w_start:w_end].amax(dim=(1, 2))
+    return output

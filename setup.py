@@ -1,0 +1,164 @@
+"""Builds segops._C (CPU kernels always, CUDA kernels when decided below) and, on request, the test-only
+segops._emulation (the CUDA kernels compiled for the host).
+
+Environment:
+  SEGOPS_FORCE_CPU=1        CPU-only build, even when CUDA is available.
+  FORCE_CUDA=1              build the CUDA kernels without a visible GPU (an error if torch or nvcc lacks CUDA).
+  TORCH_CUDA_ARCH_LIST      CUDA architectures; without a GPU the default is DEFAULT_ARCH_LIST.
+  CUDA_HOME                 the CUDA toolkit; otherwise found from the nvcc on PATH (through wrapper scripts).
+  SEGOPS_BUILD_EMULATION=1  also build segops._emulation for the kernel-emulation tests.
+  MAX_JOBS                  parallel compile jobs (default: the machine's cores).
+"""
+
+import glob
+import os
+import re
+import shutil
+import sys
+from pathlib import Path
+
+from setuptools import find_packages, setup
+
+ROOT = Path(__file__).parent.resolve()
+VERSION = (ROOT / "version.txt").read_text().strip()
+DEFAULT_ARCH_LIST = "7.5;8.0;8.6;8.9;9.0+PTX"
+
+
+def log(message):
+    print(f"segops setup: {message}", file=sys.stderr, flush=True)
+
+
+def env_flag(name):
+    return os.environ.get(name, "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def is_toolkit(folder):
+    return (folder / "bin" / "nvcc").exists() and (folder / "include" / "cuda_runtime_api.h").exists()
+
+
+def find_cuda_home():
+    """CUDA_HOME/CUDA_PATH if set; else the toolkit behind the nvcc on PATH, following symlinks and the
+    `exec /path/to/cuda/bin/nvcc "$@"` wrapper scripts that torch's own guess (nvcc's parent) gets wrong."""
+    for variable in ("CUDA_HOME", "CUDA_PATH"):
+        if os.environ.get(variable):
+            return Path(os.environ[variable])
+    candidates = []
+    nvcc = shutil.which("nvcc")
+    if nvcc:
+        real = Path(nvcc).resolve()
+        candidates.append(real.parent.parent)
+        if real.stat().st_size < 65536:
+            text = real.read_text(errors="ignore")
+            candidates += [Path(match) for match in re.findall(r"(/\S+)/bin/nvcc\b", text)]
+    candidates.append(Path("/usr/local/cuda"))
+    return next((folder.resolve() for folder in candidates if is_toolkit(folder)), None)
+
+
+def pip_cuda_include_overlay(cuda_home):
+    """Torch's CUDA headers include cusparse.h, cublas_v2.h and friends; a minimal toolkit lacks them, while the
+    pip packages installed with torch (site-packages/nvidia/*/include) carry them beside their own copy of the
+    runtime headers. Returns a folder of links to just the headers the toolkit lacks (so the toolkit's own
+    headers keep precedence), or None when nothing is missing."""
+    try:
+        import nvidia
+    except ImportError:
+        return None
+    toolkit_include = cuda_home / "include"
+    overlay = ROOT / "build" / "pip_cuda_include"
+    shutil.rmtree(overlay, ignore_errors=True)
+    for base in nvidia.__path__:
+        for include in sorted(Path(base).glob("*/include")):
+            for entry in include.iterdir():
+                if not (toolkit_include / entry.name).exists() and not (overlay / entry.name).exists():
+                    overlay.mkdir(parents=True, exist_ok=True)
+                    (overlay / entry.name).symlink_to(entry)
+    return overlay if overlay.exists() else None
+
+
+def decide_cuda(torch):
+    """Returns the CUDA toolkit folder to build against, or None for a CPU-only build."""
+    force_cpu, force_cuda = env_flag("SEGOPS_FORCE_CPU"), env_flag("FORCE_CUDA")
+    if force_cpu and force_cuda:
+        raise SystemExit("segops setup: SEGOPS_FORCE_CPU=1 and FORCE_CUDA=1 contradict each other; set one")
+    if force_cpu:
+        log("SEGOPS_FORCE_CPU=1: CPU-only build")
+        return None
+    cuda_home = find_cuda_home()
+    if force_cuda:
+        if torch.version.cuda is None:
+            raise SystemExit(f"segops setup: FORCE_CUDA=1 but torch {torch.__version__} is a CPU-only build")
+        if cuda_home is None:
+            raise SystemExit("segops setup: FORCE_CUDA=1 but no CUDA toolkit was found: set CUDA_HOME or put nvcc on PATH")
+        return cuda_home
+    if torch.version.cuda is None or cuda_home is None:
+        log(f"CPU-only build (torch CUDA: {torch.version.cuda}, CUDA toolkit: {cuda_home})")
+        return None
+    if not torch.cuda.is_available():
+        log("CPU-only build: no GPU visible (set FORCE_CUDA=1 to build the CUDA kernels anyway)")
+        return None
+    return cuda_home
+
+
+def extensions():
+    import torch
+
+    cuda_home = decide_cuda(torch)
+    if cuda_home is not None:
+        os.environ["CUDA_HOME"] = str(cuda_home)  # read when cpp_extension is imported
+        if not os.environ.get("TORCH_CUDA_ARCH_LIST") and not torch.cuda.is_available():
+            os.environ["TORCH_CUDA_ARCH_LIST"] = DEFAULT_ARCH_LIST
+    os.environ.setdefault("MAX_JOBS", str(os.cpu_count() or 1))
+    from torch.utils.cpp_extension import CppExtension, CUDAExtension
+
+    cpp_sources = sorted(
+        path for path in glob.glob("csrc/**/*.cpp", recursive=True) if not path.startswith("csrc/emulation/")
+    )
+    compile_args = {"cxx": ["-O3"]}
+    if cuda_home is None:
+        main = CppExtension("segops._C", cpp_sources, include_dirs=[str(ROOT / "csrc")], extra_compile_args=compile_args)
+    else:
+        overlay = pip_cuda_include_overlay(cuda_home)
+        include_dirs = [str(ROOT / "csrc")] + ([str(overlay)] if overlay else [])
+        compile_args["nvcc"] = ["-O3", "--expt-relaxed-constexpr"]
+        main = CUDAExtension(
+            "segops._C",
+            cpp_sources + sorted(glob.glob("csrc/**/*.cu", recursive=True)),
+            include_dirs=include_dirs,
+            define_macros=[("SEGOPS_WITH_CUDA", None)],
+            extra_compile_args=compile_args,
+        )
+        log(
+            f"CUDA build: toolkit {cuda_home}, TORCH_CUDA_ARCH_LIST={os.environ.get('TORCH_CUDA_ARCH_LIST', '(detected)')}, "
+            f"headers missing from the toolkit taken from the pip nvidia packages via {overlay}"
+        )
+    modules = [main]
+    if env_flag("SEGOPS_BUILD_EMULATION"):
+        log("SEGOPS_BUILD_EMULATION=1: also building segops._emulation (CUDA kernels emulated on the host, for tests)")
+        modules.append(
+            CppExtension(
+                "segops._emulation",
+                ["csrc/emulation/emulated_ops.cpp", "csrc/common/roi_checks.cpp", "csrc/python_module.cpp"],
+                include_dirs=[str(ROOT / "csrc")],
+                extra_compile_args={"cxx": ["-O2"]},
+            )
+        )
+    log(f"building {[module.name for module in modules]} against torch {torch.__version__} with MAX_JOBS={os.environ['MAX_JOBS']}")
+    return modules, torch.__version__.split("+")[0]
+
+
+def main():
+    ext_modules, torch_version = extensions()  # first: it sets CUDA_HOME before cpp_extension is imported
+    from torch.utils.cpp_extension import BuildExtension
+
+    setup(
+        version=VERSION,
+        packages=find_packages(include=["segops", "segops.*"]),
+        ext_modules=ext_modules,
+        # The extension's C++ ABI is that of the torch it was compiled against.
+        install_requires=[f"torch=={torch_version}"],
+        cmdclass={"build_ext": BuildExtension.with_options(use_ninja=True)},
+    )
+
+
+if __name__ == "__main__":
+    main()

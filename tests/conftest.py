@@ -1,0 +1,22 @@
+import os
+
+import pytest
+import torch
+
+CUDA_AVAILABLE = torch.cuda.is_available()
+requires_cuda = pytest.mark.skipif(not CUDA_AVAILABLE, reason="needs a CUDA device")
+
+# Devices every op test runs on; CUDA is listed always so the GPU tests are written, and skipped here.
+DEVICES = ["cpu", pytest.param("cuda", marks=[pytest.mark.cuda, requires_cuda])]
+
+
+def emulation_module():
+    """segops._emulation (the CUDA kernels emulated on the host), or a skip; a failure when the test command
+    promised it (SEGOPS_REQUIRE_EMULATION=1), so CI cannot silently drop these tests."""
+    try:
+        import segops._emulation  # noqa: F401
+    except ImportError:
+        if os.environ.get("SEGOPS_REQUIRE_EMULATION") == "1":
+            pytest.fail("segops._emulation is missing: build with SEGOPS_BUILD_EMULATION=1")
+        pytest.skip("segops._emulation not built (SEGOPS_BUILD_EMULATION=1)")
+    return torch.ops.segops_emulation

@@ -1,0 +1,71 @@
+"""Inputs and checks shared by the RoIAlign and RoIPool tests."""
+
+import torch
+
+
+def random_rois(
+    num_rois, batch_size, image_height, image_width, *, dtype=torch.float32, generator=None, outside=0.25,
+    degenerate=0.1,
+):
+    """Tensor[K, 5] of boxes in image coordinates: mostly valid, some reaching `outside` of the image size past
+    its borders, a `degenerate` fraction with zero width or height, and some with x2 < x1."""
+    g = generator
+    scale = torch.tensor([image_width, image_height, image_width, image_height], dtype=torch.float64)
+    corners = (torch.rand(num_rois, 4, generator=g, dtype=torch.float64) * (1 + 2 * outside) - outside) * scale
+    boxes = torch.cat([corners[:, :2].minimum(corners[:, 2:]), corners[:, :2].maximum(corners[:, 2:])], dim=1)
+    flat = torch.rand(num_rois, generator=g) < degenerate
+    boxes[flat, 2] = boxes[flat, 0]  # zero width
+    swapped = torch.rand(num_rois, generator=g) < 0.05
+    boxes[swapped] = boxes[swapped][:, [2, 3, 0, 1]]  # x2 < x1, y2 < y1
+    batch_index = torch.randint(0, max(batch_size, 1), (num_rois, 1), generator=g).to(torch.float64)
+    return torch.cat([batch_index, boxes], dim=1).to(dtype)
+
+
+def rois_to_list(rois, batch_size):
+    """The List[Tensor[L, 4]] form of rois Tensor[K, 5] whose batch indices are sorted."""
+    return [rois[rois[:, 0] == n, 1:] for n in range(batch_size)]
+
+
+def non_contiguous(tensor):
+    """The same values as a strided view (every other element of a wider tensor's last dimension)."""
+    wide = torch.zeros(*tensor.shape[:-1], tensor.shape[-1] * 2, dtype=tensor.dtype, device=tensor.device)
+    wide[..., ::2] = tensor
+    return wide[..., ::2]
+
+
+def layouts(input):
+    """A 4-D input's values as contiguous, channels_last and non-contiguous tensors."""
+    return {
+        "contiguous": input.contiguous(),
+        "channels_last": input.contiguous(memory_format=torch.channels_last),
+        "strided": non_contiguous(input),
+    }
+
+
+# Bad arguments shared by both ops: (description, mutate(kwargs) -> None, message regex).
+def bad_argument_cases(op):
+    return [
+        ("input 3-D", lambda a: a.update(input=a["input"][0]), rf"{op}: input must have shape \[N, C, H, W\], got \[3, 10, 12\]"),
+        ("input int", lambda a: a.update(input=a["input"].long()), rf"{op}: input must be float32, float64, float16 or bfloat16, got Long"),
+        ("rois [K, 4]", lambda a: a.update(rois=a["rois"][:, :4]), rf"{op}: rois must have shape \[K, 5\], got \[4, 4\]"),
+        ("rois 1-D", lambda a: a.update(rois=a["rois"][0]), rf"{op}: rois must have shape \[K, 5\], got \[5\]"),
+        ("rois dtype", lambda a: a.update(rois=a["rois"].double()), rf"{op}: rois must have the same dtype as input \(Float\), got Double"),
+        ("output_size 0", lambda a: a.update(pooled_height=0), rf"{op}: output_size must be >= 1 in both dimensions, got \(0, 3\)"),
+        ("output_size negative", lambda a: a.update(pooled_width=-2), rf"{op}: output_size must be >= 1 in both dimensions, got \(2, -2\)"),
+        ("spatial_scale negative", lambda a: a.update(spatial_scale=-0.5), rf"{op}: spatial_scale must be a finite number >= 0, got -0.5"),
+        ("spatial_scale nan", lambda a: a.update(spatial_scale=float("nan")), rf"{op}: spatial_scale must be a finite number >= 0, got nan"),
+        ("spatial_scale inf", lambda a: a.update(spatial_scale=float("inf")), rf"{op}: spatial_scale must be a finite number >= 0, got inf"),
+    ]
+
+
+# Bad roi values (data-dependent, checked by the kernels' launchers): (description, row, column, value, regex).
+def bad_roi_value_cases(op):
+    return [
+        ("batch index too large", 1, 0, 2.0, rf"{op}: rois\[1, 0\] \(batch index\) must be an integer in \[0, 2\), got 2"),
+        ("batch index negative", 2, 0, -1.0, rf"{op}: rois\[2, 0\] \(batch index\) must be an integer in \[0, 2\), got -1"),
+        ("batch index fractional", 0, 0, 0.5, rf"{op}: rois\[0, 0\] \(batch index\) must be an integer in \[0, 2\), got 0.5"),
+        ("batch index nan", 3, 0, float("nan"), rf"{op}: rois\[3, 0\] \(batch index\) must be an integer in \[0, 2\), got nan"),
+        ("coordinate nan", 1, 3, float("nan"), rf"{op}: rois\[1, 1:5\] \(box x1, y1, x2, y2\) must be finite, got \(.*nan"),
+        ("coordinate inf", 2, 2, float("inf"), rf"{op}: rois\[2, 1:5\] \(box x1, y1, x2, y2\) must be finite, got \(.*inf"),
+        ("coordinate -inf", 0, 4, -float("inf"), rf"{op}: rois\[0, 1:5\] \(box x1, y1, x2, y2\) must be finite, got \(.*-inf"),
+    ]
