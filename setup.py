@@ -113,9 +113,17 @@ def extensions():
     cpp_sources = sorted(
         path for path in glob.glob("csrc/**/*.cpp", recursive=True) if not path.startswith("csrc/emulation/")
     )
-    compile_args = {"cxx": ["-O3"]}
+    # at::parallel_for is OpenMP inside ATen's headers: without -fopenmp it silently runs serially.
+    compile_args = {"cxx": ["-O3", "-fopenmp"]}
+    link_args = ["-fopenmp"]
     if cuda_home is None:
-        main = CppExtension("segops._C", cpp_sources, include_dirs=[str(ROOT / "csrc")], extra_compile_args=compile_args)
+        main = CppExtension(
+            "segops._C",
+            cpp_sources,
+            include_dirs=[str(ROOT / "csrc")],
+            extra_compile_args=compile_args,
+            extra_link_args=link_args,
+        )
     else:
         overlay = pip_cuda_include_overlay(cuda_home)
         include_dirs = [str(ROOT / "csrc")] + ([str(overlay)] if overlay else [])
@@ -126,6 +134,7 @@ def extensions():
             include_dirs=include_dirs,
             define_macros=[("SEGOPS_WITH_CUDA", None)],
             extra_compile_args=compile_args,
+            extra_link_args=link_args,
         )
         log(
             f"CUDA build: toolkit {cuda_home}, TORCH_CUDA_ARCH_LIST={os.environ.get('TORCH_CUDA_ARCH_LIST', '(detected)')}, "

@@ -1,11 +1,14 @@
 #pragma once
+// The loop skeleton of the CPU RoI kernels: planes outermost, each plane's RoIs innermost.
+#include <ATen/Parallel.h>
+
 #include <cstdint>
 #include <vector>
 
 namespace segops {
 
-// RoI indices per image, in increasing order: the fixed accumulation order that makes the CPU backward
-// passes deterministic. Precondition: check_rois_values passed (each batch index an integer in range).
+// RoI indices per image, in increasing order. Precondition: check_rois_values passed (each batch index an
+// integer in range).
 template <typename scalar_t>
 std::vector<std::vector<int64_t>> group_rois_by_image(const scalar_t* rois, int64_t num_rois, int64_t batch_size) {
   std::vector<std::vector<int64_t>> rois_of_image(batch_size);
@@ -13,6 +16,22 @@ std::vector<std::vector<int64_t>> group_rois_by_image(const scalar_t* rois, int6
     rois_of_image[static_cast<int64_t>(static_cast<double>(rois[k * 5]))].push_back(k);
   }
   return rois_of_image;
+}
+
+// Calls body(n, c, k) for every (image n, channel c) plane and every RoI k of image n. Planes run in parallel
+// (ordered channel-major so that each thread's share mixes all images, whatever their RoI counts); each plane's
+// RoIs run in increasing order on one thread. So no two threads touch a plane, a backward's sums are
+// bitwise reproducible for any thread count, and a plane stays in cache while all its RoIs read or write it.
+template <typename Body>
+void for_each_plane_roi(const std::vector<std::vector<int64_t>>& rois_of_image, int64_t channels, const Body& body) {
+  const int64_t batch_size = static_cast<int64_t>(rois_of_image.size());
+  at::parallel_for(0, batch_size * channels, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t plane = begin; plane < end; ++plane) {
+      const int64_t n = plane % batch_size;
+      const int64_t c = plane / batch_size;
+      for (const int64_t k : rois_of_image[n]) body(n, c, k);
+    }
+  });
 }
 
 }  // namespace segops

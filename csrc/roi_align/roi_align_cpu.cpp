@@ -1,6 +1,7 @@
-// RoIAlign on the CPU. Bilinear taps are separable, so each RoI's taps are computed once per axis and reused
-// by every bin row/column and every channel. Forward parallelises over (RoI, channel) pairs; backward over
-// (image, channel) planes, each plane accumulated by one thread in RoI order: deterministic, no atomics.
+// RoIAlign on the CPU. Bilinear taps are separable, so each RoI's taps are computed once per axis, up front,
+// and reused by every bin row/column and every channel. Forward and backward both run planes outermost
+// (for_each_plane_roi): parallel, cache-friendly, and the backward accumulates each plane on one thread in
+// RoI order, so it is deterministic without atomics.
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
@@ -38,47 +39,35 @@ struct RoITaps {
   RoIAlignGeometry<T> geometry;
   AxisTaps<T> y, x;
 
-  template <typename scalar_t>
-  void build(const scalar_t* roi, T spatial_scale, int64_t pooled_h, int64_t pooled_w, int64_t sampling_ratio,
-             bool aligned, int64_t height, int64_t width) {
-    geometry = roi_align_geometry<T>(roi, spatial_scale, pooled_h, pooled_w, sampling_ratio, aligned);
-    y.build(geometry.start_h, geometry.bin_h, geometry.grid_h, pooled_h, height);
-    x.build(geometry.start_w, geometry.bin_w, geometry.grid_w, pooled_w, width);
+  // Tap sequences (see bilinear_sum) of bin row ph and bin column pw.
+  auto y_taps(int64_t ph) const { return replay(y, ph); }
+  auto x_taps(int64_t pw) const { return replay(x, pw); }
+
+ private:
+  static auto replay(const AxisTaps<T>& axis, int64_t bin) {
+    const LinearTap<T>* first = axis.taps.data() + axis.begin[bin];
+    const LinearTap<T>* last = axis.taps.data() + axis.begin[bin + 1];
+    return [first, last](auto&& f) {
+      for (const LinearTap<T>* tap = first; tap != last; ++tap) f(*tap);
+    };
   }
 };
 
-template <typename scalar_t>
-void roi_align_forward_planes(const scalar_t* input, const scalar_t* rois, scalar_t* output, int64_t num_rois,
-                              int64_t channels, int64_t height, int64_t width, int64_t pooled_h, int64_t pooled_w,
-                              double spatial_scale, int64_t sampling_ratio, bool aligned) {
-  using acc_t = at::opmath_type<scalar_t>;
-  at::parallel_for(0, num_rois * channels, 1, [&](int64_t begin, int64_t end) {
-    RoITaps<acc_t> roi_taps;
-    int64_t built_roi = -1;
-    for (int64_t roi_channel = begin; roi_channel < end; ++roi_channel) {
-      const int64_t k = roi_channel / channels;
-      const int64_t c = roi_channel % channels;
-      if (k != built_roi) {
-        roi_taps.build(rois + k * 5, static_cast<acc_t>(spatial_scale), pooled_h, pooled_w, sampling_ratio, aligned,
-                       height, width);
-        built_roi = k;
-      }
-      const RoIAlignGeometry<acc_t>& g = roi_taps.geometry;
-      const scalar_t* plane = input + (g.batch * channels + c) * height * width;
-      scalar_t* out = output + roi_channel * pooled_h * pooled_w;
-      for (int64_t ph = 0; ph < pooled_h; ++ph) {
-        for (int64_t pw = 0; pw < pooled_w; ++pw) {
-          acc_t sum = 0;
-          for (int64_t iy = roi_taps.y.begin[ph]; iy < roi_taps.y.begin[ph + 1]; ++iy) {
-            for (int64_t ix = roi_taps.x.begin[pw]; ix < roi_taps.x.begin[pw + 1]; ++ix) {
-              sum += bilinear_gather(plane, width, roi_taps.y.taps[iy], roi_taps.x.taps[ix]);
-            }
-          }
-          out[ph * pooled_w + pw] = static_cast<scalar_t>(sum / g.count);
-        }
-      }
+template <typename T, typename scalar_t>
+std::vector<RoITaps<T>> build_roi_taps(const scalar_t* rois, int64_t num_rois, double spatial_scale, int64_t pooled_h,
+                                       int64_t pooled_w, int64_t sampling_ratio, bool aligned, int64_t height,
+                                       int64_t width) {
+  std::vector<RoITaps<T>> all_taps(num_rois);
+  at::parallel_for(0, num_rois, 16, [&](int64_t begin, int64_t end) {
+    for (int64_t k = begin; k < end; ++k) {
+      RoITaps<T>& taps = all_taps[k];
+      taps.geometry = roi_align_geometry<T>(rois + k * 5, static_cast<T>(spatial_scale), pooled_h, pooled_w,
+                                            sampling_ratio, aligned);
+      taps.y.build(taps.geometry.start_h, taps.geometry.bin_h, taps.geometry.grid_h, pooled_h, height);
+      taps.x.build(taps.geometry.start_w, taps.geometry.bin_w, taps.geometry.grid_w, pooled_w, width);
     }
   });
+  return all_taps;
 }
 
 template <typename acc_t>
@@ -87,57 +76,37 @@ struct PlaneAdd {
   void operator()(int64_t index, acc_t value) const { data[index] += value; }
 };
 
-// grad_input is acc_t (float for half types) so that low-precision gradients accumulate in float.
-template <typename scalar_t, typename acc_t>
-void roi_align_backward_planes(const scalar_t* grad, const scalar_t* rois, acc_t* grad_input,
-                               const std::vector<std::vector<int64_t>>& rois_of_image, int64_t channels,
-                               int64_t height, int64_t width, int64_t pooled_h, int64_t pooled_w,
-                               double spatial_scale, int64_t sampling_ratio, bool aligned) {
-  const int64_t batch_size = static_cast<int64_t>(rois_of_image.size());
-  at::parallel_for(0, batch_size * channels, 1, [&](int64_t begin, int64_t end) {
-    RoITaps<acc_t> roi_taps;
-    PlaneAdd<acc_t> add{grad_input};
-    for (int64_t n = begin / channels; n * channels < end; ++n) {
-      const int64_t c_begin = std::max(begin - n * channels, int64_t(0));
-      const int64_t c_end = std::min(end - n * channels, channels);
-      for (const int64_t k : rois_of_image[n]) {
-        roi_taps.build(rois + k * 5, static_cast<acc_t>(spatial_scale), pooled_h, pooled_w, sampling_ratio, aligned,
-                       height, width);
-        const acc_t count = roi_taps.geometry.count;
-        for (int64_t c = c_begin; c < c_end; ++c) {
-          const int64_t plane_offset = (n * channels + c) * height * width;
-          const scalar_t* grad_bins = grad + (k * channels + c) * pooled_h * pooled_w;
-          for (int64_t ph = 0; ph < pooled_h; ++ph) {
-            for (int64_t pw = 0; pw < pooled_w; ++pw) {
-              const acc_t grad_per_sample = static_cast<acc_t>(grad_bins[ph * pooled_w + pw]) / count;
-              for (int64_t iy = roi_taps.y.begin[ph]; iy < roi_taps.y.begin[ph + 1]; ++iy) {
-                for (int64_t ix = roi_taps.x.begin[pw]; ix < roi_taps.x.begin[pw + 1]; ++ix) {
-                  bilinear_scatter(add, plane_offset, width, roi_taps.y.taps[iy], roi_taps.x.taps[ix],
-                                   grad_per_sample);
-                }
-              }
-            }
-          }
-        }
-      }
-    }
-  });
-}
-
 at::Tensor roi_align_forward_cpu(const at::Tensor& input, const at::Tensor& rois, double spatial_scale,
                                  int64_t pooled_h, int64_t pooled_w, int64_t sampling_ratio, bool aligned) {
   check_roi_op_args("roi_align", input, rois, spatial_scale, pooled_h, pooled_w);
   check_rois_values("roi_align", rois, input.size(0));
   const int64_t channels = input.size(1);
+  const int64_t height = input.size(2);
+  const int64_t width = input.size(3);
   at::Tensor output = at::empty({rois.size(0), channels, pooled_h, pooled_w}, input.options());
   if (output.numel() == 0) return output;
   // A channels_last input costs one copy here.
   const at::Tensor input_c = input.contiguous();
   const at::Tensor rois_c = rois.contiguous();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "roi_align_forward_cpu", [&] {
-    roi_align_forward_planes<scalar_t>(input_c.const_data_ptr<scalar_t>(), rois_c.const_data_ptr<scalar_t>(),
-                                       output.mutable_data_ptr<scalar_t>(), rois.size(0), channels, input.size(2),
-                                       input.size(3), pooled_h, pooled_w, spatial_scale, sampling_ratio, aligned);
+    using acc_t = at::opmath_type<scalar_t>;
+    const scalar_t* rois_data = rois_c.const_data_ptr<scalar_t>();
+    const scalar_t* input_data = input_c.const_data_ptr<scalar_t>();
+    scalar_t* output_data = output.mutable_data_ptr<scalar_t>();
+    const auto all_taps = build_roi_taps<acc_t>(rois_data, rois.size(0), spatial_scale, pooled_h, pooled_w,
+                                                sampling_ratio, aligned, height, width);
+    for_each_plane_roi(group_rois_by_image(rois_data, rois.size(0), input.size(0)), channels,
+                       [&](int64_t n, int64_t c, int64_t k) {
+                         const scalar_t* plane = input_data + (n * channels + c) * height * width;
+                         scalar_t* out = output_data + (k * channels + c) * pooled_h * pooled_w;
+                         const RoITaps<acc_t>& taps = all_taps[k];
+                         for (int64_t ph = 0; ph < pooled_h; ++ph) {
+                           for (int64_t pw = 0; pw < pooled_w; ++pw) {
+                             const acc_t sum = bilinear_sum<acc_t>(plane, width, taps.y_taps(ph), taps.x_taps(pw));
+                             out[ph * pooled_w + pw] = static_cast<scalar_t>(sum / taps.geometry.count);
+                           }
+                         }
+                       });
   });
   return output;
 }
@@ -148,6 +117,7 @@ at::Tensor roi_align_backward_cpu(const at::Tensor& grad, const at::Tensor& rois
   check_roi_op_backward_args("_roi_align_backward", grad, rois, spatial_scale, pooled_h, pooled_w, batch_size,
                              channels, height, width);
   check_rois_values("_roi_align_backward", rois, batch_size);
+  // Accumulate in acc_t (float for half types), converted once at the end.
   const auto acc_type = at::toOpMathType(grad.scalar_type());
   at::Tensor grad_input = at::zeros({batch_size, channels, height, width}, grad.options().dtype(acc_type));
   if (grad.numel() == 0 || grad_input.numel() == 0) return grad_input.to(grad.scalar_type());
@@ -156,10 +126,24 @@ at::Tensor roi_align_backward_cpu(const at::Tensor& grad, const at::Tensor& rois
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, grad.scalar_type(), "roi_align_backward_cpu", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     const scalar_t* rois_data = rois_c.const_data_ptr<scalar_t>();
-    roi_align_backward_planes<scalar_t, acc_t>(
-        grad_c.const_data_ptr<scalar_t>(), rois_data, grad_input.mutable_data_ptr<acc_t>(),
-        group_rois_by_image(rois_data, rois.size(0), batch_size), channels, height, width, pooled_h, pooled_w,
-        spatial_scale, sampling_ratio, aligned);
+    const scalar_t* grad_data = grad_c.const_data_ptr<scalar_t>();
+    const auto all_taps = build_roi_taps<acc_t>(rois_data, rois.size(0), spatial_scale, pooled_h, pooled_w,
+                                                sampling_ratio, aligned, height, width);
+    PlaneAdd<acc_t> add{grad_input.mutable_data_ptr<acc_t>()};
+    for_each_plane_roi(group_rois_by_image(rois_data, rois.size(0), batch_size), channels,
+                       [&](int64_t n, int64_t c, int64_t k) {
+                         const int64_t plane_offset = (n * channels + c) * height * width;
+                         const scalar_t* grad_bins = grad_data + (k * channels + c) * pooled_h * pooled_w;
+                         const RoITaps<acc_t>& taps = all_taps[k];
+                         for (int64_t ph = 0; ph < pooled_h; ++ph) {
+                           for (int64_t pw = 0; pw < pooled_w; ++pw) {
+                             const acc_t grad_per_sample =
+                                 static_cast<acc_t>(grad_bins[ph * pooled_w + pw]) / taps.geometry.count;
+                             bilinear_scatter(add, plane_offset, width, grad_per_sample, taps.y_taps(ph),
+                                              taps.x_taps(pw));
+                           }
+                         }
+                       });
   });
   return grad_input.to(grad.scalar_type());
 }

@@ -1,0 +1,1 @@
+"""segops micro-benchmarks: `python -m benchmarks` (see __main__.py)."""

@@ -1,0 +1,138 @@
+"""python -m benchmarks: segops against the reference users would otherwise call, side by side in one process.
+
+Each case is timed with torch.utils.benchmark (blocked_autorange, median), segops and the reference interleaved
+over several rounds so that machine noise hits both; the reported time is the median over rounds and the
+speedup their ratio. The compared outputs are checked for agreement in the same run. Writes a table (stdout and
+Markdown), JSON and a PNG chart of the speedups to benchmarks/results/."""
+
+import argparse
+import json
+import platform
+import statistics
+import sys
+from pathlib import Path
+
+import torch
+from torch.utils.benchmark import Timer
+
+import segops
+from benchmarks import roi_ops
+
+RESULTS = Path(__file__).parent / "results"
+
+
+def machine_description():
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {
+        "cpu": cpu,
+        "cores": torch.get_num_threads(),
+        "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
+        "torch": torch.__version__,
+        "segops": segops.__version__,
+        "segops_cuda": segops.cuda_version(),
+        "python": platform.python_version(),
+    }
+
+
+def median_seconds(fn, min_run_time):
+    # Timer runs single-threaded unless told otherwise; both sides get the whole machine.
+    timer = Timer("fn()", globals={"fn": fn}, num_threads=torch.get_num_threads())
+    return timer.blocked_autorange(min_run_time=min_run_time).median
+
+
+def run_case(name, target, ours, theirs, rounds, min_run_time):
+    expected, actual = theirs(), ours()
+    max_abs_diff = (actual.double() - expected.double()).abs().max().item()
+    agrees = torch.allclose(actual, expected, rtol=1e-4, atol=1e-4)
+    times = {"segops": [], "reference": []}
+    for _ in range(rounds):
+        times["segops"].append(median_seconds(ours, min_run_time))
+        times["reference"].append(median_seconds(theirs, min_run_time))
+    segops_s = statistics.median(times["segops"])
+    reference_s = statistics.median(times["reference"])
+    return {
+        "case": name,
+        "reference": "torchvision",
+        "segops_ms": segops_s * 1e3,
+        "reference_ms": reference_s * 1e3,
+        "speedup": reference_s / segops_s,
+        "target": target,
+        "outputs_agree": agrees,
+        "max_abs_diff": max_abs_diff,
+        "rounds_ms": {key: [t * 1e3 for t in value] for key, value in times.items()},
+    }
+
+
+def markdown_table(results, machine):
+    lines = [
+        f"Measured on {machine['cpu']} ({machine['cores']} threads"
+        + (f", {machine['gpu']}" if machine["gpu"] else ", CPU only")
+        + f"), torch {machine['torch']}, segops {machine['segops']}.",
+        "",
+        "| case | segops (ms) | torchvision (ms) | speedup | target | outputs agree (max abs diff) |",
+        "|---|---:|---:|---:|---:|---|",
+    ]
+    for r in results:
+        lines.append(
+            f"| {r['case']} | {r['segops_ms']:.1f} | {r['reference_ms']:.1f} | {r['speedup']:.2f}x | "
+            f">= {r['target']:.0f}x | {'yes' if r['outputs_agree'] else 'NO'} ({r['max_abs_diff']:.1e}) |"
+        )
+    return "\n".join(lines)
+
+
+def save_chart(results, path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = [r["case"] for r in results]
+    figure, axes = plt.subplots(figsize=(8, 0.45 * len(names) + 1.2))
+    bars = axes.barh(names, [r["speedup"] for r in results], color="#4c72b0")
+    axes.scatter([r["target"] for r in results], names, marker="|", s=300, color="#c44e52", label="target", zorder=3)
+    axes.axvline(1.0, color="grey", linewidth=0.8)
+    axes.bar_label(bars, fmt="%.2fx", padding=3)
+    axes.invert_yaxis()
+    axes.set_xlabel("speedup over torchvision (higher is better)")
+    axes.set_title("segops vs torchvision, CPU, same run")
+    axes.legend(loc="lower right")
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds per case (default 3)")
+    parser.add_argument("--min-run-time", type=float, default=1.0, help="seconds per blocked_autorange (default 1)")
+    parser.add_argument("--filter", default="", help="only cases whose name contains this text")
+    parser.add_argument("--output", type=Path, default=RESULTS, help="folder for latest.json/.md/.png")
+    args = parser.parse_args(argv)
+
+    machine = machine_description()
+    results = []
+    for name, target, ours, theirs in roi_ops.cases():
+        if args.filter in name:
+            results.append(run_case(name, target, ours, theirs, args.rounds, args.min_run_time))
+            r = results[-1]
+            print(f"{name}: segops {r['segops_ms']:.1f} ms, torchvision {r['reference_ms']:.1f} ms, "
+                  f"{r['speedup']:.2f}x", file=sys.stderr, flush=True)
+    table = markdown_table(results, machine)
+    print(table)
+    args.output.mkdir(parents=True, exist_ok=True)
+    (args.output / "latest.json").write_text(json.dumps({"machine": machine, "results": results}, indent=2) + "\n")
+    (args.output / "latest.md").write_text(table + "\n")
+    save_chart(results, args.output / "latest.png")
+    print(f"\nwrote {args.output / 'latest.json'}, latest.md and latest.png", file=sys.stderr)
+    return 0 if all(r["outputs_agree"] for r in results) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
