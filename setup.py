@@ -12,14 +12,14 @@ Environment:
 
 import glob
 import os
-import re
-import shutil
 import sys
 from pathlib import Path
 
 from setuptools import find_packages, setup
 
 ROOT = Path(__file__).parent.resolve()
+sys.path.insert(0, str(ROOT / "tools"))
+from cuda_env import find_cuda_home, pip_header_overlay  # noqa: E402
 VERSION = (ROOT / "version.txt").read_text().strip()
 DEFAULT_ARCH_LIST = "7.5;8.0;8.6;8.9;9.0+PTX"
 
@@ -32,49 +32,6 @@ def env_flag(name):
     return os.environ.get(name, "").strip().lower() in ("1", "true", "yes", "on")
 
 
-def is_toolkit(folder):
-    return (folder / "bin" / "nvcc").exists() and (folder / "include" / "cuda_runtime_api.h").exists()
-
-
-def find_cuda_home():
-    """CUDA_HOME/CUDA_PATH if set; else the toolkit behind the nvcc on PATH, following symlinks and the
-    `exec /path/to/cuda/bin/nvcc "$@"` wrapper scripts that torch's own guess (nvcc's parent) gets wrong."""
-    for variable in ("CUDA_HOME", "CUDA_PATH"):
-        if os.environ.get(variable):
-            return Path(os.environ[variable])
-    candidates = []
-    nvcc = shutil.which("nvcc")
-    if nvcc:
-        real = Path(nvcc).resolve()
-        candidates.append(real.parent.parent)
-        if real.stat().st_size < 65536:
-            text = real.read_text(errors="ignore")
-            candidates += [Path(match) for match in re.findall(r"(/\S+)/bin/nvcc\b", text)]
-    candidates.append(Path("/usr/local/cuda"))
-    return next((folder.resolve() for folder in candidates if is_toolkit(folder)), None)
-
-
-def pip_cuda_include_overlay(cuda_home):
-    """Torch's CUDA headers include cusparse.h, cublas_v2.h and friends; a minimal toolkit lacks them, while the
-    pip packages installed with torch (site-packages/nvidia/*/include) carry them beside their own copy of the
-    runtime headers. Returns a folder of links to just the headers the toolkit lacks (so the toolkit's own
-    headers keep precedence), or None when nothing is missing."""
-    try:
-        import nvidia
-    except ImportError:
-        return None
-    toolkit_include = cuda_home / "include"
-    overlay = ROOT / "build" / "pip_cuda_include"
-    shutil.rmtree(overlay, ignore_errors=True)
-    for base in nvidia.__path__:
-        for include in sorted(Path(base).glob("*/include")):
-            for entry in include.iterdir():
-                if not (toolkit_include / entry.name).exists() and not (overlay / entry.name).exists():
-                    overlay.mkdir(parents=True, exist_ok=True)
-                    (overlay / entry.name).symlink_to(entry)
-    return overlay if overlay.exists() else None
-
-
 def decide_cuda(torch):
     """Returns the CUDA toolkit folder to build against, or None for a CPU-only build."""
     force_cpu, force_cuda = env_flag("SEGOPS_FORCE_CPU"), env_flag("FORCE_CUDA")
@@ -83,12 +40,15 @@ def decide_cuda(torch):
     if force_cpu:
         log("SEGOPS_FORCE_CPU=1: CPU-only build")
         return None
-    cuda_home = find_cuda_home()
+    cuda_home = find_cuda_home(os.environ)
     if force_cuda:
         if torch.version.cuda is None:
             raise SystemExit(f"segops setup: FORCE_CUDA=1 but torch {torch.__version__} is a CPU-only build")
         if cuda_home is None:
-            raise SystemExit("segops setup: FORCE_CUDA=1 but no CUDA toolkit was found: set CUDA_HOME or put nvcc on PATH")
+            raise SystemExit(
+                "segops setup: FORCE_CUDA=1 but no CUDA toolkit was found (CUDA_HOME="
+                f"{os.environ.get('CUDA_HOME', '<unset>')}): set CUDA_HOME to a folder with bin/nvcc or put nvcc on PATH"
+            )
         return cuda_home
     if torch.version.cuda is None or cuda_home is None:
         log(f"CPU-only build (torch CUDA: {torch.version.cuda}, CUDA toolkit: {cuda_home})")
@@ -125,7 +85,8 @@ def extensions():
             extra_link_args=link_args,
         )
     else:
-        overlay = pip_cuda_include_overlay(cuda_home)
+        # Headers torch's CUDA headers need but the toolkit lacks, from the pip nvidia packages.
+        overlay = pip_header_overlay(cuda_home, ROOT / "build" / "pip_cuda_include")
         include_dirs = [str(ROOT / "csrc")] + ([str(overlay)] if overlay else [])
         compile_args["nvcc"] = ["-O3", "--expt-relaxed-constexpr"]
         main = CUDAExtension(

@@ -1,0 +1,8 @@
+#!/usr/bin/env bash
+# The main job: set up .venv, build segops (CUDA kernels only if a GPU is visible), and run the benchmarks
+# against torchvision: a table on stdout, JSON/Markdown/PNG in benchmarks/results/. Extra arguments go to
+# `python -m benchmarks` (see --help).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+source scripts/setup_env.sh
+python -m benchmarks "$@"
