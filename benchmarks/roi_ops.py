@@ -47,6 +47,11 @@ def cases():
     for name, forward_target, backward_target, ours, theirs in ops:
         result.append((f"{name} forward", forward_target, (lambda f=ours: f(input, boxes)),
                        (lambda f=theirs: f(input, boxes))))
+        if name == "roi_align 7x7":
+            # A channels_last input may cost segops one copy (to NCHW) and no more.
+            input_cl = input.contiguous(memory_format=torch.channels_last)
+            result.append((f"{name} forward, channels_last input", forward_target,
+                           (lambda f=ours: f(input_cl, boxes)), (lambda f=theirs: f(input_cl, boxes))))
         grad = torch.randn_like(ours(input, boxes))
         result.append((f"{name} forward+backward", backward_target,
                        (lambda f=ours, g=grad: _forward_backward(f, input, boxes, g)),

@@ -1,6 +1,8 @@
 """Inputs and checks shared by the RoIAlign and RoIPool tests."""
 
+import pytest
 import torch
+from torch._subclasses.fake_tensor import FakeTensorMode
 
 
 def random_rois(
@@ -19,6 +21,15 @@ def random_rois(
     boxes[swapped] = boxes[swapped][:, [2, 3, 0, 1]]  # x2 < x1, y2 < y1
     batch_index = torch.randint(0, max(batch_size, 1), (num_rois, 1), generator=g).to(torch.float64)
     return torch.cat([batch_index, boxes], dim=1).to(dtype)
+
+
+def make_case(seed, *, device="cpu", dtype=torch.float32, batch_size=2, channels=3, height=9, width=11, num_rois=6,
+              spatial_scale=0.5):
+    """input Tensor[N, C, H, W] and rois Tensor[K, 5] from random_rois, for a feature map at spatial_scale."""
+    g = torch.Generator().manual_seed(seed)
+    input = torch.randn(batch_size, channels, height, width, generator=g, dtype=dtype)
+    rois = random_rois(num_rois, batch_size, height / spatial_scale, width / spatial_scale, dtype=dtype, generator=g)
+    return input.to(device), rois.to(device)
 
 
 def rois_to_list(rois, batch_size):
@@ -69,3 +80,11 @@ def bad_roi_value_cases(op):
         ("coordinate inf", 2, 2, float("inf"), rf"{op}: rois\[2, 1:5\] \(box x1, y1, x2, y2\) must be finite, got \(.*inf"),
         ("coordinate -inf", 0, 4, -float("inf"), rf"{op}: rois\[0, 1:5\] \(box x1, y1, x2, y2\) must be finite, got \(.*-inf"),
     ]
+
+
+def assert_raises_eager_and_fake(op, kwargs, message):
+    """op(**kwargs) raises RuntimeError matching `message` from the C++ kernel and from the fake kernel."""
+    with pytest.raises(RuntimeError, match=message):
+        op(**kwargs)
+    with FakeTensorMode() as mode, pytest.raises(RuntimeError, match=message):
+        op(**{key: mode.from_tensor(value) if isinstance(value, torch.Tensor) else value for key, value in kwargs.items()})

@@ -3,22 +3,21 @@ import itertools
 import pytest
 import torch
 import torchvision
-from torch._subclasses.fake_tensor import FakeTensorMode
 
 import segops
 from segops import reference
 from conftest import DEVICES, requires_cuda
-from roi_testing import bad_argument_cases, bad_roi_value_cases, layouts, non_contiguous, random_rois, rois_to_list
+from roi_testing import (
+    assert_raises_eager_and_fake,
+    bad_argument_cases,
+    bad_roi_value_cases,
+    layouts,
+    make_case,
+    non_contiguous,
+    rois_to_list,
+)
 
 TOLERANCES = {torch.float32: dict(rtol=1e-5, atol=1e-5), torch.float64: dict(rtol=1e-12, atol=1e-12)}
-
-
-def make_case(seed, *, device="cpu", dtype=torch.float32, batch_size=2, channels=3, height=9, width=11, num_rois=6,
-              spatial_scale=0.5):
-    g = torch.Generator().manual_seed(seed)
-    input = torch.randn(batch_size, channels, height, width, generator=g, dtype=dtype)
-    rois = random_rois(num_rois, batch_size, height / spatial_scale, width / spatial_scale, dtype=dtype, generator=g)
-    return input.to(device), rois.to(device)
 
 
 CONFIGS = list(
@@ -207,11 +206,7 @@ def test_bad_arguments_eager_and_fake(case):
     _, mutate, message = case
     kwargs = _call_kwargs()
     mutate(kwargs)
-    with pytest.raises(RuntimeError, match=message):
-        torch.ops.segops.roi_align(**kwargs)
-    with FakeTensorMode() as mode, pytest.raises(RuntimeError, match=message):
-        fake = {key: mode.from_tensor(value) if isinstance(value, torch.Tensor) else value for key, value in kwargs.items()}
-        torch.ops.segops.roi_align(**fake)
+    assert_raises_eager_and_fake(torch.ops.segops.roi_align, kwargs, message)
 
 
 @pytest.mark.parametrize("case", bad_roi_value_cases("roi_align"), ids=lambda case: case[0])

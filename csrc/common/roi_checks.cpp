@@ -4,6 +4,7 @@
 
 #include <cmath>
 #include <limits>
+#include <vector>
 
 namespace segops {
 namespace {
@@ -27,25 +28,22 @@ void check_pooling_args(const char* op, double spatial_scale, int64_t pooled_h, 
               ": spatial_scale must be a finite number >= 0, got ", spatial_scale);
 }
 
-void check_plane_fits_int32(const char* op, int64_t height, int64_t width) {
-  TORCH_CHECK(height * width <= std::numeric_limits<int32_t>::max(), op,
-              ": input planes (H * W) must have at most 2^31 - 1 elements, got ", height, " * ", width);
-}
-
 }  // namespace
 
-void check_roi_op_args(const char* op, const at::Tensor& input, const at::Tensor& rois, double spatial_scale,
-                       int64_t pooled_h, int64_t pooled_w) {
+at::Tensor checked_roi_output(const char* op, const at::Tensor& input, const at::Tensor& rois, double spatial_scale,
+                              int64_t pooled_h, int64_t pooled_w) {
   TORCH_CHECK(input.dim() == 4, op, ": input must have shape [N, C, H, W], got ", input.sizes());
   TORCH_CHECK(is_supported_float(input.scalar_type()), op,
               ": input must be float32, float64, float16 or bfloat16, got ", input.scalar_type());
   check_rois_tensor(op, rois, input, "input");
   check_pooling_args(op, spatial_scale, pooled_h, pooled_w);
+  check_rois_values(op, rois, input.size(0));
+  return at::empty({rois.size(0), input.size(1), pooled_h, pooled_w}, input.options());
 }
 
-void check_roi_op_backward_args(const char* op, const at::Tensor& grad, const at::Tensor& rois, double spatial_scale,
-                                int64_t pooled_h, int64_t pooled_w, int64_t batch_size, int64_t channels,
-                                int64_t height, int64_t width) {
+at::Tensor checked_roi_grad_input(const char* op, const at::Tensor& grad, const at::Tensor& rois,
+                                  double spatial_scale, int64_t pooled_h, int64_t pooled_w, int64_t batch_size,
+                                  int64_t channels, int64_t height, int64_t width, at::ScalarType dtype) {
   TORCH_CHECK(is_supported_float(grad.scalar_type()), op,
               ": grad must be float32, float64, float16 or bfloat16, got ", grad.scalar_type());
   check_rois_tensor(op, rois, grad, "grad");
@@ -55,23 +53,8 @@ void check_roi_op_backward_args(const char* op, const at::Tensor& grad, const at
   const std::vector<int64_t> expected{rois.size(0), channels, pooled_h, pooled_w};
   TORCH_CHECK(grad.sizes() == at::IntArrayRef(expected), op, ": grad must have shape ", at::IntArrayRef(expected),
               ", got ", grad.sizes());
-}
-
-void check_roi_pool_args(const at::Tensor& input, const at::Tensor& rois, double spatial_scale, int64_t pooled_h,
-                         int64_t pooled_w) {
-  check_roi_op_args("roi_pool", input, rois, spatial_scale, pooled_h, pooled_w);
-  check_plane_fits_int32("roi_pool", input.size(2), input.size(3));
-}
-
-void check_roi_pool_backward_args(const at::Tensor& grad, const at::Tensor& rois, const at::Tensor& argmax,
-                                  double spatial_scale, int64_t pooled_h, int64_t pooled_w, int64_t batch_size,
-                                  int64_t channels, int64_t height, int64_t width) {
-  const char* op = "_roi_pool_backward";
-  check_roi_op_backward_args(op, grad, rois, spatial_scale, pooled_h, pooled_w, batch_size, channels, height, width);
-  check_plane_fits_int32(op, height, width);
-  TORCH_CHECK(argmax.scalar_type() == at::kInt && argmax.sizes() == grad.sizes() && argmax.device() == grad.device(),
-              op, ": argmax must be the int32 tensor of grad's shape ", grad.sizes(), " and device ", grad.device(),
-              " that roi_pool returned, got ", argmax.scalar_type(), " ", argmax.sizes(), " on ", argmax.device());
+  check_rois_values(op, rois, batch_size);
+  return at::zeros({batch_size, channels, height, width}, grad.options().dtype(dtype));
 }
 
 void check_rois_values(const char* op, const at::Tensor& rois, int64_t batch_size) {
@@ -90,6 +73,18 @@ void check_rois_values(const char* op, const at::Tensor& rois, int64_t batch_siz
               batch_size, "), got ", v[0]);
   TORCH_CHECK(false, op, ": rois[", row, ", 1:5] (box x1, y1, x2, y2) must be finite, got (", v[1], ", ", v[2], ", ",
               v[3], ", ", v[4], ")");
+}
+
+void check_roi_pool_plane(const char* op, int64_t height, int64_t width) {
+  TORCH_CHECK(height * width <= std::numeric_limits<int32_t>::max(), op,
+              ": input planes (H * W) must have at most 2^31 - 1 elements, got ", height, " * ", width);
+}
+
+void check_roi_pool_argmax(const at::Tensor& grad, const at::Tensor& argmax) {
+  TORCH_CHECK(argmax.scalar_type() == at::kInt && argmax.sizes() == grad.sizes() && argmax.device() == grad.device(),
+              "_roi_pool_backward: argmax must be the int32 tensor of grad's shape ", grad.sizes(), " and device ",
+              grad.device(), " that roi_pool returned, got ", argmax.scalar_type(), " ", argmax.sizes(), " on ",
+              argmax.device());
 }
 
 }  // namespace segops

@@ -1,29 +1,31 @@
 #pragma once
-// Argument checks shared by the RoI operators on every backend. segops/ops/_roi_common.py repeats the
-// shape/dtype/device messages word for word in the fake kernels.
+// Argument checks shared by the RoI operators on every backend, folded into the allocation of their results so
+// that no launcher can skip them. segops/ops/_roi_common.py repeats the shape/dtype/device messages word for
+// word in the fake kernels.
 #include <ATen/core/Tensor.h>
 
 namespace segops {
 
-// input [N, C, H, W], rois [K, 5] of the same dtype and device, output size >= 1, finite scale >= 0.
-void check_roi_op_args(const char* op, const at::Tensor& input, const at::Tensor& rois, double spatial_scale,
-                       int64_t pooled_h, int64_t pooled_w);
+// Checks a forward call and returns its uninitialised output [K, C, PH, PW]: input [N, C, H, W] of a float
+// dtype, rois [K, 5] of input's dtype and device, output size >= 1, a finite spatial_scale >= 0, and rois'
+// values (see check_rois_values).
+at::Tensor checked_roi_output(const char* op, const at::Tensor& input, const at::Tensor& rois, double spatial_scale,
+                              int64_t pooled_h, int64_t pooled_w);
 
-// The same for a backward op: grad [K, C, PH, PW] against rois [K, 5] and the input's shape.
-void check_roi_op_backward_args(const char* op, const at::Tensor& grad, const at::Tensor& rois, double spatial_scale,
-                                int64_t pooled_h, int64_t pooled_w, int64_t batch_size, int64_t channels,
-                                int64_t height, int64_t width);
-
-// RoIPool extras: argmax holds int32 plane indices, so a plane has at most 2^31 - 1 elements; the backward's
-// argmax must be the forward's (int32, grad's shape and device).
-void check_roi_pool_args(const at::Tensor& input, const at::Tensor& rois, double spatial_scale, int64_t pooled_h,
-                         int64_t pooled_w);
-void check_roi_pool_backward_args(const at::Tensor& grad, const at::Tensor& rois, const at::Tensor& argmax,
+// Checks a backward call (grad [K, C, PH, PW] against rois [K, 5] and the input's shape) and returns the zeroed
+// grad_input [N, C, H, W] of `dtype`.
+at::Tensor checked_roi_grad_input(const char* op, const at::Tensor& grad, const at::Tensor& rois,
                                   double spatial_scale, int64_t pooled_h, int64_t pooled_w, int64_t batch_size,
-                                  int64_t channels, int64_t height, int64_t width);
+                                  int64_t channels, int64_t height, int64_t width, at::ScalarType dtype);
 
 // Data-dependent checks: each rois[k, 0] an integer in [0, batch_size), each coordinate finite. On CUDA this
 // synchronises once; it is what keeps a bad batch index from reading outside the input.
 void check_rois_values(const char* op, const at::Tensor& rois, int64_t batch_size);
+
+// RoIPool's argmax holds int32 plane indices, so a plane may have at most 2^31 - 1 elements.
+void check_roi_pool_plane(const char* op, int64_t height, int64_t width);
+
+// The backward's argmax must be the forward's: int32, of grad's shape and device.
+void check_roi_pool_argmax(const at::Tensor& grad, const at::Tensor& argmax);
 
 }  // namespace segops

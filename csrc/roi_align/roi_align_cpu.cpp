@@ -78,13 +78,11 @@ struct PlaneAdd {
 
 at::Tensor roi_align_forward_cpu(const at::Tensor& input, const at::Tensor& rois, double spatial_scale,
                                  int64_t pooled_h, int64_t pooled_w, int64_t sampling_ratio, bool aligned) {
-  check_roi_op_args("roi_align", input, rois, spatial_scale, pooled_h, pooled_w);
-  check_rois_values("roi_align", rois, input.size(0));
+  at::Tensor output = checked_roi_output("roi_align", input, rois, spatial_scale, pooled_h, pooled_w);
+  if (output.numel() == 0) return output;
   const int64_t channels = input.size(1);
   const int64_t height = input.size(2);
   const int64_t width = input.size(3);
-  at::Tensor output = at::empty({rois.size(0), channels, pooled_h, pooled_w}, input.options());
-  if (output.numel() == 0) return output;
   // A channels_last input costs one copy here.
   const at::Tensor input_c = input.contiguous();
   const at::Tensor rois_c = rois.contiguous();
@@ -114,12 +112,10 @@ at::Tensor roi_align_forward_cpu(const at::Tensor& input, const at::Tensor& rois
 at::Tensor roi_align_backward_cpu(const at::Tensor& grad, const at::Tensor& rois, double spatial_scale,
                                   int64_t pooled_h, int64_t pooled_w, int64_t batch_size, int64_t channels,
                                   int64_t height, int64_t width, int64_t sampling_ratio, bool aligned) {
-  check_roi_op_backward_args("_roi_align_backward", grad, rois, spatial_scale, pooled_h, pooled_w, batch_size,
-                             channels, height, width);
-  check_rois_values("_roi_align_backward", rois, batch_size);
   // Accumulate in acc_t (float for half types), converted once at the end.
-  const auto acc_type = at::toOpMathType(grad.scalar_type());
-  at::Tensor grad_input = at::zeros({batch_size, channels, height, width}, grad.options().dtype(acc_type));
+  at::Tensor grad_input = checked_roi_grad_input("_roi_align_backward", grad, rois, spatial_scale, pooled_h, pooled_w,
+                                                 batch_size, channels, height, width,
+                                                 at::toOpMathType(grad.scalar_type()));
   if (grad.numel() == 0 || grad_input.numel() == 0) return grad_input.to(grad.scalar_type());
   const at::Tensor grad_c = grad.contiguous();
   const at::Tensor rois_c = rois.contiguous();

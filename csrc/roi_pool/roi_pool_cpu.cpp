@@ -20,17 +20,16 @@ namespace {
 
 std::tuple<at::Tensor, at::Tensor> roi_pool_forward_cpu(const at::Tensor& input, const at::Tensor& rois,
                                                         double spatial_scale, int64_t pooled_h, int64_t pooled_w) {
-  check_roi_pool_args(input, rois, spatial_scale, pooled_h, pooled_w);
-  check_rois_values("roi_pool", rois, input.size(0));
-  const int64_t channels = input.size(1);
-  at::Tensor output = at::empty({rois.size(0), channels, pooled_h, pooled_w}, input.options());
-  at::Tensor argmax = at::empty({rois.size(0), channels, pooled_h, pooled_w}, input.options().dtype(at::kInt));
+  at::Tensor output = checked_roi_output("roi_pool", input, rois, spatial_scale, pooled_h, pooled_w);
+  check_roi_pool_plane("roi_pool", input.size(2), input.size(3));
+  at::Tensor argmax = at::empty(output.sizes(), output.options().dtype(at::kInt));
   if (output.numel() == 0) return {output, argmax};
-  const at::Tensor input_c = input.contiguous();
-  const at::Tensor rois_c = rois.contiguous();
+  const int64_t channels = input.size(1);
   const int64_t height = input.size(2);
   const int64_t width = input.size(3);
   const int64_t bins_per_plane = pooled_h * pooled_w;
+  const at::Tensor input_c = input.contiguous();
+  const at::Tensor rois_c = rois.contiguous();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "roi_pool_forward_cpu", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     const scalar_t* rois_data = rois_c.const_data_ptr<scalar_t>();
@@ -65,11 +64,12 @@ std::tuple<at::Tensor, at::Tensor> roi_pool_forward_cpu(const at::Tensor& input,
 at::Tensor roi_pool_backward_cpu(const at::Tensor& grad, const at::Tensor& rois, const at::Tensor& argmax,
                                  double spatial_scale, int64_t pooled_h, int64_t pooled_w, int64_t batch_size,
                                  int64_t channels, int64_t height, int64_t width) {
-  check_roi_pool_backward_args(grad, rois, argmax, spatial_scale, pooled_h, pooled_w, batch_size, channels, height,
-                               width);
-  check_rois_values("_roi_pool_backward", rois, batch_size);
-  const auto acc_type = at::toOpMathType(grad.scalar_type());
-  at::Tensor grad_input = at::zeros({batch_size, channels, height, width}, grad.options().dtype(acc_type));
+  // Accumulate in acc_t (float for half types), converted once at the end.
+  at::Tensor grad_input = checked_roi_grad_input("_roi_pool_backward", grad, rois, spatial_scale, pooled_h, pooled_w,
+                                                 batch_size, channels, height, width,
+                                                 at::toOpMathType(grad.scalar_type()));
+  check_roi_pool_plane("_roi_pool_backward", height, width);
+  check_roi_pool_argmax(grad, argmax);
   if (grad.numel() == 0 || grad_input.numel() == 0) return grad_input.to(grad.scalar_type());
   const at::Tensor grad_c = grad.contiguous();
   const at::Tensor argmax_c = argmax.contiguous();

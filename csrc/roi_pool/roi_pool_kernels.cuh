@@ -54,12 +54,11 @@ template <class Launch>
 std::tuple<at::Tensor, at::Tensor> roi_pool_forward_launch(const Launch& launch, const at::Tensor& input,
                                                            const at::Tensor& rois, double spatial_scale,
                                                            int64_t pooled_h, int64_t pooled_w) {
-  check_roi_pool_args(input, rois, spatial_scale, pooled_h, pooled_w);
-  check_rois_values("roi_pool", rois, input.size(0));
-  const int64_t channels = input.size(1);
-  at::Tensor output = at::empty({rois.size(0), channels, pooled_h, pooled_w}, input.options());
-  at::Tensor argmax = at::empty({rois.size(0), channels, pooled_h, pooled_w}, input.options().dtype(at::kInt));
+  at::Tensor output = checked_roi_output("roi_pool", input, rois, spatial_scale, pooled_h, pooled_w);
+  check_roi_pool_plane("roi_pool", input.size(2), input.size(3));
+  at::Tensor argmax = at::empty(output.sizes(), output.options().dtype(at::kInt));
   if (output.numel() == 0) return {output, argmax};
+  const int64_t channels = input.size(1);
   const at::Tensor input_c = input.contiguous();
   const at::Tensor rois_c = rois.contiguous();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "roi_pool_forward_kernel", [&] {
@@ -75,10 +74,10 @@ template <class Launch>
 at::Tensor roi_pool_backward_launch(const Launch& launch, const at::Tensor& grad, const at::Tensor& rois,
                                     const at::Tensor& argmax, double spatial_scale, int64_t pooled_h, int64_t pooled_w,
                                     int64_t batch_size, int64_t channels, int64_t height, int64_t width) {
-  check_roi_pool_backward_args(grad, rois, argmax, spatial_scale, pooled_h, pooled_w, batch_size, channels, height,
-                               width);
-  check_rois_values("_roi_pool_backward", rois, batch_size);
-  at::Tensor grad_input = at::zeros({batch_size, channels, height, width}, grad.options());
+  at::Tensor grad_input = checked_roi_grad_input("_roi_pool_backward", grad, rois, spatial_scale, pooled_h, pooled_w,
+                                                 batch_size, channels, height, width, grad.scalar_type());
+  check_roi_pool_plane("_roi_pool_backward", height, width);
+  check_roi_pool_argmax(grad, argmax);
   if (grad.numel() == 0 || grad_input.numel() == 0) return grad_input;
   const at::Tensor grad_c = grad.contiguous();
   const at::Tensor rois_c = rois.contiguous();
