@@ -37,46 +37,41 @@ SEGOPS_HOST_DEVICE LinearTap<T> roi_sample_tap(T coord, int64_t size) {
   return {low, high, T(1) - frac, frac};
 }
 
-// The sum of the bilinear samples at every (ty, tx) pair of two tap sequences over a row-major plane of `width`
-// columns. A tap sequence is a callable that calls its argument with each LinearTap in turn: the GPU generates
-// taps on the fly, the CPU replays precomputed ones. Interpolating along x first and weighting the two rows
-// once per y tap costs 4 multiply-adds per sample instead of 8.
-template <typename T, typename scalar_t, typename YTaps, typename XTaps>
-SEGOPS_HOST_DEVICE T bilinear_sum(const scalar_t* plane, int64_t width, const YTaps& for_each_y_tap,
-                                  const XTaps& for_each_x_tap) {
-  T sum = T(0);
-  for_each_y_tap([&](const LinearTap<T>& ty) {
-    const scalar_t* row_low = plane + ty.low * width;
-    const scalar_t* row_high = plane + ty.high * width;
-    T sum_low = T(0);
-    T sum_high = T(0);
-    for_each_x_tap([&](const LinearTap<T>& tx) {
-      sum_low += tx.w_low * static_cast<T>(row_low[tx.low]) + tx.w_high * static_cast<T>(row_low[tx.high]);
-      sum_high += tx.w_low * static_cast<T>(row_high[tx.low]) + tx.w_high * static_cast<T>(row_high[tx.high]);
-    });
-    sum += ty.w_low * sum_low + ty.w_high * sum_high;
-  });
-  return sum;
+// The weights of a 2-D sample's four neighbours (row low/high x column low/high), products of its 1-D taps.
+template <typename T>
+struct BilinearWeights {
+  T low_low, low_high, high_low, high_high;
+};
+
+template <typename T>
+SEGOPS_HOST_DEVICE BilinearWeights<T> bilinear_weights(const LinearTap<T>& ty, const LinearTap<T>& tx) {
+  return {ty.w_low * tx.w_low, ty.w_low * tx.w_high, ty.w_high * tx.w_low, ty.w_high * tx.w_high};
 }
 
-// The adjoint of bilinear_sum: add(offset, w * grad) for every sample's four neighbours, offsets counted from
-// the plane's first element plus `plane_offset`. `add` is a plain add on the CPU (each plane owned by one
-// thread) and an atomic add on the GPU.
-template <typename T, typename Add, typename YTaps, typename XTaps>
-SEGOPS_HOST_DEVICE void bilinear_scatter(Add& add, int64_t plane_offset, int64_t width, T grad,
-                                         const YTaps& for_each_y_tap, const XTaps& for_each_x_tap) {
-  for_each_y_tap([&](const LinearTap<T>& ty) {
-    const int64_t row_low = plane_offset + ty.low * width;
-    const int64_t row_high = plane_offset + ty.high * width;
-    const T grad_low = grad * ty.w_low;
-    const T grad_high = grad * ty.w_high;
-    for_each_x_tap([&](const LinearTap<T>& tx) {
-      add(row_low + tx.low, grad_low * tx.w_low);
-      add(row_low + tx.high, grad_low * tx.w_high);
-      add(row_high + tx.low, grad_high * tx.w_low);
-      add(row_high + tx.high, grad_high * tx.w_high);
-    });
-  });
+// One 2-D sample of a row-major plane of `width` columns. The order of operations is torchvision's, so results
+// agree with it bitwise; the CPU kernel evaluates the same expression, vectorised over channels.
+template <typename T, typename scalar_t>
+SEGOPS_HOST_DEVICE T bilinear_gather(const scalar_t* plane, int64_t width, const LinearTap<T>& ty,
+                                     const LinearTap<T>& tx) {
+  const BilinearWeights<T> w = bilinear_weights(ty, tx);
+  const scalar_t* row_low = plane + ty.low * width;
+  const scalar_t* row_high = plane + ty.high * width;
+  return w.low_low * static_cast<T>(row_low[tx.low]) + w.low_high * static_cast<T>(row_low[tx.high]) +
+         w.high_low * static_cast<T>(row_high[tx.low]) + w.high_high * static_cast<T>(row_high[tx.high]);
+}
+
+// The adjoint of bilinear_gather: add(offset, w * grad) for the sample's four neighbours, offsets counted from
+// `plane_offset`. `add` is a plain add on the CPU (each plane owned by one thread) and an atomic add on the GPU.
+template <typename T, typename Add>
+SEGOPS_HOST_DEVICE void bilinear_scatter(Add& add, int64_t plane_offset, int64_t width, const LinearTap<T>& ty,
+                                         const LinearTap<T>& tx, T grad) {
+  const BilinearWeights<T> w = bilinear_weights(ty, tx);
+  const int64_t row_low = plane_offset + ty.low * width;
+  const int64_t row_high = plane_offset + ty.high * width;
+  add(row_low + tx.low, grad * w.low_low);
+  add(row_low + tx.high, grad * w.low_high);
+  add(row_high + tx.low, grad * w.high_low);
+  add(row_high + tx.high, grad * w.high_high);
 }
 
 }  // namespace segops

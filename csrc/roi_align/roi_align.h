@@ -84,18 +84,25 @@ SEGOPS_HOST_DEVICE void roi_align_for_each_tap(T start, T bin, int64_t grid, int
 template <typename T, typename scalar_t>
 SEGOPS_HOST_DEVICE T roi_align_bin_value(const scalar_t* plane, int64_t height, int64_t width,
                                          const RoIAlignGeometry<T>& g, int64_t ph, int64_t pw) {
-  const auto y_taps = [&](auto&& f) { roi_align_for_each_tap(g.start_h, g.bin_h, g.grid_h, ph, height, f); };
-  const auto x_taps = [&](auto&& f) { roi_align_for_each_tap(g.start_w, g.bin_w, g.grid_w, pw, width, f); };
-  return bilinear_sum<T>(plane, width, y_taps, x_taps) / g.count;
+  T sum = T(0);
+  roi_align_for_each_tap(g.start_h, g.bin_h, g.grid_h, ph, height, [&](const LinearTap<T>& ty) {
+    roi_align_for_each_tap(g.start_w, g.bin_w, g.grid_w, pw, width, [&](const LinearTap<T>& tx) {
+      sum += bilinear_gather(plane, width, ty, tx);
+    });
+  });
+  return sum / g.count;
 }
 
 // Backward of roi_align_bin_value: spreads grad over the bin's samples through `add(offset, value)`.
 template <typename T, typename Add>
 SEGOPS_HOST_DEVICE void roi_align_bin_scatter(Add& add, int64_t plane_offset, int64_t height, int64_t width,
                                               const RoIAlignGeometry<T>& g, int64_t ph, int64_t pw, T grad) {
-  const auto y_taps = [&](auto&& f) { roi_align_for_each_tap(g.start_h, g.bin_h, g.grid_h, ph, height, f); };
-  const auto x_taps = [&](auto&& f) { roi_align_for_each_tap(g.start_w, g.bin_w, g.grid_w, pw, width, f); };
-  bilinear_scatter(add, plane_offset, width, grad / g.count, y_taps, x_taps);
+  const T grad_per_sample = grad / g.count;
+  roi_align_for_each_tap(g.start_h, g.bin_h, g.grid_h, ph, height, [&](const LinearTap<T>& ty) {
+    roi_align_for_each_tap(g.start_w, g.bin_w, g.grid_w, pw, width, [&](const LinearTap<T>& tx) {
+      bilinear_scatter(add, plane_offset, width, ty, tx, grad_per_sample);
+    });
+  });
 }
 
 }  // namespace segops

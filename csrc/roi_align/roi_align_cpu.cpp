@@ -1,13 +1,16 @@
 // RoIAlign on the CPU. Bilinear taps are separable, so each RoI's taps are computed once per axis, up front,
-// and reused by every bin row/column and every channel. Forward and backward both run planes outermost
-// (for_each_plane_roi): parallel, cache-friendly, and the backward accumulates each plane on one thread in
-// RoI order, so it is deterministic without atomics.
+// and shared by every bin and every channel.
+//  - Forward runs on a channels-innermost (NHWC) view of the input, parallel over RoIs: each bilinear sample is
+//    then one vectorisable loop over channels. A contiguous (NCHW) input costs one copy; channels_last, none.
+//  - Backward runs planes outermost (for_each_plane_roi): parallel over (image, channel) planes, each plane
+//    accumulated by one thread in RoI order, so it is deterministic without atomics.
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
+#include <algorithm>
 #include <vector>
 
 #include "common/roi_checks.h"
@@ -16,6 +19,14 @@
 
 namespace segops {
 namespace {
+
+template <typename T>
+struct TapRange {
+  const LinearTap<T>* first;
+  const LinearTap<T>* last;
+  const LinearTap<T>* begin() const { return first; }
+  const LinearTap<T>* end() const { return last; }
+};
 
 // The valid taps of one RoI along one axis, grouped by bin: bin p owns taps[begin[p] .. begin[p + 1]).
 template <typename T>
@@ -31,26 +42,15 @@ struct AxisTaps {
       begin.push_back(static_cast<int64_t>(taps.size()));
     }
   }
+
+  TapRange<T> of_bin(int64_t p) const { return {taps.data() + begin[p], taps.data() + begin[p + 1]}; }
 };
 
-// Every tap of one RoI: its geometry and its y and x taps.
+// One RoI: its geometry and its y and x taps, in the order the GPU kernel visits them.
 template <typename T>
 struct RoITaps {
   RoIAlignGeometry<T> geometry;
   AxisTaps<T> y, x;
-
-  // Tap sequences (see bilinear_sum) of bin row ph and bin column pw.
-  auto y_taps(int64_t ph) const { return replay(y, ph); }
-  auto x_taps(int64_t pw) const { return replay(x, pw); }
-
- private:
-  static auto replay(const AxisTaps<T>& axis, int64_t bin) {
-    const LinearTap<T>* first = axis.taps.data() + axis.begin[bin];
-    const LinearTap<T>* last = axis.taps.data() + axis.begin[bin + 1];
-    return [first, last](auto&& f) {
-      for (const LinearTap<T>* tap = first; tap != last; ++tap) f(*tap);
-    };
-  }
 };
 
 template <typename T, typename scalar_t>
@@ -70,6 +70,22 @@ std::vector<RoITaps<T>> build_roi_taps(const scalar_t* rois, int64_t num_rois, d
   return all_taps;
 }
 
+// sums[c] += the bilinear sample (ty, tx) of channel c, for every channel of an NHWC image: bilinear_gather's
+// expression, vectorised over channels.
+template <typename T, typename scalar_t>
+void add_sample_all_channels(T* __restrict__ sums, const scalar_t* image, int64_t width, int64_t channels,
+                             const LinearTap<T>& ty, const LinearTap<T>& tx) {
+  const BilinearWeights<T> w = bilinear_weights(ty, tx);
+  const scalar_t* __restrict__ low_low = image + (ty.low * width + tx.low) * channels;
+  const scalar_t* __restrict__ low_high = image + (ty.low * width + tx.high) * channels;
+  const scalar_t* __restrict__ high_low = image + (ty.high * width + tx.low) * channels;
+  const scalar_t* __restrict__ high_high = image + (ty.high * width + tx.high) * channels;
+  for (int64_t c = 0; c < channels; ++c) {
+    sums[c] += w.low_low * static_cast<T>(low_low[c]) + w.low_high * static_cast<T>(low_high[c]) +
+               w.high_low * static_cast<T>(high_low[c]) + w.high_high * static_cast<T>(high_high[c]);
+  }
+}
+
 template <typename acc_t>
 struct PlaneAdd {
   acc_t* data;
@@ -83,28 +99,35 @@ at::Tensor roi_align_forward_cpu(const at::Tensor& input, const at::Tensor& rois
   const int64_t channels = input.size(1);
   const int64_t height = input.size(2);
   const int64_t width = input.size(3);
-  // A channels_last input costs one copy here.
-  const at::Tensor input_c = input.contiguous();
+  const at::Tensor input_nhwc = input.contiguous(at::MemoryFormat::ChannelsLast);
   const at::Tensor rois_c = rois.contiguous();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "roi_align_forward_cpu", [&] {
     using acc_t = at::opmath_type<scalar_t>;
-    const scalar_t* rois_data = rois_c.const_data_ptr<scalar_t>();
-    const scalar_t* input_data = input_c.const_data_ptr<scalar_t>();
+    const scalar_t* input_data = input_nhwc.const_data_ptr<scalar_t>();
     scalar_t* output_data = output.mutable_data_ptr<scalar_t>();
-    const auto all_taps = build_roi_taps<acc_t>(rois_data, rois.size(0), spatial_scale, pooled_h, pooled_w,
-                                                sampling_ratio, aligned, height, width);
-    for_each_plane_roi(group_rois_by_image(rois_data, rois.size(0), input.size(0)), channels,
-                       [&](int64_t n, int64_t c, int64_t k) {
-                         const scalar_t* plane = input_data + (n * channels + c) * height * width;
-                         scalar_t* out = output_data + (k * channels + c) * pooled_h * pooled_w;
-                         const RoITaps<acc_t>& taps = all_taps[k];
-                         for (int64_t ph = 0; ph < pooled_h; ++ph) {
-                           for (int64_t pw = 0; pw < pooled_w; ++pw) {
-                             const acc_t sum = bilinear_sum<acc_t>(plane, width, taps.y_taps(ph), taps.x_taps(pw));
-                             out[ph * pooled_w + pw] = static_cast<scalar_t>(sum / taps.geometry.count);
-                           }
-                         }
-                       });
+    const auto all_taps = build_roi_taps<acc_t>(rois_c.const_data_ptr<scalar_t>(), rois.size(0), spatial_scale,
+                                                pooled_h, pooled_w, sampling_ratio, aligned, height, width);
+    at::parallel_for(0, rois.size(0), 1, [&](int64_t begin, int64_t end) {
+      std::vector<acc_t> sums(channels);
+      for (int64_t k = begin; k < end; ++k) {
+        const RoITaps<acc_t>& taps = all_taps[k];
+        const scalar_t* image = input_data + taps.geometry.batch * height * width * channels;
+        scalar_t* out = output_data + k * channels * pooled_h * pooled_w;
+        for (int64_t ph = 0; ph < pooled_h; ++ph) {
+          for (int64_t pw = 0; pw < pooled_w; ++pw) {
+            std::fill(sums.begin(), sums.end(), acc_t(0));
+            for (const LinearTap<acc_t>& ty : taps.y.of_bin(ph)) {
+              for (const LinearTap<acc_t>& tx : taps.x.of_bin(pw)) {
+                add_sample_all_channels(sums.data(), image, width, channels, ty, tx);
+              }
+            }
+            for (int64_t c = 0; c < channels; ++c) {
+              out[(c * pooled_h + ph) * pooled_w + pw] = static_cast<scalar_t>(sums[c] / taps.geometry.count);
+            }
+          }
+        }
+      }
+    });
   });
   return output;
 }
@@ -135,8 +158,11 @@ at::Tensor roi_align_backward_cpu(const at::Tensor& grad, const at::Tensor& rois
                            for (int64_t pw = 0; pw < pooled_w; ++pw) {
                              const acc_t grad_per_sample =
                                  static_cast<acc_t>(grad_bins[ph * pooled_w + pw]) / taps.geometry.count;
-                             bilinear_scatter(add, plane_offset, width, grad_per_sample, taps.y_taps(ph),
-                                              taps.x_taps(pw));
+                             for (const LinearTap<acc_t>& ty : taps.y.of_bin(ph)) {
+                               for (const LinearTap<acc_t>& tx : taps.x.of_bin(pw)) {
+                                 bilinear_scatter(add, plane_offset, width, ty, tx, grad_per_sample);
+                               }
+                             }
                            }
                          }
                        });
