@@ -230,6 +230,9 @@ def test_bad_arguments_of_public_api():
         torch.ops.segops.roi_align(input, rois.to("meta"), 1.0, 2, 2, 2, True)
     with pytest.raises(ValueError, match=r"roi_align: output_size must be an int or a pair of ints \(height, width\), got \(2, 2, 2\)"):
         segops.roi_align(input, rois, (2, 2, 2))
+    with pytest.raises(ValueError, match=r"roi_align: output_size must be an int or a pair of ints \(height, width\), got \(2.0, 2\)"):
+        segops.roi_align(input, rois, (2.0, 2))
+    assert segops.roi_align(input, rois, torch.Size([2, 3])).shape == (6, 3, 2, 3)
     with pytest.raises(ValueError, match=r"roi_align: boxes\[1\] must be a Tensor\[L, 4\] \(x1, y1, x2, y2\), got \[3, 5\]"):
         segops.roi_align(input, [torch.zeros(2, 4), torch.zeros(3, 5)], 2)
     with pytest.raises(ValueError, match="roi_align: boxes must be a Tensor\\[K, 5\\] or a list of Tensor\\[L, 4\\], got str"):

@@ -3,7 +3,8 @@
 The messages repeat csrc/common/roi_checks.cpp word for word, so one `pytest.raises(match=...)` covers eager,
 fake and compiled calls."""
 
-from typing import List, Sequence, Tuple, Union
+import operator
+from typing import List, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import Tensor
@@ -32,16 +33,24 @@ def _shape(tensor: Tensor) -> str:
     return "[" + ", ".join(str(size) for size in tensor.shape) + "]"
 
 
+def _as_int(value) -> Optional[int]:
+    if isinstance(value, bool):
+        return None
+    try:
+        return operator.index(value)  # int, numpy and 0-d integer tensors; not floats
+    except TypeError:
+        return None
+
+
 def output_size_pair(op: str, output_size: Union[int, Sequence[int]]) -> Tuple[int, int]:
     """`output_size` as (height, width); an int means a square."""
-    if isinstance(output_size, int) and not isinstance(output_size, bool):
-        return output_size, output_size
-    if (
-        isinstance(output_size, (tuple, list))
-        and len(output_size) == 2
-        and all(isinstance(size, int) and not isinstance(size, bool) for size in output_size)
-    ):
-        return output_size[0], output_size[1]
+    size = _as_int(output_size)
+    if size is not None:
+        return size, size
+    if isinstance(output_size, (tuple, list, torch.Size)) and len(output_size) == 2:
+        height, width = _as_int(output_size[0]), _as_int(output_size[1])
+        if height is not None and width is not None:
+            return height, width
     raise ValueError(f"{op}: output_size must be an int or a pair of ints (height, width), got {output_size!r}")
 
 
