@@ -3,11 +3,18 @@ raise the C++ kernels' messages (segops/ops/_roi_common.py); data-dependent chec
 
 import torch
 
-from segops.ops._roi_common import check_plane_fits_int32, check_roi_op_args, check_roi_op_backward_args
+from segops.ops._roi_common import (
+    check_plane_fits_int32,
+    check_roi_op_args,
+    check_roi_op_backward_args,
+    check_sampling_ratio,
+    dtype_name,
+)
 
 
 @torch.library.register_fake("segops::roi_align")
 def _roi_align_fake(input, rois, spatial_scale, pooled_height, pooled_width, sampling_ratio, aligned):
+    check_sampling_ratio("roi_align", sampling_ratio)
     check_roi_op_args("roi_align", input, rois, spatial_scale, pooled_height, pooled_width)
     return input.new_empty((rois.shape[0], input.shape[1], pooled_height, pooled_width))
 
@@ -17,6 +24,7 @@ def _roi_align_backward_fake(
     grad, rois, spatial_scale, pooled_height, pooled_width, batch_size, channels, height, width, sampling_ratio, aligned
 ):
     input_shape = (batch_size, channels, height, width)
+    check_sampling_ratio("_roi_align_backward", sampling_ratio)
     check_roi_op_backward_args("_roi_align_backward", grad, rois, spatial_scale, pooled_height, pooled_width, input_shape)
     return grad.new_empty(input_shape)
 
@@ -40,6 +48,6 @@ def _roi_pool_backward_fake(
     if argmax.dtype != torch.int32 or argmax.shape != grad.shape or argmax.device != grad.device:
         raise RuntimeError(
             f"{op}: argmax must be the int32 tensor of grad's shape {list(grad.shape)} and device {grad.device} "
-            f"that roi_pool returned, got {argmax.dtype} {list(argmax.shape)} on {argmax.device}"
+            f"that roi_pool returned, got {dtype_name(argmax.dtype)} {list(argmax.shape)} on {argmax.device}"
         )
     return grad.new_empty(input_shape)

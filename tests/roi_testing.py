@@ -61,9 +61,11 @@ def bad_argument_cases(op):
         ("rois [K, 4]", lambda a: a.update(rois=a["rois"][:, :4]), rf"{op}: rois must have shape \[K, 5\], got \[4, 4\]"),
         ("rois 1-D", lambda a: a.update(rois=a["rois"][0]), rf"{op}: rois must have shape \[K, 5\], got \[5\]"),
         ("rois dtype", lambda a: a.update(rois=a["rois"].double()), rf"{op}: rois must have the same dtype as input \(Float\), got Double"),
+        ("rois dtype, half input", lambda a: a.update(input=a["input"].half(), rois=a["rois"].double()), rf"{op}: rois must have the same dtype as input \(Half\) or Float, got Double"),
         ("output_size 0", lambda a: a.update(pooled_height=0), rf"{op}: output_size must be >= 1 in both dimensions, got \(0, 3\)"),
         ("output_size negative", lambda a: a.update(pooled_width=-2), rf"{op}: output_size must be >= 1 in both dimensions, got \(2, -2\)"),
         ("spatial_scale negative", lambda a: a.update(spatial_scale=-0.5), rf"{op}: spatial_scale must be a finite number >= 0, got -0.5"),
+        ("spatial_scale -1", lambda a: a.update(spatial_scale=-1.0), rf"{op}: spatial_scale must be a finite number >= 0, got -1$"),
         ("spatial_scale nan", lambda a: a.update(spatial_scale=float("nan")), rf"{op}: spatial_scale must be a finite number >= 0, got nan"),
         ("spatial_scale inf", lambda a: a.update(spatial_scale=float("inf")), rf"{op}: spatial_scale must be a finite number >= 0, got inf"),
     ]

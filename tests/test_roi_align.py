@@ -7,7 +7,7 @@ import torchvision
 import segops
 from segops import reference
 from conftest import DEVICES, requires_cuda
-from roi_testing import (
+from roi_testing import (  # noqa: I001
     assert_raises_eager_and_fake,
     bad_argument_cases,
     bad_roi_value_cases,
@@ -222,6 +222,30 @@ def test_bad_roi_values(case):
     grad = torch.ones(4, 3, 2, 3)
     with pytest.raises(RuntimeError, match=message.replace("roi_align", "_roi_align_backward")):
         torch.ops.segops._roi_align_backward(grad, kwargs["rois"], 0.5, 2, 3, 2, 3, 10, 12, 2, True)
+
+
+def test_low_precision_input_keeps_float32_boxes():
+    # bfloat16 cannot hold batch index 257 or sub-pixel coordinates near 1000 px: boxes stay float32.
+    input = torch.randn(300, 2, 6, 6)
+    rois = torch.tensor([[257, 1.3, 2.7, 1003.1, 1004.9], [3, 0.5, 0.5, 4.25, 3.75]])
+    expected = segops.roi_align(input.bfloat16().float(), rois, 2, 0.005, 2, True)
+    actual = segops.roi_align(input.bfloat16(), rois, 2, 0.005, 2, True)
+    torch.testing.assert_close(actual.float(), expected.bfloat16().float(), rtol=0, atol=0)
+    assert torch.ops.segops.roi_align(input.half(), rois, 0.005, 2, 2, 2, True).dtype == torch.float16
+
+
+def test_absurd_sampling_and_scale_are_rejected_or_bounded():
+    input, rois = make_case(0)
+    for op in (torch.ops.segops.roi_align, ):
+        assert_raises_eager_and_fake(
+            op, dict(input=input, rois=rois, spatial_scale=0.5, pooled_height=2, pooled_width=2, sampling_ratio=257,
+                     aligned=True),
+            r"roi_align: sampling_ratio must be <= 0 \(adaptive\) or at most 256, got 257")
+    # Tiny bins sampled densely at the border, and boxes scaled past float's range: defined, finite outputs.
+    edge = torch.tensor([[0, 22.0, 0.0, 22.0 + 1e-6, 18.0], [1, 0.0, 0.0, 1e30, 1e30]])
+    out = segops.roi_align(input, edge, 3, 0.5, 256, True)
+    assert torch.isfinite(out).all()
+    assert torch.isfinite(segops.roi_align(input, edge, 3, 1e300, -1, True)).all()
 
 
 def test_bad_arguments_of_public_api():

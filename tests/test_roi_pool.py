@@ -143,6 +143,12 @@ def test_empty_and_degenerate_inputs():
     assert torch.equal(segops.roi_pool(torch.randn(1, 2, 0, 4), torch.zeros(1, 5), 2), torch.zeros(1, 2, 2, 2))
 
 
+def test_spatial_scale_past_float_range_is_defined():
+    input, rois = make_case(0)
+    out = segops.roi_pool(input, rois, 2, 1e300)  # box * scale overflows float32 to inf, 0 * scale to NaN
+    assert torch.isfinite(out).all()
+
+
 def test_nan_and_infinite_inputs_follow_torchvision():
     input = torch.randn(1, 2, 6, 6)
     input[0, 0, :3, :3] = float("nan")

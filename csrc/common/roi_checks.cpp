@@ -1,9 +1,11 @@
 #include "common/roi_checks.h"
 
 #include <ATen/ATen.h>
+#include <ATen/OpMathType.h>
 
 #include <cmath>
 #include <limits>
+#include <utility>
 #include <vector>
 
 namespace segops {
@@ -13,12 +15,16 @@ bool is_supported_float(at::ScalarType type) {
   return type == at::kFloat || type == at::kDouble || type == at::kHalf || type == at::kBFloat16;
 }
 
-void check_rois_tensor(const char* op, const at::Tensor& rois, const at::Tensor& like, const char* like_name) {
+// Returns rois contiguous in like's accumulation dtype.
+at::Tensor checked_rois_tensor(const char* op, const at::Tensor& rois, const at::Tensor& like, const char* like_name) {
   TORCH_CHECK(rois.dim() == 2 && rois.size(1) == 5, op, ": rois must have shape [K, 5], got ", rois.sizes());
-  TORCH_CHECK(rois.scalar_type() == like.scalar_type(), op, ": rois must have the same dtype as ", like_name, " (",
-              like.scalar_type(), "), got ", rois.scalar_type());
+  const at::ScalarType acc_type = at::toOpMathType(like.scalar_type());
+  TORCH_CHECK(rois.scalar_type() == like.scalar_type() || rois.scalar_type() == acc_type, op,
+              ": rois must have the same dtype as ", like_name, " (", like.scalar_type(),
+              acc_type == like.scalar_type() ? ")" : ") or Float", ", got ", rois.scalar_type());
   TORCH_CHECK(rois.device() == like.device(), op, ": rois must be on the same device as ", like_name, " (",
               like.device(), "), got ", rois.device());
+  return rois.to(acc_type).contiguous();
 }
 
 void check_pooling_args(const char* op, double spatial_scale, int64_t pooled_h, int64_t pooled_w) {
@@ -30,31 +36,31 @@ void check_pooling_args(const char* op, double spatial_scale, int64_t pooled_h, 
 
 }  // namespace
 
-at::Tensor checked_roi_output(const char* op, const at::Tensor& input, const at::Tensor& rois, double spatial_scale,
-                              int64_t pooled_h, int64_t pooled_w) {
+CheckedRoIOp checked_roi_output(const char* op, const at::Tensor& input, const at::Tensor& rois, double spatial_scale,
+                                int64_t pooled_h, int64_t pooled_w) {
   TORCH_CHECK(input.dim() == 4, op, ": input must have shape [N, C, H, W], got ", input.sizes());
   TORCH_CHECK(is_supported_float(input.scalar_type()), op,
               ": input must be float32, float64, float16 or bfloat16, got ", input.scalar_type());
-  check_rois_tensor(op, rois, input, "input");
+  at::Tensor rois_acc = checked_rois_tensor(op, rois, input, "input");
   check_pooling_args(op, spatial_scale, pooled_h, pooled_w);
-  check_rois_values(op, rois, input.size(0));
-  return at::empty({rois.size(0), input.size(1), pooled_h, pooled_w}, input.options());
+  check_rois_values(op, rois_acc, input.size(0));
+  return {at::empty({rois.size(0), input.size(1), pooled_h, pooled_w}, input.options()), std::move(rois_acc)};
 }
 
-at::Tensor checked_roi_grad_input(const char* op, const at::Tensor& grad, const at::Tensor& rois,
-                                  double spatial_scale, int64_t pooled_h, int64_t pooled_w, int64_t batch_size,
-                                  int64_t channels, int64_t height, int64_t width, at::ScalarType dtype) {
+CheckedRoIOp checked_roi_grad_input(const char* op, const at::Tensor& grad, const at::Tensor& rois,
+                                    double spatial_scale, int64_t pooled_h, int64_t pooled_w, int64_t batch_size,
+                                    int64_t channels, int64_t height, int64_t width, at::ScalarType dtype) {
   TORCH_CHECK(is_supported_float(grad.scalar_type()), op,
               ": grad must be float32, float64, float16 or bfloat16, got ", grad.scalar_type());
-  check_rois_tensor(op, rois, grad, "grad");
+  at::Tensor rois_acc = checked_rois_tensor(op, rois, grad, "grad");
   check_pooling_args(op, spatial_scale, pooled_h, pooled_w);
   TORCH_CHECK(batch_size >= 0 && channels >= 0 && height >= 0 && width >= 0, op,
               ": input shape must be non-negative, got [", batch_size, ", ", channels, ", ", height, ", ", width, "]");
   const std::vector<int64_t> expected{rois.size(0), channels, pooled_h, pooled_w};
   TORCH_CHECK(grad.sizes() == at::IntArrayRef(expected), op, ": grad must have shape ", at::IntArrayRef(expected),
               ", got ", grad.sizes());
-  check_rois_values(op, rois, batch_size);
-  return at::zeros({batch_size, channels, height, width}, grad.options().dtype(dtype));
+  check_rois_values(op, rois_acc, batch_size);
+  return {at::zeros({batch_size, channels, height, width}, grad.options().dtype(dtype)), std::move(rois_acc)};
 }
 
 void check_rois_values(const char* op, const at::Tensor& rois, int64_t batch_size) {
@@ -75,8 +81,14 @@ void check_rois_values(const char* op, const at::Tensor& rois, int64_t batch_siz
               v[3], ", ", v[4], ")");
 }
 
+void check_sampling_ratio(const char* op, int64_t sampling_ratio) {
+  TORCH_CHECK(sampling_ratio <= kMaxSamplingRatio, op, ": sampling_ratio must be <= 0 (adaptive) or at most ",
+              kMaxSamplingRatio, ", got ", sampling_ratio);
+}
+
 void check_roi_pool_plane(const char* op, int64_t height, int64_t width) {
-  TORCH_CHECK(height * width <= std::numeric_limits<int32_t>::max(), op,
+  // Division, not height * width, which could overflow for forged shapes.
+  TORCH_CHECK(width == 0 || height <= std::numeric_limits<int32_t>::max() / width, op,
               ": input planes (H * W) must have at most 2^31 - 1 elements, got ", height, " * ", width);
 }
 

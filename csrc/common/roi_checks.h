@@ -6,17 +6,29 @@
 
 namespace segops {
 
-// Checks a forward call and returns its uninitialised output [K, C, PH, PW]: input [N, C, H, W] of a float
-// dtype, rois [K, 5] of input's dtype and device, output size >= 1, a finite spatial_scale >= 0, and rois'
-// values (see check_rois_values).
-at::Tensor checked_roi_output(const char* op, const at::Tensor& input, const at::Tensor& rois, double spatial_scale,
-                              int64_t pooled_h, int64_t pooled_w);
+// What a checked RoI op works on: its result tensor, and rois [K, 5] made contiguous in the accumulation dtype
+// (at::opmath_type: float32 for float16/bfloat16 data), which is how every kernel reads boxes.
+struct CheckedRoIOp {
+  at::Tensor result;
+  at::Tensor rois;
+};
 
-// Checks a backward call (grad [K, C, PH, PW] against rois [K, 5] and the input's shape) and returns the zeroed
+// Checks a forward call; result is its uninitialised output [K, C, PH, PW]. Wants input [N, C, H, W] of a float
+// dtype; rois [K, 5] on input's device, of input's dtype or (for float16/bfloat16 input) float32; output size
+// >= 1; a finite spatial_scale >= 0; and valid rois values (see check_rois_values).
+CheckedRoIOp checked_roi_output(const char* op, const at::Tensor& input, const at::Tensor& rois, double spatial_scale,
+                                int64_t pooled_h, int64_t pooled_w);
+
+// Checks a backward call (grad [K, C, PH, PW] against rois [K, 5] and the input's shape); result is the zeroed
 // grad_input [N, C, H, W] of `dtype`.
-at::Tensor checked_roi_grad_input(const char* op, const at::Tensor& grad, const at::Tensor& rois,
-                                  double spatial_scale, int64_t pooled_h, int64_t pooled_w, int64_t batch_size,
-                                  int64_t channels, int64_t height, int64_t width, at::ScalarType dtype);
+CheckedRoIOp checked_roi_grad_input(const char* op, const at::Tensor& grad, const at::Tensor& rois,
+                                    double spatial_scale, int64_t pooled_h, int64_t pooled_w, int64_t batch_size,
+                                    int64_t channels, int64_t height, int64_t width, at::ScalarType dtype);
+
+// RoIAlign's sampling_ratio: <= 0 (adaptive) or at most kMaxSamplingRatio samples per bin and axis; more is a
+// typo that would run for hours or exhaust memory.
+constexpr int64_t kMaxSamplingRatio = 256;
+void check_sampling_ratio(const char* op, int64_t sampling_ratio);
 
 // Data-dependent checks: each rois[k, 0] an integer in [0, batch_size), each coordinate finite. On CUDA this
 // synchronises once; it is what keeps a bad batch index from reading outside the input.

@@ -2,6 +2,7 @@
 // RoIAlign arithmetic shared by the CPU launcher and the CUDA kernels (Mask R-CNN; torchvision semantics).
 #include <cmath>
 #include <cstdint>
+#include <limits>
 
 #include "common/bilinear.h"
 #include "common/macros.h"
@@ -57,9 +58,10 @@ SEGOPS_HOST_DEVICE RoIAlignGeometry<T> roi_align_geometry(const scalar_t* roi, T
 }
 
 // Calls f(tap) for each sample of bin `bin_index` along one axis that lands inside [-1, size].
-// Samples sit at start + bin_index * bin + (i + 0.5) * bin / grid, i in [0, grid). Only the index range
-// that can reach the feature map is visited (padded by a sample each side against rounding), so a box far
-// larger than the image costs what its overlap costs; each visited sample is still tested exactly.
+// Samples sit at start + bin_index * bin + (i + 0.5) * bin / grid, i in [0, grid). Only the index range that
+// can reach the feature map is visited, so a box far larger than the image costs what its overlap costs; the
+// range is padded by more samples than T's rounding of a coordinate can move, and each visited sample is still
+// tested exactly as torchvision tests it.
 template <typename T, typename F>
 SEGOPS_HOST_DEVICE void roi_align_for_each_tap(T start, T bin, int64_t grid, int64_t bin_index, int64_t size, F&& f) {
   if (grid <= 0) return;
@@ -68,8 +70,13 @@ SEGOPS_HOST_DEVICE void roi_align_for_each_tap(T start, T bin, int64_t grid, int
   int64_t end = grid;
   const double step = static_cast<double>(bin) / static_cast<double>(grid);
   if (step > 0) {
-    const double first = floor((-1.0 - static_cast<double>(bin_start)) / step - 0.5) - 1.0;
-    const double last = ceil((static_cast<double>(size) - static_cast<double>(bin_start)) / step - 0.5) + 2.0;
+    // A few ulps of the largest term of a coordinate bound its rounding error; inf or NaN disables pruning.
+    const double magnitude = fabs(static_cast<double>(start)) +
+                             fabs(static_cast<double>(bin)) * static_cast<double>(bin_index + 1) +
+                             static_cast<double>(size) + 1.0;
+    const double margin = 2.0 + ceil(8.0 * static_cast<double>(std::numeric_limits<T>::epsilon()) * magnitude / step);
+    const double first = floor((-1.0 - static_cast<double>(bin_start)) / step - 0.5) - margin;
+    const double last = ceil((static_cast<double>(size) - static_cast<double>(bin_start)) / step - 0.5) + margin + 1.0;
     if (!(first == first) || !(last == last)) return;  // NaN geometry: no sample can be valid
     if (first > 0) begin = first < static_cast<double>(grid) ? static_cast<int64_t>(first) : grid;
     if (last < static_cast<double>(end)) end = last > static_cast<double>(begin) ? static_cast<int64_t>(last) : begin;

@@ -94,18 +94,18 @@ struct PlaneAdd {
 
 at::Tensor roi_align_forward_cpu(const at::Tensor& input, const at::Tensor& rois, double spatial_scale,
                                  int64_t pooled_h, int64_t pooled_w, int64_t sampling_ratio, bool aligned) {
-  at::Tensor output = checked_roi_output("roi_align", input, rois, spatial_scale, pooled_h, pooled_w);
+  check_sampling_ratio("roi_align", sampling_ratio);
+  const auto [output, rois_acc] = checked_roi_output("roi_align", input, rois, spatial_scale, pooled_h, pooled_w);
   if (output.numel() == 0) return output;
   const int64_t channels = input.size(1);
   const int64_t height = input.size(2);
   const int64_t width = input.size(3);
   const at::Tensor input_nhwc = input.contiguous(at::MemoryFormat::ChannelsLast);
-  const at::Tensor rois_c = rois.contiguous();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "roi_align_forward_cpu", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     const scalar_t* input_data = input_nhwc.const_data_ptr<scalar_t>();
     scalar_t* output_data = output.mutable_data_ptr<scalar_t>();
-    const auto all_taps = build_roi_taps<acc_t>(rois_c.const_data_ptr<scalar_t>(), rois.size(0), spatial_scale,
+    const auto all_taps = build_roi_taps<acc_t>(rois_acc.const_data_ptr<acc_t>(), rois.size(0), spatial_scale,
                                                 pooled_h, pooled_w, sampling_ratio, aligned, height, width);
     at::parallel_for(0, rois.size(0), 1, [&](int64_t begin, int64_t end) {
       std::vector<acc_t> sums(channels);
@@ -135,16 +135,16 @@ at::Tensor roi_align_forward_cpu(const at::Tensor& input, const at::Tensor& rois
 at::Tensor roi_align_backward_cpu(const at::Tensor& grad, const at::Tensor& rois, double spatial_scale,
                                   int64_t pooled_h, int64_t pooled_w, int64_t batch_size, int64_t channels,
                                   int64_t height, int64_t width, int64_t sampling_ratio, bool aligned) {
+  check_sampling_ratio("_roi_align_backward", sampling_ratio);
   // Accumulate in acc_t (float for half types), converted once at the end.
-  at::Tensor grad_input = checked_roi_grad_input("_roi_align_backward", grad, rois, spatial_scale, pooled_h, pooled_w,
-                                                 batch_size, channels, height, width,
-                                                 at::toOpMathType(grad.scalar_type()));
+  const auto [grad_input, rois_acc] =
+      checked_roi_grad_input("_roi_align_backward", grad, rois, spatial_scale, pooled_h, pooled_w, batch_size,
+                             channels, height, width, at::toOpMathType(grad.scalar_type()));
   if (grad.numel() == 0 || grad_input.numel() == 0) return grad_input.to(grad.scalar_type());
   const at::Tensor grad_c = grad.contiguous();
-  const at::Tensor rois_c = rois.contiguous();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, grad.scalar_type(), "roi_align_backward_cpu", [&] {
     using acc_t = at::opmath_type<scalar_t>;
-    const scalar_t* rois_data = rois_c.const_data_ptr<scalar_t>();
+    const acc_t* rois_data = rois_acc.const_data_ptr<acc_t>();
     const scalar_t* grad_data = grad_c.const_data_ptr<scalar_t>();
     const auto all_taps = build_roi_taps<acc_t>(rois_data, rois.size(0), spatial_scale, pooled_h, pooled_w,
                                                 sampling_ratio, aligned, height, width);

@@ -14,7 +14,8 @@ namespace segops {
 
 template <typename scalar_t>
 __global__ void SEGOPS_LAUNCH_BOUNDS(kThreadsPerBlock)
-    roi_align_forward_kernel(int64_t total, const scalar_t* __restrict__ input, const scalar_t* __restrict__ rois,
+    roi_align_forward_kernel(int64_t total, const scalar_t* __restrict__ input,
+                             const at::opmath_type<scalar_t>* __restrict__ rois,
                              scalar_t* __restrict__ output, int64_t channels, int64_t height, int64_t width,
                              int64_t pooled_h, int64_t pooled_w, at::opmath_type<scalar_t> spatial_scale,
                              int64_t sampling_ratio, bool aligned) {
@@ -30,7 +31,8 @@ __global__ void SEGOPS_LAUNCH_BOUNDS(kThreadsPerBlock)
 
 template <typename scalar_t>
 __global__ void SEGOPS_LAUNCH_BOUNDS(kThreadsPerBlock)
-    roi_align_backward_kernel(int64_t total, const scalar_t* __restrict__ grad, const scalar_t* __restrict__ rois,
+    roi_align_backward_kernel(int64_t total, const scalar_t* __restrict__ grad,
+                              const at::opmath_type<scalar_t>* __restrict__ rois,
                               scalar_t* __restrict__ grad_input, int64_t grad_input_numel, int64_t channels,
                               int64_t height, int64_t width, int64_t pooled_h, int64_t pooled_w,
                               at::opmath_type<scalar_t> spatial_scale, int64_t sampling_ratio, bool aligned) {
@@ -49,14 +51,14 @@ template <class Launch>
 at::Tensor roi_align_forward_launch(const Launch& launch, const at::Tensor& input, const at::Tensor& rois,
                                     double spatial_scale, int64_t pooled_h, int64_t pooled_w, int64_t sampling_ratio,
                                     bool aligned) {
-  at::Tensor output = checked_roi_output("roi_align", input, rois, spatial_scale, pooled_h, pooled_w);
+  check_sampling_ratio("roi_align", sampling_ratio);
+  const auto [output, rois_acc] = checked_roi_output("roi_align", input, rois, spatial_scale, pooled_h, pooled_w);
   if (output.numel() == 0) return output;
   const int64_t channels = input.size(1);
   const at::Tensor input_c = input.contiguous();
-  const at::Tensor rois_c = rois.contiguous();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "roi_align_forward_kernel", [&] {
     launch(output.numel(), roi_align_forward_kernel<scalar_t>, output.numel(), input_c.const_data_ptr<scalar_t>(),
-           rois_c.const_data_ptr<scalar_t>(), output.mutable_data_ptr<scalar_t>(), channels, input.size(2),
+           rois_acc.const_data_ptr<at::opmath_type<scalar_t>>(), output.mutable_data_ptr<scalar_t>(), channels, input.size(2),
            input.size(3), pooled_h, pooled_w, static_cast<at::opmath_type<scalar_t>>(spatial_scale), sampling_ratio,
            aligned);
   });
@@ -68,14 +70,15 @@ at::Tensor roi_align_backward_launch(const Launch& launch, const at::Tensor& gra
                                      double spatial_scale, int64_t pooled_h, int64_t pooled_w, int64_t batch_size,
                                      int64_t channels, int64_t height, int64_t width, int64_t sampling_ratio,
                                      bool aligned) {
-  at::Tensor grad_input = checked_roi_grad_input("_roi_align_backward", grad, rois, spatial_scale, pooled_h, pooled_w,
-                                                 batch_size, channels, height, width, grad.scalar_type());
+  check_sampling_ratio("_roi_align_backward", sampling_ratio);
+  const auto [grad_input, rois_acc] = checked_roi_grad_input("_roi_align_backward", grad, rois, spatial_scale, pooled_h,
+                                                             pooled_w, batch_size, channels, height, width,
+                                                             grad.scalar_type());
   if (grad.numel() == 0 || grad_input.numel() == 0) return grad_input;
   const at::Tensor grad_c = grad.contiguous();
-  const at::Tensor rois_c = rois.contiguous();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, grad.scalar_type(), "roi_align_backward_kernel", [&] {
     launch(grad.numel(), roi_align_backward_kernel<scalar_t>, grad.numel(), grad_c.const_data_ptr<scalar_t>(),
-           rois_c.const_data_ptr<scalar_t>(), grad_input.mutable_data_ptr<scalar_t>(), grad_input.numel(), channels,
+           rois_acc.const_data_ptr<at::opmath_type<scalar_t>>(), grad_input.mutable_data_ptr<scalar_t>(), grad_input.numel(), channels,
            height, width, pooled_h, pooled_w, static_cast<at::opmath_type<scalar_t>>(spatial_scale), sampling_ratio,
            aligned);
   });

@@ -14,12 +14,14 @@ struct RoIPoolBin {
   SEGOPS_HOST_DEVICE bool empty() const { return h_end <= h_start || w_end <= w_start; }
 };
 
-// Rounds a box coordinate to a pixel index; clamping first keeps huge finite boxes out of undefined
-// float-to-int conversions (anything beyond +-2^40 pixels is off any feature map anyway).
+// Rounds a box coordinate to a pixel index. Clamping keeps huge coordinates (a box times a spatial_scale that
+// overflows float) out of undefined float-to-int conversions: anything beyond +-2^40 pixels is off any feature
+// map anyway, and NaN (inf * 0) becomes 0.
 template <typename T>
 SEGOPS_HOST_DEVICE int64_t roi_pool_pixel(T coord) {
   const T limit = T(1099511627776.0);
   coord = round(coord);
+  if (!(coord == coord)) return 0;
   coord = coord < -limit ? -limit : (coord > limit ? limit : coord);
   return static_cast<int64_t>(coord);
 }

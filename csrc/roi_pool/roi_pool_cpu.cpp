@@ -20,7 +20,7 @@ namespace {
 
 std::tuple<at::Tensor, at::Tensor> roi_pool_forward_cpu(const at::Tensor& input, const at::Tensor& rois,
                                                         double spatial_scale, int64_t pooled_h, int64_t pooled_w) {
-  at::Tensor output = checked_roi_output("roi_pool", input, rois, spatial_scale, pooled_h, pooled_w);
+  const auto [output, rois_acc] = checked_roi_output("roi_pool", input, rois, spatial_scale, pooled_h, pooled_w);
   check_roi_pool_plane("roi_pool", input.size(2), input.size(3));
   at::Tensor argmax = at::empty(output.sizes(), output.options().dtype(at::kInt));
   if (output.numel() == 0) return {output, argmax};
@@ -29,10 +29,9 @@ std::tuple<at::Tensor, at::Tensor> roi_pool_forward_cpu(const at::Tensor& input,
   const int64_t width = input.size(3);
   const int64_t bins_per_plane = pooled_h * pooled_w;
   const at::Tensor input_c = input.contiguous();
-  const at::Tensor rois_c = rois.contiguous();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "roi_pool_forward_cpu", [&] {
     using acc_t = at::opmath_type<scalar_t>;
-    const scalar_t* rois_data = rois_c.const_data_ptr<scalar_t>();
+    const acc_t* rois_data = rois_acc.const_data_ptr<acc_t>();
     const scalar_t* input_data = input_c.const_data_ptr<scalar_t>();
     scalar_t* output_data = output.mutable_data_ptr<scalar_t>();
     int32_t* argmax_data = argmax.mutable_data_ptr<int32_t>();
@@ -65,15 +64,14 @@ at::Tensor roi_pool_backward_cpu(const at::Tensor& grad, const at::Tensor& rois,
                                  double spatial_scale, int64_t pooled_h, int64_t pooled_w, int64_t batch_size,
                                  int64_t channels, int64_t height, int64_t width) {
   // Accumulate in acc_t (float for half types), converted once at the end.
-  at::Tensor grad_input = checked_roi_grad_input("_roi_pool_backward", grad, rois, spatial_scale, pooled_h, pooled_w,
-                                                 batch_size, channels, height, width,
-                                                 at::toOpMathType(grad.scalar_type()));
+  const auto [grad_input, rois_acc] =
+      checked_roi_grad_input("_roi_pool_backward", grad, rois, spatial_scale, pooled_h, pooled_w, batch_size,
+                             channels, height, width, at::toOpMathType(grad.scalar_type()));
   check_roi_pool_plane("_roi_pool_backward", height, width);
   check_roi_pool_argmax(grad, argmax);
   if (grad.numel() == 0 || grad_input.numel() == 0) return grad_input.to(grad.scalar_type());
   const at::Tensor grad_c = grad.contiguous();
   const at::Tensor argmax_c = argmax.contiguous();
-  const at::Tensor rois_c = rois.contiguous();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, grad.scalar_type(), "roi_pool_backward_cpu", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     const scalar_t* grad_data = grad_c.const_data_ptr<scalar_t>();
@@ -81,7 +79,7 @@ at::Tensor roi_pool_backward_cpu(const at::Tensor& grad, const at::Tensor& rois,
     acc_t* grad_input_data = grad_input.mutable_data_ptr<acc_t>();
     const int64_t plane_size = height * width;
     const int64_t bins_per_plane = pooled_h * pooled_w;
-    for_each_plane_roi(group_rois_by_image(rois_c.const_data_ptr<scalar_t>(), rois.size(0), batch_size), channels,
+    for_each_plane_roi(group_rois_by_image(rois_acc.const_data_ptr<acc_t>(), rois.size(0), batch_size), channels,
                        [&](int64_t n, int64_t c, int64_t k) {
                          acc_t* plane = grad_input_data + (n * channels + c) * plane_size;
                          const int64_t bins_offset = (k * channels + c) * bins_per_plane;

@@ -16,14 +16,15 @@ namespace segops {
 
 template <typename scalar_t>
 __global__ void SEGOPS_LAUNCH_BOUNDS(kThreadsPerBlock)
-    roi_pool_forward_kernel(int64_t total, const scalar_t* __restrict__ input, const scalar_t* __restrict__ rois,
+    roi_pool_forward_kernel(int64_t total, const scalar_t* __restrict__ input,
+                            const at::opmath_type<scalar_t>* __restrict__ rois,
                             scalar_t* __restrict__ output, int32_t* __restrict__ argmax, int64_t channels,
                             int64_t height, int64_t width, int64_t pooled_h, int64_t pooled_w,
                             at::opmath_type<scalar_t> spatial_scale) {
   using acc_t = at::opmath_type<scalar_t>;
   SEGOPS_KERNEL_LOOP(index, total) {
     const RoIBinIndex b = roi_bin_index(index, channels, pooled_h, pooled_w);
-    const scalar_t* roi = rois + b.roi * 5;
+    const acc_t* roi = rois + b.roi * 5;
     const int64_t batch = static_cast<int64_t>(static_cast<acc_t>(roi[0]));
     const RoIPoolBin window = roi_pool_bin<acc_t>(roi, spatial_scale, pooled_h, pooled_w, b.ph, b.pw, height, width);
     const scalar_t* plane = input + (batch * channels + b.channel) * height * width;
@@ -33,7 +34,8 @@ __global__ void SEGOPS_LAUNCH_BOUNDS(kThreadsPerBlock)
 
 template <typename scalar_t>
 __global__ void SEGOPS_LAUNCH_BOUNDS(kThreadsPerBlock)
-    roi_pool_backward_kernel(int64_t total, const scalar_t* __restrict__ grad, const scalar_t* __restrict__ rois,
+    roi_pool_backward_kernel(int64_t total, const scalar_t* __restrict__ grad,
+                             const at::opmath_type<scalar_t>* __restrict__ rois,
                              const int32_t* __restrict__ argmax, scalar_t* __restrict__ grad_input,
                              int64_t grad_input_numel, int64_t channels, int64_t height, int64_t width,
                              int64_t pooled_h, int64_t pooled_w) {
@@ -54,16 +56,15 @@ template <class Launch>
 std::tuple<at::Tensor, at::Tensor> roi_pool_forward_launch(const Launch& launch, const at::Tensor& input,
                                                            const at::Tensor& rois, double spatial_scale,
                                                            int64_t pooled_h, int64_t pooled_w) {
-  at::Tensor output = checked_roi_output("roi_pool", input, rois, spatial_scale, pooled_h, pooled_w);
+  const auto [output, rois_acc] = checked_roi_output("roi_pool", input, rois, spatial_scale, pooled_h, pooled_w);
   check_roi_pool_plane("roi_pool", input.size(2), input.size(3));
   at::Tensor argmax = at::empty(output.sizes(), output.options().dtype(at::kInt));
   if (output.numel() == 0) return {output, argmax};
   const int64_t channels = input.size(1);
   const at::Tensor input_c = input.contiguous();
-  const at::Tensor rois_c = rois.contiguous();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "roi_pool_forward_kernel", [&] {
     launch(output.numel(), roi_pool_forward_kernel<scalar_t>, output.numel(), input_c.const_data_ptr<scalar_t>(),
-           rois_c.const_data_ptr<scalar_t>(), output.mutable_data_ptr<scalar_t>(), argmax.mutable_data_ptr<int32_t>(),
+           rois_acc.const_data_ptr<at::opmath_type<scalar_t>>(), output.mutable_data_ptr<scalar_t>(), argmax.mutable_data_ptr<int32_t>(),
            channels, input.size(2), input.size(3), pooled_h, pooled_w,
            static_cast<at::opmath_type<scalar_t>>(spatial_scale));
   });
@@ -74,17 +75,17 @@ template <class Launch>
 at::Tensor roi_pool_backward_launch(const Launch& launch, const at::Tensor& grad, const at::Tensor& rois,
                                     const at::Tensor& argmax, double spatial_scale, int64_t pooled_h, int64_t pooled_w,
                                     int64_t batch_size, int64_t channels, int64_t height, int64_t width) {
-  at::Tensor grad_input = checked_roi_grad_input("_roi_pool_backward", grad, rois, spatial_scale, pooled_h, pooled_w,
-                                                 batch_size, channels, height, width, grad.scalar_type());
+  const auto [grad_input, rois_acc] = checked_roi_grad_input("_roi_pool_backward", grad, rois, spatial_scale, pooled_h,
+                                                             pooled_w, batch_size, channels, height, width,
+                                                             grad.scalar_type());
   check_roi_pool_plane("_roi_pool_backward", height, width);
   check_roi_pool_argmax(grad, argmax);
   if (grad.numel() == 0 || grad_input.numel() == 0) return grad_input;
   const at::Tensor grad_c = grad.contiguous();
-  const at::Tensor rois_c = rois.contiguous();
   const at::Tensor argmax_c = argmax.contiguous();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, grad.scalar_type(), "roi_pool_backward_kernel", [&] {
     launch(grad.numel(), roi_pool_backward_kernel<scalar_t>, grad.numel(), grad_c.const_data_ptr<scalar_t>(),
-           rois_c.const_data_ptr<scalar_t>(), argmax_c.const_data_ptr<int32_t>(),
+           rois_acc.const_data_ptr<at::opmath_type<scalar_t>>(), argmax_c.const_data_ptr<int32_t>(),
            grad_input.mutable_data_ptr<scalar_t>(), grad_input.numel(), channels, height, width, pooled_h, pooled_w);
   });
   return grad_input;

@@ -25,7 +25,7 @@ _CPP_DTYPE_NAMES = {
 }
 
 
-def _dtype_name(dtype: torch.dtype) -> str:
+def dtype_name(dtype: torch.dtype) -> str:
     return _CPP_DTYPE_NAMES.get(dtype, str(dtype))
 
 
@@ -56,7 +56,8 @@ def output_size_pair(op: str, output_size: Union[int, Sequence[int]]) -> Tuple[i
 
 def boxes_to_rois(op: str, boxes: Union[Tensor, List[Tensor]], input: Tensor) -> Tensor:
     """Boxes as torchvision takes them, Tensor[K, 5] (batch index, x1, y1, x2, y2) or a list of one Tensor[L, 4]
-    per image, returned as Tensor[K, 5] in input's dtype (the C++ op checks its shape, device and values)."""
+    per image, returned as Tensor[K, 5] in input's accumulation dtype, so that float16/bfloat16 features keep
+    float32 boxes (exact batch indices and sub-pixel coordinates). The C++ op checks shape, device and values."""
     if isinstance(boxes, Tensor):
         rois = boxes
     elif isinstance(boxes, (list, tuple)):
@@ -76,17 +77,25 @@ def boxes_to_rois(op: str, boxes: Union[Tensor, List[Tensor]], input: Tensor) ->
         raise ValueError(
             f"{op}: boxes must be a Tensor[K, 5] or a list of Tensor[L, 4], got {type(boxes).__name__}"
         )
-    if rois.is_floating_point() and input.is_floating_point() and rois.dtype != input.dtype:
-        rois = rois.to(input.dtype)  # mixed precision: boxes usually stay float32
+    if rois.is_floating_point() and input.is_floating_point():
+        rois = rois.to(accumulation_dtype(input.dtype))
     return rois
+
+
+def accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
+    """at::opmath_type: float32 for float16/bfloat16, else the dtype itself."""
+    return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
 
 
 def _check_rois_tensor(op: str, rois: Tensor, like: Tensor, like_name: str) -> None:
     if rois.dim() != 2 or rois.shape[1] != 5:
         raise RuntimeError(f"{op}: rois must have shape [K, 5], got {_shape(rois)}")
-    if rois.dtype != like.dtype:
+    acc = accumulation_dtype(like.dtype)
+    if rois.dtype not in (like.dtype, acc):
+        also = "" if acc == like.dtype else " or Float"
         raise RuntimeError(
-            f"{op}: rois must have the same dtype as {like_name} ({_dtype_name(like.dtype)}), got {_dtype_name(rois.dtype)}"
+            f"{op}: rois must have the same dtype as {like_name} ({dtype_name(like.dtype)}){also}, "
+            f"got {dtype_name(rois.dtype)}"
         )
     if rois.device != like.device:
         raise RuntimeError(f"{op}: rois must be on the same device as {like_name} ({like.device}), got {rois.device}")
@@ -96,7 +105,17 @@ def _check_pooling_args(op: str, spatial_scale: float, pooled_h: int, pooled_w: 
     if pooled_h < 1 or pooled_w < 1:
         raise RuntimeError(f"{op}: output_size must be >= 1 in both dimensions, got ({pooled_h}, {pooled_w})")
     if not (spatial_scale >= 0 and spatial_scale != float("inf")):
-        raise RuntimeError(f"{op}: spatial_scale must be a finite number >= 0, got {spatial_scale}")
+        raise RuntimeError(f"{op}: spatial_scale must be a finite number >= 0, got {spatial_scale:g}")
+
+
+MAX_SAMPLING_RATIO = 256  # kMaxSamplingRatio in csrc/common/roi_checks.h
+
+
+def check_sampling_ratio(op: str, sampling_ratio: int) -> None:
+    if sampling_ratio > MAX_SAMPLING_RATIO:
+        raise RuntimeError(
+            f"{op}: sampling_ratio must be <= 0 (adaptive) or at most {MAX_SAMPLING_RATIO}, got {sampling_ratio}"
+        )
 
 
 def check_roi_op_args(op: str, input: Tensor, rois: Tensor, spatial_scale: float, pooled_h: int, pooled_w: int) -> None:
@@ -104,7 +123,7 @@ def check_roi_op_args(op: str, input: Tensor, rois: Tensor, spatial_scale: float
         raise RuntimeError(f"{op}: input must have shape [N, C, H, W], got {_shape(input)}")
     if input.dtype not in _SUPPORTED_DTYPES:
         raise RuntimeError(
-            f"{op}: input must be float32, float64, float16 or bfloat16, got {_dtype_name(input.dtype)}"
+            f"{op}: input must be float32, float64, float16 or bfloat16, got {dtype_name(input.dtype)}"
         )
     _check_rois_tensor(op, rois, input, "input")
     _check_pooling_args(op, spatial_scale, pooled_h, pooled_w)
@@ -114,7 +133,7 @@ def check_roi_op_backward_args(
     op: str, grad: Tensor, rois: Tensor, spatial_scale: float, pooled_h: int, pooled_w: int, input_shape: Sequence[int]
 ) -> None:
     if grad.dtype not in _SUPPORTED_DTYPES:
-        raise RuntimeError(f"{op}: grad must be float32, float64, float16 or bfloat16, got {_dtype_name(grad.dtype)}")
+        raise RuntimeError(f"{op}: grad must be float32, float64, float16 or bfloat16, got {dtype_name(grad.dtype)}")
     _check_rois_tensor(op, rois, grad, "grad")
     _check_pooling_args(op, spatial_scale, pooled_h, pooled_w)
     if any(size < 0 for size in input_shape):
@@ -125,5 +144,5 @@ def check_roi_op_backward_args(
 
 
 def check_plane_fits_int32(op: str, height: int, width: int) -> None:
-    if height * width > 2**31 - 1:
+    if width != 0 and height > (2**31 - 1) // width:
         raise RuntimeError(f"{op}: input planes (H * W) must have at most 2^31 - 1 elements, got {height} * {width}")
