@@ -90,3 +90,15 @@ def assert_raises_eager_and_fake(op, kwargs, message):
         op(**kwargs)
     with FakeTensorMode() as mode, pytest.raises(RuntimeError, match=message):
         op(**{key: mode.from_tensor(value) if isinstance(value, torch.Tensor) else value for key, value in kwargs.items()})
+
+
+def assert_compiled_matches_eager(head, input, rois):
+    """torch.compile(head, fullgraph=True) gives head's eager output and input gradient."""
+    x_eager = input.clone().requires_grad_()
+    x_compiled = input.clone().requires_grad_()
+    expected = head(x_eager, rois)
+    actual = torch.compile(head, fullgraph=True)(x_compiled, rois)
+    torch.testing.assert_close(actual, expected)
+    expected.sum().backward()
+    actual.sum().backward()
+    torch.testing.assert_close(x_compiled.grad, x_eager.grad)

@@ -8,6 +8,7 @@ import segops
 from segops import reference
 from conftest import DEVICES, requires_cuda
 from roi_testing import (  # noqa: I001
+    assert_compiled_matches_eager,
     assert_raises_eager_and_fake,
     bad_argument_cases,
     bad_roi_value_cases,
@@ -124,14 +125,7 @@ def test_compile_fullgraph_matches_eager():
     def head(x, boxes):
         return segops.roi_align(x, boxes, (3, 3), 0.5, 2, True).relu().sum(dim=(2, 3))
 
-    x_eager = input.clone().requires_grad_()
-    x_compiled = input.clone().requires_grad_()
-    expected = head(x_eager, rois)
-    actual = torch.compile(head, fullgraph=True, backend="aot_eager")(x_compiled, rois)
-    torch.testing.assert_close(actual, expected)
-    expected.sum().backward()
-    actual.sum().backward()
-    torch.testing.assert_close(x_compiled.grad, x_eager.grad)
+    assert_compiled_matches_eager(head, input, rois)
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
