@@ -57,10 +57,10 @@ at::Tensor roi_align_forward_launch(const Launch& launch, const at::Tensor& inpu
   const int64_t channels = input.size(1);
   const at::Tensor input_c = input.contiguous();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "roi_align_forward_kernel", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
     launch(output.numel(), roi_align_forward_kernel<scalar_t>, output.numel(), input_c.const_data_ptr<scalar_t>(),
-           rois_acc.const_data_ptr<at::opmath_type<scalar_t>>(), output.mutable_data_ptr<scalar_t>(), channels, input.size(2),
-           input.size(3), pooled_h, pooled_w, static_cast<at::opmath_type<scalar_t>>(spatial_scale), sampling_ratio,
-           aligned);
+           rois_acc.const_data_ptr<acc_t>(), output.mutable_data_ptr<scalar_t>(), channels, input.size(2),
+           input.size(3), pooled_h, pooled_w, static_cast<acc_t>(spatial_scale), sampling_ratio, aligned);
   });
   return output;
 }
@@ -77,10 +77,10 @@ at::Tensor roi_align_backward_launch(const Launch& launch, const at::Tensor& gra
   if (grad.numel() == 0 || grad_input.numel() == 0) return grad_input;
   const at::Tensor grad_c = grad.contiguous();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, grad.scalar_type(), "roi_align_backward_kernel", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
     launch(grad.numel(), roi_align_backward_kernel<scalar_t>, grad.numel(), grad_c.const_data_ptr<scalar_t>(),
-           rois_acc.const_data_ptr<at::opmath_type<scalar_t>>(), grad_input.mutable_data_ptr<scalar_t>(), grad_input.numel(), channels,
-           height, width, pooled_h, pooled_w, static_cast<at::opmath_type<scalar_t>>(spatial_scale), sampling_ratio,
-           aligned);
+           rois_acc.const_data_ptr<acc_t>(), grad_input.mutable_data_ptr<scalar_t>(), grad_input.numel(), channels,
+           height, width, pooled_h, pooled_w, static_cast<acc_t>(spatial_scale), sampling_ratio, aligned);
   });
   return grad_input;
 }

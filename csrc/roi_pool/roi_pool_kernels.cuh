@@ -63,10 +63,11 @@ std::tuple<at::Tensor, at::Tensor> roi_pool_forward_launch(const Launch& launch,
   const int64_t channels = input.size(1);
   const at::Tensor input_c = input.contiguous();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "roi_pool_forward_kernel", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
     launch(output.numel(), roi_pool_forward_kernel<scalar_t>, output.numel(), input_c.const_data_ptr<scalar_t>(),
-           rois_acc.const_data_ptr<at::opmath_type<scalar_t>>(), output.mutable_data_ptr<scalar_t>(), argmax.mutable_data_ptr<int32_t>(),
-           channels, input.size(2), input.size(3), pooled_h, pooled_w,
-           static_cast<at::opmath_type<scalar_t>>(spatial_scale));
+           rois_acc.const_data_ptr<acc_t>(), output.mutable_data_ptr<scalar_t>(),
+           argmax.mutable_data_ptr<int32_t>(), channels, input.size(2), input.size(3), pooled_h, pooled_w,
+           static_cast<acc_t>(spatial_scale));
   });
   return {output, argmax};
 }
