@@ -77,6 +77,30 @@ def test_roi_pool_kernels(emulated, launch, dtype, shape):
     torch.testing.assert_close(actual_grad, expected_grad, **BACKWARD_TOLERANCE[dtype])
 
 
+@pytest.mark.parametrize("launch", [((1,), (5,)), ((4,), (64,))], ids=str)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+def test_kernels_on_degenerate_boxes(emulated, launch, dtype):
+    # Zero-area, reversed, outside, enormous and far-away boxes, with adaptive and dense fixed sampling.
+    grid, block = launch
+    input, _ = make_case(dtype)
+    rois = torch.tensor(
+        [[0, 3, 3, 3, 3], [1, 100, 100, 120, 130], [0, -50, -50, -20, -30], [1, -1e6, -1e6, 1e6, 1e6],
+         [0, 1e30, 1e30, 3e30, 3e30], [1, 2, 2, 1, 1], [0, 17.0, 0.0, 17.0 + 1e-6, 13.0]],
+        dtype=dtype,
+    )
+    for sampling_ratio in (-1, 64):
+        params = (0.5, 3, 2, sampling_ratio, True)
+        expected = torch.ops.segops.roi_align(input, rois, *params)
+        assert torch.equal(emulated.roi_align(input, rois, *params, grid, block), expected)
+        grad = torch.ones_like(expected)
+        shape_args = (0.5, 3, 2, *input.shape, sampling_ratio, True)
+        torch.testing.assert_close(emulated._roi_align_backward(grad, rois, *shape_args, grid, block),
+                                   torch.ops.segops._roi_align_backward(grad, rois, *shape_args))
+    expected, argmax = torch.ops.segops.roi_pool(input, rois, 0.5, 3, 2)
+    actual, actual_argmax = emulated.roi_pool(input, rois, 0.5, 3, 2, grid, block)
+    assert torch.equal(actual, expected) and torch.equal(actual_argmax, argmax)
+
+
 def test_emulated_kernels_reject_bad_rois_and_forged_argmax(emulated):
     input, rois = make_case(torch.float32)
     bad = rois.clone()
