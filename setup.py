@@ -107,7 +107,7 @@ def extensions():
         modules.append(
             CppExtension(
                 "segops._emulation",
-                ["csrc/emulation/emulated_ops.cpp", "csrc/common/roi_checks.cpp", "csrc/python_module.cpp"],
+                ["csrc/emulation/emulated_ops.cpp", "csrc/python_module.cpp"] + sorted(glob.glob("csrc/common/*.cpp")),
                 include_dirs=[str(ROOT / "csrc")],
                 extra_compile_args={"cxx": ["-O2"]},
             )

@@ -102,3 +102,76 @@ def assert_compiled_matches_eager(head, input, rois):
     expected.sum().backward()
     actual.sum().backward()
     torch.testing.assert_close(x_compiled.grad, x_eager.grad)
+
+
+def assert_double_backward_on_empty_map(op):
+    """gradgradcheck of op(input, rois) on feature maps with no pixels (H or W == 0): defined, zero gradients."""
+    rois = torch.tensor([[0, 1.0, 1.0, 3.0, 3.0]], dtype=torch.float64)
+    for shape in [(1, 2, 0, 4), (1, 2, 4, 0)]:
+        input = torch.randn(shape, dtype=torch.float64, requires_grad=True)
+        assert torch.autograd.gradgradcheck(lambda x: op(x, rois), (input,))
+
+
+def assert_exports_with_dynamic_shapes(head, input, rois):
+    """torch.export of head(input, rois) with unbounded dynamic H, W and K: no shape guard, and the exported program
+    equals eager on other sizes."""
+    from torch.export import Dim, export
+
+    class Head(torch.nn.Module):
+        def forward(self, x, boxes):
+            return head(x, boxes)
+
+    dynamic_shapes = {"x": {2: Dim("h"), 3: Dim("w")}, "boxes": {0: Dim("k")}}
+    program = export(Head(), (input, rois), dynamic_shapes=dynamic_shapes)
+    other_input = torch.randn(input.shape[0], input.shape[1], input.shape[2] + 7, input.shape[3] + 3,
+                              generator=torch.Generator().manual_seed(0), dtype=input.dtype)
+    for boxes in (rois, rois[:2]):
+        assert torch.equal(program.module()(other_input, boxes), head(other_input, boxes))
+
+
+def assert_cuda_path_does_not_synchronise(head, input, rois):
+    """GPU only: forward and backward never synchronise with the host (sync debug mode "error"), and both can be
+    captured in a CUDA graph whose replay equals eager."""
+    x = input.cuda().requires_grad_()
+    boxes = rois.cuda()
+    expected_out = head(x, boxes)
+    expected_grad, = torch.autograd.grad(expected_out.sum(), x)
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        out = head(x, boxes)
+        torch.autograd.grad(out.sum(), x)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):  # warm-up outside the capture, as torch.cuda.graphs asks
+        for _ in range(2):
+            torch.autograd.grad(head(x, boxes).sum(), x)
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        out = head(x, boxes)
+        grad, = torch.autograd.grad(out.sum(), x)
+    graph.replay()
+    torch.cuda.synchronize()
+    torch.testing.assert_close(out, expected_out)
+    torch.testing.assert_close(grad, expected_grad)
+
+
+def assert_bad_row_is_a_device_side_assert(op_call):
+    """GPU only: a bad batch index on CUDA is reported by a device-side assert naming the op (in a child process: the
+    assert leaves that process's CUDA context unusable). op_call is Python source using x (CUDA features) and rois."""
+    import subprocess
+    import sys
+
+    code = (
+        "import torch, segops\n"
+        "x = torch.randn(2, 3, 8, 8, device='cuda', requires_grad=True)\n"
+        "rois = torch.tensor([[0, 1.0, 1, 6, 6], [5, 0, 0, 4, 4]], device='cuda')\n"
+        f"{op_call}\n"
+        "torch.cuda.synchronize()\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert result.returncode != 0
+    assert "device-side assert" in result.stderr and "must be an integer in [0, N)" in result.stderr

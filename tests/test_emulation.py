@@ -1,7 +1,7 @@
 """The CUDA kernels themselves, run on the CPU by emulated launches (csrc/common/emulation.h), against the CPU
 path: this covers the kernels' index arithmetic, bounds tests and grid-stride loops, not only the shared math.
 Forward kernels compute each output exactly as the CPU path does, so they must agree bitwise; backward kernels
-scatter in another order (and, for half types, accumulate in the dtype, as the GPU's atomics do)."""
+scatter in another order (into a float32 buffer for half types, as on the GPU)."""
 
 import pytest
 import torch
@@ -101,14 +101,35 @@ def test_kernels_on_degenerate_boxes(emulated, launch, dtype):
     assert torch.equal(actual, expected) and torch.equal(actual_argmax, argmax)
 
 
-def test_emulated_kernels_reject_bad_rois_and_forged_argmax(emulated):
+BAD_ROWS = [("batch index out of range", 0, 5.0), ("fractional batch index", 0, 0.5), ("NaN batch index", 0, float("nan")),
+            ("infinite coordinate", 3, float("inf")), ("NaN coordinate", 2, float("nan"))]
+
+
+@pytest.mark.parametrize("bad_row", BAD_ROWS, ids=lambda case: case[0])
+def test_kernels_validate_rows_with_a_device_side_assert(emulated, bad_row):
+    # The GPU path checks rois values in the kernels (no host synchronisation): a bad row is a device-side assert,
+    # raised after the launch, as CUDA reports it. The CPU path names the row instead (tests/test_roi_*.py).
+    _, column, value = bad_row
     input, rois = make_case(torch.float32)
-    bad = rois.clone()
-    bad[2, 0] = 5
-    with pytest.raises(RuntimeError, match=r"roi_align: rois\[2, 0\] \(batch index\) must be an integer in \[0, 2\), got 5"):
-        emulated.roi_align(input, bad, 0.5, 3, 4, 2, True, [2], [32])
-    with pytest.raises(RuntimeError, match=r"roi_pool: rois\[2, 0\] \(batch index\) must be an integer"):
-        emulated.roi_pool(input, bad, 0.5, 3, 4, [2], [32])
+    rois[2, column] = value
+    output, argmax = torch.ops.segops.roi_pool(input, make_case(torch.float32)[1], 0.5, 3, 4)
+    grad = torch.ones_like(output)
+    shape_args = (0.5, 3, 4, *input.shape)
+    calls = {
+        "roi_align": lambda: emulated.roi_align(input, rois, 0.5, 3, 4, 2, True, [2], [32]),
+        "_roi_align_backward": lambda: emulated._roi_align_backward(grad, rois, *shape_args, 2, True, [2], [32]),
+        "roi_pool": lambda: emulated.roi_pool(input, rois, 0.5, 3, 4, [2], [32]),
+        "_roi_pool_backward": lambda: emulated._roi_pool_backward(grad, rois, argmax, *shape_args, [2], [32]),
+    }
+    for op, call in calls.items():
+        message = (rf"device-side assert triggered: {op}: rois\[k, 0\] \(batch index\) must be an integer in \[0, N\) "
+                   rf"and rois\[k, 1:5\] \(box\) finite for every k")
+        with pytest.raises(RuntimeError, match=message):
+            call()
+
+
+def test_emulated_kernels_ignore_forged_argmax(emulated):
+    input, rois = make_case(torch.float32)
     output, argmax = emulated.roi_pool(input, rois, 0.5, 3, 4, [2], [32])
     forged = torch.full_like(argmax, 10**6)
     forged[0, 0, 0, 0] = 3
@@ -116,3 +137,33 @@ def test_emulated_kernels_reject_bad_rois_and_forged_argmax(emulated):
     assert grad_input.sum() == 1
     with pytest.raises(RuntimeError, match=r"segops_emulation: grid dimensions must be in \[1, 65535\], got \[0\]"):
         emulated.roi_align(input, rois, 0.5, 3, 4, 2, True, [0], [32])
+
+
+def _relative_error(actual, expected):
+    return ((actual.double() - expected).abs().max() / expected.abs().max()).item()
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
+def test_half_precision_backward_accumulates_in_float(emulated, dtype):
+    # 300 overlapping boxes of 40-60 px on a 64x64 map: thousands of contributions per pixel. Accumulating them in
+    # the gradient's own dtype (as half atomics would) gave errors 100x the CPU path's; the GPU kernels must
+    # accumulate in float too, and stay within twice the CPU path's error of the float64 result.
+    g = torch.Generator().manual_seed(0)
+    input = torch.randn(1, 2, 64, 64, generator=g).to(dtype)
+    top_left = torch.rand(300, 2, generator=g) * 20
+    size = 40 + torch.rand(300, 2, generator=g) * 20
+    rois = torch.cat([torch.zeros(300, 1), top_left, top_left + size], dim=1)
+    grad = torch.rand(300, 2, 7, 7, generator=g).to(dtype)
+    shape_args = (1.0, 7, 7, *input.shape)
+
+    exact = torch.ops.segops._roi_align_backward(grad.double(), rois.double(), *shape_args, 2, True)
+    cpu = torch.ops.segops._roi_align_backward(grad, rois, *shape_args, 2, True)
+    gpu = emulated._roi_align_backward(grad, rois, *shape_args, 2, True, [8], [128])
+    assert gpu.dtype == dtype
+    assert _relative_error(gpu, exact) <= 2 * _relative_error(cpu, exact)
+
+    output, argmax = torch.ops.segops.roi_pool(input, rois, 1.0, 7, 7)
+    exact = torch.ops.segops._roi_pool_backward(grad.double(), rois.double(), argmax, *shape_args)
+    cpu = torch.ops.segops._roi_pool_backward(grad, rois, argmax, *shape_args)
+    gpu = emulated._roi_pool_backward(grad, rois, argmax, *shape_args, [8], [128])
+    assert _relative_error(gpu, exact) <= 2 * _relative_error(cpu, exact)

@@ -8,7 +8,11 @@ import segops
 from segops import reference
 from conftest import DEVICES, requires_cuda
 from roi_testing import (  # noqa: I001
+    assert_bad_row_is_a_device_side_assert,
     assert_compiled_matches_eager,
+    assert_cuda_path_does_not_synchronise,
+    assert_double_backward_on_empty_map,
+    assert_exports_with_dynamic_shapes,
     assert_raises_eager_and_fake,
     bad_argument_cases,
     bad_roi_value_cases,
@@ -273,3 +277,55 @@ def test_cuda_matches_cpu_and_alerts_nondeterminism():
             out.sum().backward()
     finally:
         torch.use_deterministic_algorithms(False)
+
+
+def test_double_backward_on_empty_map():
+    assert_double_backward_on_empty_map(lambda x, rois: segops.roi_align(x, rois, 2, 1.0, 2, True))
+
+
+def test_export_with_dynamic_height_width_and_boxes():
+    input, rois = make_case(4, height=10, width=12)
+    assert_exports_with_dynamic_shapes(lambda x, b: segops.roi_align(x, b, (3, 2), 0.5, 2, True), input, rois)
+
+
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+@pytest.mark.parametrize("channels", [1, 15, 16, 17, 37])
+@pytest.mark.parametrize("num_rois", [1, 5])
+def test_channel_blocks_and_few_boxes_match_torchvision_bitwise(layout, channels, num_rois):
+    # The NCHW forward works in blocks of 16 channels and splits one RoI over both cores; the NHWC forward splits
+    # it by bin rows. Partial blocks and single boxes must not change a bit.
+    input, rois = make_case(9, channels=channels, num_rois=num_rois, height=13, width=10)
+    expected = torchvision.ops.roi_align(input, rois, (5, 3), 0.5, -1, True)
+    assert torch.equal(segops.roi_align(layouts(input)[layout], rois, (5, 3), 0.5, -1, True), expected)
+
+
+def test_backward_in_chunks_of_boxes_matches_torchvision():
+    # 2,100 boxes of 512 dense taps each: more than one chunk of taps (1 << 20) in the CPU backward, which keeps
+    # memory bounded whatever K and sampling_ratio are; the chunks must not change the per-plane order of sums.
+    g = torch.Generator().manual_seed(3)
+    input = torch.randn(2, 1, 5, 6, dtype=torch.float64, generator=g)
+    corners = torch.rand(2100, 2, generator=g, dtype=torch.float64) * 4
+    rois = torch.cat([torch.randint(0, 2, (2100, 1), generator=g).double(), corners, corners + 1.5], dim=1)
+    grad = torch.randn(2100, 1, 1, 1, dtype=torch.float64, generator=g)
+    grads = []
+    for fn in (torchvision.ops.roi_align, segops.roi_align):
+        x = input.clone().requires_grad_()
+        fn(x, rois, 1, 1.0, 256, True).backward(grad)
+        grads.append(x.grad)
+    torch.testing.assert_close(grads[1], grads[0], rtol=1e-12, atol=1e-12)
+
+
+@requires_cuda
+@pytest.mark.cuda
+def test_cuda_path_does_not_synchronise_and_captures_in_a_graph():
+    input, rois = make_case(6, num_rois=12)
+    assert_cuda_path_does_not_synchronise(lambda x, b: segops.roi_align(x, b, 4, 0.5, 2, True), input, rois)
+
+
+@requires_cuda
+@pytest.mark.cuda
+def test_cuda_bad_row_is_a_device_side_assert():
+    assert_bad_row_is_a_device_side_assert("segops.roi_align(x, rois, 2, 1.0, 2, True)")
+    assert_bad_row_is_a_device_side_assert(
+        "torch.ops.segops._roi_align_backward(torch.ones(2, 3, 2, 2, device='cuda'), rois, 1.0, 2, 2, 2, 3, 8, 8, 2, True)"
+    )

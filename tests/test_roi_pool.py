@@ -8,7 +8,11 @@ import segops
 from segops import reference
 from conftest import DEVICES, requires_cuda
 from roi_testing import (
+    assert_bad_row_is_a_device_side_assert,
     assert_compiled_matches_eager,
+    assert_cuda_path_does_not_synchronise,
+    assert_double_backward_on_empty_map,
+    assert_exports_with_dynamic_shapes,
     assert_raises_eager_and_fake,
     bad_argument_cases,
     bad_roi_value_cases,
@@ -219,3 +223,26 @@ def test_cuda_matches_cpu_and_alerts_nondeterminism():
             out.sum().backward()
     finally:
         torch.use_deterministic_algorithms(False)
+
+
+def test_double_backward_on_empty_map():
+    assert_double_backward_on_empty_map(lambda x, rois: segops.roi_pool(x, rois, 2, 1.0))
+
+
+def test_export_with_dynamic_height_width_and_boxes():
+    # The fake kernel's int32-plane check must not turn into a guard that bounds H and W.
+    input, rois = make_case(4, height=10, width=12)
+    assert_exports_with_dynamic_shapes(lambda x, b: segops.roi_pool(x, b, (3, 2), 0.5), input, rois)
+
+
+@requires_cuda
+@pytest.mark.cuda
+def test_cuda_path_does_not_synchronise_and_captures_in_a_graph():
+    input, rois = make_case(6, num_rois=12)
+    assert_cuda_path_does_not_synchronise(lambda x, b: segops.roi_pool(x, b, 4, 0.5), input, rois)
+
+
+@requires_cuda
+@pytest.mark.cuda
+def test_cuda_bad_row_is_a_device_side_assert():
+    assert_bad_row_is_a_device_side_assert("segops.roi_pool(x, rois, 2, 1.0)")

@@ -3,7 +3,11 @@
 // __global__/__device__ vanish, threadIdx/blockIdx/blockDim/gridDim become thread-local variables, and a
 // launch runs every (block, thread) of the grid in turn. Serial execution is a valid schedule for kernels
 // without inter-thread communication, so an emulated kernel must reproduce the CPU path's results; this
-// checks the kernels' index arithmetic, bounds tests and grid-stride loops, not only the shared math.
+// checks the kernels' index arithmetic, bounds tests and grid-stride loops, not only the shared math. A failed
+// SEGOPS_KERNEL_ASSERT is recorded and raised when the launch ends, as a CUDA device-side assert surfaces after the
+// kernel, so the kernel's own handling of the bad input runs too.
+#include <c10/util/Exception.h>
+
 #include <cstdint>
 
 namespace segops::emulation {
@@ -13,6 +17,12 @@ struct Dim3 {
 };
 
 inline thread_local Dim3 thread_idx, block_idx, block_dim, grid_dim;
+// The message of the first failed device-side assert of the running launch, or nullptr.
+inline thread_local const char* failed_assert = nullptr;
+
+inline void device_assert_failed(const char* message) {
+  if (failed_assert == nullptr) failed_assert = message;
+}
 
 // Runs kernel(args...) for every thread of grid x block; `work` is ignored: the test chooses the grid.
 struct EmulatedLaunch {
@@ -22,6 +32,7 @@ struct EmulatedLaunch {
   void operator()(int64_t /*work*/, Kernel kernel, Args... args) const {
     grid_dim = grid;
     block_dim = block;
+    failed_assert = nullptr;
     for (unsigned int bz = 0; bz < grid.z; ++bz)
       for (unsigned int by = 0; by < grid.y; ++by)
         for (unsigned int bx = 0; bx < grid.x; ++bx) {
@@ -33,6 +44,9 @@ struct EmulatedLaunch {
                 kernel(args...);
               }
         }
+    const char* message = failed_assert;
+    failed_assert = nullptr;
+    TORCH_CHECK(message == nullptr, "device-side assert triggered: ", message);
   }
 };
 

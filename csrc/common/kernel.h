@@ -9,11 +9,16 @@
 #include "common/emulation.h"
 #define SEGOPS_LAUNCH_BOUNDS(threads)
 #define SEGOPS_ATOMIC_ADD(base, index, numel, value) ((base)[index] += (value))
+#define SEGOPS_KERNEL_ASSERT(cond, message) \
+  if (!(cond)) ::segops::emulation::device_assert_failed(message)
 #elif defined(__CUDACC__)
 #include <ATen/native/cuda/KernelUtils.cuh>
 #define SEGOPS_LAUNCH_BOUNDS(threads) __launch_bounds__(threads)
 // ATen's fast atomic add: packed half2/bfloat162 atomics for half types.
 #define SEGOPS_ATOMIC_ADD(base, index, numel, value) at::native::fastAtomicAdd((base), (index), (numel), (value), true)
+// An asynchronous device-side assert, as PyTorch's own CUDA indexing ops report a bad index: the error surfaces at
+// the next synchronisation. Active in release builds too (c10's CUDA_KERNEL_ASSERT ignores NDEBUG).
+#define SEGOPS_KERNEL_ASSERT(cond, message) CUDA_KERNEL_ASSERT_MSG(cond, message)
 #else
 #error "kernel headers compile under nvcc, or with SEGOPS_EMULATION for the host emulation"
 #endif

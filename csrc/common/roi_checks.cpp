@@ -1,12 +1,16 @@
 #include "common/roi_checks.h"
 
 #include <ATen/ATen.h>
+#include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
 
 #include <cmath>
 #include <limits>
 #include <utility>
 #include <vector>
+
+#include "common/cpu_memory.h"
+#include "common/roi_row.h"
 
 namespace segops {
 namespace {
@@ -37,19 +41,20 @@ void check_pooling_args(const char* op, double spatial_scale, int64_t pooled_h, 
 }  // namespace
 
 CheckedRoIOp checked_roi_output(const char* op, const at::Tensor& input, const at::Tensor& rois, double spatial_scale,
-                                int64_t pooled_h, int64_t pooled_w) {
+                                int64_t pooled_h, int64_t pooled_w, RoIValues values) {
   TORCH_CHECK(input.dim() == 4, op, ": input must have shape [N, C, H, W], got ", input.sizes());
   TORCH_CHECK(is_supported_float(input.scalar_type()), op,
               ": input must be float32, float64, float16 or bfloat16, got ", input.scalar_type());
   at::Tensor rois_acc = checked_rois_tensor(op, rois, input, "input");
   check_pooling_args(op, spatial_scale, pooled_h, pooled_w);
-  check_rois_values(op, rois_acc, input.size(0));
+  if (values == RoIValues::kCheckOnHost) check_rois_values(op, rois_acc, input.size(0));
   return {at::empty({rois.size(0), input.size(1), pooled_h, pooled_w}, input.options()), std::move(rois_acc)};
 }
 
 CheckedRoIOp checked_roi_grad_input(const char* op, const at::Tensor& grad, const at::Tensor& rois,
                                     double spatial_scale, int64_t pooled_h, int64_t pooled_w, int64_t batch_size,
-                                    int64_t channels, int64_t height, int64_t width, at::ScalarType dtype) {
+                                    int64_t channels, int64_t height, int64_t width, at::ScalarType dtype,
+                                    RoIValues values) {
   TORCH_CHECK(is_supported_float(grad.scalar_type()), op,
               ": grad must be float32, float64, float16 or bfloat16, got ", grad.scalar_type());
   at::Tensor rois_acc = checked_rois_tensor(op, rois, grad, "grad");
@@ -59,26 +64,22 @@ CheckedRoIOp checked_roi_grad_input(const char* op, const at::Tensor& grad, cons
   const std::vector<int64_t> expected{rois.size(0), channels, pooled_h, pooled_w};
   TORCH_CHECK(grad.sizes() == at::IntArrayRef(expected), op, ": grad must have shape ", at::IntArrayRef(expected),
               ", got ", grad.sizes());
-  check_rois_values(op, rois_acc, batch_size);
-  return {at::zeros({batch_size, channels, height, width}, grad.options().dtype(dtype)), std::move(rois_acc)};
+  if (values == RoIValues::kCheckOnHost) check_rois_values(op, rois_acc, batch_size);
+  return {zeros_with_huge_pages({batch_size, channels, height, width}, grad.options().dtype(dtype)), std::move(rois_acc)};
 }
 
 void check_rois_values(const char* op, const at::Tensor& rois, int64_t batch_size) {
-  if (rois.size(0) == 0) return;
-  const at::Tensor batch_index = rois.select(1, 0);
-  // NaN != trunc(NaN), so NaN counts as a bad index.
-  const at::Tensor bad_index =
-      batch_index.ne(batch_index.trunc()).logical_or_(batch_index.lt(0)).logical_or_(batch_index.ge(batch_size));
-  const at::Tensor bad_box = at::isfinite(rois.slice(1, 1)).logical_not_().any(1);
-  const at::Tensor bad_row = bad_index.logical_or(bad_box);
-  if (!bad_row.any().item<bool>()) return;
-  const int64_t row = bad_row.nonzero().select(1, 0)[0].item<int64_t>();
-  const at::Tensor values = rois[row].to(at::kDouble).cpu();
-  const double* v = values.const_data_ptr<double>();
-  TORCH_CHECK(!bad_index[row].item<bool>(), op, ": rois[", row, ", 0] (batch index) must be an integer in [0, ",
-              batch_size, "), got ", v[0]);
-  TORCH_CHECK(false, op, ": rois[", row, ", 1:5] (box x1, y1, x2, y2) must be finite, got (", v[1], ", ", v[2], ", ",
-              v[3], ", ", v[4], ")");
+  TORCH_INTERNAL_ASSERT(rois.is_cpu() && rois.is_contiguous(), op, ": check_rois_values takes contiguous host rois");
+  AT_DISPATCH_FLOATING_TYPES(rois.scalar_type(), "check_rois_values", [&] {
+    const scalar_t* data = rois.const_data_ptr<scalar_t>();
+    for (int64_t row = 0; row < rois.size(0); ++row) {
+      const scalar_t* v = data + row * 5;
+      TORCH_CHECK(roi_batch_index_is_valid(v[0], batch_size), op, ": rois[", row,
+                  ", 0] (batch index) must be an integer in [0, ", batch_size, "), got ", v[0]);
+      TORCH_CHECK(roi_box_is_finite(v), op, ": rois[", row, ", 1:5] (box x1, y1, x2, y2) must be finite, got (", v[1],
+                  ", ", v[2], ", ", v[3], ", ", v[4], ")");
+    }
+  });
 }
 
 void check_sampling_ratio(const char* op, int64_t sampling_ratio) {

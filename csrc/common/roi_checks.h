@@ -13,25 +13,32 @@ struct CheckedRoIOp {
   at::Tensor rois;
 };
 
+// Where the values of rois (batch indices, coordinates) are checked. The CPU kernels check them on the host and
+// name the offending row. The GPU kernels check every row they read and report a bad one with a device-side
+// assert (giving it zeros, never an out-of-bounds read), because learning of it on the host means copying to the
+// host and waiting for the GPU on every call, which also breaks CUDA graph capture.
+enum class RoIValues { kCheckOnHost, kCheckInKernel };
+
 // Checks a forward call; result is its uninitialised output [K, C, PH, PW]. Wants input [N, C, H, W] of a float
 // dtype; rois [K, 5] on input's device, of input's dtype or (for float16/bfloat16 input) float32; output size
-// >= 1; a finite spatial_scale >= 0; and valid rois values (see check_rois_values).
+// >= 1; a finite spatial_scale >= 0; and, with kCheckOnHost, valid rois values (see check_rois_values).
 CheckedRoIOp checked_roi_output(const char* op, const at::Tensor& input, const at::Tensor& rois, double spatial_scale,
-                                int64_t pooled_h, int64_t pooled_w);
+                                int64_t pooled_h, int64_t pooled_w, RoIValues values);
 
 // Checks a backward call (grad [K, C, PH, PW] against rois [K, 5] and the input's shape); result is the zeroed
 // grad_input [N, C, H, W] of `dtype`.
 CheckedRoIOp checked_roi_grad_input(const char* op, const at::Tensor& grad, const at::Tensor& rois,
                                     double spatial_scale, int64_t pooled_h, int64_t pooled_w, int64_t batch_size,
-                                    int64_t channels, int64_t height, int64_t width, at::ScalarType dtype);
+                                    int64_t channels, int64_t height, int64_t width, at::ScalarType dtype,
+                                    RoIValues values);
 
 // RoIAlign's sampling_ratio: <= 0 (adaptive) or at most kMaxSamplingRatio samples per bin and axis; more is a
 // typo that would run for hours or exhaust memory.
 constexpr int64_t kMaxSamplingRatio = 256;
 void check_sampling_ratio(const char* op, int64_t sampling_ratio);
 
-// Data-dependent checks: each rois[k, 0] an integer in [0, batch_size), each coordinate finite. On CUDA this
-// synchronises once; it is what keeps a bad batch index from reading outside the input.
+// Data-dependent checks of host-resident rois (contiguous, float or double): each rois[k, 0] an integer in
+// [0, batch_size), each coordinate finite (common/roi_row.h). A plain loop: no tensor ops, no synchronisation.
 void check_rois_values(const char* op, const at::Tensor& rois, int64_t batch_size);
 
 // RoIPool's argmax holds int32 plane indices, so a plane may have at most 2^31 - 1 elements.

@@ -57,45 +57,67 @@ SEGOPS_HOST_DEVICE RoIAlignGeometry<T> roi_align_geometry(const scalar_t* roi, T
   return g;
 }
 
-// Calls f(tap) for each sample of bin `bin_index` along one axis that lands inside [-1, size].
-// Samples sit at start + bin_index * bin + (i + 0.5) * bin / grid, i in [0, grid). Only the index range that
-// can reach the feature map is visited, so a box far larger than the image costs what its overlap costs; the
-// range is padded by more samples than T's rounding of a coordinate can move, and each visited sample is still
-// tested exactly as torchvision tests it.
+// The samples of one bin along one axis: sample i in [begin, end) sits at base + (i + 0.5) * bin / grid, where
+// base = start + bin_index * bin. [begin, end) is the part of [0, grid) that can land inside [-1, size], so a box
+// far larger than the image costs what its overlap costs. The range is padded by more samples than the rounding of
+// a coordinate in T can move it, and each visited sample is still tested exactly as torchvision tests it; all of
+// it is computed in T (float for float, float16 and bfloat16 data: no float64 arithmetic in those GPU kernels),
+// once per bin and axis.
+template <typename T>
+struct RoIAlignBinAxis {
+  T base, bin;
+  int64_t grid, size, begin, end;
+};
+
+template <typename T>
+SEGOPS_HOST_DEVICE RoIAlignBinAxis<T> roi_align_bin_axis(T start, T bin, int64_t grid, int64_t bin_index,
+                                                         int64_t size) {
+  RoIAlignBinAxis<T> axis{start + static_cast<T>(bin_index) * bin, bin, grid, size, 0, grid > 0 ? grid : 0};
+  const T step = bin / static_cast<T>(grid > 0 ? grid : 1);
+  if (axis.end == 0 || !(step > T(0))) return axis;
+  // A few ulps of the largest term of a coordinate bound its rounding error; an infinite margin disables pruning.
+  const T magnitude = fabs(start) + fabs(bin) * static_cast<T>(bin_index + 1) + static_cast<T>(size) + T(1);
+  const T margin = T(2) + ceil(T(8) * std::numeric_limits<T>::epsilon() * magnitude / step);
+  const T first = floor((T(-1) - axis.base) / step - T(0.5)) - margin;
+  const T last = ceil((static_cast<T>(size) - axis.base) / step - T(0.5)) + margin + T(1);
+  if (!(first == first) || !(last == last)) {  // NaN geometry: no sample can be valid
+    axis.end = 0;
+    return axis;
+  }
+  // Converted to int64 only once inside [0, grid], so no out-of-range float-to-int conversion can happen.
+  if (first > T(0)) axis.begin = first < static_cast<T>(grid) ? static_cast<int64_t>(first) : grid;
+  if (last < static_cast<T>(axis.end)) axis.end = last > static_cast<T>(axis.begin) ? static_cast<int64_t>(last) : axis.begin;
+  return axis;
+}
+
+// Calls f(tap) for each sample of the bin axis that lands inside [-1, size].
 template <typename T, typename F>
-SEGOPS_HOST_DEVICE void roi_align_for_each_tap(T start, T bin, int64_t grid, int64_t bin_index, int64_t size, F&& f) {
-  if (grid <= 0) return;
-  const T bin_start = start + static_cast<T>(bin_index) * bin;
-  int64_t begin = 0;
-  int64_t end = grid;
-  const double step = static_cast<double>(bin) / static_cast<double>(grid);
-  if (step > 0) {
-    // A few ulps of the largest term of a coordinate bound its rounding error; inf or NaN disables pruning.
-    const double magnitude = fabs(static_cast<double>(start)) +
-                             fabs(static_cast<double>(bin)) * static_cast<double>(bin_index + 1) +
-                             static_cast<double>(size) + 1.0;
-    const double margin = 2.0 + ceil(8.0 * static_cast<double>(std::numeric_limits<T>::epsilon()) * magnitude / step);
-    const double first = floor((-1.0 - static_cast<double>(bin_start)) / step - 0.5) - margin;
-    const double last = ceil((static_cast<double>(size) - static_cast<double>(bin_start)) / step - 0.5) + margin + 1.0;
-    if (!(first == first) || !(last == last)) return;  // NaN geometry: no sample can be valid
-    if (first > 0) begin = first < static_cast<double>(grid) ? static_cast<int64_t>(first) : grid;
-    if (last < static_cast<double>(end)) end = last > static_cast<double>(begin) ? static_cast<int64_t>(last) : begin;
+SEGOPS_HOST_DEVICE void roi_align_for_each_tap(const RoIAlignBinAxis<T>& axis, F&& f) {
+  for (int64_t i = axis.begin; i < axis.end; ++i) {
+    const T coord = axis.base + (static_cast<T>(i) + T(0.5)) * axis.bin / static_cast<T>(axis.grid);
+    if (roi_sample_in_range(coord, axis.size)) f(roi_sample_tap(coord, axis.size));
   }
-  for (int64_t i = begin; i < end; ++i) {
-    const T coord = start + static_cast<T>(bin_index) * bin + (static_cast<T>(i) + T(0.5)) * bin / static_cast<T>(grid);
-    if (roi_sample_in_range(coord, size)) f(roi_sample_tap(coord, size));
-  }
+}
+
+// The sample axes of output bin (ph, pw): rows, then columns.
+template <typename T>
+SEGOPS_HOST_DEVICE RoIAlignBinAxis<T> roi_align_rows(const RoIAlignGeometry<T>& g, int64_t ph, int64_t height) {
+  return roi_align_bin_axis(g.start_h, g.bin_h, g.grid_h, ph, height);
+}
+
+template <typename T>
+SEGOPS_HOST_DEVICE RoIAlignBinAxis<T> roi_align_cols(const RoIAlignGeometry<T>& g, int64_t pw, int64_t width) {
+  return roi_align_bin_axis(g.start_w, g.bin_w, g.grid_w, pw, width);
 }
 
 // Forward value of output bin (ph, pw) of one channel: the mean of its bilinear samples.
 template <typename T, typename scalar_t>
 SEGOPS_HOST_DEVICE T roi_align_bin_value(const scalar_t* plane, int64_t height, int64_t width,
                                          const RoIAlignGeometry<T>& g, int64_t ph, int64_t pw) {
+  const RoIAlignBinAxis<T> cols = roi_align_cols(g, pw, width);
   T sum = T(0);
-  roi_align_for_each_tap(g.start_h, g.bin_h, g.grid_h, ph, height, [&](const LinearTap<T>& ty) {
-    roi_align_for_each_tap(g.start_w, g.bin_w, g.grid_w, pw, width, [&](const LinearTap<T>& tx) {
-      sum += bilinear_gather(plane, width, ty, tx);
-    });
+  roi_align_for_each_tap(roi_align_rows(g, ph, height), [&](const LinearTap<T>& ty) {
+    roi_align_for_each_tap(cols, [&](const LinearTap<T>& tx) { sum += bilinear_gather(plane, width, ty, tx); });
   });
   return sum / g.count;
 }
@@ -105,8 +127,9 @@ template <typename T, typename Add>
 SEGOPS_HOST_DEVICE void roi_align_bin_scatter(Add& add, int64_t plane_offset, int64_t height, int64_t width,
                                               const RoIAlignGeometry<T>& g, int64_t ph, int64_t pw, T grad) {
   const T grad_per_sample = grad / g.count;
-  roi_align_for_each_tap(g.start_h, g.bin_h, g.grid_h, ph, height, [&](const LinearTap<T>& ty) {
-    roi_align_for_each_tap(g.start_w, g.bin_w, g.grid_w, pw, width, [&](const LinearTap<T>& tx) {
+  const RoIAlignBinAxis<T> cols = roi_align_cols(g, pw, width);
+  roi_align_for_each_tap(roi_align_rows(g, ph, height), [&](const LinearTap<T>& ty) {
+    roi_align_for_each_tap(cols, [&](const LinearTap<T>& tx) {
       bilinear_scatter(add, plane_offset, width, ty, tx, grad_per_sample);
     });
   });

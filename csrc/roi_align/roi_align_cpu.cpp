@@ -1,9 +1,17 @@
-// RoIAlign on the CPU. Bilinear taps are separable, so each RoI's taps are computed once per axis, up front,
-// and shared by every bin and every channel.
-//  - Forward runs on a channels-innermost (NHWC) view of the input, parallel over RoIs: each bilinear sample is
-//    then one vectorisable loop over channels. A contiguous (NCHW) input costs one copy; channels_last, none.
+// RoIAlign on the CPU. Bilinear taps are separable, so each RoI's taps are computed once per axis and shared by
+// every bin and channel. Nothing here costs in proportion to the feature map (only the backward's zeroed
+// gradient, which any backward pays): the input is read where it lies, in the layout it comes in.
+//  - Forward, contiguous (NCHW) input: work units are (RoI, block of kChannelBlock channels), in parallel. A unit
+//    evaluates each bilinear sample for its kChannelBlock planes together: that many independent sums hide the
+//    latency of the floating-point add chain that a one-channel loop (torchvision's) waits on, and each sample's
+//    weights and offsets serve the whole block.
+//  - Forward, channels_last (NHWC) input: work units are (RoI, row of bins), in parallel; each sample is one
+//    vectorisable loop over the contiguous channels.
+//    Both evaluate torchvision's expression in torchvision's order per channel, so outputs equal it bit for bit.
+//    Units split RoIs finely enough that one RoI keeps both cores busy; another strided layout is made contiguous.
 //  - Backward runs planes outermost (for_each_plane_roi): parallel over (image, channel) planes, each plane
-//    accumulated by one thread in RoI order, so it is deterministic without atomics.
+//    accumulated by one thread in RoI order, so it is deterministic without atomics. RoIs are taken in chunks whose
+//    taps fit kMaxTapsPerChunk, so memory stays bounded whatever K and sampling_ratio are.
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
@@ -11,6 +19,7 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <array>
 #include <vector>
 
 #include "common/roi_checks.h"
@@ -19,6 +28,10 @@
 
 namespace segops {
 namespace {
+
+constexpr int64_t kChannelBlock = 16;
+// Taps held at once by the backward (24 bytes each in float): 1 << 20 is 24 MB.
+constexpr int64_t kMaxTapsPerChunk = int64_t(1) << 20;
 
 template <typename T>
 struct TapRange {
@@ -38,7 +51,8 @@ struct AxisTaps {
     taps.clear();
     begin.assign(1, 0);
     for (int64_t p = 0; p < pooled; ++p) {
-      roi_align_for_each_tap(start, bin, grid, p, size, [&](const LinearTap<T>& tap) { taps.push_back(tap); });
+      roi_align_for_each_tap(roi_align_bin_axis(start, bin, grid, p, size),
+                             [&](const LinearTap<T>& tap) { taps.push_back(tap); });
       begin.push_back(static_cast<int64_t>(taps.size()));
     }
   }
@@ -51,23 +65,69 @@ template <typename T>
 struct RoITaps {
   RoIAlignGeometry<T> geometry;
   AxisTaps<T> y, x;
+
+  void build(const T* roi, double spatial_scale, int64_t pooled_h, int64_t pooled_w, int64_t sampling_ratio,
+             bool aligned, int64_t height, int64_t width) {
+    geometry = roi_align_geometry<T>(roi, static_cast<T>(spatial_scale), pooled_h, pooled_w, sampling_ratio, aligned);
+    y.build(geometry.start_h, geometry.bin_h, geometry.grid_h, pooled_h, height);
+    x.build(geometry.start_w, geometry.bin_w, geometry.grid_w, pooled_w, width);
+  }
+
+  size_t size() const { return y.taps.size() + x.taps.size(); }
 };
 
-template <typename T, typename scalar_t>
-std::vector<RoITaps<T>> build_roi_taps(const scalar_t* rois, int64_t num_rois, double spatial_scale, int64_t pooled_h,
-                                       int64_t pooled_w, int64_t sampling_ratio, bool aligned, int64_t height,
-                                       int64_t width) {
-  std::vector<RoITaps<T>> all_taps(num_rois);
-  at::parallel_for(0, num_rois, 16, [&](int64_t begin, int64_t end) {
-    for (int64_t k = begin; k < end; ++k) {
-      RoITaps<T>& taps = all_taps[k];
-      taps.geometry = roi_align_geometry<T>(rois + k * 5, static_cast<T>(spatial_scale), pooled_h, pooled_w,
-                                            sampling_ratio, aligned);
-      taps.y.build(taps.geometry.start_h, taps.geometry.bin_h, taps.geometry.grid_h, pooled_h, height);
-      taps.x.build(taps.geometry.start_w, taps.geometry.bin_w, taps.geometry.grid_w, pooled_w, width);
+// Everything a CPU kernel needs to build a RoI's taps.
+template <typename T>
+struct RoIAlignParams {
+  const T* rois;
+  double spatial_scale;
+  int64_t pooled_h, pooled_w, sampling_ratio;
+  bool aligned;
+  int64_t height, width;
+
+  void build(RoITaps<T>& taps, int64_t k) const {
+    taps.build(rois + k * 5, spatial_scale, pooled_h, pooled_w, sampling_ratio, aligned, height, width);
+  }
+};
+
+// Calls body(k, part, taps) for every RoI k < num_rois and part < parts_per_roi, in parallel over (k, part). Each
+// thread takes a contiguous range of units and builds a RoI's taps once for all the parts of it that it runs.
+template <typename T, typename Body>
+void parallel_over_roi_parts(const RoIAlignParams<T>& params, int64_t num_rois, int64_t parts_per_roi,
+                             const Body& body) {
+  at::parallel_for(0, num_rois * parts_per_roi, 1, [&](int64_t begin, int64_t end) {
+    RoITaps<T> taps;
+    int64_t built = -1;
+    for (int64_t unit = begin; unit < end; ++unit) {
+      const int64_t k = unit / parts_per_roi;
+      if (k != built) {
+        params.build(taps, k);
+        built = k;
+      }
+      body(k, unit % parts_per_roi, taps);
     }
   });
-  return all_taps;
+}
+
+// Output bin (ph, pw) of `block` channels (<= kChannelBlock) of an NCHW image: planes[c * plane_size + offset]
+// is channel c. Per channel this is bilinear_gather's expression, summed in the GPU kernel's (and torchvision's)
+// order.
+template <typename T, typename scalar_t>
+void bin_of_channel_block(T* __restrict__ sums, const scalar_t* __restrict__ planes, int64_t plane_size,
+                          int64_t width, int64_t block, const RoITaps<T>& taps, int64_t ph, int64_t pw) {
+  std::fill(sums, sums + block, T(0));
+  for (const LinearTap<T>& ty : taps.y.of_bin(ph)) {
+    for (const LinearTap<T>& tx : taps.x.of_bin(pw)) {
+      const BilinearWeights<T> w = bilinear_weights(ty, tx);
+      const int64_t low_low = ty.low * width + tx.low, low_high = ty.low * width + tx.high;
+      const int64_t high_low = ty.high * width + tx.low, high_high = ty.high * width + tx.high;
+      for (int64_t c = 0; c < block; ++c) {
+        const scalar_t* plane = planes + c * plane_size;
+        sums[c] += w.low_low * static_cast<T>(plane[low_low]) + w.low_high * static_cast<T>(plane[low_high]) +
+                   w.high_low * static_cast<T>(plane[high_low]) + w.high_high * static_cast<T>(plane[high_high]);
+      }
+    }
+  }
 }
 
 // sums[c] += the bilinear sample (ty, tx) of channel c, for every channel of an NHWC image: bilinear_gather's
@@ -86,6 +146,62 @@ void add_sample_all_channels(T* __restrict__ sums, const scalar_t* image, int64_
   }
 }
 
+template <typename scalar_t>
+void forward_nchw(const at::Tensor& input, const RoIAlignParams<at::opmath_type<scalar_t>>& params, int64_t num_rois,
+                  scalar_t* output) {
+  using acc_t = at::opmath_type<scalar_t>;
+  const int64_t channels = input.size(1);
+  const int64_t plane_size = params.height * params.width;
+  const int64_t bins = params.pooled_h * params.pooled_w;
+  const scalar_t* input_data = input.const_data_ptr<scalar_t>();
+  const int64_t blocks = (channels + kChannelBlock - 1) / kChannelBlock;
+  parallel_over_roi_parts(params, num_rois, blocks, [&](int64_t k, int64_t block_index, const RoITaps<acc_t>& taps) {
+    const int64_t c0 = block_index * kChannelBlock;
+    const int64_t block = std::min(kChannelBlock, channels - c0);
+    const scalar_t* planes = input_data + (taps.geometry.batch * channels + c0) * plane_size;
+    scalar_t* out = output + (k * channels + c0) * bins;
+    std::array<acc_t, kChannelBlock> sums;
+    for (int64_t ph = 0; ph < params.pooled_h; ++ph) {
+      for (int64_t pw = 0; pw < params.pooled_w; ++pw) {
+        bin_of_channel_block(sums.data(), planes, plane_size, params.width, block, taps, ph, pw);
+        for (int64_t c = 0; c < block; ++c) {
+          out[c * bins + ph * params.pooled_w + pw] = static_cast<scalar_t>(sums[c] / taps.geometry.count);
+        }
+      }
+    }
+  });
+}
+
+template <typename scalar_t>
+void forward_nhwc(const at::Tensor& input, const RoIAlignParams<at::opmath_type<scalar_t>>& params, int64_t num_rois,
+                  scalar_t* output) {
+  using acc_t = at::opmath_type<scalar_t>;
+  const int64_t channels = input.size(1);
+  const int64_t bins = params.pooled_h * params.pooled_w;
+  const scalar_t* input_data = input.const_data_ptr<scalar_t>();
+  parallel_over_roi_parts(params, num_rois, params.pooled_h, [&](int64_t k, int64_t ph, const RoITaps<acc_t>& taps) {
+    const scalar_t* image = input_data + taps.geometry.batch * params.height * params.width * channels;
+    scalar_t* out = output + k * channels * bins;
+    std::vector<acc_t> sums(channels);
+    for (int64_t pw = 0; pw < params.pooled_w; ++pw) {
+      std::fill(sums.begin(), sums.end(), acc_t(0));
+      for (const LinearTap<acc_t>& ty : taps.y.of_bin(ph)) {
+        for (const LinearTap<acc_t>& tx : taps.x.of_bin(pw)) {
+          add_sample_all_channels(sums.data(), image, params.width, channels, ty, tx);
+        }
+      }
+      for (int64_t c = 0; c < channels; ++c) {
+        out[c * bins + ph * params.pooled_w + pw] = static_cast<scalar_t>(sums[c] / taps.geometry.count);
+      }
+    }
+  });
+}
+
+// channels_last is read in place; so is contiguous NCHW (when a tensor is both, as with C == 1, NCHW is taken).
+bool reads_as_nhwc(const at::Tensor& input) {
+  return !input.is_contiguous() && input.is_contiguous(at::MemoryFormat::ChannelsLast);
+}
+
 template <typename acc_t>
 struct PlaneAdd {
   acc_t* data;
@@ -95,39 +211,20 @@ struct PlaneAdd {
 at::Tensor roi_align_forward_cpu(const at::Tensor& input, const at::Tensor& rois, double spatial_scale,
                                  int64_t pooled_h, int64_t pooled_w, int64_t sampling_ratio, bool aligned) {
   check_sampling_ratio("roi_align", sampling_ratio);
-  const auto [output, rois_acc] = checked_roi_output("roi_align", input, rois, spatial_scale, pooled_h, pooled_w);
+  const auto [output, rois_acc] =
+      checked_roi_output("roi_align", input, rois, spatial_scale, pooled_h, pooled_w, RoIValues::kCheckOnHost);
   if (output.numel() == 0) return output;
-  const int64_t channels = input.size(1);
-  const int64_t height = input.size(2);
-  const int64_t width = input.size(3);
-  const at::Tensor input_nhwc = input.contiguous(at::MemoryFormat::ChannelsLast);
+  const bool nhwc = reads_as_nhwc(input);
+  const at::Tensor input_c = nhwc ? input : input.contiguous();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "roi_align_forward_cpu", [&] {
     using acc_t = at::opmath_type<scalar_t>;
-    const scalar_t* input_data = input_nhwc.const_data_ptr<scalar_t>();
-    scalar_t* output_data = output.mutable_data_ptr<scalar_t>();
-    const auto all_taps = build_roi_taps<acc_t>(rois_acc.const_data_ptr<acc_t>(), rois.size(0), spatial_scale,
-                                                pooled_h, pooled_w, sampling_ratio, aligned, height, width);
-    at::parallel_for(0, rois.size(0), 1, [&](int64_t begin, int64_t end) {
-      std::vector<acc_t> sums(channels);
-      for (int64_t k = begin; k < end; ++k) {
-        const RoITaps<acc_t>& taps = all_taps[k];
-        const scalar_t* image = input_data + taps.geometry.batch * height * width * channels;
-        scalar_t* out = output_data + k * channels * pooled_h * pooled_w;
-        for (int64_t ph = 0; ph < pooled_h; ++ph) {
-          for (int64_t pw = 0; pw < pooled_w; ++pw) {
-            std::fill(sums.begin(), sums.end(), acc_t(0));
-            for (const LinearTap<acc_t>& ty : taps.y.of_bin(ph)) {
-              for (const LinearTap<acc_t>& tx : taps.x.of_bin(pw)) {
-                add_sample_all_channels(sums.data(), image, width, channels, ty, tx);
-              }
-            }
-            for (int64_t c = 0; c < channels; ++c) {
-              out[(c * pooled_h + ph) * pooled_w + pw] = static_cast<scalar_t>(sums[c] / taps.geometry.count);
-            }
-          }
-        }
-      }
-    });
+    const RoIAlignParams<acc_t> params{rois_acc.const_data_ptr<acc_t>(), spatial_scale, pooled_h, pooled_w,
+                                       sampling_ratio, aligned, input.size(2), input.size(3)};
+    if (nhwc) {
+      forward_nhwc<scalar_t>(input_c, params, rois.size(0), output.mutable_data_ptr<scalar_t>());
+    } else {
+      forward_nchw<scalar_t>(input_c, params, rois.size(0), output.mutable_data_ptr<scalar_t>());
+    }
   });
   return output;
 }
@@ -137,35 +234,48 @@ at::Tensor roi_align_backward_cpu(const at::Tensor& grad, const at::Tensor& rois
                                   int64_t height, int64_t width, int64_t sampling_ratio, bool aligned) {
   check_sampling_ratio("_roi_align_backward", sampling_ratio);
   // Accumulate in acc_t (float for half types), converted once at the end.
-  const auto [grad_input, rois_acc] =
-      checked_roi_grad_input("_roi_align_backward", grad, rois, spatial_scale, pooled_h, pooled_w, batch_size,
-                             channels, height, width, at::toOpMathType(grad.scalar_type()));
+  const auto [grad_input, rois_acc] = checked_roi_grad_input(
+      "_roi_align_backward", grad, rois, spatial_scale, pooled_h, pooled_w, batch_size, channels, height, width,
+      at::toOpMathType(grad.scalar_type()), RoIValues::kCheckOnHost);
   if (grad.numel() == 0 || grad_input.numel() == 0) return grad_input.to(grad.scalar_type());
   const at::Tensor grad_c = grad.contiguous();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, grad.scalar_type(), "roi_align_backward_cpu", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     const acc_t* rois_data = rois_acc.const_data_ptr<acc_t>();
     const scalar_t* grad_data = grad_c.const_data_ptr<scalar_t>();
-    const auto all_taps = build_roi_taps<acc_t>(rois_data, rois.size(0), spatial_scale, pooled_h, pooled_w,
-                                                sampling_ratio, aligned, height, width);
+    const RoIAlignParams<acc_t> params{rois_data, spatial_scale, pooled_h, pooled_w, sampling_ratio, aligned, height,
+                                       width};
     PlaneAdd<acc_t> add{grad_input.mutable_data_ptr<acc_t>()};
-    for_each_plane_roi(group_rois_by_image(rois_data, rois.size(0), batch_size), channels,
-                       [&](int64_t n, int64_t c, int64_t k) {
-                         const int64_t plane_offset = (n * channels + c) * height * width;
-                         const scalar_t* grad_bins = grad_data + (k * channels + c) * pooled_h * pooled_w;
-                         const RoITaps<acc_t>& taps = all_taps[k];
-                         for (int64_t ph = 0; ph < pooled_h; ++ph) {
-                           for (int64_t pw = 0; pw < pooled_w; ++pw) {
-                             const acc_t grad_per_sample =
-                                 static_cast<acc_t>(grad_bins[ph * pooled_w + pw]) / taps.geometry.count;
-                             for (const LinearTap<acc_t>& ty : taps.y.of_bin(ph)) {
-                               for (const LinearTap<acc_t>& tx : taps.x.of_bin(pw)) {
-                                 bilinear_scatter(add, plane_offset, width, ty, tx, grad_per_sample);
-                               }
-                             }
-                           }
-                         }
-                       });
+    const int64_t num_rois = rois.size(0);
+    std::vector<RoITaps<acc_t>> chunk_taps;
+    for (int64_t chunk_begin = 0; chunk_begin < num_rois;) {
+      // The next RoIs, up to kMaxTapsPerChunk taps (at least one RoI, whose taps are bounded by its bins).
+      chunk_taps.clear();
+      int64_t chunk_end = chunk_begin;
+      size_t held = 0;
+      while (chunk_end < num_rois && (chunk_end == chunk_begin || held < static_cast<size_t>(kMaxTapsPerChunk))) {
+        chunk_taps.emplace_back();
+        params.build(chunk_taps.back(), chunk_end++);
+        held += chunk_taps.back().size();
+      }
+      const auto rois_of_image = group_rois_by_image(rois_data, chunk_begin, chunk_end, batch_size);
+      for_each_plane_roi(rois_of_image, channels, [&](int64_t n, int64_t c, int64_t k) {
+        const int64_t plane_offset = (n * channels + c) * height * width;
+        const scalar_t* grad_bins = grad_data + (k * channels + c) * pooled_h * pooled_w;
+        const RoITaps<acc_t>& taps = chunk_taps[k - chunk_begin];
+        for (int64_t ph = 0; ph < pooled_h; ++ph) {
+          for (int64_t pw = 0; pw < pooled_w; ++pw) {
+            const acc_t grad_per_sample = static_cast<acc_t>(grad_bins[ph * pooled_w + pw]) / taps.geometry.count;
+            for (const LinearTap<acc_t>& ty : taps.y.of_bin(ph)) {
+              for (const LinearTap<acc_t>& tx : taps.x.of_bin(pw)) {
+                bilinear_scatter(add, plane_offset, width, ty, tx, grad_per_sample);
+              }
+            }
+          }
+        }
+      });
+      chunk_begin = chunk_end;
+    }
   });
   return grad_input.to(grad.scalar_type());
 }

@@ -20,7 +20,8 @@ namespace {
 
 std::tuple<at::Tensor, at::Tensor> roi_pool_forward_cpu(const at::Tensor& input, const at::Tensor& rois,
                                                         double spatial_scale, int64_t pooled_h, int64_t pooled_w) {
-  const auto [output, rois_acc] = checked_roi_output("roi_pool", input, rois, spatial_scale, pooled_h, pooled_w);
+  const auto [output, rois_acc] = checked_roi_output("roi_pool", input, rois, spatial_scale, pooled_h, pooled_w,
+                                                    RoIValues::kCheckOnHost);
   check_roi_pool_plane("roi_pool", input.size(2), input.size(3));
   at::Tensor argmax = at::empty(output.sizes(), output.options().dtype(at::kInt));
   if (output.numel() == 0) return {output, argmax};
@@ -47,7 +48,7 @@ std::tuple<at::Tensor, at::Tensor> roi_pool_forward_cpu(const at::Tensor& input,
         }
       }
     });
-    for_each_plane_roi(group_rois_by_image(rois_data, rois.size(0), input.size(0)), channels,
+    for_each_plane_roi(group_rois_by_image(rois_data, 0, rois.size(0), input.size(0)), channels,
                        [&](int64_t n, int64_t c, int64_t k) {
                          const scalar_t* plane = input_data + (n * channels + c) * height * width;
                          const int64_t out_offset = (k * channels + c) * bins_per_plane;
@@ -66,7 +67,7 @@ at::Tensor roi_pool_backward_cpu(const at::Tensor& grad, const at::Tensor& rois,
   // Accumulate in acc_t (float for half types), converted once at the end.
   const auto [grad_input, rois_acc] =
       checked_roi_grad_input("_roi_pool_backward", grad, rois, spatial_scale, pooled_h, pooled_w, batch_size,
-                             channels, height, width, at::toOpMathType(grad.scalar_type()));
+                             channels, height, width, at::toOpMathType(grad.scalar_type()), RoIValues::kCheckOnHost);
   check_roi_pool_plane("_roi_pool_backward", height, width);
   check_roi_pool_argmax(grad, argmax);
   if (grad.numel() == 0 || grad_input.numel() == 0) return grad_input.to(grad.scalar_type());
@@ -79,7 +80,7 @@ at::Tensor roi_pool_backward_cpu(const at::Tensor& grad, const at::Tensor& rois,
     acc_t* grad_input_data = grad_input.mutable_data_ptr<acc_t>();
     const int64_t plane_size = height * width;
     const int64_t bins_per_plane = pooled_h * pooled_w;
-    for_each_plane_roi(group_rois_by_image(rois_acc.const_data_ptr<acc_t>(), rois.size(0), batch_size), channels,
+    for_each_plane_roi(group_rois_by_image(rois_acc.const_data_ptr<acc_t>(), 0, rois.size(0), batch_size), channels,
                        [&](int64_t n, int64_t c, int64_t k) {
                          acc_t* plane = grad_input_data + (n * channels + c) * plane_size;
                          const int64_t bins_offset = (k * channels + c) * bins_per_plane;

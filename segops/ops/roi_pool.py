@@ -58,6 +58,8 @@ def _backward_backward(ctx, grad_grad_input):
     rois, argmax = ctx.saved_tensors
     planes = grad_grad_input.flatten(2)[rois[:, 0].long()]  # [K, C, H * W]
     index = argmax.flatten(2).long()  # [K, C, PH * PW]
+    # An empty map has no maximum anywhere (argmax is -1 throughout); pad the plane so gather has a column to read.
+    planes = torch.nn.functional.pad(planes, (0, 1))
     grad_grad = planes.gather(2, index.clamp(min=0)).masked_fill(index < 0, 0).view_as(argmax)
     return (grad_grad,) + (None,) * 9
 
