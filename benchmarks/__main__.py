@@ -3,7 +3,7 @@
 Each case is timed with torch.utils.benchmark (blocked_autorange, median), segops and the reference interleaved
 over several rounds so that machine noise hits both; the reported time is the median over rounds and the
 speedup their ratio. The compared outputs are checked for agreement in the same run. Writes a table (stdout and
-Markdown), JSON and a PNG chart of the speedups to benchmarks/results/."""
+Markdown), JSON, a PNG chart of the speedups and a log-log PNG of the box-count sweep to benchmarks/results/."""
 
 import argparse
 import json
@@ -47,8 +47,9 @@ def median_seconds(fn, min_run_time):
     return timer.blocked_autorange(min_run_time=min_run_time).median
 
 
-def run_case(name, target, ours, theirs, rounds, min_run_time):
-    expected, actual = theirs(), ours()
+def run_case(case, rounds, min_run_time):
+    name, target, ours, theirs = case.name, case.target, case.ours, case.theirs
+    expected, actual = theirs(), ours()  # also the warm-up of both
     max_abs_diff = (actual.double() - expected.double()).abs().max().item()
     agrees = torch.allclose(actual, expected, rtol=1e-4, atol=1e-4)
     times = {"segops": [], "reference": []}
@@ -67,7 +68,24 @@ def run_case(name, target, ours, theirs, rounds, min_run_time):
         "outputs_agree": agrees,
         "max_abs_diff": max_abs_diff,
         "rounds_ms": {key: [t * 1e3 for t in value] for key, value in times.items()},
+        "sweep": dict(zip(("op", "pass", "boxes"), case.sweep)) if case.sweep else None,
     }
+
+
+def _ms(value):
+    return f"{value:.1f}" if value >= 1 else f"{value:.3f}"
+
+
+def sweep_table(results):
+    """Markdown table of the box-count sweep: per op and pass, time against K for both, and the ratio."""
+    rows = sorted((r for r in results if r["sweep"]), key=lambda r: (r["sweep"]["op"], r["sweep"]["pass"],
+                                                                      r["sweep"]["boxes"]))
+    lines = ["| op | pass | boxes K | segops (ms) | torchvision (ms) | speedup |", "|---|---|---:|---:|---:|---:|"]
+    for r in rows:
+        sweep = r["sweep"]
+        lines.append(f"| {sweep['op']} | {sweep['pass']} | {sweep['boxes']} | {_ms(r['segops_ms'])} | "
+                     f"{_ms(r['reference_ms'])} | {r['speedup']:.2f}x |")
+    return "\n".join(lines)
 
 
 def markdown_table(results, machine):
@@ -81,8 +99,8 @@ def markdown_table(results, machine):
     ]
     for r in results:
         lines.append(
-            f"| {r['case']} | {r['segops_ms']:.1f} | {r['reference_ms']:.1f} | {r['speedup']:.2f}x | "
-            f">= {r['target']:.0f}x | {'yes' if r['outputs_agree'] else 'NO'} ({r['max_abs_diff']:.1e}) |"
+            f"| {r['case']} | {_ms(r['segops_ms'])} | {_ms(r['reference_ms'])} | {r['speedup']:.2f}x | "
+            f">= {r['target']:.2g}x | {'yes' if r['outputs_agree'] else 'NO'} ({r['max_abs_diff']:.1e}) |"
         )
     return "\n".join(lines)
 
@@ -108,6 +126,41 @@ def save_chart(results, path):
     plt.close(figure)
 
 
+def save_sweep_chart(results, path):
+    """Log-log time against box count, segops and torchvision, one panel per op, forward and forward+backward."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    swept = [r for r in results if r["sweep"]]
+    ops = sorted({r["sweep"]["op"] for r in swept})
+    if not ops:
+        return
+    figure, axes = plt.subplots(1, len(ops), figsize=(6 * len(ops), 4.5), squeeze=False)
+    for axis, op in zip(axes[0], ops):
+        for pass_, style in [("forward", "-"), ("forward+backward", "--")]:
+            points = sorted((r["sweep"]["boxes"], r) for r in swept if r["sweep"]["op"] == op
+                            and r["sweep"]["pass"] == pass_)
+            if not points:
+                continue
+            boxes = [k for k, _ in points]
+            axis.plot(boxes, [r["segops_ms"] for _, r in points], style, marker="o", color="#4c72b0",
+                      label=f"segops {pass_}")
+            axis.plot(boxes, [r["reference_ms"] for _, r in points], style, marker="s", color="#c44e52",
+                      label=f"torchvision {pass_}")
+        axis.set_xscale("log")
+        axis.set_yscale("log")
+        axis.set_xlabel("boxes K")
+        axis.set_ylabel("time per call (ms)")
+        axis.set_title(f"{op}, input [2, 256, 200, 304]")
+        axis.grid(True, which="both", linewidth=0.3)
+        axis.legend(fontsize=8)
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds per case (default 3)")
@@ -118,19 +171,20 @@ def main(argv=None):
 
     machine = machine_description()
     results = []
-    for name, target, ours, theirs in roi_ops.cases():
-        if args.filter in name:
-            results.append(run_case(name, target, ours, theirs, args.rounds, args.min_run_time))
+    for case in roi_ops.cases():
+        if args.filter in case.name:
+            results.append(run_case(case, args.rounds, args.min_run_time))
             r = results[-1]
-            print(f"{name}: segops {r['segops_ms']:.1f} ms, torchvision {r['reference_ms']:.1f} ms, "
+            print(f"{case.name}: segops {r['segops_ms']:.1f} ms, torchvision {r['reference_ms']:.1f} ms, "
                   f"{r['speedup']:.2f}x", file=sys.stderr, flush=True)
-    table = markdown_table(results, machine)
+    table = markdown_table(results, machine) + "\n\nBox-count sweep:\n\n" + sweep_table(results)
     print(table)
     args.output.mkdir(parents=True, exist_ok=True)
     (args.output / "latest.json").write_text(json.dumps({"machine": machine, "results": results}, indent=2) + "\n")
     (args.output / "latest.md").write_text(table + "\n")
     save_chart(results, args.output / "latest.png")
-    print(f"\nwrote {args.output / 'latest.json'}, latest.md and latest.png", file=sys.stderr)
+    save_sweep_chart(results, args.output / "sweep.png")
+    print(f"\nwrote {args.output / 'latest.json'}, latest.md, latest.png and sweep.png", file=sys.stderr)
     return 0 if all(r["outputs_agree"] for r in results) else 1
 
 

@@ -1,25 +1,40 @@
 """RoIAlign / RoIPool cases: segops against torchvision.ops on the same inputs, in one process."""
 
+from typing import Callable, NamedTuple, Optional
+
 import torch
 import torchvision
 
 import segops
 
-# The issue's workload: an FPN level-2 feature map of an 800x1216 image pair and 512 proposals.
+# An FPN level-2 feature map of an 800x1216 image pair (stride 4) and random proposals on it.
 BATCH, CHANNELS, HEIGHT, WIDTH = 2, 256, 200, 304
 SPATIAL_SCALE = 0.25
 NUM_BOXES = 512
+# The sweep over box counts: from one box to a detector's full proposal set.
+SWEEP_BOXES = (1, 16, 128, 512, 2048)
 
 
-def make_inputs(seed=0):
-    """input Tensor[2, 256, 200, 304] and 512 random valid boxes Tensor[K, 5] in image coordinates."""
+class Case(NamedTuple):
+    """A benchmark case: each callable returns the tensor whose agreement is checked (the output of a forward case,
+    the input gradient of a forward+backward case). `sweep` places it in the box-count sweep: (op, pass, K)."""
+
+    name: str
+    target: float
+    ours: Callable[[], torch.Tensor]
+    theirs: Callable[[], torch.Tensor]
+    sweep: Optional[tuple] = None
+
+
+def make_inputs(seed=0, num_boxes=NUM_BOXES, batch=BATCH):
+    """input Tensor[batch, 256, 200, 304] and `num_boxes` random valid boxes Tensor[K, 5] in image coordinates."""
     g = torch.Generator().manual_seed(seed)
-    input = torch.randn(BATCH, CHANNELS, HEIGHT, WIDTH, generator=g)
+    input = torch.randn(batch, CHANNELS, HEIGHT, WIDTH, generator=g)
     image_size = torch.tensor([WIDTH, HEIGHT]) / SPATIAL_SCALE
-    top_left = torch.rand(NUM_BOXES, 2, generator=g) * image_size
-    size = torch.rand(NUM_BOXES, 2, generator=g) * image_size * 0.5 + 1
+    top_left = torch.rand(num_boxes, 2, generator=g) * image_size
+    size = torch.rand(num_boxes, 2, generator=g) * image_size * 0.5 + 1
     bottom_right = torch.minimum(top_left + size, image_size)
-    batch_index = torch.randint(0, BATCH, (NUM_BOXES, 1), generator=g).float()
+    batch_index = torch.randint(0, batch, (num_boxes, 1), generator=g).float()
     return input, torch.cat([batch_index, top_left, bottom_right], dim=1)
 
 
@@ -28,32 +43,69 @@ def _forward_backward(fn, input, boxes, grad):
     return torch.autograd.grad(fn(x, boxes), x, grad)[0]
 
 
+def _align(output_size, sampling_ratio=2):
+    return (lambda x, b: segops.roi_align(x, b, output_size, SPATIAL_SCALE, sampling_ratio, True),
+            lambda x, b: torchvision.ops.roi_align(x, b, output_size, SPATIAL_SCALE, sampling_ratio, True))
+
+
+def _pool(output_size):
+    return (lambda x, b: segops.roi_pool(x, b, output_size, SPATIAL_SCALE),
+            lambda x, b: torchvision.ops.roi_pool(x, b, output_size, SPATIAL_SCALE))
+
+
+def _forward_case(name, target, ops, input, boxes, sweep=None):
+    ours, theirs = ops
+    return Case(name, target, lambda: ours(input, boxes), lambda: theirs(input, boxes), sweep)
+
+
+def _forward_backward_case(name, target, ops, input, boxes, sweep=None):
+    ours, theirs = ops
+    grad = torch.randn_like(ours(input, boxes))
+    return Case(name, target, lambda: _forward_backward(ours, input, boxes, grad),
+                lambda: _forward_backward(theirs, input, boxes, grad), sweep)
+
+
 def cases():
-    """(name, target speedup, segops callable, torchvision callable), each callable returning the tensor whose
-    agreement is checked: the output for a forward case, the input gradient for a forward+backward case."""
+    """The README's cases (512 proposals), the sweep over box counts, a call's fixed cost and Mask R-CNN's mask head."""
     input, boxes = make_inputs()
-    ops = [
-        ("roi_align 7x7", 2.0, 3.0,
-         lambda x, b: segops.roi_align(x, b, 7, SPATIAL_SCALE, 2, True),
-         lambda x, b: torchvision.ops.roi_align(x, b, 7, SPATIAL_SCALE, 2, True)),
-        ("roi_align 14x14", 2.0, 3.0,
-         lambda x, b: segops.roi_align(x, b, 14, SPATIAL_SCALE, 2, True),
-         lambda x, b: torchvision.ops.roi_align(x, b, 14, SPATIAL_SCALE, 2, True)),
-        ("roi_pool 7x7", 2.0, 2.0,
-         lambda x, b: segops.roi_pool(x, b, 7, SPATIAL_SCALE),
-         lambda x, b: torchvision.ops.roi_pool(x, b, 7, SPATIAL_SCALE)),
-    ]
+    swept = {"roi_align 7x7": _align(7), "roi_pool 7x7": _pool(7)}
     result = []
-    for name, forward_target, backward_target, ours, theirs in ops:
-        result.append((f"{name} forward", forward_target, (lambda f=ours: f(input, boxes)),
-                       (lambda f=theirs: f(input, boxes))))
+    for name, ops in [("roi_align 7x7", swept["roi_align 7x7"]), ("roi_align 14x14", _align(14)),
+                      ("roi_pool 7x7", swept["roi_pool 7x7"])]:
+        # The 512-box cases of the swept ops are the sweep's K=512 points.
+        sweep = (lambda pass_: (name, pass_, NUM_BOXES)) if name in swept else (lambda pass_: None)
+        result.append(_forward_case(f"{name} forward", 1.8, ops, input, boxes, sweep("forward")))
         if name == "roi_align 7x7":
-            # A channels_last input may cost segops one copy (to NCHW) and no more.
+            # channels_last is read in place, without a layout copy.
             input_cl = input.contiguous(memory_format=torch.channels_last)
-            result.append((f"{name} forward, channels_last input", forward_target,
-                           (lambda f=ours: f(input_cl, boxes)), (lambda f=theirs: f(input_cl, boxes))))
-        grad = torch.randn_like(ours(input, boxes))
-        result.append((f"{name} forward+backward", backward_target,
-                       (lambda f=ours, g=grad: _forward_backward(f, input, boxes, g)),
-                       (lambda f=theirs, g=grad: _forward_backward(f, input, boxes, g))))
+            result.append(_forward_case(f"{name} forward, channels_last input", 1.8, ops, input_cl, boxes))
+        result.append(_forward_backward_case(f"{name} forward+backward", 3.0, ops, input, boxes,
+                                             sweep("forward+backward")))
+
+    for name, ops in swept.items():
+        for num_boxes in SWEEP_BOXES:
+            if num_boxes == NUM_BOXES:
+                continue
+            _, sweep_boxes = make_inputs(seed=1, num_boxes=num_boxes)
+            result.append(_forward_case(f"{name} forward, K={num_boxes}", 1.8, ops, input, sweep_boxes,
+                                        (name, "forward", num_boxes)))
+            result.append(_forward_backward_case(f"{name} forward+backward, K={num_boxes}",
+                                                 3.0 if num_boxes >= 512 else 1.2, ops, input, sweep_boxes,
+                                                 (name, "forward+backward", num_boxes)))
+
+    # A call's fixed cost: one box on a tiny map. The target is "at most 1.5x torchvision's time".
+    small = torch.randn(1, 8, 16, 16, generator=torch.Generator().manual_seed(2))
+    one_box = torch.tensor([[0.0, 1.0, 2.0, 11.0, 13.0]])
+    fixed_cost_ops = {
+        "roi_align 7x7": (lambda x, b: segops.roi_align(x, b, 7, 1.0, 2, True),
+                          lambda x, b: torchvision.ops.roi_align(x, b, 7, 1.0, 2, True)),
+        "roi_pool 7x7": (lambda x, b: segops.roi_pool(x, b, 7, 1.0), lambda x, b: torchvision.ops.roi_pool(x, b, 7, 1.0)),
+    }
+    for name, ops in fixed_cost_ops.items():
+        result.append(_forward_case(f"{name} fixed cost, 1 box on [1, 8, 16, 16]", 1 / 1.5, ops, small, one_box))
+
+    # Mask R-CNN's mask head at inference: 100 detections on the stride-4 map of one 800x1216 image, 14x14 bins.
+    image, detections = make_inputs(seed=3, num_boxes=100, batch=1)
+    result.append(_forward_case("mask head: roi_align 14x14, 100 boxes, [1, 256, 200, 304]", 2.0, _align(14), image,
+                                detections))
     return result

@@ -12,6 +12,7 @@ if [ -z "${SEGOPS_FORCE_CPU:-}" ] && { command -v nvcc > /dev/null 2>&1 || [ -n 
 fi
 if [ "${FORCE_CUDA:-}" = "1" ]; then
   export SEGOPS_EXPECT_CUDA_BUILD=1  # tests/test_build.py checks the CUDA kernels really were compiled
+  export SEGOPS_KEEP_PTX=1           # ... and reads their PTX (no float64 instructions in float kernels)
 fi
 export SEGOPS_BUILD_EMULATION=1 SEGOPS_REQUIRE_EMULATION=1
 source scripts/setup_env.sh

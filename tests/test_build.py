@@ -80,3 +80,75 @@ assert torch.equal(torch.ops.segops.roi_pool(x, rois, 1.0, 3, 4)[0], torchvision
 assert (torch.ops.segops._cuda_version() > 0) == {variant == "cuda"}
 """
     subprocess.run([sys.executable, "-c", check], check=True, timeout=300)
+
+
+# Files whose code runs on the CUDA path: the .cu launchers, the kernel headers and everything in common/ they use.
+CUDA_PATH_SOURCES = sorted(
+    [*ROOT.glob("csrc/*/*_cuda.cu"), *ROOT.glob("csrc/*/*_kernels.cuh"), *ROOT.glob("csrc/common/*.h"),
+     *ROOT.glob("csrc/common/*.cuh"), *ROOT.glob("csrc/common/*.cpp")]
+)
+HOST_SYNC = re.compile(r"\.item\s*(<[^>]*>)?\s*\(|\.cpu\s*\(|\bnonzero\s*\(|_local_scalar_dense|\.tolist\s*\(|"
+                       r"cudaDeviceSynchronize|cudaStreamSynchronize|\.to\s*\(\s*(at::)?kCPU")
+
+
+def test_cuda_path_sources_do_not_synchronise_with_the_host():
+    # A copy to the host on the CUDA path stalls every call and breaks CUDA graph capture; rois values are checked in
+    # the kernels there. (On a GPU, tests/test_roi_*.py also run forward and backward under sync debug mode "error"
+    # and capture them in a CUDA graph.)
+    assert CUDA_PATH_SOURCES
+    offenders = [
+        f"{path.relative_to(ROOT)}:{number}: {line.strip()}"
+        for path in CUDA_PATH_SOURCES
+        for number, line in enumerate(path.read_text().splitlines(), 1)
+        if HOST_SYNC.search(line.split("//")[0])
+    ]
+    assert not offenders, "host synchronisation on the CUDA path:\n" + "\n".join(offenders)
+
+
+def test_the_sync_check_sees_synchronising_code():
+    for line in ["rois.any().item<bool>()", "x.item()", "t.cpu()", "mask.nonzero()", "t.to(at::kCPU)"]:
+        assert HOST_SYNC.search(line), line
+    assert not HOST_SYNC.search("const int64_t items = 3; tensor.contiguous();")
+
+
+# Mangled template arguments of the kernels' scalar type.
+_KERNEL_DTYPE = re.compile(r"I(f|d|N3c104HalfE|N3c108BFloat16E)E")
+
+
+def ptx_functions(ptx: str):
+    """(mangled name, body) of every .entry and .func of a PTX file."""
+    heads = list(re.finditer(r"^\.(?:visible |weak )*\.(?:entry|func)\s+(?:\([^)]*\)\s*)?(\w+)", ptx, re.MULTILINE))
+    for head, following in zip(heads, heads[1:] + [None]):
+        yield head.group(1), ptx[head.start(): following.start() if following else len(ptx)]
+
+
+def float64_in_lower_precision_kernels(ptx: str):
+    """Names of the segops functions for float, float16 or bfloat16 data whose PTX has a float64 instruction."""
+    found = []
+    for name, body in ptx_functions(ptx):
+        dtype = _KERNEL_DTYPE.search(name)
+        if "segops" in name and dtype and dtype.group(1) != "d" and ".f64" in body:
+            found.append(name)
+    return found
+
+
+def test_float64_scan_of_ptx_finds_float64_code():
+    ptx = (".visible .entry _ZN6segops6kernelIfEEvPT_(\n{\n.reg .f64 %fd<2>;\ncvt.f64.f32 %fd1, %f1;\n}\n"
+           ".visible .entry _ZN6segops6kernelIdEEvPT_(\n{\nmul.f64 %fd2, %fd1, %fd1;\n}\n"
+           ".visible .entry _ZN6segops6kernelIN3c104HalfEEEvPT_(\n{\nmul.f32 %f2, %f1, %f1;\n}\n")
+    assert float64_in_lower_precision_kernels(ptx) == ["_ZN6segops6kernelIfEEvPT_"]
+
+
+@pytest.mark.skipif(os.environ.get("SEGOPS_EXPECT_CUDA_BUILD") != "1",
+                    reason="reads the PTX that the test command's CUDA build keeps (SEGOPS_KEEP_PTX=1)")
+def test_float_kernels_have_no_float64_instructions():
+    # Consumer GPUs run float64 at 1/32 to 1/64 of the float32 rate: a float, float16 or bfloat16 kernel must not
+    # compute in double anywhere (the RoIAlign tap pruning once did).
+    ptx_dir = ROOT / "build" / "ptx"
+    for source in sorted(ROOT.glob("csrc/*/*_cuda.cu")):
+        ptx_files = sorted(ptx_dir.glob(f"{source.stem}*.ptx"))
+        assert ptx_files, f"no PTX kept for {source.relative_to(ROOT)} in {ptx_dir}"
+        for ptx_file in ptx_files:
+            ptx = ptx_file.read_text()
+            assert _KERNEL_DTYPE.search(ptx), f"{ptx_file.name} has no segops kernels"
+            assert float64_in_lower_precision_kernels(ptx) == [], ptx_file.name
