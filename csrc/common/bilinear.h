@@ -48,16 +48,18 @@ SEGOPS_HOST_DEVICE BilinearWeights<T> bilinear_weights(const LinearTap<T>& ty, c
   return {ty.w_low * tx.w_low, ty.w_low * tx.w_high, ty.w_high * tx.w_low, ty.w_high * tx.w_high};
 }
 
-// One 2-D sample of a row-major plane of `width` columns. The order of operations is torchvision's, so results
-// agree with it bitwise; the CPU kernel evaluates the same expression, vectorised over channels.
+// One 2-D sample of an image whose pixel (y, x) is at image[y * row_stride + x * pixel_stride]: a row-major plane
+// (row_stride = width, pixel_stride = 1), or one channel of a channels-last image (width * C, C). The order of
+// operations is torchvision's, so results agree with it bitwise.
 template <typename T, typename scalar_t>
-SEGOPS_HOST_DEVICE T bilinear_gather(const scalar_t* plane, int64_t width, const LinearTap<T>& ty,
-                                     const LinearTap<T>& tx) {
+SEGOPS_HOST_DEVICE T bilinear_gather(const scalar_t* image, int64_t row_stride, int64_t pixel_stride,
+                                     const LinearTap<T>& ty, const LinearTap<T>& tx) {
   const BilinearWeights<T> w = bilinear_weights(ty, tx);
-  const scalar_t* row_low = plane + ty.low * width;
-  const scalar_t* row_high = plane + ty.high * width;
-  return w.low_low * static_cast<T>(row_low[tx.low]) + w.low_high * static_cast<T>(row_low[tx.high]) +
-         w.high_low * static_cast<T>(row_high[tx.low]) + w.high_high * static_cast<T>(row_high[tx.high]);
+  const scalar_t* row_low = image + ty.low * row_stride;
+  const scalar_t* row_high = image + ty.high * row_stride;
+  const int64_t low = tx.low * pixel_stride, high = tx.high * pixel_stride;
+  return w.low_low * static_cast<T>(row_low[low]) + w.low_high * static_cast<T>(row_low[high]) +
+         w.high_low * static_cast<T>(row_high[low]) + w.high_high * static_cast<T>(row_high[high]);
 }
 
 // The adjoint of bilinear_gather: add(offset, w * grad) for the sample's four neighbours, offsets counted from

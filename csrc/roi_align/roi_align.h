@@ -117,7 +117,7 @@ SEGOPS_HOST_DEVICE T roi_align_bin_value(const scalar_t* plane, int64_t height, 
   const RoIAlignBinAxis<T> cols = roi_align_cols(g, pw, width);
   T sum = T(0);
   roi_align_for_each_tap(roi_align_rows(g, ph, height), [&](const LinearTap<T>& ty) {
-    roi_align_for_each_tap(cols, [&](const LinearTap<T>& tx) { sum += bilinear_gather(plane, width, ty, tx); });
+    roi_align_for_each_tap(cols, [&](const LinearTap<T>& tx) { sum += bilinear_gather(plane, width, 1, ty, tx); });
   });
   return sum / g.count;
 }

@@ -110,39 +110,28 @@ void parallel_over_roi_parts(const RoIAlignParams<T>& params, int64_t num_rois, 
 }
 
 // Output bin (ph, pw) of `block` channels (<= kChannelBlock) of an NCHW image: planes[c * plane_size + offset]
-// is channel c. Per channel this is bilinear_gather's expression, summed in the GPU kernel's (and torchvision's)
-// order.
+// is channel c. Each channel's sum is bilinear_gather's, in the GPU kernel's (and torchvision's) order.
 template <typename T, typename scalar_t>
 void bin_of_channel_block(T* __restrict__ sums, const scalar_t* __restrict__ planes, int64_t plane_size,
                           int64_t width, int64_t block, const RoITaps<T>& taps, int64_t ph, int64_t pw) {
   std::fill(sums, sums + block, T(0));
   for (const LinearTap<T>& ty : taps.y.of_bin(ph)) {
     for (const LinearTap<T>& tx : taps.x.of_bin(pw)) {
-      const BilinearWeights<T> w = bilinear_weights(ty, tx);
-      const int64_t low_low = ty.low * width + tx.low, low_high = ty.low * width + tx.high;
-      const int64_t high_low = ty.high * width + tx.low, high_high = ty.high * width + tx.high;
-      for (int64_t c = 0; c < block; ++c) {
-        const scalar_t* plane = planes + c * plane_size;
-        sums[c] += w.low_low * static_cast<T>(plane[low_low]) + w.low_high * static_cast<T>(plane[low_high]) +
-                   w.high_low * static_cast<T>(plane[high_low]) + w.high_high * static_cast<T>(plane[high_high]);
-      }
+      for (int64_t c = 0; c < block; ++c) sums[c] += bilinear_gather(planes + c * plane_size, width, 1, ty, tx);
     }
   }
 }
 
-// sums[c] += the bilinear sample (ty, tx) of channel c, for every channel of an NHWC image: bilinear_gather's
-// expression, vectorised over channels.
+// Output bin (ph, pw) of every channel of an NHWC image, summed as bin_of_channel_block sums; the loop over the
+// contiguous channels vectorises.
 template <typename T, typename scalar_t>
-void add_sample_all_channels(T* __restrict__ sums, const scalar_t* image, int64_t width, int64_t channels,
-                             const LinearTap<T>& ty, const LinearTap<T>& tx) {
-  const BilinearWeights<T> w = bilinear_weights(ty, tx);
-  const scalar_t* __restrict__ low_low = image + (ty.low * width + tx.low) * channels;
-  const scalar_t* __restrict__ low_high = image + (ty.low * width + tx.high) * channels;
-  const scalar_t* __restrict__ high_low = image + (ty.high * width + tx.low) * channels;
-  const scalar_t* __restrict__ high_high = image + (ty.high * width + tx.high) * channels;
-  for (int64_t c = 0; c < channels; ++c) {
-    sums[c] += w.low_low * static_cast<T>(low_low[c]) + w.low_high * static_cast<T>(low_high[c]) +
-               w.high_low * static_cast<T>(high_low[c]) + w.high_high * static_cast<T>(high_high[c]);
+void bin_of_all_channels(T* __restrict__ sums, const scalar_t* __restrict__ image, int64_t width, int64_t channels,
+                         const RoITaps<T>& taps, int64_t ph, int64_t pw) {
+  std::fill(sums, sums + channels, T(0));
+  for (const LinearTap<T>& ty : taps.y.of_bin(ph)) {
+    for (const LinearTap<T>& tx : taps.x.of_bin(pw)) {
+      for (int64_t c = 0; c < channels; ++c) sums[c] += bilinear_gather(image + c, width * channels, channels, ty, tx);
+    }
   }
 }
 
@@ -184,12 +173,7 @@ void forward_nhwc(const at::Tensor& input, const RoIAlignParams<at::opmath_type<
     scalar_t* out = output + k * channels * bins;
     std::vector<acc_t> sums(channels);
     for (int64_t pw = 0; pw < params.pooled_w; ++pw) {
-      std::fill(sums.begin(), sums.end(), acc_t(0));
-      for (const LinearTap<acc_t>& ty : taps.y.of_bin(ph)) {
-        for (const LinearTap<acc_t>& tx : taps.x.of_bin(pw)) {
-          add_sample_all_channels(sums.data(), image, params.width, channels, ty, tx);
-        }
-      }
+      bin_of_all_channels(sums.data(), image, params.width, channels, taps, ph, pw);
       for (int64_t c = 0; c < channels; ++c) {
         out[c * bins + ph * params.pooled_w + pw] = static_cast<scalar_t>(sums[c] / taps.geometry.count);
       }
