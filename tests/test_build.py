@@ -32,7 +32,9 @@ def test_build_reports_what_was_compiled():
 
 
 def _setup_py(env_overrides):
-    env = {**os.environ, **env_overrides}
+    # The caller's own build choice (e.g. SEGOPS_FORCE_CPU=1 ./scripts/test.sh) must not mix into these requests.
+    inherited = {k: v for k, v in os.environ.items() if k not in ("SEGOPS_FORCE_CPU", "FORCE_CUDA")}
+    env = {**inherited, **env_overrides}
     return subprocess.run(
         [sys.executable, "setup.py", "--version"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300
     )
