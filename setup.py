@@ -114,7 +114,8 @@ def extensions():
         modules.append(
             CppExtension(
                 "segops._emulation",
-                ["csrc/emulation/emulated_ops.cpp", "csrc/python_module.cpp"] + sorted(glob.glob("csrc/common/*.cpp")),
+                ["csrc/emulation/emulated_ops.cpp", "csrc/python_module.cpp"]
+                + sorted(set(glob.glob("csrc/common/*.cpp") + glob.glob("csrc/*/*_checks.cpp"))),
                 include_dirs=[str(ROOT / "csrc")],
                 extra_compile_args={"cxx": ["-O2"]},
             )

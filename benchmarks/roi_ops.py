@@ -1,11 +1,10 @@
 """RoIAlign / RoIPool cases: segops against torchvision.ops on the same inputs, in one process."""
 
-from typing import Callable, NamedTuple, Optional
-
 import torch
 import torchvision
 
 import segops
+from benchmarks.case import Case
 
 # An FPN level-2 feature map of an 800x1216 image pair (stride 4) and random proposals on it.
 BATCH, CHANNELS, HEIGHT, WIDTH = 2, 256, 200, 304
@@ -13,17 +12,6 @@ SPATIAL_SCALE = 0.25
 NUM_BOXES = 512
 # The sweep over box counts: from one box to a detector's full proposal set.
 SWEEP_BOXES = (1, 16, 128, 512, 2048)
-
-
-class Case(NamedTuple):
-    """A benchmark case: each callable returns the tensor whose agreement is checked (the output of a forward case,
-    the input gradient of a forward+backward case). `sweep` places it in the box-count sweep: (op, pass, K)."""
-
-    name: str
-    target: float
-    ours: Callable[[], torch.Tensor]
-    theirs: Callable[[], torch.Tensor]
-    sweep: Optional[tuple] = None
 
 
 def make_inputs(seed=0, num_boxes=NUM_BOXES, batch=BATCH):

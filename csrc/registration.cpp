@@ -43,6 +43,10 @@ TORCH_LIBRARY(segops, m) {
   m.def(
       "_roi_pool_backward(Tensor grad, Tensor rois, Tensor argmax, float spatial_scale, SymInt pooled_height, "
       "SymInt pooled_width, SymInt batch_size, SymInt channels, SymInt height, SymInt width) -> Tensor");
+  m.def("flow_warp(Tensor feature, Tensor flow, Tensor? scale=None) -> Tensor");
+  m.def(
+      "_flow_warp_backward(Tensor grad, Tensor feature, Tensor flow, Tensor? scale) "
+      "-> (Tensor grad_feature, Tensor grad_flow, Tensor grad_scale)");
   m.def("_cuda_version() -> int", &cuda_version);
   m.def("_torch_version() -> str", &torch_version);
 }

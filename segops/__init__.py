@@ -7,12 +7,25 @@
 from segops._version import __version__
 from segops._extension import cuda_version, torch_version
 from segops import _meta  # noqa: F401  (registers the fake kernels)
-from segops.ops import RoIAlign, RoIAlignFunction, RoIPool, RoIPoolFunction, roi_align, roi_pool
+from segops.ops import (
+    FlowWarp,
+    FlowWarpFunction,
+    RoIAlign,
+    RoIAlignFunction,
+    RoIPool,
+    RoIPoolFunction,
+    flow_warp,
+    roi_align,
+    roi_pool,
+)
 
 __all__ = [
     "__version__",
     "cuda_version",
     "torch_version",
+    "FlowWarp",
+    "FlowWarpFunction",
+    "flow_warp",
     "RoIAlign",
     "RoIAlignFunction",
     "RoIPool",

@@ -1,8 +1,9 @@
 """Fake (meta) kernels for every segops op, so torch.compile and torch.library.opcheck can trace them. They
-raise the C++ kernels' messages (segops/ops/_roi_common.py); data-dependent checks stay in C++."""
+raise the C++ kernels' messages (segops/ops/_roi_common.py, segops/ops/flow_warp.py); data-dependent checks stay in C++."""
 
 import torch
 
+from segops.ops.flow_warp import check_flow_warp_args, check_flow_warp_grad
 from segops.ops._roi_common import (
     check_plane_fits_int32,
     check_roi_op_args,
@@ -51,3 +52,17 @@ def _roi_pool_backward_fake(
             f"that roi_pool returned, got {dtype_name(argmax.dtype)} {list(argmax.shape)} on {argmax.device}"
         )
     return grad.new_empty(input_shape)
+
+
+@torch.library.register_fake("segops::flow_warp")
+def _flow_warp_fake(feature, flow, scale=None):
+    check_flow_warp_args("flow_warp", feature, flow, scale)
+    return feature.new_empty((feature.shape[0], feature.shape[1], flow.shape[2], flow.shape[3]))
+
+
+@torch.library.register_fake("segops::_flow_warp_backward")
+def _flow_warp_backward_fake(grad, feature, flow, scale):
+    check_flow_warp_args("_flow_warp_backward", feature, flow, scale)
+    check_flow_warp_grad(grad, feature, flow)
+    grad_scale = scale.new_empty(scale.shape) if scale is not None else feature.new_empty((0,))
+    return feature.new_empty(feature.shape), flow.new_empty(flow.shape), grad_scale

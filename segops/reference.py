@@ -95,3 +95,38 @@ def roi_pool(input: Tensor, rois: Tensor, output_size: Tuple[int, int], spatial_
                 if h_end > h_start and w_end > w_start:
                     output[k, :, ph, pw] = plane[:, h_start:h_end, w_start:w_end].amax(dim=(1, 2))
     return output
+
+
+def flow_warp_grid(flow: Tensor, height: int, width: int) -> Tensor:
+    """The grid_sample grid (align_corners=True) that samples a height x width map at each output pixel plus its flow
+    Tensor[N, 2, Ho, Wo] (pixels; channel 0 along x): Tensor[N, Ho, Wo, 2] in [-1, 1] coordinates."""
+    _, _, out_h, out_w = flow.shape
+    ys = torch.arange(out_h, dtype=flow.dtype, device=flow.device).view(1, out_h, 1)
+    xs = torch.arange(out_w, dtype=flow.dtype, device=flow.device).view(1, 1, out_w)
+    sample_x = xs + flow[:, 0]
+    sample_y = ys + flow[:, 1]
+    return torch.stack([2 * sample_x / (width - 1) - 1, 2 * sample_y / (height - 1) - 1], dim=-1)
+
+
+def flow_warp(feature: Tensor, flow: Tensor, scale: Tensor = None) -> Tensor:
+    """Deep Feature Flow's warp through PyTorch's own grid_sample (bilinear, zeros padding, align_corners=True):
+    feature Tensor[N, C, H, W] sampled at each pixel of flow Tensor[N, 2, Ho, Wo] plus its flow, times scale.
+    Needs H, W >= 2 (the normalised grid divides by H - 1 and W - 1)."""
+    grid = flow_warp_grid(flow.to(feature.dtype), feature.shape[2], feature.shape[3])
+    out = torch.nn.functional.grid_sample(feature, grid, mode="bilinear", padding_mode="zeros", align_corners=True)
+    return out if scale is None else out * scale
+
+
+def flow_warp_brute_force(feature: Tensor, flow: Tensor, scale: Tensor = None) -> Tensor:
+    """The warp's definition, summed over every pixel q: out = scale * sum_q g(qx, x + dx) g(qy, y + dy) f[q],
+    g(a, b) = max(0, 1 - |a - b|). O(Ho * Wo * H * W): small inputs only."""
+    _, _, height, width = feature.shape
+    _, _, out_h, out_w = flow.shape
+    ys = torch.arange(out_h, dtype=feature.dtype).view(out_h, 1) + flow[:, 1].to(feature.dtype)  # [N, Ho, Wo]
+    xs = torch.arange(out_w, dtype=feature.dtype).view(1, out_w) + flow[:, 0].to(feature.dtype)
+    qy = torch.arange(height, dtype=feature.dtype)
+    qx = torch.arange(width, dtype=feature.dtype)
+    weight_y = (1 - (qy.view(1, 1, 1, height) - ys.unsqueeze(-1)).abs()).clamp(min=0)  # [N, Ho, Wo, H]
+    weight_x = (1 - (qx.view(1, 1, 1, width) - xs.unsqueeze(-1)).abs()).clamp(min=0)  # [N, Ho, Wo, W]
+    out = torch.einsum("nyxh,nyxw,nchw->ncyx", weight_y, weight_x, feature)
+    return out if scale is None else out * scale

@@ -167,3 +167,62 @@ def test_half_precision_backward_accumulates_in_float(emulated, dtype):
     cpu = torch.ops.segops._roi_pool_backward(grad, rois, argmax, *shape_args)
     gpu = emulated._roi_pool_backward(grad, rois, argmax, *shape_args, [8], [128])
     assert _relative_error(gpu, exact) <= 2 * _relative_error(cpu, exact)
+
+
+def _flow_case(dtype, scale, *, seed=0, channels=3, height=7, width=9, out_h=6, out_w=8, max_flow=4.0):
+    g = torch.Generator().manual_seed(seed)
+    feature = torch.randn(2, channels, height, width, generator=g).to(dtype)
+    flow = ((torch.rand(2, 2, out_h, out_w, generator=g) * 2 - 1) * max_flow)  # float32 flow for every dtype
+    if dtype == torch.float64:
+        flow = flow.double()
+    flow[0, 0, 0, :3] = torch.tensor([0.0, -1.0, float(width)])  # on a pixel, on and past the borders
+    flow[1, 1, 2, 2] = float("nan")
+    scale_channels = {"none": 0, "channel": channels, "shared": 1}[scale]
+    scale_tensor = torch.rand(2, scale_channels, out_h, out_w, generator=g).to(dtype) + 0.5 if scale_channels else None
+    grad = torch.randn(2, channels, out_h, out_w, generator=g).to(dtype)
+    return feature, flow, scale_tensor, grad
+
+
+@pytest.mark.parametrize("launch", LAUNCHES, ids=str)
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("scale", ["none", "channel", "shared"])
+def test_flow_warp_kernels(emulated, launch, dtype, scale):
+    grid, block = launch
+    feature, flow, scale_tensor, grad = _flow_case(dtype, scale)
+    for layout in ("contiguous", "channels_last"):
+        x = feature.contiguous(memory_format=torch.channels_last) if layout == "channels_last" else feature
+        # The forward and the flow/scale gradients compute exactly as the CPU path does.
+        assert torch.equal(emulated.flow_warp(x, flow, scale_tensor, grid, block),
+                           torch.ops.segops.flow_warp(feature, flow, scale_tensor))
+        expected = torch.ops.segops._flow_warp_backward(grad, feature, flow, scale_tensor)
+        for deterministic in (False, True):
+            actual = emulated._flow_warp_backward(grad, x, flow, scale_tensor, deterministic, grid, block)
+            torch.testing.assert_close(actual[0], expected[0], **BACKWARD_TOLERANCE[dtype])
+            assert torch.equal(actual[1], expected[1]) and torch.equal(actual[2], expected[2])
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+def test_flow_warp_deterministic_feature_gradient_is_bitwise_equal_across_grids(emulated, dtype):
+    # Large flows pile many samples onto few pixels. The gather path sums them in a fixed order whatever the launch,
+    # so every grid shape (each runs the work items in another order) gives the same bits.
+    feature, flow, scale_tensor, grad = _flow_case(dtype, "shared", channels=4, height=5, width=6, out_h=12, out_w=11,
+                                                   max_flow=9.0)
+    results = [emulated._flow_warp_backward(grad, feature, flow, scale_tensor, True, grid, block)[0]
+               for grid, block in LAUNCHES]
+    assert all(torch.equal(result, results[0]) for result in results[1:])
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
+def test_flow_warp_half_precision_feature_gradient_accumulates_in_float(emulated, dtype):
+    # A flow that gathers a 64x64 output onto a 6x6 corner: each feature pixel receives ~100 contributions.
+    g = torch.Generator().manual_seed(1)
+    feature = torch.randn(1, 2, 64, 64, generator=g).to(dtype)
+    ys, xs = torch.meshgrid(torch.arange(64.0), torch.arange(64.0), indexing="ij")
+    flow = torch.stack([xs * (5 / 64) - xs, ys * (5 / 64) - ys]).unsqueeze(0) + 0.01 * torch.rand(1, 2, 64, 64, generator=g)
+    grad = torch.rand(1, 2, 64, 64, generator=g).to(dtype)
+    exact = torch.ops.segops._flow_warp_backward(grad.double(), feature.double(), flow.double(), None)[0]
+    cpu = torch.ops.segops._flow_warp_backward(grad, feature, flow, None)[0]
+    for deterministic in (False, True):
+        gpu = emulated._flow_warp_backward(grad, feature, flow, None, deterministic, [8], [128])[0]
+        assert gpu.dtype == dtype
+        assert _relative_error(gpu, exact) <= 2 * _relative_error(cpu, exact)

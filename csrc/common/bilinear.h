@@ -1,7 +1,9 @@
 #pragma once
-// Bilinear sampling in the RoIAlign convention (torchvision / Detectron): a sample at `coord` on an axis
-// of `size` pixels contributes iff -1 <= coord <= size, and is clamped to the border pixels. A 2-D sample
-// is the product of two independent 1-D taps, which lets the CPU launcher compute taps once per axis and RoI.
+// Bilinear sampling, in two border conventions. RoIAlign's (torchvision / Detectron): a sample at `coord` on an
+// axis of `size` pixels contributes iff -1 <= coord <= size, and is clamped to the border pixels. Zero padding
+// (grid_sample with padding_mode="zeros", Deep Feature Flow's warp): each of the two neighbours floor(coord) and
+// floor(coord) + 1 counts only if it lies on the axis. A 2-D sample is the product of two independent 1-D taps,
+// which lets a CPU launcher compute taps once per axis and reuse them across channels.
 #include <cstdint>
 
 #include "common/macros.h"
@@ -35,6 +37,33 @@ SEGOPS_HOST_DEVICE LinearTap<T> roi_sample_tap(T coord, int64_t size) {
   }
   const T frac = coord - static_cast<T>(low);
   return {low, high, T(1) - frac, frac};
+}
+
+// Zero padding: the neighbours floor(coord) and floor(coord) + 1 with weights 1 - frac and frac, a neighbour off
+// the axis weighing 0 (its index is clamped onto the axis, so it is read but never counts). A coordinate outside
+// [-1, size), NaN or infinite included, gives two zero weights (at exactly -1 pixel 0 weighs 0 but its derivative
+// does not). Precondition: size >= 1.
+template <typename T>
+SEGOPS_HOST_DEVICE LinearTap<T> zero_padded_tap(T coord, int64_t size) {
+  if (!(coord >= T(-1) && coord < static_cast<T>(size))) return {0, 0, T(0), T(0)};  // NaN fails too
+  const T floor_coord = floor(coord);
+  const int64_t low = static_cast<int64_t>(floor_coord);
+  const T frac = coord - floor_coord;
+  const bool low_on = low >= 0, high_on = low + 1 < size;
+  return {low_on ? low : 0, high_on ? low + 1 : size - 1, low_on ? T(1) - frac : T(0), high_on ? frac : T(0)};
+}
+
+// d/dcoord of zero_padded_tap's weights, as a tap (so bilinear_gather with it gives a sample's partial derivative):
+// -1 for the low and +1 for the high neighbour where they lie on the axis. At an integer coordinate this is the
+// derivative from the right, the convention of grid_sample's backward.
+template <typename T>
+SEGOPS_HOST_DEVICE LinearTap<T> zero_padded_tap_derivative(T coord, int64_t size) {
+  LinearTap<T> tap = zero_padded_tap(coord, size);
+  if (!(coord >= T(-1) && coord < static_cast<T>(size))) return tap;
+  const int64_t low = static_cast<int64_t>(floor(coord));
+  tap.w_low = low >= 0 ? T(-1) : T(0);
+  tap.w_high = low + 1 < size ? T(1) : T(0);
+  return tap;
 }
 
 // The weights of a 2-D sample's four neighbours (row low/high x column low/high), products of its 1-D taps.

@@ -5,6 +5,7 @@
 
 #include <torch/library.h>
 
+#include "flow_warp/flow_warp_kernels.cuh"
 #include "roi_align/roi_align_kernels.cuh"
 #include "roi_pool/roi_pool_kernels.cuh"
 
@@ -55,6 +56,19 @@ at::Tensor roi_pool_backward(const at::Tensor& grad, const at::Tensor& rois, con
                                   batch_size, channels, height, width);
 }
 
+at::Tensor flow_warp(const at::Tensor& feature, const at::Tensor& flow, const std::optional<at::Tensor>& scale,
+                     at::IntArrayRef grid, at::IntArrayRef block) {
+  return flow_warp_forward_launch(launch_of(grid, block), feature, flow, scale);
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> flow_warp_backward(const at::Tensor& grad, const at::Tensor& feature,
+                                                                  const at::Tensor& flow,
+                                                                  const std::optional<at::Tensor>& scale,
+                                                                  bool deterministic, at::IntArrayRef grid,
+                                                                  at::IntArrayRef block) {
+  return flow_warp_backward_launch(launch_of(grid, block), grad, feature, flow, scale, deterministic);
+}
+
 }  // namespace
 
 TORCH_LIBRARY(segops_emulation, m) {
@@ -75,6 +89,11 @@ TORCH_LIBRARY(segops_emulation, m) {
       "_roi_pool_backward(Tensor grad, Tensor rois, Tensor argmax, float spatial_scale, int pooled_height, "
       "int pooled_width, int batch_size, int channels, int height, int width, int[] grid, int[] block) -> Tensor",
       &roi_pool_backward);
+  m.def("flow_warp(Tensor feature, Tensor flow, Tensor? scale, int[] grid, int[] block) -> Tensor", &flow_warp);
+  m.def(
+      "_flow_warp_backward(Tensor grad, Tensor feature, Tensor flow, Tensor? scale, bool deterministic, int[] grid, "
+      "int[] block) -> (Tensor, Tensor, Tensor)",
+      &flow_warp_backward);
 }
 
 }  // namespace segops::emulation

@@ -1,0 +1,58 @@
+#include "flow_warp/flow_warp_checks.h"
+
+#include <ATen/ATen.h>
+#include <ATen/OpMathType.h>
+
+namespace segops {
+namespace {
+
+bool is_supported_float(at::ScalarType type) {
+  return type == at::kFloat || type == at::kDouble || type == at::kHalf || type == at::kBFloat16;
+}
+
+void check_same_device(const char* op, const char* name, const at::Tensor& tensor, const at::Tensor& feature) {
+  TORCH_CHECK(tensor.device() == feature.device(), op, ": ", name, " must be on the same device as feature (",
+              feature.device(), "), got ", tensor.device());
+}
+
+}  // namespace
+
+CheckedFlowWarp checked_flow_warp(const char* op, const at::Tensor& feature, const at::Tensor& flow,
+                                  const std::optional<at::Tensor>& scale) {
+  TORCH_CHECK(feature.dim() == 4, op, ": feature must have shape [N, C, H, W], got ", feature.sizes());
+  TORCH_CHECK(is_supported_float(feature.scalar_type()), op,
+              ": feature must be float32, float64, float16 or bfloat16, got ", feature.scalar_type());
+  const int64_t batch = feature.size(0);
+  TORCH_CHECK(flow.dim() == 4 && flow.size(0) == batch && flow.size(1) == 2, op,
+              ": flow must have shape [N, 2, Ho, Wo] with N = ", batch, ", got ", flow.sizes());
+  const at::ScalarType acc_type = at::toOpMathType(feature.scalar_type());
+  TORCH_CHECK(flow.scalar_type() == feature.scalar_type() || flow.scalar_type() == acc_type, op,
+              ": flow must have the same dtype as feature (", feature.scalar_type(),
+              acc_type == feature.scalar_type() ? ")" : ") or Float", ", got ", flow.scalar_type());
+  check_same_device(op, "flow", flow, feature);
+  CheckedFlowWarp checked{{batch, feature.size(1), flow.size(2), flow.size(3)}, flow.to(acc_type).contiguous(), {}, 0};
+  if (scale.has_value()) {
+    const std::vector<int64_t> per_channel = checked.output_shape;
+    const std::vector<int64_t> shared{batch, 1, flow.size(2), flow.size(3)};
+    TORCH_CHECK(scale->sizes() == at::IntArrayRef(per_channel) || scale->sizes() == at::IntArrayRef(shared), op,
+                ": scale must have shape [N, C, Ho, Wo] or [N, 1, Ho, Wo] = ", at::IntArrayRef(per_channel), " or ",
+                at::IntArrayRef(shared), ", got ", scale->sizes());
+    TORCH_CHECK(scale->scalar_type() == feature.scalar_type(), op, ": scale must have the same dtype as feature (",
+                feature.scalar_type(), "), got ", scale->scalar_type());
+    check_same_device(op, "scale", *scale, feature);
+    checked.scale = scale->contiguous();
+    checked.scale_channel_stride = scale->size(1) == 1 ? 0 : flow.size(2) * flow.size(3);
+  }
+  return checked;
+}
+
+void check_flow_warp_grad(const at::Tensor& grad, const at::Tensor& feature, const CheckedFlowWarp& checked) {
+  const char* op = "_flow_warp_backward";
+  TORCH_CHECK(grad.sizes() == at::IntArrayRef(checked.output_shape), op, ": grad must have shape ",
+              at::IntArrayRef(checked.output_shape), ", got ", grad.sizes());
+  TORCH_CHECK(grad.scalar_type() == feature.scalar_type(), op, ": grad must have the same dtype as feature (",
+              feature.scalar_type(), "), got ", grad.scalar_type());
+  check_same_device(op, "grad", grad, feature);
+}
+
+}  // namespace segops
