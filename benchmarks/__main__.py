@@ -50,8 +50,12 @@ def median_seconds(fn, min_run_time):
 def run_case(case, rounds, min_run_time):
     name, target, ours, theirs = case.name, case.target, case.ours, case.theirs
     expected, actual = theirs(), ours()  # also the warm-up of both
-    max_abs_diff = (actual.double() - expected.double()).abs().max().item()
-    agrees = torch.allclose(actual, expected, rtol=1e-4, atol=1e-4)
+    # A tensor or a tuple of them (several gradients): they agree where every difference is within 1e-4 of the
+    # reference's largest magnitude (a sum over 256 channels rounds at that scale, not at its smallest terms).
+    pairs = list(zip(actual, expected)) if isinstance(expected, tuple) else [(actual, expected)]
+    max_abs_diff = max((a.double() - e.double()).abs().max().item() for a, e in pairs)
+    agrees = all((a.double() - e.double()).abs().max().item() <= 1e-4 * max(1.0, e.abs().max().item())
+                 for a, e in pairs)
     times = {"segops": [], "reference": []}
     for _ in range(rounds):
         times["segops"].append(median_seconds(ours, min_run_time))

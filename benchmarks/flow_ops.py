@@ -24,7 +24,7 @@ def make_inputs(seed=0):
 
 def _gradients(fn, inputs, grad):
     leaves = [t.detach().requires_grad_() for t in inputs]
-    return torch.cat([g.flatten() for g in torch.autograd.grad(fn(*leaves), leaves, grad)])
+    return torch.autograd.grad(fn(*leaves), leaves, grad)
 
 
 def cases():

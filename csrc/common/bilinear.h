@@ -77,32 +77,53 @@ SEGOPS_HOST_DEVICE BilinearWeights<T> bilinear_weights(const LinearTap<T>& ty, c
   return {ty.w_low * tx.w_low, ty.w_low * tx.w_high, ty.w_high * tx.w_low, ty.w_high * tx.w_high};
 }
 
-// One 2-D sample of an image whose pixel (y, x) is at image[y * row_stride + x * pixel_stride]: a row-major plane
-// (row_stride = width, pixel_stride = 1), or one channel of a channels-last image (width * C, C). The order of
-// operations is torchvision's, so results agree with it bitwise.
+// Where a 2-D sample's four neighbours are in an image whose pixel (y, x) is at image[y * row_stride +
+// x * pixel_stride]: a row-major plane (row_stride = width, pixel_stride = 1), or one channel of a channels-last
+// image (width * C, C), or any strided layout.
+struct BilinearOffsets {
+  int64_t low_low, low_high, high_low, high_high;
+};
+
+template <typename T>
+SEGOPS_HOST_DEVICE BilinearOffsets bilinear_offsets(const LinearTap<T>& ty, const LinearTap<T>& tx, int64_t row_stride,
+                                                    int64_t pixel_stride) {
+  const int64_t row_low = ty.low * row_stride, row_high = ty.high * row_stride;
+  const int64_t low = tx.low * pixel_stride, high = tx.high * pixel_stride;
+  return {row_low + low, row_low + high, row_high + low, row_high + high};
+}
+
+// The weighted sum of the four neighbours. The order of operations is torchvision's, so results agree with it
+// bitwise. Split from its offsets and weights so that a CPU launcher can compute those once per sample and reuse
+// them across channels, and weigh the same neighbours twice (a value and a derivative).
+template <typename T, typename scalar_t>
+SEGOPS_HOST_DEVICE T bilinear_sum(const scalar_t* image, const BilinearOffsets& at, const BilinearWeights<T>& w) {
+  return w.low_low * static_cast<T>(image[at.low_low]) + w.low_high * static_cast<T>(image[at.low_high]) +
+         w.high_low * static_cast<T>(image[at.high_low]) + w.high_high * static_cast<T>(image[at.high_high]);
+}
+
+// One 2-D sample of a strided image (see BilinearOffsets).
 template <typename T, typename scalar_t>
 SEGOPS_HOST_DEVICE T bilinear_gather(const scalar_t* image, int64_t row_stride, int64_t pixel_stride,
                                      const LinearTap<T>& ty, const LinearTap<T>& tx) {
-  const BilinearWeights<T> w = bilinear_weights(ty, tx);
-  const scalar_t* row_low = image + ty.low * row_stride;
-  const scalar_t* row_high = image + ty.high * row_stride;
-  const int64_t low = tx.low * pixel_stride, high = tx.high * pixel_stride;
-  return w.low_low * static_cast<T>(row_low[low]) + w.low_high * static_cast<T>(row_low[high]) +
-         w.high_low * static_cast<T>(row_high[low]) + w.high_high * static_cast<T>(row_high[high]);
+  return bilinear_sum(image, bilinear_offsets(ty, tx, row_stride, pixel_stride), bilinear_weights(ty, tx));
 }
 
-// The adjoint of bilinear_gather: add(offset, w * grad) for the sample's four neighbours, offsets counted from
-// `plane_offset`. `add` is a plain add on the CPU (each plane owned by one thread) and an atomic add on the GPU.
+// The adjoint of bilinear_sum: add(base + offset, w * grad) for the four neighbours. `add` is a plain add on the CPU
+// (each plane owned by one thread) and an atomic add on the GPU.
+template <typename T, typename Add>
+SEGOPS_HOST_DEVICE void bilinear_add(Add& add, int64_t base, const BilinearOffsets& at, const BilinearWeights<T>& w,
+                                     T grad) {
+  add(base + at.low_low, grad * w.low_low);
+  add(base + at.low_high, grad * w.low_high);
+  add(base + at.high_low, grad * w.high_low);
+  add(base + at.high_high, grad * w.high_high);
+}
+
+// The adjoint of bilinear_gather on a row-major plane of `width` columns starting at plane_offset.
 template <typename T, typename Add>
 SEGOPS_HOST_DEVICE void bilinear_scatter(Add& add, int64_t plane_offset, int64_t width, const LinearTap<T>& ty,
                                          const LinearTap<T>& tx, T grad) {
-  const BilinearWeights<T> w = bilinear_weights(ty, tx);
-  const int64_t row_low = plane_offset + ty.low * width;
-  const int64_t row_high = plane_offset + ty.high * width;
-  add(row_low + tx.low, grad * w.low_low);
-  add(row_low + tx.high, grad * w.low_high);
-  add(row_high + tx.low, grad * w.high_low);
-  add(row_high + tx.high, grad * w.high_high);
+  bilinear_add(add, plane_offset, bilinear_offsets(ty, tx, width, 1), bilinear_weights(ty, tx), grad);
 }
 
 }  // namespace segops

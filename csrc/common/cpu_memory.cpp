@@ -12,7 +12,12 @@ namespace segops {
 
 at::Tensor zeros_with_huge_pages(at::IntArrayRef sizes, const at::TensorOptions& options) {
   if (options.device().type() != at::kCPU) return at::zeros(sizes, options);
+  return empty_with_huge_pages(sizes, options).zero_();
+}
+
+at::Tensor empty_with_huge_pages(at::IntArrayRef sizes, const at::TensorOptions& options) {
   at::Tensor result = at::empty(sizes, options);
+  if (options.device().type() != at::kCPU) return result;
 #if defined(__linux__) && defined(MADV_HUGEPAGE)
   constexpr uintptr_t kHugePage = uintptr_t(2) << 20;
   const uintptr_t begin = reinterpret_cast<uintptr_t>(result.data_ptr());
@@ -22,7 +27,7 @@ at::Tensor zeros_with_huge_pages(at::IntArrayRef sizes, const at::TensorOptions&
   const uintptr_t last = end & ~(kHugePage - 1);
   if (last > first) madvise(reinterpret_cast<void*>(first), last - first, MADV_HUGEPAGE);
 #endif
-  return result.zero_();
+  return result;
 }
 
 }  // namespace segops

@@ -11,4 +11,8 @@ namespace segops {
 // it to the gradients the backward kernels scatter into. Other devices: plain at::zeros.
 at::Tensor zeros_with_huge_pages(at::IntArrayRef sizes, const at::TensorOptions& options);
 
+// The same without the zeroing, for outputs a kernel writes in full (a CPU backward that zeroes each plane on the
+// thread that accumulates into it, so the plane is in cache when the sums arrive).
+at::Tensor empty_with_huge_pages(at::IntArrayRef sizes, const at::TensorOptions& options);
+
 }  // namespace segops

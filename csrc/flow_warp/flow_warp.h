@@ -37,11 +37,27 @@ SEGOPS_HOST_DEVICE WarpSample<T> warp_sample(int64_t y, int64_t x, T dx, T dy, i
   return s;
 }
 
-// The sample's value in one channel whose pixel (y, x) is at image[y * row_stride + x * pixel_stride].
+// What a sample costs per channel, computed once per output pixel: its neighbours' offsets in the feature (through
+// the feature's strides) and in a contiguous gradient plane, and the weights of its value and of its derivatives
+// with respect to dx and dy (the same four neighbours, other weights).
+template <typename T>
+struct WarpPoint {
+  BilinearOffsets in_feature, in_plane;
+  BilinearWeights<T> value, d_dx, d_dy;
+  bool touches_feature;
+};
+
+template <typename T>
+SEGOPS_HOST_DEVICE WarpPoint<T> warp_point(const WarpSample<T>& s, int64_t row_stride, int64_t pixel_stride,
+                                           int64_t width) {
+  return {bilinear_offsets(s.y, s.x, row_stride, pixel_stride), bilinear_offsets(s.y, s.x, width, 1),
+          bilinear_weights(s.y, s.x), bilinear_weights(s.y, s.d_x), bilinear_weights(s.d_y, s.x), s.cell_y != -2};
+}
+
+// The sample's value in one channel of the feature (image = that channel's first element).
 template <typename T, typename scalar_t>
-SEGOPS_HOST_DEVICE T warp_value(const scalar_t* image, int64_t row_stride, int64_t pixel_stride,
-                                const WarpSample<T>& s) {
-  return bilinear_gather(image, row_stride, pixel_stride, s.y, s.x);
+SEGOPS_HOST_DEVICE T warp_value(const scalar_t* image, const WarpPoint<T>& p) {
+  return bilinear_sum(image, p.in_feature, p.value);
 }
 
 // The sample's partial derivatives with respect to dx and dy in that channel.
@@ -51,10 +67,8 @@ struct WarpGradient {
 };
 
 template <typename T, typename scalar_t>
-SEGOPS_HOST_DEVICE WarpGradient<T> warp_gradient(const scalar_t* image, int64_t row_stride, int64_t pixel_stride,
-                                                 const WarpSample<T>& s) {
-  return {bilinear_gather(image, row_stride, pixel_stride, s.y, s.d_x),
-          bilinear_gather(image, row_stride, pixel_stride, s.d_y, s.x)};
+SEGOPS_HOST_DEVICE WarpGradient<T> warp_gradient(const scalar_t* image, const WarpPoint<T>& p) {
+  return {bilinear_sum(image, p.in_feature, p.d_dx), bilinear_sum(image, p.in_feature, p.d_dy)};
 }
 
 }  // namespace segops

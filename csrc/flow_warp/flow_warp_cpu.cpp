@@ -1,17 +1,18 @@
-// Flow warp on the CPU. Each output pixel's sample (taps, their derivatives, its cell) is computed once, in
-// parallel, and shared by every channel. The feature is read in place through its strides, so contiguous,
+// Flow warp on the CPU. Each output pixel's point (its neighbours' offsets and the weights of its value and
+// derivatives, flow_warp.h) is computed once, in parallel, and shared by every channel. The feature is read in place through its strides, so contiguous,
 // channels_last and strided features all cost the same and none is copied.
 //  - Forward: parallel over output rows (n, y), channels then pixels inside.
 //  - Backward, flow and scale gradients: parallel over output rows; each pixel's sums over channels run in channel
 //    order on one thread.
-//  - Backward, feature gradient: parallel over (n, c) planes, each accumulated by one thread in pixel order. So
-//    every gradient is bitwise reproducible for any thread count, without atomics.
+//  - Backward, feature gradient: parallel over blocks of (n, c) planes, each plane accumulated by one thread in pixel
+//    order. So every gradient is bitwise reproducible for any thread count, without atomics.
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
+#include <algorithm>
 #include <optional>
 #include <tuple>
 #include <vector>
@@ -23,11 +24,16 @@
 namespace segops {
 namespace {
 
-// The samples of all N * Ho * Wo output pixels, from flow [N, 2, Ho, Wo] (contiguous, accumulation dtype).
+// Planes per unit of the feature-gradient pass. Few: planes whose sizes are multiples of 4 KB map the same pixel to
+// the same L1 cache set, so 16 planes evict each other (measured: 16 took twice as long as 4).
+constexpr int64_t kPlaneBlock = 4;
+
+// The points (warp_point) of all N * Ho * Wo output pixels, from flow [N, 2, Ho, Wo] (contiguous, accumulation
+// dtype), for a feature with the given row and pixel strides.
 template <typename T>
-std::vector<WarpSample<T>> warp_samples(const T* flow, int64_t batch, int64_t out_h, int64_t out_w, int64_t height,
-                                        int64_t width) {
-  std::vector<WarpSample<T>> samples(batch * out_h * out_w);
+std::vector<WarpPoint<T>> warp_points(const T* flow, int64_t batch, int64_t out_h, int64_t out_w, int64_t height,
+                                      int64_t width, int64_t row_stride, int64_t pixel_stride) {
+  std::vector<WarpPoint<T>> points(batch * out_h * out_w);
   const int64_t pixels = out_h * out_w;
   at::parallel_for(0, batch * out_h, 1, [&](int64_t begin, int64_t end) {
     for (int64_t row = begin; row < end; ++row) {
@@ -35,11 +41,12 @@ std::vector<WarpSample<T>> warp_samples(const T* flow, int64_t batch, int64_t ou
       const T* flow_x = flow + n * 2 * pixels + y * out_w;
       const T* flow_y = flow_x + pixels;
       for (int64_t x = 0; x < out_w; ++x) {
-        samples[row * out_w + x] = warp_sample(y, x, flow_x[x], flow_y[x], height, width);
+        points[row * out_w + x] =
+            warp_point(warp_sample(y, x, flow_x[x], flow_y[x], height, width), row_stride, pixel_stride, width);
       }
     }
   });
-  return samples;
+  return points;
 }
 
 // How to read the feature and the output-shaped tensors of one call.
@@ -66,25 +73,25 @@ at::Tensor flow_warp_forward_cpu(const at::Tensor& feature, const at::Tensor& fl
   const CheckedFlowWarp checked = checked_flow_warp("flow_warp", feature, flow, scale);
   // A map with no pixels has nothing to sample: zeros. Otherwise every output element is written below.
   if (feature.size(2) == 0 || feature.size(3) == 0) return at::zeros(checked.output_shape, feature.options());
-  at::Tensor output = at::empty(checked.output_shape, feature.options());
+  at::Tensor output = empty_with_huge_pages(checked.output_shape, feature.options());
   if (output.numel() == 0) return output;
   const WarpLayout layout(feature, checked);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, feature.scalar_type(), "flow_warp_forward_cpu", [&] {
     using acc_t = at::opmath_type<scalar_t>;
-    const auto samples = warp_samples(checked.flow.const_data_ptr<acc_t>(), layout.batch, layout.out_h, layout.out_w,
-                                      layout.height, layout.width);
+    const auto points = warp_points(checked.flow.const_data_ptr<acc_t>(), layout.batch, layout.out_h, layout.out_w,
+                                    layout.height, layout.width, layout.stride_h, layout.stride_w);
     const scalar_t* feature_data = feature.const_data_ptr<scalar_t>();
     const scalar_t* scale_data = checked.scale.defined() ? checked.scale.const_data_ptr<scalar_t>() : nullptr;
     scalar_t* output_data = output.mutable_data_ptr<scalar_t>();
     at::parallel_for(0, layout.batch * layout.out_h, 1, [&](int64_t begin, int64_t end) {
       for (int64_t row = begin; row < end; ++row) {
         const int64_t n = row / layout.out_h, y = row % layout.out_h;
-        const WarpSample<acc_t>* row_samples = samples.data() + row * layout.out_w;
+        const WarpPoint<acc_t>* row_points = points.data() + row * layout.out_w;
         for (int64_t c = 0; c < layout.channels; ++c) {
           const scalar_t* image = feature_data + n * layout.stride_n + c * layout.stride_c;
           scalar_t* out = output_data + ((n * layout.channels + c) * layout.out_h + y) * layout.out_w;
           for (int64_t x = 0; x < layout.out_w; ++x) {
-            acc_t value = warp_value(image, layout.stride_h, layout.stride_w, row_samples[x]);
+            acc_t value = warp_value(image, row_points[x]);
             if (scale_data != nullptr) {
               value *= static_cast<acc_t>(scale_data[layout.scale_offset(n, c, y * layout.out_w + x)]);
             }
@@ -105,17 +112,23 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> flow_warp_backward_cpu(const at::
   check_flow_warp_grad(grad, feature, checked);
   const at::ScalarType acc_type = at::toOpMathType(feature.scalar_type());
   // Accumulated in acc_t (float for half types), converted once at the end.
-  at::Tensor grad_feature = zeros_with_huge_pages(feature.sizes(), feature.options().dtype(acc_type));
+  // Each plane is zeroed below by the thread that accumulates into it.
+  at::Tensor grad_feature = empty_with_huge_pages(feature.sizes(), feature.options().dtype(acc_type));
   at::Tensor grad_flow = at::zeros(checked.flow.sizes(), checked.flow.options());
-  at::Tensor grad_scale = checked.scale.defined() ? at::zeros(checked.scale.sizes(), checked.scale.options().dtype(acc_type))
-                                                  : at::empty({0}, feature.options());
+  // Written in full below (when there is work).
+  at::Tensor grad_scale = checked.scale.defined()
+                              ? empty_with_huge_pages(checked.scale.sizes(), checked.scale.options().dtype(acc_type))
+                              : at::empty({0}, feature.options());
   const WarpLayout layout(feature, checked);
-  if (grad.numel() > 0 && layout.height > 0 && layout.width > 0) {
+  if (grad.numel() == 0 || layout.height == 0 || layout.width == 0) {
+    grad_feature.zero_();
+    grad_scale.zero_();
+  } else {
     const at::Tensor grad_c = grad.contiguous();
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, feature.scalar_type(), "flow_warp_backward_cpu", [&] {
       using acc_t = at::opmath_type<scalar_t>;
-      const auto samples = warp_samples(checked.flow.const_data_ptr<acc_t>(), layout.batch, layout.out_h,
-                                        layout.out_w, layout.height, layout.width);
+      const auto points = warp_points(checked.flow.const_data_ptr<acc_t>(), layout.batch, layout.out_h, layout.out_w,
+                                      layout.height, layout.width, layout.stride_h, layout.stride_w);
       const scalar_t* feature_data = feature.const_data_ptr<scalar_t>();
       const scalar_t* grad_data = grad_c.const_data_ptr<scalar_t>();
       const scalar_t* scale_data = checked.scale.defined() ? checked.scale.const_data_ptr<scalar_t>() : nullptr;
@@ -123,50 +136,74 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> flow_warp_backward_cpu(const at::
       acc_t* grad_scale_data = scale_data != nullptr ? grad_scale.mutable_data_ptr<acc_t>() : nullptr;
       const int64_t pixels = layout.pixels();
 
-      // Flow and scale gradients: sums over channels per output pixel, in channel order.
+      // Flow and scale gradients: sums over channels per output pixel, in channel order, in per-row accumulators.
+      const bool shared_scale = scale_data != nullptr && layout.scale_channel_stride == 0;
       at::parallel_for(0, layout.batch * layout.out_h, 1, [&](int64_t begin, int64_t end) {
+        std::vector<acc_t> sum_dx(layout.out_w), sum_dy(layout.out_w), sum_scale(layout.out_w);
         for (int64_t row = begin; row < end; ++row) {
           const int64_t n = row / layout.out_h, y = row % layout.out_h;
-          const WarpSample<acc_t>* row_samples = samples.data() + row * layout.out_w;
-          acc_t* grad_dx = grad_flow_data + n * 2 * pixels + y * layout.out_w;
-          acc_t* grad_dy = grad_dx + pixels;
+          const WarpPoint<acc_t>* row_points = points.data() + row * layout.out_w;
+          std::fill(sum_dx.begin(), sum_dx.end(), acc_t(0));
+          std::fill(sum_dy.begin(), sum_dy.end(), acc_t(0));
+          std::fill(sum_scale.begin(), sum_scale.end(), acc_t(0));
           for (int64_t c = 0; c < layout.channels; ++c) {
             const scalar_t* image = feature_data + n * layout.stride_n + c * layout.stride_c;
-            const scalar_t* grad_row = grad_data + ((n * layout.channels + c) * layout.out_h + y) * layout.out_w;
+            const int64_t out_offset = ((n * layout.channels + c) * layout.out_h + y) * layout.out_w;
+            const scalar_t* grad_row = grad_data + out_offset;
+            if (scale_data == nullptr) {
+              for (int64_t x = 0; x < layout.out_w; ++x) {
+                const acc_t grad_out = static_cast<acc_t>(grad_row[x]);
+                const WarpGradient<acc_t> d = warp_gradient(image, row_points[x]);
+                sum_dx[x] += grad_out * d.d_dx;
+                sum_dy[x] += grad_out * d.d_dy;
+              }
+              continue;
+            }
+            const int64_t scale_row = layout.scale_offset(n, c, y * layout.out_w);
             for (int64_t x = 0; x < layout.out_w; ++x) {
-              const int64_t p = y * layout.out_w + x;
               const acc_t grad_out = static_cast<acc_t>(grad_row[x]);
-              const acc_t scaled = scale_data != nullptr
-                                       ? grad_out * static_cast<acc_t>(scale_data[layout.scale_offset(n, c, p)])
-                                       : grad_out;
-              const WarpGradient<acc_t> d = warp_gradient(image, layout.stride_h, layout.stride_w, row_samples[x]);
-              grad_dx[x] += scaled * d.d_dx;
-              grad_dy[x] += scaled * d.d_dy;
-              if (grad_scale_data != nullptr) {
-                grad_scale_data[layout.scale_offset(n, c, p)] +=
-                    grad_out * warp_value(image, layout.stride_h, layout.stride_w, row_samples[x]);
+              const acc_t scaled = grad_out * static_cast<acc_t>(scale_data[scale_row + x]);
+              const WarpGradient<acc_t> d = warp_gradient(image, row_points[x]);
+              sum_dx[x] += scaled * d.d_dx;
+              sum_dy[x] += scaled * d.d_dy;
+              const acc_t contribution = grad_out * warp_value(image, row_points[x]);
+              if (shared_scale) {
+                sum_scale[x] += contribution;
+              } else {
+                grad_scale_data[scale_row + x] = contribution;
               }
             }
           }
+          acc_t* grad_dx = grad_flow_data + n * 2 * pixels + y * layout.out_w;
+          std::copy(sum_dx.begin(), sum_dx.end(), grad_dx);
+          std::copy(sum_dy.begin(), sum_dy.end(), grad_dx + pixels);
+          if (shared_scale) std::copy(sum_scale.begin(), sum_scale.end(), grad_scale_data + layout.scale_offset(n, 0, y * layout.out_w));
         }
       });
 
-      // Feature gradient: each (n, c) plane by one thread, output pixels in order.
+      // Feature gradient: each thread owns blocks of kPlaneBlock planes of one image and visits the pixels in order,
+      // adding each pixel's contribution to its planes: every plane's sums run in pixel order on one thread, and a
+      // pixel's point is read once per block rather than once per channel.
       acc_t* grad_feature_data = grad_feature.mutable_data_ptr<acc_t>();
       const int64_t plane_size = layout.height * layout.width;
-      at::parallel_for(0, layout.batch * layout.channels, 1, [&](int64_t begin, int64_t end) {
-        for (int64_t plane = begin; plane < end; ++plane) {
-          const int64_t n = plane / layout.channels, c = plane % layout.channels;
-          auto add = [plane_data = grad_feature_data + plane * plane_size](int64_t index, acc_t value) {
-            plane_data[index] += value;
-          };
-          const scalar_t* grad_plane = grad_data + plane * pixels;
+      const int64_t blocks = (layout.channels + kPlaneBlock - 1) / kPlaneBlock;
+      at::parallel_for(0, layout.batch * blocks, 1, [&](int64_t begin, int64_t end) {
+        for (int64_t unit = begin; unit < end; ++unit) {
+          const int64_t n = unit / blocks, c0 = (unit % blocks) * kPlaneBlock;
+          const int64_t block = std::min(kPlaneBlock, layout.channels - c0);
+          acc_t* planes = grad_feature_data + (n * layout.channels + c0) * plane_size;
+          std::fill(planes, planes + block * plane_size, acc_t(0));
+          const scalar_t* grad_planes = grad_data + (n * layout.channels + c0) * pixels;
+          const scalar_t* scale_planes = scale_data != nullptr ? scale_data + layout.scale_offset(n, c0, 0) : nullptr;
           for (int64_t p = 0; p < pixels; ++p) {
-            const WarpSample<acc_t>& s = samples[n * pixels + p];
-            if (s.cell_y == -2) continue;
-            acc_t scaled = static_cast<acc_t>(grad_plane[p]);
-            if (scale_data != nullptr) scaled *= static_cast<acc_t>(scale_data[layout.scale_offset(n, c, p)]);
-            bilinear_scatter(add, 0, layout.width, s.y, s.x, scaled);
+            const WarpPoint<acc_t>& point = points[n * pixels + p];
+            if (!point.touches_feature) continue;
+            for (int64_t c = 0; c < block; ++c) {
+              auto add = [plane = planes + c * plane_size](int64_t index, acc_t value) { plane[index] += value; };
+              acc_t scaled = static_cast<acc_t>(grad_planes[c * pixels + p]);
+              if (scale_planes != nullptr) scaled *= static_cast<acc_t>(scale_planes[c * layout.scale_channel_stride + p]);
+              bilinear_add(add, 0, point.in_plane, point.value, scaled);
+            }
           }
         }
       });

@@ -51,8 +51,8 @@ __global__ void SEGOPS_LAUNCH_BOUNDS(kThreadsPerBlock)
     const int64_t p = index % g.pixels();
     const int64_t c = (index / g.pixels()) % g.channels;
     const int64_t n = index / (g.pixels() * g.channels);
-    const WarpSample<acc_t> s = warp_sample_of_pixel(flow, g, n, p);
-    acc_t value = warp_value(feature + n * g.stride_n + c * g.stride_c, g.stride_h, g.stride_w, s);
+    const WarpPoint<acc_t> point = warp_point(warp_sample_of_pixel(flow, g, n, p), g.stride_h, g.stride_w, g.width);
+    acc_t value = warp_value(feature + n * g.stride_n + c * g.stride_c, point);
     if (scale != nullptr) value *= static_cast<acc_t>(scale[g.scale_offset(n, c, p)]);
     output[index] = static_cast<scalar_t>(value);
   }
@@ -69,17 +69,17 @@ __global__ void SEGOPS_LAUNCH_BOUNDS(kThreadsPerBlock)
   SEGOPS_KERNEL_LOOP(index, total) {
     const int64_t p = index % g.pixels();
     const int64_t n = index / g.pixels();
-    const WarpSample<acc_t> s = warp_sample_of_pixel(flow, g, n, p);
+    const WarpPoint<acc_t> point = warp_point(warp_sample_of_pixel(flow, g, n, p), g.stride_h, g.stride_w, g.width);
     acc_t grad_dx = 0, grad_dy = 0, grad_shared_scale = 0;
     for (int64_t c = 0; c < g.channels; ++c) {
       const scalar_t* image = feature + n * g.stride_n + c * g.stride_c;
       const acc_t grad_out = static_cast<acc_t>(grad[(n * g.channels + c) * g.pixels() + p]);
       const acc_t scaled = scale != nullptr ? grad_out * static_cast<acc_t>(scale[g.scale_offset(n, c, p)]) : grad_out;
-      const WarpGradient<acc_t> d = warp_gradient(image, g.stride_h, g.stride_w, s);
+      const WarpGradient<acc_t> d = warp_gradient(image, point);
       grad_dx += scaled * d.d_dx;
       grad_dy += scaled * d.d_dy;
       if (grad_scale != nullptr) {
-        const acc_t contribution = grad_out * warp_value(image, g.stride_h, g.stride_w, s);
+        const acc_t contribution = grad_out * warp_value(image, point);
         if (g.scale_channel_stride == 0) {
           grad_shared_scale += contribution;
         } else {
@@ -115,10 +115,10 @@ __global__ void SEGOPS_LAUNCH_BOUNDS(kThreadsPerBlock)
     const int64_t p = index % g.pixels();
     const int64_t c = (index / g.pixels()) % g.channels;
     const int64_t n = index / (g.pixels() * g.channels);
-    const WarpSample<acc_t> s = warp_sample_of_pixel(flow, g, n, p);
-    if (s.cell_y == -2) continue;
+    const WarpPoint<acc_t> point = warp_point(warp_sample_of_pixel(flow, g, n, p), g.stride_h, g.stride_w, g.width);
+    if (!point.touches_feature) continue;
     const int64_t plane_offset = (n * g.channels + c) * g.height * g.width;
-    bilinear_scatter(add, plane_offset, g.width, s.y, s.x, scaled_grad(grad, scale, g, n, c, p));
+    bilinear_add(add, plane_offset, point.in_plane, point.value, scaled_grad(grad, scale, g, n, c, p));
   }
 }
 
