@@ -1,15 +1,15 @@
 """Fake (meta) kernels for every segops op, so torch.compile and torch.library.opcheck can trace them. They
-raise the C++ kernels' messages (segops/ops/_roi_common.py, segops/ops/flow_warp.py); data-dependent checks stay in C++."""
+raise the C++ kernels' messages (segops/ops/_checks.py, _roi_common.py, flow_warp.py); data-dependent checks stay in C++."""
 
 import torch
 
 from segops.ops.flow_warp import check_flow_warp_args, check_flow_warp_grad
+from segops.ops._checks import dtype_name
 from segops.ops._roi_common import (
     check_plane_fits_int32,
     check_roi_op_args,
     check_roi_op_backward_args,
     check_sampling_ratio,
-    dtype_name,
 )
 
 

@@ -9,26 +9,19 @@
 #include <utility>
 #include <vector>
 
+#include "common/checks.h"
 #include "common/cpu_memory.h"
 #include "common/roi_row.h"
 
 namespace segops {
 namespace {
 
-bool is_supported_float(at::ScalarType type) {
-  return type == at::kFloat || type == at::kDouble || type == at::kHalf || type == at::kBFloat16;
-}
-
 // Returns rois contiguous in like's accumulation dtype.
 at::Tensor checked_rois_tensor(const char* op, const at::Tensor& rois, const at::Tensor& like, const char* like_name) {
   TORCH_CHECK(rois.dim() == 2 && rois.size(1) == 5, op, ": rois must have shape [K, 5], got ", rois.sizes());
-  const at::ScalarType acc_type = at::toOpMathType(like.scalar_type());
-  TORCH_CHECK(rois.scalar_type() == like.scalar_type() || rois.scalar_type() == acc_type, op,
-              ": rois must have the same dtype as ", like_name, " (", like.scalar_type(),
-              acc_type == like.scalar_type() ? ")" : ") or Float", ", got ", rois.scalar_type());
-  TORCH_CHECK(rois.device() == like.device(), op, ": rois must be on the same device as ", like_name, " (",
-              like.device(), "), got ", rois.device());
-  return rois.to(acc_type).contiguous();
+  check_dtype_or_accumulation(op, "rois", rois, like, like_name);
+  check_same_device(op, "rois", rois, like, like_name);
+  return rois.to(at::toOpMathType(like.scalar_type())).contiguous();
 }
 
 void check_pooling_args(const char* op, double spatial_scale, int64_t pooled_h, int64_t pooled_w) {

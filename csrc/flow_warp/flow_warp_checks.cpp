@@ -3,20 +3,9 @@
 #include <ATen/ATen.h>
 #include <ATen/OpMathType.h>
 
+#include "common/checks.h"
+
 namespace segops {
-namespace {
-
-bool is_supported_float(at::ScalarType type) {
-  return type == at::kFloat || type == at::kDouble || type == at::kHalf || type == at::kBFloat16;
-}
-
-void check_same_device(const char* op, const char* name, const at::Tensor& tensor, const at::Tensor& feature) {
-  TORCH_CHECK(tensor.device() == feature.device(), op, ": ", name, " must be on the same device as feature (",
-              feature.device(), "), got ", tensor.device());
-}
-
-}  // namespace
-
 CheckedFlowWarp checked_flow_warp(const char* op, const at::Tensor& feature, const at::Tensor& flow,
                                   const std::optional<at::Tensor>& scale) {
   TORCH_CHECK(feature.dim() == 4, op, ": feature must have shape [N, C, H, W], got ", feature.sizes());
@@ -25,11 +14,9 @@ CheckedFlowWarp checked_flow_warp(const char* op, const at::Tensor& feature, con
   const int64_t batch = feature.size(0);
   TORCH_CHECK(flow.dim() == 4 && flow.size(0) == batch && flow.size(1) == 2, op,
               ": flow must have shape [N, 2, Ho, Wo] with N = ", batch, ", got ", flow.sizes());
+  check_dtype_or_accumulation(op, "flow", flow, feature, "feature");
+  check_same_device(op, "flow", flow, feature, "feature");
   const at::ScalarType acc_type = at::toOpMathType(feature.scalar_type());
-  TORCH_CHECK(flow.scalar_type() == feature.scalar_type() || flow.scalar_type() == acc_type, op,
-              ": flow must have the same dtype as feature (", feature.scalar_type(),
-              acc_type == feature.scalar_type() ? ")" : ") or Float", ", got ", flow.scalar_type());
-  check_same_device(op, "flow", flow, feature);
   CheckedFlowWarp checked{{batch, feature.size(1), flow.size(2), flow.size(3)}, flow.to(acc_type).contiguous(), {}, 0};
   if (scale.has_value()) {
     const std::vector<int64_t> per_channel = checked.output_shape;
@@ -39,7 +26,7 @@ CheckedFlowWarp checked_flow_warp(const char* op, const at::Tensor& feature, con
                 at::IntArrayRef(shared), ", got ", scale->sizes());
     TORCH_CHECK(scale->scalar_type() == feature.scalar_type(), op, ": scale must have the same dtype as feature (",
                 feature.scalar_type(), "), got ", scale->scalar_type());
-    check_same_device(op, "scale", *scale, feature);
+    check_same_device(op, "scale", *scale, feature, "feature");
     checked.scale = scale->contiguous();
     checked.scale_channel_stride = scale->size(1) == 1 ? 0 : flow.size(2) * flow.size(3);
   }
@@ -52,7 +39,7 @@ void check_flow_warp_grad(const at::Tensor& grad, const at::Tensor& feature, con
               at::IntArrayRef(checked.output_shape), ", got ", grad.sizes());
   TORCH_CHECK(grad.scalar_type() == feature.scalar_type(), op, ": grad must have the same dtype as feature (",
               feature.scalar_type(), "), got ", grad.scalar_type());
-  check_same_device(op, "grad", grad, feature);
+  check_same_device(op, "grad", grad, feature, "feature");
 }
 
 }  // namespace segops

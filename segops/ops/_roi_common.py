@@ -9,29 +9,14 @@ from typing import List, Optional, Sequence, Tuple, Union
 import torch
 from torch import Tensor
 
-_SUPPORTED_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
-# c10's names for dtypes, as the C++ messages print them.
-_CPP_DTYPE_NAMES = {
-    torch.float32: "Float",
-    torch.float64: "Double",
-    torch.float16: "Half",
-    torch.bfloat16: "BFloat16",
-    torch.int64: "Long",
-    torch.int32: "Int",
-    torch.int16: "Short",
-    torch.int8: "Char",
-    torch.uint8: "Byte",
-    torch.bool: "Bool",
-}
-
-
-def dtype_name(dtype: torch.dtype) -> str:
-    return _CPP_DTYPE_NAMES.get(dtype, str(dtype))
-
-
-def _shape(tensor: Tensor) -> str:
-    return "[" + ", ".join(str(size) for size in tensor.shape) + "]"
-
+from segops.ops._checks import (
+    SUPPORTED_DTYPES,
+    accumulation_dtype,
+    check_dtype_or_accumulation,
+    check_same_device,
+    dtype_name,
+    shape_str,
+)
 
 def _as_int(value) -> Optional[int]:
     if isinstance(value, bool):
@@ -63,7 +48,7 @@ def boxes_to_rois(op: str, boxes: Union[Tensor, List[Tensor]], input: Tensor) ->
     elif isinstance(boxes, (list, tuple)):
         for index, image_boxes in enumerate(boxes):
             if not isinstance(image_boxes, Tensor) or image_boxes.dim() != 2 or image_boxes.shape[1] != 4:
-                got = _shape(image_boxes) if isinstance(image_boxes, Tensor) else type(image_boxes).__name__
+                got = shape_str(image_boxes) if isinstance(image_boxes, Tensor) else type(image_boxes).__name__
                 raise ValueError(f"{op}: boxes[{index}] must be a Tensor[L, 4] (x1, y1, x2, y2), got {got}")
         if len(boxes) == 0:
             return input.new_empty((0, 5))
@@ -82,23 +67,11 @@ def boxes_to_rois(op: str, boxes: Union[Tensor, List[Tensor]], input: Tensor) ->
     return rois
 
 
-def accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
-    """at::opmath_type: float32 for float16/bfloat16, else the dtype itself."""
-    return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
-
-
 def _check_rois_tensor(op: str, rois: Tensor, like: Tensor, like_name: str) -> None:
     if rois.dim() != 2 or rois.shape[1] != 5:
-        raise RuntimeError(f"{op}: rois must have shape [K, 5], got {_shape(rois)}")
-    acc = accumulation_dtype(like.dtype)
-    if rois.dtype not in (like.dtype, acc):
-        also = "" if acc == like.dtype else " or Float"
-        raise RuntimeError(
-            f"{op}: rois must have the same dtype as {like_name} ({dtype_name(like.dtype)}){also}, "
-            f"got {dtype_name(rois.dtype)}"
-        )
-    if rois.device != like.device:
-        raise RuntimeError(f"{op}: rois must be on the same device as {like_name} ({like.device}), got {rois.device}")
+        raise RuntimeError(f"{op}: rois must have shape [K, 5], got {shape_str(rois)}")
+    check_dtype_or_accumulation(op, "rois", rois, like, like_name)
+    check_same_device(op, "rois", rois, like, like_name)
 
 
 def _check_pooling_args(op: str, spatial_scale: float, pooled_h: int, pooled_w: int) -> None:
@@ -120,8 +93,8 @@ def check_sampling_ratio(op: str, sampling_ratio: int) -> None:
 
 def check_roi_op_args(op: str, input: Tensor, rois: Tensor, spatial_scale: float, pooled_h: int, pooled_w: int) -> None:
     if input.dim() != 4:
-        raise RuntimeError(f"{op}: input must have shape [N, C, H, W], got {_shape(input)}")
-    if input.dtype not in _SUPPORTED_DTYPES:
+        raise RuntimeError(f"{op}: input must have shape [N, C, H, W], got {shape_str(input)}")
+    if input.dtype not in SUPPORTED_DTYPES:
         raise RuntimeError(
             f"{op}: input must be float32, float64, float16 or bfloat16, got {dtype_name(input.dtype)}"
         )
@@ -132,7 +105,7 @@ def check_roi_op_args(op: str, input: Tensor, rois: Tensor, spatial_scale: float
 def check_roi_op_backward_args(
     op: str, grad: Tensor, rois: Tensor, spatial_scale: float, pooled_h: int, pooled_w: int, input_shape: Sequence[int]
 ) -> None:
-    if grad.dtype not in _SUPPORTED_DTYPES:
+    if grad.dtype not in SUPPORTED_DTYPES:
         raise RuntimeError(f"{op}: grad must be float32, float64, float16 or bfloat16, got {dtype_name(grad.dtype)}")
     _check_rois_tensor(op, rois, grad, "grad")
     _check_pooling_args(op, spatial_scale, pooled_h, pooled_w)
@@ -140,7 +113,7 @@ def check_roi_op_backward_args(
         raise RuntimeError(f"{op}: input shape must be non-negative, got [{', '.join(map(str, input_shape))}]")
     expected = [rois.shape[0], input_shape[1], pooled_h, pooled_w]
     if list(grad.shape) != expected:
-        raise RuntimeError(f"{op}: grad must have shape [{', '.join(map(str, expected))}], got {_shape(grad)}")
+        raise RuntimeError(f"{op}: grad must have shape [{', '.join(map(str, expected))}], got {shape_str(grad)}")
 
 
 def check_plane_fits_int32(op: str, height, width) -> None:

@@ -7,7 +7,13 @@ from typing import Optional
 import torch
 from torch import Tensor, nn
 
-from segops.ops._roi_common import _SUPPORTED_DTYPES, _shape, accumulation_dtype, dtype_name
+from segops.ops._checks import (
+    SUPPORTED_DTYPES,
+    check_dtype_or_accumulation,
+    check_same_device,
+    dtype_name,
+    shape_str,
+)
 
 
 def flow_warp(feature: Tensor, flow: Tensor, scale: Optional[Tensor] = None) -> Tensor:
@@ -37,51 +43,40 @@ def flow_warp(feature: Tensor, flow: Tensor, scale: Optional[Tensor] = None) -> 
 
 def check_flow_warp_args(op: str, feature: Tensor, flow: Tensor, scale: Optional[Tensor]) -> None:
     if feature.dim() != 4:
-        raise RuntimeError(f"{op}: feature must have shape [N, C, H, W], got {_shape(feature)}")
-    if feature.dtype not in _SUPPORTED_DTYPES:
+        raise RuntimeError(f"{op}: feature must have shape [N, C, H, W], got {shape_str(feature)}")
+    if feature.dtype not in SUPPORTED_DTYPES:
         raise RuntimeError(f"{op}: feature must be float32, float64, float16 or bfloat16, got {dtype_name(feature.dtype)}")
     batch = feature.shape[0]
     if flow.dim() != 4 or flow.shape[0] != batch or flow.shape[1] != 2:
-        raise RuntimeError(f"{op}: flow must have shape [N, 2, Ho, Wo] with N = {batch}, got {_shape(flow)}")
-    acc = accumulation_dtype(feature.dtype)
-    if flow.dtype not in (feature.dtype, acc):
-        also = "" if acc == feature.dtype else " or Float"
-        raise RuntimeError(
-            f"{op}: flow must have the same dtype as feature ({dtype_name(feature.dtype)}){also}, "
-            f"got {dtype_name(flow.dtype)}"
-        )
-    _check_same_device(op, "flow", flow, feature)
+        raise RuntimeError(f"{op}: flow must have shape [N, 2, Ho, Wo] with N = {batch}, got {shape_str(flow)}")
+    check_dtype_or_accumulation(op, "flow", flow, feature, "feature")
+    check_same_device(op, "flow", flow, feature, "feature")
     if scale is not None:
         per_channel = [batch, feature.shape[1], flow.shape[2], flow.shape[3]]
         shared = [batch, 1, flow.shape[2], flow.shape[3]]
         if list(scale.shape) not in (per_channel, shared):
             raise RuntimeError(
                 f"{op}: scale must have shape [N, C, Ho, Wo] or [N, 1, Ho, Wo] = [{', '.join(map(str, per_channel))}] "
-                f"or [{', '.join(map(str, shared))}], got {_shape(scale)}"
+                f"or [{', '.join(map(str, shared))}], got {shape_str(scale)}"
             )
         if scale.dtype != feature.dtype:
             raise RuntimeError(
                 f"{op}: scale must have the same dtype as feature ({dtype_name(feature.dtype)}), "
                 f"got {dtype_name(scale.dtype)}"
             )
-        _check_same_device(op, "scale", scale, feature)
+        check_same_device(op, "scale", scale, feature, "feature")
 
 
 def check_flow_warp_grad(grad: Tensor, feature: Tensor, flow: Tensor) -> None:
     op = "_flow_warp_backward"
     expected = [feature.shape[0], feature.shape[1], flow.shape[2], flow.shape[3]]
     if list(grad.shape) != expected:
-        raise RuntimeError(f"{op}: grad must have shape [{', '.join(map(str, expected))}], got {_shape(grad)}")
+        raise RuntimeError(f"{op}: grad must have shape [{', '.join(map(str, expected))}], got {shape_str(grad)}")
     if grad.dtype != feature.dtype:
         raise RuntimeError(
             f"{op}: grad must have the same dtype as feature ({dtype_name(feature.dtype)}), got {dtype_name(grad.dtype)}"
         )
-    _check_same_device(op, "grad", grad, feature)
-
-
-def _check_same_device(op: str, name: str, tensor: Tensor, feature: Tensor) -> None:
-    if tensor.device != feature.device:
-        raise RuntimeError(f"{op}: {name} must be on the same device as feature ({feature.device}), got {tensor.device}")
+    check_same_device(op, "grad", grad, feature, "feature")
 
 
 def _setup_context(ctx, inputs, output):

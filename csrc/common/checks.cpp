@@ -1,0 +1,26 @@
+#include "common/checks.h"
+
+#include <ATen/OpMathType.h>
+#include <c10/util/Exception.h>
+
+namespace segops {
+
+bool is_supported_float(at::ScalarType type) {
+  return type == at::kFloat || type == at::kDouble || type == at::kHalf || type == at::kBFloat16;
+}
+
+void check_dtype_or_accumulation(const char* op, const char* name, const at::Tensor& tensor, const at::Tensor& like,
+                                 const char* like_name) {
+  const at::ScalarType acc_type = at::toOpMathType(like.scalar_type());
+  TORCH_CHECK(tensor.scalar_type() == like.scalar_type() || tensor.scalar_type() == acc_type, op, ": ", name,
+              " must have the same dtype as ", like_name, " (", like.scalar_type(),
+              acc_type == like.scalar_type() ? ")" : ") or Float", ", got ", tensor.scalar_type());
+}
+
+void check_same_device(const char* op, const char* name, const at::Tensor& tensor, const at::Tensor& like,
+                       const char* like_name) {
+  TORCH_CHECK(tensor.device() == like.device(), op, ": ", name, " must be on the same device as ", like_name, " (",
+              like.device(), "), got ", tensor.device());
+}
+
+}  // namespace segops

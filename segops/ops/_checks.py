@@ -1,0 +1,49 @@
+"""Argument checks every op shares, repeating csrc/common/checks.cpp's messages word for word (and c10's names and
+shape format), so that the fake kernels raise what the C++ kernels raise."""
+
+import torch
+from torch import Tensor
+
+SUPPORTED_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
+# c10's names for dtypes, as the C++ messages print them.
+_CPP_DTYPE_NAMES = {
+    torch.float32: "Float",
+    torch.float64: "Double",
+    torch.float16: "Half",
+    torch.bfloat16: "BFloat16",
+    torch.int64: "Long",
+    torch.int32: "Int",
+    torch.int16: "Short",
+    torch.int8: "Char",
+    torch.uint8: "Byte",
+    torch.bool: "Bool",
+}
+
+
+def dtype_name(dtype: torch.dtype) -> str:
+    return _CPP_DTYPE_NAMES.get(dtype, str(dtype))
+
+
+def shape_str(tensor: Tensor) -> str:
+    return "[" + ", ".join(str(size) for size in tensor.shape) + "]"
+
+
+def accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
+    """at::opmath_type: float32 for float16/bfloat16, else the dtype itself."""
+    return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
+
+
+def check_dtype_or_accumulation(op: str, name: str, tensor: Tensor, like: Tensor, like_name: str) -> None:
+    """`name` must have like's dtype, or float32 where like is float16/bfloat16."""
+    acc = accumulation_dtype(like.dtype)
+    if tensor.dtype not in (like.dtype, acc):
+        also = "" if acc == like.dtype else " or Float"
+        raise RuntimeError(
+            f"{op}: {name} must have the same dtype as {like_name} ({dtype_name(like.dtype)}){also}, "
+            f"got {dtype_name(tensor.dtype)}"
+        )
+
+
+def check_same_device(op: str, name: str, tensor: Tensor, like: Tensor, like_name: str) -> None:
+    if tensor.device != like.device:
+        raise RuntimeError(f"{op}: {name} must be on the same device as {like_name} ({like.device}), got {tensor.device}")
