@@ -27,6 +27,21 @@ def _gradients(fn, inputs, grad):
     return torch.autograd.grad(fn(*leaves), leaves, grad)
 
 
+# Other sizes users meet (batch 1 and 8, few and many channels, small and large maps), against the same reference
+# with no target of the issue's: (N, C, H, W).
+OTHER_SHAPES = [(1, 64, 16, 32), (1, 256, 32, 64), (8, 256, 64, 128), (1, 1024, 128, 256), (2, 16, 256, 512),
+                (8, 3, 256, 512)]
+
+
+def _shape_inputs(shape, seed=0):
+    n, c, h, w = shape
+    g = torch.Generator().manual_seed(seed)
+    feature = torch.randn(*shape, generator=g)
+    coarse = (torch.rand(n, 2, 5, 9, generator=g) * 2 - 1) * 4
+    flow = torch.nn.functional.interpolate(coarse, size=(h, w), mode="bicubic", align_corners=True)
+    return feature, flow, torch.randn(*shape, generator=g)
+
+
 def cases():
     feature, flow, scale = make_inputs()
     grad = torch.randn(BATCH, CHANNELS, HEIGHT, WIDTH, generator=torch.Generator().manual_seed(1))
@@ -40,4 +55,15 @@ def cases():
         Case(f"{name} forward+backward with scale (feature, flow, scale)", 2.0,
              lambda: _gradients(segops.flow_warp, (feature, flow, scale), grad),
              lambda: _gradients(reference.flow_warp, (feature, flow, scale), grad), reference="grid_sample"),
+    ] + [case for shape in OTHER_SHAPES for case in _shape_cases(shape)]
+
+
+def _shape_cases(shape):
+    feature, flow, grad = _shape_inputs(shape)
+    name = f"flow_warp {list(shape)}"
+    return [
+        Case(f"{name} forward", 1.0, lambda: segops.flow_warp(feature, flow), lambda: reference.flow_warp(feature, flow),
+             reference="grid_sample"),
+        Case(f"{name} forward+backward (feature, flow)", 1.0, lambda: _gradients(segops.flow_warp, (feature, flow), grad),
+             lambda: _gradients(reference.flow_warp, (feature, flow), grad), reference="grid_sample"),
     ]

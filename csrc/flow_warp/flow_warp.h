@@ -60,6 +60,27 @@ SEGOPS_HOST_DEVICE T warp_value(const scalar_t* image, const WarpPoint<T>& p) {
   return bilinear_sum(image, p.in_feature, p.value);
 }
 
+// What the forward needs of output pixel (y, x) with flow (dx, dy): its neighbours in the feature and their weights,
+// the WarpPoint's fields computed without the derivatives (a forward over few channels is dominated by this).
+template <typename T>
+struct WarpValuePoint {
+  BilinearOffsets in_feature;
+  BilinearWeights<T> value;
+};
+
+template <typename T>
+SEGOPS_HOST_DEVICE WarpValuePoint<T> warp_value_point(int64_t y, int64_t x, T dx, T dy, int64_t height, int64_t width,
+                                                      int64_t row_stride, int64_t pixel_stride) {
+  const LinearTap<T> ty = zero_padded_tap(static_cast<T>(y) + dy, height);
+  const LinearTap<T> tx = zero_padded_tap(static_cast<T>(x) + dx, width);
+  return {bilinear_offsets(ty, tx, row_stride, pixel_stride), bilinear_weights(ty, tx)};
+}
+
+template <typename T, typename scalar_t>
+SEGOPS_HOST_DEVICE T warp_value(const scalar_t* image, const WarpValuePoint<T>& p) {
+  return bilinear_sum(image, p.in_feature, p.value);
+}
+
 // The sample's partial derivatives with respect to dx and dy in that channel.
 template <typename T>
 struct WarpGradient {

@@ -1,5 +1,5 @@
 // Flow warp on the CPU. Each output pixel's point (its neighbours' offsets and the weights of its value and
-// derivatives, flow_warp.h) is computed once, in parallel, and shared by every channel. The feature is read in place through its strides, so contiguous,
+// derivatives, flow_warp.h) is computed once per pass and shared by every channel. The feature is read in place through its strides, so contiguous,
 // channels_last and strided features all cost the same and none is copied.
 //  - Forward: parallel over output rows (n, y), channels then pixels inside.
 //  - Backward, flow and scale gradients: parallel over output rows; each pixel's sums over channels run in channel
@@ -13,6 +13,7 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <memory>
 #include <optional>
 #include <tuple>
 #include <vector>
@@ -28,26 +29,27 @@ namespace {
 // the same L1 cache set, so 16 planes evict each other (measured: 16 took twice as long as 4).
 constexpr int64_t kPlaneBlock = 4;
 
-// The points (warp_point) of all N * Ho * Wo output pixels, from flow [N, 2, Ho, Wo] (contiguous, accumulation
-// dtype), for a feature with the given row and pixel strides.
+// The points (warp_point) of output row y of image n, from flow [N, 2, Ho, Wo] (contiguous, accumulation dtype),
+// for a feature with the given row and pixel strides. Computed per row by the thread that uses them (they stay in
+// L1 while every channel reads them); a buffer of all pixels' points would cost more than few channels' work.
 template <typename T>
-std::vector<WarpPoint<T>> warp_points(const T* flow, int64_t batch, int64_t out_h, int64_t out_w, int64_t height,
-                                      int64_t width, int64_t row_stride, int64_t pixel_stride) {
-  std::vector<WarpPoint<T>> points(batch * out_h * out_w);
-  const int64_t pixels = out_h * out_w;
-  at::parallel_for(0, batch * out_h, 1, [&](int64_t begin, int64_t end) {
-    for (int64_t row = begin; row < end; ++row) {
-      const int64_t n = row / out_h, y = row % out_h;
-      const T* flow_x = flow + n * 2 * pixels + y * out_w;
-      const T* flow_y = flow_x + pixels;
-      for (int64_t x = 0; x < out_w; ++x) {
-        points[row * out_w + x] =
-            warp_point(warp_sample(y, x, flow_x[x], flow_y[x], height, width), row_stride, pixel_stride, width);
-      }
-    }
-  });
-  return points;
+void warp_row_points(WarpPoint<T>* points, const T* flow, int64_t n, int64_t y, int64_t out_h, int64_t out_w,
+                     int64_t height, int64_t width, int64_t row_stride, int64_t pixel_stride) {
+  const T* flow_x = flow + n * 2 * out_h * out_w + y * out_w;
+  const T* flow_y = flow_x + out_h * out_w;
+  for (int64_t x = 0; x < out_w; ++x) {
+    points[x] = warp_point(warp_sample(y, x, flow_x[x], flow_y[x], height, width), row_stride, pixel_stride, width);
+  }
 }
+
+// What the feature-gradient pass needs of a pixel's point: where its neighbours are in a gradient plane and their
+// weights (a third of a WarpPoint; this pass keeps every pixel's).
+template <typename T>
+struct PlanePoint {
+  BilinearOffsets in_plane;
+  BilinearWeights<T> value;
+  bool touches_feature;
+};
 
 // How to read the feature and the output-shaped tensors of one call.
 struct WarpLayout {
@@ -62,6 +64,10 @@ struct WarpLayout {
         scale_channel_stride(checked.scale_channel_stride) {}
 
   int64_t pixels() const { return out_h * out_w; }
+  template <typename T>
+  void row_points(WarpPoint<T>* points, const T* flow, int64_t n, int64_t y) const {
+    warp_row_points(points, flow, n, y, out_h, out_w, height, width, stride_h, stride_w);
+  }
   // Offset of channel c of scale [N, C or 1, Ho, Wo] (contiguous) for output pixel p of image n.
   int64_t scale_offset(int64_t n, int64_t c, int64_t p) const {
     return (n * (scale_channel_stride == 0 ? 1 : channels)) * pixels() + c * scale_channel_stride + p;
@@ -78,15 +84,20 @@ at::Tensor flow_warp_forward_cpu(const at::Tensor& feature, const at::Tensor& fl
   const WarpLayout layout(feature, checked);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, feature.scalar_type(), "flow_warp_forward_cpu", [&] {
     using acc_t = at::opmath_type<scalar_t>;
-    const auto points = warp_points(checked.flow.const_data_ptr<acc_t>(), layout.batch, layout.out_h, layout.out_w,
-                                    layout.height, layout.width, layout.stride_h, layout.stride_w);
+    const acc_t* flow_data = checked.flow.const_data_ptr<acc_t>();
     const scalar_t* feature_data = feature.const_data_ptr<scalar_t>();
     const scalar_t* scale_data = checked.scale.defined() ? checked.scale.const_data_ptr<scalar_t>() : nullptr;
     scalar_t* output_data = output.mutable_data_ptr<scalar_t>();
+    const int64_t pixels = layout.pixels();
     at::parallel_for(0, layout.batch * layout.out_h, 1, [&](int64_t begin, int64_t end) {
+      std::vector<WarpValuePoint<acc_t>> row_points(layout.out_w);
       for (int64_t row = begin; row < end; ++row) {
         const int64_t n = row / layout.out_h, y = row % layout.out_h;
-        const WarpPoint<acc_t>* row_points = points.data() + row * layout.out_w;
+        const acc_t* flow_x = flow_data + n * 2 * pixels + y * layout.out_w;
+        for (int64_t x = 0; x < layout.out_w; ++x) {
+          row_points[x] = warp_value_point(y, x, flow_x[x], flow_x[pixels + x], layout.height, layout.width,
+                                           layout.stride_h, layout.stride_w);
+        }
         for (int64_t c = 0; c < layout.channels; ++c) {
           const scalar_t* image = feature_data + n * layout.stride_n + c * layout.stride_c;
           scalar_t* out = output_data + ((n * layout.channels + c) * layout.out_h + y) * layout.out_w;
@@ -127,8 +138,16 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> flow_warp_backward_cpu(const at::
     const at::Tensor grad_c = grad.contiguous();
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, feature.scalar_type(), "flow_warp_backward_cpu", [&] {
       using acc_t = at::opmath_type<scalar_t>;
-      const auto points = warp_points(checked.flow.const_data_ptr<acc_t>(), layout.batch, layout.out_h, layout.out_w,
-                                      layout.height, layout.width, layout.stride_h, layout.stride_w);
+      const acc_t* flow_data = checked.flow.const_data_ptr<acc_t>();
+      const int64_t blocks = (layout.channels + kPlaneBlock - 1) / kPlaneBlock;
+      // Kept for the feature-gradient pass only where several plane blocks of an image reuse them; with one block
+      // (few channels) recomputing a point costs less than storing and reloading it. Not value-initialised: every
+      // kept entry is written below.
+      std::unique_ptr<PlanePoint<acc_t>[]> plane_points(
+          blocks > 1 ? new PlanePoint<acc_t>[layout.batch * layout.pixels()] : nullptr);
+      const auto plane_point = [&](const WarpPoint<acc_t>& point) {
+        return PlanePoint<acc_t>{point.in_plane, point.value, point.touches_feature};
+      };
       const scalar_t* feature_data = feature.const_data_ptr<scalar_t>();
       const scalar_t* grad_data = grad_c.const_data_ptr<scalar_t>();
       const scalar_t* scale_data = checked.scale.defined() ? checked.scale.const_data_ptr<scalar_t>() : nullptr;
@@ -138,11 +157,16 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> flow_warp_backward_cpu(const at::
 
       // Flow and scale gradients: sums over channels per output pixel, in channel order, in per-row accumulators.
       const bool shared_scale = scale_data != nullptr && layout.scale_channel_stride == 0;
+      // The same pass keeps each pixel's PlanePoint for the feature-gradient pass.
       at::parallel_for(0, layout.batch * layout.out_h, 1, [&](int64_t begin, int64_t end) {
         std::vector<acc_t> sum_dx(layout.out_w), sum_dy(layout.out_w), sum_scale(layout.out_w);
+        std::vector<WarpPoint<acc_t>> row_points(layout.out_w);
         for (int64_t row = begin; row < end; ++row) {
           const int64_t n = row / layout.out_h, y = row % layout.out_h;
-          const WarpPoint<acc_t>* row_points = points.data() + row * layout.out_w;
+          layout.row_points(row_points.data(), flow_data, n, y);
+          if (plane_points != nullptr) {
+            for (int64_t x = 0; x < layout.out_w; ++x) plane_points[row * layout.out_w + x] = plane_point(row_points[x]);
+          }
           std::fill(sum_dx.begin(), sum_dx.end(), acc_t(0));
           std::fill(sum_dy.begin(), sum_dy.end(), acc_t(0));
           std::fill(sum_scale.begin(), sum_scale.end(), acc_t(0));
@@ -186,8 +210,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> flow_warp_backward_cpu(const at::
       // pixel's point is read once per block rather than once per channel.
       acc_t* grad_feature_data = grad_feature.mutable_data_ptr<acc_t>();
       const int64_t plane_size = layout.height * layout.width;
-      const int64_t blocks = (layout.channels + kPlaneBlock - 1) / kPlaneBlock;
       at::parallel_for(0, layout.batch * blocks, 1, [&](int64_t begin, int64_t end) {
+        std::vector<WarpPoint<acc_t>> row_points(plane_points == nullptr ? layout.out_w : 0);
         for (int64_t unit = begin; unit < end; ++unit) {
           const int64_t n = unit / blocks, c0 = (unit % blocks) * kPlaneBlock;
           const int64_t block = std::min(kPlaneBlock, layout.channels - c0);
@@ -196,7 +220,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> flow_warp_backward_cpu(const at::
           const scalar_t* grad_planes = grad_data + (n * layout.channels + c0) * pixels;
           const scalar_t* scale_planes = scale_data != nullptr ? scale_data + layout.scale_offset(n, c0, 0) : nullptr;
           for (int64_t p = 0; p < pixels; ++p) {
-            const WarpPoint<acc_t>& point = points[n * pixels + p];
+            if (plane_points == nullptr && p % layout.out_w == 0) {
+              layout.row_points(row_points.data(), flow_data, n, p / layout.out_w);
+            }
+            const PlanePoint<acc_t> point =
+                plane_points != nullptr ? plane_points[n * pixels + p] : plane_point(row_points[p % layout.out_w]);
             if (!point.touches_feature) continue;
             for (int64_t c = 0; c < block; ++c) {
               auto add = [plane = planes + c * plane_size](int64_t index, acc_t value) { plane[index] += value; };

@@ -51,7 +51,9 @@ __global__ void SEGOPS_LAUNCH_BOUNDS(kThreadsPerBlock)
     const int64_t p = index % g.pixels();
     const int64_t c = (index / g.pixels()) % g.channels;
     const int64_t n = index / (g.pixels() * g.channels);
-    const WarpPoint<acc_t> point = warp_point(warp_sample_of_pixel(flow, g, n, p), g.stride_h, g.stride_w, g.width);
+    const acc_t* flow_n = flow + n * 2 * g.pixels();
+    const WarpValuePoint<acc_t> point = warp_value_point(p / g.out_w, p % g.out_w, flow_n[p], flow_n[g.pixels() + p],
+                                                         g.height, g.width, g.stride_h, g.stride_w);
     acc_t value = warp_value(feature + n * g.stride_n + c * g.stride_c, point);
     if (scale != nullptr) value *= static_cast<acc_t>(scale[g.scale_offset(n, c, p)]);
     output[index] = static_cast<scalar_t>(value);
