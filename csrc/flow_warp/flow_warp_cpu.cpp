@@ -201,7 +201,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> flow_warp_backward_cpu(const at::
           acc_t* grad_dx = grad_flow_data + n * 2 * pixels + y * layout.out_w;
           std::copy(sum_dx.begin(), sum_dx.end(), grad_dx);
           std::copy(sum_dy.begin(), sum_dy.end(), grad_dx + pixels);
-          if (shared_scale) std::copy(sum_scale.begin(), sum_scale.end(), grad_scale_data + layout.scale_offset(n, 0, y * layout.out_w));
+          if (shared_scale) {
+            std::copy(sum_scale.begin(), sum_scale.end(), grad_scale_data + layout.scale_offset(n, 0, y * layout.out_w));
+          }
         }
       });
 
