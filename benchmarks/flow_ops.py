@@ -7,6 +7,10 @@ import segops
 from benchmarks.case import Case
 from segops import reference
 
+# d/dflow jumps where a sample crosses a pixel row or column; float32 rounding of the reference's normalised grid
+# puts a few of a million samples on the other side (in float64 both agree to 1e-12 everywhere).
+KINKS = 1e-5
+
 # Deep Feature Flow's warp of stride-16 ResNet features of a 1024x2048 Cityscapes frame, batch 4.
 BATCH, CHANNELS, HEIGHT, WIDTH = 4, 256, 64, 128
 
@@ -42,19 +46,23 @@ def _shape_inputs(shape, seed=0):
     return feature, flow, torch.randn(*shape, generator=g)
 
 
+def _case(name, target, ours, theirs):
+    return Case(name, target, ours, theirs, reference="grid_sample", allowed_outliers=KINKS)
+
+
 def cases():
     feature, flow, scale = make_inputs()
     grad = torch.randn(BATCH, CHANNELS, HEIGHT, WIDTH, generator=torch.Generator().manual_seed(1))
     name = "flow_warp [4, 256, 64, 128]"
     return [
-        Case(f"{name} forward", 1.5, lambda: segops.flow_warp(feature, flow),
-             lambda: reference.flow_warp(feature, flow), reference="grid_sample"),
-        Case(f"{name} forward+backward (feature, flow)", 2.0,
-             lambda: _gradients(segops.flow_warp, (feature, flow), grad),
-             lambda: _gradients(reference.flow_warp, (feature, flow), grad), reference="grid_sample"),
-        Case(f"{name} forward+backward with scale (feature, flow, scale)", 2.0,
-             lambda: _gradients(segops.flow_warp, (feature, flow, scale), grad),
-             lambda: _gradients(reference.flow_warp, (feature, flow, scale), grad), reference="grid_sample"),
+        _case(f"{name} forward", 1.5, lambda: segops.flow_warp(feature, flow),
+              lambda: reference.flow_warp(feature, flow)),
+        _case(f"{name} forward+backward (feature, flow)", 2.0,
+              lambda: _gradients(segops.flow_warp, (feature, flow), grad),
+              lambda: _gradients(reference.flow_warp, (feature, flow), grad)),
+        _case(f"{name} forward+backward with scale (feature, flow, scale)", 2.0,
+              lambda: _gradients(segops.flow_warp, (feature, flow, scale), grad),
+              lambda: _gradients(reference.flow_warp, (feature, flow, scale), grad)),
     ] + [case for shape in OTHER_SHAPES for case in _shape_cases(shape)]
 
 
@@ -62,8 +70,9 @@ def _shape_cases(shape):
     feature, flow, grad = _shape_inputs(shape)
     name = f"flow_warp {list(shape)}"
     return [
-        Case(f"{name} forward", 1.0, lambda: segops.flow_warp(feature, flow), lambda: reference.flow_warp(feature, flow),
-             reference="grid_sample"),
-        Case(f"{name} forward+backward (feature, flow)", 1.0, lambda: _gradients(segops.flow_warp, (feature, flow), grad),
-             lambda: _gradients(reference.flow_warp, (feature, flow), grad), reference="grid_sample"),
+        _case(f"{name} forward", 1.0, lambda: segops.flow_warp(feature, flow),
+              lambda: reference.flow_warp(feature, flow)),
+        _case(f"{name} forward+backward (feature, flow)", 1.0,
+              lambda: _gradients(segops.flow_warp, (feature, flow), grad),
+              lambda: _gradients(reference.flow_warp, (feature, flow), grad)),
     ]

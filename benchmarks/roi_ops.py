@@ -87,7 +87,8 @@ def cases():
     fixed_cost_ops = {
         "roi_align 7x7": (lambda x, b: segops.roi_align(x, b, 7, 1.0, 2, True),
                           lambda x, b: torchvision.ops.roi_align(x, b, 7, 1.0, 2, True)),
-        "roi_pool 7x7": (lambda x, b: segops.roi_pool(x, b, 7, 1.0), lambda x, b: torchvision.ops.roi_pool(x, b, 7, 1.0)),
+        "roi_pool 7x7": (lambda x, b: segops.roi_pool(x, b, 7, 1.0),
+                         lambda x, b: torchvision.ops.roi_pool(x, b, 7, 1.0)),
     }
     for name, ops in fixed_cost_ops.items():
         result.append(_forward_case(f"{name} fixed cost, 1 box on [1, 8, 16, 16]", 1 / 1.5, ops, small, one_box))

@@ -58,7 +58,8 @@ CheckedRoIOp checked_roi_grad_input(const char* op, const at::Tensor& grad, cons
   TORCH_CHECK(grad.sizes() == at::IntArrayRef(expected), op, ": grad must have shape ", at::IntArrayRef(expected),
               ", got ", grad.sizes());
   if (values == RoIValues::kCheckOnHost) check_rois_values(op, rois_acc, batch_size);
-  return {zeros_with_huge_pages({batch_size, channels, height, width}, grad.options().dtype(dtype)), std::move(rois_acc)};
+  return {zeros_with_huge_pages({batch_size, channels, height, width}, grad.options().dtype(dtype)),
+          std::move(rois_acc)};
 }
 
 void check_rois_values(const char* op, const at::Tensor& rois, int64_t batch_size) {

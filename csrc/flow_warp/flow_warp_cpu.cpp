@@ -1,6 +1,6 @@
 // Flow warp on the CPU. Each output pixel's point (its neighbours' offsets and the weights of its value and
-// derivatives, flow_warp.h) is computed once per pass and shared by every channel. The feature is read in place through its strides, so contiguous,
-// channels_last and strided features all cost the same and none is copied.
+// derivatives, flow_warp.h) is computed once per pass and shared by every channel. The feature is read in place
+// through its strides, so contiguous, channels_last and strided features all cost the same and none is copied.
 //  - Forward: parallel over output rows (n, y), channels then pixels inside.
 //  - Backward, flow and scale gradients: parallel over output rows; each pixel's sums over channels run in channel
 //    order on one thread.

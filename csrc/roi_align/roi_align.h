@@ -86,7 +86,9 @@ SEGOPS_HOST_DEVICE RoIAlignBinAxis<T> roi_align_bin_axis(T start, T bin, int64_t
   }
   // Converted to int64 only once inside [0, grid], so no out-of-range float-to-int conversion can happen.
   if (first > T(0)) axis.begin = first < static_cast<T>(grid) ? static_cast<int64_t>(first) : grid;
-  if (last < static_cast<T>(axis.end)) axis.end = last > static_cast<T>(axis.begin) ? static_cast<int64_t>(last) : axis.begin;
+  if (last < static_cast<T>(axis.end)) {
+    axis.end = last > static_cast<T>(axis.begin) ? static_cast<int64_t>(last) : axis.begin;
+  }
   return axis;
 }
 
