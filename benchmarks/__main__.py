@@ -16,7 +16,7 @@ import torch
 from torch.utils.benchmark import Timer
 
 import segops
-from benchmarks import flow_ops, roi_ops
+from benchmarks import flow_ops, roi_ops, unpool_ops
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -59,11 +59,19 @@ def run_case(case, rounds, min_run_time):
     elements = sum(e.numel() for _, e in pairs)
     agrees = outliers <= case.allowed_outliers * elements
     times = {"segops": [], "reference": []}
+    if case.bandwidth:
+        times["copy"] = []
     for _ in range(rounds):
         times["segops"].append(median_seconds(ours, min_run_time))
         times["reference"].append(median_seconds(theirs, min_run_time))
+        if case.bandwidth:
+            times["copy"].append(median_seconds(case.bandwidth["copy"], min_run_time))
     segops_s = statistics.median(times["segops"])
     reference_s = statistics.median(times["reference"])
+    bandwidth = None
+    if case.bandwidth:
+        bandwidth = {"segops_gb_s": case.bandwidth["bytes"] / segops_s / 1e9,
+                     "copy_gb_s": case.bandwidth["copy_bytes"] / statistics.median(times["copy"]) / 1e9}
     return {
         "case": name,
         "reference": case.reference,
@@ -76,6 +84,7 @@ def run_case(case, rounds, min_run_time):
         "outliers": f"{outliers} of {elements}" if outliers else None,
         "rounds_ms": {key: [t * 1e3 for t in value] for key, value in times.items()},
         "sweep": dict(zip(("op", "pass", "boxes"), case.sweep)) if case.sweep else None,
+        "bandwidth": bandwidth,
     }
 
 
@@ -93,6 +102,17 @@ def sweep_table(results):
         lines.append(f"| {sweep['op']} | {sweep['pass']} | {sweep['boxes']} | {_ms(r['segops_ms'])} | "
                      f"{_ms(r['reference_ms'])} | {r['speedup']:.2f}x |")
     return "\n".join(lines)
+
+
+def bandwidth_table(results):
+    """Markdown table of the memory-bound cases: segops's bytes per second beside a plain copy's, same rounds."""
+    lines = ["| case | segops (GB/s) | copy of an output-sized tensor (GB/s) | segops / copy |", "|---|---:|---:|---:|"]
+    for r in results:
+        if r.get("bandwidth"):
+            b = r["bandwidth"]
+            lines.append(f"| {r['case']} | {b['segops_gb_s']:.1f} | {b['copy_gb_s']:.1f} | "
+                         f"{b['segops_gb_s'] / b['copy_gb_s']:.2f} |")
+    return "\n".join(lines) if len(lines) > 2 else ""
 
 
 def markdown_table(results, machine):
@@ -129,7 +149,7 @@ def save_chart(results, path):
     axes.bar_label(bars, fmt="%.2fx", padding=3)
     axes.invert_yaxis()
     axes.set_xlabel("speedup, log scale (higher is better)")
-    axes.set_title("segops vs torchvision (RoI ops) and grid_sample (flow_warp), CPU, same run")
+    axes.set_title("segops vs the reference users would otherwise call (named in the table), CPU, same run")
     axes.legend(loc="lower right")
     figure.tight_layout()
     figure.savefig(path, dpi=120)
@@ -181,13 +201,17 @@ def main(argv=None):
 
     machine = machine_description()
     results = []
-    for case in roi_ops.cases() + flow_ops.cases():
+    for case in roi_ops.cases() + flow_ops.cases() + unpool_ops.cases():
         if args.filter in case.name:
             results.append(run_case(case, args.rounds, args.min_run_time))
             r = results[-1]
             print(f"{case.name}: segops {r['segops_ms']:.1f} ms, {case.reference} {r['reference_ms']:.1f} ms, "
                   f"{r['speedup']:.2f}x", file=sys.stderr, flush=True)
-    table = markdown_table(results, machine) + "\n\nBox-count sweep:\n\n" + sweep_table(results)
+    table = markdown_table(results, machine)
+    if any(r["sweep"] for r in results):
+        table += "\n\nBox-count sweep:\n\n" + sweep_table(results)
+    if bandwidth_table(results):
+        table += "\n\nMemory-bound cases (bytes read and written per second):\n\n" + bandwidth_table(results)
     print(table)
     args.output.mkdir(parents=True, exist_ok=True)
     (args.output / "latest.json").write_text(json.dumps({"machine": machine, "results": results}, indent=2) + "\n")

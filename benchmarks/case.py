@@ -19,3 +19,6 @@ class Case(NamedTuple):
     # The fraction of elements allowed to differ by more than the tolerance: 0, but for gradients of piecewise-linear
     # ops at their kinks, where float32 rounding of a sample position picks the other one-sided derivative.
     allowed_outliers: float = 0.0
+    # For memory-bound ops: {"bytes": moved by one segops call, "copy": a callable copying "copy_bytes"}; the run
+    # reports both rates (the copy, timed in the same rounds, is the machine's practical limit).
+    bandwidth: Optional[dict] = None

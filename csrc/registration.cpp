@@ -47,6 +47,8 @@ TORCH_LIBRARY(segops, m) {
   m.def(
       "_flow_warp_backward(Tensor grad, Tensor feature, Tensor flow, Tensor? scale) "
       "-> (Tensor grad_feature, Tensor grad_flow, Tensor grad_scale)");
+  m.def("max_unpool2d(Tensor input, Tensor indices, SymInt output_height, SymInt output_width) -> Tensor");
+  m.def("_max_unpool2d_backward(Tensor grad, Tensor indices) -> Tensor");
   m.def("_cuda_version() -> int", &cuda_version);
   m.def("_torch_version() -> str", &torch_version);
 }

@@ -1,12 +1,12 @@
 """Fake (meta) kernels for every segops op, so torch.compile and torch.library.opcheck can trace them. They
-raise the C++ kernels' messages (segops/ops/_checks.py, _roi_common.py, flow_warp.py); data-dependent checks stay in C++."""
+raise the C++ kernels' messages (segops/ops/_checks.py, _roi_common.py, flow_warp.py, max_unpool.py); data-dependent checks stay in C++."""
 
 import torch
 
 from segops.ops.flow_warp import check_flow_warp_args, check_flow_warp_grad
-from segops.ops._checks import dtype_name
+from segops.ops.max_unpool import max_unpool2d_backward_fake, max_unpool2d_fake
+from segops.ops._checks import check_plane_fits_int32, dtype_name
 from segops.ops._roi_common import (
-    check_plane_fits_int32,
     check_roi_op_args,
     check_roi_op_backward_args,
     check_sampling_ratio,
@@ -66,3 +66,7 @@ def _flow_warp_backward_fake(grad, feature, flow, scale):
     check_flow_warp_grad(grad, feature, flow)
     grad_scale = scale.new_empty(scale.shape) if scale is not None else feature.new_empty((0,))
     return feature.new_empty(feature.shape), flow.new_empty(flow.shape), grad_scale
+
+
+torch.library.register_fake("segops::max_unpool2d")(max_unpool2d_fake)
+torch.library.register_fake("segops::_max_unpool2d_backward")(max_unpool2d_backward_fake)

@@ -130,3 +130,28 @@ def flow_warp_brute_force(feature: Tensor, flow: Tensor, scale: Tensor = None) -
     weight_x = (1 - (qx.view(1, 1, 1, width) - xs.unsqueeze(-1)).abs()).clamp(min=0)  # [N, Ho, Wo, W]
     out = torch.einsum("nyxh,nyxw,nchw->ncyx", weight_y, weight_x, feature)
     return out if scale is None else out * scale
+
+
+def max_unpool2d_brute_force(input: Tensor, indices: Tensor, output_size) -> Tensor:
+    """max_unpool2d's definition in plain PyTorch ops: input, indices Tensor[N, C, H, W] -> Tensor[N, C, Ho, Wo],
+    the input at the largest plane position winning each duplicated index (scatter_reduce "amax" of positions)."""
+    winner, _ = _unpool_winners(indices, output_size)
+    flat = input.flatten(2).gather(2, winner.clamp(min=0))
+    return torch.where(winner >= 0, flat, torch.zeros_like(flat)).view(*input.shape[:2], *output_size)
+
+
+def max_unpool2d_grad_brute_force(grad: Tensor, indices: Tensor) -> Tensor:
+    """The derivative of max_unpool2d_brute_force: grad Tensor[N, C, Ho, Wo] gathered by the winners only."""
+    winner, flat_indices = _unpool_winners(indices, grad.shape[2:])
+    positions = torch.arange(flat_indices.shape[2], device=indices.device).expand_as(flat_indices)
+    gathered = grad.flatten(2).gather(2, flat_indices)
+    won = winner.gather(2, flat_indices) == positions
+    return torch.where(won, gathered, torch.zeros_like(gathered)).view(indices.shape)
+
+
+def _unpool_winners(indices: Tensor, output_size):
+    flat_indices = indices.flatten(2)
+    positions = torch.arange(flat_indices.shape[2], device=indices.device).expand_as(flat_indices)
+    winner = torch.full((*indices.shape[:2], output_size[0] * output_size[1]), -1, dtype=torch.int64,
+                        device=indices.device)
+    return winner.scatter_reduce(2, flat_indices, positions, "amax"), flat_indices

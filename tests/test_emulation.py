@@ -226,3 +226,56 @@ def test_flow_warp_half_precision_feature_gradient_accumulates_in_float(emulated
         gpu = emulated._flow_warp_backward(grad, feature, flow, None, deterministic, [8], [128])[0]
         assert gpu.dtype == dtype
         assert _relative_error(gpu, exact) <= 2 * _relative_error(cpu, exact)
+
+
+def _unpool_case(dtype, *, seed=0, shape=(2, 3, 9, 11), kernel=3, stride=2, padding=1, channels_last=False):
+    """Values and indices of an overlapping max pool (duplicated indices) of a random map, distinct values."""
+    g = torch.Generator().manual_seed(seed)
+    _, indices = torch.nn.functional.max_pool2d(torch.randn(shape, generator=g), kernel, stride, padding,
+                                                return_indices=True)
+    values = torch.randn(indices.shape, generator=g).to(dtype)
+    if channels_last:
+        values, indices = (t.contiguous(memory_format=torch.channels_last) for t in (values, indices))
+    return values, indices, shape[2], shape[3]
+
+
+@pytest.mark.parametrize("launch", LAUNCHES, ids=str)
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("channels_last", [False, True], ids=["contiguous", "channels_last"])
+def test_max_unpool_kernels_equal_the_cpu_path_bitwise(emulated, launch, dtype, channels_last):
+    # Duplicated indices: a racy scatter would pick other winners on other grids.
+    grid, block = launch
+    values, indices, out_h, out_w = _unpool_case(dtype, channels_last=channels_last)
+    expected = torch.ops.segops.max_unpool2d(values, indices, out_h, out_w)
+    actual = emulated.max_unpool2d(values, indices, out_h, out_w, grid, block)
+    assert torch.equal(actual, expected) and actual.stride() == expected.stride()
+    grad = torch.randn(expected.shape, generator=torch.Generator().manual_seed(1)).to(dtype)
+    expected_grad = torch.ops.segops._max_unpool2d_backward(grad, indices)
+    actual_grad = emulated._max_unpool2d_backward(grad, indices, grid, block)
+    assert torch.equal(actual_grad, expected_grad) and actual_grad.stride() == expected_grad.stride()
+
+
+@pytest.mark.parametrize("shape", [(0, 3, 4, 4), (2, 0, 4, 4), (2, 3, 0, 4), (1, 1, 1, 1)], ids=str)
+def test_max_unpool_kernels_on_empty_and_single_pixel_maps(emulated, shape):
+    values, indices = torch.randn(shape), torch.zeros(shape, dtype=torch.int64)
+    out_h, out_w = shape[2:]
+    for grid, block in LAUNCHES[:3]:
+        expected = torch.ops.segops.max_unpool2d(values, indices, out_h + 1, out_w + 1)
+        assert torch.equal(emulated.max_unpool2d(values, indices, out_h + 1, out_w + 1, grid, block), expected)
+        grad = torch.ones(expected.shape)
+        assert torch.equal(emulated._max_unpool2d_backward(grad, indices, grid, block),
+                           torch.ops.segops._max_unpool2d_backward(grad, indices))
+
+
+@pytest.mark.parametrize("bad", [16, -1, 2**33], ids=str)
+def test_max_unpool_kernels_assert_on_an_index_out_of_range_and_never_write_through_it(emulated, bad):
+    values = torch.randn(2, 3, 2, 2)
+    indices = torch.zeros(2, 3, 2, 2, dtype=torch.int64)
+    indices[1, 2, 1, 0] = bad
+    message = (rf"device-side assert triggered: max_unpool2d: an index is outside \[0, Ho \* Wo\) of its output "
+               rf"plane \(printed: max_unpool2d: indices\[1, 2, 1, 0\] = {bad} is outside \[0, Ho \* Wo\) = \[0, 16\)")
+    for grid, block in LAUNCHES:
+        with pytest.raises(RuntimeError, match=message):
+            emulated.max_unpool2d(values, indices, 4, 4, grid, block)
+        with pytest.raises(RuntimeError, match=message.replace(r"printed: max_unpool2d", r"printed: _max_unpool2d_backward")):
+            emulated._max_unpool2d_backward(torch.randn(2, 3, 4, 4), indices, grid, block)

@@ -3,6 +3,9 @@
 #include <ATen/OpMathType.h>
 #include <c10/util/Exception.h>
 
+#include <cstdint>
+#include <limits>
+
 namespace segops {
 
 bool is_supported_float(at::ScalarType type) {
@@ -21,6 +24,12 @@ void check_same_device(const char* op, const char* name, const at::Tensor& tenso
                        const char* like_name) {
   TORCH_CHECK(tensor.device() == like.device(), op, ": ", name, " must be on the same device as ", like_name, " (",
               like.device(), "), got ", tensor.device());
+}
+
+void check_plane_fits_int32(const char* op, int64_t height, int64_t width) {
+  // Division, not height * width, which could overflow for forged shapes.
+  TORCH_CHECK(width == 0 || height <= std::numeric_limits<int32_t>::max() / width, op,
+              ": input planes (H * W) must have at most 2^31 - 1 elements, got ", height, " * ", width);
 }
 
 }  // namespace segops

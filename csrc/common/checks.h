@@ -17,4 +17,8 @@ void check_dtype_or_accumulation(const char* op, const char* name, const at::Ten
 void check_same_device(const char* op, const char* name, const at::Tensor& tensor, const at::Tensor& like,
                        const char* like_name);
 
+// Ops that keep positions inside an [H, W] plane as int32 (RoIPool's argmax, max_unpool2d's winners): "<op>: input
+// planes (H * W) must have at most 2^31 - 1 elements, got 65536 * 65536".
+void check_plane_fits_int32(const char* op, int64_t height, int64_t width);
+
 }  // namespace segops

@@ -9,6 +9,8 @@
 #include <c10/util/Exception.h>
 
 #include <cstdint>
+#include <cstdio>
+#include <string>
 
 namespace segops::emulation {
 
@@ -20,8 +22,20 @@ inline thread_local Dim3 thread_idx, block_idx, block_dim, grid_dim;
 // The message of the first failed device-side assert of the running launch, or nullptr.
 inline thread_local const char* failed_assert = nullptr;
 
+// What a detailed assert printed (SEGOPS_KERNEL_ASSERT_DETAILED: on a GPU, printf before the assert).
+inline thread_local std::string failed_assert_detail;
+
 inline void device_assert_failed(const char* message) {
   if (failed_assert == nullptr) failed_assert = message;
+}
+
+template <class... Args>
+void device_assert_failed(const char* message, const char* format, Args... args) {
+  if (failed_assert != nullptr) return;
+  failed_assert = message;
+  char detail[512];
+  std::snprintf(detail, sizeof(detail), format, args...);
+  failed_assert_detail = detail;
 }
 
 // Runs kernel(args...) for every thread of grid x block; `work` is ignored: the test chooses the grid.
@@ -33,6 +47,7 @@ struct EmulatedLaunch {
     grid_dim = grid;
     block_dim = block;
     failed_assert = nullptr;
+    failed_assert_detail.clear();
     for (unsigned int bz = 0; bz < grid.z; ++bz)
       for (unsigned int by = 0; by < grid.y; ++by)
         for (unsigned int bx = 0; bx < grid.x; ++bx) {
@@ -46,7 +61,8 @@ struct EmulatedLaunch {
         }
     const char* message = failed_assert;
     failed_assert = nullptr;
-    TORCH_CHECK(message == nullptr, "device-side assert triggered: ", message);
+    const std::string printed = failed_assert_detail.empty() ? "" : " (printed: " + failed_assert_detail + ")";
+    TORCH_CHECK(message == nullptr, "device-side assert triggered: ", message, printed);
   }
 };
 

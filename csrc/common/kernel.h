@@ -9,8 +9,11 @@
 #include "common/emulation.h"
 #define SEGOPS_LAUNCH_BOUNDS(threads)
 #define SEGOPS_ATOMIC_ADD(base, index, numel, value) ((base)[index] += (value))
+#define SEGOPS_ATOMIC_MAX(address, value) (*(address) = *(address) > (value) ? *(address) : (value))
 #define SEGOPS_KERNEL_ASSERT(cond, message) \
   if (!(cond)) ::segops::emulation::device_assert_failed(message)
+#define SEGOPS_KERNEL_ASSERT_DETAILED(cond, message, format, ...) \
+  if (!(cond)) ::segops::emulation::device_assert_failed(message, format, __VA_ARGS__)
 #elif defined(__CUDACC__)
 #include <ATen/native/cuda/KernelUtils.cuh>
 #define SEGOPS_LAUNCH_BOUNDS(threads) __launch_bounds__(threads)
@@ -19,6 +22,14 @@
 // An asynchronous device-side assert, as PyTorch's own CUDA indexing ops report a bad index: the error surfaces at
 // the next synchronisation. Active in release builds too (c10's CUDA_KERNEL_ASSERT ignores NDEBUG).
 #define SEGOPS_KERNEL_ASSERT(cond, message) CUDA_KERNEL_ASSERT_MSG(cond, message)
+// The same, printing the offending values first (printf's format and arguments): the assert's own message is static.
+#define SEGOPS_KERNEL_ASSERT_DETAILED(cond, message, format, ...) \
+  do {                                                             \
+    if (!(cond)) printf(format "\n", __VA_ARGS__);                \
+    CUDA_KERNEL_ASSERT_MSG(cond, message);                         \
+  } while (0)
+// Integer atomics: the result does not depend on the order of the updates.
+#define SEGOPS_ATOMIC_MAX(address, value) atomicMax((address), (value))
 #else
 #error "kernel headers compile under nvcc, or with SEGOPS_EMULATION for the host emulation"
 #endif

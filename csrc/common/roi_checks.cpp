@@ -5,7 +5,6 @@
 #include <ATen/OpMathType.h>
 
 #include <cmath>
-#include <limits>
 #include <utility>
 #include <vector>
 
@@ -79,12 +78,6 @@ void check_rois_values(const char* op, const at::Tensor& rois, int64_t batch_siz
 void check_sampling_ratio(const char* op, int64_t sampling_ratio) {
   TORCH_CHECK(sampling_ratio <= kMaxSamplingRatio, op, ": sampling_ratio must be <= 0 (adaptive) or at most ",
               kMaxSamplingRatio, ", got ", sampling_ratio);
-}
-
-void check_roi_pool_plane(const char* op, int64_t height, int64_t width) {
-  // Division, not height * width, which could overflow for forged shapes.
-  TORCH_CHECK(width == 0 || height <= std::numeric_limits<int32_t>::max() / width, op,
-              ": input planes (H * W) must have at most 2^31 - 1 elements, got ", height, " * ", width);
 }
 
 void check_roi_pool_argmax(const at::Tensor& grad, const at::Tensor& argmax) {

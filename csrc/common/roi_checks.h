@@ -41,9 +41,6 @@ void check_sampling_ratio(const char* op, int64_t sampling_ratio);
 // [0, batch_size), each coordinate finite (common/roi_row.h). A plain loop: no tensor ops, no synchronisation.
 void check_rois_values(const char* op, const at::Tensor& rois, int64_t batch_size);
 
-// RoIPool's argmax holds int32 plane indices, so a plane may have at most 2^31 - 1 elements.
-void check_roi_pool_plane(const char* op, int64_t height, int64_t width);
-
 // The backward's argmax must be the forward's: int32, of grad's shape and device.
 void check_roi_pool_argmax(const at::Tensor& grad, const at::Tensor& argmax);
 

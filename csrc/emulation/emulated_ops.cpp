@@ -6,6 +6,7 @@
 #include <torch/library.h>
 
 #include "flow_warp/flow_warp_kernels.cuh"
+#include "max_unpool/max_unpool_kernels.cuh"
 #include "roi_align/roi_align_kernels.cuh"
 #include "roi_pool/roi_pool_kernels.cuh"
 
@@ -69,6 +70,16 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> flow_warp_backward(const at::Tens
   return flow_warp_backward_launch(launch_of(grid, block), grad, feature, flow, scale, deterministic);
 }
 
+at::Tensor max_unpool2d(const at::Tensor& input, const at::Tensor& indices, int64_t output_height, int64_t output_width,
+                        at::IntArrayRef grid, at::IntArrayRef block) {
+  return max_unpool2d_forward_launch(launch_of(grid, block), input, indices, output_height, output_width);
+}
+
+at::Tensor max_unpool2d_backward(const at::Tensor& grad, const at::Tensor& indices, at::IntArrayRef grid,
+                                 at::IntArrayRef block) {
+  return max_unpool2d_backward_launch(launch_of(grid, block), grad, indices);
+}
+
 }  // namespace
 
 TORCH_LIBRARY(segops_emulation, m) {
@@ -94,6 +105,12 @@ TORCH_LIBRARY(segops_emulation, m) {
       "_flow_warp_backward(Tensor grad, Tensor feature, Tensor flow, Tensor? scale, bool deterministic, int[] grid, "
       "int[] block) -> (Tensor, Tensor, Tensor)",
       &flow_warp_backward);
+  m.def(
+      "max_unpool2d(Tensor input, Tensor indices, int output_height, int output_width, int[] grid, int[] block) "
+      "-> Tensor",
+      &max_unpool2d);
+  m.def("_max_unpool2d_backward(Tensor grad, Tensor indices, int[] grid, int[] block) -> Tensor",
+        &max_unpool2d_backward);
 }
 
 }  // namespace segops::emulation

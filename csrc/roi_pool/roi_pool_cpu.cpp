@@ -11,6 +11,7 @@
 #include <tuple>
 #include <vector>
 
+#include "common/checks.h"
 #include "common/roi_checks.h"
 #include "common/rois_by_image.h"
 #include "roi_pool/roi_pool.h"
@@ -22,7 +23,7 @@ std::tuple<at::Tensor, at::Tensor> roi_pool_forward_cpu(const at::Tensor& input,
                                                         double spatial_scale, int64_t pooled_h, int64_t pooled_w) {
   const auto [output, rois_acc] = checked_roi_output("roi_pool", input, rois, spatial_scale, pooled_h, pooled_w,
                                                     RoIValues::kCheckOnHost);
-  check_roi_pool_plane("roi_pool", input.size(2), input.size(3));
+  check_plane_fits_int32("roi_pool", input.size(2), input.size(3));
   at::Tensor argmax = at::empty(output.sizes(), output.options().dtype(at::kInt));
   if (output.numel() == 0) return {output, argmax};
   const int64_t channels = input.size(1);
@@ -68,7 +69,7 @@ at::Tensor roi_pool_backward_cpu(const at::Tensor& grad, const at::Tensor& rois,
   const auto [grad_input, rois_acc] =
       checked_roi_grad_input("_roi_pool_backward", grad, rois, spatial_scale, pooled_h, pooled_w, batch_size,
                              channels, height, width, at::toOpMathType(grad.scalar_type()), RoIValues::kCheckOnHost);
-  check_roi_pool_plane("_roi_pool_backward", height, width);
+  check_plane_fits_int32("_roi_pool_backward", height, width);
   check_roi_pool_argmax(grad, argmax);
   if (grad.numel() == 0 || grad_input.numel() == 0) return grad_input.to(grad.scalar_type());
   const at::Tensor grad_c = grad.contiguous();

@@ -1,7 +1,21 @@
 """segops operators: functional, nn.Module and autograd.Function front ends."""
 
 from segops.ops.flow_warp import FlowWarp, FlowWarpFunction, flow_warp
+from segops.ops.max_unpool import MaxUnpool2d, MaxUnpool2dFunction, max_unpool2d
 from segops.ops.roi_align import RoIAlign, RoIAlignFunction, roi_align
 from segops.ops.roi_pool import RoIPool, RoIPoolFunction, roi_pool
 
-__all__ = ["FlowWarp", "FlowWarpFunction", "flow_warp", "RoIAlign", "RoIAlignFunction", "RoIPool", "RoIPoolFunction", "roi_align", "roi_pool"]
+__all__ = [
+    "FlowWarp",
+    "FlowWarpFunction",
+    "flow_warp",
+    "MaxUnpool2d",
+    "MaxUnpool2dFunction",
+    "max_unpool2d",
+    "RoIAlign",
+    "RoIAlignFunction",
+    "RoIPool",
+    "RoIPoolFunction",
+    "roi_align",
+    "roi_pool",
+]

@@ -47,3 +47,12 @@ def check_dtype_or_accumulation(op: str, name: str, tensor: Tensor, like: Tensor
 def check_same_device(op: str, name: str, tensor: Tensor, like: Tensor, like_name: str) -> None:
     if tensor.device != like.device:
         raise RuntimeError(f"{op}: {name} must be on the same device as {like_name} ({like.device}), got {tensor.device}")
+
+
+def check_plane_fits_int32(op: str, height, width) -> None:
+    # Only for concrete sizes: on symbolic ones (torch.export with dynamic H, W) the comparison would become a shape
+    # guard that bounds H and W. The C++ kernel checks the real sizes at run time.
+    if not (isinstance(height, int) and isinstance(width, int)):
+        return
+    if width != 0 and height > (2**31 - 1) // width:
+        raise RuntimeError(f"{op}: input planes (H * W) must have at most 2^31 - 1 elements, got {height} * {width}")

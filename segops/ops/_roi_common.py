@@ -114,12 +114,3 @@ def check_roi_op_backward_args(
     expected = [rois.shape[0], input_shape[1], pooled_h, pooled_w]
     if list(grad.shape) != expected:
         raise RuntimeError(f"{op}: grad must have shape [{', '.join(map(str, expected))}], got {shape_str(grad)}")
-
-
-def check_plane_fits_int32(op: str, height, width) -> None:
-    # Only for concrete sizes: on symbolic ones (torch.export with dynamic H, W) the comparison would become a shape
-    # guard that bounds H and W. The C++ kernel checks the real sizes at run time.
-    if not (isinstance(height, int) and isinstance(width, int)):
-        return
-    if width != 0 and height > (2**31 - 1) // width:
-        raise RuntimeError(f"{op}: input planes (H * W) must have at most 2^31 - 1 elements, got {height} * {width}")

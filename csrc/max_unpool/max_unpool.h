@@ -1,0 +1,43 @@
+#pragma once
+// Max-unpooling arithmetic, shared by the CPU launcher and the CUDA kernels. Input element p of plane (n, c) (its
+// flat position h * W + w in the [H, W] plane) goes to position indices[n, c, h, w] of the [Ho, Wo] output plane;
+// every other output is zero. When several inputs of a plane name one output (overlapping pooling windows), the
+// input at the largest position p wins, as the last write does in PyTorch's CPU loop, and only the winner receives
+// that output's gradient: the backward is the true derivative of the forward, and the forward is its adjoint.
+#include <cstdint>
+
+#include "common/macros.h"
+
+namespace segops {
+
+// The memory layout of a call's tensors ([N, C, H, W] input and indices, [N, C, Ho, Wo] output and winners): all
+// contiguous in one format, so element (n, c, p) of a plane of `plane` elements sits at one offset formula.
+struct UnpoolLayout {
+  int64_t channels;
+  bool channels_last;
+
+  SEGOPS_HOST_DEVICE int64_t offset(int64_t n, int64_t c, int64_t p, int64_t plane) const {
+    return channels_last ? (n * plane + p) * channels + c : (n * channels + c) * plane + p;
+  }
+};
+
+// Element (n, c, p) at a flat memory offset of a tensor in `layout` with planes of `plane` elements.
+struct UnpoolElement {
+  int64_t n, c, p;
+};
+
+SEGOPS_HOST_DEVICE UnpoolElement unpool_element(const UnpoolLayout& layout, int64_t offset, int64_t plane) {
+  if (layout.channels_last) {
+    const int64_t pixel = offset / layout.channels;
+    return {pixel / plane, offset % layout.channels, pixel % plane};
+  }
+  const int64_t plane_index = offset / plane;
+  return {plane_index / layout.channels, plane_index % layout.channels, offset % plane};
+}
+
+// An index names an output of its plane (NaN-free by type; negative and too-large values fail).
+SEGOPS_HOST_DEVICE bool unpool_index_in_range(int64_t index, int64_t out_plane) {
+  return index >= 0 && index < out_plane;
+}
+
+}  // namespace segops

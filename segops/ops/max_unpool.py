@@ -1,0 +1,194 @@
+"""Max-unpooling with indices (SegNet's decoder): functional, nn.Module and autograd.Function front ends of
+torch.ops.segops.max_unpool2d, and the argument checks its fake kernels run (csrc/max_unpool/max_unpool_checks.cpp's
+messages, word for word)."""
+
+from typing import List, Optional, Sequence, Union
+
+import torch
+from torch import Tensor, nn
+from torch.nn.modules.utils import _pair
+
+from segops.ops._checks import SUPPORTED_DTYPES, check_plane_fits_int32, check_same_device, dtype_name, shape_str
+
+IntOrPair = Union[int, Sequence[int]]
+
+
+def max_unpool2d(
+    input: Tensor,
+    indices: Tensor,
+    kernel_size: IntOrPair,
+    stride: Optional[IntOrPair] = None,
+    padding: IntOrPair = 0,
+    output_size: Optional[Sequence[int]] = None,
+) -> Tensor:
+    """Partial inverse of ``F.max_pool2d(..., return_indices=True)``: puts each input value at the position its index
+    names in a zero output plane, as ``torch.nn.functional.max_unpool2d`` does (same signature, sizes and errors).
+
+    ``out[n, c].flatten()[indices[n, c, h, w]] = input[n, c, h, w]``, zero elsewhere. Where several inputs of a plane
+    name one output (overlapping pooling windows, e.g. kernel 3 stride 2), the input at the largest position
+    ``h * W + w`` wins, on CPU and CUDA alike (PyTorch's CPU result; its CUDA result depends on thread scheduling),
+    and only the winner receives that output's gradient: the gradient is the derivative of what the forward computed
+    (PyTorch also passes it to the losers, which gradcheck rejects). Without duplicates both equal PyTorch's bit for
+    bit. Differentiable any number of times (the backward is linear and its adjoint is this forward).
+
+    Args:
+        input (Tensor[N, C, H, W] or Tensor[C, H, W]): float32, float64, float16 or bfloat16; contiguous or
+            channels_last (the output keeps the layout).
+        indices (Tensor of input's shape, int64): positions in the flattened [Ho, Wo] output plane, each in
+            ``[0, Ho * Wo)``; an index out of range is an error naming it and its value (on CUDA a device-side
+            assert that prints them).
+        kernel_size (int or (int, int)): the pooling window.
+        stride (int or (int, int), optional): the pooling stride; default ``kernel_size``.
+        padding (int or (int, int)): the pooling padding.
+        output_size (sequence of 2 or 4 ints, optional): ``(Ho, Wo)`` or ``(N, C, Ho, Wo)``; each within one stride of
+            the default ``(H - 1) * stride - 2 * padding + kernel_size``.
+
+    Returns:
+        Tensor[N, C, Ho, Wo] (or Tensor[C, Ho, Wo]): in input's dtype.
+    """
+    if input.dim() not in (3, 4):
+        raise RuntimeError(f"max_unpool2d: input must have shape [C, H, W] or [N, C, H, W], got {shape_str(input)}")
+    kernel = _pair(kernel_size)
+    stride_pair = _pair(stride) if stride is not None else kernel
+    out_h, out_w = unpool_output_size(input, kernel, stride_pair, _pair(padding), output_size)
+    if input.dim() == 3:
+        if indices.dim() != 3:
+            raise RuntimeError(
+                f"max_unpool2d: indices must have input's shape {list(input.shape)}, got {shape_str(indices)}"
+            )
+        return torch.ops.segops.max_unpool2d(input.unsqueeze(0), indices.unsqueeze(0), out_h, out_w).squeeze(0)
+    return torch.ops.segops.max_unpool2d(input, indices, out_h, out_w)
+
+
+def unpool_output_size(
+    input: Tensor, kernel: Sequence[int], stride: Sequence[int], padding: Sequence[int], output_size
+) -> List[int]:
+    """[Ho, Wo] by torch.nn.functional.max_unpool2d's rules, with its messages."""
+    default = [(input.shape[d - 2] - 1) * stride[d] + kernel[d] - 2 * padding[d] for d in range(2)]
+    if output_size is None:
+        return default
+    size = output_size[2:] if len(output_size) == 4 else output_size
+    if len(size) != 2:
+        raise ValueError(
+            f"output_size should be a sequence containing 2 or 4 elements, but it has a length of '{len(size)}'"
+        )
+    for d in range(2):
+        min_size, max_size = default[d] - stride[d], default[d] + stride[d]
+        if not min_size < size[d] < max_size:
+            raise ValueError(f'invalid output_size "{size}" (dim {d} must be between {min_size} and {max_size})')
+    return list(size)
+
+
+def _unpool_format(tensor: Tensor) -> torch.memory_format:
+    """C++'s rule: channels_last where the tensor is laid out so and not also contiguous."""
+    if not tensor.is_contiguous() and tensor.is_contiguous(memory_format=torch.channels_last):
+        return torch.channels_last
+    return torch.contiguous_format
+
+
+def _check_indices_dtype_and_device(op: str, indices: Tensor, like: Tensor, like_name: str) -> None:
+    if indices.dtype != torch.int64:
+        raise RuntimeError(
+            f"{op}: indices must be int64 (Long), as max_pool2d returns them, got {dtype_name(indices.dtype)}"
+        )
+    check_same_device(op, "indices", indices, like, like_name)
+
+
+def _check_float(op: str, name: str, tensor: Tensor) -> None:
+    if tensor.dtype not in SUPPORTED_DTYPES:
+        raise RuntimeError(
+            f"{op}: {name} must be float32, float64, float16 or bfloat16, got {dtype_name(tensor.dtype)}"
+        )
+
+
+def max_unpool2d_fake(input: Tensor, indices: Tensor, output_height, output_width) -> Tensor:
+    op = "max_unpool2d"
+    if input.dim() != 4:
+        raise RuntimeError(f"{op}: input must have shape [N, C, H, W], got {shape_str(input)}")
+    _check_float(op, "input", input)
+    _check_indices_dtype_and_device(op, indices, input, "input")
+    if indices.shape != input.shape:
+        raise RuntimeError(f"{op}: indices must have input's shape {list(input.shape)}, got {shape_str(indices)}")
+    if output_height < 0 or output_width < 0:
+        raise RuntimeError(f"{op}: output size must be non-negative, got [{output_height}, {output_width}]")
+    check_plane_fits_int32(op, input.shape[2], input.shape[3])
+    shape = (input.shape[0], input.shape[1], output_height, output_width)
+    return input.new_empty(shape).contiguous(memory_format=_unpool_format(input))
+
+
+def max_unpool2d_backward_fake(grad: Tensor, indices: Tensor) -> Tensor:
+    op = "_max_unpool2d_backward"
+    if grad.dim() != 4:
+        raise RuntimeError(f"{op}: grad must have shape [N, C, Ho, Wo], got {shape_str(grad)}")
+    _check_float(op, "grad", grad)
+    _check_indices_dtype_and_device(op, indices, grad, "grad")
+    if indices.dim() != 4 or indices.shape[:2] != grad.shape[:2]:
+        raise RuntimeError(
+            f"{op}: indices must have shape [N, C, H, W] with N, C = {grad.shape[0]}, {grad.shape[1]}, "
+            f"got {shape_str(indices)}"
+        )
+    check_plane_fits_int32(op, indices.shape[2], indices.shape[3])
+    return grad.new_empty(indices.shape).contiguous(memory_format=_unpool_format(indices))
+
+
+def _setup_context(ctx, inputs, output):
+    _, indices, _, _ = inputs
+    ctx.save_for_backward(indices)
+
+
+def _backward(ctx, grad):
+    (indices,) = ctx.saved_tensors
+    return torch.ops.segops._max_unpool2d_backward(grad, indices), None, None, None
+
+
+def _backward_setup_context(ctx, inputs, output):
+    grad, indices = inputs
+    ctx.save_for_backward(indices)
+    ctx.output_size = (grad.shape[2], grad.shape[3])
+
+
+def _double_backward(ctx, grad_grad_input):
+    # The backward is linear in grad, and its adjoint is the forward.
+    (indices,) = ctx.saved_tensors
+    return torch.ops.segops.max_unpool2d(grad_grad_input, indices, *ctx.output_size), None
+
+
+torch.library.register_autograd("segops::max_unpool2d", _backward, setup_context=_setup_context)
+torch.library.register_autograd(
+    "segops::_max_unpool2d_backward", _double_backward, setup_context=_backward_setup_context
+)
+
+
+class MaxUnpool2dFunction(torch.autograd.Function):
+    """``torch.ops.segops.max_unpool2d`` as an autograd.Function, with the op's own registered backward.
+
+    ``MaxUnpool2dFunction.apply(input, indices, output_height, output_width)`` takes input Tensor[N, C, H, W] and int64
+    indices of its shape and returns Tensor[N, C, Ho, Wo]; prefer :func:`max_unpool2d`.
+    """
+
+    @staticmethod
+    def forward(input, indices, output_height, output_width):
+        return torch.ops.segops.max_unpool2d(input, indices, output_height, output_width)
+
+    setup_context = staticmethod(_setup_context)
+    backward = staticmethod(_backward)
+
+
+class MaxUnpool2d(nn.Module):
+    """:func:`max_unpool2d` as a module, ``torch.nn.MaxUnpool2d``'s drop-in replacement.
+
+    ``MaxUnpool2d(kernel_size, stride=None, padding=0)(input, indices, output_size=None)``: input Tensor[N, C, H, W]
+    or Tensor[C, H, W] and its int64 indices give Tensor[N, C, Ho, Wo] (or Tensor[C, Ho, Wo]).
+    """
+
+    def __init__(self, kernel_size: IntOrPair, stride: Optional[IntOrPair] = None, padding: IntOrPair = 0) -> None:
+        super().__init__()
+        self.kernel_size = _pair(kernel_size)
+        self.stride = _pair(stride if stride is not None else kernel_size)
+        self.padding = _pair(padding)
+
+    def forward(self, input: Tensor, indices: Tensor, output_size: Optional[Sequence[int]] = None) -> Tensor:
+        return max_unpool2d(input, indices, self.kernel_size, self.stride, self.padding, output_size)
+
+    def __repr__(self) -> str:
+        return f"{self.__class__.__name__}(kernel_size={self.kernel_size}, stride={self.stride}, padding={self.padding})"
