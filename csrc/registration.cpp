@@ -49,6 +49,12 @@ TORCH_LIBRARY(segops, m) {
       "-> (Tensor grad_feature, Tensor grad_flow, Tensor grad_scale)");
   m.def("max_unpool2d(Tensor input, Tensor indices, SymInt output_height, SymInt output_width) -> Tensor");
   m.def("_max_unpool2d_backward(Tensor grad, Tensor indices) -> Tensor");
+  m.def(
+      "dilated_conv2d(Tensor input, Tensor weight, Tensor? bias, int[2] stride, int[2] padding, int[2] dilation, "
+      "int groups) -> Tensor");
+  m.def(
+      "_dilated_conv2d_backward(Tensor grad, Tensor input, Tensor weight, int[2] stride, int[2] padding, "
+      "int[2] dilation, int groups, bool[3] output_mask) -> (Tensor grad_input, Tensor grad_weight, Tensor grad_bias)");
   m.def("_cuda_version() -> int", &cuda_version);
   m.def("_torch_version() -> str", &torch_version);
 }

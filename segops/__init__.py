@@ -8,6 +8,8 @@ from segops._version import __version__
 from segops._extension import cuda_version, torch_version
 from segops import _meta  # noqa: F401  (registers the fake kernels)
 from segops.ops import (
+    DilatedConv2d,
+    DilatedConv2dFunction,
     FlowWarp,
     FlowWarpFunction,
     MaxUnpool2d,
@@ -16,6 +18,7 @@ from segops.ops import (
     RoIAlignFunction,
     RoIPool,
     RoIPoolFunction,
+    dilated_conv2d,
     flow_warp,
     max_unpool2d,
     roi_align,
@@ -26,6 +29,9 @@ __all__ = [
     "__version__",
     "cuda_version",
     "torch_version",
+    "DilatedConv2d",
+    "DilatedConv2dFunction",
+    "dilated_conv2d",
     "FlowWarp",
     "FlowWarpFunction",
     "flow_warp",

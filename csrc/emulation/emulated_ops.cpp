@@ -5,6 +5,7 @@
 
 #include <torch/library.h>
 
+#include "dilated_conv/dilated_conv_kernels.cuh"
 #include "flow_warp/flow_warp_kernels.cuh"
 #include "max_unpool/max_unpool_kernels.cuh"
 #include "roi_align/roi_align_kernels.cuh"
@@ -80,6 +81,20 @@ at::Tensor max_unpool2d_backward(const at::Tensor& grad, const at::Tensor& indic
   return max_unpool2d_backward_launch(launch_of(grid, block), grad, indices);
 }
 
+at::Tensor dilated_conv2d(const at::Tensor& input, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
+                          at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups,
+                          at::IntArrayRef grid, at::IntArrayRef block) {
+  return dilated_conv2d_forward_launch(launch_of(grid, block), input, weight, bias, stride, padding, dilation, groups);
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> dilated_conv2d_backward(
+    const at::Tensor& grad, const at::Tensor& input, const at::Tensor& weight, at::IntArrayRef stride,
+    at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups, std::array<bool, 3> output_mask,
+    at::IntArrayRef grid, at::IntArrayRef block) {
+  return dilated_conv2d_backward_launch(launch_of(grid, block), grad, input, weight, stride, padding, dilation, groups,
+                                        output_mask);
+}
+
 }  // namespace
 
 TORCH_LIBRARY(segops_emulation, m) {
@@ -111,6 +126,14 @@ TORCH_LIBRARY(segops_emulation, m) {
       &max_unpool2d);
   m.def("_max_unpool2d_backward(Tensor grad, Tensor indices, int[] grid, int[] block) -> Tensor",
         &max_unpool2d_backward);
+  m.def(
+      "dilated_conv2d(Tensor input, Tensor weight, Tensor? bias, int[2] stride, int[2] padding, int[2] dilation, "
+      "int groups, int[] grid, int[] block) -> Tensor",
+      &dilated_conv2d);
+  m.def(
+      "_dilated_conv2d_backward(Tensor grad, Tensor input, Tensor weight, int[2] stride, int[2] padding, "
+      "int[2] dilation, int groups, bool[3] output_mask, int[] grid, int[] block) -> (Tensor, Tensor, Tensor)",
+      &dilated_conv2d_backward);
 }
 
 }  // namespace segops::emulation

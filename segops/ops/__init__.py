@@ -1,11 +1,15 @@
 """segops operators: functional, nn.Module and autograd.Function front ends."""
 
+from segops.ops.dilated_conv import DilatedConv2d, DilatedConv2dFunction, dilated_conv2d
 from segops.ops.flow_warp import FlowWarp, FlowWarpFunction, flow_warp
 from segops.ops.max_unpool import MaxUnpool2d, MaxUnpool2dFunction, max_unpool2d
 from segops.ops.roi_align import RoIAlign, RoIAlignFunction, roi_align
 from segops.ops.roi_pool import RoIPool, RoIPoolFunction, roi_pool
 
 __all__ = [
+    "DilatedConv2d",
+    "DilatedConv2dFunction",
+    "dilated_conv2d",
     "FlowWarp",
     "FlowWarpFunction",
     "flow_warp",

@@ -1,0 +1,287 @@
+// Dilated convolution on the CPU: the backend of dilated_conv_gemm.h's drivers. Every loop walks rows: for one
+// kernel tap, the outputs whose reads fall inside the input form one run [first_output_inside, last_output_inside)
+// (ConvAxis), so the inner loops are plain strided copies and multiply-adds, contiguous when the stride is 1.
+//  - im2col: parallel over column rows (c, i, j); col2im: parallel over input channels, a gather into a row buffer
+//    in tap order, then added to the gradient;
+//  - depthwise forward and input gradient: parallel over (n, c) planes, one output (or input) row at a time, taps in
+//    the order of dilated_conv.h's depthwise_sum / depthwise_input_grad, so each element's sum is theirs;
+//  - depthwise weight gradient and the bias gradient: parallel over channels, sums in a fixed order (eight lanes per
+//    row, rows in order).
+// No atomics: every result is bitwise reproducible for any thread count. The input is read through its strides.
+#include <ATen/ATen.h>
+#include <ATen/Dispatch.h>
+#include <ATen/OpMathType.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <array>
+#include <cstring>
+#include <optional>
+#include <tuple>
+#include <type_traits>
+#include <vector>
+
+#include "common/cpu_memory.h"
+#include "dilated_conv/dilated_conv.h"
+#include "dilated_conv/dilated_conv_checks.h"
+#include "dilated_conv/dilated_conv_gemm.h"
+
+namespace segops {
+namespace {
+
+using UnitStride = std::integral_constant<int64_t, 1>;
+
+// Calls fn(stride) with the stride as UnitStride when it is 1 (so the loops vectorise), as int64_t otherwise.
+template <class Fn>
+void with_stride(int64_t stride, const Fn& fn) {
+  if (stride == 1) {
+    fn(UnitStride{});
+  } else {
+    fn(stride);
+  }
+}
+
+// sum_k a[k] * b[k * b_stride] in acc_t, over eight lanes (k mod 8) added in a fixed order: vectorisable, and the
+// same bits for any thread count.
+template <typename acc_t, typename a_t, typename b_t, typename stride_t>
+acc_t ordered_dot(const a_t* a, const b_t* b, stride_t b_stride, int64_t count) {
+  acc_t lanes[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+  int64_t k = 0;
+  for (; k + 8 <= count; k += 8) {
+    for (int l = 0; l < 8; ++l) lanes[l] += static_cast<acc_t>(a[k + l]) * static_cast<acc_t>(b[(k + l) * b_stride]);
+  }
+  for (int l = 0; k < count; ++k, ++l) lanes[l] += static_cast<acc_t>(a[k]) * static_cast<acc_t>(b[k * b_stride]);
+  return ((lanes[0] + lanes[1]) + (lanes[2] + lanes[3])) + ((lanes[4] + lanes[5]) + (lanes[6] + lanes[7]));
+}
+
+// sum_k a[k], likewise.
+template <typename acc_t, typename a_t>
+acc_t ordered_sum(const a_t* a, int64_t count) {
+  acc_t lanes[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+  int64_t k = 0;
+  for (; k + 8 <= count; k += 8) {
+    for (int l = 0; l < 8; ++l) lanes[l] += static_cast<acc_t>(a[k + l]);
+  }
+  for (int l = 0; k < count; ++k, ++l) lanes[l] += static_cast<acc_t>(a[k]);
+  return ((lanes[0] + lanes[1]) + (lanes[2] + lanes[3])) + ((lanes[4] + lanes[5]) + (lanes[6] + lanes[7]));
+}
+
+// Grain of parallel loops whose iterations each cost about `work` elements.
+int64_t grain_for(int64_t work) { return std::max<int64_t>(1, 32768 / std::max<int64_t>(1, work)); }
+
+struct CpuConvOps {
+  void im2col(const at::Tensor& input, const CheckedConv& c, at::Tensor& columns, int64_t n, int64_t first_row,
+              int64_t rows) const {
+    const StridedImage image = strided_image(input);
+    const ConvAxis ay = c.ay, ax = c.ax;
+    const int64_t width = rows * ax.out;
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "dilated_conv_im2col", [&] {
+      const scalar_t* in = input.const_data_ptr<scalar_t>();
+      scalar_t* out = columns.mutable_data_ptr<scalar_t>();
+      at::parallel_for(0, c.channels * c.taps(), grain_for(width), [&](int64_t begin, int64_t end) {
+        for (int64_t row = begin; row < end; ++row) {
+          const int64_t ch = row / c.taps(), i = (row / ax.kernel) % ay.kernel, j = row % ax.kernel;
+          const int64_t first = ax.first_output_inside(j), last = std::max(first, ax.last_output_inside(j));
+          for (int64_t oy = first_row; oy < first_row + rows; ++oy) {
+            scalar_t* dst = out + row * width + (oy - first_row) * ax.out;
+            const int64_t y = ay.input_at(oy, i);
+            if (y < 0 || y >= ay.in) {
+              std::fill(dst, dst + ax.out, scalar_t(0));
+              continue;
+            }
+            std::fill(dst, dst + first, scalar_t(0));
+            const scalar_t* src = in + image.offset(n, ch, y, ax.input_at(0, j));
+            with_stride(ax.stride * image.stride_w, [&](auto step) {
+              for (int64_t ox = first; ox < last; ++ox) dst[ox] = src[ox * step];
+            });
+            std::fill(dst + last, dst + ax.out, scalar_t(0));
+          }
+        }
+      });
+    });
+  }
+
+  void col2im_add(const at::Tensor& columns, const CheckedConv& c, at::Tensor& grad_input, int64_t n,
+                  int64_t first_row, int64_t rows) const {
+    const ConvAxis ay = c.ay, ax = c.ax;
+    const int64_t width = rows * ax.out;
+    const RowRange read = input_rows_read(ay, first_row, rows);
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, columns.scalar_type(), "dilated_conv_col2im", [&] {
+      using acc_t = at::opmath_type<scalar_t>;
+      const scalar_t* col = columns.const_data_ptr<scalar_t>();
+      acc_t* grad = grad_input.mutable_data_ptr<acc_t>() + n * c.channels * ay.in * ax.in;
+      at::parallel_for(0, c.channels, grain_for(c.taps() * width), [&](int64_t begin, int64_t end) {
+        std::vector<acc_t> sums(ax.in);
+        for (int64_t ch = begin; ch < end; ++ch) {
+          for (int64_t y = read.first; y < read.last; ++y) {
+            std::fill(sums.begin(), sums.end(), acc_t(0));
+            for (int64_t i = 0; i < ay.kernel; ++i) {
+              const int64_t oy = ay.output_reading(y, i);
+              if (oy < first_row || oy >= first_row + rows) continue;
+              for (int64_t j = 0; j < ax.kernel; ++j) {
+                const scalar_t* src = col + ((ch * ay.kernel + i) * ax.kernel + j) * width + (oy - first_row) * ax.out;
+                const int64_t first = ax.first_output_inside(j), last = ax.last_output_inside(j);
+                acc_t* dst = sums.data() + ax.input_at(0, j);
+                with_stride(ax.stride, [&](auto step) {
+                  for (int64_t ox = first; ox < last; ++ox) dst[ox * step] += static_cast<acc_t>(src[ox]);
+                });
+              }
+            }
+            acc_t* grad_row = grad + (ch * ay.in + y) * ax.in;
+            for (int64_t x = 0; x < ax.in; ++x) grad_row[x] += sums[x];
+          }
+        }
+      });
+    });
+  }
+
+  at::Tensor channel_sums(const at::Tensor& grad) const {
+    const int64_t batch = grad.size(0), channels = grad.size(1), plane = grad.size(2) * grad.size(3);
+    at::Tensor sums = at::empty({channels}, grad.options().dtype(at::toOpMathType(grad.scalar_type())));
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, grad.scalar_type(), "dilated_conv_bias_grad", [&] {
+      using acc_t = at::opmath_type<scalar_t>;
+      const scalar_t* g = grad.const_data_ptr<scalar_t>();
+      acc_t* out = sums.mutable_data_ptr<acc_t>();
+      at::parallel_for(0, channels, grain_for(batch * plane), [&](int64_t begin, int64_t end) {
+        for (int64_t ch = begin; ch < end; ++ch) {
+          acc_t sum = 0;
+          for (int64_t n = 0; n < batch; ++n) sum += ordered_sum<acc_t>(g + (n * channels + ch) * plane, plane);
+          out[ch] = sum;
+        }
+      });
+    });
+    return sums;
+  }
+
+  at::Tensor depthwise_forward(const at::Tensor& input, const at::Tensor& weight,
+                               const std::optional<at::Tensor>& bias, const CheckedConv& c) const {
+    at::Tensor output = empty_with_huge_pages(c.output_shape(), input.options());
+    const StridedImage image = strided_image(input);
+    const ConvAxis ay = c.ay, ax = c.ax;
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "dilated_conv_depthwise", [&] {
+      using acc_t = at::opmath_type<scalar_t>;
+      const scalar_t* in = input.const_data_ptr<scalar_t>();
+      const scalar_t* filters = weight.const_data_ptr<scalar_t>();
+      const scalar_t* bias_data = bias.has_value() ? bias->const_data_ptr<scalar_t>() : nullptr;
+      scalar_t* out = output.mutable_data_ptr<scalar_t>();
+      const int64_t plane_work = ay.out * ax.out * c.taps();
+      at::parallel_for(0, c.batch * c.channels, grain_for(plane_work), [&](int64_t begin, int64_t end) {
+        std::vector<acc_t> sums(ax.out);
+        for (int64_t plane = begin; plane < end; ++plane) {
+          const int64_t n = plane / c.channels, ch = plane % c.channels;
+          const scalar_t* filter = filters + ch * c.taps();
+          const acc_t b = bias_data != nullptr ? static_cast<acc_t>(bias_data[ch]) : acc_t(0);
+          for (int64_t oy = 0; oy < ay.out; ++oy) {
+            std::fill(sums.begin(), sums.end(), acc_t(0));
+            for (int64_t i = 0; i < ay.kernel; ++i) {
+              const int64_t y = ay.input_at(oy, i);
+              if (y < 0 || y >= ay.in) continue;
+              for (int64_t j = 0; j < ax.kernel; ++j) {
+                const acc_t w = static_cast<acc_t>(filter[i * ax.kernel + j]);
+                const scalar_t* src = in + image.offset(n, ch, y, ax.input_at(0, j));
+                const int64_t first = ax.first_output_inside(j), last = ax.last_output_inside(j);
+                with_stride(ax.stride * image.stride_w, [&](auto step) {
+                  for (int64_t ox = first; ox < last; ++ox) sums[ox] += w * static_cast<acc_t>(src[ox * step]);
+                });
+              }
+            }
+            scalar_t* dst = out + (plane * ay.out + oy) * ax.out;
+            for (int64_t ox = 0; ox < ax.out; ++ox) dst[ox] = static_cast<scalar_t>(sums[ox] + b);
+          }
+        }
+      });
+    });
+    return output;
+  }
+
+  std::tuple<at::Tensor, at::Tensor, at::Tensor> depthwise_backward(const at::Tensor& grad, const at::Tensor& input,
+                                                                    const at::Tensor& weight, const CheckedConv& c,
+                                                                    std::array<bool, 3> output_mask) const {
+    at::Tensor grad_input, grad_weight, grad_bias;
+    const StridedImage image = strided_image(input);
+    const ConvAxis ay = c.ay, ax = c.ax;
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "dilated_conv_depthwise_bwd", [&] {
+      using acc_t = at::opmath_type<scalar_t>;
+      const scalar_t* g = grad.const_data_ptr<scalar_t>();
+      const scalar_t* in = input.const_data_ptr<scalar_t>();
+      const scalar_t* filters = weight.const_data_ptr<scalar_t>();
+      const int64_t out_plane = ay.out * ax.out;
+      if (output_mask[0]) {
+        grad_input = empty_with_huge_pages(input.sizes(), input.options().memory_format(at::MemoryFormat::Contiguous));
+        scalar_t* gi = grad_input.mutable_data_ptr<scalar_t>();
+        at::parallel_for(0, c.batch * c.channels, grain_for(out_plane * c.taps()), [&](int64_t begin, int64_t end) {
+          std::vector<acc_t> sums(ax.in);
+          for (int64_t plane = begin; plane < end; ++plane) {
+            const scalar_t* filter = filters + (plane % c.channels) * c.taps();
+            for (int64_t y = 0; y < ay.in; ++y) {
+              std::fill(sums.begin(), sums.end(), acc_t(0));
+              for (int64_t i = 0; i < ay.kernel; ++i) {
+                const int64_t oy = ay.output_reading(y, i);
+                if (oy < 0) continue;
+                for (int64_t j = 0; j < ax.kernel; ++j) {
+                  const acc_t w = static_cast<acc_t>(filter[i * ax.kernel + j]);
+                  const scalar_t* src = g + plane * out_plane + oy * ax.out;
+                  acc_t* dst = sums.data() + ax.input_at(0, j);
+                  const int64_t first = ax.first_output_inside(j), last = ax.last_output_inside(j);
+                  with_stride(ax.stride, [&](auto step) {
+                    for (int64_t ox = first; ox < last; ++ox) dst[ox * step] += w * static_cast<acc_t>(src[ox]);
+                  });
+                }
+              }
+              scalar_t* dst = gi + (plane * ay.in + y) * ax.in;
+              for (int64_t x = 0; x < ax.in; ++x) dst[x] = static_cast<scalar_t>(sums[x]);
+            }
+          }
+        });
+      }
+      if (output_mask[1]) {
+        grad_weight = at::empty(weight.sizes(), weight.options());
+        scalar_t* gw = grad_weight.mutable_data_ptr<scalar_t>();
+        at::parallel_for(0, c.channels, grain_for(c.batch * out_plane * c.taps()), [&](int64_t begin, int64_t end) {
+          for (int64_t ch = begin; ch < end; ++ch) {
+            for (int64_t i = 0; i < ay.kernel; ++i) {
+              for (int64_t j = 0; j < ax.kernel; ++j) {
+                const int64_t first = ax.first_output_inside(j), last = ax.last_output_inside(j);
+                acc_t sum = 0;
+                for (int64_t n = 0; n < c.batch; ++n) {
+                  for (int64_t oy = ay.first_output_inside(i); oy < ay.last_output_inside(i); ++oy) {
+                    const scalar_t* grad_row = g + ((n * c.channels + ch) * ay.out + oy) * ax.out;
+                    const scalar_t* in_row = in + image.offset(n, ch, ay.input_at(oy, i), ax.input_at(0, j));
+                    with_stride(ax.stride * image.stride_w, [&](auto step) {
+                      sum += ordered_dot<acc_t>(grad_row + first, in_row + first * step, step, last - first);
+                    });
+                  }
+                }
+                gw[ch * c.taps() + i * ax.kernel + j] = static_cast<scalar_t>(sum);
+              }
+            }
+          }
+        });
+      }
+    });
+    if (output_mask[2]) grad_bias = channel_sums(grad).to(input.scalar_type());
+    return {grad_input, grad_weight, grad_bias};
+  }
+};
+
+at::Tensor dilated_conv2d_forward_cpu(const at::Tensor& input, const at::Tensor& weight,
+                                      const std::optional<at::Tensor>& bias, at::IntArrayRef stride,
+                                      at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups) {
+  return dilated_conv2d_forward(CpuConvOps{}, input, weight, bias, stride, padding, dilation, groups);
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> dilated_conv2d_backward_cpu(
+    const at::Tensor& grad, const at::Tensor& input, const at::Tensor& weight, at::IntArrayRef stride,
+    at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups, std::array<bool, 3> output_mask) {
+  return dilated_conv2d_backward(CpuConvOps{}, grad, input, weight, stride, padding, dilation, groups, output_mask);
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(segops, CPU, m) {
+  m.impl("dilated_conv2d", &dilated_conv2d_forward_cpu);
+  m.impl("_dilated_conv2d_backward", &dilated_conv2d_backward_cpu);
+}
+
+}  // namespace segops

@@ -1,0 +1,205 @@
+#pragma once
+// Dilated-convolution GPU kernels and the backend (LaunchConvOps) that dilated_conv_gemm.h's drivers call, shared by
+// dilated_conv_cuda.cu (CudaLaunch) and the test-only host emulation (EmulatedLaunch). One thread per element:
+//  - im2col: per column entry; col2im: per input element, a gather (col2im_sum) added to the gradient;
+//  - depthwise forward: per output element; depthwise input gradient: per input element, a gather;
+//  - depthwise weight gradient: per (channel, tap, image, output row) a partial sum, then per (channel, tap) the
+//    partials summed in order: an ordered reduction;
+//  - the bias gradient: ATen's sum over (N, H, W), a deterministic reduction on CUDA.
+// No floating-point atomics anywhere, so the backward is deterministic by construction (cuDNN has no deterministic
+// dilated data gradient), and no nondeterminism alert is due.
+#include <ATen/ATen.h>
+#include <ATen/Dispatch.h>
+#include <ATen/OpMathType.h>
+
+#include <array>
+#include <optional>
+#include <tuple>
+
+#include "dilated_conv/dilated_conv.h"
+#include "dilated_conv/dilated_conv_checks.h"
+#include "dilated_conv/dilated_conv_gemm.h"
+// After ATen: see common/kernel.h.
+#include "common/kernel.h"
+
+namespace segops {
+
+template <typename scalar_t>
+__global__ void SEGOPS_LAUNCH_BOUNDS(kThreadsPerBlock)
+    dilated_conv_im2col_kernel(int64_t total, const scalar_t* __restrict__ input, StridedImage image, ConvAxis ay,
+                               ConvAxis ax, int64_t n, int64_t first_row, int64_t rows,
+                               scalar_t* __restrict__ columns) {
+  const int64_t width = rows * ax.out;
+  SEGOPS_KERNEL_LOOP(index, total) {
+    const int64_t row = index / width, column = index % width;
+    const int64_t taps = ay.kernel * ax.kernel;
+    columns[index] = im2col_value(input, image, ay, ax, n, row / taps, (row / ax.kernel) % ay.kernel,
+                                  row % ax.kernel, first_row + column / ax.out, column % ax.out);
+  }
+}
+
+// grad_image: image n's [C, H, W] gradient (acc_t, contiguous); threads cover input rows [first_y, first_y + total /
+// (C * W)).
+template <typename scalar_t>
+__global__ void SEGOPS_LAUNCH_BOUNDS(kThreadsPerBlock)
+    dilated_conv_col2im_kernel(int64_t total, const scalar_t* __restrict__ columns, ConvAxis ay, ConvAxis ax,
+                               int64_t first_row, int64_t rows, int64_t first_y, int64_t read_rows,
+                               at::opmath_type<scalar_t>* __restrict__ grad_image) {
+  using acc_t = at::opmath_type<scalar_t>;
+  SEGOPS_KERNEL_LOOP(index, total) {
+    const int64_t x = index % ax.in;
+    const int64_t y = first_y + (index / ax.in) % read_rows;
+    const int64_t c = index / (ax.in * read_rows);
+    grad_image[(c * ay.in + y) * ax.in + x] += col2im_sum<acc_t>(columns, ay, ax, c, y, x, first_row, rows);
+  }
+}
+
+template <typename scalar_t>
+__global__ void SEGOPS_LAUNCH_BOUNDS(kThreadsPerBlock)
+    dilated_conv_depthwise_kernel(int64_t total, const scalar_t* __restrict__ input, StridedImage image,
+                                  const scalar_t* __restrict__ weight, const scalar_t* __restrict__ bias, ConvAxis ay,
+                                  ConvAxis ax, int64_t channels, scalar_t* __restrict__ output) {
+  using acc_t = at::opmath_type<scalar_t>;
+  SEGOPS_KERNEL_LOOP(index, total) {
+    const int64_t ox = index % ax.out;
+    const int64_t oy = (index / ax.out) % ay.out;
+    const int64_t plane = index / (ax.out * ay.out);
+    const int64_t c = plane % channels;
+    const acc_t sum = depthwise_sum<acc_t>(input, image, weight + c * ay.kernel * ax.kernel, ay, ax, plane / channels,
+                                           c, oy, ox);
+    output[index] = static_cast<scalar_t>(sum + (bias != nullptr ? static_cast<acc_t>(bias[c]) : acc_t(0)));
+  }
+}
+
+template <typename scalar_t>
+__global__ void SEGOPS_LAUNCH_BOUNDS(kThreadsPerBlock)
+    dilated_conv_depthwise_input_grad_kernel(int64_t total, const scalar_t* __restrict__ grad,
+                                             const scalar_t* __restrict__ weight, ConvAxis ay, ConvAxis ax,
+                                             int64_t channels, scalar_t* __restrict__ grad_input) {
+  using acc_t = at::opmath_type<scalar_t>;
+  SEGOPS_KERNEL_LOOP(index, total) {
+    const int64_t x = index % ax.in;
+    const int64_t y = (index / ax.in) % ay.in;
+    const int64_t plane = index / (ax.in * ay.in);
+    const scalar_t* filter = weight + (plane % channels) * ay.kernel * ax.kernel;
+    grad_input[index] = static_cast<scalar_t>(depthwise_input_grad<acc_t>(grad, filter, ay, ax, plane, y, x));
+  }
+}
+
+// partials[(c * taps + tap) * (N * Ho) + n * Ho + oy]: the weight gradient's share of one output row.
+template <typename scalar_t>
+__global__ void SEGOPS_LAUNCH_BOUNDS(kThreadsPerBlock)
+    dilated_conv_depthwise_weight_partial_kernel(int64_t total, const scalar_t* __restrict__ grad,
+                                                 const scalar_t* __restrict__ input, StridedImage image, ConvAxis ay,
+                                                 ConvAxis ax, int64_t batch, int64_t channels,
+                                                 at::opmath_type<scalar_t>* __restrict__ partials) {
+  using acc_t = at::opmath_type<scalar_t>;
+  SEGOPS_KERNEL_LOOP(index, total) {
+    const int64_t oy = index % ay.out;
+    const int64_t n = (index / ay.out) % batch;
+    const int64_t tap = (index / (ay.out * batch)) % (ay.kernel * ax.kernel);
+    const int64_t c = index / (ay.out * batch * ay.kernel * ax.kernel);
+    partials[index] = depthwise_weight_grad_row<acc_t>(grad, input, image, ay, ax, n, c, channels, oy,
+                                                        tap / ax.kernel, tap % ax.kernel);
+  }
+}
+
+// grad_weight[k] = sum of partials[k * count .. (k + 1) * count), in order.
+template <typename scalar_t>
+__global__ void SEGOPS_LAUNCH_BOUNDS(kThreadsPerBlock)
+    dilated_conv_ordered_sum_kernel(int64_t total, const at::opmath_type<scalar_t>* __restrict__ partials,
+                                    int64_t count, scalar_t* __restrict__ sums) {
+  using acc_t = at::opmath_type<scalar_t>;
+  SEGOPS_KERNEL_LOOP(index, total) {
+    acc_t sum = 0;
+    for (int64_t k = 0; k < count; ++k) sum += partials[index * count + k];
+    sums[index] = static_cast<scalar_t>(sum);
+  }
+}
+
+template <class Launch>
+struct LaunchConvOps {
+  Launch launch;
+
+  void im2col(const at::Tensor& input, const CheckedConv& c, at::Tensor& columns, int64_t n, int64_t first_row,
+              int64_t rows) const {
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "dilated_conv_im2col", [&] {
+      launch(columns.numel(), dilated_conv_im2col_kernel<scalar_t>, columns.numel(), input.const_data_ptr<scalar_t>(),
+             strided_image(input), c.ay, c.ax, n, first_row, rows, columns.mutable_data_ptr<scalar_t>());
+    });
+  }
+
+  void col2im_add(const at::Tensor& columns, const CheckedConv& c, at::Tensor& grad_input, int64_t n,
+                  int64_t first_row, int64_t rows) const {
+    const RowRange read = input_rows_read(c.ay, first_row, rows);
+    const int64_t total = c.channels * std::max<int64_t>(0, read.last - read.first) * c.ax.in;
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, columns.scalar_type(), "dilated_conv_col2im", [&] {
+      using acc_t = at::opmath_type<scalar_t>;
+      launch(total, dilated_conv_col2im_kernel<scalar_t>, total, columns.const_data_ptr<scalar_t>(), c.ay, c.ax,
+             first_row, rows, read.first, read.last - read.first,
+             grad_input.mutable_data_ptr<acc_t>() + n * c.channels * c.ay.in * c.ax.in);
+    });
+  }
+
+  at::Tensor channel_sums(const at::Tensor& grad) const {
+    return grad.sum({0, 2, 3}, /*keepdim=*/false, at::toOpMathType(grad.scalar_type()));
+  }
+
+  at::Tensor depthwise_forward(const at::Tensor& input, const at::Tensor& weight,
+                               const std::optional<at::Tensor>& bias, const CheckedConv& c) const {
+    at::Tensor output = at::empty(c.output_shape(), input.options());
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "dilated_conv_depthwise", [&] {
+      launch(output.numel(), dilated_conv_depthwise_kernel<scalar_t>, output.numel(),
+             input.const_data_ptr<scalar_t>(), strided_image(input), weight.const_data_ptr<scalar_t>(),
+             bias.has_value() ? bias->const_data_ptr<scalar_t>() : nullptr, c.ay, c.ax, c.channels,
+             output.mutable_data_ptr<scalar_t>());
+    });
+    return output;
+  }
+
+  std::tuple<at::Tensor, at::Tensor, at::Tensor> depthwise_backward(const at::Tensor& grad, const at::Tensor& input,
+                                                                    const at::Tensor& weight, const CheckedConv& c,
+                                                                    std::array<bool, 3> output_mask) const {
+    at::Tensor grad_input, grad_weight, grad_bias;
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "dilated_conv_depthwise_bwd", [&] {
+      using acc_t = at::opmath_type<scalar_t>;
+      if (output_mask[0]) {
+        grad_input = at::empty(input.sizes(), input.options().memory_format(at::MemoryFormat::Contiguous));
+        launch(grad_input.numel(), dilated_conv_depthwise_input_grad_kernel<scalar_t>, grad_input.numel(),
+               grad.const_data_ptr<scalar_t>(), weight.const_data_ptr<scalar_t>(), c.ay, c.ax, c.channels,
+               grad_input.mutable_data_ptr<scalar_t>());
+      }
+      if (output_mask[1]) {
+        const int64_t rows = c.batch * c.ay.out;
+        at::Tensor partials = at::empty({c.channels * c.taps() * rows}, input.options().dtype(at::toOpMathType(
+                                                                              input.scalar_type())));
+        launch(partials.numel(), dilated_conv_depthwise_weight_partial_kernel<scalar_t>, partials.numel(),
+               grad.const_data_ptr<scalar_t>(), input.const_data_ptr<scalar_t>(), strided_image(input), c.ay, c.ax,
+               c.batch, c.channels, partials.mutable_data_ptr<acc_t>());
+        grad_weight = at::empty(weight.sizes(), weight.options());
+        launch(grad_weight.numel(), dilated_conv_ordered_sum_kernel<scalar_t>, grad_weight.numel(),
+               partials.const_data_ptr<acc_t>(), rows, grad_weight.mutable_data_ptr<scalar_t>());
+      }
+    });
+    if (output_mask[2]) grad_bias = channel_sums(grad).to(input.scalar_type());
+    return {grad_input, grad_weight, grad_bias};
+  }
+};
+
+template <class Launch>
+at::Tensor dilated_conv2d_forward_launch(const Launch& launch, const at::Tensor& input, const at::Tensor& weight,
+                                         const std::optional<at::Tensor>& bias, at::IntArrayRef stride,
+                                         at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups) {
+  return dilated_conv2d_forward(LaunchConvOps<Launch>{launch}, input, weight, bias, stride, padding, dilation, groups);
+}
+
+template <class Launch>
+std::tuple<at::Tensor, at::Tensor, at::Tensor> dilated_conv2d_backward_launch(
+    const Launch& launch, const at::Tensor& grad, const at::Tensor& input, const at::Tensor& weight,
+    at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups,
+    std::array<bool, 3> output_mask) {
+  return dilated_conv2d_backward(LaunchConvOps<Launch>{launch}, grad, input, weight, stride, padding, dilation, groups,
+                                 output_mask);
+}
+
+}  // namespace segops
