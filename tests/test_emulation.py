@@ -279,3 +279,58 @@ def test_max_unpool_kernels_assert_on_an_index_out_of_range_and_never_write_thro
             emulated.max_unpool2d(values, indices, 4, 4, grid, block)
         with pytest.raises(RuntimeError, match=message.replace(r"printed: max_unpool2d", r"printed: _max_unpool2d_backward")):
             emulated._max_unpool2d_backward(torch.randn(2, 3, 4, 4), indices, grid, block)
+
+
+# (input [N, C, H, W], C_out, kernel, stride, padding, dilation, groups): the GEMM path (plain, grouped with asymmetric
+# tuples) and the depthwise kernels (stride 1 and 2).
+CONV_CASES = {
+    "dense": ((2, 3, 7, 9), 4, (3, 3), (1, 1), (2, 2), (2, 2), 1),
+    "grouped": ((1, 4, 8, 7), 6, (3, 2), (2, 1), (1, 3), (2, 3), 2),
+    "depthwise": ((2, 3, 9, 8), 3, (3, 3), (1, 1), (3, 3), (3, 3), 3),
+    "depthwise strided": ((1, 2, 9, 10), 2, (3, 5), (2, 3), (2, 0), (1, 2), 2),
+}
+
+
+def _conv_case(dtype, name, seed=0):
+    shape, out_channels, kernel, stride, padding, dilation, groups = CONV_CASES[name]
+    g = torch.Generator().manual_seed(seed)
+    input = torch.randn(shape, generator=g).to(dtype)
+    weight = torch.randn(out_channels, shape[1] // groups, *kernel, generator=g).to(dtype)
+    bias = torch.randn(out_channels, generator=g).to(dtype)
+    return input, weight, bias, (list(stride), list(padding), list(dilation), groups)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("name", CONV_CASES)
+def test_dilated_conv_kernels_match_the_cpu_path_and_are_bitwise_equal_across_grids(emulated, dtype, name):
+    input, weight, bias, args = _conv_case(dtype, name)
+    expected = torch.ops.segops.dilated_conv2d(input, weight, bias, *args)
+    grad = torch.randn(expected.shape, generator=torch.Generator().manual_seed(1)).to(dtype)
+    expected_grads = torch.ops.segops._dilated_conv2d_backward(grad, input, weight, *args, [True, True, True])
+    runs = []
+    for grid, block in LAUNCHES:
+        out = emulated.dilated_conv2d(input, weight, bias, *args, grid, block)
+        grads = emulated._dilated_conv2d_backward(grad, input, weight, *args, [True, True, True], grid, block)
+        runs.append((out, *grads))
+    for run in runs[1:]:  # no atomics: the grid changes nothing
+        assert all(torch.equal(a, b) for a, b in zip(run, runs[0]))
+    # Forward sums run in the CPU path's order; the weight and bias gradients sum in another fixed order.
+    assert torch.equal(runs[0][0], expected)
+    for actual, reference in zip(runs[0][1:], expected_grads):
+        torch.testing.assert_close(actual, reference, **BACKWARD_TOLERANCE[dtype])
+
+
+def test_dilated_conv_kernels_read_channels_last_and_strided_inputs(emulated):
+    from roi_testing import layouts
+
+    for layout in ("channels_last", "strided"):
+        for name in ("dense", "depthwise"):
+            input, weight, bias, args = _conv_case(torch.float32, name)
+            strided = layouts(input)[layout]
+            expected = torch.ops.segops.dilated_conv2d(input, weight, bias, *args)
+            assert torch.equal(emulated.dilated_conv2d(strided, weight, bias, *args, (3,), (32,)), expected)
+            grad = torch.randn(expected.shape)
+            expected_grads = torch.ops.segops._dilated_conv2d_backward(grad, input, weight, *args, [True] * 3)
+            actual_grads = emulated._dilated_conv2d_backward(grad, strided, weight, *args, [True] * 3, (3,), (32,))
+            for a, e in zip(actual_grads, expected_grads):
+                torch.testing.assert_close(a, e)

@@ -160,9 +160,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> dilated_conv2d_backward(const Ops
   } else {
     grads = dilated_conv2d_gemm_backward(ops, grad, input, weight, c, output_mask);
   }
-  const at::Tensor empty = at::empty({0}, input.options());
-  return {output_mask[0] ? std::get<0>(grads) : empty, output_mask[1] ? std::get<1>(grads) : empty,
-          output_mask[2] ? std::get<2>(grads) : empty};
+  // A fresh empty tensor each: outputs must not alias.
+  const auto none = [&] { return at::empty({0}, input.options()); };
+  return {output_mask[0] ? std::get<0>(grads) : none(), output_mask[1] ? std::get<1>(grads) : none(),
+          output_mask[2] ? std::get<2>(grads) : none()};
 }
 
 }  // namespace segops

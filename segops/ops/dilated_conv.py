@@ -127,11 +127,10 @@ def dilated_conv2d_backward_fake(grad, input, weight, stride, padding, dilation,
             f"{op}: grad must have the same dtype as input ({dtype_name(input.dtype)}), got {dtype_name(grad.dtype)}"
         )
     check_same_device(op, "grad", grad, input, "input")
-    empty = input.new_empty((0,))
     return (
-        input.new_empty(input.shape) if output_mask[0] else empty,
-        weight.new_empty(weight.shape) if output_mask[1] else empty,
-        input.new_empty((weight.shape[0],)) if output_mask[2] else empty,
+        input.new_empty(input.shape if output_mask[0] else (0,)),
+        weight.new_empty(weight.shape if output_mask[1] else (0,)),
+        input.new_empty((weight.shape[0],) if output_mask[2] else (0,)),
     )
 
 

@@ -1,0 +1,329 @@
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch._subclasses.fake_tensor import FakeTensorMode
+
+import segops
+from conftest import DEVICES, requires_cuda
+from roi_testing import layouts
+
+TOLERANCES = {
+    torch.float32: dict(rtol=1e-4, atol=1e-4),
+    torch.float64: dict(rtol=1e-10, atol=1e-10),
+}
+
+# (input [N, C, H, W], C_out, kernel, stride, padding, dilation, groups, bias): DeepLab's ASPP branches, asymmetric
+# tuples, groups, no bias, batch 1, depthwise (stride 1 and 2, with multiplier 2 going through the GEMM), 1x1 kernels.
+CONFIGS = [
+    ((2, 6, 13, 11), 5, 3, 1, 2, 2, 1, True),
+    ((1, 8, 17, 17), 4, 3, 1, 6, 6, 1, True),
+    ((2, 4, 9, 12), 6, (3, 2), (2, 1), (1, 3), (2, 3), 2, False),
+    ((3, 6, 8, 8), 6, 3, 2, 3, 3, 3, True),
+    ((2, 5, 11, 9), 5, 3, 1, 4, 4, 5, True),
+    ((2, 5, 11, 9), 5, (3, 5), (2, 3), (2, 0), (1, 2), 5, False),
+    ((1, 4, 7, 10), 8, 3, 1, 1, 2, 4, True),
+    ((2, 7, 6, 5), 3, 1, 1, 0, 1, 1, True),
+    ((1, 3, 5, 5), 2, 5, 1, 0, 1, 1, True),
+]
+
+
+def make_case(config, *, seed=0, dtype=torch.float32, device="cpu"):
+    shape, out_channels, kernel, stride, padding, dilation, groups, bias = config
+    kernel = kernel if isinstance(kernel, tuple) else (kernel, kernel)
+    g = torch.Generator().manual_seed(seed)
+    input = torch.randn(shape, generator=g, dtype=torch.float64)
+    weight = torch.randn(out_channels, shape[1] // groups, *kernel, generator=g, dtype=torch.float64)
+    bias_tensor = torch.randn(out_channels, generator=g, dtype=torch.float64) if bias else None
+    move = lambda t: None if t is None else t.to(device=device, dtype=dtype)  # noqa: E731
+    return move(input), move(weight), move(bias_tensor), dict(stride=stride, padding=padding, dilation=dilation,
+                                                              groups=groups)
+
+
+def forward_and_grads(fn, input, weight, bias, kwargs, grad_seed=1):
+    leaves = [t.detach().clone().requires_grad_() for t in (input, weight, bias) if t is not None]
+    out = fn(*leaves, **kwargs) if bias is not None else fn(*leaves, None, **kwargs)
+    grad = torch.randn(out.shape, generator=torch.Generator().manual_seed(grad_seed), dtype=torch.float64).to(out)
+    return (out, *torch.autograd.grad(out, leaves, grad))
+
+
+def assert_all_close(actual, expected, dtype):
+    for a, e in zip(actual, expected, strict=True):
+        torch.testing.assert_close(a, e, **TOLERANCES[dtype])
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("config", CONFIGS, ids=str)
+def test_matches_conv2d(device, dtype, config):
+    input, weight, bias, kwargs = make_case(config, dtype=dtype, device=device)
+    actual = forward_and_grads(segops.dilated_conv2d, input, weight, bias, kwargs)
+    expected = forward_and_grads(F.conv2d, input.cpu(), weight.cpu(), None if bias is None else bias.cpu(), kwargs)
+    assert_all_close([a.cpu() for a in actual], expected, dtype)
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_random_configurations(seed):
+    g = torch.Generator().manual_seed(100 + seed)
+    r = lambda low, high: int(torch.randint(low, high + 1, (1,), generator=g))  # noqa: E731
+    groups = [1, 2, 3][r(0, 2)]
+    depthwise = r(0, 3) == 0
+    channels = groups * r(1, 3)
+    if depthwise:
+        groups = channels
+    out_channels = channels if depthwise else groups * r(1, 3)
+    kernel, dilation, stride = (r(1, 4), r(1, 3)), (r(1, 4), r(1, 4)), (r(1, 3), r(1, 3))
+    padding = (r(0, 4), r(0, 4))
+    size = [max(r(1, 14), (kernel[d] - 1) * dilation[d] + 1 - 2 * padding[d]) for d in range(2)]
+    config = ((r(1, 3), channels, *size), out_channels, kernel, stride, padding, dilation, groups, r(0, 1) == 1)
+    input, weight, bias, kwargs = make_case(config, seed=seed, dtype=torch.float64)
+    assert_all_close(forward_and_grads(segops.dilated_conv2d, input, weight, bias, kwargs),
+                     forward_and_grads(F.conv2d, input, weight, bias, kwargs), torch.float64)
+
+
+@pytest.mark.parametrize("config", [CONFIGS[0], CONFIGS[4]], ids=["gemm", "depthwise"])
+@pytest.mark.parametrize("layout", ["channels_last", "strided"])
+def test_layouts_read_in_place_with_identical_results(config, layout):
+    input, weight, bias, kwargs = make_case(config)
+    expected = forward_and_grads(segops.dilated_conv2d, input, weight, bias, kwargs)
+    actual = forward_and_grads(segops.dilated_conv2d, layouts(input)[layout], weight, bias, kwargs)
+    for a, e in zip(actual, expected):
+        assert torch.equal(a, e)
+
+
+def test_chunked_columns_match_conv2d_and_stay_within_the_budget():
+    # 256 * 9 * 64 * 64 column elements (9.4 M) exceed the 2^23 budget: two chunks of output rows per image.
+    g = torch.Generator().manual_seed(0)
+    input = torch.randn(2, 256, 64, 64, generator=g)
+    weight = torch.randn(4, 256, 3, 3, generator=g) * 0.05
+    kwargs = dict(padding=2, dilation=2)
+    assert_all_close(forward_and_grads(segops.dilated_conv2d, input, weight, None, kwargs),
+                     forward_and_grads(F.conv2d, input, weight, None, kwargs), torch.float32)
+    with torch.profiler.profile(profile_memory=True) as profile:
+        segops.dilated_conv2d(input, weight, None, **kwargs)
+    largest = max(event.cpu_memory_usage for event in profile.events())
+    assert largest <= 4 * 2**23  # one float32 column buffer; the full columns would be 37.7 MB
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("config", [CONFIGS[2], CONFIGS[4], CONFIGS[5]], ids=["grouped", "depthwise", "depthwise-2"])
+def test_gradcheck(device, config):
+    shape, *rest = config
+    small = ((2, shape[1], 7, 9), *rest)
+    input, weight, bias, kwargs = make_case(small, dtype=torch.float64, device=device)
+    leaves = tuple(t.requires_grad_() for t in (input, weight, bias) if t is not None)
+
+    def fn(*args):
+        return segops.dilated_conv2d(*args, **kwargs) if bias is not None else segops.dilated_conv2d(*args, None, **kwargs)
+
+    assert torch.autograd.gradcheck(fn, leaves)
+
+
+def test_double_backward_is_a_clear_error():
+    input, weight, bias, kwargs = make_case(CONFIGS[0], dtype=torch.float64)
+    input.requires_grad_()
+    (grad,) = torch.autograd.grad(segops.dilated_conv2d(input, weight, bias, **kwargs).sum(), input,
+                                  create_graph=True)
+    with pytest.raises(RuntimeError, match="dilated_conv2d: double backward is not supported"):
+        grad.sum().backward()
+
+
+def test_opcheck():
+    for config in (CONFIGS[0], CONFIGS[2], CONFIGS[4]):
+        input, weight, bias, kwargs = make_case(config, dtype=torch.float64)
+        pairs = [list(kwargs[k]) if isinstance(kwargs[k], tuple) else [kwargs[k]] * 2
+                 for k in ("stride", "padding", "dilation")]
+        args = (input.requires_grad_(), weight.requires_grad_(), None if bias is None else bias.requires_grad_(),
+                *pairs, kwargs["groups"])
+        torch.library.opcheck(torch.ops.segops.dilated_conv2d.default, args)
+        out = torch.ops.segops.dilated_conv2d(*args)
+        grad = torch.randn(out.shape, dtype=torch.float64)
+        for mask in ([True, True, True], [True, False, False], [False, True, bias is not None]):
+            torch.library.opcheck(torch.ops.segops._dilated_conv2d_backward.default,
+                                  (grad, input.detach(), weight.detach(), *pairs, kwargs["groups"], mask))
+
+
+def test_compile_fullgraph_matches_eager():
+    input, weight, bias, kwargs = make_case(CONFIGS[1])
+
+    def aspp_branch(x, w, b):
+        return segops.dilated_conv2d(x, w, b, **kwargs).relu().mean(dim=1)
+
+    expected = forward_and_grads(aspp_branch, input, weight, bias, {})
+    actual = forward_and_grads(torch.compile(aspp_branch, fullgraph=True), input, weight, bias, {})
+    assert_all_close(actual, expected, torch.float32)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("config", [CONFIGS[0], CONFIGS[4]], ids=["gemm", "depthwise"])
+def test_low_precision_against_float32(dtype, config):
+    # The same (rounded) inputs in float32: errors of a few units of the dtype's rounding of the result's scale.
+    input, weight, bias, kwargs = make_case(config, dtype=dtype)
+    actual = forward_and_grads(segops.dilated_conv2d, input, weight, bias, kwargs)
+    expected = forward_and_grads(segops.dilated_conv2d, input.float(), weight.float(), bias.float(), kwargs)
+    eps = torch.finfo(dtype).eps
+    for a, e in zip(actual, expected):
+        assert a.dtype == dtype
+        torch.testing.assert_close(a.float(), e, rtol=8 * eps, atol=8 * eps * e.abs().max().item())
+
+
+def test_empty_inputs():
+    input = torch.randn(0, 4, 6, 6, requires_grad=True)
+    weight = torch.randn(3, 4, 3, 3, requires_grad=True)
+    bias = torch.randn(3, requires_grad=True)
+    out = segops.dilated_conv2d(input, weight, bias, padding=1)
+    expected = F.conv2d(input, weight, bias, padding=1)
+    assert torch.equal(out, expected)
+    grads = torch.autograd.grad(out.sum(), (input, weight, bias))
+    expected_grads = torch.autograd.grad(expected.sum(), (input, weight, bias))
+    for a, e in zip(grads, expected_grads):
+        assert torch.equal(a, e)
+    # No input channels: the output is the bias (F.conv2d returns a [2, 0, 6, 6] tensor instead).
+    input = torch.randn(2, 0, 6, 6, requires_grad=True)
+    weight = torch.randn(3, 0, 3, 3, requires_grad=True)
+    out = segops.dilated_conv2d(input, weight, bias, padding=1)
+    assert torch.equal(out, bias.detach().view(1, 3, 1, 1).expand(2, 3, 6, 6))
+    grads = torch.autograd.grad(out.sum(), (input, weight, bias))
+    assert grads[0].shape == input.shape and grads[1].shape == weight.shape
+    assert torch.equal(grads[2], torch.full((3,), 72.0))
+    # No output channels (which F.conv2d rejects): an empty output, zero gradients.
+    input = torch.randn(2, 4, 6, 6, requires_grad=True)
+    weight = torch.randn(0, 4, 3, 3, requires_grad=True)
+    out = segops.dilated_conv2d(input, weight, None, padding=1)
+    assert out.shape == (2, 0, 6, 6)
+    out.sum().backward()
+    assert torch.equal(input.grad, torch.zeros_like(input)) and weight.grad.shape == weight.shape
+
+
+@pytest.mark.parametrize("config", [CONFIGS[1], CONFIGS[4]], ids=["gemm", "depthwise"])
+def test_deterministic_across_runs_and_threads(config):
+    input, weight, bias, kwargs = make_case(config)
+    threads = torch.get_num_threads()
+    runs = []
+    try:
+        for n in (1, threads, threads):
+            torch.set_num_threads(n)
+            runs.append(forward_and_grads(segops.dilated_conv2d, input, weight, bias, kwargs))
+    finally:
+        torch.set_num_threads(threads)
+    for run in runs[1:]:
+        for a, b in zip(run, runs[0]):
+            assert torch.equal(a, b)
+
+
+def test_module_is_conv2d_compatible():
+    torch.manual_seed(0)
+    conv = nn.Conv2d(8, 6, 3, stride=2, padding=(4, 2), dilation=(4, 2), groups=2)
+    torch.manual_seed(0)
+    ours = segops.DilatedConv2d(8, 6, 3, stride=2, padding=(4, 2), dilation=(4, 2), groups=2)
+    assert torch.equal(ours.weight, conv.weight) and torch.equal(ours.bias, conv.bias)  # same initialisation
+    assert repr(ours) == repr(conv).replace("Conv2d", "DilatedConv2d", 1)
+    assert list(ours.state_dict()) == list(conv.state_dict())
+    x = torch.randn(2, 8, 15, 13)
+    other = nn.Conv2d(8, 6, 3, stride=2, padding=(4, 2), dilation=(4, 2), groups=2)
+    ours.load_state_dict(other.state_dict())
+    torch.testing.assert_close(ours(x), other(x), **TOLERANCES[torch.float32])
+    converted = segops.DilatedConv2d.from_conv(other)
+    assert converted.weight is other.weight and converted.bias is other.bias
+    torch.testing.assert_close(converted(x), other(x), **TOLERANCES[torch.float32])
+    no_bias = segops.DilatedConv2d(4, 4, 3, dilation=6, padding=6, groups=4, bias=False)
+    assert no_bias.bias is None and repr(no_bias) == (
+        "DilatedConv2d(4, 4, kernel_size=(3, 3), stride=(1, 1), padding=(6, 6), dilation=(6, 6), groups=4, "
+        "bias=False)")
+    torch.testing.assert_close(no_bias(x[:, :4]), F.conv2d(x[:, :4], no_bias.weight, None, 1, 6, 6, 4))
+    with pytest.raises(ValueError, match="DilatedConv2d: padding_mode must be 'zeros', got 'reflect'"):
+        segops.DilatedConv2d(4, 4, 3, padding_mode="reflect")
+    with pytest.raises(ValueError, match="DilatedConv2d.from_conv: needs numeric padding"):
+        segops.DilatedConv2d.from_conv(nn.Conv2d(4, 4, 3, padding="same"))
+
+
+def test_function():
+    input, weight, bias, kwargs = make_case(CONFIGS[0])
+    out = segops.DilatedConv2dFunction.apply(input, weight, bias, [1, 1], [2, 2], [2, 2], 1)
+    assert torch.equal(out, segops.dilated_conv2d(input, weight, bias, **kwargs))
+
+
+def _kwargs():
+    input, weight, bias, _ = make_case(CONFIGS[0])
+    return dict(input=input, weight=weight, bias=bias, stride=[1, 1], padding=[2, 2], dilation=[2, 2], groups=1)
+
+
+BAD_ARGUMENTS = [
+    ("input 3-D", dict(input=torch.zeros(6, 13, 11)), r"dilated_conv2d: input must have shape \[N, C, H, W\], got \[6, 13, 11\]"),
+    ("input int", dict(input=torch.zeros(2, 6, 13, 11, dtype=torch.int64)), r"dilated_conv2d: input must be float32, float64, float16 or bfloat16, got Long"),
+    ("channels", dict(weight=torch.zeros(5, 4, 3, 3)), r"dilated_conv2d: weight must have shape \[C_out, C_in / groups, kH, kW\] with C_in / groups = 6, C_out a multiple of groups \(1\) and kH, kW >= 1, got \[5, 4, 3, 3\]"),
+    ("groups divide", dict(groups=4), r"dilated_conv2d: groups must divide the input channels \(6\), got 4"),
+    ("groups out", dict(groups=2, weight=torch.zeros(5, 3, 3, 3)), r"C_out a multiple of groups \(2\) and kH, kW >= 1, got \[5, 3, 3, 3\]"),
+    ("groups zero", dict(groups=0), r"dilated_conv2d: groups must be positive, got 0"),
+    ("dilation zero", dict(dilation=[0, 1]), r"dilated_conv2d: dilation must be positive, got \[0, 1\]"),
+    ("stride negative", dict(stride=[1, -2]), r"dilated_conv2d: stride must be positive, got \[1, -2\]"),
+    ("padding negative", dict(padding=[-1, 0]), r"dilated_conv2d: padding must be non-negative, got \[-1, 0\]"),
+    ("kernel too large", dict(dilation=[9, 2]), r"dilated_conv2d: the dilated kernel's height \(\(kH - 1\) \* dilation \+ 1 = 19\) must not exceed the padded input's \(H \+ 2 \* padding = 17\)"),
+    ("weight dtype", dict(weight=torch.zeros(5, 6, 3, 3, dtype=torch.float64)), r"dilated_conv2d: weight must have the same dtype as input \(Float\), got Double"),
+    ("weight device", dict(weight=torch.zeros(5, 6, 3, 3, device="meta")), r"dilated_conv2d: weight must be on the same device as input \(cpu\), got meta"),
+    ("bias shape", dict(bias=torch.zeros(4)), r"dilated_conv2d: bias must have shape \[C_out\] = \[5\], got \[4\]"),
+    ("bias dtype", dict(bias=torch.zeros(5, dtype=torch.float16)), r"dilated_conv2d: bias must have the same dtype as input \(Float\), got Half"),
+]
+
+
+@pytest.mark.parametrize("case", BAD_ARGUMENTS, ids=lambda case: case[0])
+def test_bad_arguments_eager_and_fake(case):
+    _, changes, message = case
+    kwargs = _kwargs()
+    kwargs.update(changes)
+    op = torch.ops.segops.dilated_conv2d
+    with pytest.raises(RuntimeError, match=message):
+        op(**kwargs)
+    with FakeTensorMode(allow_non_fake_inputs=False) as mode, pytest.raises(RuntimeError, match=message):
+        op(**{k: mode.from_tensor(v) if isinstance(v, torch.Tensor) else v for k, v in kwargs.items()})
+
+
+def test_bad_backward_arguments_eager_and_fake():
+    kwargs = _kwargs()
+    del kwargs["bias"]
+    op = torch.ops.segops._dilated_conv2d_backward
+    for grad, message in [
+        (torch.zeros(2, 5, 13, 10), r"_dilated_conv2d_backward: grad must have shape \[2, 5, 13, 11\], got \[2, 5, 13, 10\]"),
+        (torch.zeros(2, 5, 13, 11, dtype=torch.float64), r"_dilated_conv2d_backward: grad must have the same dtype as input \(Float\), got Double"),
+    ]:
+        with pytest.raises(RuntimeError, match=message):
+            op(grad, **kwargs, output_mask=[True, True, True])
+        with FakeTensorMode() as mode, pytest.raises(RuntimeError, match=message):
+            op(mode.from_tensor(grad), **{k: mode.from_tensor(v) if isinstance(v, torch.Tensor) else v
+                                          for k, v in kwargs.items()}, output_mask=[True, True, True])
+
+
+def test_functional_errors_name_the_argument():
+    input, weight, bias, _ = make_case(CONFIGS[0])
+    with pytest.raises(RuntimeError, match=r"dilated_conv2d: dilation must be positive, got \[0, 0\]"):
+        segops.dilated_conv2d(input, weight, bias, dilation=0)
+
+
+@requires_cuda
+@pytest.mark.cuda
+@pytest.mark.parametrize("config", CONFIGS, ids=str)
+def test_cuda_matches_cpu_deterministically_without_alert(config):
+    input, weight, bias, kwargs = make_case(config)
+    expected = forward_and_grads(segops.dilated_conv2d, input, weight, bias, kwargs)
+    cuda = lambda t: None if t is None else t.cuda()  # noqa: E731
+    torch.use_deterministic_algorithms(True)  # raises if any op on the path alerts
+    try:
+        runs = [forward_and_grads(segops.dilated_conv2d, cuda(input), cuda(weight), cuda(bias), kwargs)
+                for _ in range(2)]
+    finally:
+        torch.use_deterministic_algorithms(False)
+    for a, b in zip(*runs):
+        assert torch.equal(a, b)
+    assert_all_close([a.cpu() for a in runs[0]], expected, torch.float32)
+
+
+@requires_cuda
+@pytest.mark.cuda
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_cuda_low_precision(dtype):
+    input, weight, bias, kwargs = make_case(CONFIGS[4], dtype=dtype, device="cuda")
+    actual = forward_and_grads(segops.dilated_conv2d, input, weight, bias, kwargs)
+    expected = forward_and_grads(F.conv2d, input.float(), weight.float(), bias.float(), kwargs)
+    eps = torch.finfo(dtype).eps
+    for a, e in zip(actual, expected):
+        torch.testing.assert_close(a.float(), e, rtol=8 * eps, atol=8 * eps * e.abs().max().item())
