@@ -16,7 +16,7 @@ import torch
 from torch.utils.benchmark import Timer
 
 import segops
-from benchmarks import flow_ops, roi_ops, unpool_ops
+from benchmarks import conv_ops, flow_ops, roi_ops, unpool_ops
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -201,7 +201,7 @@ def main(argv=None):
 
     machine = machine_description()
     results = []
-    for case in roi_ops.cases() + flow_ops.cases() + unpool_ops.cases():
+    for case in roi_ops.cases() + flow_ops.cases() + unpool_ops.cases() + conv_ops.cases():
         if args.filter in case.name:
             results.append(run_case(case, args.rounds, args.min_run_time))
             r = results[-1]

@@ -233,6 +233,8 @@ def test_module_is_conv2d_compatible():
     torch.testing.assert_close(no_bias(x[:, :4]), F.conv2d(x[:, :4], no_bias.weight, None, 1, 6, 6, 4))
     with pytest.raises(ValueError, match="DilatedConv2d: padding_mode must be 'zeros', got 'reflect'"):
         segops.DilatedConv2d(4, 4, 3, padding_mode="reflect")
+    with pytest.raises(ValueError, match="DilatedConv2d: padding must be an int or a pair of ints, got 'same'"):
+        segops.DilatedConv2d(4, 4, 3, padding="same")
     with pytest.raises(ValueError, match="DilatedConv2d.from_conv: needs numeric padding"):
         segops.DilatedConv2d.from_conv(nn.Conv2d(4, 4, 3, padding="same"))
 

@@ -211,6 +211,8 @@ class DilatedConv2d(nn.Module):
         super().__init__()
         if padding_mode != "zeros":
             raise ValueError(f"DilatedConv2d: padding_mode must be 'zeros', got {padding_mode!r}")
+        if isinstance(padding, str):
+            raise ValueError(f"DilatedConv2d: padding must be an int or a pair of ints, got {padding!r}")
         if groups < 1 or in_channels % groups != 0 or out_channels % groups != 0:
             raise ValueError(
                 f"DilatedConv2d: groups must be positive and divide in_channels ({in_channels}) and out_channels "
