@@ -240,6 +240,10 @@ BAD_ARGUMENTS = [
     ("indices shape", lambda a: a.update(indices=a["indices"][:, :2]), r"max_unpool2d: indices must have input's shape \[2, 3, 4, 4\], got \[2, 2, 4, 4\]"),
     ("indices device", lambda a: a.update(indices=a["indices"].to("meta")), r"max_unpool2d: indices must be on the same device as input \(cpu\), got meta"),
     ("negative output size", lambda a: a.update(output_height=-1), r"max_unpool2d: output size must be non-negative, got \[-1, 8\]"),
+    # Expanded from one element: a forged shape that costs no memory.
+    ("plane over int32", lambda a: a.update(input=torch.zeros(1).expand(2, 3, 65536, 65536),
+                                            indices=torch.zeros(1, dtype=torch.int64).expand(2, 3, 65536, 65536)),
+     r"max_unpool2d: input planes \(H \* W\) must have at most 2\^31 - 1 elements, got 65536 \* 65536"),
 ]
 
 

@@ -67,8 +67,74 @@ acc_t ordered_sum(const a_t* a, int64_t count) {
   return ((lanes[0] + lanes[1]) + (lanes[2] + lanes[3])) + ((lanes[4] + lanes[5]) + (lanes[6] + lanes[7]));
 }
 
+// For each tap k of an axis, the run [first, last) of outputs that read inside the input: computed once per call
+// (two integer divisions each) rather than per row, where they would cost more than a short row's arithmetic.
+struct InsideRun {
+  int64_t first, last;
+};
+
+std::vector<InsideRun> inside_runs(const ConvAxis& axis) {
+  std::vector<InsideRun> runs(axis.kernel);
+  for (int64_t k = 0; k < axis.kernel; ++k) runs[k] = {axis.first_output_inside(k), axis.last_output_inside(k)};
+  return runs;
+}
+
 // Grain of parallel loops whose iterations each cost about `work` elements.
 int64_t grain_for(int64_t work) { return std::max<int64_t>(1, 32768 / std::max<int64_t>(1, work)); }
+
+// One depthwise plane: its input (read through the row and pixel strides), its filter (kH x kW) and its output
+// (contiguous).
+template <typename scalar_t>
+struct DepthwisePlane {
+  const scalar_t* input;
+  const scalar_t* filter;
+  scalar_t* output;
+  int64_t stride_h, stride_w;
+};
+
+// The depthwise forward of one plane, row by row: each output row sums its taps in order in `sums` (Wo of acc_t),
+// then adds the bias; step = the horizontal stride times the input's pixel stride.
+template <typename scalar_t, typename acc_t, typename stride_t>
+inline __attribute__((always_inline)) void depthwise_plane_forward(const DepthwisePlane<scalar_t>& p, acc_t bias,
+                                                                   const ConvAxis& ay, const ConvAxis& ax,
+                                                                   const InsideRun* runs, acc_t* sums, stride_t step) {
+  for (int64_t oy = 0; oy < ay.out; ++oy) {
+    std::fill(sums, sums + ax.out, acc_t(0));
+    for (int64_t i = 0; i < ay.kernel; ++i) {
+      const int64_t y = ay.input_at(oy, i);
+      if (y < 0 || y >= ay.in) continue;
+      for (int64_t j = 0; j < ax.kernel; ++j) {
+        const acc_t w = static_cast<acc_t>(p.filter[i * ax.kernel + j]);
+        const scalar_t* src = p.input + y * p.stride_h + ax.input_at(0, j) * p.stride_w;
+        for (int64_t ox = runs[j].first; ox < runs[j].last; ++ox) sums[ox] += w * static_cast<acc_t>(src[ox * step]);
+      }
+    }
+    scalar_t* dst = p.output + oy * ax.out;
+    for (int64_t ox = 0; ox < ax.out; ++ox) dst[ox] = static_cast<scalar_t>(sums[ox] + bias);
+  }
+}
+
+// The common case (float, contiguous rows, horizontal stride 1) compiled for AVX2 as well as the baseline x86-64 the
+// extension is built for (SSE2); GCC picks the copy when the library loads. AVX2 without FMA: each element still
+// rounds its product, then its sum, as the baseline and the GPU kernels do.
+__attribute__((target_clones("avx2", "default"))) void depthwise_plane_forward_unit_float(
+    const DepthwisePlane<float>& p, float bias, const ConvAxis& ay, const ConvAxis& ax, const InsideRun* runs,
+    float* sums) {
+  depthwise_plane_forward(p, bias, ay, ax, runs, sums, UnitStride{});
+}
+
+// Runs the AVX2-capable copy where there is one (float, unit step): true if it ran.
+template <typename scalar_t, typename acc_t>
+bool depthwise_plane_forward_fast(const DepthwisePlane<scalar_t>&, acc_t, const ConvAxis&, const ConvAxis&,
+                                  const InsideRun*, acc_t*) {
+  return false;
+}
+
+inline bool depthwise_plane_forward_fast(const DepthwisePlane<float>& p, float bias, const ConvAxis& ay,
+                                         const ConvAxis& ax, const InsideRun* runs, float* sums) {
+  depthwise_plane_forward_unit_float(p, bias, ay, ax, runs, sums);
+  return true;
+}
 
 struct CpuConvOps {
   void im2col(const at::Tensor& input, const CheckedConv& c, at::Tensor& columns, int64_t n, int64_t first_row,
@@ -107,6 +173,7 @@ struct CpuConvOps {
     const ConvAxis ay = c.ay, ax = c.ax;
     const int64_t width = rows * ax.out;
     const RowRange read = input_rows_read(ay, first_row, rows);
+    const std::vector<InsideRun> runs = inside_runs(ax);
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, columns.scalar_type(), "dilated_conv_col2im", [&] {
       using acc_t = at::opmath_type<scalar_t>;
       const scalar_t* col = columns.const_data_ptr<scalar_t>();
@@ -121,7 +188,7 @@ struct CpuConvOps {
               if (oy < first_row || oy >= first_row + rows) continue;
               for (int64_t j = 0; j < ax.kernel; ++j) {
                 const scalar_t* src = col + ((ch * ay.kernel + i) * ax.kernel + j) * width + (oy - first_row) * ax.out;
-                const int64_t first = ax.first_output_inside(j), last = ax.last_output_inside(j);
+                const int64_t first = runs[j].first, last = runs[j].last;
                 acc_t* dst = sums.data() + ax.input_at(0, j);
                 with_stride(ax.stride, [&](auto step) {
                   for (int64_t ox = first; ox < last; ++ox) dst[ox * step] += static_cast<acc_t>(src[ox]);
@@ -159,6 +226,7 @@ struct CpuConvOps {
     at::Tensor output = empty_with_huge_pages(c.output_shape(), input.options());
     const StridedImage image = strided_image(input);
     const ConvAxis ay = c.ay, ax = c.ax;
+    const std::vector<InsideRun> runs = inside_runs(ax);
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "dilated_conv_depthwise", [&] {
       using acc_t = at::opmath_type<scalar_t>;
       const scalar_t* in = input.const_data_ptr<scalar_t>();
@@ -170,25 +238,15 @@ struct CpuConvOps {
         std::vector<acc_t> sums(ax.out);
         for (int64_t plane = begin; plane < end; ++plane) {
           const int64_t n = plane / c.channels, ch = plane % c.channels;
-          const scalar_t* filter = filters + ch * c.taps();
           const acc_t b = bias_data != nullptr ? static_cast<acc_t>(bias_data[ch]) : acc_t(0);
-          for (int64_t oy = 0; oy < ay.out; ++oy) {
-            std::fill(sums.begin(), sums.end(), acc_t(0));
-            for (int64_t i = 0; i < ay.kernel; ++i) {
-              const int64_t y = ay.input_at(oy, i);
-              if (y < 0 || y >= ay.in) continue;
-              for (int64_t j = 0; j < ax.kernel; ++j) {
-                const acc_t w = static_cast<acc_t>(filter[i * ax.kernel + j]);
-                const scalar_t* src = in + image.offset(n, ch, y, ax.input_at(0, j));
-                const int64_t first = ax.first_output_inside(j), last = ax.last_output_inside(j);
-                with_stride(ax.stride * image.stride_w, [&](auto step) {
-                  for (int64_t ox = first; ox < last; ++ox) sums[ox] += w * static_cast<acc_t>(src[ox * step]);
-                });
-              }
-            }
-            scalar_t* dst = out + (plane * ay.out + oy) * ax.out;
-            for (int64_t ox = 0; ox < ax.out; ++ox) dst[ox] = static_cast<scalar_t>(sums[ox] + b);
+          const DepthwisePlane<scalar_t> p{in + image.offset(n, ch, 0, 0), filters + ch * c.taps(),
+                                           out + plane * ay.out * ax.out, image.stride_h, image.stride_w};
+          if (image.stride_w == 1 && ax.stride == 1 &&
+              depthwise_plane_forward_fast(p, b, ay, ax, runs.data(), sums.data())) {
+            continue;
           }
+          with_stride(ax.stride * image.stride_w,
+                      [&](auto step) { depthwise_plane_forward(p, b, ay, ax, runs.data(), sums.data(), step); });
         }
       });
     });
@@ -201,6 +259,7 @@ struct CpuConvOps {
     at::Tensor grad_input, grad_weight, grad_bias;
     const StridedImage image = strided_image(input);
     const ConvAxis ay = c.ay, ax = c.ax;
+    const std::vector<InsideRun> runs = inside_runs(ax);
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "dilated_conv_depthwise_bwd", [&] {
       using acc_t = at::opmath_type<scalar_t>;
       const scalar_t* g = grad.const_data_ptr<scalar_t>();
@@ -223,7 +282,7 @@ struct CpuConvOps {
                   const acc_t w = static_cast<acc_t>(filter[i * ax.kernel + j]);
                   const scalar_t* src = g + plane * out_plane + oy * ax.out;
                   acc_t* dst = sums.data() + ax.input_at(0, j);
-                  const int64_t first = ax.first_output_inside(j), last = ax.last_output_inside(j);
+                  const int64_t first = runs[j].first, last = runs[j].last;
                   with_stride(ax.stride, [&](auto step) {
                     for (int64_t ox = first; ox < last; ++ox) dst[ox * step] += w * static_cast<acc_t>(src[ox]);
                   });
@@ -242,7 +301,7 @@ struct CpuConvOps {
           for (int64_t ch = begin; ch < end; ++ch) {
             for (int64_t i = 0; i < ay.kernel; ++i) {
               for (int64_t j = 0; j < ax.kernel; ++j) {
-                const int64_t first = ax.first_output_inside(j), last = ax.last_output_inside(j);
+                const int64_t first = runs[j].first, last = runs[j].last;
                 acc_t sum = 0;
                 for (int64_t n = 0; n < c.batch; ++n) {
                   for (int64_t oy = ay.first_output_inside(i); oy < ay.last_output_inside(i); ++oy) {
