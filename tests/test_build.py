@@ -84,10 +84,11 @@ assert (torch.ops.segops._cuda_version() > 0) == {variant == "cuda"}
     subprocess.run([sys.executable, "-c", check], check=True, timeout=300)
 
 
-# Files whose code runs on the CUDA path: the .cu launchers, the kernel headers and everything in common/ they use.
+# Files whose code runs on the CUDA path: the .cu launchers, the kernel headers, the ops' shared headers (math,
+# drivers) and checks, and everything in common/ they use.
 CUDA_PATH_SOURCES = sorted(
-    [*ROOT.glob("csrc/*/*_cuda.cu"), *ROOT.glob("csrc/*/*_kernels.cuh"), *ROOT.glob("csrc/common/*.h"),
-     *ROOT.glob("csrc/common/*.cuh"), *ROOT.glob("csrc/common/*.cpp")]
+    [*ROOT.glob("csrc/*/*_cuda.cu"), *ROOT.glob("csrc/*/*.cuh"), *ROOT.glob("csrc/*/*.h"),
+     *ROOT.glob("csrc/*/*_checks.cpp"), *ROOT.glob("csrc/common/*.cpp")]
 )
 HOST_SYNC = re.compile(r"\.item\s*(<[^>]*>)?\s*\(|\.cpu\s*\(|\bnonzero\s*\(|_local_scalar_dense|\.tolist\s*\(|"
                        r"cudaDeviceSynchronize|cudaStreamSynchronize|\.to\s*\(\s*(at::)?kCPU")
