@@ -3,8 +3,9 @@
 //    in increasing position order, so the last write, the input at the largest position, wins (max_unpool.h);
 //  - backward: a gather; the thread visits its inputs in decreasing position order and marks each output it reads,
 //    so the first visitor, the winner, takes the gradient and later (losing) duplicates get zero.
-// No atomics, bitwise reproducible for any thread count. An index out of range is never read or written through; the
-// error names the first such index in memory order, whatever the thread count.
+// No atomic arithmetic, bitwise reproducible for any thread count. An index out of range is never read or written
+// through; the error names the first such index in memory order (a compare-exchange keeps the smallest offset),
+// whatever the thread count.
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
