@@ -70,7 +70,8 @@ SEGOPS_HOST_DEVICE acc_t col2im_sum(const scalar_t* columns, const ConvAxis& ay,
     for (int64_t j = 0; j < ax.kernel; ++j) {
       const int64_t ox = ax.output_reading(x, j);
       if (ox < 0) continue;
-      sum += static_cast<acc_t>(columns[((c * ay.kernel + i) * ax.kernel + j) * width + (oy - first_row) * ax.out + ox]);
+      const int64_t row = (c * ay.kernel + i) * ax.kernel + j;
+      sum += static_cast<acc_t>(columns[row * width + (oy - first_row) * ax.out + ox]);
     }
   }
   return sum;

@@ -127,7 +127,8 @@ template <class Ops>
 at::Tensor dilated_conv2d_forward(const Ops& ops, const at::Tensor& input, const at::Tensor& weight,
                                   const std::optional<at::Tensor>& bias, at::IntArrayRef stride,
                                   at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups) {
-  const CheckedConv c = checked_dilated_conv2d("dilated_conv2d", input, weight, bias, stride, padding, dilation, groups);
+  const CheckedConv c =
+      checked_dilated_conv2d("dilated_conv2d", input, weight, bias, stride, padding, dilation, groups);
   if (c.batch == 0 || c.out_channels == 0 || c.channels == 0) {
     // Nothing to sum: the bias, or zeros.
     at::Tensor output = at::zeros(c.output_shape(), input.options());
@@ -147,14 +148,16 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> dilated_conv2d_backward(const Ops
                                                                        at::IntArrayRef stride, at::IntArrayRef padding,
                                                                        at::IntArrayRef dilation, int64_t groups,
                                                                        std::array<bool, 3> output_mask) {
-  const CheckedConv c =
-      checked_dilated_conv2d("_dilated_conv2d_backward", input, weight, std::nullopt, stride, padding, dilation, groups);
+  const CheckedConv c = checked_dilated_conv2d("_dilated_conv2d_backward", input, weight, std::nullopt, stride,
+                                               padding, dilation, groups);
   check_dilated_conv2d_grad(grad, input, c);
   std::tuple<at::Tensor, at::Tensor, at::Tensor> grads;
   if (c.batch == 0 || c.out_channels == 0 || c.channels == 0) {
     grads = {at::zeros(input.sizes(), input.options()), at::zeros(weight.sizes(), weight.options()),
              at::zeros({c.out_channels}, input.options())};
-    if (output_mask[2] && grad.numel() > 0) std::get<2>(grads) = ops.channel_sums(grad.contiguous()).to(input.scalar_type());
+    if (output_mask[2] && grad.numel() > 0) {
+      std::get<2>(grads) = ops.channel_sums(grad.contiguous()).to(input.scalar_type());
+    }
   } else if (c.depthwise) {
     grads = ops.depthwise_backward(grad.contiguous(), input, weight.contiguous(), c, output_mask);
   } else {

@@ -9,14 +9,14 @@ namespace {
 
 // channels_last where the tensor is laid out so and not also contiguous (C == 1 or 1x1 planes are both).
 at::MemoryFormat unpool_format(const at::Tensor& tensor) {
-  return !tensor.is_contiguous() && tensor.is_contiguous(at::MemoryFormat::ChannelsLast) ? at::MemoryFormat::ChannelsLast
-                                                                                         : at::MemoryFormat::Contiguous;
+  const bool channels_last = !tensor.is_contiguous() && tensor.is_contiguous(at::MemoryFormat::ChannelsLast);
+  return channels_last ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous;
 }
 
 void check_indices_dtype_and_device(const char* op, const at::Tensor& indices, const at::Tensor& like,
                                     const char* like_name) {
-  TORCH_CHECK(indices.scalar_type() == at::kLong, op, ": indices must be int64 (Long), as max_pool2d returns them, got ",
-              indices.scalar_type());
+  TORCH_CHECK(indices.scalar_type() == at::kLong, op,
+              ": indices must be int64 (Long), as max_pool2d returns them, got ", indices.scalar_type());
   check_same_device(op, "indices", indices, like, like_name);
 }
 

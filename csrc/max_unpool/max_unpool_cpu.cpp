@@ -123,7 +123,8 @@ at::Tensor max_unpool2d_forward_cpu(const at::Tensor& input, const at::Tensor& i
     const int64_t* indices_data = indices_c.const_data_ptr<int64_t>();
     scalar_t* output_data = output.mutable_data_ptr<scalar_t>();
     const int64_t in_plane = checked.in_plane(), out_plane = checked.out_plane();
-    for_each_plane(checked, input.size(0), in_plane + out_plane, bad, [&](int64_t in_base, int64_t out_base, auto stride) {
+    const int64_t work = in_plane + out_plane;
+    for_each_plane(checked, input.size(0), work, bad, [&](int64_t in_base, int64_t out_base, auto stride) {
       // A contiguous output plane is zeroed by its own thread, so it is in cache when the scatter arrives; a
       // channels_last output was zeroed as a whole.
       if constexpr (std::is_same_v<decltype(stride), UnitStride>) {

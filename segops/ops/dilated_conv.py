@@ -1,6 +1,6 @@
 """Dilated (atrous) convolution (DeepLab): functional, nn.Module and autograd.Function front ends of
-torch.ops.segops.dilated_conv2d, and the argument checks its fake kernels run (csrc/dilated_conv/dilated_conv_checks.cpp's
-messages, word for word)."""
+torch.ops.segops.dilated_conv2d, and the argument checks its fake kernels run
+(csrc/dilated_conv/dilated_conv_checks.cpp's messages, word for word)."""
 
 import math
 from typing import List, Optional, Sequence, Union
@@ -95,7 +95,8 @@ def check_dilated_conv2d_args(op, input, weight, bias, stride, padding, dilation
         )
     if weight.dtype != input.dtype:
         raise RuntimeError(
-            f"{op}: weight must have the same dtype as input ({dtype_name(input.dtype)}), got {dtype_name(weight.dtype)}"
+            f"{op}: weight must have the same dtype as input ({dtype_name(input.dtype)}), "
+            f"got {dtype_name(weight.dtype)}"
         )
     check_same_device(op, "weight", weight, input, "input")
     out_channels = weight.shape[0]
@@ -104,7 +105,8 @@ def check_dilated_conv2d_args(op, input, weight, bias, stride, padding, dilation
             raise RuntimeError(f"{op}: bias must have shape [C_out] = [{out_channels}], got {shape_str(bias)}")
         if bias.dtype != input.dtype:
             raise RuntimeError(
-                f"{op}: bias must have the same dtype as input ({dtype_name(input.dtype)}), got {dtype_name(bias.dtype)}"
+                f"{op}: bias must have the same dtype as input ({dtype_name(input.dtype)}), "
+                f"got {dtype_name(bias.dtype)}"
             )
         check_same_device(op, "bias", bias, input, "input")
     out_h = conv_output_size(op, "height", "H", input.shape[2], weight.shape[2], stride[0], padding[0], dilation[0])
@@ -243,8 +245,8 @@ class DilatedConv2d(nn.Module):
         """A DilatedConv2d computing what ``conv`` computes, sharing its parameters (no copy)."""
         if conv.padding_mode != "zeros" or isinstance(conv.padding, str):
             raise ValueError(
-                f"DilatedConv2d.from_conv: needs numeric padding with padding_mode 'zeros', got padding={conv.padding!r}, "
-                f"padding_mode={conv.padding_mode!r}"
+                "DilatedConv2d.from_conv: needs numeric padding with padding_mode 'zeros', "
+                f"got padding={conv.padding!r}, padding_mode={conv.padding_mode!r}"
             )
         module = cls.__new__(cls)
         nn.Module.__init__(module)

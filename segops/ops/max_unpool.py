@@ -191,4 +191,5 @@ class MaxUnpool2d(nn.Module):
         return max_unpool2d(input, indices, self.kernel_size, self.stride, self.padding, output_size)
 
     def __repr__(self) -> str:
-        return f"{self.__class__.__name__}(kernel_size={self.kernel_size}, stride={self.stride}, padding={self.padding})"
+        name = self.__class__.__name__
+        return f"{name}(kernel_size={self.kernel_size}, stride={self.stride}, padding={self.padding})"

@@ -1,0 +1,81 @@
+"""Losses of semantic and salient-object segmentation: per-pixel cross-entropy, binary cross-entropy, the IoU loss,
+the SSIM loss and BASNet's hybrid of the three (Qin et al. 2019), all differentiable."""
+
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+
+def cross_entropy(
+    logits: Tensor, target: Tensor, weight: Optional[Tensor] = None, ignore_index: int = -100
+) -> Tensor:
+    """Per-pixel cross-entropy, averaged over the counted pixels (weighted by their class weight).
+
+    Args:
+        logits (Tensor[N, K, H, W]): scores.
+        target (Tensor[N, H, W], int64): labels in [0, K), or ignore_index (not counted).
+        weight (Tensor[K], optional): class weights.
+    """
+    return F.cross_entropy(logits, target, weight=weight, ignore_index=ignore_index)
+
+
+def binary_cross_entropy(pred: Tensor, target: Tensor) -> Tensor:
+    """Mean binary cross-entropy of probabilities pred Tensor[N, 1, H, W] in [0, 1] against target of its shape."""
+    _check_same_shape("binary_cross_entropy", pred, target)
+    return F.binary_cross_entropy(pred, target)
+
+
+def iou_loss(pred: Tensor, target: Tensor) -> Tensor:
+    """BASNet's IoU loss: 1 - sum(pred * target) / sum(pred + target - pred * target) per image, averaged over the
+    batch. pred Tensor[N, C, H, W] of probabilities, target of its shape in [0, 1]."""
+    _check_same_shape("iou_loss", pred, target)
+    intersection = (pred * target).flatten(1).sum(dim=1)
+    union = (pred + target - pred * target).flatten(1).sum(dim=1)
+    return (1 - intersection / union).mean()
+
+
+def gaussian_window(size: int = 11, sigma: float = 1.5, dtype=torch.float32, device=None) -> Tensor:
+    """The normalised 2-D Gaussian window Tensor[size, size] of the SSIM (Wang et al. 2004: 11x11, sigma 1.5)."""
+    coords = torch.arange(size, dtype=torch.float64) - (size - 1) / 2
+    line = torch.exp(-(coords**2) / (2 * sigma**2))
+    line = line / line.sum()
+    return torch.outer(line, line).to(dtype=dtype, device=device)
+
+
+def ssim(pred: Tensor, target: Tensor, window_size: int = 11, sigma: float = 1.5) -> Tensor:
+    """Mean structural similarity of pred and target Tensor[N, C, H, W] with values in [0, 1]: local statistics under
+    a Gaussian window (zero-padded by window_size // 2, per channel), C1 = 0.01^2, C2 = 0.03^2."""
+    _check_same_shape("ssim", pred, target)
+    channels = pred.shape[1]
+    window = gaussian_window(window_size, sigma, pred.dtype, pred.device).expand(channels, 1, window_size, window_size)
+
+    def local_mean(x):
+        return F.conv2d(x, window, padding=window_size // 2, groups=channels)
+
+    mu_pred, mu_target = local_mean(pred), local_mean(target)
+    var_pred = local_mean(pred * pred) - mu_pred**2
+    var_target = local_mean(target * target) - mu_target**2
+    covariance = local_mean(pred * target) - mu_pred * mu_target
+    c1, c2 = 0.01**2, 0.03**2
+    ssim_map = ((2 * mu_pred * mu_target + c1) * (2 * covariance + c2)) / (
+        (mu_pred**2 + mu_target**2 + c1) * (var_pred + var_target + c2)
+    )
+    return ssim_map.mean()
+
+
+def ssim_loss(pred: Tensor, target: Tensor, window_size: int = 11, sigma: float = 1.5) -> Tensor:
+    """1 - :func:`ssim`."""
+    return 1 - ssim(pred, target, window_size, sigma)
+
+
+def hybrid_loss(pred: Tensor, target: Tensor) -> Tensor:
+    """BASNet's hybrid loss: binary cross-entropy + SSIM loss + IoU loss, on probabilities pred Tensor[N, 1, H, W]
+    and target of its shape in [0, 1]."""
+    return binary_cross_entropy(pred, target) + ssim_loss(pred, target) + iou_loss(pred, target)
+
+
+def _check_same_shape(name: str, pred: Tensor, target: Tensor) -> None:
+    if pred.shape != target.shape:
+        raise ValueError(f"{name}: target must have pred's shape {list(pred.shape)}, got {list(target.shape)}")
