@@ -1,6 +1,7 @@
-"""Metrics of semantic segmentation: pixel accuracy, mean accuracy, mean IU and frequency-weighted IU exactly as
+"""Metrics of segmentation. Semantic: pixel accuracy, mean accuracy, mean IU and frequency-weighted IU exactly as
 Long et al. (2015, "Fully Convolutional Networks for Semantic Segmentation", section 5) define them, from a
-confusion matrix accumulated over batches with one bincount and mergeable across processes."""
+confusion matrix accumulated over batches with one bincount and mergeable across processes. Panoptic: PQ, SQ and
+RQ (Kirillov et al. 2019) with the COCO panoptic API's void and crowd rules."""
 
 from typing import Dict, Optional
 
@@ -97,3 +98,112 @@ class SegmentationMetrics:
             "fw_iou": (frequency[per_target > 0] * iou[per_target > 0]).sum().item() if total > 0 else float("nan"),
             "iou": iou.cpu(),
         }
+
+
+class PanopticQuality:
+    """Panoptic quality PQ = SQ * RQ (Kirillov et al. 2019), accumulated over images.
+
+    Inputs are Tensor[N, H, W, 2] of integers (category id, instance id). A segment is the set of pixels of one
+    (category, instance) pair for a thing category, and of one category for a stuff category (its instance ids are
+    ignored). Predicted and ground-truth segments of one category match when their IoU exceeds 0.5 (so each matches
+    at most once); per category, ``PQ = sum of matched IoUs / (TP + FP / 2 + FN / 2)``, ``SQ = sum of matched IoUs /
+    TP`` and ``RQ = TP / (TP + FP / 2 + FN / 2)``, averaged over the categories with TP + FP + FN > 0 (overall,
+    things and stuff), as the COCO panoptic API does.
+
+    Void and crowd, as in the COCO panoptic API: ground-truth pixels whose category is in neither ``things`` nor
+    ``stuffs`` are void, and a thing pixel of the ground truth with instance id 0 belongs to that category's crowd
+    region (Cityscapes' convention for groups). The void pixels a predicted segment covers are left out of its IoU
+    with a ground-truth segment; an unmatched predicted segment is not a false positive when more than half of it
+    lies on void or on the crowd region of its category; crowd regions are never matched nor missed. Predicted
+    pixels of other categories are unlabelled.
+
+    Args:
+        things (iterable of int): the thing category ids (countable objects, with instance ids).
+        stuffs (iterable of int): the stuff category ids (amorphous regions).
+    """
+
+    def __init__(self, things, stuffs) -> None:
+        self.things, self.stuffs = sorted(set(things)), sorted(set(stuffs))
+        if set(self.things) & set(self.stuffs):
+            raise ValueError(f"PanopticQuality: a category cannot be both thing and stuff: "
+                             f"{sorted(set(self.things) & set(self.stuffs))}")
+        self.reset()
+
+    def reset(self) -> None:
+        categories = self.things + self.stuffs
+        self.iou_sum = {c: 0.0 for c in categories}
+        self.tp = {c: 0 for c in categories}
+        self.fp = {c: 0 for c in categories}
+        self.fn = {c: 0 for c in categories}
+
+    def _segment_ids(self, panoptic: Tensor, ground_truth: bool) -> Tensor:
+        """One int64 id per pixel: category * 2^32 + instance for things, category * 2^32 for stuff, -1 for void or
+        unlabelled pixels; crowd pixels of the ground truth get -2 - category."""
+        category, instance = panoptic[..., 0].long(), panoptic[..., 1].long()
+        is_thing = torch.isin(category, torch.tensor(self.things, dtype=torch.long, device=category.device))
+        is_stuff = torch.isin(category, torch.tensor(self.stuffs, dtype=torch.long, device=category.device))
+        ids = torch.where(is_thing, category * 2**32 + instance, category * 2**32)
+        ids = torch.where(is_thing | is_stuff, ids, torch.full_like(ids, -1))
+        if ground_truth:
+            ids = torch.where(is_thing & (instance == 0), -2 - category, ids)
+        return ids
+
+    @torch.no_grad()
+    def update(self, pred: Tensor, target: Tensor) -> None:
+        """Adds images: pred and target Tensor[N, H, W, 2] of integers (category id, instance id)."""
+        if pred.shape != target.shape or pred.dim() != 4 or pred.shape[-1] != 2:
+            raise ValueError(f"PanopticQuality.update: pred and target must be Tensor[N, H, W, 2] of one shape, got "
+                             f"{list(pred.shape)} and {list(target.shape)}")
+        if pred.is_floating_point() or target.is_floating_point():
+            raise ValueError("PanopticQuality.update: ids must be integer tensors")
+        for pred_image, target_image in zip(pred, target):
+            self._update_image(self._segment_ids(pred_image, False).flatten().cpu(),
+                               self._segment_ids(target_image, True).flatten().cpu())
+
+    def _update_image(self, pred_ids: Tensor, target_ids: Tensor) -> None:
+        def areas(ids):
+            values, counts = ids.unique(return_counts=True)
+            return dict(zip(values.tolist(), counts.tolist()))
+
+        pred_area, target_area = areas(pred_ids), areas(target_ids)
+        pairs, counts = torch.stack([target_ids, pred_ids]).unique(dim=1, return_counts=True)
+        intersection = {(t, p): n for (t, p), n in zip(pairs.t().tolist(), counts.tolist())}
+        category = lambda segment: segment >> 32  # noqa: E731  (for segment ids >= 0)
+        matched_pred, matched_target = set(), set()
+        for (t, p), inter in intersection.items():
+            if t < 0 or p < 0 or category(t) != category(p):
+                continue
+            union = pred_area[p] + target_area[t] - inter - intersection.get((-1, p), 0)
+            iou = inter / union
+            if iou > 0.5:
+                matched_pred.add(p)
+                matched_target.add(t)
+                self.tp[category(t)] += 1
+                self.iou_sum[category(t)] += iou
+        for t in target_area:
+            if t >= 0 and t not in matched_target:
+                self.fn[category(t)] += 1
+        for p, area in pred_area.items():
+            if p < 0 or p in matched_pred:
+                continue
+            ignored = intersection.get((-1, p), 0) + intersection.get((-2 - category(p), p), 0)
+            if ignored / area <= 0.5:
+                self.fp[category(p)] += 1
+
+    def compute(self) -> Dict[str, float]:
+        """``pq``, ``sq``, ``rq`` over all categories and ``pq_things`` ... ``rq_stuff``; per category in
+        ``per_category``. A group with no category to average is NaN."""
+        per_category = {}
+        for c in self.things + self.stuffs:
+            tp, fp, fn = self.tp[c], self.fp[c], self.fn[c]
+            if tp + fp + fn == 0:
+                continue
+            denominator = tp + 0.5 * fp + 0.5 * fn
+            per_category[c] = {"pq": self.iou_sum[c] / denominator, "sq": self.iou_sum[c] / tp if tp else 0.0,
+                               "rq": tp / denominator}
+        result: Dict[str, object] = {"per_category": per_category}
+        for suffix, group in (("", self.things + self.stuffs), ("_things", self.things), ("_stuff", self.stuffs)):
+            present = [per_category[c] for c in group if c in per_category]
+            for key in ("pq", "sq", "rq"):
+                result[key + suffix] = sum(r[key] for r in present) / len(present) if present else float("nan")
+        return result

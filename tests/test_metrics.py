@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from segops.metrics import SegmentationMetrics
+from segops.metrics import PanopticQuality, SegmentationMetrics
 
 
 def test_hand_computed_case():
@@ -93,3 +93,58 @@ def test_bad_labels_are_errors():
         metrics.update(torch.zeros(1, 4, 2, 2), torch.zeros(1, 2, 2, dtype=torch.long))
     with pytest.raises(ValueError, match=r"num_classes must be at least 1, got 0"):
         SegmentationMetrics(0)
+
+
+def _panoptic(rows):
+    """Tensor[1, H, W, 2] from rows of (category, instance) pairs."""
+    return torch.tensor([rows], dtype=torch.int64)
+
+
+def test_panoptic_quality_hand_computed():
+    # Things {1}, stuff {2}, category 0 is void; a thing with instance 0 is crowd.
+    target = _panoptic([
+        [(2, 0), (2, 0), (2, 0), (2, 0), (2, 0)],
+        [(1, 1), (1, 1), (1, 1), (2, 0), (2, 0)],
+        [(1, 1), (1, 1), (1, 1), (1, 2), (1, 2)],
+        [(0, 0), (0, 0), (1, 0), (1, 0), (1, 2)],
+    ])
+    pred = _panoptic([
+        [(2, 0), (2, 0), (2, 0), (2, 0), (2, 0)],
+        [(1, 5), (1, 5), (1, 5), (2, 0), (2, 0)],
+        [(1, 5), (1, 5), (1, 7), (1, 7), (1, 7)],
+        [(1, 5), (1, 9), (1, 9), (1, 9), (1, 7)],
+    ])
+    metrics = PanopticQuality(things=[1], stuffs=[2])
+    metrics.update(pred, target)
+    # Stuff matches exactly. (1, 5) meets (1, 1) on 5 pixels; its 1 void pixel leaves the union: IoU 5/6.
+    # (1, 7) meets (1, 2) on 3 of 4: IoU 3/4. (1, 9) lies on void and crowd only: not a false positive.
+    result = metrics.compute()
+    assert result["pq_things"] == pytest.approx((5 / 6 + 3 / 4) / 2)
+    assert result["rq_things"] == pytest.approx(1.0) and result["pq_stuff"] == pytest.approx(1.0)
+    # A second image: the thing is missed (FN), a predicted thing lies on stuff (FP), stuff overlaps at IoU 1/4
+    # (FN and FP).
+    target2 = _panoptic([[(1, 1), (1, 1), (2, 0), (2, 0)], [(1, 1), (1, 1), (2, 0), (2, 0)]])
+    pred2 = _panoptic([[(2, 0), (2, 0), (1, 3), (2, 0)], [(2, 0), (2, 0), (1, 3), (2, 0)]])
+    metrics.update(pred2, target2)
+    result = metrics.compute()
+    things_pq, stuff_pq = (5 / 6 + 3 / 4) / 3, 1 / 2
+    assert result["pq_things"] == pytest.approx(things_pq)
+    assert result["sq_things"] == pytest.approx((5 / 6 + 3 / 4) / 2)
+    assert result["rq_things"] == pytest.approx(2 / 3)
+    assert result["pq_stuff"] == pytest.approx(stuff_pq) and result["sq_stuff"] == pytest.approx(1.0)
+    assert result["pq"] == pytest.approx((things_pq + stuff_pq) / 2)
+
+
+def test_panoptic_quality_of_a_perfect_prediction_is_one():
+    g = torch.Generator().manual_seed(0)
+    category = torch.randint(1, 4, (2, 8, 8), generator=g)
+    instance = torch.where(category == 1, torch.randint(1, 4, (2, 8, 8), generator=g), 0)
+    panoptic = torch.stack([category, instance], dim=-1)
+    metrics = PanopticQuality(things=[1], stuffs=[2, 3])
+    metrics.update(panoptic, panoptic)
+    result = metrics.compute()
+    assert result["pq"] == pytest.approx(1.0) and result["sq"] == pytest.approx(1.0)
+    with pytest.raises(ValueError, match="a category cannot be both thing and stuff"):
+        PanopticQuality(things=[1, 2], stuffs=[2])
+    with pytest.raises(ValueError, match=r"must be Tensor\[N, H, W, 2\] of one shape"):
+        metrics.update(panoptic[..., 0], panoptic[..., 0])
