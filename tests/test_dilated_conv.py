@@ -2,11 +2,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch._subclasses.fake_tensor import FakeTensorMode
 
 import segops
 from conftest import DEVICES, requires_cuda
-from roi_testing import layouts
+from roi_testing import assert_raises_eager_and_fake, layouts
 
 TOLERANCES = {
     torch.float32: dict(rtol=1e-4, atol=1e-4),
@@ -273,11 +272,7 @@ def test_bad_arguments_eager_and_fake(case):
     _, changes, message = case
     kwargs = _kwargs()
     kwargs.update(changes)
-    op = torch.ops.segops.dilated_conv2d
-    with pytest.raises(RuntimeError, match=message):
-        op(**kwargs)
-    with FakeTensorMode(allow_non_fake_inputs=False) as mode, pytest.raises(RuntimeError, match=message):
-        op(**{k: mode.from_tensor(v) if isinstance(v, torch.Tensor) else v for k, v in kwargs.items()})
+    assert_raises_eager_and_fake(torch.ops.segops.dilated_conv2d, kwargs, message)
 
 
 def test_bad_backward_arguments_eager_and_fake():
@@ -288,11 +283,7 @@ def test_bad_backward_arguments_eager_and_fake():
         (torch.zeros(2, 5, 13, 10), r"_dilated_conv2d_backward: grad must have shape \[2, 5, 13, 11\], got \[2, 5, 13, 10\]"),
         (torch.zeros(2, 5, 13, 11, dtype=torch.float64), r"_dilated_conv2d_backward: grad must have the same dtype as input \(Float\), got Double"),
     ]:
-        with pytest.raises(RuntimeError, match=message):
-            op(grad, **kwargs, output_mask=[True, True, True])
-        with FakeTensorMode() as mode, pytest.raises(RuntimeError, match=message):
-            op(mode.from_tensor(grad), **{k: mode.from_tensor(v) if isinstance(v, torch.Tensor) else v
-                                          for k, v in kwargs.items()}, output_mask=[True, True, True])
+        assert_raises_eager_and_fake(op, dict(grad=grad, **kwargs, output_mask=[True, True, True]), message)
 
 
 def test_functional_errors_name_the_argument():

@@ -1,11 +1,10 @@
 import pytest
 import torch
-from torch._subclasses.fake_tensor import FakeTensorMode
 
 import segops
 from segops import reference
 from conftest import DEVICES, requires_cuda
-from roi_testing import layouts
+from roi_testing import assert_raises_eager_and_fake, layouts
 
 TOLERANCES = {torch.float32: dict(rtol=1e-5, atol=1e-5), torch.float64: dict(rtol=1e-10, atol=1e-10)}
 
@@ -250,11 +249,7 @@ def test_bad_arguments_eager_and_fake(case):
     _, mutate, message = case
     kwargs = _kwargs()
     mutate(kwargs)
-    op = torch.ops.segops.flow_warp
-    with pytest.raises(RuntimeError, match=message):
-        op(**kwargs)
-    with FakeTensorMode() as mode, pytest.raises(RuntimeError, match=message):
-        op(**{k: mode.from_tensor(v) if isinstance(v, torch.Tensor) else v for k, v in kwargs.items()})
+    assert_raises_eager_and_fake(torch.ops.segops.flow_warp, kwargs, message)
 
 
 def test_bad_backward_arguments_and_devices():
@@ -269,10 +264,7 @@ def test_bad_backward_arguments_and_devices():
         (torch.ones(2, 3, 5, 6, dtype=torch.float64), r"_flow_warp_backward: grad must have the same dtype as feature \(Float\), got Double"),
     ]
     for grad, message in cases:
-        with pytest.raises(RuntimeError, match=message):
-            backward(grad, kwargs["feature"], kwargs["flow"], kwargs["scale"])
-        with FakeTensorMode() as mode, pytest.raises(RuntimeError, match=message):
-            backward(*(mode.from_tensor(t) for t in (grad, kwargs["feature"], kwargs["flow"], kwargs["scale"])))
+        assert_raises_eager_and_fake(backward, dict(grad=grad, **kwargs), message)
 
 
 @requires_cuda

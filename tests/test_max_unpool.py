@@ -1,12 +1,11 @@
 import pytest
 import torch
 import torch.nn.functional as F
-from torch._subclasses.fake_tensor import FakeTensorMode
 
 import segops
 from segops import reference
 from conftest import DEVICES, requires_cuda
-from roi_testing import layouts
+from roi_testing import assert_raises_eager_and_fake, layouts
 
 # (input size [N, C, H, W] or [C, H, W], kernel, stride, padding): non-overlapping SegNet pools, odd sizes (the last
 # row/column dropped), padding, and overlapping windows (kernel 3 stride 2, kernel 3 stride 1) whose indices repeat.
@@ -252,11 +251,7 @@ def test_bad_arguments_eager_and_fake(case):
     _, mutate, message = case
     kwargs = _kwargs()
     mutate(kwargs)
-    op = torch.ops.segops.max_unpool2d
-    with pytest.raises(RuntimeError, match=message):
-        op(**kwargs)
-    with FakeTensorMode() as mode, pytest.raises(RuntimeError, match=message):
-        op(**{k: mode.from_tensor(v) if isinstance(v, torch.Tensor) else v for k, v in kwargs.items()})
+    assert_raises_eager_and_fake(torch.ops.segops.max_unpool2d, kwargs, message)
 
 
 BAD_BACKWARD_ARGUMENTS = [
@@ -269,11 +264,8 @@ BAD_BACKWARD_ARGUMENTS = [
 
 @pytest.mark.parametrize("args, message", BAD_BACKWARD_ARGUMENTS, ids=lambda x: str(x)[:40])
 def test_bad_backward_arguments_eager_and_fake(args, message):
-    op = torch.ops.segops._max_unpool2d_backward
-    with pytest.raises(RuntimeError, match=message):
-        op(*args)
-    with FakeTensorMode() as mode, pytest.raises(RuntimeError, match=message):
-        op(*(mode.from_tensor(t) for t in args))
+    grad, indices = args
+    assert_raises_eager_and_fake(torch.ops.segops._max_unpool2d_backward, dict(grad=grad, indices=indices), message)
 
 
 def test_functional_errors_follow_pytorch():

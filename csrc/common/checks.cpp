@@ -12,6 +12,11 @@ bool is_supported_float(at::ScalarType type) {
   return type == at::kFloat || type == at::kDouble || type == at::kHalf || type == at::kBFloat16;
 }
 
+void check_supported_float(const char* op, const char* name, const at::Tensor& tensor) {
+  TORCH_CHECK(is_supported_float(tensor.scalar_type()), op, ": ", name,
+              " must be float32, float64, float16 or bfloat16, got ", tensor.scalar_type());
+}
+
 void check_dtype_or_accumulation(const char* op, const char* name, const at::Tensor& tensor, const at::Tensor& like,
                                  const char* like_name) {
   const at::ScalarType acc_type = at::toOpMathType(like.scalar_type());

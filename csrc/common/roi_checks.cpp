@@ -35,8 +35,7 @@ void check_pooling_args(const char* op, double spatial_scale, int64_t pooled_h, 
 CheckedRoIOp checked_roi_output(const char* op, const at::Tensor& input, const at::Tensor& rois, double spatial_scale,
                                 int64_t pooled_h, int64_t pooled_w, RoIValues values) {
   TORCH_CHECK(input.dim() == 4, op, ": input must have shape [N, C, H, W], got ", input.sizes());
-  TORCH_CHECK(is_supported_float(input.scalar_type()), op,
-              ": input must be float32, float64, float16 or bfloat16, got ", input.scalar_type());
+  check_supported_float(op, "input", input);
   at::Tensor rois_acc = checked_rois_tensor(op, rois, input, "input");
   check_pooling_args(op, spatial_scale, pooled_h, pooled_w);
   if (values == RoIValues::kCheckOnHost) check_rois_values(op, rois_acc, input.size(0));
@@ -47,8 +46,7 @@ CheckedRoIOp checked_roi_grad_input(const char* op, const at::Tensor& grad, cons
                                     double spatial_scale, int64_t pooled_h, int64_t pooled_w, int64_t batch_size,
                                     int64_t channels, int64_t height, int64_t width, at::ScalarType dtype,
                                     RoIValues values) {
-  TORCH_CHECK(is_supported_float(grad.scalar_type()), op,
-              ": grad must be float32, float64, float16 or bfloat16, got ", grad.scalar_type());
+  check_supported_float(op, "grad", grad);
   at::Tensor rois_acc = checked_rois_tensor(op, rois, grad, "grad");
   check_pooling_args(op, spatial_scale, pooled_h, pooled_w);
   TORCH_CHECK(batch_size >= 0 && channels >= 0 && height >= 0 && width >= 0, op,

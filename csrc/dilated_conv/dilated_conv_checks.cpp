@@ -29,8 +29,7 @@ CheckedConv checked_dilated_conv2d(const char* op, const at::Tensor& input, cons
                                    const std::optional<at::Tensor>& bias, at::IntArrayRef stride,
                                    at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups) {
   TORCH_CHECK(input.dim() == 4, op, ": input must have shape [N, C, H, W], got ", input.sizes());
-  TORCH_CHECK(is_supported_float(input.scalar_type()), op,
-              ": input must be float32, float64, float16 or bfloat16, got ", input.scalar_type());
+  check_supported_float(op, "input", input);
   check_pair(op, "stride", stride, 1);
   check_pair(op, "padding", padding, 0);
   check_pair(op, "dilation", dilation, 1);

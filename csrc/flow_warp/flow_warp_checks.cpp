@@ -9,8 +9,7 @@ namespace segops {
 CheckedFlowWarp checked_flow_warp(const char* op, const at::Tensor& feature, const at::Tensor& flow,
                                   const std::optional<at::Tensor>& scale) {
   TORCH_CHECK(feature.dim() == 4, op, ": feature must have shape [N, C, H, W], got ", feature.sizes());
-  TORCH_CHECK(is_supported_float(feature.scalar_type()), op,
-              ": feature must be float32, float64, float16 or bfloat16, got ", feature.scalar_type());
+  check_supported_float(op, "feature", feature);
   const int64_t batch = feature.size(0);
   TORCH_CHECK(flow.dim() == 4 && flow.size(0) == batch && flow.size(1) == 2, op,
               ": flow must have shape [N, 2, Ho, Wo] with N = ", batch, ", got ", flow.sizes());

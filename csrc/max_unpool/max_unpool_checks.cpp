@@ -26,8 +26,7 @@ CheckedUnpool checked_max_unpool2d(const at::Tensor& input, const at::Tensor& in
                                    int64_t output_width) {
   const char* op = "max_unpool2d";
   TORCH_CHECK(input.dim() == 4, op, ": input must have shape [N, C, H, W], got ", input.sizes());
-  TORCH_CHECK(is_supported_float(input.scalar_type()), op,
-              ": input must be float32, float64, float16 or bfloat16, got ", input.scalar_type());
+  check_supported_float(op, "input", input);
   check_indices_dtype_and_device(op, indices, input, "input");
   TORCH_CHECK(indices.sizes() == input.sizes(), op, ": indices must have input's shape ", input.sizes(), ", got ",
               indices.sizes());
@@ -47,8 +46,7 @@ CheckedUnpool checked_max_unpool2d(const at::Tensor& input, const at::Tensor& in
 CheckedUnpool checked_max_unpool2d_backward(const at::Tensor& grad, const at::Tensor& indices) {
   const char* op = "_max_unpool2d_backward";
   TORCH_CHECK(grad.dim() == 4, op, ": grad must have shape [N, C, Ho, Wo], got ", grad.sizes());
-  TORCH_CHECK(is_supported_float(grad.scalar_type()), op, ": grad must be float32, float64, float16 or bfloat16, got ",
-              grad.scalar_type());
+  check_supported_float(op, "grad", grad);
   check_indices_dtype_and_device(op, indices, grad, "grad");
   TORCH_CHECK(indices.dim() == 4 && indices.size(0) == grad.size(0) && indices.size(1) == grad.size(1), op,
               ": indices must have shape [N, C, H, W] with N, C = ", grad.size(0), ", ", grad.size(1), ", got ",

@@ -33,6 +33,14 @@ def accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
 
 
+def check_supported_float(op: str, name: str, tensor: Tensor) -> None:
+    """`name` must be float32, float64, float16 or bfloat16."""
+    if tensor.dtype not in SUPPORTED_DTYPES:
+        raise RuntimeError(
+            f"{op}: {name} must be float32, float64, float16 or bfloat16, got {dtype_name(tensor.dtype)}"
+        )
+
+
 def check_dtype_or_accumulation(op: str, name: str, tensor: Tensor, like: Tensor, like_name: str) -> None:
     """`name` must have like's dtype, or float32 where like is float16/bfloat16."""
     acc = accumulation_dtype(like.dtype)

@@ -10,9 +10,9 @@ import torch
 from torch import Tensor
 
 from segops.ops._checks import (
-    SUPPORTED_DTYPES,
     accumulation_dtype,
     check_dtype_or_accumulation,
+    check_supported_float,
     check_same_device,
     dtype_name,
     shape_str,
@@ -94,10 +94,7 @@ def check_sampling_ratio(op: str, sampling_ratio: int) -> None:
 def check_roi_op_args(op: str, input: Tensor, rois: Tensor, spatial_scale: float, pooled_h: int, pooled_w: int) -> None:
     if input.dim() != 4:
         raise RuntimeError(f"{op}: input must have shape [N, C, H, W], got {shape_str(input)}")
-    if input.dtype not in SUPPORTED_DTYPES:
-        raise RuntimeError(
-            f"{op}: input must be float32, float64, float16 or bfloat16, got {dtype_name(input.dtype)}"
-        )
+    check_supported_float(op, "input", input)
     _check_rois_tensor(op, rois, input, "input")
     _check_pooling_args(op, spatial_scale, pooled_h, pooled_w)
 
@@ -105,8 +102,7 @@ def check_roi_op_args(op: str, input: Tensor, rois: Tensor, spatial_scale: float
 def check_roi_op_backward_args(
     op: str, grad: Tensor, rois: Tensor, spatial_scale: float, pooled_h: int, pooled_w: int, input_shape: Sequence[int]
 ) -> None:
-    if grad.dtype not in SUPPORTED_DTYPES:
-        raise RuntimeError(f"{op}: grad must be float32, float64, float16 or bfloat16, got {dtype_name(grad.dtype)}")
+    check_supported_float(op, "grad", grad)
     _check_rois_tensor(op, rois, grad, "grad")
     _check_pooling_args(op, spatial_scale, pooled_h, pooled_w)
     if any(size < 0 for size in input_shape):

@@ -9,7 +9,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn.modules.utils import _pair
 
-from segops.ops._checks import SUPPORTED_DTYPES, check_same_device, dtype_name, shape_str
+from segops.ops._checks import check_same_device, check_supported_float, dtype_name, shape_str
 
 IntOrPair = Union[int, Sequence[int]]
 
@@ -72,8 +72,7 @@ def check_dilated_conv2d_args(op, input, weight, bias, stride, padding, dilation
     """The C++ checks; returns the output's shape."""
     if input.dim() != 4:
         raise RuntimeError(f"{op}: input must have shape [N, C, H, W], got {shape_str(input)}")
-    if input.dtype not in SUPPORTED_DTYPES:
-        raise RuntimeError(f"{op}: input must be float32, float64, float16 or bfloat16, got {dtype_name(input.dtype)}")
+    check_supported_float(op, "input", input)
     _check_pair(op, "stride", stride, 1)
     _check_pair(op, "padding", padding, 0)
     _check_pair(op, "dilation", dilation, 1)

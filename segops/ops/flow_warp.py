@@ -8,8 +8,8 @@ import torch
 from torch import Tensor, nn
 
 from segops.ops._checks import (
-    SUPPORTED_DTYPES,
     check_dtype_or_accumulation,
+    check_supported_float,
     check_same_device,
     dtype_name,
     shape_str,
@@ -44,8 +44,7 @@ def flow_warp(feature: Tensor, flow: Tensor, scale: Optional[Tensor] = None) -> 
 def check_flow_warp_args(op: str, feature: Tensor, flow: Tensor, scale: Optional[Tensor]) -> None:
     if feature.dim() != 4:
         raise RuntimeError(f"{op}: feature must have shape [N, C, H, W], got {shape_str(feature)}")
-    if feature.dtype not in SUPPORTED_DTYPES:
-        raise RuntimeError(f"{op}: feature must be float32, float64, float16 or bfloat16, got {dtype_name(feature.dtype)}")
+    check_supported_float(op, "feature", feature)
     batch = feature.shape[0]
     if flow.dim() != 4 or flow.shape[0] != batch or flow.shape[1] != 2:
         raise RuntimeError(f"{op}: flow must have shape [N, 2, Ho, Wo] with N = {batch}, got {shape_str(flow)}")

@@ -8,7 +8,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn.modules.utils import _pair
 
-from segops.ops._checks import SUPPORTED_DTYPES, check_plane_fits_int32, check_same_device, dtype_name, shape_str
+from segops.ops._checks import check_plane_fits_int32, check_same_device, check_supported_float, dtype_name, shape_str
 
 IntOrPair = Union[int, Sequence[int]]
 
@@ -94,18 +94,11 @@ def _check_indices_dtype_and_device(op: str, indices: Tensor, like: Tensor, like
     check_same_device(op, "indices", indices, like, like_name)
 
 
-def _check_float(op: str, name: str, tensor: Tensor) -> None:
-    if tensor.dtype not in SUPPORTED_DTYPES:
-        raise RuntimeError(
-            f"{op}: {name} must be float32, float64, float16 or bfloat16, got {dtype_name(tensor.dtype)}"
-        )
-
-
 def max_unpool2d_fake(input: Tensor, indices: Tensor, output_height, output_width) -> Tensor:
     op = "max_unpool2d"
     if input.dim() != 4:
         raise RuntimeError(f"{op}: input must have shape [N, C, H, W], got {shape_str(input)}")
-    _check_float(op, "input", input)
+    check_supported_float(op, "input", input)
     _check_indices_dtype_and_device(op, indices, input, "input")
     if indices.shape != input.shape:
         raise RuntimeError(f"{op}: indices must have input's shape {list(input.shape)}, got {shape_str(indices)}")
@@ -120,7 +113,7 @@ def max_unpool2d_backward_fake(grad: Tensor, indices: Tensor) -> Tensor:
     op = "_max_unpool2d_backward"
     if grad.dim() != 4:
         raise RuntimeError(f"{op}: grad must have shape [N, C, Ho, Wo], got {shape_str(grad)}")
-    _check_float(op, "grad", grad)
+    check_supported_float(op, "grad", grad)
     _check_indices_dtype_and_device(op, indices, grad, "grad")
     if indices.dim() != 4 or indices.shape[:2] != grad.shape[:2]:
         raise RuntimeError(
