@@ -55,6 +55,15 @@ TORCH_LIBRARY(segops, m) {
   m.def(
       "_dilated_conv2d_backward(Tensor grad, Tensor input, Tensor weight, int[2] stride, int[2] padding, "
       "int[2] dilation, int groups, bool[3] output_mask) -> (Tensor grad_input, Tensor grad_weight, Tensor grad_bias)");
+  // The permutohedral lattice of a dense CRF: built once per image and kernel (its vertex rows M depend on the data:
+  // exactly the most vertices of an image on the CPU, the bound N * (d+1) on the GPU, which must not synchronise to
+  // learn it), then filtered with; the filter's adjoint (its transpose, adjoint=True) is its backward.
+  m.def(
+      "permutohedral_lattice(Tensor features) -> (Tensor vertex_ids, Tensor weights, Tensor neighbours, "
+      "Tensor splat_offsets, Tensor splat_entries, Tensor num_vertices)");
+  m.def(
+      "permutohedral_filter(Tensor values, Tensor vertex_ids, Tensor weights, Tensor neighbours, "
+      "Tensor splat_offsets, Tensor splat_entries, Tensor num_vertices, bool adjoint=False) -> Tensor");
   m.def("_cuda_version() -> int", &cuda_version);
   m.def("_torch_version() -> str", &torch_version);
 }

@@ -38,6 +38,14 @@ void device_assert_failed(const char* message, const char* format, Args... args)
   failed_assert_detail = detail;
 }
 
+// atomicCAS: one emulated thread runs at a time, so a plain read-compare-write is atomic.
+template <typename T>
+T compare_and_swap(T* address, T compare, T value) {
+  const T old = *address;
+  if (old == compare) *address = value;
+  return old;
+}
+
 // Runs kernel(args...) for every thread of grid x block; `work` is ignored: the test chooses the grid.
 struct EmulatedLaunch {
   Dim3 grid, block;

@@ -10,6 +10,9 @@
 #define SEGOPS_LAUNCH_BOUNDS(threads)
 #define SEGOPS_ATOMIC_ADD(base, index, numel, value) ((base)[index] += (value))
 #define SEGOPS_ATOMIC_MAX(address, value) (*(address) = *(address) > (value) ? *(address) : (value))
+#define SEGOPS_ATOMIC_MIN(address, value) (*(address) = *(address) < (value) ? *(address) : (value))
+// Stores value where *address == compare; returns the old *address either way.
+#define SEGOPS_ATOMIC_CAS(address, compare, value) ::segops::emulation::compare_and_swap((address), (compare), (value))
 #define SEGOPS_KERNEL_ASSERT(cond, message) \
   if (!(cond)) ::segops::emulation::device_assert_failed(message)
 #define SEGOPS_KERNEL_ASSERT_DETAILED(cond, message, format, ...) \
@@ -30,6 +33,8 @@
   } while (0)
 // Integer atomics: the result does not depend on the order of the updates.
 #define SEGOPS_ATOMIC_MAX(address, value) atomicMax((address), (value))
+#define SEGOPS_ATOMIC_MIN(address, value) atomicMin((address), (value))
+#define SEGOPS_ATOMIC_CAS(address, compare, value) atomicCAS((address), (compare), (value))
 #else
 #error "kernel headers compile under nvcc, or with SEGOPS_EMULATION for the host emulation"
 #endif

@@ -5,6 +5,7 @@
 
 #include <torch/library.h>
 
+#include "dense_crf/dense_crf_kernels.cuh"
 #include "dilated_conv/dilated_conv_kernels.cuh"
 #include "flow_warp/flow_warp_kernels.cuh"
 #include "max_unpool/max_unpool_kernels.cuh"
@@ -95,6 +96,19 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> dilated_conv2d_backward(
                                         output_mask);
 }
 
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> permutohedral_lattice(
+    const at::Tensor& features, at::IntArrayRef grid, at::IntArrayRef block) {
+  return permutohedral_lattice_launch(launch_of(grid, block), features);
+}
+
+at::Tensor permutohedral_filter(const at::Tensor& values, const at::Tensor& vertex_ids, const at::Tensor& weights,
+                                const at::Tensor& neighbours, const at::Tensor& splat_offsets,
+                                const at::Tensor& splat_entries, const at::Tensor& num_vertices, bool adjoint,
+                                at::IntArrayRef grid, at::IntArrayRef block) {
+  return permutohedral_filter_launch(launch_of(grid, block), values, vertex_ids, weights, neighbours, splat_offsets,
+                                     splat_entries, num_vertices, adjoint);
+}
+
 }  // namespace
 
 TORCH_LIBRARY(segops_emulation, m) {
@@ -134,6 +148,15 @@ TORCH_LIBRARY(segops_emulation, m) {
       "_dilated_conv2d_backward(Tensor grad, Tensor input, Tensor weight, int[2] stride, int[2] padding, "
       "int[2] dilation, int groups, bool[3] output_mask, int[] grid, int[] block) -> (Tensor, Tensor, Tensor)",
       &dilated_conv2d_backward);
+  m.def(
+      "permutohedral_lattice(Tensor features, int[] grid, int[] block) -> (Tensor vertex_ids, Tensor weights, "
+      "Tensor neighbours, Tensor splat_offsets, Tensor splat_entries, Tensor num_vertices)",
+      &permutohedral_lattice);
+  m.def(
+      "permutohedral_filter(Tensor values, Tensor vertex_ids, Tensor weights, Tensor neighbours, "
+      "Tensor splat_offsets, Tensor splat_entries, Tensor num_vertices, bool adjoint, int[] grid, int[] block) "
+      "-> Tensor",
+      &permutohedral_filter);
 }
 
 }  // namespace segops::emulation

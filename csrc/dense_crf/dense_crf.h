@@ -1,0 +1,164 @@
+#pragma once
+// The permutohedral lattice of Adams, Baek and Davis (2010), as pydensecrf builds and uses it, in functions that
+// the CPU launchers and the CUDA kernels both call.
+//
+// A lattice over N points with d features each is held as plain tensors (segops/ops/dense_crf.py):
+//  - per point, its d+1 enclosing simplex vertices (vertex ids) and barycentric weights, entry e = point*(d+1)+r;
+//  - per vertex, its two neighbours along each of the d+1 lattice directions (-1 where the lattice has none);
+//  - the splat lists: the entries of each vertex in increasing entry order (a CSR: offsets, entries), so that the
+//    splat is a gather, free of atomics and of a summation order that depends on scheduling.
+// Vertex v is numbered by the first entry (in entry order) that lies on it, on every backend, so the CPU and the
+// GPU build the same lattice. Filtering is splat, a [1/2 1 1/2] blur along directions 0..d, slice; the adjoint
+// (the filter's transpose) blurs along d..0.
+#include <cmath>
+#include <cstdint>
+
+#include "common/macros.h"
+
+namespace segops {
+
+// Features per point; the per-point arrays of the lattice math live on the stack (registers on the GPU).
+constexpr int kLatticeMaxFeatures = 16;
+
+// A scaled feature's bound: elevated coordinates (at most 2d times it) and lattice keys then stay far from int32
+// overflow.
+constexpr double kLatticeMaxCoordinate = 1 << 24;
+
+// The scale of each elevated feature (E's diagonal, p. 5 of Adams et al.) times the inverse standard deviation of
+// the blur (p. 6), as pydensecrf computes it; filled on the host in double and passed by value to the kernels.
+template <typename acc_t>
+struct LatticeScales {
+  acc_t scale[kLatticeMaxFeatures];
+  int dims;
+};
+
+template <typename acc_t>
+LatticeScales<acc_t> lattice_scales(int dims) {
+  LatticeScales<acc_t> s{};
+  s.dims = dims;
+  const double inv_std_dev = std::sqrt(2.0 / 3.0) * (dims + 1);
+  for (int i = 0; i < dims; ++i) s.scale[i] = static_cast<acc_t>(1.0 / std::sqrt(double((i + 2) * (i + 1))) * inv_std_dev);
+  return s;
+}
+
+// pydensecrf's "magic scaling constant" of the slice: the blur's total weight relative to a unit Gaussian.
+template <typename acc_t>
+SEGOPS_HOST_DEVICE acc_t lattice_slice_scale(int dims) {
+  return acc_t(1) / (acc_t(1) + acc_t(1) / acc_t(int64_t(1) << dims));
+}
+
+SEGOPS_HOST_DEVICE float lattice_round(float x) { return ::roundf(x); }
+SEGOPS_HOST_DEVICE double lattice_round(double x) { return ::round(x); }
+
+// Embeds one point (features f[0..d), read at f[k * stride]) in the lattice: writes the d integer coordinates of
+// each of its d+1 simplex vertices to keys[r * d + k] and their barycentric weights to weights[r]. Returns false,
+// writing nothing, when a feature is not finite or the point lies too far out for int32 keys.
+template <typename scalar_t, typename acc_t>
+SEGOPS_HOST_DEVICE bool lattice_embed(const scalar_t* f, int64_t stride, const LatticeScales<acc_t>& s,
+                                      int32_t* keys, acc_t* weights) {
+  const int d = s.dims;
+  acc_t elevated[kLatticeMaxFeatures + 1], rem0[kLatticeMaxFeatures + 1], barycentric[kLatticeMaxFeatures + 2];
+  int rank[kLatticeMaxFeatures + 1];
+  // Elevate onto the hyperplane sum(x) = 0: y = E f.
+  acc_t sum_scaled = 0;
+  for (int j = d; j > 0; --j) {
+    const acc_t cf = static_cast<acc_t>(f[(j - 1) * stride]) * s.scale[j - 1];
+    if (!(cf == cf) || !(cf < acc_t(kLatticeMaxCoordinate) && cf > -acc_t(kLatticeMaxCoordinate))) return false;
+    elevated[j] = sum_scaled - acc_t(j) * cf;
+    sum_scaled += cf;
+  }
+  elevated[0] = sum_scaled;
+  // The nearest remainder-0 point, by rounding each coordinate to a multiple of d+1.
+  const acc_t down_factor = acc_t(1) / acc_t(d + 1);
+  const acc_t up_factor = acc_t(d + 1);
+  int sum = 0;
+  for (int i = 0; i <= d; ++i) {
+    const acc_t rounded = lattice_round(down_factor * elevated[i]);
+    rem0[i] = rounded * up_factor;
+    sum += static_cast<int>(rounded);
+  }
+  // The rank of each coordinate's remainder in decreasing order: it names the enclosing simplex.
+  for (int i = 0; i <= d; ++i) rank[i] = 0;
+  for (int i = 0; i < d; ++i) {
+    const acc_t di = elevated[i] - rem0[i];
+    for (int j = i + 1; j <= d; ++j) {
+      if (di < elevated[j] - rem0[j])
+        ++rank[i];
+      else
+        ++rank[j];
+    }
+  }
+  // Bring the remainder-0 point back onto the hyperplane when the rounding left it off (sum != 0).
+  for (int i = 0; i <= d; ++i) {
+    rank[i] += sum;
+    if (rank[i] < 0) {
+      rank[i] += d + 1;
+      rem0[i] += acc_t(d + 1);
+    } else if (rank[i] > d) {
+      rank[i] -= d + 1;
+      rem0[i] -= acc_t(d + 1);
+    }
+  }
+  // Barycentric coordinates (p. 10 of Adams et al.).
+  for (int i = 0; i <= d + 1; ++i) barycentric[i] = 0;
+  for (int i = 0; i <= d; ++i) {
+    const acc_t v = (elevated[i] - rem0[i]) * down_factor;
+    barycentric[d - rank[i]] += v;
+    barycentric[d - rank[i] + 1] -= v;
+  }
+  barycentric[0] += acc_t(1) + barycentric[d + 1];
+  // Vertex r of the simplex is the remainder-0 point plus the canonical simplex's vertex r, permuted by rank.
+  for (int r = 0; r <= d; ++r) {
+    for (int i = 0; i < d; ++i) {
+      const int canonical = rank[i] <= d - r ? r : r - (d + 1);
+      keys[r * d + i] = static_cast<int32_t>(rem0[i]) + canonical;
+    }
+    weights[r] = barycentric[r];
+  }
+  return true;
+}
+
+// The hash of a key of d coordinates (a 64-bit multiplicative mix, so neighbouring keys spread over the table).
+SEGOPS_HOST_DEVICE uint64_t lattice_key_hash(const int32_t* key, int d) {
+  uint64_t h = 0;
+  for (int k = 0; k < d; ++k) {
+    h = (h + static_cast<uint32_t>(key[k])) * 0x9E3779B97F4A7C15ull;
+    h ^= h >> 29;
+  }
+  return h;
+}
+
+SEGOPS_HOST_DEVICE bool lattice_keys_equal(const int32_t* a, const int32_t* b, int d) {
+  for (int k = 0; k < d; ++k)
+    if (a[k] != b[k]) return false;
+  return true;
+}
+
+// Open addressing with linear probing: table[slot] is an entry index (its key at keys[entry * d]) or -1. Returns
+// the slot holding `key`, or the empty slot where it would go. The table has a power-of-two capacity of at least
+// twice the entries, so an empty slot always ends the probe.
+SEGOPS_HOST_DEVICE int64_t lattice_table_find(const int32_t* table, int64_t capacity, const int32_t* keys,
+                                              const int32_t* key, int d) {
+  const uint64_t mask = static_cast<uint64_t>(capacity - 1);
+  uint64_t slot = lattice_key_hash(key, d) & mask;
+  while (true) {
+    const int32_t entry = table[slot];
+    if (entry < 0 || lattice_keys_equal(keys + static_cast<int64_t>(entry) * d, key, d)) return static_cast<int64_t>(slot);
+    slot = (slot + 1) & mask;
+  }
+}
+
+// The key of vertex `key`'s neighbour along lattice direction j, step +1 (n1) or -1 (n2): every coordinate moves
+// by -step, coordinate j by +step * d (the last, implicit, coordinate is j = d).
+SEGOPS_HOST_DEVICE void lattice_neighbour_key(const int32_t* key, int d, int j, int step, int32_t* out) {
+  for (int k = 0; k < d; ++k) out[k] = key[k] - step;
+  if (j < d) out[j] = key[j] + step * d;
+}
+
+// One vertex-channel of the blur along one direction: v + (n1 + n2) / 2, a missing neighbour counting as zero.
+template <typename acc_t>
+SEGOPS_HOST_DEVICE acc_t lattice_blur_value(acc_t self, acc_t first, acc_t second) {
+  return self + acc_t(0.5) * (first + second);
+}
+
+}  // namespace segops

@@ -1,0 +1,64 @@
+#include "dense_crf/dense_crf_checks.h"
+
+#include <c10/util/Exception.h>
+
+#include <cstdint>
+#include <limits>
+#include <vector>
+
+#include "common/checks.h"
+#include "dense_crf/dense_crf.h"
+
+namespace segops {
+namespace {
+
+constexpr const char* kBuild = "permutohedral_lattice";
+constexpr const char* kFilter = "permutohedral_filter";
+
+void check_float32_or_64(const char* op, const char* name, const at::Tensor& tensor) {
+  TORCH_CHECK(tensor.scalar_type() == at::kFloat || tensor.scalar_type() == at::kDouble, op, ": ", name,
+              " must be float32 or float64, got ", tensor.scalar_type());
+}
+
+void check_shape(const char* name, const at::Tensor& tensor, at::ScalarType dtype, std::vector<int64_t> expected,
+                 const char* meaning, const at::Tensor& values) {
+  TORCH_CHECK(tensor.sizes() == at::IntArrayRef(expected), kFilter, ": ", name, " must have shape ", meaning, " = ",
+              at::IntArrayRef(expected), ", got ", tensor.sizes());
+  TORCH_CHECK(tensor.scalar_type() == dtype, kFilter, ": ", name, " must be ", dtype, ", got ", tensor.scalar_type());
+  check_same_device(kFilter, name, tensor, values, "values");
+}
+
+}  // namespace
+
+LatticeShape checked_lattice_features(const at::Tensor& features) {
+  TORCH_CHECK(features.dim() == 3, kBuild, ": features must be [B, N, d], got shape ", features.sizes());
+  check_float32_or_64(kBuild, "features", features);
+  const int64_t dims = features.size(2);
+  TORCH_CHECK(dims >= 1 && dims <= kLatticeMaxFeatures, kBuild, ": features must have 1 to ", kLatticeMaxFeatures,
+              " features per point (d), got ", dims);
+  TORCH_CHECK(features.size(1) <= (std::numeric_limits<int32_t>::max() - 1) / (dims + 1), kBuild,
+              ": N * (d + 1) must be below 2^31 (lattice entries are int32), got ", features.size(1), " * ", dims + 1);
+  return {features.size(0), features.size(1), dims, 0};
+}
+
+LatticeShape checked_lattice_filter(const at::Tensor& values, const at::Tensor& vertex_ids, const at::Tensor& weights,
+                                    const at::Tensor& neighbours, const at::Tensor& splat_offsets,
+                                    const at::Tensor& splat_entries, const at::Tensor& num_vertices) {
+  TORCH_CHECK(values.dim() == 3, kFilter, ": values must be [B, N, C], got shape ", values.sizes());
+  check_float32_or_64(kFilter, "values", values);
+  TORCH_CHECK(vertex_ids.dim() == 3 && vertex_ids.size(2) >= 2 && vertex_ids.size(2) <= kLatticeMaxFeatures + 1,
+              kFilter, ": vertex_ids must be [B, N, d+1] with 1 <= d <= ", kLatticeMaxFeatures, ", got shape ",
+              vertex_ids.sizes());
+  TORCH_CHECK(neighbours.dim() == 4, kFilter, ": neighbours must be [B, M, d+1, 2], got shape ", neighbours.sizes());
+  const int64_t batch = values.size(0), points = values.size(1), dims = vertex_ids.size(2) - 1;
+  const int64_t rows = neighbours.size(1);
+  check_shape("vertex_ids", vertex_ids, at::kInt, {batch, points, dims + 1}, "[B, N, d+1]", values);
+  check_shape("weights", weights, values.scalar_type(), {batch, points, dims + 1}, "[B, N, d+1]", values);
+  check_shape("neighbours", neighbours, at::kInt, {batch, rows, dims + 1, 2}, "[B, M, d+1, 2]", values);
+  check_shape("splat_offsets", splat_offsets, at::kInt, {batch, rows + 1}, "[B, M+1]", values);
+  check_shape("splat_entries", splat_entries, at::kInt, {batch, points * (dims + 1)}, "[B, N*(d+1)]", values);
+  check_shape("num_vertices", num_vertices, at::kLong, {batch}, "[B]", values);
+  return {batch, points, dims, rows};
+}
+
+}  // namespace segops

@@ -1,0 +1,24 @@
+#pragma once
+// Argument checks of the permutohedral lattice ops on every backend; segops/ops/dense_crf.py repeats the messages
+// word for word in the fake kernels. Index values inside a lattice are checked where the kernels read them.
+#include <ATen/core/Tensor.h>
+
+namespace segops {
+
+// A checked lattice: B images of N points with d features; vertex rows M (at least every image's vertex count).
+struct LatticeShape {
+  int64_t batch, points, dims, vertex_rows;
+  int64_t entries() const { return points * (dims + 1); }
+};
+
+// features [B, N, d]: float32 or float64, 1 <= d <= 16, N * (d + 1) < 2^31 (entries are int32).
+LatticeShape checked_lattice_features(const at::Tensor& features);
+
+// values [B, N, C] and a lattice as permutohedral_lattice returns it: vertex_ids int32 [B, N, d+1], weights
+// [B, N, d+1] of values' dtype, neighbours int32 [B, M, d+1, 2], splat_offsets int32 [B, M+1], splat_entries int32
+// [B, N*(d+1)], num_vertices int64 [B], all on values' device.
+LatticeShape checked_lattice_filter(const at::Tensor& values, const at::Tensor& vertex_ids, const at::Tensor& weights,
+                                    const at::Tensor& neighbours, const at::Tensor& splat_offsets,
+                                    const at::Tensor& splat_entries, const at::Tensor& num_vertices);
+
+}  // namespace segops
