@@ -8,6 +8,11 @@ from segops._version import __version__
 from segops._extension import cuda_version, torch_version
 from segops import _meta  # noqa: F401  (registers the fake kernels)
 from segops.ops import (
+    DEEPLAB_V2,
+    DenseCRF,
+    DenseCRFFunction,
+    PermutohedralLattice,
+    dense_crf,
     DilatedConv2d,
     DilatedConv2dFunction,
     FlowWarp,
@@ -29,6 +34,11 @@ __all__ = [
     "__version__",
     "cuda_version",
     "torch_version",
+    "DEEPLAB_V2",
+    "DenseCRF",
+    "DenseCRFFunction",
+    "PermutohedralLattice",
+    "dense_crf",
     "DilatedConv2d",
     "DilatedConv2dFunction",
     "dilated_conv2d",

@@ -1,8 +1,10 @@
 """Fake (meta) kernels for every segops op, so torch.compile and torch.library.opcheck can trace them. They
-raise the C++ kernels' messages (segops/ops/_checks.py, _roi_common.py, flow_warp.py, max_unpool.py, dilated_conv.py); data-dependent checks stay in C++."""
+raise the C++ kernels' messages (segops/ops/_checks.py, _roi_common.py, flow_warp.py, max_unpool.py, dilated_conv.py,
+dense_crf.py); data-dependent checks stay in C++."""
 
 import torch
 
+from segops.ops.dense_crf import permutohedral_filter_fake, permutohedral_lattice_fake
 from segops.ops.dilated_conv import dilated_conv2d_backward_fake, dilated_conv2d_fake
 from segops.ops.flow_warp import check_flow_warp_args, check_flow_warp_grad
 from segops.ops.max_unpool import max_unpool2d_backward_fake, max_unpool2d_fake
@@ -73,3 +75,5 @@ torch.library.register_fake("segops::max_unpool2d")(max_unpool2d_fake)
 torch.library.register_fake("segops::_max_unpool2d_backward")(max_unpool2d_backward_fake)
 torch.library.register_fake("segops::dilated_conv2d")(dilated_conv2d_fake)
 torch.library.register_fake("segops::_dilated_conv2d_backward")(dilated_conv2d_backward_fake)
+torch.library.register_fake("segops::permutohedral_lattice")(permutohedral_lattice_fake)
+torch.library.register_fake("segops::permutohedral_filter")(permutohedral_filter_fake)

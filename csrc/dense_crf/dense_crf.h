@@ -47,8 +47,18 @@ SEGOPS_HOST_DEVICE acc_t lattice_slice_scale(int dims) {
   return acc_t(1) / (acc_t(1) + acc_t(1) / acc_t(int64_t(1) << dims));
 }
 
-SEGOPS_HOST_DEVICE float lattice_round(float x) { return ::roundf(x); }
-SEGOPS_HOST_DEVICE double lattice_round(double x) { return ::round(x); }
+// C's round() (halves away from zero, as pydensecrf rounds) for |x| < 2^30, without a libm call: the truncation
+// is exact and x - trunc(x) is exact, so the result is too.
+template <typename acc_t>
+SEGOPS_HOST_DEVICE int lattice_round(acc_t x) {
+  int rounded = static_cast<int>(x);
+  const acc_t fraction = x - static_cast<acc_t>(rounded);
+  if (fraction >= acc_t(0.5))
+    ++rounded;
+  else if (fraction <= acc_t(-0.5))
+    --rounded;
+  return rounded;
+}
 
 // Embeds one point (features f[0..d), read at f[k * stride]) in the lattice: writes the d integer coordinates of
 // each of its d+1 simplex vertices to keys[r * d + k] and their barycentric weights to weights[r]. Returns false,
@@ -73,9 +83,9 @@ SEGOPS_HOST_DEVICE bool lattice_embed(const scalar_t* f, int64_t stride, const L
   const acc_t up_factor = acc_t(d + 1);
   int sum = 0;
   for (int i = 0; i <= d; ++i) {
-    const acc_t rounded = lattice_round(down_factor * elevated[i]);
-    rem0[i] = rounded * up_factor;
-    sum += static_cast<int>(rounded);
+    const int rounded = lattice_round(down_factor * elevated[i]);
+    rem0[i] = static_cast<acc_t>(rounded) * up_factor;
+    sum += rounded;
   }
   // The rank of each coordinate's remainder in decreasing order: it names the enclosing simplex.
   for (int i = 0; i <= d; ++i) rank[i] = 0;

@@ -12,9 +12,13 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <chrono>
+#include <cstdio>
 #include <atomic>
 #include <cstring>
 #include <limits>
+#include <memory>
+#include <optional>
 #include <tuple>
 #include <vector>
 
@@ -40,16 +44,35 @@ class FirstBad {
   std::atomic<int64_t> index_{-1};
 };
 
-int64_t table_capacity(int64_t entries) {
-  int64_t capacity = 16;
-  while (capacity < 2 * entries) capacity *= 2;
-  return capacity;
-}
+// A hash table of the entries that numbered a vertex, over one image's keys, growing to stay at most half full.
+class VertexTable {
+ public:
+  VertexTable(const int32_t* keys, int dims) : keys_(keys), dims_(dims), slots_(1024, -1) {}
 
-// One image's lattice: the d+1 vertices of each point, their weights, and (filled later) its keys' vertices.
+  // The slot holding `key`, or the empty slot where it would go.
+  int64_t find(const int32_t* key) const {
+    return lattice_table_find(slots_.data(), static_cast<int64_t>(slots_.size()), keys_, key, dims_);
+  }
+  int32_t owner(int64_t slot) const { return slots_[slot]; }
+  // Puts `entry` in the empty `slot` (from find); `count` entries will then be in the table.
+  void insert(int64_t slot, int32_t entry, const std::vector<int32_t>& all_entries) {
+    slots_[slot] = entry;
+    if (2 * all_entries.size() > slots_.size()) {
+      slots_.assign(slots_.size() * 2, -1);
+      for (const int32_t e : all_entries) slots_[find(keys_ + static_cast<int64_t>(e) * dims_)] = e;
+    }
+  }
+
+ private:
+  const int32_t* keys_;
+  int dims_;
+  std::vector<int32_t> slots_;
+};
+
+// One image's lattice while it is built: each entry's key, and the table of the entries that numbered a vertex.
 struct ImageLattice {
-  std::vector<int32_t> keys;         // [E, d]: each entry's key
-  std::vector<int32_t> table;        // hash table of entries, capacity a power of two
+  std::unique_ptr<int32_t[]> keys;   // [E, d]
+  std::optional<VertexTable> table;  // over keys
   std::vector<int32_t> first_entry;  // [M]: the entry that numbered each vertex (its key is the vertex's key)
 };
 
@@ -80,22 +103,67 @@ void embed_points(const scalar_t* features, int64_t points, int dims, const Latt
   }
 }
 
-// Inserts the entries in order: an entry whose key is new numbers the next vertex.
-void number_vertices(ImageLattice& lattice, int64_t entries, int dims, int32_t* vertex_ids) {
-  lattice.table.assign(static_cast<size_t>(table_capacity(entries)), -1);
-  const int64_t capacity = static_cast<int64_t>(lattice.table.size());
-  const int32_t* keys = lattice.keys.data();
-  for (int64_t e = 0; e < entries; ++e) {
-    const int64_t slot = lattice_table_find(lattice.table.data(), capacity, keys, keys + e * dims, dims);
-    const int32_t owner = lattice.table[slot];
-    if (owner < 0) {
-      lattice.table[slot] = static_cast<int32_t>(e);
-      vertex_ids[e] = static_cast<int32_t>(lattice.first_entry.size());
-      lattice.first_entry.push_back(static_cast<int32_t>(e));
-    } else {
-      vertex_ids[e] = vertex_ids[owner];
+// Points per numbering chunk: a fixed size, so the work split does not depend on the thread count.
+constexpr int64_t kNumberingChunk = 8192;
+
+// Numbers the vertices in the order their keys first occur among the entries (the GPU build's numbering), in
+// three passes: each chunk of points numbers its own keys in first-occurrence order (in parallel); the chunks'
+// new keys are merged in chunk order (serially, over few keys: neighbouring points share their simplex); each
+// entry's chunk-local number is mapped to the global one (in parallel).
+void number_vertices(ImageLattice& lattice, int64_t points, int dims, int32_t* vertex_ids) {
+  const int64_t stride = dims + 1;
+  const int64_t chunks = (points + kNumberingChunk - 1) / kNumberingChunk;
+  const int32_t* keys = lattice.keys.get();
+  std::vector<std::vector<int32_t>> chunk_first(static_cast<size_t>(chunks));
+  at::parallel_for(0, chunks, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t chunk = begin; chunk < end; ++chunk) {
+      std::vector<int32_t>& first = chunk_first[chunk];
+      VertexTable table(keys, dims);
+      const int64_t e_begin = chunk * kNumberingChunk * stride;
+      const int64_t e_end = std::min(points, (chunk + 1) * kNumberingChunk) * stride;
+      for (int64_t e = e_begin; e < e_end; ++e) {
+        const int32_t* key = keys + e * dims;
+        // Most points lie in the simplex of the point before: skip the table then.
+        if (e - e_begin >= stride && lattice_keys_equal(key, key - stride * dims, dims)) {
+          vertex_ids[e] = vertex_ids[e - stride];
+          continue;
+        }
+        const int64_t slot = table.find(key);
+        const int32_t owner = table.owner(slot);
+        if (owner >= 0) {
+          vertex_ids[e] = vertex_ids[owner];
+          continue;
+        }
+        vertex_ids[e] = static_cast<int32_t>(first.size());
+        first.push_back(static_cast<int32_t>(e));
+        table.insert(slot, static_cast<int32_t>(e), first);
+      }
+    }
+  });
+  VertexTable global(keys, dims);
+  std::vector<std::vector<int32_t>> chunk_to_global(static_cast<size_t>(chunks));
+  for (int64_t chunk = 0; chunk < chunks; ++chunk) {
+    for (const int32_t e : chunk_first[chunk]) {
+      const int64_t slot = global.find(keys + static_cast<int64_t>(e) * dims);
+      int32_t vertex;
+      const int32_t owner = global.owner(slot);
+      if (owner >= 0) {  // first met in an earlier chunk (or earlier in this one): its local number is still there
+        vertex = chunk_to_global[owner / (kNumberingChunk * stride)][vertex_ids[owner]];
+      } else {
+        vertex = static_cast<int32_t>(lattice.first_entry.size());
+        lattice.first_entry.push_back(e);
+        global.insert(slot, e, lattice.first_entry);
+      }
+      chunk_to_global[chunk].push_back(vertex);
     }
   }
+  at::parallel_for(0, chunks, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t chunk = begin; chunk < end; ++chunk) {
+      const int64_t e_end = std::min(points, (chunk + 1) * kNumberingChunk) * stride;
+      for (int64_t e = chunk * kNumberingChunk * stride; e < e_end; ++e) vertex_ids[e] = chunk_to_global[chunk][vertex_ids[e]];
+    }
+  });
+  lattice.table.emplace(std::move(global));
 }
 
 // neighbours[v, j, 0 | 1]: the vertex one step along direction j (+1 | -1), or -1; rows past the image's vertices
@@ -103,17 +171,16 @@ void number_vertices(ImageLattice& lattice, int64_t entries, int dims, int32_t* 
 void find_neighbours(const ImageLattice& lattice, int dims, const int32_t* vertex_ids, int64_t rows,
                      int32_t* neighbours) {
   const int64_t vertices = static_cast<int64_t>(lattice.first_entry.size());
-  const int64_t capacity = static_cast<int64_t>(lattice.table.size());
   const int64_t per_vertex = (dims + 1) * 2;
+  const VertexTable& table = *lattice.table;
   at::parallel_for(0, vertices, 1024, [&](int64_t begin, int64_t end) {
     int32_t key[kLatticeMaxFeatures];
     for (int64_t v = begin; v < end; ++v) {
-      const int32_t* own = lattice.keys.data() + static_cast<int64_t>(lattice.first_entry[v]) * dims;
+      const int32_t* own = lattice.keys.get() + static_cast<int64_t>(lattice.first_entry[v]) * dims;
       for (int j = 0; j <= dims; ++j) {
         for (int side = 0; side < 2; ++side) {
           lattice_neighbour_key(own, dims, j, side == 0 ? 1 : -1, key);
-          const int32_t owner = lattice.table[lattice_table_find(lattice.table.data(), capacity,
-                                                                 lattice.keys.data(), key, dims)];
+          const int32_t owner = table.owner(table.find(key));
           neighbours[v * per_vertex + j * 2 + side] = owner < 0 ? -1 : vertex_ids[owner];
         }
       }
@@ -147,10 +214,14 @@ LatticeTensors permutohedral_lattice_cpu(const at::Tensor& features_in) {
     const LatticeScales<scalar_t> scales = lattice_scales<scalar_t>(dims);
     for (int64_t b = 0; b < batch; ++b) {
       ImageLattice& image = images[b];
-      image.keys.resize(static_cast<size_t>(entries * dims));
-      embed_points(features.const_data_ptr<scalar_t>() + b * points * dims, points, dims, scales, image.keys.data(),
+      image.keys.reset(new int32_t[static_cast<size_t>(std::max<int64_t>(entries * dims, 1))]);
+      auto t0 = std::chrono::steady_clock::now();
+      embed_points(features.const_data_ptr<scalar_t>() + b * points * dims, points, dims, scales, image.keys.get(),
                    weights.mutable_data_ptr<scalar_t>() + b * entries, b);
-      number_vertices(image, entries, dims, vertex_ids.mutable_data_ptr<int32_t>() + b * entries);
+      auto t1 = std::chrono::steady_clock::now();
+      number_vertices(image, points, dims, vertex_ids.mutable_data_ptr<int32_t>() + b * entries);
+      auto t2 = std::chrono::steady_clock::now();
+      fprintf(stderr, "TIMING embed %.2f number %.2f\n", std::chrono::duration<double,std::milli>(t1-t0).count(), std::chrono::duration<double,std::milli>(t2-t1).count());
       num_vertices.mutable_data_ptr<int64_t>()[b] = static_cast<int64_t>(image.first_entry.size());
     }
   });
@@ -158,6 +229,7 @@ LatticeTensors permutohedral_lattice_cpu(const at::Tensor& features_in) {
   for (const ImageLattice& image : images) rows = std::max<int64_t>(rows, image.first_entry.size());
   at::Tensor neighbours = at::empty({batch, rows, dims + 1, 2}, int_options);
   at::Tensor splat_offsets = at::empty({batch, rows + 1}, int_options);
+  auto t3 = std::chrono::steady_clock::now();
   for (int64_t b = 0; b < batch; ++b) {
     const int32_t* ids = vertex_ids.const_data_ptr<int32_t>() + b * entries;
     find_neighbours(images[b], dims, ids, rows, neighbours.mutable_data_ptr<int32_t>() + b * rows * (dims + 1) * 2);
@@ -166,6 +238,8 @@ LatticeTensors permutohedral_lattice_cpu(const at::Tensor& features_in) {
                 splat_entries.mutable_data_ptr<int32_t>() + b * entries);
     images[b] = ImageLattice{};  // free the image's table and keys before the next
   }
+  auto t4 = std::chrono::steady_clock::now();
+  fprintf(stderr, "TIMING neigh+lists %.2f\n", std::chrono::duration<double,std::milli>(t4-t3).count());
   return {vertex_ids, weights, neighbours, splat_offsets, splat_entries, num_vertices};
 }
 
@@ -181,123 +255,37 @@ struct FilterImage {
   int64_t points, channels, vertices, dims;
 };
 
-// Splat into rows [begin, end) of `vertex_values` ([M, C]): each vertex gathers its entries in list order. Returns
-// the first vertex with a bad list (offsets out of order or an entry outside [0, E)), or -1.
-template <typename scalar_t>
-int64_t splat_range(const FilterImage<scalar_t>& im, int64_t begin, int64_t end, scalar_t* vertex_values) {
-  const int64_t c_count = im.channels, stride = im.dims + 1, entries = im.points * stride;
-  int64_t bad = -1;
-  for (int64_t v = begin; v < end; ++v) {
-    scalar_t* row = vertex_values + v * c_count;
-    std::fill_n(row, c_count, scalar_t(0));
-    const int64_t first = im.offsets[v], last = im.offsets[v + 1];
-    if (first < 0 || last < first || last > entries) {
-      if (bad < 0) bad = v;
-      continue;
-    }
-    for (int64_t i = first; i < last; ++i) {
-      const int64_t e = im.entries[i];
-      if (e < 0 || e >= entries) {
-        if (bad < 0) bad = v;
-        continue;
-      }
-      const scalar_t w = im.weights[e];
-      const scalar_t* in = im.values + (e / stride) * c_count;
-      for (int64_t c = 0; c < c_count; ++c) row[c] += w * in[c];
-    }
+// The loops, twice (see dense_crf_cpu_loops.inc).
+namespace baseline {
+#include "dense_crf/dense_crf_cpu_loops.inc"
+}  // namespace baseline
+#if defined(__x86_64__) && defined(__GNUC__)
+#pragma GCC push_options
+#pragma GCC target("avx2")
+namespace avx2 {
+#include "dense_crf/dense_crf_cpu_loops.inc"
+}  // namespace avx2
+#pragma GCC pop_options
+const bool kUseAvx2 = __builtin_cpu_supports("avx2");
+#define SEGOPS_CPU_LOOP(name) (kUseAvx2 ? avx2::name<scalar_t> : baseline::name<scalar_t>)
+#else
+#define SEGOPS_CPU_LOOP(name) (baseline::name<scalar_t>)
+#endif
+
+constexpr int64_t kSplatTasks = 32;
+
+// tasks + 1 increasing vertex bounds, [bounds[t], bounds[t + 1]) holding about 1/tasks of the entries. Offsets out
+// of order (a forged lattice) give uneven tasks, never bounds outside [0, vertices]; the splat reports them.
+std::vector<int64_t> balanced_vertex_bounds(const int32_t* offsets, int64_t vertices, int64_t tasks) {
+  std::vector<int64_t> bounds(static_cast<size_t>(tasks + 1), vertices);
+  bounds[0] = 0;
+  const int64_t total = vertices > 0 ? std::max<int64_t>(offsets[vertices], 0) : 0;
+  for (int64_t t = 1; t < tasks; ++t) {
+    const int64_t target = total * t / tasks;
+    const int64_t v = std::lower_bound(offsets, offsets + vertices, target) - offsets;
+    bounds[t] = std::max(bounds[t - 1], std::min(v, vertices));
   }
-  return bad;
-}
-
-// Blur rows [begin, end) along direction j, from `in` to `out` ([M, C]). Returns the first vertex with a neighbour
-// outside [-1, M), or -1.
-template <typename scalar_t>
-int64_t blur_range(const FilterImage<scalar_t>& im, int j, int64_t begin, int64_t end, const scalar_t* in,
-                   scalar_t* out) {
-  const int64_t c_count = im.channels;
-  int64_t bad = -1;
-  for (int64_t v = begin; v < end; ++v) {
-    const int32_t* pair = im.neighbours + (v * (im.dims + 1) + j) * 2;
-    int64_t first = pair[0], second = pair[1];
-    if (first < -1 || first >= im.vertices || second < -1 || second >= im.vertices) {
-      if (bad < 0) bad = v;
-      first = second = -1;
-    }
-    const scalar_t* self = in + v * c_count;
-    const scalar_t* a = first >= 0 ? in + first * c_count : nullptr;
-    const scalar_t* b = second >= 0 ? in + second * c_count : nullptr;
-    scalar_t* row = out + v * c_count;
-    if (a != nullptr && b != nullptr) {
-      for (int64_t c = 0; c < c_count; ++c) row[c] = lattice_blur_value(self[c], a[c], b[c]);
-    } else if (a != nullptr || b != nullptr) {
-      const scalar_t* only = a != nullptr ? a : b;
-      for (int64_t c = 0; c < c_count; ++c) row[c] = lattice_blur_value(self[c], only[c], scalar_t(0));
-    } else {
-      for (int64_t c = 0; c < c_count; ++c) row[c] = lattice_blur_value(self[c], scalar_t(0), scalar_t(0));
-    }
-  }
-  return bad;
-}
-
-// Slice points [begin, end) from `vertex_values` into `out` ([N, C]). Returns the first point with a vertex id
-// outside [0, M), or -1.
-template <typename scalar_t>
-int64_t slice_range(const FilterImage<scalar_t>& im, int64_t begin, int64_t end, const scalar_t* vertex_values,
-                    scalar_t* out) {
-  const int64_t c_count = im.channels, stride = im.dims + 1;
-  const scalar_t alpha = lattice_slice_scale<scalar_t>(static_cast<int>(im.dims));
-  int64_t bad = -1;
-  for (int64_t p = begin; p < end; ++p) {
-    scalar_t* row = out + p * c_count;
-    std::fill_n(row, c_count, scalar_t(0));
-    for (int64_t r = 0; r < stride; ++r) {
-      const int64_t v = im.vertex_ids[p * stride + r];
-      if (v < 0 || v >= im.vertices) {
-        if (bad < 0) bad = p;
-        continue;
-      }
-      const scalar_t w = im.weights[p * stride + r];
-      const scalar_t* in = vertex_values + v * c_count;
-      for (int64_t c = 0; c < c_count; ++c) row[c] += w * in[c];
-    }
-    for (int64_t c = 0; c < c_count; ++c) row[c] *= alpha;
-  }
-  return bad;
-}
-
-// The float loops compiled for AVX2 too (no FMA: each product rounds, then its sum, as on the GPU).
-__attribute__((target_clones("avx2", "default"))) int64_t splat_range_float(const FilterImage<float>& im,
-                                                                             int64_t begin, int64_t end, float* out) {
-  return splat_range(im, begin, end, out);
-}
-__attribute__((target_clones("avx2", "default"))) int64_t blur_range_float(const FilterImage<float>& im, int j,
-                                                                            int64_t begin, int64_t end,
-                                                                            const float* in, float* out) {
-  return blur_range(im, j, begin, end, in, out);
-}
-__attribute__((target_clones("avx2", "default"))) int64_t slice_range_float(const FilterImage<float>& im,
-                                                                             int64_t begin, int64_t end,
-                                                                             const float* in, float* out) {
-  return slice_range(im, begin, end, in, out);
-}
-
-int64_t splat_fast(const FilterImage<float>& im, int64_t b, int64_t e, float* out) {
-  return splat_range_float(im, b, e, out);
-}
-int64_t splat_fast(const FilterImage<double>& im, int64_t b, int64_t e, double* out) {
-  return splat_range(im, b, e, out);
-}
-int64_t blur_fast(const FilterImage<float>& im, int j, int64_t b, int64_t e, const float* in, float* out) {
-  return blur_range_float(im, j, b, e, in, out);
-}
-int64_t blur_fast(const FilterImage<double>& im, int j, int64_t b, int64_t e, const double* in, double* out) {
-  return blur_range(im, j, b, e, in, out);
-}
-int64_t slice_fast(const FilterImage<float>& im, int64_t b, int64_t e, const float* in, float* out) {
-  return slice_range_float(im, b, e, in, out);
-}
-int64_t slice_fast(const FilterImage<double>& im, int64_t b, int64_t e, const double* in, double* out) {
-  return slice_range(im, b, e, in, out);
+  return bounds;
 }
 
 // Runs fn(begin, end) -> first bad index or -1 in parallel over [0, n); returns the smallest bad index or -1.
@@ -339,24 +327,36 @@ at::Tensor permutohedral_filter_cpu(const at::Tensor& values_in, const at::Tenso
                                      points, channels, vertices, dims};
       std::vector<scalar_t> current(static_cast<size_t>(vertices * channels)), next(current.size());
       const int64_t vertex_grain = std::max<int64_t>(1, 8192 / channels);
-      int64_t bad = parallel_checked(vertices, vertex_grain, [&](int64_t begin, int64_t end) {
-        return splat_fast(im, begin, end, current.data());
+      auto f0 = std::chrono::steady_clock::now();
+      // Splat tasks of equal entry counts (a few vertices carry most entries: a vertex count split would not
+      // balance), bounded by binary search on the offsets.
+      const std::vector<int64_t> bounds = balanced_vertex_bounds(im.offsets, vertices, kSplatTasks);
+      int64_t bad = parallel_checked(kSplatTasks, 1, [&](int64_t begin, int64_t end) {
+        int64_t first_bad = -1;
+        for (int64_t task = begin; task < end && first_bad < 0; ++task)
+          first_bad = SEGOPS_CPU_LOOP(splat_any_stride)(im, bounds[task], bounds[task + 1], current.data());
+        return first_bad;
       });
       TORCH_CHECK(bad < 0, "permutohedral_filter: the splat list of vertex ", bad, " of image ", b,
                   " is outside splat_entries or names an entry outside [0, N*(d+1)) = [0, ", points * (dims + 1),
                   ")");
+      auto f1 = std::chrono::steady_clock::now();
       for (int64_t step = 0; step <= dims; ++step) {
         const int j = static_cast<int>(adjoint ? dims - step : step);
         bad = parallel_checked(vertices, vertex_grain, [&](int64_t begin, int64_t end) {
-          return blur_fast(im, j, begin, end, current.data(), next.data());
+          return SEGOPS_CPU_LOOP(blur_range)(im, j, begin, end, current.data(), next.data());
         });
         TORCH_CHECK(bad < 0, "permutohedral_filter: neighbours[", b, ", ", bad, ", ", j,
                     "] must be vertices in [-1, num_vertices) = [-1, ", vertices, ")");
         std::swap(current, next);
       }
+      auto f2 = std::chrono::steady_clock::now();
       bad = parallel_checked(points, std::max<int64_t>(1, 4096 / channels), [&](int64_t begin, int64_t end) {
-        return slice_fast(im, begin, end, current.data(), out.mutable_data_ptr<scalar_t>() + b * points * channels);
+        return SEGOPS_CPU_LOOP(slice_range)(im, begin, end, current.data(),
+                                                 out.mutable_data_ptr<scalar_t>() + b * points * channels);
       });
+      auto f3 = std::chrono::steady_clock::now();
+      fprintf(stderr, "FILTER C=%ld splat %.2f blur %.2f slice %.2f\n", (long)channels, std::chrono::duration<double,std::milli>(f1-f0).count(), std::chrono::duration<double,std::milli>(f2-f1).count(), std::chrono::duration<double,std::milli>(f3-f2).count());
       TORCH_CHECK(bad < 0, "permutohedral_filter: vertex_ids[", b, ", ", bad,
                   "] must be vertices in [0, num_vertices) = [0, ", vertices, ")");
     }

@@ -1,0 +1,421 @@
+"""Fully-connected CRF (Krähenbühl & Koltun 2011) mean-field inference on the permutohedral lattice (Adams et al.
+2010): the lattice ops (torch.ops.segops.permutohedral_lattice / permutohedral_filter), the lattice object, one
+mean-field step as an autograd.Function, and the functional and nn.Module front ends. The argument checks of the
+fake kernels repeat csrc/dense_crf/dense_crf_checks.cpp's messages word for word."""
+
+import math
+from typing import NamedTuple, Optional, Sequence, Union
+
+import torch
+from torch import Tensor, nn
+
+from segops.ops._checks import check_same_device, dtype_name, shape_str
+
+# pydensecrf's documented defaults (its README): addPairwiseGaussian(sxy=3, compat=3) and
+# addPairwiseBilateral(sxy=80, srgb=13, compat=10).
+PYDENSECRF_DEFAULTS = dict(
+    smoothness_sxy=3.0, smoothness_weight=3.0, appearance_sxy=80.0, appearance_srgb=13.0, appearance_weight=10.0
+)
+# DeepLab v2 (ResNet-101, PASCAL VOC), the CRF settings its release used: pos_w 3, pos_xy_std 1, bi_w 4,
+# bi_xy_std 67, bi_rgb_std 3, 10 iterations.
+DEEPLAB_V2 = dict(
+    num_iters=10,
+    smoothness_sxy=1.0,
+    smoothness_weight=3.0,
+    appearance_sxy=67.0,
+    appearance_srgb=3.0,
+    appearance_weight=4.0,
+)
+
+_MAX_FEATURES = 16
+
+
+# ---------------------------------------------------------------------------------------------------- lattice ops
+
+
+def check_lattice_features(features: Tensor) -> None:
+    op = "permutohedral_lattice"
+    if features.dim() != 3:
+        raise RuntimeError(f"{op}: features must be [B, N, d], got shape {shape_str(features)}")
+    if features.dtype not in (torch.float32, torch.float64):
+        raise RuntimeError(f"{op}: features must be float32 or float64, got {dtype_name(features.dtype)}")
+    dims = features.shape[2]
+    if not 1 <= dims <= _MAX_FEATURES:
+        raise RuntimeError(f"{op}: features must have 1 to {_MAX_FEATURES} features per point (d), got {dims}")
+    if features.shape[1] > (2**31 - 2) // (dims + 1):
+        raise RuntimeError(
+            f"{op}: N * (d + 1) must be below 2^31 (lattice entries are int32), got {features.shape[1]} * {dims + 1}"
+        )
+
+
+def _check_lattice_tensor(name, tensor, dtype, expected, meaning, values) -> None:
+    op = "permutohedral_filter"
+    if list(tensor.shape) != list(expected):
+        raise RuntimeError(
+            f"{op}: {name} must have shape {meaning} = [{', '.join(map(str, expected))}], got {shape_str(tensor)}"
+        )
+    if tensor.dtype != dtype:
+        raise RuntimeError(f"{op}: {name} must be {dtype_name(dtype)}, got {dtype_name(tensor.dtype)}")
+    check_same_device(op, name, tensor, values, "values")
+
+
+def check_lattice_filter(values, vertex_ids, weights, neighbours, splat_offsets, splat_entries, num_vertices) -> None:
+    op = "permutohedral_filter"
+    if values.dim() != 3:
+        raise RuntimeError(f"{op}: values must be [B, N, C], got shape {shape_str(values)}")
+    if values.dtype not in (torch.float32, torch.float64):
+        raise RuntimeError(f"{op}: values must be float32 or float64, got {dtype_name(values.dtype)}")
+    if vertex_ids.dim() != 3 or not 2 <= vertex_ids.shape[2] <= _MAX_FEATURES + 1:
+        raise RuntimeError(
+            f"{op}: vertex_ids must be [B, N, d+1] with 1 <= d <= {_MAX_FEATURES}, got shape {shape_str(vertex_ids)}"
+        )
+    if neighbours.dim() != 4:
+        raise RuntimeError(f"{op}: neighbours must be [B, M, d+1, 2], got shape {shape_str(neighbours)}")
+    batch, points, dims, rows = values.shape[0], values.shape[1], vertex_ids.shape[2] - 1, neighbours.shape[1]
+    _check_lattice_tensor("vertex_ids", vertex_ids, torch.int32, [batch, points, dims + 1], "[B, N, d+1]", values)
+    _check_lattice_tensor("weights", weights, values.dtype, [batch, points, dims + 1], "[B, N, d+1]", values)
+    _check_lattice_tensor("neighbours", neighbours, torch.int32, [batch, rows, dims + 1, 2], "[B, M, d+1, 2]", values)
+    _check_lattice_tensor("splat_offsets", splat_offsets, torch.int32, [batch, rows + 1], "[B, M+1]", values)
+    _check_lattice_tensor(
+        "splat_entries", splat_entries, torch.int32, [batch, points * (dims + 1)], "[B, N*(d+1)]", values
+    )
+    _check_lattice_tensor("num_vertices", num_vertices, torch.int64, [batch], "[B]", values)
+
+
+def permutohedral_lattice_fake(features):
+    check_lattice_features(features)
+    batch, points, dims = features.shape
+    # The vertex rows depend on the data: the CPU returns the most vertices of an image, the GPU the bound N*(d+1).
+    rows = torch.library.get_ctx().new_dynamic_size()
+    new_int = lambda *shape: features.new_empty(shape, dtype=torch.int32)  # noqa: E731
+    return (
+        new_int(batch, points, dims + 1),
+        features.new_empty((batch, points, dims + 1)),
+        new_int(batch, rows, dims + 1, 2),
+        new_int(batch, rows + 1),
+        new_int(batch, points * (dims + 1)),
+        features.new_empty((batch,), dtype=torch.int64),
+    )
+
+
+def permutohedral_filter_fake(values, vertex_ids, weights, neighbours, splat_offsets, splat_entries, num_vertices,
+                              adjoint=False):
+    check_lattice_filter(values, vertex_ids, weights, neighbours, splat_offsets, splat_entries, num_vertices)
+    return values.new_empty(values.shape)
+
+
+def _filter_setup_context(ctx, inputs, output):
+    ctx.lattice = inputs[1:7]
+    ctx.adjoint = inputs[7] if len(inputs) > 7 else False
+    ctx.save_for_backward(*ctx.lattice)
+
+
+def _filter_backward(ctx, grad):
+    # The filter is linear in values: its backward is its adjoint (the blur directions in reverse order).
+    grad_values = torch.ops.segops.permutohedral_filter(grad.contiguous(), *ctx.saved_tensors, not ctx.adjoint)
+    return (grad_values,) + (None,) * 7
+
+
+torch.library.register_autograd("segops::permutohedral_filter", _filter_backward, setup_context=_filter_setup_context)
+
+
+class PermutohedralLattice(NamedTuple):
+    """The permutohedral lattice of B point sets, as plain tensors (so it batches, moves with ``.to`` and traces).
+
+    Entry ``e = n * (d+1) + r`` is the r-th vertex of point n's enclosing simplex. Build it with
+    :meth:`PermutohedralLattice.build`; filter with :meth:`filter` and its exact adjoint :meth:`filter_adjoint`.
+
+    Attributes:
+        vertex_ids (Tensor[B, N, d+1], int32): the vertices of each point's simplex.
+        weights (Tensor[B, N, d+1]): their barycentric weights (times the symmetric normalisation once
+            :meth:`normalized`).
+        neighbours (Tensor[B, M, d+1, 2], int32): each vertex's neighbours one step up and down each lattice
+            direction, -1 where there is none. M >= every image's vertex count (exact on the CPU, the bound
+            N*(d+1) on the GPU, which does not synchronise to learn it).
+        splat_offsets (Tensor[B, M+1], int32), splat_entries (Tensor[B, N*(d+1)], int32): the entries of each
+            vertex, in entry order (``splat_entries[b, splat_offsets[b, v]:splat_offsets[b, v+1]]``).
+        num_vertices (Tensor[B], int64): each image's vertex count.
+    """
+
+    vertex_ids: Tensor
+    weights: Tensor
+    neighbours: Tensor
+    splat_offsets: Tensor
+    splat_entries: Tensor
+    num_vertices: Tensor
+
+    @classmethod
+    def build(cls, features: Tensor) -> "PermutohedralLattice":
+        """The lattice of ``features`` (Tensor[B, N, d], float32 or float64, 1 <= d <= 16), each feature already
+        divided by its bandwidth: the filter approximates the Gaussian ``exp(-|f_i - f_j|^2 / 2)`` up to a
+        constant factor (1 for ``f_i = f_j`` is not kept: compare normalised filters)."""
+        return cls(*torch.ops.segops.permutohedral_lattice(features))
+
+    def filter(self, values: Tensor) -> Tensor:
+        """Splat, blur along lattice directions 0..d, slice: Tensor[B, N, C] -> Tensor[B, N, C] (the weights'
+        dtype). Differentiable with respect to ``values`` (its backward is :meth:`filter_adjoint`)."""
+        return torch.ops.segops.permutohedral_filter(values, *self, False)
+
+    def filter_adjoint(self, values: Tensor) -> Tensor:
+        """The filter's transpose: splat, blur along directions d..0, slice. ``<filter(x), y> == <x,
+        filter_adjoint(y)>``."""
+        return torch.ops.segops.permutohedral_filter(values, *self, True)
+
+    def normalized(self) -> "PermutohedralLattice":
+        """The same lattice with pydensecrf's symmetric normalisation folded into the weights: the filter becomes
+        ``D^-1/2 K D^-1/2`` with ``D = diag(K 1)``, a symmetric normalisation of the lattice filter K."""
+        ones = self.weights.new_ones(self.weights.shape[0], self.weights.shape[1], 1)
+        norm = self.filter(ones)
+        return self._replace(weights=self.weights * torch.rsqrt(norm + 1e-20))
+
+
+# --------------------------------------------------------------------------------------------------- the CRF step
+
+
+def _weighted_sum(base: Optional[Tensor], terms: Sequence[Tensor], weights: Tensor) -> Tensor:
+    """base + sum_k weights[k] * terms[k] (no base: 0). On the CPU the weights are read once as numbers, for
+    add's scaled fast path (addcmul with a 0-d tensor is three times slower there); elsewhere they stay on the
+    device (no synchronisation)."""
+    if weights.device.type == "cpu":
+        scales = weights.tolist()
+        total = terms[0] * scales[0] if base is None else torch.add(base, terms[0], alpha=scales[0])
+        for term, scale in zip(terms[1:], scales[1:]):
+            total.add_(term, alpha=scale)
+        return total
+    total = terms[0] * weights[0] if base is None else torch.addcmul(base, terms[0], weights[0])
+    for k in range(1, len(terms)):
+        total = torch.addcmul(total, terms[k], weights[k])
+    return total
+
+
+class DenseCRFFunction(torch.autograd.Function):
+    """One mean-field step of a fully-connected CRF, given its (normalised) lattices.
+
+    ``DenseCRFFunction.apply(unary, q, kernel_weights, compatibility, lattices)``:
+        unary (Tensor[B, N, L]): logits (higher = more likely).
+        q (Tensor[B, N, L]): the current label distribution.
+        kernel_weights (Tensor[K]): one weight per lattice.
+        compatibility (Tensor[L, L] or None): the label compatibility mu (a penalty: mu[l, l'] for labels l and
+            l' at two pixels); None is Potts, mu = 1 - I.
+        lattices (tuple of K :class:`PermutohedralLattice`, normalised): the kernels.
+
+    Returns ``softmax(unary - mu @ sum_k w_k filter_k(q))`` over labels, Tensor[B, N, L]. The backward is exact
+    (it runs each filter's adjoint) with respect to unary, q, kernel_weights and compatibility; not twice
+    differentiable.
+    """
+
+    @staticmethod
+    def forward(ctx, unary, q, kernel_weights, compatibility, lattices):
+        messages = [lattice.filter(q) for lattice in lattices]
+        if compatibility is None:  # Potts: z = unary + sum_k w_k m_k, up to a per-pixel constant
+            z, total = _weighted_sum(unary, messages, kernel_weights), None
+        else:  # z = unary - (sum_k w_k m_k) @ mu^T
+            total = _weighted_sum(None, messages, kernel_weights)
+            z = unary - total @ compatibility.t()
+        out = torch.softmax(z, dim=-1)
+        ctx.lattices = lattices
+        ctx.potts = compatibility is None
+        ctx.save_for_backward(out, total, kernel_weights, compatibility, *messages)
+        return out
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad):
+        out, total, kernel_weights, compatibility, *messages = ctx.saved_tensors
+        grad_z = out * (grad - (out * grad).sum(-1, keepdim=True))
+        if ctx.potts:
+            grad_total, grad_compatibility = grad_z, None
+        else:
+            # z = unary - total @ mu^T
+            grad_total = -(grad_z @ compatibility)
+            grad_compatibility = None
+            if ctx.needs_input_grad[3]:
+                flat = grad_z.reshape(-1, grad_z.shape[-1])
+                grad_compatibility = -(flat.t() @ total.reshape(-1, total.shape[-1]))
+        grad_weights = None
+        if ctx.needs_input_grad[2]:
+            grad_weights = torch.stack([(grad_total * m).sum() for m in messages]).to(kernel_weights.dtype)
+        grad_q = None
+        if ctx.needs_input_grad[1]:
+            for k, lattice in enumerate(ctx.lattices):
+                term = lattice.filter_adjoint(grad_total * kernel_weights[k])
+                grad_q = term if grad_q is None else grad_q + term
+        return grad_z, grad_q, grad_weights, grad_compatibility, None
+
+
+# --------------------------------------------------------------------------------------------------- front ends
+
+
+def _check_positive(name: str, value: float) -> None:
+    if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
+        raise ValueError(f"dense_crf: {name} must be a finite number > 0, got {value!r}")
+
+
+def crf_lattices(
+    image: Tensor, smoothness_sxy: float, appearance_sxy: float, appearance_srgb: float
+) -> tuple[PermutohedralLattice, PermutohedralLattice]:
+    """The two normalised lattices of a dense CRF on images Tensor[B, 3, H, W] (uint8 or float in 0..255):
+    smoothness (features x/sxy, y/sxy) and appearance (x/sxy, y/sxy, r/srgb, g/srgb, b/srgb), pydensecrf's
+    features (x the column, y the row)."""
+    _check_positive("smoothness_sxy", smoothness_sxy)
+    _check_positive("appearance_sxy", appearance_sxy)
+    _check_positive("appearance_srgb", appearance_srgb)
+    batch, _, height, width = image.shape
+    dtype = torch.float64 if image.dtype == torch.float64 else torch.float32
+    ys = torch.arange(height, device=image.device, dtype=dtype).view(height, 1).expand(height, width)
+    xs = torch.arange(width, device=image.device, dtype=dtype).view(1, width).expand(height, width)
+    position = torch.stack([xs, ys], dim=-1).reshape(1, height * width, 2).expand(batch, -1, -1)
+    colour = image.to(dtype).permute(0, 2, 3, 1).reshape(batch, height * width, 3)
+    smoothness = PermutohedralLattice.build((position / smoothness_sxy).contiguous())
+    appearance = PermutohedralLattice.build(
+        torch.cat([position / appearance_sxy, colour / appearance_srgb], dim=-1).contiguous()
+    )
+    return smoothness.normalized(), appearance.normalized()
+
+
+def _check_crf_inputs(unary: Tensor, image: Tensor, num_iters: int) -> None:
+    if unary.dim() != 4 or unary.shape[1] < 2:
+        raise ValueError(f"dense_crf: unary must be [N, L, H, W] with L >= 2 labels, got shape {shape_str(unary)}")
+    if unary.dtype not in (torch.float32, torch.float64):
+        raise ValueError(f"dense_crf: unary must be float32 or float64, got {dtype_name(unary.dtype)}")
+    expected = [unary.shape[0], 3, unary.shape[2], unary.shape[3]]
+    if image.dim() != 4 or list(image.shape) != expected:
+        raise ValueError(
+            f"dense_crf: image must be [N, 3, H, W] = [{', '.join(map(str, expected))}] (unary's N, H, W), "
+            f"got shape {shape_str(image)}"
+        )
+    if image.dtype not in (torch.uint8, torch.float32, torch.float64):
+        raise ValueError(f"dense_crf: image must be uint8, float32 or float64 (0..255), got {dtype_name(image.dtype)}")
+    if image.device != unary.device:
+        raise ValueError(f"dense_crf: image must be on unary's device ({unary.device}), got {image.device}")
+    if isinstance(num_iters, bool) or not isinstance(num_iters, int) or num_iters < 0:
+        raise ValueError(f"dense_crf: num_iters must be an int >= 0, got {num_iters!r}")
+    message = "dense_crf: unary must be finite (logits), got a NaN or infinite value"
+    if unary.device.type == "cpu":
+        if not bool(torch.isfinite(unary).all()):
+            raise ValueError(message)
+    else:  # no host synchronisation: a device-side assert
+        torch._assert_async(torch.isfinite(unary).all(), message)
+
+
+def dense_crf(
+    unary: Tensor,
+    image: Tensor,
+    num_iters: int = 5,
+    *,
+    smoothness_sxy: float = 3.0,
+    smoothness_weight: Union[float, Tensor] = 3.0,
+    appearance_sxy: float = 80.0,
+    appearance_srgb: float = 13.0,
+    appearance_weight: Union[float, Tensor] = 10.0,
+    compatibility: Optional[Tensor] = None,
+) -> Tensor:
+    """Mean-field inference in a fully-connected CRF with Gaussian pairwise kernels (Krähenbühl & Koltun 2011).
+
+    Two kernels: smoothness ``w_s exp(-|p_i - p_j|^2 / 2 sxy_s^2)`` and appearance ``w_a exp(-|p_i - p_j|^2 / 2
+    sxy_a^2 - |I_i - I_j|^2 / 2 srgb^2)`` (p the pixel position, I its RGB colour), each filtered on a
+    permutohedral lattice (O(N d L) per step) with pydensecrf's symmetric normalisation
+    ``D^-1/2 K D^-1/2``, D the filtered constant image; as in pydensecrf the filter includes the pixel itself.
+    The defaults are pydensecrf's documented ones; ``dense_crf(unary, image, **DEEPLAB_V2)`` uses DeepLab v2's.
+    The lattices are built once per call and reused by every step and by the backward pass.
+
+    Differentiable with respect to ``unary``, the kernel weights (pass 0-d tensors) and ``compatibility``; not
+    with respect to the image or the bandwidths.
+
+    Args:
+        unary (Tensor[N, L, H, W]): logits, float32 or float64, finite, L >= 2 (pydensecrf's unary energy is
+            their negative).
+        image (Tensor[N, 3, H, W]): RGB, uint8 or float in 0..255.
+        num_iters (int): mean-field steps (0 returns ``softmax(unary)``).
+        smoothness_sxy, appearance_sxy (float): position bandwidths in pixels; appearance_srgb (float): colour
+            bandwidth in intensity levels; all > 0.
+        smoothness_weight, appearance_weight (float or 0-d Tensor): kernel weights.
+        compatibility (Tensor[L, L], optional): label compatibility mu (a penalty); None is Potts (1 - I).
+
+    Returns:
+        Tensor[N, L, H, W]: label probabilities (a channels-last view).
+    """
+    _check_crf_inputs(unary, image, num_iters)
+    batch, labels, height, width = unary.shape
+    if compatibility is not None and (compatibility.shape != (labels, labels) or compatibility.dtype != unary.dtype):
+        raise ValueError(
+            f"dense_crf: compatibility must be [L, L] = [{labels}, {labels}] of unary's dtype "
+            f"({dtype_name(unary.dtype)}), got {shape_str(compatibility)} {dtype_name(compatibility.dtype)}"
+        )
+    lattices = crf_lattices(image.to(unary.dtype) if image.dtype != torch.uint8 else image, smoothness_sxy,
+                            appearance_sxy, appearance_srgb)
+    lattices = tuple(lattice._replace(weights=lattice.weights.to(unary.dtype)) for lattice in lattices)
+    weights = torch.stack([torch.as_tensor(w, dtype=unary.dtype, device=unary.device)
+                           for w in (smoothness_weight, appearance_weight)])
+    logits = unary.permute(0, 2, 3, 1).reshape(batch, height * width, labels)
+    q = torch.softmax(logits, dim=-1)
+    for _ in range(num_iters):
+        q = DenseCRFFunction.apply(logits, q, weights, compatibility, lattices)
+    return q.reshape(batch, height, width, labels).permute(0, 3, 1, 2)
+
+
+class DenseCRF(nn.Module):
+    """A fully-connected CRF as a layer (CRF-as-RNN): :func:`dense_crf` with learnable kernel weights and label
+    compatibility, ``DenseCRF(num_labels)(unary, image)``.
+
+    Args:
+        num_labels (int): L >= 2.
+        num_iters (int): mean-field steps.
+        smoothness_sxy, appearance_sxy, appearance_srgb (float): bandwidths (fixed).
+        smoothness_weight, appearance_weight (float): initial kernel weights (``kernel_weights``, a parameter).
+        learn_compatibility (bool): learn an L x L ``compatibility`` initialised to Potts (1 - I); otherwise Potts.
+
+    Shapes: unary Tensor[N, L, H, W] (logits) and image Tensor[N, 3, H, W] (0..255) give Tensor[N, L, H, W].
+    :meth:`DenseCRF.deeplab` builds one with DeepLab v2's settings.
+    """
+
+    def __init__(
+        self,
+        num_labels: int,
+        num_iters: int = 5,
+        smoothness_sxy: float = 3.0,
+        smoothness_weight: float = 3.0,
+        appearance_sxy: float = 80.0,
+        appearance_srgb: float = 13.0,
+        appearance_weight: float = 10.0,
+        learn_compatibility: bool = True,
+    ):
+        super().__init__()
+        if isinstance(num_labels, bool) or not isinstance(num_labels, int) or num_labels < 2:
+            raise ValueError(f"DenseCRF: num_labels must be an int >= 2, got {num_labels!r}")
+        for name, value in (("smoothness_sxy", smoothness_sxy), ("appearance_sxy", appearance_sxy),
+                            ("appearance_srgb", appearance_srgb)):
+            _check_positive(name, value)
+        self.num_labels, self.num_iters = num_labels, num_iters
+        self.smoothness_sxy, self.appearance_sxy, self.appearance_srgb = smoothness_sxy, appearance_sxy, appearance_srgb
+        self.kernel_weights = nn.Parameter(torch.tensor([float(smoothness_weight), float(appearance_weight)]))
+        self.compatibility = (
+            nn.Parameter(1.0 - torch.eye(num_labels)) if learn_compatibility else None
+        )
+
+    @classmethod
+    def deeplab(cls, num_labels: int, learn_compatibility: bool = False) -> "DenseCRF":
+        """DeepLab v2's CRF (10 steps; smoothness sxy 1, weight 3; appearance sxy 67, srgb 3, weight 4)."""
+        return cls(num_labels, learn_compatibility=learn_compatibility, **DEEPLAB_V2)
+
+    def forward(self, unary: Tensor, image: Tensor) -> Tensor:
+        compatibility = None if self.compatibility is None else self.compatibility.to(unary.dtype)
+        weights = self.kernel_weights.to(unary.dtype)
+        return dense_crf(
+            unary,
+            image,
+            self.num_iters,
+            smoothness_sxy=self.smoothness_sxy,
+            smoothness_weight=weights[0],
+            appearance_sxy=self.appearance_sxy,
+            appearance_srgb=self.appearance_srgb,
+            appearance_weight=weights[1],
+            compatibility=compatibility,
+        )
+
+    def extra_repr(self) -> str:
+        return (
+            f"num_labels={self.num_labels}, num_iters={self.num_iters}, smoothness_sxy={self.smoothness_sxy}, "
+            f"appearance_sxy={self.appearance_sxy}, appearance_srgb={self.appearance_srgb}, "
+            f"compatibility={'learned' if self.compatibility is not None else 'Potts'}"
+        )
