@@ -155,3 +155,99 @@ def _unpool_winners(indices: Tensor, output_size):
     winner = torch.full((*indices.shape[:2], output_size[0] * output_size[1]), -1, dtype=torch.int64,
                         device=indices.device)
     return winner.scatter_reduce(2, flat_indices, positions, "amax"), flat_indices
+
+
+def permutohedral_lattice_brute_force(features: Tensor):
+    """The permutohedral lattice of one point set, in plain Python (Adams et al. 2010, as pydensecrf embeds points),
+    for tests: features Tensor[N, d] (float64) gives (vertex_ids [N, d+1], weights [N, d+1], neighbours
+    [M, d+1, 2]) with vertices numbered in the order their keys first occur, -1 for a missing neighbour."""
+    points, d = features.shape
+    scale = [math.sqrt(2.0 / 3.0) * (d + 1) / math.sqrt((i + 2) * (i + 1)) for i in range(d)]
+    number = {}
+    vertex_ids, weights = [], []
+    for f in features.tolist():
+        elevated = [0.0] * (d + 1)
+        total = 0.0
+        for j in range(d, 0, -1):
+            cf = f[j - 1] * scale[j - 1]
+            elevated[j] = total - j * cf
+            total += cf
+        elevated[0] = total
+        rem0 = [_round_half_away(e / (d + 1)) * (d + 1) for e in elevated]
+        offset = sum(rem0) // (d + 1)
+        # rank: position of each remainder in decreasing order (ties: the lower index ranks higher).
+        diff = [elevated[i] - rem0[i] for i in range(d + 1)]
+        rank = [sum(1 for j in range(d + 1) if diff[j] > diff[i] or (diff[j] == diff[i] and j < i)) for i in range(d + 1)]
+        rank = [r + offset for r in rank]
+        for i in range(d + 1):
+            if rank[i] < 0:
+                rank[i] += d + 1
+                rem0[i] += d + 1
+            elif rank[i] > d:
+                rank[i] -= d + 1
+                rem0[i] -= d + 1
+        bary = [0.0] * (d + 2)
+        for i in range(d + 1):
+            v = (elevated[i] - rem0[i]) / (d + 1)
+            bary[d - rank[i]] += v
+            bary[d - rank[i] + 1] -= v
+        bary[0] += 1.0 + bary[d + 1]
+        ids = []
+        for r in range(d + 1):
+            key = tuple(rem0[i] + (r if rank[i] <= d - r else r - (d + 1)) for i in range(d))
+            ids.append(number.setdefault(key, len(number)))
+        vertex_ids.append(ids)
+        weights.append(bary[: d + 1])
+    keys = list(number)
+    neighbours = []
+    for key in keys:
+        row = []
+        for j in range(d + 1):
+            pair = []
+            for step in (1, -1):
+                other = [k - step for k in key]
+                if j < d:
+                    other[j] = key[j] + step * d
+                pair.append(number.get(tuple(other), -1))
+            row.append(pair)
+        neighbours.append(row)
+    return (
+        torch.tensor(vertex_ids, dtype=torch.int32),
+        torch.tensor(weights, dtype=torch.float64),
+        torch.tensor(neighbours, dtype=torch.int32).view(len(keys), d + 1, 2),
+    )
+
+
+def gaussian_filter_brute_force(features: Tensor, values: Tensor, normalize: bool = True) -> Tensor:
+    """The exact Gaussian filter, O(N^2): out_i = sum_j exp(-|f_i - f_j|^2 / 2) v_j (j = i included) for features
+    Tensor[B, N, d] and values Tensor[B, N, C]; with normalize, pydensecrf's symmetric normalisation
+    D^-1/2 K D^-1/2, D = diag(K 1)."""
+    kernel = torch.exp(-0.5 * torch.cdist(features, features).square())
+    if not normalize:
+        return kernel @ values
+    scale = kernel.sum(-1, keepdim=True).rsqrt()
+    return scale * (kernel @ (scale * values))
+
+
+def dense_crf_brute_force(unary: Tensor, image: Tensor, num_iters: int, smoothness_sxy: float, smoothness_weight: float,
+                          appearance_sxy: float, appearance_srgb: float, appearance_weight: float,
+                          compatibility: Tensor = None) -> Tensor:
+    """Exact mean-field inference in the fully-connected CRF of segops.dense_crf (the same model and
+    normalisation, exact Gaussian kernels instead of the lattice), O(N^2) per step: unary Tensor[B, L, H, W]
+    (logits), image Tensor[B, 3, H, W] give Tensor[B, L, H, W]."""
+    batch, labels, height, width = unary.shape
+    ys, xs = torch.meshgrid(torch.arange(height, dtype=torch.float64), torch.arange(width, dtype=torch.float64),
+                            indexing="ij")
+    position = torch.stack([xs, ys], -1).view(1, -1, 2).expand(batch, -1, -1)
+    colour = image.to(torch.float64).permute(0, 2, 3, 1).reshape(batch, -1, 3)
+    kernels = [
+        (position / smoothness_sxy, smoothness_weight),
+        (torch.cat([position / appearance_sxy, colour / appearance_srgb], -1), appearance_weight),
+    ]
+    logits = unary.to(torch.float64).permute(0, 2, 3, 1).reshape(batch, -1, labels)
+    mu = 1.0 - torch.eye(labels, dtype=torch.float64) if compatibility is None else compatibility.to(torch.float64)
+    q = torch.softmax(logits, -1)
+    for _ in range(num_iters):
+        message = sum(weight * gaussian_filter_brute_force(features, q) for features, weight in kernels)
+        q = torch.softmax(logits - message @ mu.t(), -1)
+    return q.view(batch, height, width, labels).permute(0, 3, 1, 2)

@@ -334,3 +334,78 @@ def test_dilated_conv_kernels_read_channels_last_and_strided_inputs(emulated):
             actual_grads = emulated._dilated_conv2d_backward(grad, strided, weight, *args, [True] * 3, (3,), (32,))
             for a, e in zip(actual_grads, expected_grads):
                 torch.testing.assert_close(a, e)
+
+
+# Permutohedral lattice: points with many shared and many distinct vertices (the hash table's collisions, the
+# numbering's atomics), d = 2 and 5 as the dense CRF's kernels, 1 and 3 images.
+LATTICE_CASES = {"d2": (1, 300, 2, 6.0), "d5 batch": (3, 200, 5, 10.0), "d3 dense": (2, 400, 3, 2.0)}
+
+
+def _lattice_features(name, dtype, seed=0):
+    batch, points, dims, spread = LATTICE_CASES[name]
+    return torch.rand(batch, points, dims, generator=torch.Generator().manual_seed(seed), dtype=dtype) * spread
+
+
+@pytest.mark.parametrize("launch", LAUNCHES, ids=str)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+@pytest.mark.parametrize("case", LATTICE_CASES, ids=str)
+def test_lattice_kernels_equal_the_cpu_path_bitwise(emulated, launch, dtype, case):
+    """The GPU build (compare-and-swap hash table, atomic-min owners, a cumulative sum) numbers the vertices as
+    the CPU does, whatever the schedule; its vertex rows are the bound N*(d+1), the CPU's the vertex count."""
+    grid, block = launch
+    features = _lattice_features(case, dtype)
+    expected = torch.ops.segops.permutohedral_lattice(features)
+    actual = emulated.permutohedral_lattice(features, grid, block)
+    rows = expected[2].shape[1]
+    vertex_ids, weights, neighbours, offsets, entries, num_vertices = actual
+    assert neighbours.shape[1] == features.shape[1] * (features.shape[2] + 1)
+    assert torch.equal(vertex_ids, expected[0]) and torch.equal(weights, expected[1])
+    assert torch.equal(neighbours[:, :rows], expected[2]) and (neighbours[:, rows:] == -1).all()
+    assert torch.equal(offsets[:, : rows + 1], expected[3])
+    assert torch.equal(entries, expected[4]) and torch.equal(num_vertices, expected[5])
+    g = torch.Generator().manual_seed(1)
+    values = torch.rand(features.shape[0], features.shape[1], 21, generator=g, dtype=dtype)
+    for adjoint in (False, True):
+        reference = torch.ops.segops.permutohedral_filter(values, *expected, adjoint)
+        # Either lattice, the GPU's (bound rows) or the CPU's, filters bitwise as the CPU path does.
+        assert torch.equal(emulated.permutohedral_filter(values, *actual, adjoint, grid, block), reference)
+        assert torch.equal(emulated.permutohedral_filter(values, *expected, adjoint, grid, block), reference)
+
+
+def test_lattice_kernels_on_empty_inputs(emulated):
+    for shape in [(2, 0, 3), (0, 5, 2)]:
+        features = torch.zeros(shape)
+        expected = torch.ops.segops.permutohedral_lattice(features)
+        actual = emulated.permutohedral_lattice(features, (2,), (32,))
+        assert torch.equal(actual[0], expected[0]) and torch.equal(actual[5], expected[5])
+        values = torch.zeros(shape[0], shape[1], 4)
+        assert emulated.permutohedral_filter(values, *actual, False, (2,), (32,)).shape == values.shape
+
+
+def test_lattice_kernels_assert_on_bad_features(emulated):
+    features = torch.rand(2, 10, 3)
+    features[1, 4, 2] = float("nan")
+    with pytest.raises(RuntimeError, match=r"device-side assert triggered: permutohedral_lattice: features must be "
+                                           r"finite .*\(printed: .*point 14 \(flat over \[B, N\]\)"):
+        emulated.permutohedral_lattice(features, (3,), (32,))
+
+
+@pytest.mark.parametrize(
+    "field, index, value, message",
+    [
+        ("vertex_ids", (1, 3, 2), 10**6, "a vertex id is outside"),
+        ("neighbours", (0, 1, 2, 0), 10**6, "a neighbour is outside"),
+        ("splat_entries", (1, 0), 10**6, "a splat entry is outside"),
+        ("splat_offsets", (0, 1), -5, "a splat list is outside splat_entries"),
+        ("num_vertices", (0,), 10**6, r"num_vertices must be in \[0, M\]"),
+    ],
+)
+def test_lattice_filter_kernels_assert_on_a_forged_lattice(emulated, field, index, value, message):
+    features = torch.rand(2, 20, 3) * 3
+    lattice = list(emulated.permutohedral_lattice(features, (2,), (64,)))
+    position = ["vertex_ids", "weights", "neighbours", "splat_offsets", "splat_entries", "num_vertices"].index(field)
+    lattice[position] = lattice[position].clone()
+    lattice[position][index] = value
+    for grid, block in LAUNCHES[:3]:
+        with pytest.raises(RuntimeError, match="device-side assert triggered: permutohedral_filter: " + message):
+            emulated.permutohedral_filter(torch.rand(2, 20, 2), *lattice, False, grid, block)

@@ -12,8 +12,6 @@
 #include <torch/library.h>
 
 #include <algorithm>
-#include <chrono>
-#include <cstdio>
 #include <atomic>
 #include <cstring>
 #include <limits>
@@ -215,13 +213,9 @@ LatticeTensors permutohedral_lattice_cpu(const at::Tensor& features_in) {
     for (int64_t b = 0; b < batch; ++b) {
       ImageLattice& image = images[b];
       image.keys.reset(new int32_t[static_cast<size_t>(std::max<int64_t>(entries * dims, 1))]);
-      auto t0 = std::chrono::steady_clock::now();
       embed_points(features.const_data_ptr<scalar_t>() + b * points * dims, points, dims, scales, image.keys.get(),
                    weights.mutable_data_ptr<scalar_t>() + b * entries, b);
-      auto t1 = std::chrono::steady_clock::now();
       number_vertices(image, points, dims, vertex_ids.mutable_data_ptr<int32_t>() + b * entries);
-      auto t2 = std::chrono::steady_clock::now();
-      fprintf(stderr, "TIMING embed %.2f number %.2f\n", std::chrono::duration<double,std::milli>(t1-t0).count(), std::chrono::duration<double,std::milli>(t2-t1).count());
       num_vertices.mutable_data_ptr<int64_t>()[b] = static_cast<int64_t>(image.first_entry.size());
     }
   });
@@ -229,7 +223,6 @@ LatticeTensors permutohedral_lattice_cpu(const at::Tensor& features_in) {
   for (const ImageLattice& image : images) rows = std::max<int64_t>(rows, image.first_entry.size());
   at::Tensor neighbours = at::empty({batch, rows, dims + 1, 2}, int_options);
   at::Tensor splat_offsets = at::empty({batch, rows + 1}, int_options);
-  auto t3 = std::chrono::steady_clock::now();
   for (int64_t b = 0; b < batch; ++b) {
     const int32_t* ids = vertex_ids.const_data_ptr<int32_t>() + b * entries;
     find_neighbours(images[b], dims, ids, rows, neighbours.mutable_data_ptr<int32_t>() + b * rows * (dims + 1) * 2);
@@ -238,8 +231,6 @@ LatticeTensors permutohedral_lattice_cpu(const at::Tensor& features_in) {
                 splat_entries.mutable_data_ptr<int32_t>() + b * entries);
     images[b] = ImageLattice{};  // free the image's table and keys before the next
   }
-  auto t4 = std::chrono::steady_clock::now();
-  fprintf(stderr, "TIMING neigh+lists %.2f\n", std::chrono::duration<double,std::milli>(t4-t3).count());
   return {vertex_ids, weights, neighbours, splat_offsets, splat_entries, num_vertices};
 }
 
@@ -327,7 +318,6 @@ at::Tensor permutohedral_filter_cpu(const at::Tensor& values_in, const at::Tenso
                                      points, channels, vertices, dims};
       std::vector<scalar_t> current(static_cast<size_t>(vertices * channels)), next(current.size());
       const int64_t vertex_grain = std::max<int64_t>(1, 8192 / channels);
-      auto f0 = std::chrono::steady_clock::now();
       // Splat tasks of equal entry counts (a few vertices carry most entries: a vertex count split would not
       // balance), bounded by binary search on the offsets.
       const std::vector<int64_t> bounds = balanced_vertex_bounds(im.offsets, vertices, kSplatTasks);
@@ -340,7 +330,6 @@ at::Tensor permutohedral_filter_cpu(const at::Tensor& values_in, const at::Tenso
       TORCH_CHECK(bad < 0, "permutohedral_filter: the splat list of vertex ", bad, " of image ", b,
                   " is outside splat_entries or names an entry outside [0, N*(d+1)) = [0, ", points * (dims + 1),
                   ")");
-      auto f1 = std::chrono::steady_clock::now();
       for (int64_t step = 0; step <= dims; ++step) {
         const int j = static_cast<int>(adjoint ? dims - step : step);
         bad = parallel_checked(vertices, vertex_grain, [&](int64_t begin, int64_t end) {
@@ -350,13 +339,10 @@ at::Tensor permutohedral_filter_cpu(const at::Tensor& values_in, const at::Tenso
                     "] must be vertices in [-1, num_vertices) = [-1, ", vertices, ")");
         std::swap(current, next);
       }
-      auto f2 = std::chrono::steady_clock::now();
       bad = parallel_checked(points, std::max<int64_t>(1, 4096 / channels), [&](int64_t begin, int64_t end) {
         return SEGOPS_CPU_LOOP(slice_range)(im, begin, end, current.data(),
                                                  out.mutable_data_ptr<scalar_t>() + b * points * channels);
       });
-      auto f3 = std::chrono::steady_clock::now();
-      fprintf(stderr, "FILTER C=%ld splat %.2f blur %.2f slice %.2f\n", (long)channels, std::chrono::duration<double,std::milli>(f1-f0).count(), std::chrono::duration<double,std::milli>(f2-f1).count(), std::chrono::duration<double,std::milli>(f3-f2).count());
       TORCH_CHECK(bad < 0, "permutohedral_filter: vertex_ids[", b, ", ", bad,
                   "] must be vertices in [0, num_vertices) = [0, ", vertices, ")");
     }

@@ -201,7 +201,7 @@ class DenseCRFFunction(torch.autograd.Function):
 
     Returns ``softmax(unary - mu @ sum_k w_k filter_k(q))`` over labels, Tensor[B, N, L]. The backward is exact
     (it runs each filter's adjoint) with respect to unary, q, kernel_weights and compatibility; not twice
-    differentiable.
+    differentiable (``create_graph=True`` raises).
     """
 
     @staticmethod
@@ -219,9 +219,15 @@ class DenseCRFFunction(torch.autograd.Function):
         return out
 
     @staticmethod
-    @torch.autograd.function.once_differentiable
     def backward(ctx, grad):
+        # create_graph=True would otherwise get a silently constant (wrong) second derivative through this step.
+        if torch.is_grad_enabled():
+            raise RuntimeError(
+                "DenseCRFFunction (a dense_crf mean-field step) is differentiable once: its backward cannot build "
+                "a graph (create_graph=True)"
+            )
         out, total, kernel_weights, compatibility, *messages = ctx.saved_tensors
+        grad = grad.contiguous()  # the caller's view of the output may be channels-last
         grad_z = out * (grad - (out * grad).sum(-1, keepdim=True))
         if ctx.potts:
             grad_total, grad_compatibility = grad_z, None
@@ -291,11 +297,15 @@ def _check_crf_inputs(unary: Tensor, image: Tensor, num_iters: int) -> None:
     if isinstance(num_iters, bool) or not isinstance(num_iters, int) or num_iters < 0:
         raise ValueError(f"dense_crf: num_iters must be an int >= 0, got {num_iters!r}")
     message = "dense_crf: unary must be finite (logits), got a NaN or infinite value"
+    if unary.numel() == 0:
+        return
+    # min and max in one pass (NaN propagates): finite iff both are.
+    low, high = torch.aminmax(unary)
     if unary.device.type == "cpu":
-        if not bool(torch.isfinite(unary).all()):
+        if not (math.isfinite(low.item()) and math.isfinite(high.item())):
             raise ValueError(message)
     else:  # no host synchronisation: a device-side assert
-        torch._assert_async(torch.isfinite(unary).all(), message)
+        torch._assert_async(torch.isfinite(high - low), message)
 
 
 def dense_crf(
@@ -333,7 +343,7 @@ def dense_crf(
         compatibility (Tensor[L, L], optional): label compatibility mu (a penalty); None is Potts (1 - I).
 
     Returns:
-        Tensor[N, L, H, W]: label probabilities (a channels-last view).
+        Tensor[N, L, H, W]: label probabilities, contiguous.
     """
     _check_crf_inputs(unary, image, num_iters)
     batch, labels, height, width = unary.shape
@@ -347,11 +357,13 @@ def dense_crf(
     lattices = tuple(lattice._replace(weights=lattice.weights.to(unary.dtype)) for lattice in lattices)
     weights = torch.stack([torch.as_tensor(w, dtype=unary.dtype, device=unary.device)
                            for w in (smoothness_weight, appearance_weight)])
-    logits = unary.permute(0, 2, 3, 1).reshape(batch, height * width, labels)
+    # Pixel-major (channels-last), the layout the lattice filter and the softmax over labels want: one copy.
+    logits = unary.permute(0, 2, 3, 1).contiguous().view(batch, height * width, labels)
     q = torch.softmax(logits, dim=-1)
     for _ in range(num_iters):
         q = DenseCRFFunction.apply(logits, q, weights, compatibility, lattices)
-    return q.reshape(batch, height, width, labels).permute(0, 3, 1, 2)
+    # Contiguous, not a channels-last view: some PyTorch losses' CPU backwards (nll_loss2d) reject the latter.
+    return q.view(batch, height, width, labels).permute(0, 3, 1, 2).contiguous()
 
 
 class DenseCRF(nn.Module):

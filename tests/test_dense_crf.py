@@ -1,0 +1,417 @@
+"""The permutohedral lattice ops and the dense CRF, against independent references: a plain-Python lattice
+(segops.reference.permutohedral_lattice_brute_force), the exact O(N^2) Gaussian filter and mean field, and
+autograd's numerical derivatives."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import segops
+from segops import reference
+from segops.ops.dense_crf import DenseCRFFunction, PermutohedralLattice, crf_lattices
+from conftest import DEVICES, requires_cuda
+from roi_testing import assert_raises_eager_and_fake
+
+
+def random_features(seed, batch=1, points=60, dims=3, spread=4.0, dtype=torch.float64):
+    g = torch.Generator().manual_seed(seed)
+    return torch.rand(batch, points, dims, generator=g, dtype=dtype) * spread
+
+
+def crf_case(seed, batch=2, labels=4, height=18, width=22, dtype=torch.float64):
+    """Smooth random logits (a coarse map upsampled, plus noise) and an image of colour blocks plus noise."""
+    g = torch.Generator().manual_seed(seed)
+    coarse = torch.randn(batch, labels, 3, 4, generator=g, dtype=dtype) * 2
+    unary = F.interpolate(coarse, size=(height, width), mode="bilinear") + torch.randn(
+        batch, labels, height, width, generator=g, dtype=dtype
+    )
+    blocks = F.interpolate(torch.rand(batch, 3, 3, 3, generator=g, dtype=dtype), size=(height, width), mode="nearest")
+    image = (blocks * 255 + torch.randn(batch, 3, height, width, generator=g, dtype=dtype) * 5).clamp(0, 255)
+    return unary, image
+
+
+SMALL_CRF = dict(smoothness_sxy=3.0, smoothness_weight=3.0, appearance_sxy=8.0, appearance_srgb=13.0, appearance_weight=5.0)
+
+
+def image_features(height, width, sxy, colour=None, srgb=None):
+    ys, xs = torch.meshgrid(torch.arange(height, dtype=torch.float64), torch.arange(width, dtype=torch.float64),
+                            indexing="ij")
+    position = torch.stack([xs, ys], -1).view(1, -1, 2) / sxy
+    if colour is None:
+        return position.contiguous()
+    return torch.cat([position, colour.permute(1, 2, 0).reshape(1, -1, 3) / srgb], -1).contiguous()
+
+
+# ------------------------------------------------------------------------------------------------ the lattice
+
+
+@pytest.mark.parametrize("dims", [1, 2, 3, 5, 7])
+@pytest.mark.parametrize("seed", [0, 1])
+def test_lattice_equals_plain_python_lattice(dims, seed):
+    features = random_features(seed, batch=2, points=50, dims=dims)
+    lattice = PermutohedralLattice.build(features)
+    for b in range(2):
+        vertex_ids, weights, neighbours = reference.permutohedral_lattice_brute_force(features[b])
+        vertices = neighbours.shape[0]
+        assert lattice.num_vertices[b].item() == vertices
+        assert torch.equal(lattice.vertex_ids[b], vertex_ids)
+        torch.testing.assert_close(lattice.weights[b], weights, rtol=0, atol=1e-12)
+        assert torch.equal(lattice.neighbours[b, :vertices], neighbours)
+        assert (lattice.neighbours[b, vertices:] == -1).all()
+        # The splat lists: each vertex's entries, in entry order.
+        offsets, entries = lattice.splat_offsets[b], lattice.splat_entries[b]
+        flat_ids = vertex_ids.flatten()
+        for v in range(vertices):
+            expected = torch.nonzero(flat_ids == v).flatten().to(torch.int32)
+            assert torch.equal(entries[offsets[v]:offsets[v + 1]], expected)
+    torch.testing.assert_close(lattice.weights.sum(-1), torch.ones(2, 50, dtype=torch.float64))
+
+
+@pytest.mark.parametrize("case", ["smoothness", "appearance"])
+def test_normalised_filter_approximates_exact_gaussian(case):
+    """The lattice's normalised filter against the exact normalised Gaussian filter: the relative error the
+    approximation makes, reported and bounded."""
+    g = torch.Generator().manual_seed(0)
+    height, width = 16, 20
+    if case == "smoothness":
+        features, bound = image_features(height, width, 3.0), 0.03
+    else:
+        colour = torch.rand(3, height, width, generator=g, dtype=torch.float64) * 255
+        features, bound = image_features(height, width, 10.0, colour, 60.0), 0.06
+    values = torch.rand(1, height * width, 4, generator=g, dtype=torch.float64)
+    lattice = PermutohedralLattice.build(features).normalized()
+    exact = reference.gaussian_filter_brute_force(features, values)
+    error = ((lattice.filter(values) - exact).norm() / exact.norm()).item()
+    print(f"{case}: relative L2 error of the lattice filter vs the exact Gaussian: {error:.4f}")
+    assert error < bound
+
+
+@pytest.mark.parametrize("dims", [2, 5])
+def test_adjoint_is_the_transpose(dims):
+    features = random_features(3, batch=2, points=80, dims=dims)
+    lattice = PermutohedralLattice.build(features).normalized()
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(2, 80, 3, generator=g, dtype=torch.float64)
+    y = torch.randn(2, 80, 3, generator=g, dtype=torch.float64)
+    lhs = (lattice.filter(x) * y).sum()
+    rhs = (x * lattice.filter_adjoint(y)).sum()
+    torch.testing.assert_close(lhs, rhs, rtol=1e-12, atol=1e-12)
+    # The filter is not symmetric: the adjoint differs from the filter itself.
+    assert not torch.allclose(lattice.filter(x), lattice.filter_adjoint(x))
+
+
+def test_filter_gradcheck_uses_the_adjoint():
+    lattice = PermutohedralLattice.build(random_features(4, points=30, dims=3))
+    values = torch.randn(1, 30, 2, dtype=torch.float64, requires_grad=True)
+    torch.autograd.gradcheck(lambda v: lattice.filter(v), (values,))
+    torch.autograd.gradcheck(lambda v: lattice.filter_adjoint(v), (values,))
+    torch.autograd.gradgradcheck(lambda v: lattice.filter(v), (values,))
+
+
+def test_filter_float32_matches_float64():
+    features = random_features(5, batch=2, points=200, dims=5, spread=6.0)
+    values = torch.rand(2, 200, 21, dtype=torch.float64)
+    lattice64 = PermutohedralLattice.build(features)
+    lattice32 = PermutohedralLattice.build(features.float())
+    assert torch.equal(lattice32.vertex_ids, lattice64.vertex_ids)
+    torch.testing.assert_close(lattice32.filter(values.float()), lattice64.filter(values).float(), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("channels", [1, 3, 8, 21, 40])
+def test_cpu_results_do_not_depend_on_thread_count(channels):
+    features = random_features(6, batch=2, points=3000, dims=5, spread=20.0, dtype=torch.float32)
+    values = torch.rand(2, 3000, channels)
+    threads = torch.get_num_threads()
+    results = []
+    try:
+        for count in (1, 2, 3):
+            torch.set_num_threads(count)
+            lattice = PermutohedralLattice.build(features)
+            results.append((*lattice, lattice.filter(values), lattice.filter_adjoint(values)))
+    finally:
+        torch.set_num_threads(threads)
+    for other in results[1:]:
+        for a, b in zip(results[0], other):
+            assert torch.equal(a, b)
+
+
+def test_batch_equals_single_images():
+    features = random_features(7, batch=3, points=100, dims=5, spread=8.0)
+    values = torch.rand(3, 100, 5, dtype=torch.float64)
+    batched = PermutohedralLattice.build(features)
+    out = batched.filter(values)
+    for b in range(3):
+        single = PermutohedralLattice.build(features[b:b + 1])
+        assert torch.equal(single.filter(values[b:b + 1]), out[b:b + 1])
+        vertices = single.num_vertices.item()
+        assert torch.equal(single.neighbours[0, :vertices], batched.neighbours[b, :vertices])
+
+
+def test_empty_inputs():
+    lattice = PermutohedralLattice.build(torch.zeros(2, 0, 3))
+    assert lattice.num_vertices.tolist() == [0, 0] and lattice.neighbours.shape == (2, 0, 4, 2)
+    assert lattice.filter(torch.zeros(2, 0, 5)).shape == (2, 0, 5)
+    assert PermutohedralLattice.build(torch.zeros(0, 7, 3)).filter(torch.zeros(0, 7, 2)).shape == (0, 7, 2)
+    full = PermutohedralLattice.build(random_features(0, points=10))
+    assert full.filter(torch.zeros(1, 10, 0, dtype=torch.float64)).shape == (1, 10, 0)
+
+
+def test_opcheck():
+    features = random_features(8, batch=2, points=40, dims=3, dtype=torch.float32)
+    torch.library.opcheck(torch.ops.segops.permutohedral_lattice.default, (features,))
+    lattice = PermutohedralLattice.build(features)
+    values = torch.rand(2, 40, 3, requires_grad=True)
+    for adjoint in (False, True):
+        torch.library.opcheck(torch.ops.segops.permutohedral_filter.default, (values, *lattice, adjoint))
+
+
+def test_compile_fullgraph_matches_eager():
+    features = random_features(9, batch=2, points=50, dims=5, dtype=torch.float32)
+    values = torch.rand(2, 50, 4)
+
+    def build_and_filter(f, v):
+        lattice = PermutohedralLattice.build(f).normalized()
+        return lattice.filter(v) + lattice.filter_adjoint(v)
+
+    torch.testing.assert_close(torch.compile(build_and_filter, fullgraph=True)(features, values),
+                               build_and_filter(features, values))
+
+
+# ------------------------------------------------------------------------------------------- the dense CRF
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_mean_field_agrees_with_exact_mean_field(seed):
+    unary, image = crf_case(seed)
+    ours = segops.dense_crf(unary, image, 5, **SMALL_CRF)
+    exact = reference.dense_crf_brute_force(unary, image, 5, **SMALL_CRF)
+    agreement = (ours.argmax(1) == exact.argmax(1)).double().mean().item()
+    changed = (unary.argmax(1) != exact.argmax(1)).double().mean().item()
+    mean_error = (ours - exact).abs().mean().item()
+    print(f"labels agreeing with exact mean field: {agreement:.4f} (the CRF changed {changed:.2f} of them); "
+          f"mean |p - p_exact| {mean_error:.4f}")
+    assert changed > 0.2  # the CRF does real work here
+    assert agreement >= 0.97
+    assert mean_error < 0.01
+    torch.testing.assert_close(ours.sum(1), torch.ones_like(ours[:, 0]))
+
+
+def test_learned_compatibility_agrees_with_exact_mean_field():
+    unary, image = crf_case(3, labels=3)
+    g = torch.Generator().manual_seed(0)
+    compatibility = torch.rand(3, 3, generator=g, dtype=torch.float64) * 2
+    ours = segops.dense_crf(unary, image, 3, compatibility=compatibility, **SMALL_CRF)
+    exact = reference.dense_crf_brute_force(unary, image, 3, compatibility=compatibility, **SMALL_CRF)
+    assert (ours.argmax(1) == exact.argmax(1)).double().mean() >= 0.97
+    # Potts as a matrix (1 - I) is the default Potts model.
+    potts = segops.dense_crf(unary, image, 3, compatibility=1 - torch.eye(3, dtype=torch.float64), **SMALL_CRF)
+    torch.testing.assert_close(potts, segops.dense_crf(unary, image, 3, **SMALL_CRF))
+
+
+def test_zero_iterations_is_softmax_and_uint8_equals_float_image():
+    unary, image = crf_case(4, dtype=torch.float32)
+    torch.testing.assert_close(segops.dense_crf(unary, image, 0), torch.softmax(unary, 1))
+    rounded = image.round()
+    assert torch.equal(segops.dense_crf(unary, rounded.to(torch.uint8), 2), segops.dense_crf(unary, rounded, 2))
+
+
+def test_batch_of_images_equals_each_image():
+    unary, image = crf_case(5, batch=3, dtype=torch.float32)
+    batched = segops.dense_crf(unary, image, 3)
+    for b in range(3):
+        assert torch.equal(segops.dense_crf(unary[b:b + 1], image[b:b + 1], 3), batched[b:b + 1])
+
+
+@pytest.mark.parametrize("potts", [True, False])
+def test_step_gradcheck(potts):
+    unary, image = crf_case(6, batch=1, labels=3, height=6, width=7)
+    lattices = crf_lattices(image, 3.0, 8.0, 13.0)
+    g = torch.Generator().manual_seed(1)
+    logits = unary.permute(0, 2, 3, 1).reshape(1, -1, 3).clone().requires_grad_()
+    q = torch.softmax(torch.randn(1, 42, 3, generator=g, dtype=torch.float64), -1).requires_grad_()
+    weights = torch.tensor([3.0, 5.0], dtype=torch.float64, requires_grad=True)
+    compatibility = None if potts else torch.rand(3, 3, generator=g, dtype=torch.float64).requires_grad_()
+    inputs = (logits, q, weights) + (() if potts else (compatibility,))
+
+    def step(*args):
+        return DenseCRFFunction.apply(args[0], args[1], args[2], None if potts else args[3], lattices)
+
+    torch.autograd.gradcheck(step, inputs)
+
+
+def test_dense_crf_two_iterations_gradcheck():
+    unary, image = crf_case(7, batch=2, labels=3, height=5, width=6)
+    unary.requires_grad_()
+    g = torch.Generator().manual_seed(2)
+    weights = torch.tensor([3.0, 5.0], dtype=torch.float64, requires_grad=True)
+    compatibility = torch.rand(3, 3, generator=g, dtype=torch.float64).requires_grad_()
+
+    def run(u, w, mu):
+        return segops.dense_crf(u, image, 2, smoothness_sxy=3.0, smoothness_weight=w[0], appearance_sxy=8.0,
+                                appearance_srgb=13.0, appearance_weight=w[1], compatibility=mu)
+
+    torch.autograd.gradcheck(run, (unary, weights, compatibility))
+
+
+def test_step_is_not_twice_differentiable():
+    unary, image = crf_case(8, batch=1, labels=2, height=4, width=4)
+    unary.requires_grad_()
+    out = segops.dense_crf(unary, image, 1)
+    with pytest.raises(RuntimeError, match=r"differentiable once: its backward cannot build a graph"):
+        torch.autograd.grad(out[:, 0].sum(), unary, create_graph=True)
+
+
+def test_module_learns_weights_and_compatibility():
+    unary, image = crf_case(9, batch=2, labels=3, dtype=torch.float32)
+    crf = segops.DenseCRF(3, num_iters=2, appearance_sxy=8.0)
+    assert "num_labels=3" in repr(crf) and "learned" in repr(crf)
+    out = crf(unary, image)
+    torch.testing.assert_close(out, segops.dense_crf(unary, image, 2, appearance_sxy=8.0,
+                                                     compatibility=1 - torch.eye(3)))
+    target = torch.randint(0, 3, (2, 18, 22))
+    loss = F.nll_loss(out.clamp_min(1e-8).log(), target)
+    loss.backward()
+    assert crf.kernel_weights.grad.abs().sum() > 0 and crf.compatibility.grad.abs().sum() > 0
+    deeplab = segops.DenseCRF.deeplab(21)
+    assert deeplab.num_iters == 10 and deeplab.compatibility is None
+    assert deeplab.kernel_weights.tolist() == [3.0, 4.0]
+
+
+# ------------------------------------------------------------------------------------------------ bad input
+
+
+def lattice_args(points=20, dims=3, channels=2):
+    features = random_features(10, batch=2, points=points, dims=dims, dtype=torch.float32)
+    return torch.rand(2, points, channels), PermutohedralLattice.build(features)
+
+
+@pytest.mark.parametrize(
+    "features, message",
+    [
+        (torch.zeros(5, 3), r"features must be \[B, N, d\], got shape \[5, 3\]"),
+        (torch.zeros(1, 5, 3, dtype=torch.float16), "features must be float32 or float64, got Half"),
+        (torch.zeros(1, 5, 17), r"features must have 1 to 16 features per point \(d\), got 17"),
+        (torch.zeros(1, 5, 0), r"features must have 1 to 16 features per point \(d\), got 0"),
+    ],
+)
+def test_bad_features(features, message):
+    assert_raises_eager_and_fake(torch.ops.segops.permutohedral_lattice, {"features": features}, message)
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), 1e9])
+def test_bad_feature_values(bad):
+    features = torch.rand(1, 10, 3)
+    features[0, 4, 1] = bad
+    with pytest.raises(RuntimeError, match=r"features must be finite and at most 2\^24 in lattice units.*"
+                                           r"features\[0, 4, 1\]"):
+        PermutohedralLattice.build(features)
+
+
+def test_bad_filter_arguments():
+    values, lattice = lattice_args()
+    op = torch.ops.segops.permutohedral_filter
+    base = dict(zip(["values", *PermutohedralLattice._fields], [values, *lattice]))
+    cases = [
+        (dict(values=values[0]), r"values must be \[B, N, C\], got shape \[20, 2\]"),
+        (dict(values=values.double()), r"weights must be Double, got Float"),
+        (dict(values=values[:, :10]), r"vertex_ids must have shape \[B, N, d\+1\] = \[2, 10, 4\], got \[2, 20, 4\]"),
+        (dict(vertex_ids=lattice.vertex_ids.long()), "vertex_ids must be Int, got Long"),
+        (dict(neighbours=lattice.neighbours[:, :, :3]),
+         r"neighbours must have shape \[B, M, d\+1, 2\] = .*, got"),
+        (dict(splat_offsets=lattice.splat_offsets[:, 1:]), r"splat_offsets must have shape \[B, M\+1\]"),
+        (dict(splat_entries=lattice.splat_entries[:, 1:]), r"splat_entries must have shape \[B, N\*\(d\+1\)\]"),
+        (dict(num_vertices=lattice.num_vertices.int()), "num_vertices must be Long, got Int"),
+    ]
+    for change, message in cases:
+        assert_raises_eager_and_fake(op, {**base, **change}, message)
+
+
+@pytest.mark.parametrize(
+    "field, index, value, message",
+    [
+        ("vertex_ids", (1, 3, 2), 10**6, r"vertex_ids\[1, 3\] must be vertices in \[0, num_vertices\)"),
+        ("vertex_ids", (0, 0, 0), -1, r"vertex_ids\[0, 0\] must be vertices in \[0, num_vertices\)"),
+        ("neighbours", (0, 1, 2, 0), 10**6, r"neighbours\[0, 1, 2\] must be vertices in \[-1, num_vertices\)"),
+        ("splat_entries", (1, 0), 10**6, r"the splat list of vertex 0 of image 1 is outside splat_entries"),
+        ("splat_offsets", (0, 1), -5, r"the splat list of vertex 0 of image 0 is outside splat_entries"),
+        ("num_vertices", (0,), 10**6, r"num_vertices\[0\] must be in \[0, M\]"),
+    ],
+)
+def test_forged_lattice_is_an_error_not_a_crash(field, index, value, message):
+    values, lattice = lattice_args()
+    forged = lattice._replace(**{field: getattr(lattice, field).clone()})
+    getattr(forged, field)[index] = value
+    with pytest.raises(RuntimeError, match=message):
+        forged.filter(values)
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (dict(unary=torch.zeros(2, 1, 5, 6)), r"unary must be \[N, L, H, W\] with L >= 2 labels, got shape \[2, 1, 5, 6\]"),
+        (dict(unary=torch.zeros(2, 3, 5)), r"unary must be \[N, L, H, W\] with L >= 2 labels, got shape \[2, 3, 5\]"),
+        (dict(unary=torch.zeros(2, 3, 5, 6, dtype=torch.float16)), "unary must be float32 or float64, got Half"),
+        (dict(image=torch.zeros(2, 4, 5, 6)), r"image must be \[N, 3, H, W\] = \[2, 3, 5, 6\] .*got shape \[2, 4, 5, 6\]"),
+        (dict(image=torch.zeros(2, 3, 5, 7)), r"image must be \[N, 3, H, W\] = \[2, 3, 5, 6\]"),
+        (dict(image=torch.zeros(1, 3, 5, 6)), r"image must be \[N, 3, H, W\] = \[2, 3, 5, 6\]"),
+        (dict(image=torch.zeros(2, 3, 5, 6, dtype=torch.int32)), "image must be uint8, float32 or float64"),
+        (dict(num_iters=-1), "num_iters must be an int >= 0, got -1"),
+        (dict(smoothness_sxy=0.0), "smoothness_sxy must be a finite number > 0, got 0.0"),
+        (dict(appearance_sxy=-3.0), "appearance_sxy must be a finite number > 0, got -3.0"),
+        (dict(appearance_srgb=float("nan")), "appearance_srgb must be a finite number > 0, got nan"),
+        (dict(compatibility=torch.zeros(2, 2)), r"compatibility must be \[L, L\] = \[3, 3\]"),
+    ],
+)
+def test_bad_crf_arguments(change, message):
+    args = dict(unary=torch.zeros(2, 3, 5, 6), image=torch.zeros(2, 3, 5, 6), num_iters=2)
+    with pytest.raises(ValueError, match=message):
+        segops.dense_crf(**{**args, **change})
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
+def test_non_finite_unary(bad):
+    unary = torch.zeros(1, 3, 4, 5)
+    unary[0, 1, 2, 3] = bad
+    with pytest.raises(ValueError, match="unary must be finite"):
+        segops.dense_crf(unary, torch.zeros(1, 3, 4, 5))
+
+
+def test_module_rejects_bad_labels():
+    with pytest.raises(ValueError, match="num_labels must be an int >= 2, got 1"):
+        segops.DenseCRF(1)
+
+
+# ------------------------------------------------------------------------------------------------------- CUDA
+
+
+@requires_cuda
+@pytest.mark.cuda
+def test_cuda_lattice_and_filter_equal_cpu():
+    features = random_features(11, batch=2, points=5000, dims=5, spread=20.0, dtype=torch.float32)
+    values = torch.rand(2, 5000, 21)
+    cpu = PermutohedralLattice.build(features)
+    gpu = PermutohedralLattice.build(features.cuda())
+    rows = cpu.neighbours.shape[1]
+    assert torch.equal(gpu.num_vertices.cpu(), cpu.num_vertices)
+    assert torch.equal(gpu.vertex_ids.cpu(), cpu.vertex_ids)
+    assert torch.equal(gpu.neighbours[:, :rows].cpu(), cpu.neighbours)
+    assert torch.equal(gpu.splat_entries.cpu(), cpu.splat_entries)
+    for adjoint in (False, True):
+        expected = torch.ops.segops.permutohedral_filter(values, *cpu, adjoint)
+        actual = torch.ops.segops.permutohedral_filter(values.cuda(), *gpu, adjoint)
+        torch.testing.assert_close(actual.cpu(), expected, rtol=1e-5, atol=1e-6)
+        # A CPU lattice moved to the GPU filters the same.
+        moved = PermutohedralLattice(*(t.cuda() for t in cpu))
+        torch.testing.assert_close(moved.filter(values.cuda()).cpu() if not adjoint else
+                                   moved.filter_adjoint(values.cuda()).cpu(), expected, rtol=1e-5, atol=1e-6)
+
+
+@requires_cuda
+@pytest.mark.cuda
+def test_cuda_dense_crf_equals_cpu_and_gradcheck():
+    unary, image = crf_case(12, batch=2, labels=5, height=30, width=40, dtype=torch.float32)
+    torch.testing.assert_close(segops.dense_crf(unary.cuda(), image.cuda(), 5).cpu(), segops.dense_crf(unary, image, 5),
+                               rtol=1e-4, atol=1e-5)
+    unary64, image64 = crf_case(13, batch=1, labels=3, height=5, width=6)
+    unary64 = unary64.cuda().requires_grad_()
+    torch.autograd.gradcheck(lambda u: segops.dense_crf(u, image64.cuda(), 2, **SMALL_CRF), (unary64,))
