@@ -1,6 +1,6 @@
 """What a benchmark case is."""
 
-from typing import Callable, NamedTuple, Optional
+from typing import Callable, NamedTuple, Optional, Tuple
 
 import torch
 
@@ -22,3 +22,6 @@ class Case(NamedTuple):
     # For memory-bound ops: {"bytes": moved by one segops call, "copy": a callable copying "copy_bytes"}; the run
     # reports both rates (the copy, timed in the same rounds, is the machine's practical limit).
     bandwidth: Optional[dict] = None
+    # Where agreement is not elementwise closeness (the dense CRF's labels against pydensecrf's): a callable
+    # (ours, theirs) -> (passes, note), the note shown in the table.
+    agreement: Optional[Callable[[torch.Tensor, torch.Tensor], Tuple[bool, str]]] = None

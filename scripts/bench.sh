@@ -5,4 +5,6 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/setup_env.sh
+# The dense CRF's comparison (pydensecrf) and photograph (scikit-image): only the benchmarks need them.
+python -m pip install --quiet -r requirements-bench.txt
 python -m benchmarks "$@"

@@ -347,11 +347,21 @@ def dense_crf(
     """
     _check_crf_inputs(unary, image, num_iters)
     batch, labels, height, width = unary.shape
-    if compatibility is not None and (compatibility.shape != (labels, labels) or compatibility.dtype != unary.dtype):
+    if compatibility is not None and (compatibility.shape != (labels, labels) or compatibility.dtype != unary.dtype
+                                      or compatibility.device != unary.device):
         raise ValueError(
-            f"dense_crf: compatibility must be [L, L] = [{labels}, {labels}] of unary's dtype "
-            f"({dtype_name(unary.dtype)}), got {shape_str(compatibility)} {dtype_name(compatibility.dtype)}"
+            f"dense_crf: compatibility must be [L, L] = [{labels}, {labels}] of unary's dtype and device "
+            f"({dtype_name(unary.dtype)}, {unary.device}), got {shape_str(compatibility)} "
+            f"{dtype_name(compatibility.dtype)} on {compatibility.device}"
         )
+    if unary.device.type == "cpu" and batch > 1:
+        # On the CPU every op already runs each image on all cores; an image at a time keeps its working set
+        # (a few [H*W, L] tensors) warm in cache and out of fresh pages, where the whole batch's would not: a
+        # batch then costs what its images cost one by one (the lattice ops themselves take batches).
+        kwargs = dict(smoothness_sxy=smoothness_sxy, smoothness_weight=smoothness_weight,
+                      appearance_sxy=appearance_sxy, appearance_srgb=appearance_srgb,
+                      appearance_weight=appearance_weight, compatibility=compatibility)
+        return torch.cat([dense_crf(unary[b:b + 1], image[b:b + 1], num_iters, **kwargs) for b in range(batch)])
     lattices = crf_lattices(image.to(unary.dtype) if image.dtype != torch.uint8 else image, smoothness_sxy,
                             appearance_sxy, appearance_srgb)
     lattices = tuple(lattice._replace(weights=lattice.weights.to(unary.dtype)) for lattice in lattices)
