@@ -64,6 +64,8 @@ TORCH_LIBRARY(segops, m) {
   m.def(
       "permutohedral_filter(Tensor values, Tensor vertex_ids, Tensor weights, Tensor neighbours, "
       "Tensor splat_offsets, Tensor splat_entries, Tensor num_vertices, bool adjoint=False) -> Tensor");
+  // One mean-field update of a dense CRF: softmax over the last dimension of unary + sum_k weights[k] * messages[k].
+  m.def("dense_crf_softmax(Tensor unary, Tensor[] messages, Tensor weights) -> Tensor");
   m.def("_cuda_version() -> int", &cuda_version);
   m.def("_torch_version() -> str", &torch_version);
 }

@@ -4,7 +4,7 @@ dense_crf.py); data-dependent checks stay in C++."""
 
 import torch
 
-from segops.ops.dense_crf import permutohedral_filter_fake, permutohedral_lattice_fake
+from segops.ops.dense_crf import dense_crf_softmax_fake, permutohedral_filter_fake, permutohedral_lattice_fake
 from segops.ops.dilated_conv import dilated_conv2d_backward_fake, dilated_conv2d_fake
 from segops.ops.flow_warp import check_flow_warp_args, check_flow_warp_grad
 from segops.ops.max_unpool import max_unpool2d_backward_fake, max_unpool2d_fake
@@ -77,3 +77,4 @@ torch.library.register_fake("segops::dilated_conv2d")(dilated_conv2d_fake)
 torch.library.register_fake("segops::_dilated_conv2d_backward")(dilated_conv2d_backward_fake)
 torch.library.register_fake("segops::permutohedral_lattice")(permutohedral_lattice_fake)
 torch.library.register_fake("segops::permutohedral_filter")(permutohedral_filter_fake)
+torch.library.register_fake("segops::dense_crf_softmax")(dense_crf_softmax_fake)

@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+import torch.utils._pytree as pytree
 from torch._subclasses.fake_tensor import FakeTensorMode
 
 
@@ -89,7 +90,7 @@ def assert_raises_eager_and_fake(op, kwargs, message):
     with pytest.raises(RuntimeError, match=message):
         op(**kwargs)
     with FakeTensorMode() as mode, pytest.raises(RuntimeError, match=message):
-        op(**{key: mode.from_tensor(value) if isinstance(value, torch.Tensor) else value for key, value in kwargs.items()})
+        op(**{key: pytree.tree_map_only(torch.Tensor, mode.from_tensor, value) for key, value in kwargs.items()})
 
 
 def assert_compiled_matches_eager(head, input, rois):

@@ -8,7 +8,7 @@ import torch.nn.functional as F
 
 import segops
 from segops import reference
-from segops.ops.dense_crf import DenseCRFFunction, PermutohedralLattice, crf_lattices
+from segops.ops.dense_crf import DenseCRFFunction, PermutohedralLattice, crf_lattices, crf_softmax
 from conftest import DEVICES, requires_cuda
 from roi_testing import assert_raises_eager_and_fake
 
@@ -175,6 +175,50 @@ def test_compile_fullgraph_matches_eager():
 
     torch.testing.assert_close(torch.compile(build_and_filter, fullgraph=True)(features, values),
                                build_and_filter(features, values))
+
+
+# ------------------------------------------------------------------------------------- the fused softmax
+
+
+@pytest.mark.parametrize("dtype, tolerance", [(torch.float32, dict(rtol=1e-6, atol=1e-7)),
+                                              (torch.float64, dict(rtol=1e-13, atol=1e-15))])
+@pytest.mark.parametrize("labels", [1, 2, 5, 21, 40])
+@pytest.mark.parametrize("kernels", [0, 1, 2])
+def test_crf_softmax_equals_pytorch(dtype, tolerance, labels, kernels):
+    g = torch.Generator().manual_seed(labels + 10 * kernels)
+    unary = torch.randn(2, 300, labels, generator=g, dtype=dtype) * 30  # wide logits: exp far below 1 too
+    messages = [torch.randn(2, 300, labels, generator=g, dtype=dtype) for _ in range(kernels)]
+    weights = torch.rand(kernels, generator=g, dtype=dtype) * 10
+    expected = unary.clone()
+    for k in range(kernels):
+        expected = expected + weights[k] * messages[k]
+    expected = torch.softmax(expected, -1)
+    torch.testing.assert_close(crf_softmax(unary, messages, weights), expected, **tolerance)
+
+
+def test_crf_softmax_gradients():
+    g = torch.Generator().manual_seed(0)
+    unary = torch.randn(1, 7, 4, generator=g, dtype=torch.float64, requires_grad=True)
+    messages = [torch.randn(1, 7, 4, generator=g, dtype=torch.float64, requires_grad=True) for _ in range(2)]
+    weights = torch.rand(2, generator=g, dtype=torch.float64, requires_grad=True)
+    torch.autograd.gradcheck(lambda u, a, b, w: crf_softmax(u, [a, b], w), (unary, *messages, weights))
+    torch.autograd.gradgradcheck(lambda u, a, b, w: crf_softmax(u, [a, b], w), (unary, *messages, weights))
+    torch.library.opcheck(torch.ops.segops.dense_crf_softmax.default, (unary, messages, weights))
+
+
+def test_crf_softmax_errors():
+    op = torch.ops.segops.dense_crf_softmax
+    unary = torch.zeros(2, 3, 4)
+    cases = [
+        (dict(unary=torch.zeros(3, 4)), r"unary must be \[B, N, L\] with L >= 1, got shape \[3, 4\]"),
+        (dict(unary=unary.half(), messages=[], weights=torch.zeros(0, dtype=torch.half)), "unary must be float32 or float64"),
+        (dict(messages=[torch.zeros(2, 3, 5)]), r"messages must have unary's shape \[2, 3, 4\] and dtype Float"),
+        (dict(messages=[unary] * 9, weights=torch.zeros(9)), "at most 8 messages, got 9"),
+        (dict(weights=torch.zeros(2)), r"weights must be \[K\] = \[1\] \(one per message\)"),
+    ]
+    for change, message in cases:
+        args = {"unary": unary, "messages": [unary], "weights": torch.zeros(1), **change}
+        assert_raises_eager_and_fake(op, args, message)
 
 
 # ------------------------------------------------------------------------------------------- the dense CRF

@@ -409,3 +409,16 @@ def test_lattice_filter_kernels_assert_on_a_forged_lattice(emulated, field, inde
     for grid, block in LAUNCHES[:3]:
         with pytest.raises(RuntimeError, match="device-side assert triggered: permutohedral_filter: " + message):
             emulated.permutohedral_filter(torch.rand(2, 20, 2), *lattice, False, grid, block)
+
+
+@pytest.mark.parametrize("launch", LAUNCHES, ids=str)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+def test_crf_softmax_kernel_equals_the_cpu_path_bitwise(emulated, launch, dtype):
+    grid, block = launch
+    g = torch.Generator().manual_seed(0)
+    unary = torch.randn(2, 50, 21, generator=g, dtype=dtype) * 20
+    for kernels in (0, 2):
+        messages = [torch.randn(2, 50, 21, generator=g, dtype=dtype) for _ in range(kernels)]
+        weights = torch.rand(kernels, generator=g, dtype=dtype)
+        expected = torch.ops.segops.dense_crf_softmax(unary, messages, weights)
+        assert torch.equal(emulated.dense_crf_softmax(unary, messages, weights, grid, block), expected)

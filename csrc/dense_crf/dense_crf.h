@@ -12,10 +12,14 @@
 // (the filter's transpose) blurs along d..0.
 #include <cmath>
 #include <cstdint>
+#include <cstring>
 
 #include "common/macros.h"
 
 namespace segops {
+
+// Messages (kernels) a mean-field update adds: pydensecrf and DeepLab use two.
+constexpr int kMaxCrfKernels = 8;
 
 // Features per point; the per-point arrays of the lattice math live on the stack (registers on the GPU).
 constexpr int kLatticeMaxFeatures = 16;
@@ -169,6 +173,50 @@ SEGOPS_HOST_DEVICE void lattice_neighbour_key(const int32_t* key, int d, int j, 
 template <typename acc_t>
 SEGOPS_HOST_DEVICE acc_t lattice_blur_value(acc_t self, acc_t first, acc_t second) {
   return self + acc_t(0.5) * (first + second);
+}
+
+// e^x for the softmax's x - max(x) <= 0, in float without a libm call, so that the CPU loop vectorises (the same
+// function on every backend): Cody-Waite reduction x = n ln 2 + r, Cephes' degree-5 polynomial for e^r (about 2 ulp),
+// 2^n through the exponent bits. Below -87 it returns e^-87 (a probability under 1e-37, not a denormal).
+SEGOPS_HOST_DEVICE float crf_exp(float x) {
+  x = x < -87.0f ? -87.0f : x;
+  const float scaled = x * 1.44269504088896341f + 0.5f;
+  int n = static_cast<int>(scaled);
+  n -= static_cast<float>(n) > scaled ? 1 : 0;  // floor
+  const float nf = static_cast<float>(n);
+  const float r = (x - nf * 0.693359375f) - nf * -2.12194440e-4f;
+  float p = 1.9875691500e-4f;
+  p = p * r + 1.3981999507e-3f;
+  p = p * r + 8.3334519073e-3f;
+  p = p * r + 4.1665795894e-2f;
+  p = p * r + 1.6666665459e-1f;
+  p = p * r + 5.0000001201e-1f;
+  const float y = p * (r * r) + r + 1.0f;
+  const int32_t bits = (n + 127) << 23;
+  float two_n;
+  memcpy(&two_n, &bits, sizeof(two_n));
+  return y * two_n;
+}
+SEGOPS_HOST_DEVICE double crf_exp(double x) { return ::exp(x); }
+
+// One pixel's mean-field update: out = softmax(unary + sum_k weights[k] * messages[k]) over its `labels` values
+// (each row at offset `row` of its tensor); out may serve as scratch. The sums run in the order Python's
+// unary + w0 m0 + w1 m1 would.
+template <typename scalar_t>
+SEGOPS_HOST_DEVICE void crf_softmax_row(const scalar_t* unary, const scalar_t* const* messages, const scalar_t* weights,
+                                        int kernels, int64_t labels, scalar_t* out) {
+  for (int64_t l = 0; l < labels; ++l) out[l] = unary[l];
+  for (int k = 0; k < kernels; ++k) {
+    const scalar_t w = weights[k];
+    const scalar_t* m = messages[k];
+    for (int64_t l = 0; l < labels; ++l) out[l] = out[l] + w * m[l];
+  }
+  scalar_t top = out[0];
+  for (int64_t l = 1; l < labels; ++l) top = out[l] > top ? out[l] : top;
+  for (int64_t l = 0; l < labels; ++l) out[l] = crf_exp(out[l] - top);
+  scalar_t sum = 0;
+  for (int64_t l = 0; l < labels; ++l) sum += out[l];
+  for (int64_t l = 0; l < labels; ++l) out[l] = out[l] / sum;
 }
 
 }  // namespace segops

@@ -61,4 +61,24 @@ LatticeShape checked_lattice_filter(const at::Tensor& values, const at::Tensor& 
   return {batch, points, dims, rows};
 }
 
+void check_crf_softmax(const at::Tensor& unary, at::TensorList messages, const at::Tensor& weights) {
+  constexpr const char* op = "dense_crf_softmax";
+  TORCH_CHECK(unary.dim() == 3 && unary.size(2) >= 1, op, ": unary must be [B, N, L] with L >= 1, got shape ",
+              unary.sizes());
+  check_float32_or_64(op, "unary", unary);
+  TORCH_CHECK(static_cast<int64_t>(messages.size()) <= kMaxCrfKernels, op, ": at most ", kMaxCrfKernels,
+              " messages, got ", messages.size());
+  for (const at::Tensor& message : messages) {
+    TORCH_CHECK(message.sizes() == unary.sizes() && message.scalar_type() == unary.scalar_type(), op,
+                ": messages must have unary's shape ", unary.sizes(), " and dtype ", unary.scalar_type(), ", got ",
+                message.sizes(), " ", message.scalar_type());
+    check_same_device(op, "messages", message, unary, "unary");
+  }
+  TORCH_CHECK(weights.dim() == 1 && weights.size(0) == static_cast<int64_t>(messages.size()) &&
+                  weights.scalar_type() == unary.scalar_type(),
+              op, ": weights must be [K] = [", messages.size(), "] (one per message) of unary's dtype ",
+              unary.scalar_type(), ", got ", weights.sizes(), " ", weights.scalar_type());
+  check_same_device(op, "weights", weights, unary, "unary");
+}
+
 }  // namespace segops

@@ -21,4 +21,8 @@ LatticeShape checked_lattice_filter(const at::Tensor& values, const at::Tensor& 
                                     const at::Tensor& neighbours, const at::Tensor& splat_offsets,
                                     const at::Tensor& splat_entries, const at::Tensor& num_vertices);
 
+// dense_crf_softmax: unary [B, N, L] float32 or float64 with L >= 1; messages: at most kMaxCrfKernels tensors of
+// unary's shape, dtype and device; weights [K] (K = len(messages)) of unary's dtype and device.
+void check_crf_softmax(const at::Tensor& unary, at::TensorList messages, const at::Tensor& weights);
+
 }  // namespace segops

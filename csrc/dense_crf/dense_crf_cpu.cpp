@@ -52,7 +52,8 @@ class VertexTable {
     return lattice_table_find(slots_.data(), static_cast<int64_t>(slots_.size()), keys_, key, dims_);
   }
   int32_t owner(int64_t slot) const { return slots_[slot]; }
-  // Puts `entry` in the empty `slot` (from find); `count` entries will then be in the table.
+  // Puts `entry` in the empty `slot` (from find); all_entries lists every entry in the table, this one included
+  // (re-inserted when the table grows).
   void insert(int64_t slot, int32_t entry, const std::vector<int32_t>& all_entries) {
     slots_[slot] = entry;
     if (2 * all_entries.size() > slots_.size()) {
@@ -95,9 +96,9 @@ void embed_points(const scalar_t* features, int64_t points, int dims, const Latt
            std::abs(static_cast<double>(f[k] * scales.scale[k])) < kLatticeMaxCoordinate)
       ++k;
     k = std::min(k, dims - 1);
-    TORCH_CHECK(false, "permutohedral_lattice: features must be finite and at most 2^24 in lattice units (|f| * ",
-                static_cast<double>(scales.scale[k]), " for feature ", k, "), got features[", image, ", ", p, ", ",
-                k, "] = ", static_cast<double>(f[k]));
+    TORCH_CHECK(false, "permutohedral_lattice: features must be finite and at most 2^24 in lattice units (feature ",
+                k, " times ", static_cast<double>(scales.scale[k]), "), got features[", image, ", ", p, ", ", k,
+                "] = ", static_cast<double>(f[k]));
   }
 }
 
@@ -350,9 +351,29 @@ at::Tensor permutohedral_filter_cpu(const at::Tensor& values_in, const at::Tenso
   return out;
 }
 
+at::Tensor dense_crf_softmax_cpu(const at::Tensor& unary_in, at::TensorList messages_in, const at::Tensor& weights_in) {
+  check_crf_softmax(unary_in, messages_in, weights_in);
+  const at::Tensor unary = unary_in.contiguous(), weights = weights_in.contiguous();
+  std::vector<at::Tensor> messages;
+  for (const at::Tensor& message : messages_in) messages.push_back(message.contiguous());
+  at::Tensor out = at::empty_like(unary);
+  const int64_t labels = unary.size(2), rows = unary.numel() / std::max<int64_t>(labels, 1);
+  AT_DISPATCH_FLOATING_TYPES(unary.scalar_type(), "dense_crf_softmax_cpu", [&] {
+    const scalar_t* pointers[kMaxCrfKernels];
+    for (size_t k = 0; k < messages.size(); ++k) pointers[k] = messages[k].const_data_ptr<scalar_t>();
+    at::parallel_for(0, rows, std::max<int64_t>(1, 4096 / labels), [&](int64_t begin, int64_t end) {
+      SEGOPS_CPU_LOOP(crf_softmax_rows)(unary.const_data_ptr<scalar_t>(), pointers, weights.const_data_ptr<scalar_t>(),
+                                        static_cast<int>(messages.size()), labels, begin, end,
+                                        out.mutable_data_ptr<scalar_t>());
+    });
+  });
+  return out;
+}
+
 }  // namespace
 
 TORCH_LIBRARY_IMPL(segops, CPU, m) {
+  m.impl("dense_crf_softmax", &dense_crf_softmax_cpu);
   m.impl("permutohedral_lattice", &permutohedral_lattice_cpu);
   m.impl("permutohedral_filter", &permutohedral_filter_cpu);
 }

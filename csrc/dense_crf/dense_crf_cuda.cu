@@ -23,9 +23,15 @@ at::Tensor permutohedral_filter_cuda(const at::Tensor& values, const at::Tensor&
                                      splat_entries, num_vertices, adjoint);
 }
 
+at::Tensor dense_crf_softmax_cuda(const at::Tensor& unary, at::TensorList messages, const at::Tensor& weights) {
+  const c10::cuda::CUDAGuard device_guard(unary.device());
+  return dense_crf_softmax_launch(CudaLaunch{}, unary, messages, weights);
+}
+
 }  // namespace
 
 TORCH_LIBRARY_IMPL(segops, CUDA, m) {
+  m.impl("dense_crf_softmax", &dense_crf_softmax_cuda);
   m.impl("permutohedral_lattice", &permutohedral_lattice_cuda);
   m.impl("permutohedral_filter", &permutohedral_filter_cuda);
 }

@@ -18,6 +18,7 @@
 #include <ATen/Dispatch.h>
 
 #include <tuple>
+#include <vector>
 
 #include "dense_crf/dense_crf.h"
 #include "dense_crf/dense_crf_checks.h"
@@ -244,6 +245,42 @@ __global__ void SEGOPS_LAUNCH_BOUNDS(kThreadsPerBlock)
     }
     out[flat] = sum * alpha;
   }
+}
+
+template <typename scalar_t>
+struct CrfMessages {
+  const scalar_t* data[kMaxCrfKernels];
+};
+
+// One thread per pixel (row of `labels` values): dense_crf.h's crf_softmax_row.
+template <typename scalar_t>
+__global__ void SEGOPS_LAUNCH_BOUNDS(kThreadsPerBlock)
+    crf_softmax_kernel(int64_t rows, const scalar_t* __restrict__ unary, CrfMessages<scalar_t> messages,
+                       const scalar_t* __restrict__ weights, int kernels, int64_t labels, scalar_t* __restrict__ out) {
+  SEGOPS_KERNEL_LOOP(row, rows) {
+    const scalar_t* row_messages[kMaxCrfKernels];
+    for (int k = 0; k < kernels; ++k) row_messages[k] = messages.data[k] + row * labels;
+    crf_softmax_row(unary + row * labels, row_messages, weights, kernels, labels, out + row * labels);
+  }
+}
+
+template <class Launch>
+at::Tensor dense_crf_softmax_launch(const Launch& launch, const at::Tensor& unary_in, at::TensorList messages_in,
+                                    const at::Tensor& weights_in) {
+  check_crf_softmax(unary_in, messages_in, weights_in);
+  const at::Tensor unary = unary_in.contiguous(), weights = weights_in.contiguous();
+  std::vector<at::Tensor> messages;
+  for (const at::Tensor& message : messages_in) messages.push_back(message.contiguous());
+  at::Tensor out = at::empty_like(unary);
+  const int64_t labels = unary.size(2), rows = labels > 0 ? unary.numel() / labels : 0;
+  AT_DISPATCH_FLOATING_TYPES(unary.scalar_type(), "dense_crf_softmax_cuda", [&] {
+    CrfMessages<scalar_t> pointers{};
+    for (size_t k = 0; k < messages.size(); ++k) pointers.data[k] = messages[k].const_data_ptr<scalar_t>();
+    launch(rows, crf_softmax_kernel<scalar_t>, rows, unary.const_data_ptr<scalar_t>(), pointers,
+           weights.const_data_ptr<scalar_t>(), static_cast<int>(messages.size()), labels,
+           out.mutable_data_ptr<scalar_t>());
+  });
+  return out;
 }
 
 // Builds the lattice of features [B, N, d]: see permutohedral_lattice in csrc/registration.cpp. Vertex rows M =

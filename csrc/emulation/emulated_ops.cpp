@@ -109,6 +109,11 @@ at::Tensor permutohedral_filter(const at::Tensor& values, const at::Tensor& vert
                                      splat_entries, num_vertices, adjoint);
 }
 
+at::Tensor dense_crf_softmax(const at::Tensor& unary, at::TensorList messages, const at::Tensor& weights,
+                             at::IntArrayRef grid, at::IntArrayRef block) {
+  return dense_crf_softmax_launch(launch_of(grid, block), unary, messages, weights);
+}
+
 }  // namespace
 
 TORCH_LIBRARY(segops_emulation, m) {
@@ -157,6 +162,8 @@ TORCH_LIBRARY(segops_emulation, m) {
       "Tensor splat_offsets, Tensor splat_entries, Tensor num_vertices, bool adjoint, int[] grid, int[] block) "
       "-> Tensor",
       &permutohedral_filter);
+  m.def("dense_crf_softmax(Tensor unary, Tensor[] messages, Tensor weights, int[] grid, int[] block) -> Tensor",
+        &dense_crf_softmax);
 }
 
 }  // namespace segops::emulation

@@ -28,6 +28,7 @@ DEEPLAB_V2 = dict(
 )
 
 _MAX_FEATURES = 16
+_MAX_CRF_KERNELS = 8
 
 
 # ---------------------------------------------------------------------------------------------------- lattice ops
@@ -119,6 +120,61 @@ def _filter_backward(ctx, grad):
 torch.library.register_autograd("segops::permutohedral_filter", _filter_backward, setup_context=_filter_setup_context)
 
 
+def check_crf_softmax(unary, messages, weights) -> None:
+    op = "dense_crf_softmax"
+    if unary.dim() != 3 or unary.shape[2] < 1:
+        raise RuntimeError(f"{op}: unary must be [B, N, L] with L >= 1, got shape {shape_str(unary)}")
+    if unary.dtype not in (torch.float32, torch.float64):
+        raise RuntimeError(f"{op}: unary must be float32 or float64, got {dtype_name(unary.dtype)}")
+    if len(messages) > _MAX_CRF_KERNELS:
+        raise RuntimeError(f"{op}: at most {_MAX_CRF_KERNELS} messages, got {len(messages)}")
+    for message in messages:
+        if message.shape != unary.shape or message.dtype != unary.dtype:
+            raise RuntimeError(
+                f"{op}: messages must have unary's shape {shape_str(unary)} and dtype {dtype_name(unary.dtype)}, "
+                f"got {shape_str(message)} {dtype_name(message.dtype)}"
+            )
+        check_same_device(op, "messages", message, unary, "unary")
+    if weights.dim() != 1 or weights.shape[0] != len(messages) or weights.dtype != unary.dtype:
+        raise RuntimeError(
+            f"{op}: weights must be [K] = [{len(messages)}] (one per message) of unary's dtype "
+            f"{dtype_name(unary.dtype)}, got {shape_str(weights)} {dtype_name(weights.dtype)}"
+        )
+    check_same_device(op, "weights", weights, unary, "unary")
+
+
+def dense_crf_softmax_fake(unary, messages, weights):
+    check_crf_softmax(unary, messages, weights)
+    return unary.new_empty(unary.shape)
+
+
+def _softmax_setup_context(ctx, inputs, output):
+    unary, messages, weights = inputs
+    ctx.save_for_backward(output, weights, *messages)
+
+
+def _softmax_backward(ctx, grad):
+    out, weights, *messages = ctx.saved_tensors
+    grad_z = out * (grad - (out * grad).sum(-1, keepdim=True))
+    needs_messages = ctx.needs_input_grad[1]
+    grad_messages = [grad_z * weights[k] if needs_messages else None for k in range(len(messages))]
+    grad_weights = None
+    if ctx.needs_input_grad[2]:
+        grad_weights = torch.stack([(grad_z * m).sum() for m in messages]) if messages else weights.new_zeros(0)
+    return grad_z, grad_messages, grad_weights
+
+
+torch.library.register_autograd("segops::dense_crf_softmax", _softmax_backward, setup_context=_softmax_setup_context)
+
+
+def crf_softmax(unary: Tensor, messages: Sequence[Tensor] = (), weights: Optional[Tensor] = None) -> Tensor:
+    """``softmax(unary + sum_k weights[k] * messages[k], dim=-1)`` in one pass (torch.ops.segops.dense_crf_softmax):
+    unary and each message Tensor[B, N, L], weights Tensor[K]. Differentiable (twice, through PyTorch ops)."""
+    if weights is None:
+        weights = unary.new_zeros(len(messages))
+    return torch.ops.segops.dense_crf_softmax(unary, list(messages), weights)
+
+
 class PermutohedralLattice(NamedTuple):
     """The permutohedral lattice of B point sets, as plain tensors (so it batches, moves with ``.to`` and traces).
 
@@ -172,22 +228,6 @@ class PermutohedralLattice(NamedTuple):
 # --------------------------------------------------------------------------------------------------- the CRF step
 
 
-def _weighted_sum(base: Optional[Tensor], terms: Sequence[Tensor], weights: Tensor) -> Tensor:
-    """base + sum_k weights[k] * terms[k] (no base: 0). On the CPU the weights are read once as numbers, for
-    add's scaled fast path (addcmul with a 0-d tensor is three times slower there); elsewhere they stay on the
-    device (no synchronisation)."""
-    if weights.device.type == "cpu":
-        scales = weights.tolist()
-        total = terms[0] * scales[0] if base is None else torch.add(base, terms[0], alpha=scales[0])
-        for term, scale in zip(terms[1:], scales[1:]):
-            total.add_(term, alpha=scale)
-        return total
-    total = terms[0] * weights[0] if base is None else torch.addcmul(base, terms[0], weights[0])
-    for k in range(1, len(terms)):
-        total = torch.addcmul(total, terms[k], weights[k])
-    return total
-
-
 class DenseCRFFunction(torch.autograd.Function):
     """One mean-field step of a fully-connected CRF, given its (normalised) lattices.
 
@@ -207,12 +247,13 @@ class DenseCRFFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, unary, q, kernel_weights, compatibility, lattices):
         messages = [lattice.filter(q) for lattice in lattices]
-        if compatibility is None:  # Potts: z = unary + sum_k w_k m_k, up to a per-pixel constant
-            z, total = _weighted_sum(unary, messages, kernel_weights), None
-        else:  # z = unary - (sum_k w_k m_k) @ mu^T
-            total = _weighted_sum(None, messages, kernel_weights)
-            z = unary - total @ compatibility.t()
-        out = torch.softmax(z, dim=-1)
+        if compatibility is None:  # Potts: softmax(unary + sum_k w_k m_k), up to a per-pixel constant, fused
+            out, total = crf_softmax(unary, messages, kernel_weights), None
+        else:  # softmax(unary - (sum_k w_k m_k) @ mu^T)
+            total = messages[0] * kernel_weights[0]
+            for k in range(1, len(messages)):
+                total = torch.addcmul(total, messages[k], kernel_weights[k])
+            out = crf_softmax(unary - total @ compatibility.t())
         ctx.lattices = lattices
         ctx.potts = compatibility is None
         ctx.save_for_backward(out, total, kernel_weights, compatibility, *messages)
@@ -369,7 +410,7 @@ def dense_crf(
                            for w in (smoothness_weight, appearance_weight)])
     # Pixel-major (channels-last), the layout the lattice filter and the softmax over labels want: one copy.
     logits = unary.permute(0, 2, 3, 1).contiguous().view(batch, height * width, labels)
-    q = torch.softmax(logits, dim=-1)
+    q = crf_softmax(logits)
     for _ in range(num_iters):
         q = DenseCRFFunction.apply(logits, q, weights, compatibility, lattices)
     # Contiguous, not a channels-last view: some PyTorch losses' CPU backwards (nll_loss2d) reject the latter.
