@@ -179,11 +179,9 @@ SEGOPS_HOST_DEVICE acc_t lattice_blur_value(acc_t self, acc_t first, acc_t secon
 // function on every backend): Cody-Waite reduction x = n ln 2 + r, Cephes' degree-5 polynomial for e^r (about 2 ulp),
 // 2^n through the exponent bits. Below -87 it returns e^-87 (a probability under 1e-37, not a denormal).
 SEGOPS_HOST_DEVICE float crf_exp(float x) {
-  x = x < -87.0f ? -87.0f : x;
-  const float scaled = x * 1.44269504088896341f + 0.5f;
-  int n = static_cast<int>(scaled);
-  n -= static_cast<float>(n) > scaled ? 1 : 0;  // floor
-  const float nf = static_cast<float>(n);
+  x = fmaxf(x, -87.0f);  // branch-free (fmaxf, floorf), so that the loop over labels vectorises
+  const float nf = floorf(x * 1.44269504088896341f + 0.5f);
+  const int n = static_cast<int>(nf);
   const float r = (x - nf * 0.693359375f) - nf * -2.12194440e-4f;
   float p = 1.9875691500e-4f;
   p = p * r + 1.3981999507e-3f;
@@ -193,8 +191,14 @@ SEGOPS_HOST_DEVICE float crf_exp(float x) {
   p = p * r + 5.0000001201e-1f;
   const float y = p * (r * r) + r + 1.0f;
   const int32_t bits = (n + 127) << 23;
+#if defined(__CUDA_ARCH__)
+  const float two_n = __int_as_float(bits);
+#elif defined(__CUDACC__)  // nvcc's host pass: not a hot path
   float two_n;
   memcpy(&two_n, &bits, sizeof(two_n));
+#else  // a bit cast the vectoriser sees through (a memcpy through memory it does not)
+  const float two_n = __builtin_bit_cast(float, bits);
+#endif
   return y * two_n;
 }
 SEGOPS_HOST_DEVICE double crf_exp(double x) { return ::exp(x); }
