@@ -297,6 +297,20 @@ def test_dense_crf_two_iterations_gradcheck():
     torch.autograd.gradcheck(run, (unary, weights, compatibility))
 
 
+@pytest.mark.parametrize("batch", [1, 2])
+def test_dense_crf_compiles_fullgraph(batch):
+    unary, image = crf_case(10, batch=batch, labels=3, dtype=torch.float32)
+    compiled = torch.compile(lambda u, i: segops.dense_crf(u, i, 2, **SMALL_CRF), fullgraph=True)
+    eager_unary, compiled_unary = unary.clone().requires_grad_(), unary.clone().requires_grad_()
+    expected = segops.dense_crf(eager_unary, image, 2, **SMALL_CRF)
+    actual = compiled(compiled_unary, image)
+    torch.testing.assert_close(actual, expected)
+    weights = torch.rand(expected.shape, generator=torch.Generator().manual_seed(0))
+    (expected * weights).sum().backward()
+    (actual * weights).sum().backward()
+    torch.testing.assert_close(compiled_unary.grad, eager_unary.grad)
+
+
 def test_step_is_not_twice_differentiable():
     unary, image = crf_case(8, batch=1, labels=2, height=4, width=4)
     unary.requires_grad_()

@@ -342,10 +342,10 @@ def _check_crf_inputs(unary: Tensor, image: Tensor, num_iters: int) -> None:
         return
     # min and max in one pass (NaN propagates): finite iff both are.
     low, high = torch.aminmax(unary)
-    if unary.device.type == "cpu":
+    if unary.device.type == "cpu" and not torch.compiler.is_compiling():
         if not (math.isfinite(low.item()) and math.isfinite(high.item())):
             raise ValueError(message)
-    else:  # no host synchronisation: a device-side assert
+    else:  # no host synchronisation (CUDA: a device-side assert), nothing data-dependent in a compiled graph
         torch._assert_async(torch.isfinite(high - low), message)
 
 
@@ -395,10 +395,11 @@ def dense_crf(
             f"({dtype_name(unary.dtype)}, {unary.device}), got {shape_str(compatibility)} "
             f"{dtype_name(compatibility.dtype)} on {compatibility.device}"
         )
-    if unary.device.type == "cpu" and batch > 1:
+    if unary.device.type == "cpu" and batch > 1 and not torch.compiler.is_compiling():
         # On the CPU every op already runs each image on all cores; an image at a time keeps its working set
         # (a few [H*W, L] tensors) warm in cache and out of fresh pages, where the whole batch's would not: a
-        # batch then costs what its images cost one by one (the lattice ops themselves take batches).
+        # batch then costs what its images cost one by one (the lattice ops themselves take batches). A compiled
+        # graph takes the batch whole.
         kwargs = dict(smoothness_sxy=smoothness_sxy, smoothness_weight=smoothness_weight,
                       appearance_sxy=appearance_sxy, appearance_srgb=appearance_srgb,
                       appearance_weight=appearance_weight, compatibility=compatibility)
