@@ -1,0 +1,135 @@
+"""Fully convolutional networks (Long, Shelhamer and Darrell 2015): VGG16 convolutionised (fc6 a 7x7 convolution,
+fc7 a 1x1), class scores, learnable upsampling initialised to bilinear interpolation, and skip fusion from pool4
+(FCN-16s) and pool3 (FCN-8s)."""
+
+from pathlib import Path
+from typing import Optional, Union
+
+import torch
+from torch import Tensor, nn
+
+# VGG16's convolution widths per stage; each stage ends in a 2x2 max-pool.
+VGG16_STAGES = ((64, 64), (128, 128), (256, 256, 256), (512, 512, 512), (512, 512, 512))
+
+
+def vgg16_stages() -> nn.ModuleList:
+    """VGG16's five convolution stages (3x3 convolutions, padding 1, ReLU), each followed by a 2x2 max-pool that
+    rounds up (ceil_mode) so that no input row or column is dropped; torchvision's `features` layer for layer."""
+    stages, in_channels = nn.ModuleList(), 3
+    for widths in VGG16_STAGES:
+        layers = []
+        for width in widths:
+            layers += [nn.Conv2d(in_channels, width, 3, padding=1), nn.ReLU(inplace=True)]
+            in_channels = width
+        layers.append(nn.MaxPool2d(2, 2, ceil_mode=True))
+        stages.append(nn.Sequential(*layers))
+    return stages
+
+
+def bilinear_kernel(channels: int, factor: int) -> Tensor:
+    """The weight [C, C, 2f, 2f] of a transposed convolution (stride f, padding f/2) that upsamples each channel
+    bilinearly by the even factor f (FCN's initialisation of its upsampling layers)."""
+    size = 2 * factor
+    center = factor - 0.5
+    taps = 1 - (torch.arange(size, dtype=torch.float64) - center).abs() / factor
+    kernel = (taps[:, None] * taps[None, :]).float()
+    weight = torch.zeros(channels, channels, size, size)
+    weight[range(channels), range(channels)] = kernel
+    return weight
+
+
+def upsampling(channels: int, factor: int) -> nn.ConvTranspose2d:
+    """A learnable x factor upsampling of a [N, C, h, w] map to [N, C, h * f, w * f], initialised to bilinear."""
+    layer = nn.ConvTranspose2d(channels, channels, 2 * factor, stride=factor, padding=factor // 2, bias=False)
+    with torch.no_grad():
+        layer.weight.copy_(bilinear_kernel(channels, factor))
+    return layer
+
+
+class FCN(nn.Module):
+    """FCN-32s, -16s or -8s (`stride` 32, 16 or 8) on a VGG16 backbone; [N, 3, H, W] -> logits [N, K, H, W].
+
+    The skip scores (from pool4, pool3) start at zero, as in the paper, so FCN-16s begins as FCN-32s and FCN-8s
+    as FCN-16s. Fused maps are cropped to the skip's size and the output to the input's.
+    """
+
+    def __init__(self, num_classes: int, stride: int = 8, dropout: float = 0.5):
+        super().__init__()
+        if stride not in (8, 16, 32):
+            raise ValueError(f"FCN: stride must be 8, 16 or 32, got {stride!r}")
+        if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
+            raise ValueError(f"FCN: num_classes must be an int >= 1, got {num_classes!r}")
+        self.stride = stride
+        self.stages = vgg16_stages()
+        self.fc6 = nn.Sequential(nn.Conv2d(512, 4096, 7, padding=3), nn.ReLU(inplace=True), nn.Dropout2d(dropout))
+        self.fc7 = nn.Sequential(nn.Conv2d(4096, 4096, 1), nn.ReLU(inplace=True), nn.Dropout2d(dropout))
+        self.score_fr = nn.Conv2d(4096, num_classes, 1)
+        self.score_pool4 = nn.Conv2d(512, num_classes, 1) if stride <= 16 else None
+        self.score_pool3 = nn.Conv2d(256, num_classes, 1) if stride == 8 else None
+        for score in (self.score_pool4, self.score_pool3):
+            if score is not None:
+                nn.init.zeros_(score.weight)
+                nn.init.zeros_(score.bias)
+        self.upscore2 = upsampling(num_classes, 2) if stride <= 16 else None
+        self.upscore_pool4 = upsampling(num_classes, 2) if stride == 8 else None
+        self.upscore_final = upsampling(num_classes, stride)
+
+    def forward(self, images: Tensor) -> Tensor:
+        height, width = images.shape[-2:]
+        x = images
+        pooled = []
+        for stage in self.stages:
+            x = stage(x)
+            pooled.append(x)
+        score = self.score_fr(self.fc7(self.fc6(x)))
+        if self.stride <= 16:
+            skip = self.score_pool4(pooled[3])
+            score = _crop(self.upscore2(score), skip) + skip
+        if self.stride == 8:
+            skip = self.score_pool3(pooled[2])
+            score = _crop(self.upscore_pool4(score), skip) + skip
+        return self.upscore_final(score)[..., :height, :width]
+
+
+def _crop(x: Tensor, like: Tensor) -> Tensor:
+    return x[..., : like.shape[-2], : like.shape[-1]]
+
+
+def load_vgg16_backbone(model: FCN, weights: Union[str, Path, dict]) -> FCN:
+    """Loads torchvision's `vgg16` weights (a state_dict, or the file holding one: torch.save(
+    torchvision.models.vgg16(weights=...).state_dict(), path)) into the FCN's convolutions and fc6/fc7 (the
+    classifier's first two linear layers, reshaped to convolutions). Returns the model."""
+    state = weights if isinstance(weights, dict) else torch.load(weights, map_location="cpu", weights_only=True)
+    convs = [m for stage in model.stages for m in stage if isinstance(m, nn.Conv2d)]
+    indices = sorted({int(key.split(".")[1]) for key in state if key.startswith("features.")})
+    if len(indices) != len(convs):
+        raise ValueError(f"load_vgg16_backbone: expected {len(convs)} convolutions in features.*, got {len(indices)}")
+    with torch.no_grad():
+        for conv, index in zip(convs, indices):
+            conv.weight.copy_(state[f"features.{index}.weight"])
+            conv.bias.copy_(state[f"features.{index}.bias"])
+        model.fc6[0].weight.copy_(state["classifier.0.weight"].view(4096, 512, 7, 7))
+        model.fc6[0].bias.copy_(state["classifier.0.bias"])
+        model.fc7[0].weight.copy_(state["classifier.3.weight"].view(4096, 4096, 1, 1))
+        model.fc7[0].bias.copy_(state["classifier.3.bias"])
+    return model
+
+
+def _build(num_classes: int, stride: int, backbone: Optional[Union[str, Path, dict]]) -> FCN:
+    model = FCN(num_classes, stride)
+    return load_vgg16_backbone(model, backbone) if backbone is not None else model
+
+
+def fcn32s(num_classes: int, backbone: Optional[Union[str, Path, dict]] = None) -> FCN:
+    """FCN-32s; `backbone`: torchvision vgg16 weights to start from (see load_vgg16_backbone)."""
+    return _build(num_classes, 32, backbone)
+
+
+def fcn16s(num_classes: int, backbone: Optional[Union[str, Path, dict]] = None) -> FCN:
+    """FCN-16s (pool4 skip); `backbone` as fcn32s."""
+    return _build(num_classes, 16, backbone)
+
+
+def fcn8s(num_classes: int, backbone: Optional[Union[str, Path, dict]] = None) -> FCN:
+    """FCN-8s (pool4 and pool3 skips); `backbone` as fcn32s."""
+    return _build(num_classes, 8, backbone)

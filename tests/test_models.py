@@ -1,0 +1,136 @@
+"""segops.models: output shapes at any input size, the papers' initialisations, segops' operators where the papers
+use them, backbone weights loaded from torchvision's state_dicts, and a few training steps that learn."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+import torchvision
+
+import importlib
+
+import segops.models as models
+
+# The modules themselves (segops.models.segnet the attribute is the builder function).
+fcn_module = importlib.import_module("segops.models.fcn")
+segnet_module = importlib.import_module("segops.models.segnet")
+
+
+@pytest.fixture(scope="module")
+def fcn8():
+    torch.manual_seed(0)
+    return models.fcn8s(num_classes=5).eval()
+
+
+@pytest.mark.parametrize("size", [(64, 64), (65, 97), (100, 71)])
+def test_fcn_output_size(fcn8, size):
+    with torch.no_grad():
+        assert fcn8(torch.randn(2, 3, *size)).shape == (2, 5, *size)
+
+
+def test_bilinear_upsampling_layer_equals_bilinear_interpolation():
+    x = torch.randn(1, 3, 6, 7)
+    for factor in (2, 8, 32):
+        up = fcn_module.upsampling(3, factor)
+        expected = F.interpolate(x, scale_factor=factor, mode="bilinear", align_corners=False)
+        actual = up(x)
+        assert actual.shape == expected.shape
+        # Equal away from the border (the transposed convolution pads with zeros, interpolation clamps).
+        torch.testing.assert_close(actual[..., factor:-factor, factor:-factor],
+                                   expected[..., factor:-factor, factor:-factor], rtol=1e-5, atol=1e-5)
+
+
+def test_skip_scores_start_at_zero_and_learn():
+    """The paper zero-initialises the skip scores: FCN-8s then computes FCN-32s's coarse scores, upsampled x2,
+    x2, x8 instead of x32 (equal to a hand-run of that path), and training moves the skips."""
+    torch.manual_seed(2)
+    model = models.fcn8s(num_classes=4).eval()
+    x = torch.randn(1, 3, 96, 128)
+    features = x
+    for stage in model.stages:
+        features = stage(features)
+    coarse = model.score_fr(model.fc7(model.fc6(features)))
+    up = model.upscore_pool4(model.upscore2(coarse)[..., :6, :8])[..., :12, :16]
+    expected = model.upscore_final(up)[..., :96, :128]
+    torch.testing.assert_close(model(x), expected)
+    model(x).square().mean().backward()
+    assert model.score_pool3.weight.grad.abs().sum() > 0 and model.score_pool4.weight.grad.abs().sum() > 0
+
+
+def test_vgg16_backbone_from_a_torchvision_state_dict(tmp_path):
+    torch.manual_seed(1)
+    vgg = torchvision.models.vgg16(weights=None).eval()
+    path = tmp_path / "vgg16.pth"
+    torch.save(vgg.state_dict(), path)
+    model = models.fcn32s(num_classes=3, backbone=path).eval()
+    x = torch.randn(1, 3, 64, 96)  # a multiple of 32: ceil-mode pooling equals torchvision's floor mode
+    features = x
+    with torch.no_grad():
+        for stage in model.stages:
+            features = stage(features)
+        torch.testing.assert_close(features, vgg.features(x))
+        # fc6/fc7 as convolutions equal the classifier on a 7x7 pool5 (224x224 input).
+        big = torch.randn(1, 3, 224, 224)
+        pool5 = vgg.features(big)
+        fc7 = model.fc7(model.fc6(pool5))[:, :, 3, 3]
+        expected = vgg.classifier[:5](torch.flatten(pool5, 1))
+        torch.testing.assert_close(fc7, expected, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("size", [(64, 64), (67, 99)])
+def test_segnet_unpools_with_segops_to_the_input_size(monkeypatch, size):
+    calls = []
+
+    def counting_unpool(*args, **kwargs):
+        calls.append(kwargs.get("output_size"))
+        return segops_max_unpool2d(*args, **kwargs)
+
+    segops_max_unpool2d = segnet_module.max_unpool2d
+    monkeypatch.setattr(segnet_module, "max_unpool2d", counting_unpool)
+    model = models.segnet(num_classes=4, base_width=8)
+    out = model(torch.randn(2, 3, *size))
+    assert out.shape == (2, 4, *size)
+    assert len(calls) == 5 and tuple(calls[-1]) == size
+    out.sum().backward()
+    assert model.encoder[0][0][0].weight.grad.abs().sum() > 0
+
+
+def test_segnet_paper_widths():
+    model = models.segnet(num_classes=11)
+    assert [stage[0][0].out_channels for stage in model.encoder] == [64, 128, 256, 512, 512]
+    assert sum(p.numel() for p in model.parameters()) > 29e6  # SegNet's ~29.4M parameters
+
+
+@pytest.mark.parametrize("size", [(64, 64), (65, 99)])
+def test_unet_output_size(size):
+    model = models.unet(num_classes=3, base_width=8)
+    assert model(torch.randn(2, 3, *size)).shape == (2, 3, *size)
+
+
+def test_unet_paper_widths():
+    model = models.unet(num_classes=2)
+    assert [block[0].out_channels for block in model.down] == [64, 128, 256, 512, 1024]
+
+
+@pytest.mark.parametrize("build", [lambda: models.unet(3, base_width=8), lambda: models.segnet(3, base_width=8)],
+                         ids=["unet", "segnet"])
+def test_a_few_training_steps_learn(build):
+    torch.manual_seed(0)
+    model = build()
+    images = torch.rand(4, 3, 64, 64)
+    # Labels a network can learn from the pixels: the brightest channel.
+    target = images.argmax(1)
+    optimiser = torch.optim.Adam(model.parameters(), lr=1e-2)
+    losses = []
+    for _ in range(30):
+        optimiser.zero_grad()
+        loss = F.cross_entropy(model(images), target)
+        loss.backward()
+        optimiser.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.8 * losses[0]
+
+
+@pytest.mark.parametrize("builder, name", [(models.fcn8s, "FCN"), (models.segnet, "SegNet"), (models.unet, "UNet")])
+def test_bad_num_classes(builder, name):
+    with pytest.raises(ValueError, match=f"{name}: num_classes must be an int >= 1, got 0"):
+        builder(0)
