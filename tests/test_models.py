@@ -134,3 +134,79 @@ def test_a_few_training_steps_learn(build):
 def test_bad_num_classes(builder, name):
     with pytest.raises(ValueError, match=f"{name}: num_classes must be an int >= 1, got 0"):
         builder(0)
+
+
+# ----------------------------------------------------------------------------- DeepLab, PSPNet (dilated ResNets)
+
+
+def _count_dilated(module):
+    from segops import DilatedConv2d
+
+    return sum(isinstance(m, DilatedConv2d) for m in module.modules())
+
+
+# torchvision's dilation keeps a stage's first block at the previous dilation: os 8 dilates 5 of layer3's 3x3
+# convolutions and all 3 of layer4's; os 16 dilates 2 of layer4's.
+@pytest.mark.parametrize("output_stride, dilated", [(8, 8), (16, 2)])
+def test_dilated_resnet_equals_torchvision_with_its_weights(tmp_path, output_stride, dilated):
+    torch.manual_seed(3)
+    reference = torchvision.models.resnet50(weights=None,
+                                            replace_stride_with_dilation=[False, output_stride == 8, True]).eval()
+    path = tmp_path / "resnet50.pth"
+    torch.save(reference.state_dict(), path)
+    backbone = models.DilatedResNet(50, output_stride, weights=path).eval()
+    assert _count_dilated(backbone) == dilated
+    x = torch.randn(1, 3, 64, 80)
+    with torch.no_grad():
+        expected = reference.layer4(reference.layer3(reference.layer2(reference.layer1(
+            reference.maxpool(reference.relu(reference.bn1(reference.conv1(x))))))))
+        actual = backbone(x)
+    assert actual.shape == (1, 2048, 64 // output_stride, 80 // output_stride)
+    torch.testing.assert_close(actual, expected, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("build", [
+    lambda: models.deeplabv2(5, depth=50),
+    lambda: models.deeplabv3(5, depth=50, output_stride=16),
+    lambda: models.deeplabv3(5, depth=50, output_stride=8),
+    lambda: models.pspnet(5, depth=50),
+], ids=["deeplabv2", "deeplabv3-os16", "deeplabv3-os8", "pspnet"])
+@pytest.mark.parametrize("size", [(64, 64), (65, 97)])
+def test_dilated_models_output_size(build, size):
+    torch.manual_seed(0)
+    model = build().eval()
+    assert _count_dilated(model) > 0
+    with torch.no_grad():
+        assert model(torch.randn(2, 3, *size)).shape == (2, 5, *size)
+
+
+def test_deeplabv2_crf_post_processing_and_crf_as_rnn():
+    import segops
+
+    torch.manual_seed(0)
+    images = torch.randn(1, 3, 64, 72)
+    rgb = torch.rand(1, 3, 64, 72) * 255
+    post = models.deeplabv2(3, depth=50, crf="post").eval()
+    plain = models.deeplabv2(3, depth=50).eval()
+    plain.load_state_dict(post.state_dict(), strict=False)
+    with torch.no_grad():
+        logits = plain(images)
+        expected = segops.dense_crf(logits, rgb, **segops.DEEPLAB_V2).clamp_min(1e-12).log()
+        torch.testing.assert_close(post(images, rgb), expected)
+    post.train()
+    assert torch.equal(post(images, rgb), plain.train()(images))  # the CRF only at evaluation
+    rnn = models.deeplabv2(3, depth=50, crf="rnn")
+    out = rnn(images, rgb)
+    F.nll_loss(out, torch.randint(0, 3, (1, 64, 72))).backward()
+    assert rnn.crf.kernel_weights.grad.abs().sum() > 0 and rnn.crf.compatibility.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("build, message", [
+    (lambda: models.deeplabv2(3, crf="yes"), "crf must be None, 'post' or 'rnn'"),
+    (lambda: models.DilatedResNet(34), "depth must be 50 or 101, got 34"),
+    (lambda: models.deeplabv3(3, depth=50, output_stride=32), "output_stride must be 8 or 16, got 32"),
+    (lambda: models.pspnet(0), "PSPNet: num_classes must be an int >= 1, got 0"),
+])
+def test_dilated_model_errors(build, message):
+    with pytest.raises(ValueError, match=message):
+        build()

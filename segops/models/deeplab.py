@@ -1,0 +1,118 @@
+"""DeepLab v2 (Chen et al. 2017: atrous ResNet-101, ASPP with rates 6/12/18/24, optional dense CRF) and v3 (Chen
+et al. 2017: ASPP with image pooling, output stride 16 or 8) on segops.DilatedConv2d; the CRF is segops.DenseCRF,
+as post-processing or trained end to end (CRF-as-RNN)."""
+
+from typing import Optional
+
+import torch
+from torch import Tensor, nn
+from torch.nn import functional as F
+
+from segops.models.resnet import DilatedResNet, Weights
+from segops.ops.dense_crf import DenseCRF
+from segops.ops.dilated_conv import DilatedConv2d
+
+# ImageNet's normalisation, which torchvision's backbones expect: the CRF needs the image back in 0..255.
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def _check_classes(name: str, num_classes) -> None:
+    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
+        raise ValueError(f"{name}: num_classes must be an int >= 1, got {num_classes!r}")
+
+
+class DeepLabV2(nn.Module):
+    """DeepLab v2: a dilated ResNet (output stride 8) and ASPP-L, four 3x3 atrous classifiers (rates 6, 12, 18, 24)
+    whose scores are summed, upsampled bilinearly to the input: [N, 3, H, W] -> logits [N, K, H, W].
+
+    crf: None; "post" (DeepLab's fully-connected CRF with its published settings, applied in eval mode only);
+    or "rnn" (a learnable segops.DenseCRF, CRF-as-RNN, in training too). With a CRF the output is the log of its
+    label probabilities (logits up to a per-pixel constant). The CRF needs the RGB image: pass it as `rgb`
+    ([N, 3, H, W], 0..255), or the images are taken as ImageNet-normalised and un-normalised.
+    """
+
+    def __init__(self, num_classes: int, depth: int = 101, rates=(6, 12, 18, 24), crf: Optional[str] = None,
+                 backbone: Weights = None):
+        super().__init__()
+        _check_classes("DeepLabV2", num_classes)
+        if crf not in (None, "post", "rnn"):
+            raise ValueError(f"DeepLabV2: crf must be None, 'post' or 'rnn', got {crf!r}")
+        self.backbone = DilatedResNet(depth, 8, backbone)
+        self.aspp = nn.ModuleList([DilatedConv2d(2048, num_classes, 3, padding=r, dilation=r) for r in rates])
+        self.crf_mode = crf
+        if crf == "post":
+            self.crf = DenseCRF.deeplab(num_classes)
+        elif crf == "rnn":
+            self.crf = DenseCRF(num_classes, num_iters=5)
+        else:
+            self.crf = None
+
+    def forward(self, images: Tensor, rgb: Optional[Tensor] = None) -> Tensor:
+        features = self.backbone(images)
+        scores = sum(branch(features) for branch in self.aspp)
+        logits = F.interpolate(scores, size=images.shape[-2:], mode="bilinear", align_corners=False)
+        if self.crf is None or (self.crf_mode == "post" and self.training):
+            return logits
+        rgb = rgb if rgb is not None else unnormalise(images)
+        return self.crf(logits, rgb).clamp_min(1e-12).log()
+
+
+def unnormalise(images: Tensor) -> Tensor:
+    """ImageNet-normalised images back to RGB in 0..255 (float)."""
+    mean = images.new_tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
+    std = images.new_tensor(IMAGENET_STD).view(1, 3, 1, 1)
+    return ((images * std + mean) * 255).clamp(0, 255).detach()
+
+
+class ASPP(nn.Module):
+    """DeepLab v3's atrous spatial pyramid pooling: a 1x1 convolution, three 3x3 atrous convolutions and
+    image-level pooling, each to 256 channels with batch norm and ReLU, concatenated and projected to 256."""
+
+    def __init__(self, in_channels: int, rates, channels: int = 256):
+        super().__init__()
+
+        def branch(conv):
+            return nn.Sequential(conv, nn.BatchNorm2d(channels), nn.ReLU(inplace=True))
+
+        self.branches = nn.ModuleList(
+            [branch(nn.Conv2d(in_channels, channels, 1, bias=False))]
+            + [branch(DilatedConv2d(in_channels, channels, 3, padding=r, dilation=r, bias=False)) for r in rates]
+        )
+        self.pooling = branch(nn.Conv2d(in_channels, channels, 1, bias=False))
+        self.project = branch(nn.Conv2d(channels * (len(rates) + 2), channels, 1, bias=False))
+
+    def forward(self, x: Tensor) -> Tensor:
+        pooled = self.pooling(F.adaptive_avg_pool2d(x, 1)).expand(-1, -1, *x.shape[-2:])
+        return self.project(torch.cat([branch(x) for branch in self.branches] + [pooled], dim=1))
+
+
+class DeepLabV3(nn.Module):
+    """DeepLab v3: a dilated ResNet (output stride 16, ASPP rates 6/12/18; or 8, rates 12/24/36), ASPP with image
+    pooling, a 3x3 and a 1x1 classifier, upsampled bilinearly: [N, 3, H, W] -> logits [N, K, H, W]."""
+
+    def __init__(self, num_classes: int, depth: int = 101, output_stride: int = 16, backbone: Weights = None):
+        super().__init__()
+        _check_classes("DeepLabV3", num_classes)
+        self.backbone = DilatedResNet(depth, output_stride, backbone)
+        rates = (6, 12, 18) if output_stride == 16 else (12, 24, 36)
+        self.head = nn.Sequential(
+            ASPP(2048, rates),
+            nn.Conv2d(256, 256, 3, padding=1, bias=False), nn.BatchNorm2d(256), nn.ReLU(inplace=True),
+            nn.Conv2d(256, num_classes, 1),
+        )
+
+    def forward(self, images: Tensor) -> Tensor:
+        scores = self.head(self.backbone(images))
+        return F.interpolate(scores, size=images.shape[-2:], mode="bilinear", align_corners=False)
+
+
+def deeplabv2(num_classes: int, depth: int = 101, crf: Optional[str] = None, backbone: Weights = None) -> DeepLabV2:
+    """DeepLab v2 (ResNet-101 unless depth=50); crf None, "post" or "rnn"; backbone: torchvision resnet weights
+    (a state_dict or its file)."""
+    return DeepLabV2(num_classes, depth, crf=crf, backbone=backbone)
+
+
+def deeplabv3(num_classes: int, depth: int = 101, output_stride: int = 16, backbone: Weights = None) -> DeepLabV3:
+    """DeepLab v3 (ResNet-101 unless depth=50, output stride 16 or 8); backbone as deeplabv2."""
+    return DeepLabV3(num_classes, depth, output_stride, backbone)
