@@ -210,3 +210,42 @@ def test_deeplabv2_crf_post_processing_and_crf_as_rnn():
 def test_dilated_model_errors(build, message):
     with pytest.raises(ValueError, match=message):
         build()
+
+
+# ------------------------------------------------------------------------------------------------- R-CNN heads
+
+
+def test_mask_and_box_heads_pool_with_segops():
+    import segops
+
+    torch.manual_seed(0)
+    features = torch.randn(2, 16, 40, 48)
+    boxes = torch.tensor([[0, 8.0, 8.0, 100.0, 90.0], [1, 20.0, 30.0, 60.0, 150.0], [1, 0.0, 0.0, 190.0, 150.0]])
+    mask_head = models.MaskRCNNMaskHead(16, num_classes=3, spatial_scale=0.25)
+    masks = mask_head(features, boxes)
+    assert masks.shape == (3, 3, 28, 28)
+    expected = segops.roi_align(features, boxes, 14, spatial_scale=0.25, sampling_ratio=2, aligned=True)
+    torch.testing.assert_close(mask_head.pool(features, boxes), expected)
+    box_head = models.FastRCNNBoxHead(16, num_classes=4, spatial_scale=0.25)
+    scores, deltas = box_head(features, boxes)
+    assert scores.shape == (3, 4) and deltas.shape == (3, 16)
+    torch.testing.assert_close(box_head.pool(features, boxes), segops.roi_pool(features, boxes, 7, 0.25))
+    (masks.sum() + scores.sum()).backward()
+    assert mask_head.convs[0].weight.grad.abs().sum() > 0 and box_head.fc6.weight.grad.abs().sum() > 0
+
+
+def test_torchvision_mask_rcnn_on_segops_roi_align_equals_torchvision():
+    torch.manual_seed(0)
+    model = torchvision.models.detection.maskrcnn_resnet50_fpn(weights=None, weights_backbone=None, num_classes=3,
+                                                               min_size=128, max_size=160,
+                                                               box_score_thresh=0.0).eval()
+    images = [torch.rand(3, 120, 150)]
+    with torch.no_grad():
+        expected = model(images)[0]
+        models.use_segops_roi_align(model)
+        assert isinstance(model.roi_heads.box_roi_pool, models.SegopsMultiScaleRoIAlign)
+        assert isinstance(model.roi_heads.mask_roi_pool, models.SegopsMultiScaleRoIAlign)
+        actual = model(images)[0]
+    assert len(expected["boxes"]) > 0
+    for key in ("boxes", "scores", "labels", "masks"):
+        torch.testing.assert_close(actual[key], expected[key], rtol=1e-4, atol=1e-4)

@@ -3,10 +3,11 @@ and returns a module mapping images Tensor[N, 3, H, W] (any H, W >= 64) to logit
 
 from segops.models.deeplab import ASPP, DeepLabV2, DeepLabV3, deeplabv2, deeplabv3
 from segops.models.fcn import FCN, fcn8s, fcn16s, fcn32s, load_vgg16_backbone
+from segops.models.rcnn import FastRCNNBoxHead, MaskRCNNMaskHead, SegopsMultiScaleRoIAlign, use_segops_roi_align
 from segops.models.pspnet import PSPNet, PyramidPooling, pspnet
 from segops.models.resnet import DilatedResNet
 from segops.models.segnet import SegNet, segnet
 from segops.models.unet import UNet, unet
 
-__all__ = ["ASPP", "DeepLabV2", "DeepLabV3", "deeplabv2", "deeplabv3", "PSPNet", "PyramidPooling", "pspnet",
+__all__ = ["FastRCNNBoxHead", "MaskRCNNMaskHead", "SegopsMultiScaleRoIAlign", "use_segops_roi_align", "ASPP", "DeepLabV2", "DeepLabV3", "deeplabv2", "deeplabv3", "PSPNet", "PyramidPooling", "pspnet",
            "DilatedResNet", "FCN", "fcn8s", "fcn16s", "fcn32s", "load_vgg16_backbone", "SegNet", "segnet", "UNet", "unet"]
