@@ -7,51 +7,7 @@
 from segops._version import __version__
 from segops._extension import cuda_version, torch_version
 from segops import _meta  # noqa: F401  (registers the fake kernels)
-from segops.ops import (
-    DEEPLAB_V2,
-    DenseCRF,
-    DenseCRFFunction,
-    PermutohedralLattice,
-    dense_crf,
-    DilatedConv2d,
-    DilatedConv2dFunction,
-    FlowWarp,
-    FlowWarpFunction,
-    MaxUnpool2d,
-    MaxUnpool2dFunction,
-    RoIAlign,
-    RoIAlignFunction,
-    RoIPool,
-    RoIPoolFunction,
-    dilated_conv2d,
-    flow_warp,
-    max_unpool2d,
-    roi_align,
-    roi_pool,
-)
+from segops import ops
+from segops.ops import *  # noqa: F401,F403  (every operator; segops.ops.__all__ lists them)
 
-__all__ = [
-    "__version__",
-    "cuda_version",
-    "torch_version",
-    "DEEPLAB_V2",
-    "DenseCRF",
-    "DenseCRFFunction",
-    "PermutohedralLattice",
-    "dense_crf",
-    "DilatedConv2d",
-    "DilatedConv2dFunction",
-    "dilated_conv2d",
-    "FlowWarp",
-    "FlowWarpFunction",
-    "flow_warp",
-    "MaxUnpool2d",
-    "MaxUnpool2dFunction",
-    "max_unpool2d",
-    "RoIAlign",
-    "RoIAlignFunction",
-    "RoIPool",
-    "RoIPoolFunction",
-    "roi_align",
-    "roi_pool",
-]
+__all__ = ["__version__", "cuda_version", "torch_version"] + ops.__all__

@@ -260,10 +260,15 @@ def test_zero_iterations_is_softmax_and_uint8_equals_float_image():
 
 
 def test_batch_of_images_equals_each_image():
+    """The whole-batch path (CUDA's and compiled graphs'; the CPU's dense_crf runs images one at a time) against
+    single images."""
+    from segops.ops.dense_crf import _mean_field
+
     unary, image = crf_case(5, batch=3, dtype=torch.float32)
-    batched = segops.dense_crf(unary, image, 3)
+    batched = _mean_field(unary, image, 3, (3.0, 80.0, 13.0), torch.tensor([3.0, 10.0]), None)
     for b in range(3):
         assert torch.equal(segops.dense_crf(unary[b:b + 1], image[b:b + 1], 3), batched[b:b + 1])
+    assert torch.equal(segops.dense_crf(unary, image, 3), batched)
 
 
 @pytest.mark.parametrize("potts", [True, False])

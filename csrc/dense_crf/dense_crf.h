@@ -64,6 +64,12 @@ SEGOPS_HOST_DEVICE int lattice_round(acc_t x) {
   return rounded;
 }
 
+// A scaled feature the lattice can hold: finite and within kLatticeMaxCoordinate (NaN fails the comparisons).
+template <typename acc_t>
+SEGOPS_HOST_DEVICE bool lattice_coordinate_in_range(acc_t scaled) {
+  return scaled < acc_t(kLatticeMaxCoordinate) && scaled > -acc_t(kLatticeMaxCoordinate);
+}
+
 // Embeds one point (features f[0..d), read at f[k * stride]) in the lattice: writes the d integer coordinates of
 // each of its d+1 simplex vertices to keys[r * d + k] and their barycentric weights to weights[r]. Returns false,
 // writing nothing, when a feature is not finite or the point lies too far out for int32 keys.
@@ -77,7 +83,7 @@ SEGOPS_HOST_DEVICE bool lattice_embed(const scalar_t* f, int64_t stride, const L
   acc_t sum_scaled = 0;
   for (int j = d; j > 0; --j) {
     const acc_t cf = static_cast<acc_t>(f[(j - 1) * stride]) * s.scale[j - 1];
-    if (!(cf == cf) || !(cf < acc_t(kLatticeMaxCoordinate) && cf > -acc_t(kLatticeMaxCoordinate))) return false;
+    if (!lattice_coordinate_in_range(cf)) return false;
     elevated[j] = sum_scaled - acc_t(j) * cf;
     sum_scaled += cf;
   }

@@ -41,9 +41,9 @@ LatticeShape checked_lattice_features(const at::Tensor& features) {
   return {features.size(0), features.size(1), dims, 0};
 }
 
-LatticeShape checked_lattice_filter(const at::Tensor& values, const at::Tensor& vertex_ids, const at::Tensor& weights,
-                                    const at::Tensor& neighbours, const at::Tensor& splat_offsets,
-                                    const at::Tensor& splat_entries, const at::Tensor& num_vertices) {
+CheckedFilter checked_lattice_filter(const at::Tensor& values, const at::Tensor& vertex_ids, const at::Tensor& weights,
+                                     const at::Tensor& neighbours, const at::Tensor& splat_offsets,
+                                     const at::Tensor& splat_entries, const at::Tensor& num_vertices) {
   TORCH_CHECK(values.dim() == 3, kFilter, ": values must be [B, N, C], got shape ", values.sizes());
   check_float32_or_64(kFilter, "values", values);
   TORCH_CHECK(vertex_ids.dim() == 3 && vertex_ids.size(2) >= 2 && vertex_ids.size(2) <= kLatticeMaxFeatures + 1,
@@ -58,10 +58,12 @@ LatticeShape checked_lattice_filter(const at::Tensor& values, const at::Tensor& 
   check_shape("splat_offsets", splat_offsets, at::kInt, {batch, rows + 1}, "[B, M+1]", values);
   check_shape("splat_entries", splat_entries, at::kInt, {batch, points * (dims + 1)}, "[B, N*(d+1)]", values);
   check_shape("num_vertices", num_vertices, at::kLong, {batch}, "[B]", values);
-  return {batch, points, dims, rows};
+  return {{batch, points, dims, rows},   values.contiguous(),        vertex_ids.contiguous(),
+          weights.contiguous(),           neighbours.contiguous(),    splat_offsets.contiguous(),
+          splat_entries.contiguous(),     num_vertices.contiguous()};
 }
 
-void check_crf_softmax(const at::Tensor& unary, at::TensorList messages, const at::Tensor& weights) {
+CheckedCrfSoftmax checked_crf_softmax(const at::Tensor& unary, at::TensorList messages, const at::Tensor& weights) {
   constexpr const char* op = "dense_crf_softmax";
   TORCH_CHECK(unary.dim() == 3 && unary.size(2) >= 1, op, ": unary must be [B, N, L] with L >= 1, got shape ",
               unary.sizes());
@@ -79,6 +81,9 @@ void check_crf_softmax(const at::Tensor& unary, at::TensorList messages, const a
               op, ": weights must be [K] = [", messages.size(), "] (one per message) of unary's dtype ",
               unary.scalar_type(), ", got ", weights.sizes(), " ", weights.scalar_type());
   check_same_device(op, "weights", weights, unary, "unary");
+  CheckedCrfSoftmax checked{unary.contiguous(), weights.contiguous(), {}};
+  for (const at::Tensor& message : messages) checked.messages.push_back(message.contiguous());
+  return checked;
 }
 
 }  // namespace segops

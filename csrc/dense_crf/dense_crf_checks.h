@@ -3,6 +3,8 @@
 // word for word in the fake kernels. Index values inside a lattice are checked where the kernels read them.
 #include <ATen/core/Tensor.h>
 
+#include <vector>
+
 namespace segops {
 
 // A checked lattice: B images of N points with d features; vertex rows M (at least every image's vertex count).
@@ -14,15 +16,27 @@ struct LatticeShape {
 // features [B, N, d]: float32 or float64, 1 <= d <= 16, N * (d + 1) < 2^31 (entries are int32).
 LatticeShape checked_lattice_features(const at::Tensor& features);
 
+// A checked filter call: its shape and its tensors, contiguous.
+struct CheckedFilter {
+  LatticeShape shape;
+  at::Tensor values, vertex_ids, weights, neighbours, splat_offsets, splat_entries, num_vertices;
+};
+
 // values [B, N, C] and a lattice as permutohedral_lattice returns it: vertex_ids int32 [B, N, d+1], weights
 // [B, N, d+1] of values' dtype, neighbours int32 [B, M, d+1, 2], splat_offsets int32 [B, M+1], splat_entries int32
 // [B, N*(d+1)], num_vertices int64 [B], all on values' device.
-LatticeShape checked_lattice_filter(const at::Tensor& values, const at::Tensor& vertex_ids, const at::Tensor& weights,
-                                    const at::Tensor& neighbours, const at::Tensor& splat_offsets,
-                                    const at::Tensor& splat_entries, const at::Tensor& num_vertices);
+CheckedFilter checked_lattice_filter(const at::Tensor& values, const at::Tensor& vertex_ids, const at::Tensor& weights,
+                                     const at::Tensor& neighbours, const at::Tensor& splat_offsets,
+                                     const at::Tensor& splat_entries, const at::Tensor& num_vertices);
+
+// A checked dense_crf_softmax call, its tensors contiguous.
+struct CheckedCrfSoftmax {
+  at::Tensor unary, weights;
+  std::vector<at::Tensor> messages;
+};
 
 // dense_crf_softmax: unary [B, N, L] float32 or float64 with L >= 1; messages: at most kMaxCrfKernels tensors of
 // unary's shape, dtype and device; weights [K] (K = len(messages)) of unary's dtype and device.
-void check_crf_softmax(const at::Tensor& unary, at::TensorList messages, const at::Tensor& weights);
+CheckedCrfSoftmax checked_crf_softmax(const at::Tensor& unary, at::TensorList messages, const at::Tensor& weights);
 
 }  // namespace segops

@@ -91,10 +91,8 @@ void embed_points(const scalar_t* features, int64_t points, int dims, const Latt
   if (bad.get() >= 0) {
     const int64_t p = bad.get();
     const scalar_t* f = features + p * dims;
-    int k = 0;
-    while (k < dims && std::isfinite(static_cast<double>(f[k] * scales.scale[k])) &&
-           std::abs(static_cast<double>(f[k] * scales.scale[k])) < kLatticeMaxCoordinate)
-      ++k;
+    int k = 0;  // the feature that failed
+    while (k < dims && lattice_coordinate_in_range(static_cast<scalar_t>(f[k]) * scales.scale[k])) ++k;
     k = std::min(k, dims - 1);
     TORCH_CHECK(false, "permutohedral_lattice: features must be finite and at most 2^24 in lattice units (feature ",
                 k, " times ", static_cast<double>(scales.scale[k]), "), got features[", image, ", ", p, ", ", k,
@@ -295,12 +293,11 @@ at::Tensor permutohedral_filter_cpu(const at::Tensor& values_in, const at::Tenso
                                     const at::Tensor& weights_in, const at::Tensor& neighbours_in,
                                     const at::Tensor& splat_offsets_in, const at::Tensor& splat_entries_in,
                                     const at::Tensor& num_vertices_in, bool adjoint) {
-  const LatticeShape shape = checked_lattice_filter(values_in, vertex_ids_in, weights_in, neighbours_in,
-                                                    splat_offsets_in, splat_entries_in, num_vertices_in);
-  const at::Tensor values = values_in.contiguous(), vertex_ids = vertex_ids_in.contiguous();
-  const at::Tensor weights = weights_in.contiguous(), neighbours = neighbours_in.contiguous();
-  const at::Tensor offsets = splat_offsets_in.contiguous(), entries = splat_entries_in.contiguous();
-  const at::Tensor num_vertices = num_vertices_in.contiguous();
+  const CheckedFilter c = checked_lattice_filter(values_in, vertex_ids_in, weights_in, neighbours_in,
+                                                 splat_offsets_in, splat_entries_in, num_vertices_in);
+  const LatticeShape& shape = c.shape;
+  const at::Tensor &values = c.values, &vertex_ids = c.vertex_ids, &weights = c.weights, &neighbours = c.neighbours;
+  const at::Tensor &offsets = c.splat_offsets, &entries = c.splat_entries, &num_vertices = c.num_vertices;
   const int64_t batch = shape.batch, points = shape.points, dims = shape.dims, rows = shape.vertex_rows;
   const int64_t channels = values.size(2);
   at::Tensor out = at::empty_like(values);
@@ -352,10 +349,9 @@ at::Tensor permutohedral_filter_cpu(const at::Tensor& values_in, const at::Tenso
 }
 
 at::Tensor dense_crf_softmax_cpu(const at::Tensor& unary_in, at::TensorList messages_in, const at::Tensor& weights_in) {
-  check_crf_softmax(unary_in, messages_in, weights_in);
-  const at::Tensor unary = unary_in.contiguous(), weights = weights_in.contiguous();
-  std::vector<at::Tensor> messages;
-  for (const at::Tensor& message : messages_in) messages.push_back(message.contiguous());
+  const CheckedCrfSoftmax c = checked_crf_softmax(unary_in, messages_in, weights_in);
+  const at::Tensor &unary = c.unary, &weights = c.weights;
+  const std::vector<at::Tensor>& messages = c.messages;
   at::Tensor out = at::empty_like(unary);
   const int64_t labels = unary.size(2), rows = unary.numel() / std::max<int64_t>(labels, 1);
   AT_DISPATCH_FLOATING_TYPES(unary.scalar_type(), "dense_crf_softmax_cpu", [&] {

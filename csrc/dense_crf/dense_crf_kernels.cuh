@@ -267,10 +267,9 @@ __global__ void SEGOPS_LAUNCH_BOUNDS(kThreadsPerBlock)
 template <class Launch>
 at::Tensor dense_crf_softmax_launch(const Launch& launch, const at::Tensor& unary_in, at::TensorList messages_in,
                                     const at::Tensor& weights_in) {
-  check_crf_softmax(unary_in, messages_in, weights_in);
-  const at::Tensor unary = unary_in.contiguous(), weights = weights_in.contiguous();
-  std::vector<at::Tensor> messages;
-  for (const at::Tensor& message : messages_in) messages.push_back(message.contiguous());
+  const CheckedCrfSoftmax c = checked_crf_softmax(unary_in, messages_in, weights_in);
+  const at::Tensor &unary = c.unary, &weights = c.weights;
+  const std::vector<at::Tensor>& messages = c.messages;
   at::Tensor out = at::empty_like(unary);
   const int64_t labels = unary.size(2), rows = labels > 0 ? unary.numel() / labels : 0;
   AT_DISPATCH_FLOATING_TYPES(unary.scalar_type(), "dense_crf_softmax_cuda", [&] {
@@ -344,12 +343,11 @@ at::Tensor permutohedral_filter_launch(const Launch& launch, const at::Tensor& v
                                        const at::Tensor& neighbours_in, const at::Tensor& splat_offsets_in,
                                        const at::Tensor& splat_entries_in, const at::Tensor& num_vertices_in,
                                        bool adjoint) {
-  const LatticeShape shape = checked_lattice_filter(values_in, vertex_ids_in, weights_in, neighbours_in,
-                                                    splat_offsets_in, splat_entries_in, num_vertices_in);
-  const at::Tensor values = values_in.contiguous(), vertex_ids = vertex_ids_in.contiguous();
-  const at::Tensor weights = weights_in.contiguous(), neighbours = neighbours_in.contiguous();
-  const at::Tensor offsets = splat_offsets_in.contiguous(), entries = splat_entries_in.contiguous();
-  const at::Tensor num_vertices = num_vertices_in.contiguous();
+  const CheckedFilter c = checked_lattice_filter(values_in, vertex_ids_in, weights_in, neighbours_in,
+                                                 splat_offsets_in, splat_entries_in, num_vertices_in);
+  const LatticeShape& shape = c.shape;
+  const at::Tensor &values = c.values, &vertex_ids = c.vertex_ids, &weights = c.weights, &neighbours = c.neighbours;
+  const at::Tensor &offsets = c.splat_offsets, &entries = c.splat_entries, &num_vertices = c.num_vertices;
   const FilterGeometry g{shape.points, values.size(2), shape.vertex_rows, shape.dims};
   at::Tensor out = at::empty_like(values);
   if (out.numel() == 0) return out;

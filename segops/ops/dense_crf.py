@@ -153,9 +153,14 @@ def _softmax_setup_context(ctx, inputs, output):
     ctx.save_for_backward(output, weights, *messages)
 
 
+def _softmax_input_grad(out: Tensor, grad: Tensor) -> Tensor:
+    """The gradient of softmax's input over the last dimension, given its output and the output's gradient."""
+    return out * (grad - (out * grad).sum(-1, keepdim=True))
+
+
 def _softmax_backward(ctx, grad):
     out, weights, *messages = ctx.saved_tensors
-    grad_z = out * (grad - (out * grad).sum(-1, keepdim=True))
+    grad_z = _softmax_input_grad(out, grad)
     needs_messages = ctx.needs_input_grad[1]
     grad_messages = [grad_z * weights[k] if needs_messages else None for k in range(len(messages))]
     grad_weights = None
@@ -269,7 +274,7 @@ class DenseCRFFunction(torch.autograd.Function):
             )
         out, total, kernel_weights, compatibility, *messages = ctx.saved_tensors
         grad = grad.contiguous()  # the caller's view of the output may be channels-last
-        grad_z = out * (grad - (out * grad).sum(-1, keepdim=True))
+        grad_z = _softmax_input_grad(out, grad)
         if ctx.potts:
             grad_total, grad_compatibility = grad_z, None
         else:
@@ -281,7 +286,7 @@ class DenseCRFFunction(torch.autograd.Function):
                 grad_compatibility = -(flat.t() @ total.reshape(-1, total.shape[-1]))
         grad_weights = None
         if ctx.needs_input_grad[2]:
-            grad_weights = torch.stack([(grad_total * m).sum() for m in messages]).to(kernel_weights.dtype)
+            grad_weights = torch.stack([(grad_total * m).sum() for m in messages])
         grad_q = None
         if ctx.needs_input_grad[1]:
             for k, lattice in enumerate(ctx.lattices):
@@ -395,20 +400,26 @@ def dense_crf(
             f"({dtype_name(unary.dtype)}, {unary.device}), got {shape_str(compatibility)} "
             f"{dtype_name(compatibility.dtype)} on {compatibility.device}"
         )
+    weights = torch.stack([torch.as_tensor(w, dtype=unary.dtype, device=unary.device)
+                           for w in (smoothness_weight, appearance_weight)])
+    bandwidths = (smoothness_sxy, appearance_sxy, appearance_srgb)
     if unary.device.type == "cpu" and batch > 1 and not torch.compiler.is_compiling():
         # On the CPU every op already runs each image on all cores; an image at a time keeps its working set
         # (a few [H*W, L] tensors) warm in cache and out of fresh pages, where the whole batch's would not: a
         # batch then costs what its images cost one by one (the lattice ops themselves take batches). A compiled
         # graph takes the batch whole.
-        kwargs = dict(smoothness_sxy=smoothness_sxy, smoothness_weight=smoothness_weight,
-                      appearance_sxy=appearance_sxy, appearance_srgb=appearance_srgb,
-                      appearance_weight=appearance_weight, compatibility=compatibility)
-        return torch.cat([dense_crf(unary[b:b + 1], image[b:b + 1], num_iters, **kwargs) for b in range(batch)])
-    lattices = crf_lattices(image.to(unary.dtype) if image.dtype != torch.uint8 else image, smoothness_sxy,
-                            appearance_sxy, appearance_srgb)
+        return torch.cat([_mean_field(unary[b:b + 1], image[b:b + 1], num_iters, bandwidths, weights, compatibility)
+                          for b in range(batch)])
+    return _mean_field(unary, image, num_iters, bandwidths, weights, compatibility)
+
+
+def _mean_field(unary: Tensor, image: Tensor, num_iters: int, bandwidths, weights: Tensor,
+                compatibility: Optional[Tensor]) -> Tensor:
+    """dense_crf on checked arguments, the whole batch at once: bandwidths (smoothness sxy, appearance sxy,
+    appearance srgb), weights Tensor[2] (smoothness, appearance)."""
+    batch, labels, height, width = unary.shape
+    lattices = crf_lattices(image.to(unary.dtype) if image.dtype != torch.uint8 else image, *bandwidths)
     lattices = tuple(lattice._replace(weights=lattice.weights.to(unary.dtype)) for lattice in lattices)
-    weights = torch.stack([torch.as_tensor(w, dtype=unary.dtype, device=unary.device)
-                           for w in (smoothness_weight, appearance_weight)])
     # Pixel-major (channels-last), the layout the lattice filter and the softmax over labels want: one copy.
     logits = unary.permute(0, 2, 3, 1).contiguous().view(batch, height * width, labels)
     q = crf_softmax(logits)
