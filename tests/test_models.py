@@ -249,3 +249,107 @@ def test_torchvision_mask_rcnn_on_segops_roi_align_equals_torchvision():
     assert len(expected["boxes"]) > 0
     for key in ("boxes", "scores", "labels", "masks"):
         torch.testing.assert_close(actual[key], expected[key], rtol=1e-4, atol=1e-4)
+
+
+# ------------------------------------------------------------------------------------------- Deep Feature Flow
+
+
+@pytest.fixture(scope="module")
+def dff():
+    torch.manual_seed(0)
+    model = models.deep_feature_flow(4, depth=50, key_interval=3, feature_channels=32).eval()
+    # Away from the initialisation (flow 0, scale 1), so that propagation moves features.
+    with torch.no_grad():
+        model.flow_net.predict_flow.weight.normal_(0, 2.0)  # flows of about a feature-map pixel
+        model.flow_net.predict_scale.weight.normal_(0, 0.05)
+    return model
+
+
+def _per_frame(model, frame):
+    return F.interpolate(model.task_head(model.feature_net(frame)), size=frame.shape[-2:], mode="bilinear",
+                         align_corners=False)
+
+
+def _warp_by_grid_sample(features, flow, scale):
+    """flow_warp's definition on F.grid_sample: sample at (x + dx, y + dy), pixel centres at the corners."""
+    _, _, height, width = features.shape
+    ys, xs = torch.meshgrid(torch.arange(height, dtype=flow.dtype), torch.arange(width, dtype=flow.dtype),
+                            indexing="ij")
+    grid = torch.stack([(xs + flow[:, 0]) / (width - 1) * 2 - 1, (ys + flow[:, 1]) / (height - 1) * 2 - 1], dim=-1)
+    return F.grid_sample(features, grid, mode="bilinear", padding_mode="zeros", align_corners=True) * scale
+
+
+def test_dff_key_frame_every_frame_equals_per_frame_inference(dff):
+    frames = torch.randn(2, 4, 3, 64, 80)
+    dff.scheduler = models.FixedIntervalScheduler(1)
+    try:
+        with torch.no_grad():
+            actual = dff(frames)
+            expected = torch.stack([_per_frame(dff, frames[:, t]) for t in range(4)], dim=1)
+    finally:
+        dff.scheduler = models.FixedIntervalScheduler(3)
+    assert actual.shape == (2, 4, 4, 64, 80)
+    assert torch.equal(actual, expected)
+
+
+def test_dff_propagates_key_frame_features_along_the_flow(dff):
+    """Interval 3 over 5 frames: frames 0 and 3 are key frames (per-frame inference); 1, 2 and 4 take their key
+    frame's features warped by the flow network's flow and scale (checked on F.grid_sample)."""
+    torch.manual_seed(1)
+    frames = torch.randn(1, 5, 3, 64, 64)
+    with torch.no_grad():
+        actual = dff(frames)
+        for t in range(5):
+            key = frames[:, t - t % 3]
+            if t % 3 == 0:
+                expected = _per_frame(dff, key)
+            else:
+                flow, scale = dff.flow_net(frames[:, t], key)
+                assert flow.abs().max() > 0.5 and flow.shape[-2:] == (4, 4)
+                features = _warp_by_grid_sample(dff.feature_net(key), flow, scale)
+                expected = F.interpolate(dff.task_head(features), size=(64, 64), mode="bilinear", align_corners=False)
+            torch.testing.assert_close(actual[:, t], expected, rtol=1e-4, atol=1e-4)
+    assert not torch.allclose(actual[:, 1], _per_frame(dff, frames[:, 1]), atol=1e-3)
+
+
+def test_dff_untrained_flow_network_copies_the_key_frame_features():
+    torch.manual_seed(0)
+    model = models.deep_feature_flow(3, depth=50, key_interval=10, feature_channels=16).eval()
+    frames = torch.randn(1, 3, 3, 65, 97)
+    with torch.no_grad():
+        out = model(frames)
+    assert out.shape == (1, 3, 3, 65, 97)
+    assert torch.equal(out[:, 1], out[:, 0]) and torch.equal(out[:, 2], out[:, 0])
+
+
+def test_dff_training_pair_reaches_every_network_and_resizes_flow(dff):
+    torch.manual_seed(2)
+    model = models.DeepFeatureFlow(torch.nn.Conv2d(3, 8, 3, stride=8, padding=1), torch.nn.Conv2d(8, 2, 1),
+                                   models.FlowNet(8, width=8), scheduler=2)
+    with torch.no_grad():
+        model.flow_net.predict_flow.weight.normal_(0, 1.0)
+    frame, key = torch.randn(2, 3, 64, 64), torch.randn(2, 3, 64, 64)
+    # The feature map (8x8) is finer than the flow network's (4x4): flow resized, its values doubled.
+    flow, scale = model.flow_net(frame, key)
+    features = model.feature_net(key)
+    factors = torch.tensor([2.0, 2.0]).view(1, 2, 1, 1)
+    expected = _warp_by_grid_sample(features, F.interpolate(flow, size=(8, 8), mode="bilinear", align_corners=False) * factors,
+                                    F.interpolate(scale, size=(8, 8), mode="bilinear", align_corners=False))
+    torch.testing.assert_close(model.propagate(features, key, frame), expected, rtol=1e-5, atol=1e-5)
+    F.cross_entropy(model.forward_pair(frame, key), torch.randint(0, 2, (2, 64, 64))).backward()
+    for net in (model.feature_net, model.task_head, model.flow_net.encoder, model.flow_net.predict_flow,
+                model.flow_net.predict_scale):
+        assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in net.parameters())
+
+
+@pytest.mark.parametrize("call, message", [
+    (lambda: models.deep_feature_flow(0), "deep_feature_flow: num_classes must be an int >= 1, got 0"),
+    (lambda: models.FixedIntervalScheduler(0), "interval must be an int >= 1, got 0"),
+    (lambda: models.deep_feature_flow(3, depth=50, feature_channels=8)(torch.randn(1, 3, 64, 64)),
+     r"frames must have shape \[N, T, 3, H, W\], got \[1, 3, 64, 64\]"),
+    (lambda: next(models.deep_feature_flow(3, depth=50, feature_channels=8).stream([torch.randn(1, 1, 64, 64)])),
+     r"frame 0 must have shape \[N, 3, H, W\], got \[1, 1, 64, 64\]"),
+])
+def test_dff_errors(call, message):
+    with pytest.raises(ValueError, match=message):
+        call()

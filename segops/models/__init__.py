@@ -2,6 +2,7 @@
 and returns a module mapping images Tensor[N, 3, H, W] (any H, W >= 64) to logits Tensor[N, K, H, W]."""
 
 from segops.models.deeplab import ASPP, DeepLabV2, DeepLabV3, deeplabv2, deeplabv3
+from segops.models.dff import DeepFeatureFlow, FixedIntervalScheduler, FlowNet, deep_feature_flow
 from segops.models.fcn import FCN, fcn8s, fcn16s, fcn32s, load_vgg16_backbone
 from segops.models.rcnn import FastRCNNBoxHead, MaskRCNNMaskHead, SegopsMultiScaleRoIAlign, use_segops_roi_align
 from segops.models.pspnet import PSPNet, PyramidPooling, pspnet
@@ -10,4 +11,4 @@ from segops.models.segnet import SegNet, segnet
 from segops.models.unet import UNet, unet
 
 __all__ = ["FastRCNNBoxHead", "MaskRCNNMaskHead", "SegopsMultiScaleRoIAlign", "use_segops_roi_align", "ASPP", "DeepLabV2", "DeepLabV3", "deeplabv2", "deeplabv3", "PSPNet", "PyramidPooling", "pspnet",
-           "DilatedResNet", "FCN", "fcn8s", "fcn16s", "fcn32s", "load_vgg16_backbone", "SegNet", "segnet", "UNet", "unet"]
+           "DilatedResNet", "DeepFeatureFlow", "FixedIntervalScheduler", "FlowNet", "deep_feature_flow", "FCN", "fcn8s", "fcn16s", "fcn32s", "load_vgg16_backbone", "SegNet", "segnet", "UNet", "unet"]

@@ -8,17 +8,18 @@ from typing import Optional, Union
 import torch
 from torch import Tensor, nn
 
-# VGG16's convolution widths per stage; each stage ends in a 2x2 max-pool.
-VGG16_STAGES = ((64, 64), (128, 128), (256, 256, 256), (512, 512, 512), (512, 512, 512))
+# VGG16's convolution widths per stage, in units of its first width (64); each stage ends in a 2x2 max-pool.
+VGG16_STAGES = ((1, 1), (2, 2), (4, 4, 4), (8, 8, 8), (8, 8, 8))
 
 
-def vgg16_stages() -> nn.ModuleList:
+def vgg16_stages(base_width: int = 64) -> nn.ModuleList:
     """VGG16's five convolution stages (3x3 convolutions, padding 1, ReLU), each followed by a 2x2 max-pool that
-    rounds up (ceil_mode) so that no input row or column is dropped; torchvision's `features` layer for layer."""
+    rounds up (ceil_mode) so that no input row or column is dropped; with base_width 64, torchvision's `features`
+    layer for layer."""
     stages, in_channels = nn.ModuleList(), 3
-    for widths in VGG16_STAGES:
+    for multipliers in VGG16_STAGES:
         layers = []
-        for width in widths:
+        for width in (base_width * m for m in multipliers):
             layers += [nn.Conv2d(in_channels, width, 3, padding=1), nn.ReLU(inplace=True)]
             in_channels = width
         layers.append(nn.MaxPool2d(2, 2, ceil_mode=True))
@@ -50,22 +51,24 @@ class FCN(nn.Module):
     """FCN-32s, -16s or -8s (`stride` 32, 16 or 8) on a VGG16 backbone; [N, 3, H, W] -> logits [N, K, H, W].
 
     The skip scores (from pool4, pool3) start at zero, as in the paper, so FCN-16s begins as FCN-32s and FCN-8s
-    as FCN-16s. Fused maps are cropped to the skip's size and the output to the input's.
+    as FCN-16s. Fused maps are cropped to the skip's size and the output to the input's. `base_width` 64 is VGG16
+    (fc6/fc7 4096 wide); smaller widths scale every layer (fc6/fc7: 64 x base_width) for a cheaper network.
     """
 
-    def __init__(self, num_classes: int, stride: int = 8, dropout: float = 0.5):
+    def __init__(self, num_classes: int, stride: int = 8, dropout: float = 0.5, base_width: int = 64):
         super().__init__()
         if stride not in (8, 16, 32):
             raise ValueError(f"FCN: stride must be 8, 16 or 32, got {stride!r}")
         if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
             raise ValueError(f"FCN: num_classes must be an int >= 1, got {num_classes!r}")
         self.stride = stride
-        self.stages = vgg16_stages()
-        self.fc6 = nn.Sequential(nn.Conv2d(512, 4096, 7, padding=3), nn.ReLU(inplace=True), nn.Dropout2d(dropout))
-        self.fc7 = nn.Sequential(nn.Conv2d(4096, 4096, 1), nn.ReLU(inplace=True), nn.Dropout2d(dropout))
-        self.score_fr = nn.Conv2d(4096, num_classes, 1)
-        self.score_pool4 = nn.Conv2d(512, num_classes, 1) if stride <= 16 else None
-        self.score_pool3 = nn.Conv2d(256, num_classes, 1) if stride == 8 else None
+        self.stages = vgg16_stages(base_width)
+        top, fc = 8 * base_width, 64 * base_width
+        self.fc6 = nn.Sequential(nn.Conv2d(top, fc, 7, padding=3), nn.ReLU(inplace=True), nn.Dropout2d(dropout))
+        self.fc7 = nn.Sequential(nn.Conv2d(fc, fc, 1), nn.ReLU(inplace=True), nn.Dropout2d(dropout))
+        self.score_fr = nn.Conv2d(fc, num_classes, 1)
+        self.score_pool4 = nn.Conv2d(top, num_classes, 1) if stride <= 16 else None
+        self.score_pool3 = nn.Conv2d(4 * base_width, num_classes, 1) if stride == 8 else None
         for score in (self.score_pool4, self.score_pool3):
             if score is not None:
                 nn.init.zeros_(score.weight)
@@ -99,6 +102,9 @@ def load_vgg16_backbone(model: FCN, weights: Union[str, Path, dict]) -> FCN:
     """Loads torchvision's `vgg16` weights (a state_dict, or the file holding one: torch.save(
     torchvision.models.vgg16(weights=...).state_dict(), path)) into the FCN's convolutions and fc6/fc7 (the
     classifier's first two linear layers, reshaped to convolutions). Returns the model."""
+    if model.fc7[0].out_channels != 4096:
+        raise ValueError(f"load_vgg16_backbone: VGG16's weights need base_width 64 (fc7 4096 wide), got fc7 "
+                         f"{model.fc7[0].out_channels} wide")
     state = weights if isinstance(weights, dict) else torch.load(weights, map_location="cpu", weights_only=True)
     convs = [m for stage in model.stages for m in stage if isinstance(m, nn.Conv2d)]
     indices = sorted({int(key.split(".")[1]) for key in state if key.startswith("features.")})
@@ -115,21 +121,25 @@ def load_vgg16_backbone(model: FCN, weights: Union[str, Path, dict]) -> FCN:
     return model
 
 
-def _build(num_classes: int, stride: int, backbone: Optional[Union[str, Path, dict]]) -> FCN:
-    model = FCN(num_classes, stride)
+Backbone = Optional[Union[str, Path, dict]]
+
+
+def _build(num_classes: int, stride: int, backbone: Backbone, **options) -> FCN:
+    model = FCN(num_classes, stride, **options)
     return load_vgg16_backbone(model, backbone) if backbone is not None else model
 
 
-def fcn32s(num_classes: int, backbone: Optional[Union[str, Path, dict]] = None) -> FCN:
-    """FCN-32s; `backbone`: torchvision vgg16 weights to start from (see load_vgg16_backbone)."""
-    return _build(num_classes, 32, backbone)
+def fcn32s(num_classes: int, backbone: Backbone = None, **options) -> FCN:
+    """FCN-32s; `backbone`: torchvision vgg16 weights to start from (see load_vgg16_backbone); `options`: FCN's
+    `dropout` and `base_width`."""
+    return _build(num_classes, 32, backbone, **options)
 
 
-def fcn16s(num_classes: int, backbone: Optional[Union[str, Path, dict]] = None) -> FCN:
-    """FCN-16s (pool4 skip); `backbone` as fcn32s."""
-    return _build(num_classes, 16, backbone)
+def fcn16s(num_classes: int, backbone: Backbone = None, **options) -> FCN:
+    """FCN-16s (pool4 skip); arguments as fcn32s."""
+    return _build(num_classes, 16, backbone, **options)
 
 
-def fcn8s(num_classes: int, backbone: Optional[Union[str, Path, dict]] = None) -> FCN:
-    """FCN-8s (pool4 and pool3 skips); `backbone` as fcn32s."""
-    return _build(num_classes, 8, backbone)
+def fcn8s(num_classes: int, backbone: Backbone = None, **options) -> FCN:
+    """FCN-8s (pool4 and pool3 skips); arguments as fcn32s."""
+    return _build(num_classes, 8, backbone, **options)
