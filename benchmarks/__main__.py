@@ -16,7 +16,7 @@ import torch
 from torch.utils.benchmark import Timer
 
 import segops
-from benchmarks import conv_ops, crf_ops, flow_ops, roi_ops, unpool_ops
+from benchmarks import conv_ops, crf_ops, flow_ops, model_ops, roi_ops, unpool_ops
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -49,6 +49,8 @@ def median_seconds(fn, min_run_time):
 
 def run_case(case, rounds, min_run_time):
     name, target, ours, theirs = case.name, case.target, case.ours, case.theirs
+    if theirs is None:
+        return time_alone(case, rounds, min_run_time)
     expected, actual = theirs(), ours()  # also the warm-up of both
     # A tensor or a tuple of them (several gradients): they agree where every difference is within 1e-4 of the
     # reference's largest magnitude (a sum over 256 channels rounds at that scale, not at its smallest terms).
@@ -92,6 +94,15 @@ def run_case(case, rounds, min_run_time):
     }
 
 
+def time_alone(case, rounds, min_run_time):
+    """A case with no reference (a model using no segops operator): its time only."""
+    case.ours()  # warm-up
+    times = [median_seconds(case.ours, min_run_time) for _ in range(rounds)]
+    return {"case": case.name, "reference": None, "segops_ms": statistics.median(times) * 1e3, "reference_ms": None,
+            "speedup": None, "target": None, "outputs_agree": True, "max_abs_diff": None, "outliers": None,
+            "agreement": None, "rounds_ms": {"segops": [t * 1e3 for t in times]}, "sweep": None, "bandwidth": None}
+
+
 def _ms(value):
     return f"{value:.1f}" if value >= 1 else f"{value:.3f}"
 
@@ -129,6 +140,9 @@ def markdown_table(results, machine):
         "|---|---:|---|---:|---:|---:|---|",
     ]
     for r in results:
+        if r["reference"] is None:
+            lines.append(f"| {r['case']} | {_ms(r['segops_ms'])} | (no segops op: timed alone) | | | | |")
+            continue
         lines.append(
             f"| {r['case']} | {_ms(r['segops_ms'])} | {r['reference']} | {_ms(r['reference_ms'])} | "
             f"{r['speedup']:.2f}x | "
@@ -145,6 +159,7 @@ def save_chart(results, path):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    results = [r for r in results if r["speedup"] is not None]
     names = [r["case"] for r in results]
     figure, axes = plt.subplots(figsize=(12, 0.4 * len(names) + 1.5))
     bars = axes.barh(names, [r["speedup"] for r in results], color="#4c72b0")
@@ -206,12 +221,14 @@ def main(argv=None):
 
     machine = machine_description()
     results = []
-    for case in roi_ops.cases() + flow_ops.cases() + unpool_ops.cases() + conv_ops.cases() + crf_ops.cases():
+    families = (roi_ops, flow_ops, unpool_ops, conv_ops, crf_ops, model_ops)
+    for case in (case for family in families for case in family.cases()):
         if args.filter in case.name:
             results.append(run_case(case, args.rounds, args.min_run_time))
             r = results[-1]
-            print(f"{case.name}: segops {r['segops_ms']:.1f} ms, {case.reference} {r['reference_ms']:.1f} ms, "
-                  f"{r['speedup']:.2f}x", file=sys.stderr, flush=True)
+            print(f"{case.name}: segops {r['segops_ms']:.1f} ms"
+                  + (f", {case.reference} {r['reference_ms']:.1f} ms, {r['speedup']:.2f}x" if r["speedup"] else ""),
+                  file=sys.stderr, flush=True)
     table = markdown_table(results, machine)
     if any(r["sweep"] for r in results):
         table += "\n\nBox-count sweep:\n\n" + sweep_table(results)
