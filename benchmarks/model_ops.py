@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from segops import DilatedConv2d, models
+from segops.reference import flow_warp as grid_sample_flow_warp
 from benchmarks.case import Case
 
 segnet_module = importlib.import_module("segops.models.segnet")
@@ -45,23 +46,13 @@ def on_pytorch_convs(model: nn.Module) -> nn.Module:
     return model
 
 
-def grid_sample_warp(feature, flow, scale=None):
-    """flow_warp's definition on F.grid_sample (align_corners=True: sample (x + dx, y + dy) in pixel units)."""
-    _, _, height, width = feature.shape
-    ys, xs = torch.meshgrid(torch.arange(height, dtype=flow.dtype), torch.arange(width, dtype=flow.dtype),
-                            indexing="ij")
-    grid = torch.stack([(xs + flow[:, 0]) * (2 / (width - 1)) - 1, (ys + flow[:, 1]) * (2 / (height - 1)) - 1], -1)
-    out = F.grid_sample(feature, grid, mode="bilinear", padding_mode="zeros", align_corners=True)
-    return out if scale is None else out * scale
-
-
 @contextlib.contextmanager
 def pytorch_functional_ops():
     """SegNet's unpooling and DFF's warp on PyTorch's operators while the block runs."""
     saved = segnet_module.max_unpool2d, dff_module.flow_warp
     segnet_module.max_unpool2d = lambda x, indices, kernel_size, output_size: F.max_unpool2d(
         x, indices, kernel_size, output_size=output_size)
-    dff_module.flow_warp = grid_sample_warp
+    dff_module.flow_warp = grid_sample_flow_warp
     try:
         yield
     finally:

@@ -9,6 +9,7 @@ import torchvision
 import importlib
 
 import segops.models as models
+from segops.reference import flow_warp as grid_sample_flow_warp
 
 # The modules themselves (segops.models.segnet the attribute is the builder function).
 fcn_module = importlib.import_module("segops.models.fcn")
@@ -270,15 +271,6 @@ def _per_frame(model, frame):
                          align_corners=False)
 
 
-def _warp_by_grid_sample(features, flow, scale):
-    """flow_warp's definition on F.grid_sample: sample at (x + dx, y + dy), pixel centres at the corners."""
-    _, _, height, width = features.shape
-    ys, xs = torch.meshgrid(torch.arange(height, dtype=flow.dtype), torch.arange(width, dtype=flow.dtype),
-                            indexing="ij")
-    grid = torch.stack([(xs + flow[:, 0]) / (width - 1) * 2 - 1, (ys + flow[:, 1]) / (height - 1) * 2 - 1], dim=-1)
-    return F.grid_sample(features, grid, mode="bilinear", padding_mode="zeros", align_corners=True) * scale
-
-
 def test_dff_key_frame_every_frame_equals_per_frame_inference(dff):
     frames = torch.randn(2, 4, 3, 64, 80)
     dff.scheduler = models.FixedIntervalScheduler(1)
@@ -306,7 +298,7 @@ def test_dff_propagates_key_frame_features_along_the_flow(dff):
             else:
                 flow, scale = dff.flow_net(frames[:, t], key)
                 assert flow.abs().max() > 0.5 and flow.shape[-2:] == (4, 4)
-                features = _warp_by_grid_sample(dff.feature_net(key), flow, scale)
+                features = grid_sample_flow_warp(dff.feature_net(key), flow, scale)
                 expected = F.interpolate(dff.task_head(features), size=(64, 64), mode="bilinear", align_corners=False)
             torch.testing.assert_close(actual[:, t], expected, rtol=1e-4, atol=1e-4)
     assert not torch.allclose(actual[:, 1], _per_frame(dff, frames[:, 1]), atol=1e-3)
@@ -333,8 +325,9 @@ def test_dff_training_pair_reaches_every_network_and_resizes_flow(dff):
     flow, scale = model.flow_net(frame, key)
     features = model.feature_net(key)
     factors = torch.tensor([2.0, 2.0]).view(1, 2, 1, 1)
-    expected = _warp_by_grid_sample(features, F.interpolate(flow, size=(8, 8), mode="bilinear", align_corners=False) * factors,
-                                    F.interpolate(scale, size=(8, 8), mode="bilinear", align_corners=False))
+    resized_flow = F.interpolate(flow, size=(8, 8), mode="bilinear", align_corners=False) * factors
+    resized_scale = F.interpolate(scale, size=(8, 8), mode="bilinear", align_corners=False)
+    expected = grid_sample_flow_warp(features, resized_flow, resized_scale)
     torch.testing.assert_close(model.propagate(features, key, frame), expected, rtol=1e-5, atol=1e-5)
     F.cross_entropy(model.forward_pair(frame, key), torch.randint(0, 2, (2, 64, 64))).backward()
     for net in (model.feature_net, model.task_head, model.flow_net.encoder, model.flow_net.predict_flow,
