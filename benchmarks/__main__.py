@@ -16,7 +16,7 @@ import torch
 from torch.utils.benchmark import Timer
 
 import segops
-from benchmarks import conv_ops, crf_ops, flow_ops, model_ops, roi_ops, unpool_ops
+from benchmarks import conv_ops, crf_ops, flow_ops, model_ops, multi_level_ops, roi_ops, unpool_ops
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -221,7 +221,7 @@ def main(argv=None):
 
     machine = machine_description()
     results = []
-    families = (roi_ops, flow_ops, unpool_ops, conv_ops, crf_ops, model_ops)
+    families = (roi_ops, multi_level_ops, flow_ops, unpool_ops, conv_ops, crf_ops, model_ops)
     for case in (case for family in families for case in family.cases()):
         if args.filter in case.name:
             results.append(run_case(case, args.rounds, args.min_run_time))

@@ -1,7 +1,7 @@
 """Model cases: forward and forward+backward of each segops.models network, each against the same network (same
 weights) on PyTorch's own operators where segops' ops appear in it: nn.Conv2d for segops.DilatedConv2d (DeepLab,
-PSPNet), F.max_unpool2d for segops.max_unpool2d (SegNet), F.grid_sample for segops.flow_warp (Deep Feature Flow).
-FCN-8s and U-Net use no segops operator: they are timed alone. Both passes in eval mode (batch norm frozen, as
+PSPNet), F.max_unpool2d for segops.max_unpool2d (SegNet, DeconvNet), F.grid_sample for segops.flow_warp (Deep
+Feature Flow). FCN-8s and U-Net use no segops operator: they are timed alone. Both passes in eval mode (batch norm frozen, as
 DeepLab and PSPNet fine-tune at small batches), with batch-norm statistics first measured on a random batch so that
 the randomly initialised networks are normalised as trained ones are (uncalibrated, a ResNet-101's activations grow
 layer by layer and float32 rounding differences with them); forward without gradients, forward+backward computing
@@ -9,6 +9,7 @@ the gradients of every parameter and of the images, as a training step does (the
 
 import contextlib
 import copy
+import functools
 import importlib
 
 import torch
@@ -48,7 +49,7 @@ def on_pytorch_convs(model: nn.Module) -> nn.Module:
 
 @contextlib.contextmanager
 def pytorch_functional_ops():
-    """SegNet's unpooling and DFF's warp on PyTorch's operators while the block runs."""
+    """SegNet's and DeconvNet's unpooling and DFF's warp on PyTorch's operators while the block runs."""
     saved = segnet_module.max_unpool2d, dff_module.flow_warp
     segnet_module.max_unpool2d = lambda x, indices, kernel_size, output_size: F.max_unpool2d(
         x, indices, kernel_size, output_size=output_size)
@@ -98,12 +99,13 @@ def _relative_error(actual, exact):
     return ((actual.double() - exact).norm() / exact.norm()).item()
 
 
-def _agreement(make, reference, inputs):
+def _agreement(make, index):
     """Agreement of whole networks, as flash-attention judges low precision: segops' float32 result is at most twice
     as far from the float64 result (the same net on PyTorch's ops in float64, computed here) as PyTorch's own float32
     result is. Through ~100 layers the two float32 sides differ by as much as each differs from the exact result
     (the gradient of the images sums terms that largely cancel), so elementwise closeness would test nothing."""
     def check(actual, expected):
+        _, reference, inputs = networks(index)
         exact = _on_pytorch(make(copy.deepcopy(reference).double(), inputs.double()))()
         ours, theirs = _relative_error(actual, exact), _relative_error(expected, exact)
         return ours <= 2 * theirs + 1e-12, f"relative L2 error vs float64: segops {ours:.1e}, PyTorch {theirs:.1e}"
@@ -115,6 +117,7 @@ def _agreement(make, reference, inputs):
 MODELS = [
     ("fcn8s", lambda: models.fcn8s(NUM_CLASSES), (1, 3, 256, 256)),
     ("segnet", lambda: models.segnet(NUM_CLASSES), (1, 3, 256, 256)),
+    ("deconvnet", lambda: models.deconvnet(NUM_CLASSES), (1, 3, 256, 256)),
     ("unet", lambda: models.unet(NUM_CLASSES), (1, 3, 256, 256)),
     ("deeplabv2 (ResNet-101)", lambda: models.deeplabv2(NUM_CLASSES), (1, 3, 256, 256)),
     ("deeplabv3 (ResNet-101, os 16)", lambda: models.deeplabv3(NUM_CLASSES), (1, 3, 256, 256)),
@@ -127,20 +130,32 @@ MODELS = [
 ]
 
 
+@functools.lru_cache(maxsize=1)  # one network in memory at a time: a network's cases run one after the other
+def networks(index):
+    """MODELS[index] built: (the segops network, the same on PyTorch's convolutions, its inputs). Built when a case
+    first runs, so that `--filter` runs of other cases build none."""
+    _, build, shape = MODELS[index]
+    torch.manual_seed(0)
+    # Batch 2 at least: batch norm after global pooling (DeepLab v3, PSPNet) needs 2 values per channel.
+    calibration = torch.randn((max(2, shape[0]), *shape[1:]), generator=torch.Generator().manual_seed(1))
+    model = calibrate_batch_norm(build(), calibration)
+    return model, on_pytorch_convs(model), torch.randn(shape, generator=torch.Generator().manual_seed(0))
+
+
 def cases():
     result = []
-    for name, build, shape in MODELS:
-        torch.manual_seed(0)
-        # Batch 2 at least: batch norm after global pooling (DeepLab v3, PSPNet) needs 2 values per channel.
-        calibration = torch.randn((max(2, shape[0]), *shape[1:]), generator=torch.Generator().manual_seed(1))
-        model = calibrate_batch_norm(build(), calibration)
-        reference = on_pytorch_convs(model)
+    for index, (name, _, shape) in enumerate(MODELS):
         uses_segops = name.split()[0] not in ("fcn8s", "unet")
-        inputs = torch.randn(shape, generator=torch.Generator().manual_seed(0))
         label = f"model {name} {list(shape)}"
         for pass_, make in (("forward", _forward), ("forward+backward", _forward_backward)):
-            ours = make(model, inputs)
-            theirs = _on_pytorch(make(reference, inputs)) if uses_segops else None
-            result.append(Case(f"{label} {pass_}", TARGET, ours, theirs, reference="same net on PyTorch ops",
-                               agreement=_agreement(make, reference, inputs)))
+            def ours(index=index, make=make):
+                model, _, inputs = networks(index)
+                return make(model, inputs)()
+
+            def theirs(index=index, make=make):
+                _, reference, inputs = networks(index)
+                return _on_pytorch(make(reference, inputs))()
+
+            result.append(Case(f"{label} {pass_}", TARGET, ours, theirs if uses_segops else None,
+                               reference="same net on PyTorch ops", agreement=_agreement(make, index)))
     return result

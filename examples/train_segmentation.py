@@ -33,11 +33,12 @@ IMAGENET_MEAN = torch.tensor(models.deeplab.IMAGENET_MEAN).view(1, 3, 1, 1)
 IMAGENET_STD = torch.tensor(models.deeplab.IMAGENET_STD).view(1, 3, 1, 1)
 
 # The demo's networks: the papers' architectures, narrower where the builder allows (base_width 16 instead of 64) so
-# that all four train in minutes on two cores; DeepLab v2 is the published one on ResNet-50. No dropout: the data
+# that all five train in minutes on two cores; DeepLab v2 is the published one on ResNet-50. No dropout: the data
 # are unlimited.
 BUILDERS = {
     "fcn8s": lambda: models.fcn8s(NUM_CLASSES, base_width=16, dropout=0.0),
     "segnet": lambda: models.segnet(NUM_CLASSES, base_width=16),
+    "deconvnet": lambda: models.deconvnet(NUM_CLASSES, base_width=16),
     "unet": lambda: models.unet(NUM_CLASSES, base_width=16),
     "deeplabv2": lambda: models.deeplabv2(NUM_CLASSES, depth=50),
 }

@@ -10,6 +10,8 @@ from segops.ops.flow_warp import check_flow_warp_args, check_flow_warp_grad
 from segops.ops.max_unpool import max_unpool2d_backward_fake, max_unpool2d_fake
 from segops.ops._checks import check_plane_fits_int32, dtype_name
 from segops.ops._roi_common import (
+    check_multi_level_args,
+    check_multi_level_backward_args,
     check_roi_op_args,
     check_roi_op_backward_args,
     check_sampling_ratio,
@@ -31,6 +33,25 @@ def _roi_align_backward_fake(
     check_sampling_ratio("_roi_align_backward", sampling_ratio)
     check_roi_op_backward_args("_roi_align_backward", grad, rois, spatial_scale, pooled_height, pooled_width, input_shape)
     return grad.new_empty(input_shape)
+
+
+@torch.library.register_fake("segops::multi_scale_roi_align")
+def _multi_scale_roi_align_fake(features, rois, levels, spatial_scales, pooled_height, pooled_width, sampling_ratio,
+                                aligned):
+    op = "multi_scale_roi_align"
+    check_sampling_ratio(op, sampling_ratio)
+    check_multi_level_args(op, features, rois, levels, spatial_scales, pooled_height, pooled_width)
+    return features[0].new_empty((rois.shape[0], features[0].shape[1], pooled_height, pooled_width))
+
+
+@torch.library.register_fake("segops::_multi_scale_roi_align_backward")
+def _multi_scale_roi_align_backward_fake(grad, rois, levels, spatial_scales, pooled_height, pooled_width, batch_size,
+                                         channels, heights, widths, sampling_ratio, aligned):
+    op = "_multi_scale_roi_align_backward"
+    check_sampling_ratio(op, sampling_ratio)
+    check_multi_level_backward_args(op, grad, rois, levels, spatial_scales, pooled_height, pooled_width, batch_size,
+                                    channels, heights, widths)
+    return [grad.new_empty((batch_size, channels, height, width)) for height, width in zip(heights, widths)]
 
 
 @torch.library.register_fake("segops::roi_pool")

@@ -114,8 +114,9 @@ def test_the_sync_check_sees_synchronising_code():
     assert not HOST_SYNC.search("const int64_t items = 3; tensor.contiguous();")
 
 
-# Mangled template arguments of the kernels' scalar type.
-_KERNEL_DTYPE = re.compile(r"I(f|d|N3c104HalfE|N3c108BFloat16E)E")
+# Mangled template arguments of the kernels' scalar type, after any integer or bool arguments (roi_align's kernels
+# are <bool kMultiLevel, typename scalar_t>: ILb1EfE).
+_KERNEL_DTYPE = re.compile(r"I(?:L\w+?E)*(f|d|N3c104HalfE|N3c108BFloat16E)E")
 
 
 def ptx_functions(ptx: str):
@@ -138,8 +139,11 @@ def float64_in_lower_precision_kernels(ptx: str):
 def test_float64_scan_of_ptx_finds_float64_code():
     ptx = (".visible .entry _ZN6segops6kernelIfEEvPT_(\n{\n.reg .f64 %fd<2>;\ncvt.f64.f32 %fd1, %f1;\n}\n"
            ".visible .entry _ZN6segops6kernelIdEEvPT_(\n{\nmul.f64 %fd2, %fd1, %fd1;\n}\n"
-           ".visible .entry _ZN6segops6kernelIN3c104HalfEEEvPT_(\n{\nmul.f32 %f2, %f1, %f1;\n}\n")
-    assert float64_in_lower_precision_kernels(ptx) == ["_ZN6segops6kernelIfEEvPT_"]
+           ".visible .entry _ZN6segops6kernelIN3c104HalfEEEvPT_(\n{\nmul.f32 %f2, %f1, %f1;\n}\n"
+           ".visible .entry _ZN6segops6kernelILb1EN3c108BFloat16EEEvPT_(\n{\ncvt.f64.f32 %fd1, %f1;\n}\n"
+           ".visible .entry _ZN6segops6kernelILb0EdEEvPT_(\n{\nmul.f64 %fd2, %fd1, %fd1;\n}\n")
+    assert float64_in_lower_precision_kernels(ptx) == ["_ZN6segops6kernelIfEEvPT_",
+                                                       "_ZN6segops6kernelILb1EN3c108BFloat16EEEvPT_"]
 
 
 @pytest.mark.skipif(os.environ.get("SEGOPS_EXPECT_CUDA_BUILD") != "1",

@@ -128,6 +128,52 @@ def test_kernels_validate_rows_with_a_device_side_assert(emulated, bad_row):
             call()
 
 
+def _pyramid_case(dtype, num_rois=12, seed=0):
+    """Three maps of a pyramid (one of them empty for "no pixels"), boxes on all of them, each box's map."""
+    g = torch.Generator().manual_seed(seed)
+    maps = [torch.randn(2, 3, h, w, generator=g).to(dtype) for h, w in ((12, 14), (6, 7), (3, 4))]
+    rois = random_rois(num_rois, 2, 24, 28, generator=g).to(dtype)
+    levels = torch.randint(0, 3, (num_rois,), generator=g)
+    return maps, rois, levels
+
+
+@pytest.mark.parametrize("launch", LAUNCHES, ids=str)
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("num_rois", [12, 0])
+def test_multi_scale_roi_align_kernels(emulated, launch, dtype, num_rois):
+    grid, block = launch
+    maps, rois, levels = _pyramid_case(dtype, num_rois)
+    params = ([0.5, 0.25, 0.125], 3, 2, 2, True)
+    expected = torch.ops.segops.multi_scale_roi_align(maps, rois, levels, *params)
+    assert torch.equal(emulated.multi_scale_roi_align(maps, rois, levels, *params, grid, block), expected)
+
+    grad = torch.randn(expected.shape, generator=torch.Generator().manual_seed(1)).to(dtype)
+    shape_args = ([0.5, 0.25, 0.125], 3, 2, 2, 3, [m.shape[2] for m in maps], [m.shape[3] for m in maps], 2, True)
+    expected_grads = torch.ops.segops._multi_scale_roi_align_backward(grad, rois, levels, *shape_args)
+    actual_grads = emulated._multi_scale_roi_align_backward(grad, rois, levels, *shape_args, grid, block)
+    for actual, expected in zip(actual_grads, expected_grads, strict=True):
+        torch.testing.assert_close(actual, expected, **BACKWARD_TOLERANCE[dtype])
+
+
+@pytest.mark.parametrize("bad", ["level 3", "level -1", "batch index"])
+def test_multi_scale_kernels_validate_rows_and_levels(emulated, bad):
+    maps, rois, levels = _pyramid_case(torch.float32)
+    if bad == "batch index":
+        rois[4, 0] = 2.0
+        message = (r"rois\[k, 0\] \(batch index\) must be an integer in \[0, N\) and rois\[k, 1:5\] \(box\) "
+                   r"finite for every k")
+    else:
+        levels[4] = 3 if bad == "level 3" else -1
+        message = r"levels\[k\] must be in \[0, L\) \(a feature map\) for every k"
+    params = ([0.5, 0.25, 0.125], 3, 2, 2, True)
+    with pytest.raises(RuntimeError, match="device-side assert triggered: multi_scale_roi_align: " + message):
+        emulated.multi_scale_roi_align(maps, rois, levels, *params, [2], [32])
+    grad = torch.ones(len(rois), 3, 3, 2)
+    shape_args = ([0.5, 0.25, 0.125], 3, 2, 2, 3, [12, 6, 3], [14, 7, 4], 2, True)
+    with pytest.raises(RuntimeError, match="device-side assert triggered: _multi_scale_roi_align_backward: " + message):
+        emulated._multi_scale_roi_align_backward(grad, rois, levels, *shape_args, [2], [32])
+
+
 def test_emulated_kernels_ignore_forged_argmax(emulated):
     input, rois = make_case(torch.float32)
     output, argmax = emulated.roi_pool(input, rois, 0.5, 3, 4, [2], [32])

@@ -77,8 +77,9 @@ def test_vgg16_backbone_from_a_torchvision_state_dict(tmp_path):
         torch.testing.assert_close(fc7, expected, rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.parametrize("build", [models.segnet, models.deconvnet], ids=["segnet", "deconvnet"])
 @pytest.mark.parametrize("size", [(64, 64), (67, 99)])
-def test_segnet_unpools_with_segops_to_the_input_size(monkeypatch, size):
+def test_segnet_unpools_with_segops_to_the_input_size(monkeypatch, build, size):
     calls = []
 
     def counting_unpool(*args, **kwargs):
@@ -87,7 +88,7 @@ def test_segnet_unpools_with_segops_to_the_input_size(monkeypatch, size):
 
     segops_max_unpool2d = segnet_module.max_unpool2d
     monkeypatch.setattr(segnet_module, "max_unpool2d", counting_unpool)
-    model = models.segnet(num_classes=4, base_width=8)
+    model = build(num_classes=4, base_width=8)
     out = model(torch.randn(2, 3, *size))
     assert out.shape == (2, 4, *size)
     assert len(calls) == 5 and tuple(calls[-1]) == size
@@ -112,8 +113,21 @@ def test_unet_paper_widths():
     assert [block[0].out_channels for block in model.down] == [64, 128, 256, 512, 1024]
 
 
-@pytest.mark.parametrize("build", [lambda: models.unet(3, base_width=8), lambda: models.segnet(3, base_width=8)],
-                         ids=["unet", "segnet"])
+def test_deconvnet_layers():
+    """VGG16's encoder, fc6 (7x7) and fc7 4096 wide, a 7x7 deconvolution back, 3x3 deconvolutions mirroring the
+    encoder, and a 1x1 classifier."""
+    model = models.deconvnet(num_classes=21)
+    assert [stage[0][0].out_channels for stage in model.encoder] == [64, 128, 256, 512, 512]
+    assert model.fc6[0].kernel_size == (7, 7) and model.fc7[0].out_channels == 4096
+    assert isinstance(model.deconv_fc6[0], torch.nn.ConvTranspose2d) and model.deconv_fc6[0].kernel_size == (7, 7)
+    decoder_layers = [layer[0] for stage in model.decoder for layer in stage]
+    assert len(decoder_layers) == 13 and all(isinstance(layer, torch.nn.ConvTranspose2d) for layer in decoder_layers)
+    assert [stage[-1][0].out_channels for stage in model.decoder] == [512, 256, 128, 64, 64]
+    assert model.classifier.kernel_size == (1, 1)
+
+
+@pytest.mark.parametrize("build", [lambda: models.unet(3, base_width=8), lambda: models.segnet(3, base_width=8),
+                                   lambda: models.deconvnet(3, base_width=8)], ids=["unet", "segnet", "deconvnet"])
 def test_a_few_training_steps_learn(build):
     torch.manual_seed(0)
     model = build()
@@ -131,7 +145,8 @@ def test_a_few_training_steps_learn(build):
     assert losses[-1] < 0.8 * losses[0]
 
 
-@pytest.mark.parametrize("builder, name", [(models.fcn8s, "FCN"), (models.segnet, "SegNet"), (models.unet, "UNet")])
+@pytest.mark.parametrize("builder, name", [(models.fcn8s, "FCN"), (models.segnet, "SegNet"), (models.unet, "UNet"),
+                                           (models.deconvnet, "DeconvNet")])
 def test_bad_num_classes(builder, name):
     with pytest.raises(ValueError, match=f"{name}: num_classes must be an int >= 1, got 0"):
         builder(0)

@@ -57,7 +57,8 @@ def test_the_script_trains_evaluates_and_draws(tmp_path):
     result = _run([sys.executable, str(SCRIPT), "--steps", "2", "--batch-size", "2", "--eval-samples", "4",
                    "--output", str(tmp_path)], tmp_path)
     table = result.stdout
-    for row in ("baseline: majority class (background)", "| fcn8s |", "| segnet |", "| unet |", "| deeplabv2 |",
+    for row in ("baseline: majority class (background)", "| fcn8s |", "| segnet |", "| deconvnet |", "| unet |",
+                "| deeplabv2 |",
                 "deeplabv2 + dense CRF"):
         assert row in table
     assert (tmp_path / "predictions.png").stat().st_size > 0

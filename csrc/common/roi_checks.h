@@ -4,6 +4,8 @@
 // word in the fake kernels.
 #include <ATen/core/Tensor.h>
 
+#include <vector>
+
 namespace segops {
 
 // What a checked RoI op works on: its result tensor, and rois [K, 5] made contiguous in the accumulation dtype
@@ -31,6 +33,31 @@ CheckedRoIOp checked_roi_grad_input(const char* op, const at::Tensor& grad, cons
                                     double spatial_scale, int64_t pooled_h, int64_t pooled_w, int64_t batch_size,
                                     int64_t channels, int64_t height, int64_t width, at::ScalarType dtype,
                                     RoIValues values);
+
+// The most feature maps one multi_scale_roi_align call takes (an FPN has 4 or 5): kernels receive them by value.
+constexpr int64_t kMaxFeatureLevels = 8;
+
+// What a checked multi-level RoI op works on: its results (forward: the output [K, C, PH, PW]; backward: one zeroed
+// gradient [N, C, H_l, W_l] per level), rois as in CheckedRoIOp, and levels [K] contiguous int64.
+struct CheckedMultiLevelOp {
+  std::vector<at::Tensor> results;
+  at::Tensor rois;
+  at::Tensor levels;
+};
+
+// Checks a multi_scale_roi_align call: features 1 to kMaxFeatureLevels maps [N, C, H_l, W_l] of one float dtype and
+// device, one finite spatial_scale >= 0 per map, rois as checked_roi_output wants them (against features[0]), levels
+// int64 [K] on rois' device, and, with kCheckOnHost, every rois row valid and every levels[k] in [0, L).
+CheckedMultiLevelOp checked_multi_level_output(const char* op, at::TensorList features, const at::Tensor& rois,
+                                               const at::Tensor& levels, at::ArrayRef<double> spatial_scales,
+                                               int64_t pooled_h, int64_t pooled_w, RoIValues values);
+
+// Checks its backward: grad [K, C, PH, PW] against rois, levels and the maps' shapes (heights[l], widths[l]).
+CheckedMultiLevelOp checked_multi_level_grads(const char* op, const at::Tensor& grad, const at::Tensor& rois,
+                                              const at::Tensor& levels, at::ArrayRef<double> spatial_scales,
+                                              int64_t pooled_h, int64_t pooled_w, int64_t batch_size,
+                                              int64_t channels, at::IntArrayRef heights, at::IntArrayRef widths,
+                                              at::ScalarType dtype, RoIValues values);
 
 // RoIAlign's sampling_ratio: <= 0 (adaptive) or at most kMaxSamplingRatio samples per bin and axis; more is a
 // typo that would run for hours or exhaust memory.

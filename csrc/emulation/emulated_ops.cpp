@@ -45,6 +45,24 @@ at::Tensor roi_align_backward(const at::Tensor& grad, const at::Tensor& rois, do
                                    channels, height, width, sampling_ratio, aligned);
 }
 
+at::Tensor multi_scale_roi_align(at::TensorList features, const at::Tensor& rois, const at::Tensor& levels,
+                                 at::ArrayRef<double> spatial_scales, int64_t pooled_h, int64_t pooled_w,
+                                 int64_t sampling_ratio, bool aligned, at::IntArrayRef grid, at::IntArrayRef block) {
+  return multi_scale_roi_align_forward_launch(launch_of(grid, block), features, rois, levels, spatial_scales, pooled_h,
+                                              pooled_w, sampling_ratio, aligned);
+}
+
+std::vector<at::Tensor> multi_scale_roi_align_backward(const at::Tensor& grad, const at::Tensor& rois,
+                                                       const at::Tensor& levels, at::ArrayRef<double> spatial_scales,
+                                                       int64_t pooled_h, int64_t pooled_w, int64_t batch_size,
+                                                       int64_t channels, at::IntArrayRef heights,
+                                                       at::IntArrayRef widths, int64_t sampling_ratio, bool aligned,
+                                                       at::IntArrayRef grid, at::IntArrayRef block) {
+  return multi_scale_roi_align_backward_launch(launch_of(grid, block), grad, rois, levels, spatial_scales, pooled_h,
+                                               pooled_w, batch_size, channels, heights, widths, sampling_ratio,
+                                               aligned);
+}
+
 std::tuple<at::Tensor, at::Tensor> roi_pool(const at::Tensor& input, const at::Tensor& rois, double spatial_scale,
                                             int64_t pooled_h, int64_t pooled_w, at::IntArrayRef grid,
                                             at::IntArrayRef block) {
@@ -126,6 +144,15 @@ TORCH_LIBRARY(segops_emulation, m) {
       "int batch_size, int channels, int height, int width, int sampling_ratio, bool aligned, int[] grid, "
       "int[] block) -> Tensor",
       &roi_align_backward);
+  m.def(
+      "multi_scale_roi_align(Tensor[] features, Tensor rois, Tensor levels, float[] spatial_scales, "
+      "int pooled_height, int pooled_width, int sampling_ratio, bool aligned, int[] grid, int[] block) -> Tensor",
+      &multi_scale_roi_align);
+  m.def(
+      "_multi_scale_roi_align_backward(Tensor grad, Tensor rois, Tensor levels, float[] spatial_scales, "
+      "int pooled_height, int pooled_width, int batch_size, int channels, int[] heights, int[] widths, "
+      "int sampling_ratio, bool aligned, int[] grid, int[] block) -> Tensor[]",
+      &multi_scale_roi_align_backward);
   m.def(
       "roi_pool(Tensor input, Tensor rois, float spatial_scale, int pooled_height, int pooled_width, int[] grid, "
       "int[] block) -> (Tensor, Tensor)",

@@ -26,11 +26,32 @@ at::Tensor roi_align_backward_cuda(const at::Tensor& grad, const at::Tensor& roi
                                    height, width, sampling_ratio, aligned);
 }
 
+at::Tensor multi_scale_roi_align_forward_cuda(at::TensorList features, const at::Tensor& rois,
+                                              const at::Tensor& levels, at::ArrayRef<double> spatial_scales,
+                                              int64_t pooled_h, int64_t pooled_w, int64_t sampling_ratio,
+                                              bool aligned) {
+  const c10::cuda::CUDAGuard device_guard(rois.device());
+  return multi_scale_roi_align_forward_launch(CudaLaunch{}, features, rois, levels, spatial_scales, pooled_h, pooled_w,
+                                              sampling_ratio, aligned);
+}
+
+std::vector<at::Tensor> multi_scale_roi_align_backward_cuda(
+    const at::Tensor& grad, const at::Tensor& rois, const at::Tensor& levels, at::ArrayRef<double> spatial_scales,
+    int64_t pooled_h, int64_t pooled_w, int64_t batch_size, int64_t channels, at::IntArrayRef heights,
+    at::IntArrayRef widths, int64_t sampling_ratio, bool aligned) {
+  const c10::cuda::CUDAGuard device_guard(grad.device());
+  at::globalContext().alertNotDeterministic("segops::_multi_scale_roi_align_backward (CUDA)");
+  return multi_scale_roi_align_backward_launch(CudaLaunch{}, grad, rois, levels, spatial_scales, pooled_h, pooled_w,
+                                               batch_size, channels, heights, widths, sampling_ratio, aligned);
+}
+
 }  // namespace
 
 TORCH_LIBRARY_IMPL(segops, CUDA, m) {
   m.impl("roi_align", &roi_align_forward_cuda);
   m.impl("_roi_align_backward", &roi_align_backward_cuda);
+  m.impl("multi_scale_roi_align", &multi_scale_roi_align_forward_cuda);
+  m.impl("_multi_scale_roi_align_backward", &multi_scale_roi_align_backward_cuda);
 }
 
 }  // namespace segops

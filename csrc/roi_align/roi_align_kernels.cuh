@@ -1,10 +1,13 @@
 #pragma once
 // RoIAlign GPU kernels and their host-side launch, shared by roi_align_cuda.cu (CudaLaunch) and the test-only
-// host emulation (EmulatedLaunch). One thread per output bin; the arithmetic is roi_align.h's. rois values are
-// validated per row in the kernels (common/roi_row.h), not on the host: no synchronisation.
+// host emulation (EmulatedLaunch). One thread per output bin; the arithmetic is roi_align.h's. rois values (and
+// multi_scale_roi_align's levels) are validated per row in the kernels (common/roi_row.h), not on the host: no
+// synchronisation. One kernel serves roi_align (one map) and multi_scale_roi_align (a pyramid, one launch).
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
+
+#include <vector>
 
 #include "common/roi_checks.h"
 #include "common/roi_row.h"
@@ -14,51 +17,150 @@
 
 namespace segops {
 
-template <typename scalar_t>
+// The feature maps of one call, by value (roi_align: one; multi_scale_roi_align: a pyramid). data[l] points at map
+// l, [N, C, height[l], width[l]] contiguous: the input (forward) or its accumulation-dtype gradient (backward).
+template <typename pointer_t, typename acc_t>
+struct FeatureLevels {
+  pointer_t data[kMaxFeatureLevels];
+  int64_t height[kMaxFeatureLevels], width[kMaxFeatureLevels];
+  acc_t spatial_scale[kMaxFeatureLevels];
+  int64_t count;
+};
+
+template <typename pointer_t, typename acc_t>
+FeatureLevels<pointer_t, acc_t> feature_levels(const std::vector<pointer_t>& data, at::TensorList maps,
+                                               at::ArrayRef<double> spatial_scales) {
+  FeatureLevels<pointer_t, acc_t> levels{};
+  levels.count = static_cast<int64_t>(maps.size());
+  for (int64_t l = 0; l < levels.count; ++l) {
+    levels.data[l] = data[l];
+    levels.height[l] = maps[l].size(2);
+    levels.width[l] = maps[l].size(3);
+    levels.spatial_scale[l] = static_cast<acc_t>(spatial_scales[l]);
+  }
+  return levels;
+}
+
+// The device-side assert messages of one op (literals, so the GPU can print them).
+struct RoIAlignMessages {
+  const char* bad_row;
+  const char* bad_level;
+};
+
+#define SEGOPS_ROI_ALIGN_MESSAGES(op) \
+  RoIAlignMessages { SEGOPS_BAD_ROI_ROW_MESSAGE(op), op ": levels[k] must be in [0, L) (a feature map) for every k" }
+
+// The map of RoI k (0 without a levels tensor), or -1 with a device-side assert if its rois row or levels entry is
+// bad: such a RoI reads and writes nothing.
+template <bool kMultiLevel, typename acc_t>
+__device__ inline int64_t roi_level(const acc_t* roi, const int64_t* levels, int64_t k, int64_t batch_size,
+                                    int64_t num_levels, const RoIAlignMessages& messages) {
+  if (!roi_row_is_valid(roi, batch_size)) {
+    SEGOPS_KERNEL_ASSERT(false, messages.bad_row);
+    return -1;
+  }
+  if (!kMultiLevel) return 0;
+  const int64_t level = levels[k];
+  if (!(level >= 0 && level < num_levels)) {
+    SEGOPS_KERNEL_ASSERT(false, messages.bad_level);
+    return -1;
+  }
+  return level;
+}
+
+template <bool kMultiLevel, typename scalar_t>
 __global__ void SEGOPS_LAUNCH_BOUNDS(kThreadsPerBlock)
-    roi_align_forward_kernel(int64_t total, const scalar_t* __restrict__ input,
-                             const at::opmath_type<scalar_t>* __restrict__ rois,
-                             scalar_t* __restrict__ output, int64_t batch_size, int64_t channels, int64_t height,
-                             int64_t width, int64_t pooled_h, int64_t pooled_w, at::opmath_type<scalar_t> spatial_scale,
-                             int64_t sampling_ratio, bool aligned) {
+    roi_align_forward_kernel(int64_t total, FeatureLevels<const scalar_t*, at::opmath_type<scalar_t>> maps,
+                             const at::opmath_type<scalar_t>* __restrict__ rois, const int64_t* __restrict__ levels,
+                             scalar_t* __restrict__ output, int64_t batch_size, int64_t channels, int64_t pooled_h,
+                             int64_t pooled_w, int64_t sampling_ratio, bool aligned) {
   using acc_t = at::opmath_type<scalar_t>;
+  const RoIAlignMessages messages = kMultiLevel ? SEGOPS_ROI_ALIGN_MESSAGES("multi_scale_roi_align")
+                                                : SEGOPS_ROI_ALIGN_MESSAGES("roi_align");
   SEGOPS_KERNEL_LOOP(index, total) {
     const RoIBinIndex bin = roi_bin_index(index, channels, pooled_h, pooled_w);
     const acc_t* roi = rois + bin.roi * 5;
-    if (!roi_row_is_valid(roi, batch_size)) {
-      SEGOPS_KERNEL_ASSERT(false, SEGOPS_BAD_ROI_ROW_MESSAGE("roi_align"));
+    const int64_t level = roi_level<kMultiLevel>(roi, levels, bin.roi, batch_size, maps.count, messages);
+    if (level < 0) {
       output[index] = scalar_t(0);
       continue;
     }
+    const int64_t height = maps.height[level], width = maps.width[level];
     const RoIAlignGeometry<acc_t> g =
-        roi_align_geometry<acc_t>(roi, spatial_scale, pooled_h, pooled_w, sampling_ratio, aligned);
-    const scalar_t* plane = input + (g.batch * channels + bin.channel) * height * width;
+        roi_align_geometry<acc_t>(roi, maps.spatial_scale[level], pooled_h, pooled_w, sampling_ratio, aligned);
+    const scalar_t* plane = maps.data[level] + (g.batch * channels + bin.channel) * height * width;
     output[index] = static_cast<scalar_t>(roi_align_bin_value(plane, height, width, g, bin.ph, bin.pw));
   }
 }
 
-template <typename scalar_t>
+template <bool kMultiLevel, typename scalar_t>
 __global__ void SEGOPS_LAUNCH_BOUNDS(kThreadsPerBlock)
     roi_align_backward_kernel(int64_t total, const scalar_t* __restrict__ grad,
-                              const at::opmath_type<scalar_t>* __restrict__ rois,
-                              at::opmath_type<scalar_t>* __restrict__ grad_input, int64_t grad_input_numel,
-                              int64_t batch_size, int64_t channels, int64_t height, int64_t width, int64_t pooled_h,
-                              int64_t pooled_w, at::opmath_type<scalar_t> spatial_scale, int64_t sampling_ratio,
-                              bool aligned) {
+                              const at::opmath_type<scalar_t>* __restrict__ rois, const int64_t* __restrict__ levels,
+                              FeatureLevels<at::opmath_type<scalar_t>*, at::opmath_type<scalar_t>> grads,
+                              int64_t batch_size, int64_t channels, int64_t pooled_h, int64_t pooled_w,
+                              int64_t sampling_ratio, bool aligned) {
   using acc_t = at::opmath_type<scalar_t>;
-  AtomicAdd<acc_t> add{grad_input, grad_input_numel};
+  const RoIAlignMessages messages = kMultiLevel ? SEGOPS_ROI_ALIGN_MESSAGES("_multi_scale_roi_align_backward")
+                                                : SEGOPS_ROI_ALIGN_MESSAGES("_roi_align_backward");
   SEGOPS_KERNEL_LOOP(index, total) {
     const RoIBinIndex bin = roi_bin_index(index, channels, pooled_h, pooled_w);
     const acc_t* roi = rois + bin.roi * 5;
-    if (!roi_row_is_valid(roi, batch_size)) {
-      SEGOPS_KERNEL_ASSERT(false, SEGOPS_BAD_ROI_ROW_MESSAGE("_roi_align_backward"));
-      continue;
-    }
+    const int64_t level = roi_level<kMultiLevel>(roi, levels, bin.roi, batch_size, grads.count, messages);
+    if (level < 0) continue;
+    const int64_t height = grads.height[level], width = grads.width[level];
+    AtomicAdd<acc_t> add{grads.data[level], batch_size * channels * height * width};
     const RoIAlignGeometry<acc_t> g =
-        roi_align_geometry<acc_t>(roi, spatial_scale, pooled_h, pooled_w, sampling_ratio, aligned);
+        roi_align_geometry<acc_t>(roi, grads.spatial_scale[level], pooled_h, pooled_w, sampling_ratio, aligned);
     const int64_t plane_offset = (g.batch * channels + bin.channel) * height * width;
     roi_align_bin_scatter(add, plane_offset, height, width, g, bin.ph, bin.pw, static_cast<acc_t>(grad[index]));
   }
+}
+
+// The forward over checked maps and rois into `output`; levels: nullptr (roi_align) or each RoI's map.
+template <class Launch>
+void roi_align_forward_levels(const Launch& launch, at::TensorList maps, const at::Tensor& output,
+                              const at::Tensor& rois_acc, const at::Tensor* levels,
+                              at::ArrayRef<double> spatial_scales, int64_t pooled_h, int64_t pooled_w,
+                              int64_t sampling_ratio, bool aligned) {
+  std::vector<at::Tensor> read;
+  for (const at::Tensor& map : maps) read.push_back(map.contiguous());
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, output.scalar_type(), "roi_align_forward_kernel", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    std::vector<const scalar_t*> data;
+    for (const at::Tensor& map : read) data.push_back(map.const_data_ptr<scalar_t>());
+    const auto table = feature_levels<const scalar_t*, acc_t>(data, maps, spatial_scales);
+    const auto kernel = levels == nullptr ? roi_align_forward_kernel<false, scalar_t>
+                                          : roi_align_forward_kernel<true, scalar_t>;
+    launch(output.numel(), kernel, output.numel(), table, rois_acc.const_data_ptr<acc_t>(),
+           levels == nullptr ? nullptr : levels->const_data_ptr<int64_t>(), output.mutable_data_ptr<scalar_t>(),
+           maps[0].size(0), maps[0].size(1), pooled_h, pooled_w, sampling_ratio, aligned);
+  });
+}
+
+// The backward into checked, zeroed accumulation-dtype gradients, returned in grad's dtype.
+template <class Launch>
+std::vector<at::Tensor> roi_align_backward_levels(const Launch& launch, const at::Tensor& grad,
+                                                  const at::Tensor& rois_acc, const at::Tensor* levels,
+                                                  at::ArrayRef<double> spatial_scales, std::vector<at::Tensor> grads,
+                                                  int64_t pooled_h, int64_t pooled_w, int64_t sampling_ratio,
+                                                  bool aligned) {
+  if (grad.numel() > 0) {
+    const at::Tensor grad_c = grad.contiguous();
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, grad.scalar_type(), "roi_align_backward_kernel", [&] {
+      using acc_t = at::opmath_type<scalar_t>;
+      std::vector<acc_t*> data;
+      for (at::Tensor& g : grads) data.push_back(g.mutable_data_ptr<acc_t>());
+      const auto table = feature_levels<acc_t*, acc_t>(data, grads, spatial_scales);
+      const auto kernel = levels == nullptr ? roi_align_backward_kernel<false, scalar_t>
+                                            : roi_align_backward_kernel<true, scalar_t>;
+      launch(grad.numel(), kernel, grad.numel(), grad_c.const_data_ptr<scalar_t>(), rois_acc.const_data_ptr<acc_t>(),
+             levels == nullptr ? nullptr : levels->const_data_ptr<int64_t>(), table, grads[0].size(0),
+             grads[0].size(1), pooled_h, pooled_w, sampling_ratio, aligned);
+    });
+  }
+  for (at::Tensor& g : grads) g = g.to(grad.scalar_type());
+  return grads;
 }
 
 template <class Launch>
@@ -69,14 +171,8 @@ at::Tensor roi_align_forward_launch(const Launch& launch, const at::Tensor& inpu
   const auto [output, rois_acc] = checked_roi_output("roi_align", input, rois, spatial_scale, pooled_h, pooled_w,
                                                     RoIValues::kCheckInKernel);
   if (output.numel() == 0) return output;
-  const int64_t channels = input.size(1);
-  const at::Tensor input_c = input.contiguous();
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "roi_align_forward_kernel", [&] {
-    using acc_t = at::opmath_type<scalar_t>;
-    launch(output.numel(), roi_align_forward_kernel<scalar_t>, output.numel(), input_c.const_data_ptr<scalar_t>(),
-           rois_acc.const_data_ptr<acc_t>(), output.mutable_data_ptr<scalar_t>(), input.size(0), channels,
-           input.size(2), input.size(3), pooled_h, pooled_w, static_cast<acc_t>(spatial_scale), sampling_ratio, aligned);
-  });
+  roi_align_forward_levels(launch, {input}, output, rois_acc, nullptr, {spatial_scale}, pooled_h, pooled_w,
+                           sampling_ratio, aligned);
   return output;
 }
 
@@ -90,15 +186,38 @@ at::Tensor roi_align_backward_launch(const Launch& launch, const at::Tensor& gra
   const auto [grad_input, rois_acc] = checked_roi_grad_input(
       "_roi_align_backward", grad, rois, spatial_scale, pooled_h, pooled_w, batch_size, channels, height, width,
       at::toOpMathType(grad.scalar_type()), RoIValues::kCheckInKernel);
-  if (grad.numel() == 0 || grad_input.numel() == 0) return grad_input.to(grad.scalar_type());
-  const at::Tensor grad_c = grad.contiguous();
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, grad.scalar_type(), "roi_align_backward_kernel", [&] {
-    using acc_t = at::opmath_type<scalar_t>;
-    launch(grad.numel(), roi_align_backward_kernel<scalar_t>, grad.numel(), grad_c.const_data_ptr<scalar_t>(),
-           rois_acc.const_data_ptr<acc_t>(), grad_input.mutable_data_ptr<acc_t>(), grad_input.numel(), batch_size,
-           channels, height, width, pooled_h, pooled_w, static_cast<acc_t>(spatial_scale), sampling_ratio, aligned);
-  });
-  return grad_input.to(grad.scalar_type());
+  return roi_align_backward_levels(launch, grad, rois_acc, nullptr, {spatial_scale}, {grad_input}, pooled_h,
+                                   pooled_w, sampling_ratio, aligned)[0];
+}
+
+template <class Launch>
+at::Tensor multi_scale_roi_align_forward_launch(const Launch& launch, at::TensorList features, const at::Tensor& rois,
+                                                const at::Tensor& levels, at::ArrayRef<double> spatial_scales,
+                                                int64_t pooled_h, int64_t pooled_w, int64_t sampling_ratio,
+                                                bool aligned) {
+  const char* op = "multi_scale_roi_align";
+  check_sampling_ratio(op, sampling_ratio);
+  const auto checked = checked_multi_level_output(op, features, rois, levels, spatial_scales, pooled_h, pooled_w,
+                                                  RoIValues::kCheckInKernel);
+  const at::Tensor& output = checked.results[0];
+  if (output.numel() == 0) return output;
+  roi_align_forward_levels(launch, features, output, checked.rois, &checked.levels, spatial_scales, pooled_h,
+                           pooled_w, sampling_ratio, aligned);
+  return output;
+}
+
+template <class Launch>
+std::vector<at::Tensor> multi_scale_roi_align_backward_launch(
+    const Launch& launch, const at::Tensor& grad, const at::Tensor& rois, const at::Tensor& levels,
+    at::ArrayRef<double> spatial_scales, int64_t pooled_h, int64_t pooled_w, int64_t batch_size, int64_t channels,
+    at::IntArrayRef heights, at::IntArrayRef widths, int64_t sampling_ratio, bool aligned) {
+  const char* op = "_multi_scale_roi_align_backward";
+  check_sampling_ratio(op, sampling_ratio);
+  auto checked = checked_multi_level_grads(op, grad, rois, levels, spatial_scales, pooled_h, pooled_w, batch_size,
+                                           channels, heights, widths, at::toOpMathType(grad.scalar_type()),
+                                           RoIValues::kCheckInKernel);
+  return roi_align_backward_levels(launch, grad, checked.rois, &checked.levels, spatial_scales,
+                                   std::move(checked.results), pooled_h, pooled_w, sampling_ratio, aligned);
 }
 
 }  // namespace segops

@@ -1,5 +1,6 @@
 """R-CNN heads on segops' RoI ops: Fast R-CNN's box head (RoIPool, Girshick 2015), Mask R-CNN's mask head
-(RoIAlign, He et al. 2017), and torchvision's own Mask R-CNN running its RoI pooling on segops.roi_align."""
+(RoIAlign, He et al. 2017), and torchvision's own Mask R-CNN running its RoI pooling on
+segops.multi_scale_roi_align."""
 
 from typing import Dict, List, Tuple
 
@@ -7,7 +8,7 @@ import torch
 from torch import Tensor, nn
 from torchvision.ops import poolers
 
-from segops.ops.roi_align import RoIAlign, roi_align
+from segops.ops.roi_align import RoIAlign
 from segops.ops.roi_pool import RoIPool
 
 
@@ -54,8 +55,8 @@ class MaskRCNNMaskHead(nn.Module):
 
 
 class SegopsMultiScaleRoIAlign(poolers.MultiScaleRoIAlign):
-    """torchvision's MultiScaleRoIAlign (FPN level per box, torchvision's arithmetic: aligned=False) with each
-    level pooled by segops.roi_align."""
+    """torchvision's MultiScaleRoIAlign (FPN level per box, torchvision's arithmetic: aligned=False) on
+    segops.multi_scale_roi_align: every level in one pass."""
 
     def forward(self, x: Dict[str, Tensor], boxes: List[Tensor], image_shapes: List[Tuple[int, int]]) -> Tensor:
         features = poolers._filter_input(x, self.featmap_names)
@@ -63,20 +64,19 @@ class SegopsMultiScaleRoIAlign(poolers.MultiScaleRoIAlign):
             self.scales, self.map_levels = poolers._setup_scales(features, image_shapes, self.canonical_scale,
                                                                  self.canonical_level)
         rois = poolers._convert_to_roi_format(boxes)
-        pool = dict(output_size=self.output_size, sampling_ratio=self.sampling_ratio, aligned=False)
         if len(features) == 1:
-            return roi_align(features[0], rois, spatial_scale=self.scales[0], **pool)
-        levels = self.map_levels(boxes)
-        result = features[0].new_zeros((len(rois), features[0].shape[1]) + tuple(self.output_size))
-        for level, (feature, scale) in enumerate(zip(features, self.scales)):
-            index = torch.where(levels == level)[0]
-            result[index] = roi_align(feature, rois[index], spatial_scale=scale, **pool).to(result.dtype)
-        return result
+            levels = torch.zeros(len(rois), dtype=torch.int64, device=rois.device)
+        else:
+            levels = self.map_levels(boxes).to(torch.int64)
+        return torch.ops.segops.multi_scale_roi_align(features, rois, levels,
+                                                      [float(s) for s in self.scales], *self.output_size,
+                                                      self.sampling_ratio, False)
 
 
 def use_segops_roi_align(model: nn.Module) -> nn.Module:
-    """Makes a torchvision detection model (e.g. `maskrcnn_resnet50_fpn`) pool its RoIs with segops.roi_align:
-    each MultiScaleRoIAlign in it becomes a SegopsMultiScaleRoIAlign with the same settings. Returns the model."""
+    """Makes a torchvision detection model (e.g. `maskrcnn_resnet50_fpn`) pool its RoIs with segops, every FPN level
+    in one segops.multi_scale_roi_align pass: each MultiScaleRoIAlign in it becomes a SegopsMultiScaleRoIAlign with
+    the same settings. Returns the model."""
     for name, child in model.named_children():
         if isinstance(child, poolers.MultiScaleRoIAlign) and not isinstance(child, SegopsMultiScaleRoIAlign):
             replacement = SegopsMultiScaleRoIAlign(child.featmap_names, child.output_size, child.sampling_ratio,

@@ -10,6 +10,12 @@ from segops.ops.dense_crf import (
 from segops.ops.dilated_conv import DilatedConv2d, DilatedConv2dFunction, dilated_conv2d
 from segops.ops.flow_warp import FlowWarp, FlowWarpFunction, flow_warp
 from segops.ops.max_unpool import MaxUnpool2d, MaxUnpool2dFunction, max_unpool2d
+from segops.ops.multi_scale_roi_align import (
+    MultiScaleRoIAlign,
+    MultiScaleRoIAlignFunction,
+    fpn_levels,
+    multi_scale_roi_align,
+)
 from segops.ops.roi_align import RoIAlign, RoIAlignFunction, roi_align
 from segops.ops.roi_pool import RoIPool, RoIPoolFunction, roi_pool
 
@@ -28,6 +34,10 @@ __all__ = [
     "MaxUnpool2d",
     "MaxUnpool2dFunction",
     "max_unpool2d",
+    "MultiScaleRoIAlign",
+    "MultiScaleRoIAlignFunction",
+    "fpn_levels",
+    "multi_scale_roi_align",
     "RoIAlign",
     "RoIAlignFunction",
     "RoIPool",

@@ -110,3 +110,63 @@ def check_roi_op_backward_args(
     expected = [rois.shape[0], input_shape[1], pooled_h, pooled_w]
     if list(grad.shape) != expected:
         raise RuntimeError(f"{op}: grad must have shape [{', '.join(map(str, expected))}], got {shape_str(grad)}")
+
+
+MAX_FEATURE_LEVELS = 8  # kMaxFeatureLevels in csrc/common/roi_checks.h
+
+
+def _check_levels(op: str, levels: Tensor, rois: Tensor) -> None:
+    if levels.dim() != 1 or levels.shape[0] != rois.shape[0]:
+        raise RuntimeError(f"{op}: levels must have shape [K] = [{rois.shape[0]}] (one per rois row), "
+                           f"got {shape_str(levels)}")
+    if levels.dtype != torch.int64:
+        raise RuntimeError(f"{op}: levels must be int64, got {dtype_name(levels.dtype)}")
+    check_same_device(op, "levels", levels, rois, "rois")
+
+
+def _check_spatial_scales(op: str, spatial_scales, num_levels: int, pooled_h: int, pooled_w: int) -> None:
+    if len(spatial_scales) != num_levels:
+        raise RuntimeError(f"{op}: spatial_scales must have one entry per feature map ({num_levels}), "
+                           f"got {len(spatial_scales)}")
+    for scale in spatial_scales:
+        _check_pooling_args(op, scale, pooled_h, pooled_w)
+
+
+def check_multi_level_args(op: str, features: Sequence[Tensor], rois: Tensor, levels: Tensor, spatial_scales,
+                           pooled_h: int, pooled_w: int) -> None:
+    if not 1 <= len(features) <= MAX_FEATURE_LEVELS:
+        raise RuntimeError(f"{op}: features must hold 1 to {MAX_FEATURE_LEVELS} maps, got {len(features)}")
+    first = features[0]
+    for level, feature in enumerate(features):
+        name = f"features[{level}]"
+        if feature.dim() != 4:
+            raise RuntimeError(f"{op}: {name} must have shape [N, C, H, W], got {shape_str(feature)}")
+        check_supported_float(op, name, feature)
+        if feature.dtype != first.dtype:
+            raise RuntimeError(f"{op}: {name} must have the dtype of features[0] ({dtype_name(first.dtype)}), "
+                               f"got {dtype_name(feature.dtype)}")
+        check_same_device(op, name, feature, first, "features[0]")
+        if feature.shape[0] != first.shape[0] or feature.shape[1] != first.shape[1]:
+            raise RuntimeError(f"{op}: {name} must have the N and C of features[0] ({first.shape[0]}, "
+                               f"{first.shape[1]}), got {shape_str(feature)}")
+    _check_rois_tensor(op, rois, first, "features[0]")
+    _check_spatial_scales(op, spatial_scales, len(features), pooled_h, pooled_w)
+    _check_levels(op, levels, rois)
+
+
+def check_multi_level_backward_args(op: str, grad: Tensor, rois: Tensor, levels: Tensor, spatial_scales,
+                                    pooled_h: int, pooled_w: int, batch_size: int, channels: int, heights,
+                                    widths) -> None:
+    check_supported_float(op, "grad", grad)
+    _check_rois_tensor(op, rois, grad, "grad")
+    if not 1 <= len(heights) <= MAX_FEATURE_LEVELS or len(widths) != len(heights):
+        raise RuntimeError(f"{op}: heights and widths must have 1 to {MAX_FEATURE_LEVELS} entries each, "
+                           f"got {len(heights)} and {len(widths)}")
+    _check_spatial_scales(op, spatial_scales, len(heights), pooled_h, pooled_w)
+    if batch_size < 0 or channels < 0 or min(heights) < 0 or min(widths) < 0:
+        raise RuntimeError(f"{op}: input shapes must be non-negative, got N = {batch_size}, C = {channels}, heights "
+                           f"[{', '.join(map(str, heights))}], widths [{', '.join(map(str, widths))}]")
+    expected = [rois.shape[0], channels, pooled_h, pooled_w]
+    if list(grad.shape) != expected:
+        raise RuntimeError(f"{op}: grad must have shape [{', '.join(map(str, expected))}], got {shape_str(grad)}")
+    _check_levels(op, levels, rois)

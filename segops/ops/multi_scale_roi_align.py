@@ -1,0 +1,169 @@
+"""Multi-level RoIAlign (FPN, PANet): functional, nn.Module and autograd.Function front ends of
+torch.ops.segops.multi_scale_roi_align, which pools every RoI from its own map of a feature pyramid in one pass (one
+kernel launch, one parallel CPU pass) on RoIAlign's arithmetic; and the FPN rule that assigns boxes to levels."""
+
+import math
+from typing import List, Sequence, Union
+
+import torch
+from torch import Tensor, nn
+
+from segops.ops._checks import shape_str
+from segops.ops._roi_common import boxes_to_rois, output_size_pair
+
+MODES = ("assign", "all")
+
+
+def fpn_levels(rois: Tensor, spatial_scales: Sequence[float], canonical_scale: float = 224.0,
+               canonical_level: int = 4, eps: float = 1e-6) -> Tensor:
+    """The FPN rule (Lin et al. 2017, eq. 1), as torchvision's LevelMapper computes it: a box of area w * h goes to
+    pyramid level floor(canonical_level + log2(sqrt(w * h) / canonical_scale) + eps), clamped to the levels that
+    exist (level k has scale 2^-k); returned as an index into `spatial_scales` (ordered finest first).
+
+    Args:
+        rois (Tensor[K, 5]): (batch index, x1, y1, x2, y2) in image coordinates.
+        spatial_scales (sequence of float): each map's scale, powers of 2 (1/4, 1/8, ...).
+
+    Returns:
+        Tensor[K] int64 in [0, len(spatial_scales)).
+    """
+    k_min = -math.log2(spatial_scales[0])
+    k_max = -math.log2(spatial_scales[-1])
+    if not (k_min.is_integer() and k_max.is_integer()):
+        raise ValueError(f"fpn_levels: spatial_scales must be powers of 2 for the FPN rule, got {list(spatial_scales)}")
+    sizes = torch.sqrt((rois[:, 3] - rois[:, 1]) * (rois[:, 4] - rois[:, 2]))
+    levels = torch.floor(canonical_level + torch.log2(sizes / canonical_scale) + torch.tensor(eps, dtype=sizes.dtype))
+    return (torch.clamp(levels, min=k_min, max=k_max).to(torch.int64) - int(k_min)).to(torch.int64)
+
+
+def multi_scale_roi_align(
+    features: Sequence[Tensor],
+    boxes: Union[Tensor, List[Tensor]],
+    output_size: Union[int, Sequence[int]],
+    spatial_scales: Sequence[float],
+    sampling_ratio: int = 2,
+    aligned: bool = False,
+    mode: str = "assign",
+    canonical_scale: float = 224.0,
+    canonical_level: int = 4,
+) -> Tensor:
+    """RoIAlign over the maps of a feature pyramid, in one pass.
+
+    ``mode="assign"`` pools each box from the one map the FPN rule assigns it (:func:`fpn_levels`; torchvision's
+    ``MultiScaleRoIAlign``, whose outputs this equals); ``mode="all"`` pools every box from every map (PANet's
+    adaptive feature pooling), equal to stacking :func:`segops.roi_align` per map. Bin values are exactly
+    roi_align's on the same map.
+
+    Args:
+        features (sequence of Tensor[N, C, H_l, W_l]): 1 to 8 maps, finest first, one dtype and device (float32,
+            float64, float16 or bfloat16).
+        boxes (Tensor[K, 5] or List[Tensor[L, 4]]): as :func:`segops.roi_align` takes them, in image coordinates.
+        output_size (int or Tuple[int, int]): (PH, PW).
+        spatial_scales (sequence of float): map l's pixels per image pixel (1/4, 1/8, ... for an FPN).
+        sampling_ratio (int): samples per bin along each axis; <= 0 picks ceil(box size / output size).
+        aligned (bool): as :func:`segops.roi_align` (torchvision's MultiScaleRoIAlign uses False).
+        mode (str): "assign" or "all".
+        canonical_scale, canonical_level: the FPN rule's 224 and 4.
+
+    Returns:
+        Tensor[K, C, PH, PW] ("assign") or Tensor[K, L, C, PH, PW] ("all").
+    """
+    op = "multi_scale_roi_align"
+    if mode not in MODES:
+        raise ValueError(f"{op}: mode must be 'assign' or 'all', got {mode!r}")
+    features = list(features) if isinstance(features, (list, tuple)) else features
+    if not isinstance(features, list) or not features or not all(isinstance(f, Tensor) for f in features):
+        raise ValueError(f"{op}: features must be a non-empty list of Tensor[N, C, H, W], got {type(features).__name__}")
+    pooled_h, pooled_w = output_size_pair(op, output_size)
+    rois = boxes_to_rois(op, boxes, features[0])
+    scales = [float(scale) for scale in spatial_scales]
+    if mode == "assign":
+        if rois.dim() != 2 or rois.shape[1] != 5:
+            raise RuntimeError(f"{op}: rois must have shape [K, 5], got {shape_str(rois)}")
+        levels = fpn_levels(rois, scales, canonical_scale, canonical_level) if len(scales) > 1 else \
+            torch.zeros(rois.shape[0], dtype=torch.int64, device=rois.device)
+        return torch.ops.segops.multi_scale_roi_align(features, rois, levels, scales, pooled_h, pooled_w,
+                                                      int(sampling_ratio), bool(aligned))
+    # "all": every (box, map) pair is a row, box-major, so the output is [K, L, C, PH, PW] without a copy.
+    num_levels = len(features)
+    levels = torch.arange(num_levels, device=rois.device).repeat(rois.shape[0])
+    pooled = torch.ops.segops.multi_scale_roi_align(features, rois.repeat_interleave(num_levels, dim=0), levels,
+                                                    scales, pooled_h, pooled_w, int(sampling_ratio), bool(aligned))
+    return pooled.view(rois.shape[0], num_levels, *pooled.shape[1:])
+
+
+def _setup_context(ctx, inputs, output):
+    features, rois, levels, spatial_scales, pooled_h, pooled_w, sampling_ratio, aligned = inputs
+    ctx.save_for_backward(rois, levels)
+    ctx.shapes = (features[0].shape[0], features[0].shape[1], [f.shape[2] for f in features],
+                  [f.shape[3] for f in features])
+    ctx.params = (spatial_scales, pooled_h, pooled_w)
+    ctx.sampling = (sampling_ratio, aligned)
+
+
+def _backward(ctx, grad):
+    rois, levels = ctx.saved_tensors
+    grads = torch.ops.segops._multi_scale_roi_align_backward(grad, rois, levels, *ctx.params, *ctx.shapes,
+                                                             *ctx.sampling)
+    return list(grads), None, None, None, None, None, None, None
+
+
+def _backward_setup_context(ctx, inputs, output):
+    grad, rois, levels, spatial_scales, pooled_h, pooled_w, _n, _c, _heights, _widths, sampling_ratio, aligned = inputs
+    ctx.save_for_backward(rois, levels)
+    ctx.params = (spatial_scales, pooled_h, pooled_w, sampling_ratio, aligned)
+
+
+def _backward_backward(ctx, grad_grads):
+    # The backward is linear in grad and its adjoint is the forward: double backward is exact and cheap.
+    rois, levels = ctx.saved_tensors
+    grad_grad = torch.ops.segops.multi_scale_roi_align(list(grad_grads), rois, levels, *ctx.params)
+    return (grad_grad,) + (None,) * 11
+
+
+torch.library.register_autograd("segops::multi_scale_roi_align", _backward, setup_context=_setup_context)
+torch.library.register_autograd(
+    "segops::_multi_scale_roi_align_backward", _backward_backward, setup_context=_backward_setup_context
+)
+
+
+class MultiScaleRoIAlignFunction(torch.autograd.Function):
+    """``torch.ops.segops.multi_scale_roi_align`` as an autograd.Function, with the op's own registered backward.
+
+    ``MultiScaleRoIAlignFunction.apply(features, rois, levels, spatial_scales, pooled_height, pooled_width,
+    sampling_ratio, aligned)`` takes features as a list of Tensor[N, C, H_l, W_l], rois Tensor[K, 5] and levels
+    Tensor[K] (int64, the map of each row), and returns Tensor[K, C, PH, PW]; prefer :func:`multi_scale_roi_align`.
+    """
+
+    @staticmethod
+    def forward(features, rois, levels, spatial_scales, pooled_height, pooled_width, sampling_ratio, aligned):
+        return torch.ops.segops.multi_scale_roi_align(features, rois, levels, spatial_scales, pooled_height,
+                                                      pooled_width, sampling_ratio, aligned)
+
+    setup_context = staticmethod(_setup_context)
+    backward = staticmethod(_backward)
+
+
+class MultiScaleRoIAlign(nn.Module):
+    """:func:`multi_scale_roi_align` as a module: ``MultiScaleRoIAlign(output_size, spatial_scales, sampling_ratio=2,
+    aligned=False, mode="assign")(features, boxes)``; features a list of Tensor[N, C, H_l, W_l], boxes Tensor[K, 5]
+    or List[Tensor[L, 4]] give Tensor[K, C, PH, PW] ("assign") or Tensor[K, L, C, PH, PW] ("all")."""
+
+    def __init__(self, output_size: Union[int, Sequence[int]], spatial_scales: Sequence[float],
+                 sampling_ratio: int = 2, aligned: bool = False, mode: str = "assign",
+                 canonical_scale: float = 224.0, canonical_level: int = 4):
+        super().__init__()
+        if mode not in MODES:
+            raise ValueError(f"MultiScaleRoIAlign: mode must be 'assign' or 'all', got {mode!r}")
+        self.output_size = output_size_pair("MultiScaleRoIAlign", output_size)
+        self.spatial_scales = [float(scale) for scale in spatial_scales]
+        self.sampling_ratio, self.aligned, self.mode = sampling_ratio, aligned, mode
+        self.canonical_scale, self.canonical_level = canonical_scale, canonical_level
+
+    def forward(self, features: Sequence[Tensor], boxes: Union[Tensor, List[Tensor]]) -> Tensor:
+        return multi_scale_roi_align(features, boxes, self.output_size, self.spatial_scales, self.sampling_ratio,
+                                     self.aligned, self.mode, self.canonical_scale, self.canonical_level)
+
+    def __repr__(self) -> str:
+        return (f"{self.__class__.__name__}(output_size={self.output_size}, spatial_scales={self.spatial_scales}, "
+                f"sampling_ratio={self.sampling_ratio}, aligned={self.aligned}, mode={self.mode!r})")
