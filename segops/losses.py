@@ -79,3 +79,61 @@ def hybrid_loss(pred: Tensor, target: Tensor) -> Tensor:
 def _check_same_shape(name: str, pred: Tensor, target: Tensor) -> None:
     if pred.shape != target.shape:
         raise ValueError(f"{name}: target must have pred's shape {list(pred.shape)}, got {list(target.shape)}")
+
+
+# ------------------------------------------------------------------------ unseen object instance segmentation (UCN)
+# Xiang, Xie, Mousavian and Fox (2020): pixel embeddings on the unit sphere, pulled towards their object's spherical
+# mean and pushing the means apart, in the cosine distance d(a, b) = (1 - a . b) / 2 (in [0, 1]).
+
+
+def _cluster_means(embeddings: Tensor, labels: Tensor, ignore_index: Optional[int]):
+    """Per image: (embeddings [P, D], object index of each pixel [P], spherical means [K, D]) over its objects."""
+    if embeddings.dim() != 4 or labels.dim() != 3 or labels.shape != (embeddings.shape[0], *embeddings.shape[2:]):
+        raise ValueError(f"UCN losses: embeddings must be [N, D, H, W] and labels [N, H, W], got "
+                         f"{list(embeddings.shape)} and {list(labels.shape)}")
+    for image, image_labels in zip(embeddings, labels):
+        points = image.flatten(1).t()
+        flat = image_labels.flatten()
+        keep = flat != ignore_index if ignore_index is not None else torch.ones_like(flat, dtype=torch.bool)
+        points, flat = points[keep], flat[keep]
+        objects, index = torch.unique(flat, return_inverse=True)
+        sums = torch.zeros(len(objects), points.shape[1], dtype=points.dtype, device=points.device)
+        sums = sums.index_add(0, index, points)
+        yield points, index, F.normalize(sums, dim=1)
+
+
+def intra_cluster_loss(embeddings: Tensor, labels: Tensor, alpha: float = 0.02,
+                       ignore_index: Optional[int] = None) -> Tensor:
+    """UCN's intra-cluster loss: per object k, over its pixels i whose distance to the object's spherical mean
+    mu_k exceeds the margin alpha, the mean of d(mu_k, x_i)^2; averaged over the objects of each image (background
+    included: it is one of the labels), then over images. Objects with no pixel beyond the margin add 0.
+
+    Args:
+        embeddings (Tensor[N, D, H, W]): unit-norm along D. labels (Tensor[N, H, W]): object ids (integers).
+        alpha (float): the margin (the paper's 0.02). ignore_index: a label to leave out.
+    """
+    losses = []
+    for points, index, means in _cluster_means(embeddings, labels, ignore_index):
+        distance = (1 - (points * means[index]).sum(1)) / 2
+        active = (distance - alpha >= 0).to(points.dtype)
+        count = torch.zeros(len(means), dtype=points.dtype, device=points.device).index_add(0, index, active)
+        total = torch.zeros_like(count).index_add(0, index, active * distance.square())
+        losses.append((total / count.clamp_min(1)).mean())
+    return torch.stack(losses).mean()
+
+
+def inter_cluster_loss(embeddings: Tensor, labels: Tensor, delta: float = 0.5,
+                       ignore_index: Optional[int] = None) -> Tensor:
+    """UCN's inter-cluster loss: the mean over pairs of objects k != k' of an image of
+    max(0, delta - d(mu_k, mu_k'))^2 (the paper's margin delta = 0.5), averaged over images; 0 for an image with one
+    object. Arguments as :func:`intra_cluster_loss`."""
+    losses = []
+    for _, _, means in _cluster_means(embeddings, labels, ignore_index):
+        count = len(means)
+        if count < 2:
+            losses.append(means.sum() * 0)
+            continue
+        distance = (1 - means @ means.t()) / 2
+        pairs = torch.triu(torch.ones(count, count, dtype=torch.bool, device=means.device), diagonal=1)
+        losses.append(F.relu(delta - distance[pairs]).square().mean())
+    return torch.stack(losses).mean()

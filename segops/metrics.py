@@ -207,3 +207,131 @@ class PanopticQuality:
             for key in ("pq", "sq", "rq"):
                 result[key + suffix] = sum(r[key] for r in present) / len(present) if present else float("nan")
         return result
+
+
+class SaliencyMetrics:
+    """Salient-object detection metrics, accumulated image by image: MAE, max F-measure (beta^2 = 0.3) and the
+    S-measure (Fan et al. 2017), as the field's common evaluation code (PySODMetrics) computes them.
+
+    ``update(pred, target)`` takes saliency maps pred Tensor[N, H, W] (or [N, 1, H, W]) in [0, 1] and binary masks
+    target of the same shape (nonzero = salient). ``compute()`` returns:
+
+    - ``mae``: the mean over images of mean |pred - target|.
+    - ``max_f``: each map is quantised to 256 levels (floor(255 * pred)) and binarised at every threshold
+      t = 0..255 (pred >= t); per image and threshold, precision P = TP / (TP + FP), recall R = TP / |target|
+      (0 where undefined) and F = (1 + b2) P R / (b2 P + R) with b2 = 0.3 (0 where P = R = 0); F is averaged over
+      images per threshold, and ``max_f`` is its largest value (``f_curve`` holds the 256 averages).
+    - ``s_measure``: S = 0.5 S_object + 0.5 S_region, clipped at 0; 1 - mean(pred) for an empty mask and mean(pred)
+      for a full one; averaged over images. S_object compares the foreground and background distributions
+      (2 x / (x^2 + 1 + sigma + eps) per side, weighted by the mask's area); S_region splits both maps at the mask's
+      centroid into four quadrants and sums their SSIM weighted by area.
+
+    Args:
+        min_max_normalise (bool): rescale each map to [0, 1] by its own min and max first (unless constant), as
+            PySODMetrics does; off by default, so that the numbers describe the maps given.
+    """
+
+    BETA2 = 0.3
+    EPS = 2.220446049250313e-16  # numpy's float64 epsilon, the reference code's _EPS
+
+    def __init__(self, min_max_normalise: bool = False) -> None:
+        self.min_max_normalise = min_max_normalise
+        self.reset()
+
+    def reset(self) -> None:
+        self.count = 0
+        self.mae_sum = 0.0
+        self.s_sum = 0.0
+        self.f_sum = torch.zeros(256, dtype=torch.float64)
+
+    @torch.no_grad()
+    def update(self, pred: Tensor, target: Tensor) -> None:
+        if pred.dim() == 4 and pred.shape[1] == 1:
+            pred = pred[:, 0]
+        if target.dim() == 4 and target.shape[1] == 1:
+            target = target[:, 0]
+        if pred.dim() != 3 or pred.shape != target.shape:
+            raise ValueError(f"SaliencyMetrics.update: pred and target must have one shape, [N, H, W] or "
+                             f"[N, 1, H, W], got {list(pred.shape)} and {list(target.shape)}")
+        if not pred.is_floating_point() or pred.numel() and not bool(((pred >= 0) & (pred <= 1)).all()):
+            raise ValueError("SaliencyMetrics.update: pred must be floating point in [0, 1]")
+        for saliency, mask in zip(pred.double().cpu(), target.cpu() != 0):
+            if self.min_max_normalise and saliency.max() > saliency.min():
+                saliency = (saliency - saliency.min()) / (saliency.max() - saliency.min())
+            self.count += 1
+            self.mae_sum += (saliency - mask.double()).abs().mean().item()
+            self.f_sum += self._f_curve(saliency, mask)
+            self.s_sum += self._s_measure(saliency, mask)
+
+    def compute(self) -> Dict[str, object]:
+        if self.count == 0:
+            raise ValueError("SaliencyMetrics.compute: no images were added")
+        f_curve = self.f_sum / self.count
+        return {"mae": self.mae_sum / self.count, "max_f": f_curve.max().item(), "s_measure": self.s_sum / self.count,
+                "f_curve": f_curve}
+
+    @classmethod
+    def _f_curve(cls, saliency: Tensor, mask: Tensor) -> Tensor:
+        levels = torch.floor(saliency * 255).long()
+        # Pixels at or above threshold t: reversed cumulative histograms of the salient and the other pixels.
+        salient = torch.bincount(levels[mask], minlength=256).flip(0).cumsum(0).flip(0).double()
+        other = torch.bincount(levels[~mask], minlength=256).flip(0).cumsum(0).flip(0).double()
+        predicted = salient + other
+        precision = torch.where(predicted > 0, salient / predicted.clamp_min(1), torch.zeros_like(salient))
+        positives = mask.sum().item()
+        recall = salient / positives if positives else torch.zeros_like(salient)
+        denominator = cls.BETA2 * precision + recall
+        return torch.where(denominator > 0, (1 + cls.BETA2) * precision * recall / denominator.clamp_min(cls.EPS),
+                           torch.zeros_like(denominator))
+
+    @classmethod
+    def _s_measure(cls, saliency: Tensor, mask: Tensor) -> float:
+        area = mask.double().mean().item()
+        if area == 0:
+            return 1 - saliency.mean().item()
+        if area == 1:
+            return saliency.mean().item()
+        score = 0.5 * cls._s_object(saliency, mask, area) + 0.5 * cls._s_region(saliency, mask)
+        return max(0.0, score)
+
+    @classmethod
+    def _object_score(cls, values: Tensor) -> float:
+        mean = values.mean().item()
+        sigma = values.std().item() if values.numel() > 1 else 0.0  # ddof = 1
+        return 2 * mean / (mean * mean + 1 + sigma + cls.EPS)
+
+    @classmethod
+    def _s_object(cls, saliency: Tensor, mask: Tensor, area: float) -> float:
+        return area * cls._object_score(saliency[mask]) + (1 - area) * cls._object_score(1 - saliency[~mask])
+
+    @classmethod
+    def _ssim(cls, saliency: Tensor, mask: Tensor) -> float:
+        count = saliency.numel()
+        if count == 0:
+            return 0.0
+        x, y = saliency.mean(), mask.mean()
+        dof = max(count - 1, 1)
+        sigma_x = ((saliency - x) ** 2).sum() / dof
+        sigma_y = ((mask - y) ** 2).sum() / dof
+        sigma_xy = ((saliency - x) * (mask - y)).sum() / dof
+        alpha = (4 * x * y * sigma_xy).item()
+        beta = ((x * x + y * y) * (sigma_x + sigma_y)).item()
+        if alpha != 0:
+            return alpha / (beta + cls.EPS)
+        return 1.0 if beta == 0 else 0.0
+
+    @classmethod
+    def _s_region(cls, saliency: Tensor, mask: Tensor) -> float:
+        height, width = mask.shape
+        rows, cols = torch.nonzero(mask, as_tuple=True)
+        # The centroid, rounded, + 1: the reference code's split (its first quadrant holds rows and columns < y, x).
+        y = int(torch.round(rows.double().mean()).item()) + 1
+        x = int(torch.round(cols.double().mean()).item()) + 1
+        mask = mask.double()
+        score = 0.0
+        for rows_slice, cols_slice in ((slice(0, y), slice(0, x)), (slice(0, y), slice(x, width)),
+                                       (slice(y, height), slice(0, x)), (slice(y, height), slice(x, width))):
+            part = mask[rows_slice, cols_slice]
+            weight = part.numel() / (height * width)
+            score += weight * cls._ssim(saliency[rows_slice, cols_slice], part)
+        return score

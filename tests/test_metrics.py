@@ -1,7 +1,8 @@
+import numpy as np
 import pytest
 import torch
 
-from segops.metrics import PanopticQuality, SegmentationMetrics
+from segops.metrics import PanopticQuality, SaliencyMetrics, SegmentationMetrics
 
 
 def test_hand_computed_case():
@@ -148,3 +149,117 @@ def test_panoptic_quality_of_a_perfect_prediction_is_one():
         PanopticQuality(things=[1, 2], stuffs=[2])
     with pytest.raises(ValueError, match=r"must be Tensor\[N, H, W, 2\] of one shape"):
         metrics.update(panoptic[..., 0], panoptic[..., 0])
+
+
+# ---------------------------------------------------------------------------------------------- SaliencyMetrics
+
+
+def _s_measure_numpy(pred, gt, eps=np.finfo(np.float64).eps):
+    """The S-measure as written in PySODMetrics (Fan et al. 2017), transcribed with NumPy loops."""
+    y_mean = gt.mean()
+    if y_mean == 0:
+        return 1 - pred.mean()
+    if y_mean == 1:
+        return pred.mean()
+
+    def s_object(values):
+        x = values.mean()
+        sigma = values.std(ddof=1)
+        return 2 * x / (x * x + 1 + sigma + eps)
+
+    object_score = y_mean * s_object(pred[gt]) + (1 - y_mean) * s_object(1 - pred[~gt])
+
+    def ssim(p, g):
+        n = p.size
+        x, y = p.mean(), g.mean()
+        sx = ((p - x) ** 2).sum() / (n - 1)
+        sy = ((g - y) ** 2).sum() / (n - 1)
+        sxy = ((p - x) * (g - y)).sum() / (n - 1)
+        alpha, beta = 4 * x * y * sxy, (x * x + y * y) * (sx + sy)
+        return alpha / (beta + eps) if alpha != 0 else (1.0 if beta == 0 else 0.0)
+
+    h, w = gt.shape
+    rows, cols = np.argwhere(gt).mean(axis=0).round()
+    y, x = int(rows) + 1, int(cols) + 1
+    g = gt.astype(np.float64)
+    region = sum(p.size / (h * w) * ssim(p, q) for p, q in [
+        (pred[:y, :x], g[:y, :x]), (pred[:y, x:], g[:y, x:]), (pred[y:, :x], g[y:, :x]), (pred[y:, x:], g[y:, x:])])
+    return max(0.0, 0.5 * object_score + 0.5 * region)
+
+
+def _max_f_brute_force(preds, gts, beta2=0.3):
+    curves = []
+    for pred, gt in zip(preds, gts):
+        levels = np.floor(pred * 255)
+        curve = []
+        for t in range(256):
+            binary = levels >= t
+            tp = np.sum(binary & gt)
+            precision = tp / binary.sum() if binary.sum() else 0.0
+            recall = tp / gt.sum() if gt.sum() else 0.0
+            curve.append((1 + beta2) * precision * recall / (beta2 * precision + recall) if precision + recall else 0.0)
+        curves.append(curve)
+    return np.mean(curves, axis=0).max()
+
+
+def _saliency_case(seed, n=3, size=(12, 15)):
+    g = torch.Generator().manual_seed(seed)
+    target = torch.zeros(n, *size)
+    target[:, 3:9, 4:11] = 1
+    target[-1, 0:2, 0:3] = 1  # a second, small region
+    pred = (target * 0.4 + torch.rand(n, *size, generator=g) * 0.6).clamp(0, 1)  # overlapping: max F < 1
+    return pred, target
+
+
+def test_saliency_metrics_against_direct_computations():
+    pred, target = _saliency_case(0)
+    metrics = SaliencyMetrics()
+    metrics.update(pred[:2], target[:2])
+    metrics.update(pred[2:].unsqueeze(1), target[2:].unsqueeze(1))  # [N, 1, H, W] too
+    result = metrics.compute()
+    p, t = pred.double().numpy(), target.numpy() > 0
+    assert result["mae"] == pytest.approx(np.mean([np.abs(a - b).mean() for a, b in zip(p, t)]), abs=1e-12)
+    assert result["max_f"] == pytest.approx(_max_f_brute_force(p, t), abs=1e-12)
+    assert result["s_measure"] == pytest.approx(np.mean([_s_measure_numpy(a, b) for a, b in zip(p, t)]), abs=1e-12)
+    assert 0.5 < result["s_measure"] < 1 and 0.5 < result["max_f"] < 1
+
+
+def test_saliency_metrics_hand_cases():
+    target = torch.zeros(1, 8, 8)
+    target[0, 2:6, 2:6] = 1
+    perfect = SaliencyMetrics()
+    perfect.update(target.clone(), target)
+    result = perfect.compute()
+    assert result["mae"] == 0 and result["max_f"] == pytest.approx(1.0) and result["s_measure"] == pytest.approx(1.0)
+    inverted = SaliencyMetrics()
+    inverted.update(1 - target, target)
+    result = inverted.compute()
+    # mae 1; the best threshold (0) marks everything: P = 16/64, R = 1, F = 1.3 P / (0.3 P + 1).
+    assert result["mae"] == 1 and result["max_f"] == pytest.approx(1.3 * 0.25 / (0.3 * 0.25 + 1))
+    assert result["s_measure"] < 0.1
+    empty, full = SaliencyMetrics(), SaliencyMetrics()
+    pred = torch.full((1, 8, 8), 0.25)
+    empty.update(pred, torch.zeros(1, 8, 8))
+    full.update(pred, torch.ones(1, 8, 8))
+    assert empty.compute()["s_measure"] == pytest.approx(0.75) and full.compute()["s_measure"] == pytest.approx(0.25)
+
+
+def test_saliency_min_max_normalisation():
+    pred, target = _saliency_case(1, n=1)
+    scaled = pred.double() * 0.5 + 0.2
+    plain, normalised, reference = SaliencyMetrics(), SaliencyMetrics(min_max_normalise=True), SaliencyMetrics()
+    plain.update(scaled, target)
+    normalised.update(scaled, target)
+    reference.update((scaled - scaled.min()) / (scaled.max() - scaled.min()), target)
+    assert normalised.compute()["mae"] == pytest.approx(reference.compute()["mae"], abs=1e-12)
+    assert plain.compute()["mae"] != pytest.approx(reference.compute()["mae"])
+
+
+@pytest.mark.parametrize("call, message", [
+    (lambda m: m.update(torch.rand(2, 4, 4), torch.zeros(2, 4, 5)), r"must have one shape.*got \[2, 4, 4\] and \[2, 4, 5\]"),
+    (lambda m: m.update(torch.rand(2, 4, 4) + 1, torch.zeros(2, 4, 4)), "pred must be floating point in \\[0, 1\\]"),
+    (lambda m: m.compute(), "no images were added"),
+])
+def test_saliency_metrics_errors(call, message):
+    with pytest.raises(ValueError, match=message):
+        call(SaliencyMetrics())

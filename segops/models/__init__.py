@@ -9,7 +9,8 @@ from segops.models.rcnn import FastRCNNBoxHead, MaskRCNNMaskHead, SegopsMultiSca
 from segops.models.pspnet import PSPNet, PyramidPooling, pspnet
 from segops.models.resnet import DilatedResNet
 from segops.models.segnet import DeconvNet, SegNet, deconvnet, segnet
+from segops.models.ucn import UCN, ucn
 from segops.models.unet import UNet, unet
 
 __all__ = ["CAMClassifier", "cam", "FastRCNNBoxHead", "MaskRCNNMaskHead", "SegopsMultiScaleRoIAlign", "use_segops_roi_align", "ASPP", "DeepLabV2", "DeepLabV3", "deeplabv2", "deeplabv3", "PSPNet", "PyramidPooling", "pspnet",
-           "DilatedResNet", "DeepFeatureFlow", "FixedIntervalScheduler", "FlowNet", "deep_feature_flow", "FCN", "fcn8s", "fcn16s", "fcn32s", "load_vgg16_backbone", "DeconvNet", "SegNet", "deconvnet", "segnet", "UNet", "unet"]
+           "DilatedResNet", "DeepFeatureFlow", "FixedIntervalScheduler", "FlowNet", "deep_feature_flow", "FCN", "fcn8s", "fcn16s", "fcn32s", "load_vgg16_backbone", "DeconvNet", "SegNet", "deconvnet", "segnet", "UCN", "ucn", "UNet", "unet"]
