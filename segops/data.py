@@ -57,7 +57,7 @@ class SyntheticShapes(torch.utils.data.Dataset):
             label = int(torch.randint(1, self.num_classes, (), generator=g))
             centre = uniform(0.15 * size, 0.85 * size, (2,))
             radius = uniform(size / 8, size / 3)
-            mask = _shape_mask(label, xs - centre[0], ys - centre[1], radius, uniform(0, 2 * math.pi))
+            mask = shape_mask(label, xs - centre[0], ys - centre[1], radius, uniform(0, 2 * math.pi))
             colour = (torch.tensor(CLASS_COLOURS[label - 1]) + uniform(-COLOUR_JITTER, COLOUR_JITTER, (3,)))
             image = torch.where(mask, colour.view(3, 1, 1), image)
             labels[mask] = label
@@ -65,7 +65,7 @@ class SyntheticShapes(torch.utils.data.Dataset):
         return image.clamp(0, 1), labels
 
 
-def _shape_mask(label: int, dx: Tensor, dy: Tensor, radius: Tensor, angle: Tensor) -> Tensor:
+def shape_mask(label: int, dx: Tensor, dy: Tensor, radius: Tensor, angle: Tensor) -> Tensor:
     """Pixels inside a disc (1), an axis-aligned rectangle (2) or a rotated equilateral triangle (3) of circumradius
     `radius`, at offsets (dx, dy) from its centre."""
     if label == 1:

@@ -86,3 +86,20 @@ def test_two_process_training_equals_single_process_training(tmp_path):
         torch.testing.assert_close(ddp[key], single[key], rtol=1e-5, atol=1e-7, msg=key)
         moved += not torch.equal(single[key], initial[key])
     assert moved > len(single) // 2  # training changed most tensors: the equality is not of untouched weights
+
+
+def test_roi_ablation_targets_fill_their_boxes_and_the_script_runs(tmp_path):
+    spec = importlib.util.spec_from_file_location("roi_ablation", ROOT / "examples" / "roi_ablation.py")
+    ablation = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(ablation)
+    images, boxes, masks = ablation.make_batch(6, torch.Generator().manual_seed(0))
+    assert images.shape == (6, 3, 128, 128) and boxes.shape == (6, 5) and masks.shape == (6, 1, 14, 14)
+    assert torch.equal(boxes[:, 0], torch.arange(6.0))
+    # A box is its shape's exact extent: the shape reaches every side of the box's grid.
+    for mask in masks[:, 0]:
+        assert mask[0].max() > 0 and mask[-1].max() > 0 and mask[:, 0].max() > 0 and mask[:, -1].max() > 0
+        assert 0.3 < mask.mean() <= 1  # a rectangle fills its box
+    result = _run([sys.executable, str(ROOT / "examples" / "roi_ablation.py"), "--steps", "2", "--test-images", "4"],
+                  tmp_path)
+    for variant in ("| RoIPool |", "| RoIAlign (aligned=False) |", "| RoIAlign (aligned=True) |"):
+        assert variant in result.stdout
