@@ -1,0 +1,57 @@
+"""Panoptic FPN's merging heuristic on hand-made cases, and its output scored by segops.metrics.PanopticQuality."""
+
+import pytest
+import torch
+
+from segops.metrics import PanopticQuality
+from segops.models.panoptic import VOID, panoptic_merge
+
+THINGS, STUFFS = [1, 2], [10, 11]
+
+
+def _box(h0, h1, w0, w1, size=(10, 12)):
+    mask = torch.zeros(size, dtype=torch.bool)
+    mask[h0:h1, w0:w1] = True
+    return mask
+
+
+def test_instances_by_score_with_overlap_removal_then_stuff_then_void():
+    masks = torch.stack([
+        _box(0, 4, 0, 4),    # score 0.6: pasted second, loses its overlap with the first
+        _box(2, 6, 2, 6),    # score 0.9: pasted first
+        _box(2, 5, 2, 5),    # score 0.8: 9 of 9 pixels taken (> 0.5): dropped
+        _box(8, 10, 0, 2),   # score 0.3: below the score threshold
+    ])
+    scores, labels = torch.tensor([0.6, 0.9, 0.8, 0.3]), torch.tensor([1, 2, 1, 2])
+    semantic = torch.full((10, 12), 10)
+    semantic[:, 9:] = 11  # 30 pixels of stuff 11
+    semantic[7:, :3] = 1  # a thing category in the semantic map: ignored
+    out = panoptic_merge(masks, scores, labels, semantic, STUFFS, stuff_min_area=25)
+    assert out.shape == (10, 12, 2) and out.dtype == torch.int64
+    first, second = _box(2, 6, 2, 6), _box(0, 4, 0, 4) & ~_box(2, 6, 2, 6)
+    assert (out[first] == torch.tensor([2, 1])).all() and (out[second] == torch.tensor([1, 2])).all()
+    assert set(out[..., 1].unique().tolist()) == {0, 1, 2}  # the dropped instances are nowhere
+    assert (out[:, 9:] == torch.tensor([11, 0])).all()
+    rest = ~first & ~second
+    rest[:, 9:] = False
+    rest[7:, :3] = False
+    assert (out[rest] == torch.tensor([10, 0])).all()
+    assert (out[7:, :3][..., 0] == VOID).all()  # the semantic map's thing pixels no instance took
+    # Stuff regions smaller than stuff_min_area are dropped (void).
+    assert (panoptic_merge(masks, scores, labels, semantic, STUFFS, stuff_min_area=31)[:, 9:, 0] == VOID).all()
+
+
+def test_merged_perfect_predictions_score_pq_one():
+    masks = torch.stack([_box(0, 4, 0, 4), _box(5, 9, 5, 9)])
+    semantic = torch.full((10, 12), 10)
+    merged = panoptic_merge(masks, torch.tensor([0.9, 0.8]), torch.tensor([1, 2]), semantic, STUFFS,
+                            stuff_min_area=1)
+    metric = PanopticQuality(THINGS, STUFFS)
+    metric.update(merged[None], merged[None].clone())
+    result = metric.compute()
+    assert result["pq"] == pytest.approx(1.0) and result["pq_things"] == pytest.approx(1.0)
+
+
+def test_panoptic_merge_errors():
+    with pytest.raises(ValueError, match=r"masks must be \[M, H, W\]"):
+        panoptic_merge(torch.zeros(2, 4, 4), torch.zeros(3), torch.zeros(2), torch.zeros(4, 4), STUFFS)
