@@ -55,3 +55,63 @@ def test_merged_perfect_predictions_score_pq_one():
 def test_panoptic_merge_errors():
     with pytest.raises(ValueError, match=r"masks must be \[M, H, W\]"):
         panoptic_merge(torch.zeros(2, 4, 4), torch.zeros(3), torch.zeros(2), torch.zeros(4, 4), STUFFS)
+
+
+def test_semantic_branch_stages_and_size():
+    from segops.models.panoptic import SemanticFPNHead
+
+    head = SemanticFPNHead(num_classes=5)
+    assert [len(stages) for stages in head.levels] == [1, 1, 2, 3]
+    assert isinstance(head.levels[3][0][1], torch.nn.GroupNorm)
+    features = [torch.randn(2, 256, 17 // 2**i + 1, 23 // 2**i + 1) for i in range(4)]  # odd sizes
+    assert head(features).shape == (2, 5, 4 * features[0].shape[2], 4 * features[0].shape[3])
+
+
+@pytest.fixture(scope="module")
+def panoptic_model():
+    import segops.models as models
+
+    torch.manual_seed(0)
+    return models.panoptic_fpn(num_things=2, num_stuff=2, stuff_min_area=1, min_size=128, max_size=160,
+                               box_score_thresh=0.0)
+
+
+def test_panoptic_fpn_merges_its_own_branches(panoptic_model):
+    from segops.models.rcnn import SegopsMultiScaleRoIAlign
+
+    model = panoptic_model.eval()
+    assert isinstance(model.detector.roi_heads.mask_roi_pool, SegopsMultiScaleRoIAlign)
+    images = [torch.rand(3, 120, 150), torch.rand(3, 100, 130)]
+    with torch.no_grad():
+        panoptic = model(images)
+        detections = model.detector(images)
+        image_list, _ = model.detector.transform(images)
+        features = model.detector.backbone(image_list.tensors)
+        semantic = model.semantic_head([features[k] for k in "0123"])
+        semantic = torch.nn.functional.interpolate(semantic, size=image_list.tensors.shape[-2:], mode="bilinear")
+    for index, (out, found, (height, width)) in enumerate(zip(panoptic, detections, image_list.image_sizes)):
+        size = images[index].shape[-2:]
+        assert out.shape == (*size, 2)
+        labels = torch.nn.functional.interpolate(semantic[index:index + 1, :, :height, :width], size=size,
+                                                 mode="bilinear")[0].argmax(0)
+        expected = panoptic_merge(found["masks"][:, 0], found["scores"], found["labels"],
+                                  torch.where(labels > 0, labels + 2, 0), [3, 4], stuff_min_area=1)
+        assert torch.equal(out, expected)
+        assert set(out[..., 0].unique().tolist()) <= {VOID, 1, 2, 3, 4}
+
+
+def test_panoptic_fpn_training_losses(panoptic_model):
+    model = panoptic_model.train()
+    images = [torch.rand(3, 120, 150)]
+    semantic = torch.zeros(120, 150, dtype=torch.int64)
+    semantic[:60] = 1
+    semantic[60:, 100:] = 2
+    targets = [{"boxes": torch.tensor([[10.0, 70.0, 60.0, 110.0]]), "labels": torch.tensor([1]),
+                "masks": torch.zeros(1, 120, 150, dtype=torch.uint8), "semantic": semantic}]
+    targets[0]["masks"][0, 70:110, 10:60] = 1
+    losses = model(images, targets)
+    assert {"loss_semantic", "loss_mask", "loss_classifier", "loss_objectness"} <= set(losses)
+    sum(losses.values()).backward()
+    assert model.semantic_head.predictor.weight.grad.abs().sum() > 0
+    assert model.detector.backbone.fpn.layer_blocks[0][0].weight.grad.abs().sum() > 0
+    model.eval()

@@ -6,7 +6,7 @@ from segops.models.deeplab import ASPP, DeepLabV2, DeepLabV3, deeplabv2, deeplab
 from segops.models.dff import DeepFeatureFlow, FixedIntervalScheduler, FlowNet, deep_feature_flow
 from segops.models.fcn import FCN, fcn8s, fcn16s, fcn32s, load_vgg16_backbone
 from segops.models.rcnn import FastRCNNBoxHead, MaskRCNNMaskHead, SegopsMultiScaleRoIAlign, use_segops_roi_align
-from segops.models.panoptic import panoptic_merge
+from segops.models.panoptic import PanopticFPN, SemanticFPNHead, panoptic_fpn, panoptic_merge
 from segops.models.pspnet import PSPNet, PyramidPooling, pspnet
 from segops.models.resnet import DilatedResNet
 from segops.models.saliency import BASNet, DCL, PoolNet, basnet, basnet_loss, dcl, poolnet
@@ -18,7 +18,7 @@ __all__ = [
     "ASPP", "BASNet", "basnet", "basnet_loss", "cam", "CAMClassifier", "DCL", "dcl", "DeconvNet", "deconvnet",
     "deep_feature_flow", "DeepFeatureFlow", "DeepLabV2", "deeplabv2", "DeepLabV3", "deeplabv3", "DilatedResNet",
     "FastRCNNBoxHead", "FCN", "fcn16s", "fcn32s", "fcn8s", "FixedIntervalScheduler", "FlowNet",
-    "load_vgg16_backbone", "MaskRCNNMaskHead", "panoptic_merge", "PoolNet", "poolnet", "PSPNet", "pspnet",
+    "load_vgg16_backbone", "MaskRCNNMaskHead", "panoptic_fpn", "PanopticFPN", "panoptic_merge", "SemanticFPNHead", "PoolNet", "poolnet", "PSPNet", "pspnet",
     "PyramidPooling", "SegNet", "segnet", "SegopsMultiScaleRoIAlign", "UCN", "ucn", "UNet", "unet",
     "use_segops_roi_align",
 ]
