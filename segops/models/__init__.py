@@ -6,6 +6,7 @@ from segops.models.deeplab import ASPP, DeepLabV2, DeepLabV3, deeplabv2, deeplab
 from segops.models.dff import DeepFeatureFlow, FixedIntervalScheduler, FlowNet, deep_feature_flow
 from segops.models.fcn import FCN, fcn8s, fcn16s, fcn32s, load_vgg16_backbone
 from segops.models.rcnn import FastRCNNBoxHead, MaskRCNNMaskHead, SegopsMultiScaleRoIAlign, use_segops_roi_align
+from segops.models.panet import AdaptiveBoxHead, AdaptiveFeaturePooling, AdaptiveMaskHead, BottomUpPath, panet
 from segops.models.panoptic import PanopticFPN, SemanticFPNHead, panoptic_fpn, panoptic_merge
 from segops.models.pspnet import PSPNet, PyramidPooling, pspnet
 from segops.models.resnet import DilatedResNet
@@ -15,7 +16,7 @@ from segops.models.ucn import UCN, ucn
 from segops.models.unet import UNet, unet
 
 __all__ = [
-    "ASPP", "BASNet", "basnet", "basnet_loss", "cam", "CAMClassifier", "DCL", "dcl", "DeconvNet", "deconvnet",
+    "AdaptiveBoxHead", "AdaptiveFeaturePooling", "AdaptiveMaskHead", "ASPP", "BottomUpPath", "panet", "BASNet", "basnet", "basnet_loss", "cam", "CAMClassifier", "DCL", "dcl", "DeconvNet", "deconvnet",
     "deep_feature_flow", "DeepFeatureFlow", "DeepLabV2", "deeplabv2", "DeepLabV3", "deeplabv3", "DilatedResNet",
     "FastRCNNBoxHead", "FCN", "fcn16s", "fcn32s", "fcn8s", "FixedIntervalScheduler", "FlowNet",
     "load_vgg16_backbone", "MaskRCNNMaskHead", "panoptic_fpn", "PanopticFPN", "panoptic_merge", "SemanticFPNHead", "PoolNet", "poolnet", "PSPNet", "pspnet",

@@ -58,12 +58,17 @@ class SegopsMultiScaleRoIAlign(poolers.MultiScaleRoIAlign):
     """torchvision's MultiScaleRoIAlign (FPN level per box, torchvision's arithmetic: aligned=False) on
     segops.multi_scale_roi_align: every level in one pass."""
 
-    def forward(self, x: Dict[str, Tensor], boxes: List[Tensor], image_shapes: List[Tuple[int, int]]) -> Tensor:
+    def features_and_rois(self, x: Dict[str, Tensor], boxes: List[Tensor],
+                          image_shapes: List[Tuple[int, int]]) -> Tuple[List[Tensor], Tensor]:
+        """torchvision's preparation: the named maps, their scales (inferred once from the sizes) and rois [K, 5]."""
         features = poolers._filter_input(x, self.featmap_names)
         if self.scales is None or self.map_levels is None:
             self.scales, self.map_levels = poolers._setup_scales(features, image_shapes, self.canonical_scale,
                                                                  self.canonical_level)
-        rois = poolers._convert_to_roi_format(boxes)
+        return features, poolers._convert_to_roi_format(boxes)
+
+    def forward(self, x: Dict[str, Tensor], boxes: List[Tensor], image_shapes: List[Tuple[int, int]]) -> Tensor:
+        features, rois = self.features_and_rois(x, boxes, image_shapes)
         if len(features) == 1:
             levels = torch.zeros(len(rois), dtype=torch.int64, device=rois.device)
         else:
