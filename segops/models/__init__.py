@@ -1,5 +1,8 @@
-"""Segmentation networks written thinly on segops' operators. Every builder takes `num_classes`, downloads nothing,
-and returns a module mapping images Tensor[N, 3, H, W] (any H, W >= 64) to logits Tensor[N, K, H, W]."""
+"""Segmentation networks written thinly on segops' operators; no builder downloads anything. Semantic segmentation
+builders take `num_classes` and map images Tensor[N, 3, H, W] (any H, W >= 64) to logits Tensor[N, K, H, W]; the
+others say what they return: video (deep_feature_flow), saliency maps (dcl, basnet, poolnet), image labels and
+class activation maps (cam), pixel embeddings (ucn), detections (panet, use_segops_roi_align) and panoptic maps
+(panoptic_fpn)."""
 
 from segops.models.cam import CAMClassifier, cam
 from segops.models.deeplab import ASPP, DeepLabV2, DeepLabV3, deeplabv2, deeplabv3
