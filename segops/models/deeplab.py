@@ -8,6 +8,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
+from segops.models._checks import check_int
 from segops.models.resnet import DilatedResNet, Weights
 from segops.ops.dense_crf import DenseCRF
 from segops.ops.dilated_conv import DilatedConv2d
@@ -15,11 +16,6 @@ from segops.ops.dilated_conv import DilatedConv2d
 # ImageNet's normalisation, which torchvision's backbones expect: the CRF needs the image back in 0..255.
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-
-
-def _check_classes(name: str, num_classes) -> None:
-    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
-        raise ValueError(f"{name}: num_classes must be an int >= 1, got {num_classes!r}")
 
 
 class DeepLabV2(nn.Module):
@@ -35,7 +31,7 @@ class DeepLabV2(nn.Module):
     def __init__(self, num_classes: int, depth: int = 101, rates=(6, 12, 18, 24), crf: Optional[str] = None,
                  backbone: Weights = None):
         super().__init__()
-        _check_classes("DeepLabV2", num_classes)
+        check_int("DeepLabV2", "num_classes", num_classes)
         if crf not in (None, "post", "rnn"):
             raise ValueError(f"DeepLabV2: crf must be None, 'post' or 'rnn', got {crf!r}")
         self.backbone = DilatedResNet(depth, 8, backbone)
@@ -93,7 +89,7 @@ class DeepLabV3(nn.Module):
 
     def __init__(self, num_classes: int, depth: int = 101, output_stride: int = 16, backbone: Weights = None):
         super().__init__()
-        _check_classes("DeepLabV3", num_classes)
+        check_int("DeepLabV3", "num_classes", num_classes)
         self.backbone = DilatedResNet(depth, output_stride, backbone)
         rates = (6, 12, 18) if output_stride == 16 else (12, 24, 36)
         self.head = nn.Sequential(

@@ -10,7 +10,9 @@ import torchvision
 from torch import Tensor, nn
 from torch.nn import functional as F
 
+from segops.models._checks import check_int
 from segops.models.rcnn import SegopsMultiScaleRoIAlign
+from segops.ops.multi_scale_roi_align import multi_scale_roi_align
 
 LEVELS = ("0", "1", "2", "3")  # torchvision's FPN outputs P2..P5; "pool" is P6, for the RPN only
 
@@ -44,11 +46,8 @@ class AdaptiveFeaturePooling(SegopsMultiScaleRoIAlign):
 
     def forward(self, x: Dict[str, Tensor], boxes: List[Tensor], image_shapes: List[Tuple[int, int]]) -> Tensor:
         features, rois = self.features_and_rois(x, boxes, image_shapes)
-        count = len(features)
-        pooled = torch.ops.segops.multi_scale_roi_align(
-            features, rois.repeat_interleave(count, dim=0), torch.arange(count, device=rois.device).repeat(len(rois)),
-            [float(s) for s in self.scales], *self.output_size, self.sampling_ratio, False)
-        return pooled.view(len(rois), count, *pooled.shape[1:])
+        return multi_scale_roi_align(features, rois, self.output_size, [float(s) for s in self.scales],
+                                     self.sampling_ratio, aligned=False, mode="all")
 
 
 class AdaptiveBoxHead(nn.Module):
@@ -84,8 +83,7 @@ def panet(num_classes: int, **detector_options) -> nn.Module:
     """PANet's instance segmentation network: torchvision's Mask R-CNN (ResNet-50 FPN, no download, num_classes with
     background) with BottomUpPath around its backbone and adaptive feature pooling in both heads. It is used as
     torchvision's detection models are: ``model(images, targets)`` -> losses, ``model(images)`` -> detections."""
-    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 2:
-        raise ValueError(f"panet: num_classes must be an int >= 2 (background included), got {num_classes!r}")
+    check_int("panet", "num_classes", num_classes, 2, " (background included)")
     model = torchvision.models.detection.maskrcnn_resnet50_fpn(weights=None, weights_backbone=None,
                                                                num_classes=num_classes, **detector_options)
     model.backbone = BottomUpPath(model.backbone)

@@ -7,6 +7,7 @@ from typing import List, Sequence
 import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
+from segops.models._checks import check_int
 
 VOID = -1  # the category of unassigned pixels: neither a thing nor a stuff category
 
@@ -114,9 +115,8 @@ class PanopticFPN(nn.Module):
 
     def __init__(self, num_things: int, num_stuff: int, stuff_min_area: int = 4096, **detector_options):
         super().__init__()
-        for name, value in (("num_things", num_things), ("num_stuff", num_stuff)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"PanopticFPN: {name} must be an int >= 1, got {value!r}")
+        check_int("PanopticFPN", "num_things", num_things)
+        check_int("PanopticFPN", "num_stuff", num_stuff)
         import torchvision
 
         from segops.models.rcnn import use_segops_roi_align

@@ -5,6 +5,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from segops.models.resnet import DilatedResNet, Weights
+from segops.models._checks import check_int
 
 
 class PyramidPooling(nn.Module):
@@ -32,8 +33,7 @@ class PSPNet(nn.Module):
 
     def __init__(self, num_classes: int, depth: int = 101, backbone: Weights = None, dropout: float = 0.1):
         super().__init__()
-        if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
-            raise ValueError(f"PSPNet: num_classes must be an int >= 1, got {num_classes!r}")
+        check_int("PSPNet", "num_classes", num_classes)
         self.backbone = DilatedResNet(depth, 8, backbone)
         self.head = nn.Sequential(
             PyramidPooling(2048),

@@ -18,6 +18,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from segops.losses import hybrid_loss
+from segops.models.deeplab import unnormalise
 from segops.models.fcn import vgg16_stages
 from segops.ops.dense_crf import dense_crf
 from segops.ops.dilated_conv import DilatedConv2d
@@ -55,8 +56,6 @@ class DCL(nn.Module):
         saliency = torch.sigmoid(self.fuse(torch.cat(sides, dim=1)))
         if not self.crf or self.training:
             return saliency
-        from segops.models.deeplab import unnormalise
-
         rgb = rgb if rgb is not None else unnormalise(images)
         logits = torch.cat([torch.log1p(-saliency.clamp(max=1 - 1e-6)), saliency.clamp_min(1e-6).log()], dim=1)
         return dense_crf(logits, rgb)[:, 1:]

@@ -7,6 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from segops.models._checks import check_int
 from segops.cluster import mean_shift
 from segops.models.unet import UNet
 
@@ -17,8 +18,7 @@ class UCN(nn.Module):
 
     def __init__(self, embedding_dim: int = 64, base_width: int = 64, depth: int = 4):
         super().__init__()
-        if isinstance(embedding_dim, bool) or not isinstance(embedding_dim, int) or embedding_dim < 2:
-            raise ValueError(f"UCN: embedding_dim must be an int >= 2, got {embedding_dim!r}")
+        check_int("UCN", "embedding_dim", embedding_dim, 2)
         self.body = UNet(embedding_dim, base_width, depth)
 
     def forward(self, images: Tensor) -> Tensor:

@@ -4,6 +4,7 @@ expanding path of 2x2 up-convolutions, each concatenated with the contracting pa
 import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
+from segops.models._checks import check_int
 
 
 def double_conv(in_channels: int, out_channels: int) -> nn.Sequential:
@@ -24,8 +25,7 @@ class UNet(nn.Module):
 
     def __init__(self, num_classes: int, base_width: int = 64, depth: int = 4):
         super().__init__()
-        if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
-            raise ValueError(f"UNet: num_classes must be an int >= 1, got {num_classes!r}")
+        check_int("UNet", "num_classes", num_classes)
         widths = [base_width * 2**level for level in range(depth + 1)]
         self.down = nn.ModuleList([double_conv(3, widths[0])] + [double_conv(widths[i], widths[i + 1])
                                                                 for i in range(depth)])
