@@ -1,7 +1,7 @@
 """Model cases: forward and forward+backward of each segops.models network, each against the same network (same
 weights) on PyTorch's own operators where segops' ops appear in it: nn.Conv2d for segops.DilatedConv2d (DeepLab,
-PSPNet), F.max_unpool2d for segops.max_unpool2d (SegNet, DeconvNet), F.grid_sample for segops.flow_warp (Deep
-Feature Flow). FCN-8s and U-Net use no segops operator: they are timed alone. Both passes in eval mode (batch norm frozen, as
+PSPNet, BASNet), F.max_unpool2d for segops.max_unpool2d (SegNet, DeconvNet), F.grid_sample for segops.flow_warp (Deep
+Feature Flow). FCN-8s, U-Net, PoolNet and DCL (without its CRF) use no segops operator: they are timed alone. Both passes in eval mode (batch norm frozen, as
 DeepLab and PSPNet fine-tune at small batches), with batch-norm statistics first measured on a random batch so that
 the randomly initialised networks are normalised as trained ones are (uncalibrated, a ResNet-101's activations grow
 layer by layer and float32 rounding differences with them); forward without gradients, forward+backward computing
@@ -112,6 +112,20 @@ def _agreement(make, index):
     return check
 
 
+class RefinedMap(nn.Module):
+    """BASNet returning its refined map only (the one used at inference), so that every case's output is a tensor."""
+
+    def __init__(self, basnet: nn.Module):
+        super().__init__()
+        self.basnet = basnet
+
+    def forward(self, images):
+        return self.basnet(images)[0]
+
+
+# Networks built on PyTorch's operators only: timed alone.
+WITHOUT_SEGOPS_OPS = ("fcn8s", "unet", "poolnet", "dcl")
+
 # (name, builder, input shape [N, 3, H, W] or [N, T, 3, H, W]); DeepLab v3 at three sizes (batch 1 and 4, a 256 and
 # a 513 crop), the others at one.
 MODELS = [
@@ -127,6 +141,9 @@ MODELS = [
     # A clip of 5 frames, one key frame: the feature network once, the flow network and the warp 4 times.
     ("deep_feature_flow (ResNet-101)", lambda: models.deep_feature_flow(NUM_CLASSES, key_interval=5),
      (1, 5, 3, 256, 256)),
+    ("basnet (ResNet-34)", lambda: RefinedMap(models.basnet()), (1, 3, 256, 256)),
+    ("poolnet (ResNet-50)", lambda: models.poolnet(), (1, 3, 256, 256)),
+    ("dcl (VGG16)", lambda: models.dcl(), (1, 3, 256, 256)),
 ]
 
 
@@ -145,7 +162,7 @@ def networks(index):
 def cases():
     result = []
     for index, (name, _, shape) in enumerate(MODELS):
-        uses_segops = name.split()[0] not in ("fcn8s", "unet")
+        uses_segops = name.split()[0] not in WITHOUT_SEGOPS_OPS
         label = f"model {name} {list(shape)}"
         for pass_, make in (("forward", _forward), ("forward+backward", _forward_backward)):
             def ours(index=index, make=make):

@@ -88,22 +88,25 @@ def progress(text, fraction, started):
           end="", file=sys.stderr, flush=True)
 
 
-def train(name, args, rank, world):
-    """Trains one model for args.steps steps; returns (the model, unwrapped, in eval mode, seconds)."""
+def train(name, args, rank=0, world=1, build=None, dataset=None, loss_fn=None):
+    """Trains one model for args.steps Adam (or SGD) steps on the global batches of `dataset` (each process its
+    share); returns (the model, unwrapped, in eval mode, seconds). By default the model is BUILDERS[name], the data
+    SyntheticShapes and the loss cross-entropy; loss_fn(outputs, targets) replaces it."""
     torch.manual_seed(args.seed)  # the same initial weights in every process (DDP broadcasts rank 0's anyway)
-    model = BUILDERS[name]()
+    model = (build or BUILDERS[name])()
     trained = torch.nn.parallel.DistributedDataParallel(model) if world > 1 else model
     lr = args.lr or (1e-3 if args.optimizer == "adam" else 1e-2)
     optimiser = (torch.optim.Adam(model.parameters(), lr=lr) if args.optimizer == "adam"
                  else torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9))
-    dataset = SyntheticShapes(args.steps * args.batch_size, args.size, seed=args.seed)
+    if dataset is None:
+        dataset = SyntheticShapes(args.steps * args.batch_size, args.size, seed=args.seed)
     share = args.batch_size // world
     model.train()
     started = time.perf_counter()
     for step in range(args.steps):
         first = step * args.batch_size + rank * share
-        images, labels = batch(dataset, range(first, first + share))
-        loss = F.cross_entropy(trained(normalise(images)), labels)
+        images, targets = batch(dataset, range(first, first + share))
+        loss = (loss_fn or F.cross_entropy)(trained(normalise(images)), targets)
         optimiser.zero_grad()
         loss.backward()
         optimiser.step()
@@ -170,23 +173,28 @@ def print_table(rows, baseline_miou):
 
 def save_grid(path, test_set, predictors, count=4):
     """Rows: test images; columns: image, ground truth, then each predictor's labels."""
+    images, labels = batch(test_set, range(count))
+    label_style = dict(cmap="tab10", vmin=0, vmax=9, interpolation="nearest")
+    columns = [("image", images.permute(0, 2, 3, 1), {}), ("ground truth", labels, label_style)]
+    with torch.no_grad():
+        columns += [(name, predict(images).argmax(1), label_style) for name, predict in predictors]
+    draw_grid(path, columns)
+
+
+def draw_grid(path, columns):
+    """A PNG of images in a grid: columns is a list of (title, images [rows, H, W] or [rows, H, W, 3], imshow's
+    keyword arguments), one column each."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    images, labels = batch(test_set, range(count))
-    columns = [("image", images.permute(0, 2, 3, 1)), ("ground truth", labels)]
-    with torch.no_grad():
-        columns += [(name, predict(images).argmax(1)) for name, predict in predictors]
+    count = len(columns[0][1])
     figure, axes = plt.subplots(count, len(columns), figsize=(2 * len(columns), 2 * count), squeeze=False)
-    for col, (title, values) in enumerate(columns):
+    for col, (title, values, style) in enumerate(columns):
         for row in range(count):
             axis = axes[row][col]
-            if title == "image":
-                axis.imshow(values[row].numpy())
-            else:
-                axis.imshow(values[row].numpy(), cmap="tab10", vmin=0, vmax=9, interpolation="nearest")
+            axis.imshow(values[row].numpy(), **style)
             axis.set_xticks([])
             axis.set_yticks([])
         axes[0][col].set_title(title, fontsize=9)

@@ -1,12 +1,31 @@
 #!/usr/bin/env bash
-# The demo: set up .venv and build segops (as test.sh and bench.sh do), then train FCN-8s, SegNet, DeconvNet, U-Net
-# and DeepLab v2 on synthetic shapes for a few minutes on the CPU (examples/train_segmentation.py): a table of metrics
-# against the majority-class baseline, DeepLab with and without the dense CRF, and demo_output/predictions.png.
-# DEMO_PROCESSES=2 runs it data-parallel under torchrun (gloo). Extra arguments go to the script (see --help).
+# The demo: set up .venv and build segops (as test.sh and bench.sh do), then, on the CPU:
+#   segmentation  examples/train_segmentation.py: FCN-8s, SegNet, DeconvNet, U-Net and DeepLab v2 (+ dense CRF) on
+#                 synthetic shapes, metrics against the majority class, demo_output/predictions.png;
+#   saliency      examples/train_saliency.py: BASNet, PoolNet and DCL (+ dense CRF) on synthetic salient objects,
+#                 MAE / max F / S-measure against a location prior, demo_output/saliency.png;
+#   roi_ablation  examples/roi_ablation.py: a mask head trained on RoIPool, RoIAlign and aligned RoIAlign features.
+# ./scripts/demo.sh runs all three; ./scripts/demo.sh PART [ARGS...] runs one, ARGS going to its script (--help).
+# DEMO_PROCESSES=2 runs the segmentation part data-parallel under torchrun (gloo).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-source scripts/setup_env.sh
-if [ "${DEMO_PROCESSES:-1}" -gt 1 ]; then
-  exec torchrun --standalone --nproc_per_node="$DEMO_PROCESSES" examples/train_segmentation.py "$@"
+declare -A scripts=([segmentation]=examples/train_segmentation.py [saliency]=examples/train_saliency.py
+                    [roi_ablation]=examples/roi_ablation.py)
+parts=(segmentation saliency roi_ablation)
+if [ $# -gt 0 ]; then
+  if [ -z "${scripts[$1]+set}" ]; then
+    echo "usage: $0 [segmentation|saliency|roi_ablation [ARGS...]], got '$1'" >&2
+    exit 2
+  fi
+  parts=("$1")
+  shift
 fi
-exec python examples/train_segmentation.py "$@"
+source scripts/setup_env.sh
+for part in "${parts[@]}"; do
+  echo "== $part ==" >&2
+  if [ "$part" = segmentation ] && [ "${DEMO_PROCESSES:-1}" -gt 1 ]; then
+    torchrun --standalone --nproc_per_node="$DEMO_PROCESSES" "${scripts[$part]}" "$@"
+  else
+    python "${scripts[$part]}" "$@"
+  fi
+done

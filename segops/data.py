@@ -1,6 +1,7 @@
-"""A synthetic segmentation dataset generated on the fly, for demos and smoke tests: coloured discs, rectangles and
-triangles on striped, noisy backgrounds. Nothing is downloaded; sample i is a pure function of (seed, i), so every
-process of a data-parallel run sees the same dataset."""
+"""Synthetic datasets generated on the fly, for demos and smoke tests: coloured discs, rectangles and triangles on
+striped, noisy backgrounds, labelled per class (SyntheticShapes, segmentation) or as one salient object
+(SyntheticSalientObjects). Nothing is downloaded; sample i is a pure function of (seed, i), so every process of a
+data-parallel run sees the same dataset."""
 
 import math
 from typing import Tuple
@@ -20,19 +21,25 @@ PIXEL_NOISE = 0.08
 class SyntheticShapes(torch.utils.data.Dataset):
     """``dataset[i]`` -> (image Tensor[3, size, size] float32 in 0..1, labels Tensor[size, size] int64 in 0..3).
 
-    Labels: 0 background, 1 disc, 2 rectangle, 3 triangle (CLASS_NAMES). Two to five shapes per image, later ones
-    occluding earlier ones, each 1/4 to 2/3 of the image across; the background is a random colour with stripes of
-    random frequency and orientation.
+    Labels: 0 background, 1 disc, 2 rectangle, 3 triangle (CLASS_NAMES). `shapes_per_image` (lowest, highest) shapes
+    per image, two to five by default, later ones occluding earlier ones, each 1/4 to 2/3 of the image across; the
+    background is a random colour with stripes of random frequency and orientation.
     """
 
     num_classes = len(CLASS_NAMES)
 
-    def __init__(self, num_samples: int, size: int = 64, seed: int = 0):
+    def __init__(self, num_samples: int, size: int = 64, seed: int = 0, shapes_per_image: Tuple[int, int] = (2, 5)):
         if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 0:
             raise ValueError(f"SyntheticShapes: num_samples must be an int >= 0, got {num_samples!r}")
         if isinstance(size, bool) or not isinstance(size, int) or size < 16:
             raise ValueError(f"SyntheticShapes: size must be an int >= 16, got {size!r}")
+        if (not isinstance(shapes_per_image, tuple) or len(shapes_per_image) != 2
+                or not all(isinstance(n, int) and not isinstance(n, bool) for n in shapes_per_image)
+                or not 1 <= shapes_per_image[0] <= shapes_per_image[1]):
+            raise ValueError("SyntheticShapes: shapes_per_image must be a tuple (lowest, highest) of ints with "
+                             f"1 <= lowest <= highest, got {shapes_per_image!r}")
         self.num_samples, self.size, self.seed = num_samples, size, seed
+        self.shapes_per_image = shapes_per_image
 
     def __len__(self) -> int:
         return self.num_samples
@@ -53,7 +60,8 @@ class SyntheticShapes(torch.utils.data.Dataset):
         stripes = torch.sin(frequency * (xs * torch.cos(angle) + ys * torch.sin(angle)))
         image = uniform(0.3, 0.7, (3, 1, 1)) + uniform(0.05, 0.2) * stripes
         labels = torch.zeros(size, size, dtype=torch.int64)
-        for _ in range(int(torch.randint(2, 6, (), generator=g))):
+        lowest, highest = self.shapes_per_image
+        for _ in range(int(torch.randint(lowest, highest + 1, (), generator=g))):
             label = int(torch.randint(1, self.num_classes, (), generator=g))
             centre = uniform(0.15 * size, 0.85 * size, (2,))
             radius = uniform(size / 8, size / 3)
@@ -63,6 +71,23 @@ class SyntheticShapes(torch.utils.data.Dataset):
             labels[mask] = label
         image = image + PIXEL_NOISE * torch.randn(3, size, size, generator=g)
         return image.clamp(0, 1), labels
+
+
+class SyntheticSalientObjects(torch.utils.data.Dataset):
+    """``dataset[i]`` -> (image Tensor[3, size, size] float32 in 0..1, mask Tensor[1, size, size] float32, 1 on the
+    object and 0 elsewhere): one SyntheticShapes shape (a disc, rectangle or triangle, 1/4 to 2/3 of the image across,
+    in its class colour shifted at random) on a striped, noisy background of random colour, the shape being the salient
+    object. For salient-object detection demos; sample i is a pure function of (seed, i)."""
+
+    def __init__(self, num_samples: int, size: int = 64, seed: int = 0):
+        self.shapes = SyntheticShapes(num_samples, size, seed, shapes_per_image=(1, 1))
+
+    def __len__(self) -> int:
+        return len(self.shapes)
+
+    def __getitem__(self, index: int) -> Tuple[Tensor, Tensor]:
+        image, labels = self.shapes[index]
+        return image, (labels > 0).to(image.dtype)[None]
 
 
 def shape_mask(label: int, dx: Tensor, dy: Tensor, radius: Tensor, angle: Tensor) -> Tensor:

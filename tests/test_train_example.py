@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from segops.data import CLASS_COLOURS, SyntheticShapes
+from segops.data import CLASS_COLOURS, SyntheticSalientObjects, SyntheticShapes
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "examples" / "train_segmentation.py"
@@ -47,10 +47,26 @@ def test_synthetic_shapes_are_reproducible_and_labelled_by_colour():
     (lambda: SyntheticShapes(-1), ValueError, "num_samples must be an int >= 0, got -1"),
     (lambda: SyntheticShapes(4, size=8), ValueError, "size must be an int >= 16, got 8"),
     (lambda: SyntheticShapes(4)[4], IndexError, "index 4 out of range for 4 samples"),
+    (lambda: SyntheticShapes(4, shapes_per_image=(0, 2)), ValueError,
+     r"shapes_per_image must be a tuple \(lowest, highest\) of ints with 1 <= lowest <= highest, got \(0, 2\)"),
+    (lambda: SyntheticShapes(4, shapes_per_image=(3, 2)), ValueError, r"got \(3, 2\)"),
 ])
 def test_synthetic_shapes_errors(call, error, message):
     with pytest.raises(error, match=message):
         call()
+
+
+def test_salient_objects_are_one_shape_and_its_mask():
+    dataset = SyntheticSalientObjects(12, size=64, seed=5)
+    shapes = SyntheticShapes(12, size=64, seed=5, shapes_per_image=(1, 1))
+    for i in range(len(dataset)):
+        image, mask = dataset[i]
+        same_image, labels = shapes[i]
+        assert mask.shape == (1, 64, 64) and mask.dtype == torch.float32 and torch.equal(image, same_image)
+        assert torch.equal(mask[0], (labels > 0).float())
+        assert len(labels.unique()) == 2  # the background and one shape
+        # The object is 1/4 to 2/3 of the image across, partly clipped at the border at most.
+        assert 0.01 < mask.mean() < 0.5
 
 
 def test_the_script_trains_evaluates_and_draws(tmp_path):
@@ -62,6 +78,15 @@ def test_the_script_trains_evaluates_and_draws(tmp_path):
                 "deeplabv2 + dense CRF"):
         assert row in table
     assert (tmp_path / "predictions.png").stat().st_size > 0
+
+
+def test_the_saliency_script_trains_evaluates_and_draws(tmp_path):
+    result = _run([sys.executable, str(ROOT / "examples" / "train_saliency.py"), "--steps", "2", "--batch-size", "2",
+                   "--eval-samples", "4", "--output", str(tmp_path)], tmp_path)
+    for row in ("| baseline: location prior (mean training mask) |", "| basnet |", "| poolnet |", "| dcl |",
+                "| dcl + dense CRF |"):
+        assert row in result.stdout
+    assert (tmp_path / "saliency.png").stat().st_size > 0
 
 
 def test_two_process_training_equals_single_process_training(tmp_path):
