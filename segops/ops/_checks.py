@@ -33,6 +33,16 @@ def accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
 
 
+def autocast_to(value, dtype: torch.dtype):
+    """value (a tensor, a list or tuple of them, or anything else) with its floating-point tensors cast to dtype,
+    except float64 ones, which autocast leaves alone (as PyTorch's own autocast does)."""
+    if isinstance(value, Tensor):
+        return value.to(dtype) if value.is_floating_point() and value.dtype != torch.float64 else value
+    if isinstance(value, (list, tuple)):
+        return type(value)(autocast_to(item, dtype) for item in value)
+    return value
+
+
 def check_supported_float(op: str, name: str, tensor: Tensor) -> None:
     """`name` must be float32, float64, float16 or bfloat16."""
     if tensor.dtype not in SUPPORTED_DTYPES:

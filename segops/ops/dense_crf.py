@@ -9,7 +9,7 @@ from typing import NamedTuple, Optional, Sequence, Union
 import torch
 from torch import Tensor, nn
 
-from segops.ops._checks import check_same_device, dtype_name, shape_str
+from segops.ops._checks import autocast_to, check_same_device, dtype_name, shape_str
 
 # pydensecrf's documented defaults (its README): addPairwiseGaussian(sxy=3, compat=3) and
 # addPairwiseBilateral(sxy=80, srgb=13, compat=10).
@@ -390,7 +390,18 @@ def dense_crf(
 
     Returns:
         Tensor[N, L, H, W]: label probabilities, contiguous.
+
+    Under torch.autocast the whole mean field runs in float32 with autocast off (its policy: segops._autocast), so
+    a float16/bfloat16 unary is accepted there and the output is float32.
     """
+    if torch.is_autocast_enabled(unary.device.type):
+        with torch.autocast(unary.device.type, enabled=False):
+            return dense_crf(
+                autocast_to(unary, torch.float32), image, num_iters, smoothness_sxy=smoothness_sxy,
+                smoothness_weight=autocast_to(smoothness_weight, torch.float32), appearance_sxy=appearance_sxy,
+                appearance_srgb=appearance_srgb, appearance_weight=autocast_to(appearance_weight, torch.float32),
+                compatibility=autocast_to(compatibility, torch.float32),
+            )
     _check_crf_inputs(unary, image, num_iters)
     batch, labels, height, width = unary.shape
     if compatibility is not None and (compatibility.shape != (labels, labels) or compatibility.dtype != unary.dtype
