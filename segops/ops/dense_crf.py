@@ -299,7 +299,8 @@ class DenseCRFFunction(torch.autograd.Function):
 
 
 def _check_positive(name: str, value: float) -> None:
-    if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
+    # Comparisons (NaN fails both), not math.isfinite: torch.compile may trace a bandwidth as a SymFloat.
+    if not (isinstance(value, (int, float, torch.SymInt, torch.SymFloat)) and 0 < value < math.inf):
         raise ValueError(f"dense_crf: {name} must be a finite number > 0, got {value!r}")
 
 
