@@ -106,6 +106,15 @@ def _network_inputs(name, batch, height, width):
     return torch.randn((batch, *frames, 3, height, width), generator=torch.Generator().manual_seed(batch))
 
 
+def network_dynamic_shapes(name, example, static_size=STATIC_SIZE):
+    """dynamic_shapes for a network's one input: batch, and height and width (multiples of 32) unless static."""
+    dims = {0: BATCH}
+    if name not in static_size:
+        dims.update({example.dim() - 2: 32 * Dim("height32", min=2, max=128),
+                     example.dim() - 1: 32 * Dim("width32", min=2, max=128)})
+    return (dims,)
+
+
 def _first(output):
     return output[0] if isinstance(output, tuple) else output  # BASNet: the refined map
 
@@ -115,11 +124,7 @@ def test_networks_export_with_dynamic_batch_and_size(name, build):
     torch.manual_seed(0)
     model = build().eval()
     example = _network_inputs(name, 2, 96, 128)
-    rank = example.dim()
-    dims = {0: BATCH}
-    if name not in STATIC_SIZE:
-        dims.update({rank - 2: 32 * Dim("height32", min=2, max=128), rank - 1: 32 * Dim("width32", min=2, max=128)})
-    program = export(model, (example,), dynamic_shapes=(dims,))
+    program = export(model, (example,), dynamic_shapes=network_dynamic_shapes(name, example))
     sizes = [(2, 96, 128), (3, 96, 128)] + ([] if name in STATIC_SIZE else [(1, 160, 64), (3, 64, 224)])
     with torch.no_grad():
         for batch, height, width in sizes:

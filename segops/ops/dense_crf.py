@@ -347,11 +347,12 @@ def _check_crf_inputs(unary: Tensor, image: Tensor, num_iters: int) -> None:
     if unary.numel() == 0:
         return
     # min and max in one pass (NaN propagates): finite iff both are.
-    low, high = torch.aminmax(unary)
     if unary.device.type == "cpu" and not torch.compiler.is_compiling():
+        low, high = torch.aminmax(unary)
         if not (math.isfinite(low.item()) and math.isfinite(high.item())):
             raise ValueError(message)
     else:  # no host synchronisation (CUDA: a device-side assert), nothing data-dependent in a compiled graph
+        low, high = torch.aminmax(unary.reshape(-1), dim=0)  # with a dim, as ONNX's exporter needs
         torch._assert_async(torch.isfinite(high - low), message)
 
 
