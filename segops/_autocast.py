@@ -51,6 +51,8 @@ def _coordinates_policy(coordinates: Sequence[int]):
 def _pyramid_policy(args: List, device_type: str) -> List:
     """multi_scale_roi_align: the levels promoted to their widest dtype, the boxes to its accumulation dtype."""
     args = list(args)
+    if not args[0]:
+        return args  # no levels: the op's own check reports it
     dtype = args[0][0].dtype
     for level in args[0][1:]:
         dtype = torch.promote_types(dtype, level.dtype)
@@ -66,17 +68,17 @@ def _flow_warp_policy(args: List, device_type: str) -> List:
     return args
 
 
-# op name -> (policy, a line for the docs).
+# op name -> its policy: (the op's arguments, the autocast's device type) -> the arguments to call it with.
 POLICIES = {
-    "roi_align": (_coordinates_policy((1,)), "features' dtype; boxes in float32"),
-    "roi_pool": (_coordinates_policy((1,)), "features' dtype; boxes in float32"),
-    "multi_scale_roi_align": (_pyramid_policy, "features' (widest) dtype; boxes in float32"),
-    "flow_warp": (_flow_warp_policy, "features' dtype; flow in float32"),
-    "max_unpool2d": (_keep_policy, "input's dtype (exact in any)"),
-    "dilated_conv2d": (_conv_policy, "autocast dtype, as conv2d"),
-    "permutohedral_lattice": (_float32_policy, "float32"),
-    "permutohedral_filter": (_float32_policy, "float32"),
-    "dense_crf_softmax": (_float32_policy, "float32"),
+    "roi_align": _coordinates_policy((1,)),
+    "roi_pool": _coordinates_policy((1,)),
+    "multi_scale_roi_align": _pyramid_policy,
+    "flow_warp": _flow_warp_policy,
+    "max_unpool2d": _keep_policy,
+    "dilated_conv2d": _conv_policy,
+    "permutohedral_lattice": _float32_policy,
+    "permutohedral_filter": _float32_policy,
+    "dense_crf_softmax": _float32_policy,
 }
 
 _LIBRARY = torch.library.Library("segops", "IMPL")
@@ -98,6 +100,6 @@ def _register(name: str, policy: Callable, device_type: str) -> None:
     _LIBRARY.impl(name, lambda _keyset, *args: run(*args), key_name, with_keyset=True)
 
 
-for _name, (_policy, _) in POLICIES.items():
+for _name, _policy in POLICIES.items():
     for _device_type in DEVICE_TYPES:
         _register(_name, _policy, _device_type)
