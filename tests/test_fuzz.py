@@ -114,17 +114,27 @@ def _close(actual, expected, dtype):
     torch.testing.assert_close(actual.double(), expected.double(), rtol=tolerance, atol=tolerance, equal_nan=True)
 
 
-@given(st.data())
-def test_roi_align(data):
-    draw = data.draw
+def _roi_case(draw):
+    """(features, rois, output size, spatial scale) for roi_align and roi_pool."""
     features = _feature_map(draw)
     rois = _rois(draw, features.shape[0], features.shape[-1])
     output_size = (draw(st.integers(1, 3)), draw(st.integers(1, 3)))
-    scale, sampling, aligned = draw(st.sampled_from((1.0, 0.5))), draw(st.integers(-1, 2)), draw(st.booleans())
+    return features, rois, output_size, draw(st.sampled_from((1.0, 0.5)))
+
+
+def _comparable_roi_output(out, features, rois, output_size):
+    """Checks a RoI op's output shape and dtype; whether its values can be compared with a reference."""
+    assert out.shape == (rois.shape[0], features.shape[1], *output_size) and out.dtype == features.dtype
+    return _finite_moderate(rois, features.shape[-1]) and features.numel() > 0
+
+
+@given(st.data())
+def test_roi_align(data):
+    features, rois, output_size, scale = _roi_case(data.draw)
+    sampling, aligned = data.draw(st.integers(-1, 2)), data.draw(st.booleans())
 
     def check(out):
-        assert out.shape == (rois.shape[0], features.shape[1], *output_size) and out.dtype == features.dtype
-        if _finite_moderate(rois, features.shape[-1]) and features.numel() > 0:
+        if _comparable_roi_output(out, features, rois, output_size):
             boxes = _boxes_as_used(rois, features)
             # torchvision's CPU kernel cannot size its sample table for an aligned box of negative extent with
             # adaptive sampling (it raises); there, the pure-PyTorch reference.
@@ -139,15 +149,10 @@ def test_roi_align(data):
 
 @given(st.data())
 def test_roi_pool(data):
-    draw = data.draw
-    features = _feature_map(draw)
-    rois = _rois(draw, features.shape[0], features.shape[-1])
-    output_size = (draw(st.integers(1, 3)), draw(st.integers(1, 3)))
-    scale = draw(st.sampled_from((1.0, 0.5)))
+    features, rois, output_size, scale = _roi_case(data.draw)
 
     def check(out):
-        assert out.shape == (rois.shape[0], features.shape[1], *output_size) and out.dtype == features.dtype
-        if _finite_moderate(rois, features.shape[-1]) and features.numel() > 0:
+        if _comparable_roi_output(out, features, rois, output_size):
             _close(out, torchvision_ops.roi_pool(features.double(), _boxes_as_used(rois, features), output_size,
                                                  scale), features.dtype)
 
