@@ -104,9 +104,11 @@ def _finite_moderate(rois, size):
     return bool(torch.isfinite(rois).all()) and bool((rois[:, 1:].abs() <= size + 8).all())
 
 
-def _boxes_as_used(rois, features):
-    """The boxes as the op reads them: in the features' accumulation dtype (documented), then float64."""
-    return rois.to(accumulation_dtype(features.dtype)).double()
+def _as_computed(features, rois):
+    """Features and boxes in the features' accumulation dtype, where the op computes (documented): the references
+    then round the box geometry as the op does (a box edge rounding across a sample changes the sample count)."""
+    dtype = accumulation_dtype(features.dtype)
+    return features.to(dtype), rois.to(dtype)
 
 
 def _close(actual, expected, dtype):
@@ -135,12 +137,12 @@ def test_roi_align(data):
 
     def check(out):
         if _comparable_roi_output(out, features, rois, output_size):
-            boxes = _boxes_as_used(rois, features)
+            maps, boxes = _as_computed(features, rois)
             # torchvision's CPU kernel cannot size its sample table for an aligned box of negative extent with
             # adaptive sampling (it raises); there, the pure-PyTorch reference.
             negative = bool((boxes[:, 3:] < boxes[:, 1:3]).any())
             reference = reference_roi_align if aligned and sampling <= 0 and negative else torchvision_ops.roi_align
-            _close(out, reference(features.double(), boxes, output_size, scale, sampling, aligned), features.dtype)
+            _close(out, reference(maps, boxes, output_size, scale, sampling, aligned), features.dtype)
         elif features.numel() > 0 and out.numel() > 0:  # huge boxes: averages of the map's bilinear values
             assert out.double().abs().max() <= features.double().abs().max() + 1e-6
 
@@ -153,8 +155,7 @@ def test_roi_pool(data):
 
     def check(out):
         if _comparable_roi_output(out, features, rois, output_size):
-            _close(out, torchvision_ops.roi_pool(features.double(), _boxes_as_used(rois, features), output_size,
-                                                 scale), features.dtype)
+            _close(out, torchvision_ops.roi_pool(*_as_computed(features, rois), output_size, scale), features.dtype)
 
     _refused_or(lambda: segops.roi_pool(features, rois, output_size, scale), "roi_pool", check)
 
@@ -171,8 +172,8 @@ def test_multi_scale_roi_align(data):
         assert out.shape == (rois.shape[0], 2, fine.shape[1], 2, 2)
         if _finite_moderate(rois, fine.shape[-1]) and fine.numel() > 0 and coarse.numel() > 0:
             for level, (features, scale) in enumerate(((fine, 1.0), (coarse, 0.5))):
-                expected = torchvision_ops.roi_align(features.double(), _boxes_as_used(rois, fine), 2, scale, 2,
-                                                     True)
+                maps, boxes = _as_computed(features.to(out.dtype), rois)
+                expected = torchvision_ops.roi_align(maps, boxes, 2, scale, 2, True)
                 _close(out[:, level], expected, fine.dtype)
 
     _refused_or(lambda: segops.multi_scale_roi_align([fine, coarse], rois, 2, [1.0, 0.5], 2, True, mode="all"),
