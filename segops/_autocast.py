@@ -61,8 +61,11 @@ def _pyramid_policy(args: List, device_type: str) -> List:
     return args
 
 
+_boxes_policy = _coordinates_policy((1,))
+
+
 def _flow_warp_policy(args: List, device_type: str) -> List:
-    args = _coordinates_policy((1,))(args, device_type)
+    args = _boxes_policy(args, device_type)  # the flow, argument 1, as a box tensor
     if len(args) > 2:
         args[2] = autocast_to(args[2], args[0].dtype)
     return args
@@ -70,8 +73,8 @@ def _flow_warp_policy(args: List, device_type: str) -> List:
 
 # op name -> its policy: (the op's arguments, the autocast's device type) -> the arguments to call it with.
 POLICIES = {
-    "roi_align": _coordinates_policy((1,)),
-    "roi_pool": _coordinates_policy((1,)),
+    "roi_align": _boxes_policy,
+    "roi_pool": _boxes_policy,
     "multi_scale_roi_align": _pyramid_policy,
     "flow_warp": _flow_warp_policy,
     "max_unpool2d": _keep_policy,

@@ -54,14 +54,13 @@ def roi_pool(input, rois, spatial_scale, pooled_height, pooled_width):
 
 def max_unpool2d(input, indices, output_height, output_width):
     # PyTorch's indices count within each [Ho, Wo] plane; ONNX's within the whole [N, C, Ho, Wo] tensor.
-    shape = op.Shape(input)
-    batch_channels = op.Slice(shape, op.Constant(value_ints=[0]), op.Constant(value_ints=[2]))
-    plane = op.Mul(op.Cast(output_height, to=INT64.dtype), op.Cast(output_width, to=INT64.dtype))
+    batch_channels = op.Slice(op.Shape(input), op.Constant(value_ints=[0]), op.Constant(value_ints=[2]))
+    height = op.Reshape(op.Cast(output_height, to=INT64.dtype), op.Constant(value_ints=[1]))
+    width = op.Reshape(op.Cast(output_width, to=INT64.dtype), op.Constant(value_ints=[1]))
     planes = op.Range(op.Constant(value_int=0), op.ReduceProd(batch_channels, keepdims=0), op.Constant(value_int=1))
-    offsets = op.Reshape(op.Mul(planes, plane), op.Concat(batch_channels, op.Constant(value_ints=[1, 1]), axis=0))
-    output_shape = op.Concat(batch_channels, op.Reshape(op.Cast(output_height, to=INT64.dtype),
-                                                        op.Constant(value_ints=[1])),
-                             op.Reshape(op.Cast(output_width, to=INT64.dtype), op.Constant(value_ints=[1])), axis=0)
+    offsets = op.Reshape(op.Mul(planes, op.Squeeze(op.Mul(height, width))),
+                         op.Concat(batch_channels, op.Constant(value_ints=[1, 1]), axis=0))
+    output_shape = op.Concat(batch_channels, height, width, axis=0)
     return op.MaxUnpool(input, op.Add(indices, offsets), output_shape, kernel_shape=[1, 1], strides=[1, 1])
 
 

@@ -9,7 +9,7 @@ from typing import NamedTuple, Optional, Sequence, Union
 import torch
 from torch import Tensor, nn
 
-from segops.ops._checks import autocast_to, check_same_device, dtype_name, shape_str
+from segops.ops._checks import accumulation_dtype, autocast_to, check_same_device, dtype_name, shape_str
 
 # pydensecrf's documented defaults (its README): addPairwiseGaussian(sxy=3, compat=3) and
 # addPairwiseBilateral(sxy=80, srgb=13, compat=10).
@@ -487,8 +487,11 @@ class DenseCRF(nn.Module):
         return cls(num_labels, learn_compatibility=learn_compatibility, **DEEPLAB_V2)
 
     def forward(self, unary: Tensor, image: Tensor) -> Tensor:
-        compatibility = None if self.compatibility is None else self.compatibility.to(unary.dtype)
-        weights = self.kernel_weights.to(unary.dtype)
+        # The accumulation dtype, not unary's: under autocast a bfloat16 unary runs in float32 (dense_crf), and the
+        # learned parameters must not be rounded to bfloat16 on the way.
+        dtype = accumulation_dtype(unary.dtype)
+        compatibility = None if self.compatibility is None else self.compatibility.to(dtype)
+        weights = self.kernel_weights.to(dtype)
         return dense_crf(
             unary,
             image,
