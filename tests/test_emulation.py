@@ -1,7 +1,9 @@
 """The CUDA kernels themselves, run on the CPU by emulated launches (csrc/common/emulation.h), against the CPU
 path: this covers the kernels' index arithmetic, bounds tests and grid-stride loops, not only the shared math.
 Forward kernels compute each output exactly as the CPU path does, so they must agree bitwise; backward kernels
-scatter in another order (into a float32 buffer for half types, as on the GPU)."""
+scatter in another order (into a float32 buffer for half types, as on the GPU), except the deterministic RoI
+backwards (torch.use_deterministic_algorithms), which gather in the CPU path's order and must agree with it bitwise
+for every launch shape."""
 
 import pytest
 import torch
@@ -56,8 +58,10 @@ def test_roi_align_kernels(emulated, launch, dtype, shape, aligned, sampling_rat
     grad = torch.randn(expected.shape, generator=torch.Generator().manual_seed(1)).to(dtype)
     shape_args = (0.5, 3, 4, *input.shape)
     expected_grad = torch.ops.segops._roi_align_backward(grad, rois, *shape_args, sampling_ratio, aligned)
-    actual_grad = emulated._roi_align_backward(grad, rois, *shape_args, sampling_ratio, aligned, grid, block)
-    torch.testing.assert_close(actual_grad, expected_grad, **BACKWARD_TOLERANCE[dtype])
+    atomic = emulated._roi_align_backward(grad, rois, *shape_args, sampling_ratio, aligned, False, grid, block)
+    torch.testing.assert_close(atomic, expected_grad, **BACKWARD_TOLERANCE[dtype])
+    gathered = emulated._roi_align_backward(grad, rois, *shape_args, sampling_ratio, aligned, True, grid, block)
+    assert torch.equal(gathered, expected_grad)
 
 
 @pytest.mark.parametrize("launch", LAUNCHES, ids=str)
@@ -73,8 +77,10 @@ def test_roi_pool_kernels(emulated, launch, dtype, shape):
     grad = torch.randn(expected.shape, generator=torch.Generator().manual_seed(1)).to(dtype)
     shape_args = (0.5, 3, 4, *input.shape)
     expected_grad = torch.ops.segops._roi_pool_backward(grad, rois, expected_argmax, *shape_args)
-    actual_grad = emulated._roi_pool_backward(grad, rois, expected_argmax, *shape_args, grid, block)
-    torch.testing.assert_close(actual_grad, expected_grad, **BACKWARD_TOLERANCE[dtype])
+    atomic = emulated._roi_pool_backward(grad, rois, expected_argmax, *shape_args, False, grid, block)
+    torch.testing.assert_close(atomic, expected_grad, **BACKWARD_TOLERANCE[dtype])
+    gathered = emulated._roi_pool_backward(grad, rois, expected_argmax, *shape_args, True, grid, block)
+    assert torch.equal(gathered, expected_grad)
 
 
 @pytest.mark.parametrize("launch", [((1,), (5,)), ((4,), (64,))], ids=str)
@@ -94,11 +100,19 @@ def test_kernels_on_degenerate_boxes(emulated, launch, dtype):
         assert torch.equal(emulated.roi_align(input, rois, *params, grid, block), expected)
         grad = torch.ones_like(expected)
         shape_args = (0.5, 3, 2, *input.shape, sampling_ratio, True)
-        torch.testing.assert_close(emulated._roi_align_backward(grad, rois, *shape_args, grid, block),
-                                   torch.ops.segops._roi_align_backward(grad, rois, *shape_args))
+        expected_grad = torch.ops.segops._roi_align_backward(grad, rois, *shape_args)
+        torch.testing.assert_close(emulated._roi_align_backward(grad, rois, *shape_args, False, grid, block),
+                                   expected_grad)
+        assert torch.equal(emulated._roi_align_backward(grad, rois, *shape_args, True, grid, block), expected_grad)
     expected, argmax = torch.ops.segops.roi_pool(input, rois, 0.5, 3, 2)
     actual, actual_argmax = emulated.roi_pool(input, rois, 0.5, 3, 2, grid, block)
     assert torch.equal(actual, expected) and torch.equal(actual_argmax, argmax)
+    grad = torch.randn(expected.shape, dtype=dtype, generator=torch.Generator().manual_seed(1))
+    expected_grad = torch.ops.segops._roi_pool_backward(grad, rois, argmax, 0.5, 3, 2, *input.shape)
+    torch.testing.assert_close(
+        emulated._roi_pool_backward(grad, rois, argmax, 0.5, 3, 2, *input.shape, False, grid, block), expected_grad)
+    assert torch.equal(
+        emulated._roi_pool_backward(grad, rois, argmax, 0.5, 3, 2, *input.shape, True, grid, block), expected_grad)
 
 
 BAD_ROWS = [("batch index out of range", 0, 5.0), ("fractional batch index", 0, 0.5), ("NaN batch index", 0, float("nan")),
@@ -115,13 +129,18 @@ def test_kernels_validate_rows_with_a_device_side_assert(emulated, bad_row):
     output, argmax = torch.ops.segops.roi_pool(input, make_case(torch.float32)[1], 0.5, 3, 4)
     grad = torch.ones_like(output)
     shape_args = (0.5, 3, 4, *input.shape)
-    calls = {
-        "roi_align": lambda: emulated.roi_align(input, rois, 0.5, 3, 4, 2, True, [2], [32]),
-        "_roi_align_backward": lambda: emulated._roi_align_backward(grad, rois, *shape_args, 2, True, [2], [32]),
-        "roi_pool": lambda: emulated.roi_pool(input, rois, 0.5, 3, 4, [2], [32]),
-        "_roi_pool_backward": lambda: emulated._roi_pool_backward(grad, rois, argmax, *shape_args, [2], [32]),
-    }
-    for op, call in calls.items():
+    calls = [
+        ("roi_align", lambda: emulated.roi_align(input, rois, 0.5, 3, 4, 2, True, [2], [32])),
+        ("roi_pool", lambda: emulated.roi_pool(input, rois, 0.5, 3, 4, [2], [32])),
+    ]
+    for deterministic in (False, True):
+        calls += [
+            ("_roi_align_backward",
+             lambda: emulated._roi_align_backward(grad, rois, *shape_args, 2, True, deterministic, [2], [32])),
+            ("_roi_pool_backward",
+             lambda: emulated._roi_pool_backward(grad, rois, argmax, *shape_args, deterministic, [2], [32])),
+        ]
+    for op, call in calls:
         message = (rf"device-side assert triggered: {op}: rois\[k, 0\] \(batch index\) must be an integer in \[0, N\) "
                    rf"and rois\[k, 1:5\] \(box\) finite for every k")
         with pytest.raises(RuntimeError, match=message):
@@ -150,9 +169,11 @@ def test_multi_scale_roi_align_kernels(emulated, launch, dtype, num_rois):
     grad = torch.randn(expected.shape, generator=torch.Generator().manual_seed(1)).to(dtype)
     shape_args = ([0.5, 0.25, 0.125], 3, 2, 2, 3, [m.shape[2] for m in maps], [m.shape[3] for m in maps], 2, True)
     expected_grads = torch.ops.segops._multi_scale_roi_align_backward(grad, rois, levels, *shape_args)
-    actual_grads = emulated._multi_scale_roi_align_backward(grad, rois, levels, *shape_args, grid, block)
-    for actual, expected in zip(actual_grads, expected_grads, strict=True):
+    atomic = emulated._multi_scale_roi_align_backward(grad, rois, levels, *shape_args, False, grid, block)
+    gathered = emulated._multi_scale_roi_align_backward(grad, rois, levels, *shape_args, True, grid, block)
+    for actual, deterministic, expected in zip(atomic, gathered, expected_grads, strict=True):
         torch.testing.assert_close(actual, expected, **BACKWARD_TOLERANCE[dtype])
+        assert torch.equal(deterministic, expected)
 
 
 @pytest.mark.parametrize("bad", ["level 3", "level -1", "batch index"])
@@ -170,17 +191,29 @@ def test_multi_scale_kernels_validate_rows_and_levels(emulated, bad):
         emulated.multi_scale_roi_align(maps, rois, levels, *params, [2], [32])
     grad = torch.ones(len(rois), 3, 3, 2)
     shape_args = ([0.5, 0.25, 0.125], 3, 2, 2, 3, [12, 6, 3], [14, 7, 4], 2, True)
-    with pytest.raises(RuntimeError, match="device-side assert triggered: _multi_scale_roi_align_backward: " + message):
-        emulated._multi_scale_roi_align_backward(grad, rois, levels, *shape_args, [2], [32])
+    for deterministic in (False, True):
+        with pytest.raises(RuntimeError,
+                           match="device-side assert triggered: _multi_scale_roi_align_backward: " + message):
+            emulated._multi_scale_roi_align_backward(grad, rois, levels, *shape_args, deterministic, [2], [32])
 
 
 def test_emulated_kernels_ignore_forged_argmax(emulated):
-    input, rois = make_case(torch.float32)
-    output, argmax = emulated.roi_pool(input, rois, 0.5, 3, 4, [2], [32])
+    # Only an argmax inside its bin's window carries a gradient, as on the CPU: out of range or elsewhere on the
+    # map (where a gather over windows would never look), it is ignored.
+    input = torch.randn(1, 2, 8, 8)
+    rois = torch.tensor([[0.0, 0.0, 0.0, 6.0, 6.0]])  # bins of 2x2 pixels at spatial_scale 0.5
+    output, argmax = emulated.roi_pool(input, rois, 0.5, 2, 2, [2], [32])
     forged = torch.full_like(argmax, 10**6)
-    forged[0, 0, 0, 0] = 3
-    grad_input = emulated._roi_pool_backward(torch.ones_like(output), rois, forged, 0.5, 3, 4, *input.shape, [2], [32])
-    assert grad_input.sum() == 1
+    forged[0, 0, 0, 0] = 9  # pixel (1, 1): in bin (0, 0)'s window
+    forged[0, 0, 0, 1] = 8  # pixel (1, 0): in range, but outside bin (0, 1)'s window
+    forged[0, 1, 1, 1] = 63  # pixel (7, 7): outside the box
+    expected = torch.zeros(1, 2, 8, 8)
+    expected[0, 0, 1, 1] = 1
+    cpu = torch.ops.segops._roi_pool_backward(torch.ones_like(output), rois, forged, 0.5, 2, 2, *input.shape)
+    assert torch.equal(cpu, expected)
+    for deterministic in (False, True):
+        assert torch.equal(emulated._roi_pool_backward(torch.ones_like(output), rois, forged, 0.5, 2, 2,
+                                                       *input.shape, deterministic, [2], [32]), expected)
     with pytest.raises(RuntimeError, match=r"segops_emulation: grid dimensions must be in \[1, 65535\], got \[0\]"):
         emulated.roi_align(input, rois, 0.5, 3, 4, 2, True, [0], [32])
 
@@ -204,14 +237,14 @@ def test_half_precision_backward_accumulates_in_float(emulated, dtype):
 
     exact = torch.ops.segops._roi_align_backward(grad.double(), rois.double(), *shape_args, 2, True)
     cpu = torch.ops.segops._roi_align_backward(grad, rois, *shape_args, 2, True)
-    gpu = emulated._roi_align_backward(grad, rois, *shape_args, 2, True, [8], [128])
+    gpu = emulated._roi_align_backward(grad, rois, *shape_args, 2, True, False, [8], [128])
     assert gpu.dtype == dtype
     assert _relative_error(gpu, exact) <= 2 * _relative_error(cpu, exact)
 
     output, argmax = torch.ops.segops.roi_pool(input, rois, 1.0, 7, 7)
     exact = torch.ops.segops._roi_pool_backward(grad.double(), rois.double(), argmax, *shape_args)
     cpu = torch.ops.segops._roi_pool_backward(grad, rois, argmax, *shape_args)
-    gpu = emulated._roi_pool_backward(grad, rois, argmax, *shape_args, [8], [128])
+    gpu = emulated._roi_pool_backward(grad, rois, argmax, *shape_args, False, [8], [128])
     assert _relative_error(gpu, exact) <= 2 * _relative_error(cpu, exact)
 
 

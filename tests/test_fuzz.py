@@ -124,6 +124,25 @@ def _roi_case(draw):
     return features, rois, output_size, draw(st.sampled_from((1.0, 0.5)))
 
 
+def _op(name, device_args):
+    """The op's CPU kernel, or with device arguments its emulated GPU kernels."""
+    return getattr(torch.ops.segops_emulation if device_args else torch.ops.segops, name)
+
+
+def _check_deterministic_gpu_backward(draw, backward, forward_out, features):
+    """The deterministic GPU backward (emulated; it gathers where the default scatters) equals the CPU backward bit
+    for bit on the same case, hostile boxes included: its pruning of RoIs, bins and samples must miss nothing.
+    backward(device_args) runs the op's backward with the emulation's extra arguments, or the CPU one for ()."""
+    if forward_out.numel() == 0 or not features.is_floating_point():
+        return
+    from conftest import emulation_module
+
+    emulation_module()
+    grad = _tensor(draw, tuple(forward_out.shape), forward_out.dtype, layout="contiguous")
+    launch = draw(st.sampled_from((([1], [1]), ([3], [32]), ([64], [256]))))
+    assert torch.equal(backward(grad, (True, *launch)), backward(grad, ()))
+
+
 def _comparable_roi_output(out, features, rois, output_size):
     """Checks a RoI op's output shape and dtype; whether its values can be compared with a reference."""
     assert out.shape == (rois.shape[0], features.shape[1], *output_size) and out.dtype == features.dtype
@@ -146,7 +165,16 @@ def test_roi_align(data):
         elif features.numel() > 0 and out.numel() > 0:  # huge boxes: averages of the map's bilinear values
             assert out.double().abs().max() <= features.double().abs().max() + 1e-6
 
-    _refused_or(lambda: segops.roi_align(features, rois, output_size, scale, sampling, aligned), "roi_align", check)
+    def check_with_backward(out):
+        check(out)
+        params = (scale, *output_size, *features.shape, sampling, aligned)
+        boxes = rois.to(accumulation_dtype(features.dtype))  # as segops.roi_align passes them
+        _check_deterministic_gpu_backward(
+            data.draw, lambda grad, device_args: _op("_roi_align_backward", device_args)(grad, boxes, *params, *device_args),
+            out, features)
+
+    _refused_or(lambda: segops.roi_align(features, rois, output_size, scale, sampling, aligned), "roi_align",
+                check_with_backward)
 
 
 @given(st.data())
@@ -156,6 +184,13 @@ def test_roi_pool(data):
     def check(out):
         if _comparable_roi_output(out, features, rois, output_size):
             _close(out, torchvision_ops.roi_pool(*_as_computed(features, rois), output_size, scale), features.dtype)
+        boxes = rois.to(accumulation_dtype(features.dtype))  # as segops.roi_pool passes them
+        _, argmax = torch.ops.segops.roi_pool(features, boxes, scale, *output_size)
+        params = (scale, *output_size, *features.shape)
+        _check_deterministic_gpu_backward(
+            data.draw,
+            lambda grad, device_args: _op("_roi_pool_backward", device_args)(grad, boxes, argmax, *params, *device_args),
+            out, features)
 
     _refused_or(lambda: segops.roi_pool(features, rois, output_size, scale), "roi_pool", check)
 

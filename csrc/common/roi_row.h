@@ -30,4 +30,15 @@ SEGOPS_HOST_DEVICE bool roi_row_is_valid(const T* roi, int64_t batch_size) {
   return roi_batch_index_is_valid(roi[0], batch_size) && roi_box_is_finite(roi);
 }
 
+// The pixels [y_begin, y_end) x [x_begin, x_end) of image `batch` of feature map `level` that a RoI's backward can
+// write (a superset); level -1 for a bad row, which writes nothing. The deterministic GPU backwards
+// (common/roi_gather.h) skip a RoI whose footprint misses a pixel.
+struct RoIFootprint {
+  int64_t level, batch, y_begin, y_end, x_begin, x_end;
+
+  SEGOPS_HOST_DEVICE bool contains(int64_t map, int64_t n, int64_t y, int64_t x) const {
+    return level == map && batch == n && y >= y_begin && y < y_end && x >= x_begin && x < x_end;
+  }
+};
+
 }  // namespace segops

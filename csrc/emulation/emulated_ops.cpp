@@ -40,9 +40,10 @@ at::Tensor roi_align(const at::Tensor& input, const at::Tensor& rois, double spa
 
 at::Tensor roi_align_backward(const at::Tensor& grad, const at::Tensor& rois, double spatial_scale, int64_t pooled_h,
                               int64_t pooled_w, int64_t batch_size, int64_t channels, int64_t height, int64_t width,
-                              int64_t sampling_ratio, bool aligned, at::IntArrayRef grid, at::IntArrayRef block) {
+                              int64_t sampling_ratio, bool aligned, bool deterministic, at::IntArrayRef grid,
+                              at::IntArrayRef block) {
   return roi_align_backward_launch(launch_of(grid, block), grad, rois, spatial_scale, pooled_h, pooled_w, batch_size,
-                                   channels, height, width, sampling_ratio, aligned);
+                                   channels, height, width, sampling_ratio, aligned, deterministic);
 }
 
 at::Tensor multi_scale_roi_align(at::TensorList features, const at::Tensor& rois, const at::Tensor& levels,
@@ -57,10 +58,11 @@ std::vector<at::Tensor> multi_scale_roi_align_backward(const at::Tensor& grad, c
                                                        int64_t pooled_h, int64_t pooled_w, int64_t batch_size,
                                                        int64_t channels, at::IntArrayRef heights,
                                                        at::IntArrayRef widths, int64_t sampling_ratio, bool aligned,
-                                                       at::IntArrayRef grid, at::IntArrayRef block) {
+                                                       bool deterministic, at::IntArrayRef grid,
+                                                       at::IntArrayRef block) {
   return multi_scale_roi_align_backward_launch(launch_of(grid, block), grad, rois, levels, spatial_scales, pooled_h,
                                                pooled_w, batch_size, channels, heights, widths, sampling_ratio,
-                                               aligned);
+                                               aligned, deterministic);
 }
 
 std::tuple<at::Tensor, at::Tensor> roi_pool(const at::Tensor& input, const at::Tensor& rois, double spatial_scale,
@@ -71,10 +73,10 @@ std::tuple<at::Tensor, at::Tensor> roi_pool(const at::Tensor& input, const at::T
 
 at::Tensor roi_pool_backward(const at::Tensor& grad, const at::Tensor& rois, const at::Tensor& argmax,
                              double spatial_scale, int64_t pooled_h, int64_t pooled_w, int64_t batch_size,
-                             int64_t channels, int64_t height, int64_t width, at::IntArrayRef grid,
-                             at::IntArrayRef block) {
+                             int64_t channels, int64_t height, int64_t width, bool deterministic,
+                             at::IntArrayRef grid, at::IntArrayRef block) {
   return roi_pool_backward_launch(launch_of(grid, block), grad, rois, argmax, spatial_scale, pooled_h, pooled_w,
-                                  batch_size, channels, height, width);
+                                  batch_size, channels, height, width, deterministic);
 }
 
 at::Tensor flow_warp(const at::Tensor& feature, const at::Tensor& flow, const std::optional<at::Tensor>& scale,
@@ -141,8 +143,8 @@ TORCH_LIBRARY(segops_emulation, m) {
       &roi_align);
   m.def(
       "_roi_align_backward(Tensor grad, Tensor rois, float spatial_scale, int pooled_height, int pooled_width, "
-      "int batch_size, int channels, int height, int width, int sampling_ratio, bool aligned, int[] grid, "
-      "int[] block) -> Tensor",
+      "int batch_size, int channels, int height, int width, int sampling_ratio, bool aligned, bool deterministic, "
+      "int[] grid, int[] block) -> Tensor",
       &roi_align_backward);
   m.def(
       "multi_scale_roi_align(Tensor[] features, Tensor rois, Tensor levels, float[] spatial_scales, "
@@ -151,7 +153,7 @@ TORCH_LIBRARY(segops_emulation, m) {
   m.def(
       "_multi_scale_roi_align_backward(Tensor grad, Tensor rois, Tensor levels, float[] spatial_scales, "
       "int pooled_height, int pooled_width, int batch_size, int channels, int[] heights, int[] widths, "
-      "int sampling_ratio, bool aligned, int[] grid, int[] block) -> Tensor[]",
+      "int sampling_ratio, bool aligned, bool deterministic, int[] grid, int[] block) -> Tensor[]",
       &multi_scale_roi_align_backward);
   m.def(
       "roi_pool(Tensor input, Tensor rois, float spatial_scale, int pooled_height, int pooled_width, int[] grid, "
@@ -159,7 +161,8 @@ TORCH_LIBRARY(segops_emulation, m) {
       &roi_pool);
   m.def(
       "_roi_pool_backward(Tensor grad, Tensor rois, Tensor argmax, float spatial_scale, int pooled_height, "
-      "int pooled_width, int batch_size, int channels, int height, int width, int[] grid, int[] block) -> Tensor",
+      "int pooled_width, int batch_size, int channels, int height, int width, bool deterministic, int[] grid, "
+      "int[] block) -> Tensor",
       &roi_pool_backward);
   m.def("flow_warp(Tensor feature, Tensor flow, Tensor? scale, int[] grid, int[] block) -> Tensor", &flow_warp);
   m.def(

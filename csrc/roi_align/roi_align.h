@@ -6,6 +6,7 @@
 
 #include "common/bilinear.h"
 #include "common/macros.h"
+#include "common/roi_row.h"
 
 namespace segops {
 
@@ -69,17 +70,18 @@ struct RoIAlignBinAxis {
   int64_t grid, size, begin, end;
 };
 
+// The samples whose coordinate can lie in [low, high] (a window inside [-1, size]).
 template <typename T>
-SEGOPS_HOST_DEVICE RoIAlignBinAxis<T> roi_align_bin_axis(T start, T bin, int64_t grid, int64_t bin_index,
-                                                         int64_t size) {
+SEGOPS_HOST_DEVICE RoIAlignBinAxis<T> roi_align_bin_axis_within(T start, T bin, int64_t grid, int64_t bin_index,
+                                                                int64_t size, T low, T high) {
   RoIAlignBinAxis<T> axis{start + static_cast<T>(bin_index) * bin, bin, grid, size, 0, grid > 0 ? grid : 0};
   const T step = bin / static_cast<T>(grid > 0 ? grid : 1);
   if (axis.end == 0 || !(step > T(0))) return axis;
   // A few ulps of the largest term of a coordinate bound its rounding error; an infinite margin disables pruning.
   const T magnitude = fabs(start) + fabs(bin) * static_cast<T>(bin_index + 1) + static_cast<T>(size) + T(1);
   const T margin = T(2) + ceil(T(8) * std::numeric_limits<T>::epsilon() * magnitude / step);
-  const T first = floor((T(-1) - axis.base) / step - T(0.5)) - margin;
-  const T last = ceil((static_cast<T>(size) - axis.base) / step - T(0.5)) + margin + T(1);
+  const T first = floor((low - axis.base) / step - T(0.5)) - margin;
+  const T last = ceil((high - axis.base) / step - T(0.5)) + margin + T(1);
   if (!(first == first) || !(last == last)) {  // NaN geometry: no sample can be valid
     axis.end = 0;
     return axis;
@@ -90,6 +92,12 @@ SEGOPS_HOST_DEVICE RoIAlignBinAxis<T> roi_align_bin_axis(T start, T bin, int64_t
     axis.end = last > static_cast<T>(axis.begin) ? static_cast<int64_t>(last) : axis.begin;
   }
   return axis;
+}
+
+template <typename T>
+SEGOPS_HOST_DEVICE RoIAlignBinAxis<T> roi_align_bin_axis(T start, T bin, int64_t grid, int64_t bin_index,
+                                                         int64_t size) {
+  return roi_align_bin_axis_within(start, bin, grid, bin_index, size, T(-1), static_cast<T>(size));
 }
 
 // Calls f(tap) for each sample of the bin axis that lands inside [-1, size].
@@ -135,6 +143,103 @@ SEGOPS_HOST_DEVICE void roi_align_bin_scatter(Add& add, int64_t plane_offset, in
       bilinear_scatter(add, plane_offset, width, ty, tx, grad_per_sample);
     });
   });
+}
+
+// The deterministic GPU backward's view of a RoI (common/roi_gather.h): which pixels its samples can touch, and
+// for one pixel, which samples touch it, in the order and with the values roi_align_bin_scatter adds to it.
+
+// The pixels [begin, end) of an axis of `size` pixels that the samples of `pooled` bins can touch (a superset:
+// the samples' span, widened by more than their rounding error and by the pixel their high taps reach).
+template <typename T>
+SEGOPS_HOST_DEVICE void roi_align_axis_footprint(T start, T bin, int64_t grid, int64_t pooled, int64_t size,
+                                                 int64_t& begin, int64_t& end) {
+  begin = 0;
+  end = grid > 0 ? size : 0;
+  if (end == 0) return;
+  const T span_end = start + bin * static_cast<T>(pooled);
+  const T low = start < span_end ? start : span_end, high = start < span_end ? span_end : start;
+  const T magnitude = fabs(start) + fabs(bin) * static_cast<T>(pooled) + static_cast<T>(size) + T(1);
+  const T margin = T(1) + T(8) * std::numeric_limits<T>::epsilon() * magnitude;
+  const T first = floor(low - margin), last = floor(high + margin) + T(2);
+  if (!(first == first) || !(last == last)) return;  // NaN geometry: the whole axis, each sample still tested
+  if (first > T(0)) begin = first < static_cast<T>(size) ? static_cast<int64_t>(first) : size;
+  if (last < static_cast<T>(size)) end = last > static_cast<T>(begin) ? static_cast<int64_t>(last) : begin;
+}
+
+template <typename T>
+SEGOPS_HOST_DEVICE RoIFootprint roi_align_footprint(const RoIAlignGeometry<T>& g, int64_t level, int64_t pooled_h,
+                                                    int64_t pooled_w, int64_t height, int64_t width) {
+  RoIFootprint f{level, g.batch, 0, 0, 0, 0};
+  roi_align_axis_footprint(g.start_h, g.bin_h, g.grid_h, pooled_h, height, f.y_begin, f.y_end);
+  roi_align_axis_footprint(g.start_w, g.bin_w, g.grid_w, pooled_w, width, f.x_begin, f.x_end);
+  return f;
+}
+
+// The coordinates [low, high] whose samples touch pixel i of an axis of `size` pixels: floor(coord) is i or i - 1,
+// and roi_sample_tap sends [-1, 0] to pixels 0 and 1 and [size - 1, size] to pixel size - 1.
+template <typename T>
+struct CoordWindow {
+  T low, high;
+};
+
+template <typename T>
+SEGOPS_HOST_DEVICE CoordWindow<T> roi_align_pixel_window(int64_t i, int64_t size) {
+  return {i <= 1 ? T(-1) : static_cast<T>(i - 1), i >= size - 1 ? static_cast<T>(size) : static_cast<T>(i + 1)};
+}
+
+// The bins [first, last) of an axis whose samples can lie in `window` (a superset).
+template <typename T>
+SEGOPS_HOST_DEVICE void roi_align_bins_within(T start, T bin, int64_t pooled, int64_t size, CoordWindow<T> window,
+                                              int64_t& first, int64_t& last) {
+  first = 0;
+  last = pooled;
+  if (!(bin > T(0))) return;  // an empty or reversed (aligned) box, or NaN: every bin, each sample still tested
+  const T magnitude = fabs(start) + bin * static_cast<T>(pooled) + static_cast<T>(size) + T(1);
+  const T margin = T(1) + ceil(T(8) * std::numeric_limits<T>::epsilon() * magnitude / bin);
+  const T lo = floor((window.low - start) / bin) - margin, hi = floor((window.high - start) / bin) + margin + T(1);
+  if (!(lo == lo) || !(hi == hi)) return;
+  if (lo > T(0)) first = lo < static_cast<T>(pooled) ? static_cast<int64_t>(lo) : pooled;
+  if (hi < static_cast<T>(pooled)) last = hi > static_cast<T>(first) ? static_cast<int64_t>(hi) : first;
+}
+
+// For pixel (y, x): calls on_bin(ph, pw) before the first sample of bin (ph, pw) that touches the pixel, then
+// on_weight(w) for each of that sample's bilinear weights that lands on it. Bins, samples and weights come in
+// roi_align_bin_scatter's order (as the CPU backward visits them), so a gather that adds
+// grad_per_sample(ph, pw) * w reproduces the scatter's sum bit for bit.
+template <typename T, typename OnBin, typename OnWeight>
+SEGOPS_HOST_DEVICE void roi_align_pixel_gather(const RoIAlignGeometry<T>& g, int64_t pooled_h, int64_t pooled_w,
+                                               int64_t height, int64_t width, int64_t y, int64_t x, OnBin&& on_bin,
+                                               OnWeight&& on_weight) {
+  const CoordWindow<T> y_window = roi_align_pixel_window<T>(y, height), x_window = roi_align_pixel_window<T>(x, width);
+  int64_t ph_first, ph_last, pw_first, pw_last;
+  roi_align_bins_within(g.start_h, g.bin_h, pooled_h, height, y_window, ph_first, ph_last);
+  roi_align_bins_within(g.start_w, g.bin_w, pooled_w, width, x_window, pw_first, pw_last);
+  for (int64_t ph = ph_first; ph < ph_last; ++ph) {
+    const RoIAlignBinAxis<T> rows =
+        roi_align_bin_axis_within(g.start_h, g.bin_h, g.grid_h, ph, height, y_window.low, y_window.high);
+    if (rows.begin == rows.end) continue;
+    for (int64_t pw = pw_first; pw < pw_last; ++pw) {
+      const RoIAlignBinAxis<T> cols =
+          roi_align_bin_axis_within(g.start_w, g.bin_w, g.grid_w, pw, width, x_window.low, x_window.high);
+      bool bin_started = false;
+      roi_align_for_each_tap(rows, [&](const LinearTap<T>& ty) {
+        if (ty.low != y && ty.high != y) return;
+        roi_align_for_each_tap(cols, [&](const LinearTap<T>& tx) {
+          if (tx.low != x && tx.high != x) return;
+          if (!bin_started) {
+            on_bin(ph, pw);
+            bin_started = true;
+          }
+          // bilinear_add's order: (low, low), (low, high), (high, low), (high, high).
+          const BilinearWeights<T> w = bilinear_weights(ty, tx);
+          if (ty.low == y && tx.low == x) on_weight(w.low_low);
+          if (ty.low == y && tx.high == x) on_weight(w.low_high);
+          if (ty.high == y && tx.low == x) on_weight(w.high_low);
+          if (ty.high == y && tx.high == x) on_weight(w.high_high);
+        });
+      });
+    }
+  }
 }
 
 }  // namespace segops

@@ -20,10 +20,10 @@ at::Tensor roi_align_backward_cuda(const at::Tensor& grad, const at::Tensor& roi
                                    int64_t pooled_h, int64_t pooled_w, int64_t batch_size, int64_t channels,
                                    int64_t height, int64_t width, int64_t sampling_ratio, bool aligned) {
   const c10::cuda::CUDAGuard device_guard(grad.device());
-  // Overlapping bins scatter with atomics, so the summation order varies from run to run.
-  at::globalContext().alertNotDeterministic("segops::_roi_align_backward (CUDA)");
+  // Deterministic algorithms get the gather path (no atomics), so no nondeterminism alert is ever due.
   return roi_align_backward_launch(CudaLaunch{}, grad, rois, spatial_scale, pooled_h, pooled_w, batch_size, channels,
-                                   height, width, sampling_ratio, aligned);
+                                   height, width, sampling_ratio, aligned,
+                                   at::globalContext().deterministicAlgorithms());
 }
 
 at::Tensor multi_scale_roi_align_forward_cuda(at::TensorList features, const at::Tensor& rois,
@@ -40,9 +40,9 @@ std::vector<at::Tensor> multi_scale_roi_align_backward_cuda(
     int64_t pooled_h, int64_t pooled_w, int64_t batch_size, int64_t channels, at::IntArrayRef heights,
     at::IntArrayRef widths, int64_t sampling_ratio, bool aligned) {
   const c10::cuda::CUDAGuard device_guard(grad.device());
-  at::globalContext().alertNotDeterministic("segops::_multi_scale_roi_align_backward (CUDA)");
   return multi_scale_roi_align_backward_launch(CudaLaunch{}, grad, rois, levels, spatial_scales, pooled_h, pooled_w,
-                                               batch_size, channels, heights, widths, sampling_ratio, aligned);
+                                               batch_size, channels, heights, widths, sampling_ratio, aligned,
+                                               at::globalContext().deterministicAlgorithms());
 }
 
 }  // namespace

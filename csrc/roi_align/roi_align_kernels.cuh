@@ -3,6 +3,7 @@
 // host emulation (EmulatedLaunch). One thread per output bin; the arithmetic is roi_align.h's. rois values (and
 // multi_scale_roi_align's levels) are validated per row in the kernels (common/roi_row.h), not on the host: no
 // synchronisation. One kernel serves roi_align (one map) and multi_scale_roi_align (a pyramid, one launch).
+// The backward scatters with atomic adds, or, when determinism is asked for, gathers (common/roi_gather.h).
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
@@ -10,6 +11,7 @@
 #include <vector>
 
 #include "common/roi_checks.h"
+#include "common/roi_gather.h"
 #include "common/roi_row.h"
 #include "roi_align/roi_align.h"
 // After ATen: see common/kernel.h.
@@ -117,6 +119,62 @@ __global__ void SEGOPS_LAUNCH_BOUNDS(kThreadsPerBlock)
   }
 }
 
+// The deterministic backward's first pass: each RoI's footprint on its map (a bad row or level: none, asserted).
+template <bool kMultiLevel, typename acc_t>
+__global__ void SEGOPS_LAUNCH_BOUNDS(kThreadsPerBlock)
+    roi_align_footprint_kernel(int64_t num_rois, const acc_t* __restrict__ rois, const int64_t* __restrict__ levels,
+                               FeatureLevels<acc_t*, acc_t> grads, RoIFootprint* __restrict__ footprints,
+                               int64_t batch_size, int64_t pooled_h, int64_t pooled_w, int64_t sampling_ratio,
+                               bool aligned) {
+  const RoIAlignMessages messages = kMultiLevel ? SEGOPS_ROI_ALIGN_MESSAGES("_multi_scale_roi_align_backward")
+                                                : SEGOPS_ROI_ALIGN_MESSAGES("_roi_align_backward");
+  SEGOPS_KERNEL_LOOP(k, num_rois) {
+    const acc_t* roi = rois + k * 5;
+    const int64_t level = roi_level<kMultiLevel>(roi, levels, k, batch_size, grads.count, messages);
+    if (level < 0) {
+      footprints[k] = RoIFootprint{-1, 0, 0, 0, 0, 0};
+      continue;
+    }
+    const RoIAlignGeometry<acc_t> g =
+        roi_align_geometry<acc_t>(roi, grads.spatial_scale[level], pooled_h, pooled_w, sampling_ratio, aligned);
+    footprints[k] = roi_align_footprint(g, level, pooled_h, pooled_w, grads.height[level], grads.width[level]);
+  }
+}
+
+// The deterministic backward's gather (common/roi_gather.h): what RoI k's bins send one pixel, per channel.
+template <typename scalar_t>
+struct RoIAlignGather {
+  using acc_t = at::opmath_type<scalar_t>;
+  const scalar_t* grad;  // [K, C, PH, PW]
+  const acc_t* rois;
+  acc_t spatial_scale[kMaxFeatureLevels];
+  int64_t channels, pooled_h, pooled_w, sampling_ratio;
+  bool aligned;
+
+  __device__ void operator()(int64_t k, int64_t level, int64_t height, int64_t width, int64_t y, int64_t x,
+                             int64_t c_begin, int64_t count, acc_t* sums) const {
+    const RoIAlignGeometry<acc_t> g =
+        roi_align_geometry<acc_t>(rois + k * 5, spatial_scale[level], pooled_h, pooled_w, sampling_ratio, aligned);
+    const int64_t bins = pooled_h * pooled_w;
+    const scalar_t* grad_k = grad + (k * channels + c_begin) * bins;
+    acc_t grad_per_sample[kGatherChannels];
+    roi_align_pixel_gather(
+        g, pooled_h, pooled_w, height, width, y, x,
+        [&](int64_t ph, int64_t pw) {
+#pragma unroll
+          for (int64_t j = 0; j < kGatherChannels; ++j) {
+            if (j < count) grad_per_sample[j] = static_cast<acc_t>(grad_k[j * bins + ph * pooled_w + pw]) / g.count;
+          }
+        },
+        [&](acc_t weight) {
+#pragma unroll
+          for (int64_t j = 0; j < kGatherChannels; ++j) {
+            if (j < count) sums[j] += grad_per_sample[j] * weight;
+          }
+        });
+  }
+};
+
 // The forward over checked maps and rois into `output`; levels: nullptr (roi_align) or each RoI's map.
 template <class Launch>
 void roi_align_forward_levels(const Launch& launch, at::TensorList maps, const at::Tensor& output,
@@ -144,7 +202,7 @@ std::vector<at::Tensor> roi_align_backward_levels(const Launch& launch, const at
                                                   const at::Tensor& rois_acc, const at::Tensor* levels,
                                                   at::ArrayRef<double> spatial_scales, std::vector<at::Tensor> grads,
                                                   int64_t pooled_h, int64_t pooled_w, int64_t sampling_ratio,
-                                                  bool aligned) {
+                                                  bool aligned, bool deterministic) {
   if (grad.numel() > 0) {
     const at::Tensor grad_c = grad.contiguous();
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, grad.scalar_type(), "roi_align_backward_kernel", [&] {
@@ -152,11 +210,25 @@ std::vector<at::Tensor> roi_align_backward_levels(const Launch& launch, const at
       std::vector<acc_t*> data;
       for (at::Tensor& g : grads) data.push_back(g.mutable_data_ptr<acc_t>());
       const auto table = feature_levels<acc_t*, acc_t>(data, grads, spatial_scales);
-      const auto kernel = levels == nullptr ? roi_align_backward_kernel<false, scalar_t>
-                                            : roi_align_backward_kernel<true, scalar_t>;
-      launch(grad.numel(), kernel, grad.numel(), grad_c.const_data_ptr<scalar_t>(), rois_acc.const_data_ptr<acc_t>(),
-             levels == nullptr ? nullptr : levels->const_data_ptr<int64_t>(), table, grads[0].size(0),
-             grads[0].size(1), pooled_h, pooled_w, sampling_ratio, aligned);
+      const int64_t* levels_data = levels == nullptr ? nullptr : levels->const_data_ptr<int64_t>();
+      const int64_t num_rois = rois_acc.size(0), batch_size = grads[0].size(0), channels = grads[0].size(1);
+      if (!deterministic) {
+        const auto kernel = levels == nullptr ? roi_align_backward_kernel<false, scalar_t>
+                                              : roi_align_backward_kernel<true, scalar_t>;
+        launch(grad.numel(), kernel, grad.numel(), grad_c.const_data_ptr<scalar_t>(), rois_acc.const_data_ptr<acc_t>(),
+               levels_data, table, batch_size, channels, pooled_h, pooled_w, sampling_ratio, aligned);
+        return;
+      }
+      at::Tensor footprints = at::empty({num_rois, 6}, rois_acc.options().dtype(at::kLong));
+      const auto footprint_kernel = levels == nullptr ? roi_align_footprint_kernel<false, acc_t>
+                                                      : roi_align_footprint_kernel<true, acc_t>;
+      launch(num_rois, footprint_kernel, num_rois, rois_acc.const_data_ptr<acc_t>(), levels_data, table,
+             reinterpret_cast<RoIFootprint*>(footprints.mutable_data_ptr<int64_t>()), batch_size, pooled_h, pooled_w,
+             sampling_ratio, aligned);
+      RoIAlignGather<scalar_t> gather{grad_c.const_data_ptr<scalar_t>(), rois_acc.const_data_ptr<acc_t>(), {},
+                                      channels, pooled_h, pooled_w, sampling_ratio, aligned};
+      for (int64_t l = 0; l < table.count; ++l) gather.spatial_scale[l] = table.spatial_scale[l];
+      roi_gather_launch<acc_t>(launch, gather, footprints, grads);
     });
   }
   for (at::Tensor& g : grads) g = g.to(grad.scalar_type());
@@ -180,14 +252,14 @@ template <class Launch>
 at::Tensor roi_align_backward_launch(const Launch& launch, const at::Tensor& grad, const at::Tensor& rois,
                                      double spatial_scale, int64_t pooled_h, int64_t pooled_w, int64_t batch_size,
                                      int64_t channels, int64_t height, int64_t width, int64_t sampling_ratio,
-                                     bool aligned) {
+                                     bool aligned, bool deterministic) {
   check_sampling_ratio("_roi_align_backward", sampling_ratio);
   // Accumulated in acc_t (float for float16/bfloat16: their atomics would round every contribution), converted once.
   const auto [grad_input, rois_acc] = checked_roi_grad_input(
       "_roi_align_backward", grad, rois, spatial_scale, pooled_h, pooled_w, batch_size, channels, height, width,
       at::toOpMathType(grad.scalar_type()), RoIValues::kCheckInKernel);
   return roi_align_backward_levels(launch, grad, rois_acc, nullptr, {spatial_scale}, {grad_input}, pooled_h,
-                                   pooled_w, sampling_ratio, aligned)[0];
+                                   pooled_w, sampling_ratio, aligned, deterministic)[0];
 }
 
 template <class Launch>
@@ -210,14 +282,15 @@ template <class Launch>
 std::vector<at::Tensor> multi_scale_roi_align_backward_launch(
     const Launch& launch, const at::Tensor& grad, const at::Tensor& rois, const at::Tensor& levels,
     at::ArrayRef<double> spatial_scales, int64_t pooled_h, int64_t pooled_w, int64_t batch_size, int64_t channels,
-    at::IntArrayRef heights, at::IntArrayRef widths, int64_t sampling_ratio, bool aligned) {
+    at::IntArrayRef heights, at::IntArrayRef widths, int64_t sampling_ratio, bool aligned, bool deterministic) {
   const char* op = "_multi_scale_roi_align_backward";
   check_sampling_ratio(op, sampling_ratio);
   auto checked = checked_multi_level_grads(op, grad, rois, levels, spatial_scales, pooled_h, pooled_w, batch_size,
                                            channels, heights, widths, at::toOpMathType(grad.scalar_type()),
                                            RoIValues::kCheckInKernel);
   return roi_align_backward_levels(launch, grad, checked.rois, &checked.levels, spatial_scales,
-                                   std::move(checked.results), pooled_h, pooled_w, sampling_ratio, aligned);
+                                   std::move(checked.results), pooled_h, pooled_w, sampling_ratio, aligned,
+                                   deterministic);
 }
 
 }  // namespace segops

@@ -30,10 +30,17 @@ SEGOPS_HOST_DEVICE int64_t clamp_index(int64_t value, int64_t size) {
   return value < 0 ? 0 : (value > size ? size : value);
 }
 
+// Where one RoI lies on the feature map, in whole pixels, and the size of its bins.
+template <typename T>
+struct RoIPoolGeometry {
+  int64_t start_h, start_w;
+  T bin_h, bin_w;
+};
+
 // `roi` points at one row [batch_index, x1, y1, x2, y2] of the rois tensor.
 template <typename T, typename scalar_t>
-SEGOPS_HOST_DEVICE RoIPoolBin roi_pool_bin(const scalar_t* roi, T spatial_scale, int64_t pooled_h, int64_t pooled_w,
-                                           int64_t ph, int64_t pw, int64_t height, int64_t width) {
+SEGOPS_HOST_DEVICE RoIPoolGeometry<T> roi_pool_geometry(const scalar_t* roi, T spatial_scale, int64_t pooled_h,
+                                                         int64_t pooled_w) {
   const int64_t roi_start_w = roi_pool_pixel(static_cast<T>(roi[1]) * spatial_scale);
   const int64_t roi_start_h = roi_pool_pixel(static_cast<T>(roi[2]) * spatial_scale);
   const int64_t roi_end_w = roi_pool_pixel(static_cast<T>(roi[3]) * spatial_scale);
@@ -41,14 +48,67 @@ SEGOPS_HOST_DEVICE RoIPoolBin roi_pool_bin(const scalar_t* roi, T spatial_scale,
   // Malformed boxes are forced to be at least 1x1.
   const int64_t roi_w = roi_end_w - roi_start_w + 1 > 1 ? roi_end_w - roi_start_w + 1 : 1;
   const int64_t roi_h = roi_end_h - roi_start_h + 1 > 1 ? roi_end_h - roi_start_h + 1 : 1;
-  const T bin_h = static_cast<T>(roi_h) / static_cast<T>(pooled_h);
-  const T bin_w = static_cast<T>(roi_w) / static_cast<T>(pooled_w);
+  return {roi_start_h, roi_start_w, static_cast<T>(roi_h) / static_cast<T>(pooled_h),
+          static_cast<T>(roi_w) / static_cast<T>(pooled_w)};
+}
+
+// The window of output bin (ph, pw), clipped to the map.
+template <typename T>
+SEGOPS_HOST_DEVICE RoIPoolBin roi_pool_window(const RoIPoolGeometry<T>& g, int64_t ph, int64_t pw, int64_t height,
+                                              int64_t width) {
   RoIPoolBin bin;
-  bin.h_start = clamp_index(static_cast<int64_t>(floor(static_cast<T>(ph) * bin_h)) + roi_start_h, height);
-  bin.h_end = clamp_index(static_cast<int64_t>(ceil(static_cast<T>(ph + 1) * bin_h)) + roi_start_h, height);
-  bin.w_start = clamp_index(static_cast<int64_t>(floor(static_cast<T>(pw) * bin_w)) + roi_start_w, width);
-  bin.w_end = clamp_index(static_cast<int64_t>(ceil(static_cast<T>(pw + 1) * bin_w)) + roi_start_w, width);
+  bin.h_start = clamp_index(static_cast<int64_t>(floor(static_cast<T>(ph) * g.bin_h)) + g.start_h, height);
+  bin.h_end = clamp_index(static_cast<int64_t>(ceil(static_cast<T>(ph + 1) * g.bin_h)) + g.start_h, height);
+  bin.w_start = clamp_index(static_cast<int64_t>(floor(static_cast<T>(pw) * g.bin_w)) + g.start_w, width);
+  bin.w_end = clamp_index(static_cast<int64_t>(ceil(static_cast<T>(pw + 1) * g.bin_w)) + g.start_w, width);
   return bin;
+}
+
+template <typename T, typename scalar_t>
+SEGOPS_HOST_DEVICE RoIPoolBin roi_pool_bin(const scalar_t* roi, T spatial_scale, int64_t pooled_h, int64_t pooled_w,
+                                           int64_t ph, int64_t pw, int64_t height, int64_t width) {
+  return roi_pool_window(roi_pool_geometry<T>(roi, spatial_scale, pooled_h, pooled_w), ph, pw, height, width);
+}
+
+// Whether argmax index `index` (flat in a plane of `width` columns) lies in the window: a gradient flows only
+// there, so a forged argmax can neither write out of bounds nor reach what a gather over windows cannot see.
+SEGOPS_HOST_DEVICE bool roi_pool_window_contains(const RoIPoolBin& bin, int64_t index, int64_t width) {
+  if (index < 0 || width <= 0) return false;
+  const int64_t h = index / width, w = index % width;
+  return h >= bin.h_start && h < bin.h_end && w >= bin.w_start && w < bin.w_end;
+}
+
+// The bins [first, last) of an axis of `pooled` bins of size `bin` from pixel `start` that can contain pixel i (a
+// superset; bin windows grow with the bin index, so those that contain i are consecutive).
+template <typename T>
+SEGOPS_HOST_DEVICE void roi_pool_bins_near(int64_t start, T bin, int64_t pooled, int64_t i, int64_t& first,
+                                           int64_t& last) {
+  // Bin p spans [floor(p * bin), ceil((p + 1) * bin)) from start: it contains i only if p is in
+  // ((i - start) / bin - 1, (i - start + 1) / bin), widened by a bin against rounding.
+  const T offset = static_cast<T>(i - start);
+  const T lo = floor(offset / bin) - T(2), hi = ceil((offset + T(1)) / bin) + T(2);
+  first = 0;
+  last = pooled;
+  if (!(lo == lo) || !(hi == hi)) return;
+  if (lo > T(0)) first = lo < static_cast<T>(pooled) ? static_cast<int64_t>(lo) : pooled;
+  if (hi < static_cast<T>(pooled)) last = hi > static_cast<T>(first) ? static_cast<int64_t>(hi) : first;
+}
+
+// Calls f(ph, pw) for each bin of the RoI whose window contains pixel (y, x), in the order (ph, pw) the backward
+// adds them in.
+template <typename T, typename F>
+SEGOPS_HOST_DEVICE void roi_pool_for_each_bin_containing(const RoIPoolGeometry<T>& g, int64_t pooled_h,
+                                                         int64_t pooled_w, int64_t height, int64_t width, int64_t y,
+                                                         int64_t x, F&& f) {
+  int64_t ph_first, ph_last, pw_first, pw_last;
+  roi_pool_bins_near(g.start_h, g.bin_h, pooled_h, y, ph_first, ph_last);
+  roi_pool_bins_near(g.start_w, g.bin_w, pooled_w, x, pw_first, pw_last);
+  for (int64_t ph = ph_first; ph < ph_last; ++ph) {
+    for (int64_t pw = pw_first; pw < pw_last; ++pw) {
+      const RoIPoolBin bin = roi_pool_window(g, ph, pw, height, width);
+      if (y >= bin.h_start && y < bin.h_end && x >= bin.w_start && x < bin.w_end) f(ph, pw);
+    }
+  }
 }
 
 // Max over the bin's window of a row-major plane; `argmax` receives its flat plane index. As in torchvision, the

@@ -19,6 +19,24 @@
 namespace segops {
 namespace {
 
+// Every RoI's bin windows ([K * PH * PW], row-major per RoI), computed once and shared by all its channels.
+template <typename acc_t>
+std::vector<RoIPoolBin> roi_pool_windows(const acc_t* rois, int64_t num_rois, acc_t spatial_scale, int64_t pooled_h,
+                                         int64_t pooled_w, int64_t height, int64_t width) {
+  std::vector<RoIPoolBin> windows(num_rois * pooled_h * pooled_w);
+  at::parallel_for(0, num_rois, 16, [&](int64_t begin, int64_t end) {
+    for (int64_t k = begin; k < end; ++k) {
+      const RoIPoolGeometry<acc_t> g = roi_pool_geometry<acc_t>(rois + k * 5, spatial_scale, pooled_h, pooled_w);
+      for (int64_t ph = 0; ph < pooled_h; ++ph) {
+        for (int64_t pw = 0; pw < pooled_w; ++pw) {
+          windows[(k * pooled_h + ph) * pooled_w + pw] = roi_pool_window(g, ph, pw, height, width);
+        }
+      }
+    }
+  });
+  return windows;
+}
+
 std::tuple<at::Tensor, at::Tensor> roi_pool_forward_cpu(const at::Tensor& input, const at::Tensor& rois,
                                                         double spatial_scale, int64_t pooled_h, int64_t pooled_w) {
   const auto [output, rois_acc] = checked_roi_output("roi_pool", input, rois, spatial_scale, pooled_h, pooled_w,
@@ -37,18 +55,8 @@ std::tuple<at::Tensor, at::Tensor> roi_pool_forward_cpu(const at::Tensor& input,
     const scalar_t* input_data = input_c.const_data_ptr<scalar_t>();
     scalar_t* output_data = output.mutable_data_ptr<scalar_t>();
     int32_t* argmax_data = argmax.mutable_data_ptr<int32_t>();
-    // Every RoI's bin windows, computed once and shared by all its channels.
-    std::vector<RoIPoolBin> windows(rois.size(0) * bins_per_plane);
-    at::parallel_for(0, rois.size(0), 16, [&](int64_t begin, int64_t end) {
-      for (int64_t k = begin; k < end; ++k) {
-        for (int64_t ph = 0; ph < pooled_h; ++ph) {
-          for (int64_t pw = 0; pw < pooled_w; ++pw) {
-            windows[k * bins_per_plane + ph * pooled_w + pw] = roi_pool_bin<acc_t>(
-                rois_data + k * 5, static_cast<acc_t>(spatial_scale), pooled_h, pooled_w, ph, pw, height, width);
-          }
-        }
-      }
-    });
+    const std::vector<RoIPoolBin> windows =
+        roi_pool_windows(rois_data, rois.size(0), static_cast<acc_t>(spatial_scale), pooled_h, pooled_w, height, width);
     for_each_plane_roi(group_rois_by_image(rois_data, 0, rois.size(0), input.size(0)), channels,
                        [&](int64_t n, int64_t c, int64_t k) {
                          const scalar_t* plane = input_data + (n * channels + c) * height * width;
@@ -79,17 +87,18 @@ at::Tensor roi_pool_backward_cpu(const at::Tensor& grad, const at::Tensor& rois,
     const scalar_t* grad_data = grad_c.const_data_ptr<scalar_t>();
     const int32_t* argmax_data = argmax_c.const_data_ptr<int32_t>();
     acc_t* grad_input_data = grad_input.mutable_data_ptr<acc_t>();
+    const acc_t* rois_data = rois_acc.const_data_ptr<acc_t>();
     const int64_t plane_size = height * width;
     const int64_t bins_per_plane = pooled_h * pooled_w;
-    for_each_plane_roi(group_rois_by_image(rois_acc.const_data_ptr<acc_t>(), 0, rois.size(0), batch_size), channels,
+    const std::vector<RoIPoolBin> windows =
+        roi_pool_windows(rois_data, rois.size(0), static_cast<acc_t>(spatial_scale), pooled_h, pooled_w, height, width);
+    for_each_plane_roi(group_rois_by_image(rois_data, 0, rois.size(0), batch_size), channels,
                        [&](int64_t n, int64_t c, int64_t k) {
                          acc_t* plane = grad_input_data + (n * channels + c) * plane_size;
                          const int64_t bins_offset = (k * channels + c) * bins_per_plane;
                          for (int64_t b = 0; b < bins_per_plane; ++b) {
                            const int64_t index = argmax_data[bins_offset + b];
-                           // argmax comes from the forward; the range test keeps a forged one from writing out
-                           // of bounds.
-                           if (index >= 0 && index < plane_size) {
+                           if (roi_pool_window_contains(windows[k * bins_per_plane + b], index, width)) {
                              plane[index] += static_cast<acc_t>(grad_data[bins_offset + b]);
                            }
                          }

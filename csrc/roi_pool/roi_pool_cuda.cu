@@ -19,10 +19,9 @@ at::Tensor roi_pool_backward_cuda(const at::Tensor& grad, const at::Tensor& rois
                                   double spatial_scale, int64_t pooled_h, int64_t pooled_w, int64_t batch_size,
                                   int64_t channels, int64_t height, int64_t width) {
   const c10::cuda::CUDAGuard device_guard(grad.device());
-  // Bins of overlapping RoIs scatter into the same pixel with atomics: the summation order varies.
-  at::globalContext().alertNotDeterministic("segops::_roi_pool_backward (CUDA)");
+  // Deterministic algorithms get the gather path (no atomics), so no nondeterminism alert is ever due.
   return roi_pool_backward_launch(CudaLaunch{}, grad, rois, argmax, spatial_scale, pooled_h, pooled_w, batch_size,
-                                  channels, height, width);
+                                  channels, height, width, at::globalContext().deterministicAlgorithms());
 }
 
 }  // namespace

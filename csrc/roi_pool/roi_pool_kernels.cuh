@@ -1,7 +1,8 @@
 #pragma once
 // RoIPool GPU kernels and their host-side launch, shared by roi_pool_cuda.cu (CudaLaunch) and the test-only host
 // emulation (EmulatedLaunch). One thread per output bin; the arithmetic is roi_pool.h's. rois values are validated
-// per row in the kernels (common/roi_row.h), not on the host: no synchronisation.
+// per row in the kernels (common/roi_row.h), not on the host: no synchronisation. The backward scatters with atomic
+// adds, or, when determinism is asked for, gathers (common/roi_gather.h).
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
@@ -10,6 +11,7 @@
 
 #include "common/checks.h"
 #include "common/roi_checks.h"
+#include "common/roi_gather.h"
 #include "common/roi_row.h"
 #include "roi_pool/roi_pool.h"
 // After ATen: see common/kernel.h.
@@ -47,24 +49,71 @@ __global__ void SEGOPS_LAUNCH_BOUNDS(kThreadsPerBlock)
                              const at::opmath_type<scalar_t>* __restrict__ rois,
                              const int32_t* __restrict__ argmax, at::opmath_type<scalar_t>* __restrict__ grad_input,
                              int64_t grad_input_numel, int64_t batch_size, int64_t channels, int64_t height,
-                             int64_t width, int64_t pooled_h, int64_t pooled_w) {
+                             int64_t width, int64_t pooled_h, int64_t pooled_w,
+                             at::opmath_type<scalar_t> spatial_scale) {
   using acc_t = at::opmath_type<scalar_t>;
   AtomicAdd<acc_t> add{grad_input, grad_input_numel};
   const int64_t plane_size = height * width;
   SEGOPS_KERNEL_LOOP(index, total) {
-    const int64_t max_index = argmax[index];
-    // argmax comes from the forward; the range test keeps a forged one from writing out of bounds.
-    if (max_index < 0 || max_index >= plane_size) continue;
     const RoIBinIndex b = roi_bin_index(index, channels, pooled_h, pooled_w);
     const acc_t* roi = rois + b.roi * 5;
     if (!roi_row_is_valid(roi, batch_size)) {
       SEGOPS_KERNEL_ASSERT(false, SEGOPS_BAD_ROI_ROW_MESSAGE("_roi_pool_backward"));
       continue;
     }
+    const int64_t max_index = argmax[index];
+    const RoIPoolBin window = roi_pool_bin<acc_t>(roi, spatial_scale, pooled_h, pooled_w, b.ph, b.pw, height, width);
+    if (!roi_pool_window_contains(window, max_index, width)) continue;
     const int64_t batch = static_cast<int64_t>(roi[0]);
     add((batch * channels + b.channel) * plane_size + max_index, static_cast<acc_t>(grad[index]));
   }
 }
+
+// The deterministic backward's first pass: each RoI's footprint, the union of its bins' windows (a bad row: none,
+// asserted).
+template <typename acc_t>
+__global__ void SEGOPS_LAUNCH_BOUNDS(kThreadsPerBlock)
+    roi_pool_footprint_kernel(int64_t num_rois, const acc_t* __restrict__ rois, RoIFootprint* __restrict__ footprints,
+                              int64_t batch_size, int64_t height, int64_t width, int64_t pooled_h, int64_t pooled_w,
+                              acc_t spatial_scale) {
+  SEGOPS_KERNEL_LOOP(k, num_rois) {
+    const acc_t* roi = rois + k * 5;
+    if (!roi_row_is_valid(roi, batch_size)) {
+      SEGOPS_KERNEL_ASSERT(false, SEGOPS_BAD_ROI_ROW_MESSAGE("_roi_pool_backward"));
+      footprints[k] = RoIFootprint{-1, 0, 0, 0, 0, 0};
+      continue;
+    }
+    const RoIPoolGeometry<acc_t> g = roi_pool_geometry<acc_t>(roi, spatial_scale, pooled_h, pooled_w);
+    const RoIPoolBin first = roi_pool_window(g, 0, 0, height, width);
+    const RoIPoolBin last = roi_pool_window(g, pooled_h - 1, pooled_w - 1, height, width);
+    footprints[k] = RoIFootprint{0, static_cast<int64_t>(roi[0]), first.h_start, last.h_end, first.w_start, last.w_end};
+  }
+}
+
+// The deterministic backward's gather (common/roi_gather.h): the gradients of RoI k's bins whose argmax is the pixel.
+template <typename scalar_t>
+struct RoIPoolGather {
+  using acc_t = at::opmath_type<scalar_t>;
+  const scalar_t* grad;    // [K, C, PH, PW]
+  const int32_t* argmax;  // [K, C, PH, PW]
+  const acc_t* rois;
+  acc_t spatial_scale;
+  int64_t channels, pooled_h, pooled_w;
+
+  __device__ void operator()(int64_t k, int64_t /*level*/, int64_t height, int64_t width, int64_t y, int64_t x,
+                             int64_t c_begin, int64_t count, acc_t* sums) const {
+    const RoIPoolGeometry<acc_t> g = roi_pool_geometry<acc_t>(rois + k * 5, spatial_scale, pooled_h, pooled_w);
+    const int64_t bins = pooled_h * pooled_w;
+    const int64_t first_bin = (k * channels + c_begin) * bins;
+    roi_pool_for_each_bin_containing(g, pooled_h, pooled_w, height, width, y, x, [&](int64_t ph, int64_t pw) {
+      const int64_t bin = first_bin + ph * pooled_w + pw;
+#pragma unroll
+      for (int64_t j = 0; j < kGatherChannels; ++j) {
+        if (j < count && argmax[bin + j * bins] == y * width + x) sums[j] += static_cast<acc_t>(grad[bin + j * bins]);
+      }
+    });
+  }
+};
 
 template <class Launch>
 std::tuple<at::Tensor, at::Tensor> roi_pool_forward_launch(const Launch& launch, const at::Tensor& input,
@@ -90,7 +139,8 @@ std::tuple<at::Tensor, at::Tensor> roi_pool_forward_launch(const Launch& launch,
 template <class Launch>
 at::Tensor roi_pool_backward_launch(const Launch& launch, const at::Tensor& grad, const at::Tensor& rois,
                                     const at::Tensor& argmax, double spatial_scale, int64_t pooled_h, int64_t pooled_w,
-                                    int64_t batch_size, int64_t channels, int64_t height, int64_t width) {
+                                    int64_t batch_size, int64_t channels, int64_t height, int64_t width,
+                                    bool deterministic) {
   // Accumulated in acc_t (float for float16/bfloat16: their atomics would round every contribution), converted once.
   const auto [grad_input, rois_acc] = checked_roi_grad_input(
       "_roi_pool_backward", grad, rois, spatial_scale, pooled_h, pooled_w, batch_size, channels, height, width,
@@ -102,9 +152,23 @@ at::Tensor roi_pool_backward_launch(const Launch& launch, const at::Tensor& grad
   const at::Tensor argmax_c = argmax.contiguous();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, grad.scalar_type(), "roi_pool_backward_kernel", [&] {
     using acc_t = at::opmath_type<scalar_t>;
-    launch(grad.numel(), roi_pool_backward_kernel<scalar_t>, grad.numel(), grad_c.const_data_ptr<scalar_t>(),
-           rois_acc.const_data_ptr<acc_t>(), argmax_c.const_data_ptr<int32_t>(), grad_input.mutable_data_ptr<acc_t>(),
-           grad_input.numel(), batch_size, channels, height, width, pooled_h, pooled_w);
+    const acc_t scale = static_cast<acc_t>(spatial_scale);
+    if (!deterministic) {
+      launch(grad.numel(), roi_pool_backward_kernel<scalar_t>, grad.numel(), grad_c.const_data_ptr<scalar_t>(),
+             rois_acc.const_data_ptr<acc_t>(), argmax_c.const_data_ptr<int32_t>(),
+             grad_input.mutable_data_ptr<acc_t>(), grad_input.numel(), batch_size, channels, height, width, pooled_h,
+             pooled_w, scale);
+      return;
+    }
+    const int64_t num_rois = rois_acc.size(0);
+    at::Tensor footprints = at::empty({num_rois, 6}, rois_acc.options().dtype(at::kLong));
+    launch(num_rois, roi_pool_footprint_kernel<acc_t>, num_rois, rois_acc.const_data_ptr<acc_t>(),
+           reinterpret_cast<RoIFootprint*>(footprints.mutable_data_ptr<int64_t>()), batch_size, height, width,
+           pooled_h, pooled_w, scale);
+    const RoIPoolGather<scalar_t> gather{grad_c.const_data_ptr<scalar_t>(), argmax_c.const_data_ptr<int32_t>(),
+                                         rois_acc.const_data_ptr<acc_t>(), scale, channels, pooled_h, pooled_w};
+    std::vector<at::Tensor> grads{grad_input};
+    roi_gather_launch<acc_t>(launch, gather, footprints, grads);
   });
   return grad_input.to(grad.scalar_type());
 }
