@@ -8,6 +8,8 @@ Environment:
   CUDA_HOME                 the CUDA toolkit; otherwise found from the nvcc on PATH (through wrapper scripts).
   SEGOPS_BUILD_EMULATION=1  also build segops._emulation for the kernel-emulation tests.
   SEGOPS_KEEP_PTX=1         keep each .cu file's PTX in build/ptx/ (tests/test_build.py reads it).
+  SEGOPS_SANITIZE=1         instrument the C++ (CPU kernels and emulation) with AddressSanitizer and UBSan; used by
+                            scripts/sanitize.sh, which also preloads the runtimes.
   MAX_JOBS                  parallel compile jobs (default: the machine's cores).
 """
 
@@ -77,6 +79,15 @@ def extensions():
     # at::parallel_for is OpenMP inside ATen's headers: without -fopenmp it silently runs serially.
     compile_args = {"cxx": ["-O3", "-fopenmp"]}
     link_args = ["-fopenmp"]
+    sanitize_args = []
+    if env_flag("SEGOPS_SANITIZE"):
+        # float-cast-overflow is not part of -fsanitize=undefined, and hostile boxes are made of such casts. Every
+        # finding aborts (no recovery), so a clean run is one that exits 0.
+        sanitize_args = ["-fsanitize=address,undefined,float-cast-overflow", "-fno-sanitize-recover=all",
+                         "-fno-omit-frame-pointer", "-g"]
+        compile_args["cxx"] = ["-O1", "-fopenmp"] + sanitize_args
+        link_args = link_args + sanitize_args
+        log("SEGOPS_SANITIZE=1: C++ instrumented with AddressSanitizer and UBSan")
     if cuda_home is None:
         main = CppExtension(
             "segops._C",
@@ -117,7 +128,8 @@ def extensions():
                 ["csrc/emulation/emulated_ops.cpp", "csrc/python_module.cpp"]
                 + sorted(set(glob.glob("csrc/common/*.cpp") + glob.glob("csrc/*/*_checks.cpp"))),
                 include_dirs=[str(ROOT / "csrc")],
-                extra_compile_args={"cxx": ["-O2"]},
+                extra_compile_args={"cxx": ["-O1" if sanitize_args else "-O2"] + sanitize_args},
+                extra_link_args=sanitize_args,
             )
         )
     log(f"building {[module.name for module in modules]} against torch {torch.__version__} with MAX_JOBS={os.environ['MAX_JOBS']}")

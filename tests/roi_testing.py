@@ -176,3 +176,18 @@ def assert_bad_row_is_a_device_side_assert(op_call):
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert result.returncode != 0
     assert "device-side assert" in result.stderr and "must be an integer in [0, N)" in result.stderr
+
+
+def cuda_gradients_in_both_modes(backward):
+    """backward() -> list of gradients computed on CUDA. Runs it in the default mode (atomic scatters), then twice
+    under torch.use_deterministic_algorithms(True) (the gather path: it must not raise a nondeterminism alert, and
+    its two runs must agree bit for bit). Returns (default gradients, deterministic gradients)."""
+    default = backward()
+    torch.use_deterministic_algorithms(True)
+    try:
+        deterministic, again = backward(), backward()
+    finally:
+        torch.use_deterministic_algorithms(False)
+    for first, second in zip(deterministic, again, strict=True):
+        assert torch.equal(first, second)
+    return default, deterministic

@@ -3,7 +3,8 @@ memory layouts and strides, and hostile values (NaN, inf, negative and huge coor
 indices out of range, mismatched dtypes). Every case either raises a Python exception that names the op, or
 returns a result equal to an independent reference (torchvision, the warp's definition summed over every
 pixel, max-unpooling's definition, F.conv2d) or, for
-the dense CRF, one with the reference's invariants.
+the dense CRF, one with the reference's invariants. For roi_align and roi_pool, the deterministic GPU backward
+(emulated, a gather) must also equal the CPU backward bit for bit.
 
 Profiles: SEGOPS_FUZZ_PROFILE=fast (the default, in the test command: 30 cases per op, a fixed seed) or long (10,000
 cases per op, random seeds): ``SEGOPS_FUZZ_PROFILE=long ./scripts/test.sh tests/test_fuzz.py``."""
@@ -124,23 +125,18 @@ def _roi_case(draw):
     return features, rois, output_size, draw(st.sampled_from((1.0, 0.5)))
 
 
-def _op(name, device_args):
-    """The op's CPU kernel, or with device arguments its emulated GPU kernels."""
-    return getattr(torch.ops.segops_emulation if device_args else torch.ops.segops, name)
-
-
-def _check_deterministic_gpu_backward(draw, backward, forward_out, features):
-    """The deterministic GPU backward (emulated; it gathers where the default scatters) equals the CPU backward bit
-    for bit on the same case, hostile boxes included: its pruning of RoIs, bins and samples must miss nothing.
-    backward(device_args) runs the op's backward with the emulation's extra arguments, or the CPU one for ()."""
+def _check_deterministic_gpu_backward(draw, backward, args, forward_out, features):
+    """The deterministic GPU backward `backward` (emulated; it gathers where the default scatters) equals the CPU
+    backward bit for bit on the same case, hostile boxes included: its pruning of RoIs, bins and samples must miss
+    nothing. args: the CPU op's arguments after grad."""
     if forward_out.numel() == 0 or not features.is_floating_point():
         return
     from conftest import emulation_module
 
-    emulation_module()
+    emulated = getattr(emulation_module(), backward)
     grad = _tensor(draw, tuple(forward_out.shape), forward_out.dtype, layout="contiguous")
     launch = draw(st.sampled_from((([1], [1]), ([3], [32]), ([64], [256]))))
-    assert torch.equal(backward(grad, (True, *launch)), backward(grad, ()))
+    assert torch.equal(emulated(grad, *args, True, *launch), getattr(torch.ops.segops, backward)(grad, *args))
 
 
 def _comparable_roi_output(out, features, rois, output_size):
@@ -167,11 +163,9 @@ def test_roi_align(data):
 
     def check_with_backward(out):
         check(out)
-        params = (scale, *output_size, *features.shape, sampling, aligned)
         boxes = rois.to(accumulation_dtype(features.dtype))  # as segops.roi_align passes them
-        _check_deterministic_gpu_backward(
-            data.draw, lambda grad, device_args: _op("_roi_align_backward", device_args)(grad, boxes, *params, *device_args),
-            out, features)
+        args = (boxes, scale, *output_size, *features.shape, sampling, aligned)
+        _check_deterministic_gpu_backward(data.draw, "_roi_align_backward", args, out, features)
 
     _refused_or(lambda: segops.roi_align(features, rois, output_size, scale, sampling, aligned), "roi_align",
                 check_with_backward)
@@ -186,11 +180,8 @@ def test_roi_pool(data):
             _close(out, torchvision_ops.roi_pool(*_as_computed(features, rois), output_size, scale), features.dtype)
         boxes = rois.to(accumulation_dtype(features.dtype))  # as segops.roi_pool passes them
         _, argmax = torch.ops.segops.roi_pool(features, boxes, scale, *output_size)
-        params = (scale, *output_size, *features.shape)
-        _check_deterministic_gpu_backward(
-            data.draw,
-            lambda grad, device_args: _op("_roi_pool_backward", device_args)(grad, boxes, argmax, *params, *device_args),
-            out, features)
+        args = (boxes, argmax, scale, *output_size, *features.shape)
+        _check_deterministic_gpu_backward(data.draw, "_roi_pool_backward", args, out, features)
 
     _refused_or(lambda: segops.roi_pool(features, rois, output_size, scale), "roi_pool", check)
 

@@ -117,6 +117,8 @@ def _resident_bytes():
 
 
 @pytest.mark.skipif(not os.path.exists("/proc/self/statm"), reason="reads /proc/self/statm (Linux)")
+@pytest.mark.skipif(os.environ.get("SEGOPS_SANITIZED") == "1",
+                    reason="under AddressSanitizer (scripts/sanitize.sh), whose quarantine holds freed memory")
 @pytest.mark.parametrize("name", STEPS)
 def test_repeated_calls_do_not_grow_resident_memory(name):
     """1000 forward+backward calls after 200 of warm-up (allocator caches, thread pools): resident memory grows by

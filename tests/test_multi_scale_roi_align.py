@@ -8,7 +8,7 @@ import torchvision
 from torchvision.ops import poolers
 
 import segops
-from roi_testing import assert_raises_eager_and_fake, random_rois
+from roi_testing import assert_raises_eager_and_fake, cuda_gradients_in_both_modes, random_rois
 
 SCALES = [1 / 4, 1 / 8, 1 / 16, 1 / 32]
 IMAGE = (256, 320)  # height, width
@@ -226,11 +226,20 @@ def test_front_end_errors(call, message):
 
 @pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
-def test_cuda_equals_cpu():
+def test_cuda_equals_cpu_in_default_and_deterministic_modes():
     features, rois = pyramid(), fpn_boxes(50)
-    expected = segops.multi_scale_roi_align(features, rois, 7, SCALES, mode="all")
-    cuda = [f.cuda().requires_grad_() for f in features]
-    actual = segops.multi_scale_roi_align(cuda, rois.cuda(), 7, SCALES, mode="all")
-    torch.testing.assert_close(actual.cpu(), expected, rtol=1e-5, atol=1e-5)
-    actual.sum().backward()
-    assert all(f.grad is not None for f in cuda)
+    leaves = [f.requires_grad_() for f in features]
+    expected = segops.multi_scale_roi_align(leaves, rois, 7, SCALES, mode="all")
+    grad = torch.randn(expected.shape, generator=torch.Generator().manual_seed(3))
+    cpu_grads = torch.autograd.grad(expected, leaves, grad)
+    actual = segops.multi_scale_roi_align([f.detach().cuda() for f in features], rois.cuda(), 7, SCALES, mode="all")
+    torch.testing.assert_close(actual.cpu(), expected.detach(), rtol=1e-5, atol=1e-5)
+
+    def backward():
+        cuda = [f.detach().cuda().requires_grad_() for f in features]
+        return torch.autograd.grad(segops.multi_scale_roi_align(cuda, rois.cuda(), 7, SCALES, mode="all"), cuda,
+                                   grad.cuda())
+
+    for grads in cuda_gradients_in_both_modes(backward):
+        for actual_grad, expected_grad in zip(grads, cpu_grads, strict=True):
+            torch.testing.assert_close(actual_grad.cpu(), expected_grad, rtol=1e-5, atol=1e-5)

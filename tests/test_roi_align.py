@@ -16,6 +16,7 @@ from roi_testing import (  # noqa: I001
     assert_raises_eager_and_fake,
     bad_argument_cases,
     bad_roi_value_cases,
+    cuda_gradients_in_both_modes,
     layouts,
     make_case,
     non_contiguous,
@@ -265,18 +266,19 @@ def test_bad_arguments_of_public_api():
 
 @requires_cuda
 @pytest.mark.cuda
-def test_cuda_matches_cpu_and_alerts_nondeterminism():
-    input, rois = make_case(2, num_rois=30)
+def test_cuda_matches_cpu_in_default_and_deterministic_modes():
+    input, rois = make_case(2, num_rois=30, channels=19)  # 19 channels: a partial block of the gather
     expected = segops.roi_align(input, rois, 4, 0.5, -1, True)
     torch.testing.assert_close(segops.roi_align(input.cuda(), rois.cuda(), 4, 0.5, -1, True).cpu(), expected)
-    x = input.cuda().requires_grad_()
-    out = segops.roi_align(x, rois.cuda(), 4, 0.5, -1, True)
-    torch.use_deterministic_algorithms(True)
-    try:
-        with pytest.raises(RuntimeError, match="_roi_align_backward"):
-            out.sum().backward()
-    finally:
-        torch.use_deterministic_algorithms(False)
+    grad = torch.randn(expected.shape, generator=torch.Generator().manual_seed(3))
+    cpu_grad = torch.autograd.grad(segops.roi_align(input.requires_grad_(), rois, 4, 0.5, -1, True), input, grad)[0]
+
+    def backward():
+        x = input.detach().cuda().requires_grad_()
+        return torch.autograd.grad(segops.roi_align(x, rois.cuda(), 4, 0.5, -1, True), x, grad.cuda())
+
+    for grads in cuda_gradients_in_both_modes(backward):
+        torch.testing.assert_close(grads[0].cpu(), cpu_grad)
 
 
 def test_double_backward_on_empty_map():

@@ -16,6 +16,7 @@ from roi_testing import (
     assert_raises_eager_and_fake,
     bad_argument_cases,
     bad_roi_value_cases,
+    cuda_gradients_in_both_modes,
     layouts,
     make_case,
     non_contiguous,
@@ -197,32 +198,38 @@ def test_bad_roi_values(case):
         torch.ops.segops._roi_pool_backward(torch.ones(4, 3, 2, 3), kwargs["rois"], argmax, 0.5, 2, 3, 2, 3, 10, 12)
 
 
-def test_backward_rejects_foreign_argmax_and_ignores_out_of_range_indices():
-    input, rois = make_case(0)
+def test_backward_rejects_foreign_argmax_and_ignores_indices_outside_the_bins_window():
+    input = torch.randn(1, 1, 8, 8)
+    rois = torch.tensor([[0.0, 0.0, 0.0, 6.0, 6.0]])  # bins of 2x2 pixels at spatial_scale 0.5
     _, argmax = torch.ops.segops.roi_pool(input, rois, 0.5, 2, 2)
-    grad = torch.ones(6, 3, 2, 2)
+    grad = torch.ones(1, 1, 2, 2)
     with pytest.raises(RuntimeError, match=r"_roi_pool_backward: argmax must be the int32 tensor of grad's shape"):
-        torch.ops.segops._roi_pool_backward(grad, rois, argmax.long(), 0.5, 2, 2, 2, 3, 9, 11)
-    forged = torch.full_like(argmax, 10**6)
-    forged[0, 0, 0, 0] = 5
-    grad_input = torch.ops.segops._roi_pool_backward(grad, rois, forged, 0.5, 2, 2, 2, 3, 9, 11)
-    assert grad_input.sum() == 1
+        torch.ops.segops._roi_pool_backward(grad, rois, argmax.long(), 0.5, 2, 2, 1, 1, 8, 8)
+    # Bin (0, 0) points at pixel (1, 1), in its window; bin (0, 1) at (1, 0), outside its window; the others out of
+    # range. Only the first carries a gradient (the GPU's gather looks only inside windows: all paths agree).
+    forged = torch.tensor([[[[9, 8], [10**6, -1]]]], dtype=torch.int32)
+    grad_input = torch.ops.segops._roi_pool_backward(grad, rois, forged, 0.5, 2, 2, 1, 1, 8, 8)
+    expected = torch.zeros(1, 1, 8, 8)
+    expected[0, 0, 1, 1] = 1
+    assert torch.equal(grad_input, expected)
 
 
 @requires_cuda
 @pytest.mark.cuda
-def test_cuda_matches_cpu_and_alerts_nondeterminism():
-    input, rois = make_case(2, num_rois=30)
+def test_cuda_matches_cpu_in_default_and_deterministic_modes():
+    input, rois = make_case(2, num_rois=30, channels=19)  # 19 channels: a partial block of the gather
     expected = segops.roi_pool(input, rois, 4, 0.5)
     assert torch.equal(segops.roi_pool(input.cuda(), rois.cuda(), 4, 0.5).cpu(), expected)
-    x = input.cuda().requires_grad_()
-    out = segops.roi_pool(x, rois.cuda(), 4, 0.5)
-    torch.use_deterministic_algorithms(True)
-    try:
-        with pytest.raises(RuntimeError, match="_roi_pool_backward"):
-            out.sum().backward()
-    finally:
-        torch.use_deterministic_algorithms(False)
+    grad = torch.randn(expected.shape, generator=torch.Generator().manual_seed(3))
+    cpu_grad = torch.autograd.grad(segops.roi_pool(input.requires_grad_(), rois, 4, 0.5), input, grad)[0]
+
+    def backward():
+        x = input.detach().cuda().requires_grad_()
+        return torch.autograd.grad(segops.roi_pool(x, rois.cuda(), 4, 0.5), x, grad.cuda())
+
+    default, deterministic = cuda_gradients_in_both_modes(backward)
+    torch.testing.assert_close(default[0].cpu(), cpu_grad)
+    assert torch.equal(deterministic[0].cpu(), cpu_grad)  # sums of the same values in the CPU's order
 
 
 def test_double_backward_on_empty_map():

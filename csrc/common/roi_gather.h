@@ -11,6 +11,7 @@
 
 #include <vector>
 
+#include "common/macros.h"
 #include "common/roi_row.h"
 // After ATen: see common/kernel.h.
 #include "common/kernel.h"
@@ -20,7 +21,9 @@ namespace segops {
 constexpr int64_t kGatherChannels = 16;
 static_assert(sizeof(RoIFootprint) == 6 * sizeof(int64_t), "footprints are stored as rows of 6 int64");
 
-inline int64_t gather_channel_blocks(int64_t channels) { return (channels + kGatherChannels - 1) / kGatherChannels; }
+SEGOPS_HOST_DEVICE int64_t gather_channel_blocks(int64_t channels) {
+  return (channels + kGatherChannels - 1) / kGatherChannels;
+}
 
 // A RoI op's part of the gather: gather(k, level, height, width, y, x, c_begin, count, sums) adds to sums[j], for
 // j < count, what RoI k sends pixel (y, x) of channel c_begin + j of its map (height x width).
