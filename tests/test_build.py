@@ -63,11 +63,14 @@ CMAKE_VARIANTS = [
 def test_cmake_builds_the_library(tmp_path, variant):
     """CMakeLists.txt configures and builds csrc/ against LibTorch, and the library's ops run."""
     build = tmp_path / "cmake"
+    # An uninstrumented library, built and loaded in child processes: without the sanitizer runtimes that
+    # scripts/sanitize.sh preloads for segops._C (CMake's compiler checks fail under them).
+    env = {name: value for name, value in os.environ.items() if name != "LD_PRELOAD"}
     configure = [CMAKE, "-S", str(ROOT), "-B", str(build), f"-DPython3_EXECUTABLE={sys.executable}",
                  f"-DSEGOPS_WITH_CUDA={'ON' if variant == 'cuda' else 'OFF'}"]
-    subprocess.run(configure, check=True, capture_output=True, timeout=600)
+    subprocess.run(configure, check=True, capture_output=True, timeout=600, env=env)
     subprocess.run([CMAKE, "--build", str(build), "-j", str(os.cpu_count() or 1)], check=True, capture_output=True,
-                   timeout=1200)
+                   timeout=1200, env=env)
     library = build / "libsegops.so"
     assert library.exists()
     # A fresh process: segops._C would already own the `segops` op namespace here.
@@ -81,7 +84,7 @@ torch.testing.assert_close(torch.ops.segops.roi_align(x, rois, 1.0, 3, 4, 2, Tru
 assert torch.equal(torch.ops.segops.roi_pool(x, rois, 1.0, 3, 4)[0], torchvision.ops.roi_pool(x, rois, (3, 4), 1.0))
 assert (torch.ops.segops._cuda_version() > 0) == {variant == "cuda"}
 """
-    subprocess.run([sys.executable, "-c", check], check=True, timeout=300)
+    subprocess.run([sys.executable, "-c", check], check=True, timeout=300, env=env)
 
 
 # Files whose code runs on the CUDA path: the .cu launchers, the kernel headers, the ops' shared headers (math,
