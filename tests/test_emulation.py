@@ -10,6 +10,7 @@ import torch
 
 from conftest import emulation_module
 from roi_testing import random_rois
+from segops.ops._checks import accumulation_dtype
 
 # (grid, block): a single thread, a block smaller than a warp, grids far smaller than the work (so every thread
 # runs many grid-stride iterations), and grids larger than the work (idle threads).
@@ -216,6 +217,31 @@ def test_emulated_kernels_ignore_forged_argmax(emulated):
                                                        *input.shape, deterministic, [2], [32]), expected)
     with pytest.raises(RuntimeError, match=r"segops_emulation: grid dimensions must be in \[1, 65535\], got \[0\]"):
         emulated.roi_align(input, rois, 0.5, 3, 4, 2, True, [0], [32])
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+def test_deterministic_roi_backwards_span_channel_blocks_and_equal_the_cpu_bitwise(emulated, dtype):
+    # 37 channels: three blocks of the gather, the last one partial; 40 overlapping boxes of adaptive and dense
+    # fixed sampling on two maps of a pyramid. Every launch shape must give the CPU backward's bits.
+    g = torch.Generator().manual_seed(5)
+    maps = [torch.randn(2, 37, 11, 13, generator=g).to(dtype), torch.randn(2, 37, 6, 7, generator=g).to(dtype)]
+    rois = random_rois(40, 2, 22, 26, generator=g).to(accumulation_dtype(dtype))
+    levels = torch.randint(0, 2, (40,), generator=g)
+    grad = torch.randn(40, 37, 3, 4, generator=g).to(dtype)
+    for sampling_ratio in (-1, 5):
+        single = (grad, rois, 0.5, 3, 4, 2, 37, 11, 13, sampling_ratio, False)
+        pyramid = (grad, rois, levels, [0.5, 0.25], 3, 4, 2, 37, [11, 6], [13, 7], sampling_ratio, True)
+        expected = torch.ops.segops._roi_align_backward(*single)
+        expected_levels = torch.ops.segops._multi_scale_roi_align_backward(*pyramid)
+        for grid, block in LAUNCHES:
+            assert torch.equal(emulated._roi_align_backward(*single, True, grid, block), expected)
+            actual_levels = emulated._multi_scale_roi_align_backward(*pyramid, True, grid, block)
+            assert all(torch.equal(a, e) for a, e in zip(actual_levels, expected_levels, strict=True))
+    _, argmax = torch.ops.segops.roi_pool(maps[0], rois, 0.5, 3, 4)
+    expected = torch.ops.segops._roi_pool_backward(grad, rois, argmax, 0.5, 3, 4, 2, 37, 11, 13)
+    for grid, block in LAUNCHES:
+        assert torch.equal(emulated._roi_pool_backward(grad, rois, argmax, 0.5, 3, 4, 2, 37, 11, 13, True, grid, block),
+                           expected)
 
 
 def _relative_error(actual, expected):
