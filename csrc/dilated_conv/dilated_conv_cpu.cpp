@@ -1,6 +1,8 @@
 // Dilated convolution on the CPU: the backend of dilated_conv_gemm.h's drivers. Every loop walks rows: for one
 // kernel tap, the outputs whose reads fall inside the input form one run [first_output_inside, last_output_inside)
-// (ConvAxis), so the inner loops are plain strided copies and multiply-adds, contiguous when the stride is 1.
+// (ConvAxis), so the inner loops are plain strided copies and multiply-adds, contiguous when the stride is 1. A run's
+// pointers start at its first element: where padding puts output 0's read left of the input, a pointer there would
+// lie outside the tensor, undefined behaviour even if never read (UBSan found it, on an empty input's null data).
 //  - im2col: parallel over column rows (c, i, j); col2im: parallel over input channels, a gather into a row buffer
 //    in tap order, then added to the gradient;
 //  - depthwise forward and input gradient: parallel over (n, c) planes, one output (or input) row at a time, taps in
@@ -105,8 +107,10 @@ inline __attribute__((always_inline)) void depthwise_plane_forward(const Depthwi
       if (y < 0 || y >= ay.in) continue;
       for (int64_t j = 0; j < ax.kernel; ++j) {
         const acc_t w = static_cast<acc_t>(p.filter[i * ax.kernel + j]);
-        const scalar_t* src = p.input + y * p.stride_h + ax.input_at(0, j) * p.stride_w;
-        for (int64_t ox = runs[j].first; ox < runs[j].last; ++ox) sums[ox] += w * static_cast<acc_t>(src[ox * step]);
+        const int64_t first = runs[j].first, last = runs[j].last;
+        if (first >= last) continue;
+        const scalar_t* src = p.input + y * p.stride_h + ax.input_at(first, j) * p.stride_w;
+        for (int64_t ox = first; ox < last; ++ox) sums[ox] += w * static_cast<acc_t>(src[(ox - first) * step]);
       }
     }
     scalar_t* dst = p.output + oy * ax.out;
@@ -157,10 +161,12 @@ struct CpuConvOps {
               continue;
             }
             std::fill(dst, dst + first, scalar_t(0));
-            const scalar_t* src = in + image.offset(n, ch, y, ax.input_at(0, j));
-            with_stride(ax.stride * image.stride_w, [&](auto step) {
-              for (int64_t ox = first; ox < last; ++ox) dst[ox] = src[ox * step];
-            });
+            if (first < last) {
+              const scalar_t* src = in + image.offset(n, ch, y, ax.input_at(first, j));
+              with_stride(ax.stride * image.stride_w, [&](auto step) {
+                for (int64_t ox = first; ox < last; ++ox) dst[ox] = src[(ox - first) * step];
+              });
+            }
             std::fill(dst + last, dst + ax.out, scalar_t(0));
           }
         }
@@ -189,9 +195,10 @@ struct CpuConvOps {
               for (int64_t j = 0; j < ax.kernel; ++j) {
                 const scalar_t* src = col + ((ch * ay.kernel + i) * ax.kernel + j) * width + (oy - first_row) * ax.out;
                 const int64_t first = runs[j].first, last = runs[j].last;
-                acc_t* dst = sums.data() + ax.input_at(0, j);
+                if (first >= last) continue;
+                acc_t* dst = sums.data() + ax.input_at(first, j);
                 with_stride(ax.stride, [&](auto step) {
-                  for (int64_t ox = first; ox < last; ++ox) dst[ox * step] += static_cast<acc_t>(src[ox]);
+                  for (int64_t ox = first; ox < last; ++ox) dst[(ox - first) * step] += static_cast<acc_t>(src[ox]);
                 });
               }
             }
@@ -281,10 +288,13 @@ struct CpuConvOps {
                 for (int64_t j = 0; j < ax.kernel; ++j) {
                   const acc_t w = static_cast<acc_t>(filter[i * ax.kernel + j]);
                   const scalar_t* src = g + plane * out_plane + oy * ax.out;
-                  acc_t* dst = sums.data() + ax.input_at(0, j);
                   const int64_t first = runs[j].first, last = runs[j].last;
+                  if (first >= last) continue;
+                  acc_t* dst = sums.data() + ax.input_at(first, j);
                   with_stride(ax.stride, [&](auto step) {
-                    for (int64_t ox = first; ox < last; ++ox) dst[ox * step] += w * static_cast<acc_t>(src[ox]);
+                    for (int64_t ox = first; ox < last; ++ox) {
+                      dst[(ox - first) * step] += w * static_cast<acc_t>(src[ox]);
+                    }
                   });
                 }
               }
@@ -303,12 +313,12 @@ struct CpuConvOps {
               for (int64_t j = 0; j < ax.kernel; ++j) {
                 const int64_t first = runs[j].first, last = runs[j].last;
                 acc_t sum = 0;
-                for (int64_t n = 0; n < c.batch; ++n) {
+                for (int64_t n = 0; n < c.batch && first < last; ++n) {
                   for (int64_t oy = ay.first_output_inside(i); oy < ay.last_output_inside(i); ++oy) {
                     const scalar_t* grad_row = g + ((n * c.channels + ch) * ay.out + oy) * ax.out;
-                    const scalar_t* in_row = in + image.offset(n, ch, ay.input_at(oy, i), ax.input_at(0, j));
+                    const scalar_t* in_run = in + image.offset(n, ch, ay.input_at(oy, i), ax.input_at(first, j));
                     with_stride(ax.stride * image.stride_w, [&](auto step) {
-                      sum += ordered_dot<acc_t>(grad_row + first, in_row + first * step, step, last - first);
+                      sum += ordered_dot<acc_t>(grad_row + first, in_run, step, last - first);
                     });
                   }
                 }
