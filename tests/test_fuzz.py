@@ -19,6 +19,7 @@ hypothesis = pytest.importorskip("hypothesis")
 from hypothesis import HealthCheck, given, settings, strategies as st  # noqa: E402
 
 import segops  # noqa: E402
+from conftest import emulation_module  # noqa: E402
 from segops.ops._checks import accumulation_dtype  # noqa: E402
 from segops.reference import flow_warp_brute_force, max_unpool2d_brute_force  # noqa: E402
 from segops.reference import roi_align as reference_roi_align  # noqa: E402
@@ -131,8 +132,6 @@ def _check_deterministic_gpu_backward(draw, backward, args, forward_out, feature
     nothing. args: the CPU op's arguments after grad."""
     if forward_out.numel() == 0 or not features.is_floating_point():
         return
-    from conftest import emulation_module
-
     emulated = getattr(emulation_module(), backward)
     grad = _tensor(draw, tuple(forward_out.shape), forward_out.dtype, layout="contiguous")
     launch = draw(st.sampled_from((([1], [1]), ([3], [32]), ([64], [256]))))

@@ -313,7 +313,8 @@ struct CpuConvOps {
               for (int64_t j = 0; j < ax.kernel; ++j) {
                 const int64_t first = runs[j].first, last = runs[j].last;
                 acc_t sum = 0;
-                for (int64_t n = 0; n < c.batch && first < last; ++n) {
+                for (int64_t n = 0; n < c.batch; ++n) {
+                  if (first >= last) break;
                   for (int64_t oy = ay.first_output_inside(i); oy < ay.last_output_inside(i); ++oy) {
                     const scalar_t* grad_row = g + ((n * c.channels + ch) * ay.out + oy) * ax.out;
                     const scalar_t* in_run = in + image.offset(n, ch, ay.input_at(oy, i), ax.input_at(first, j));

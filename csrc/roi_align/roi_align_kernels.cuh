@@ -147,14 +147,14 @@ struct RoIAlignGather {
   using acc_t = at::opmath_type<scalar_t>;
   const scalar_t* grad;  // [K, C, PH, PW]
   const acc_t* rois;
-  acc_t spatial_scale[kMaxFeatureLevels];
+  FeatureLevels<acc_t*, acc_t> maps;  // for each map's spatial_scale
   int64_t channels, pooled_h, pooled_w, sampling_ratio;
   bool aligned;
 
   __device__ void operator()(int64_t k, int64_t level, int64_t height, int64_t width, int64_t y, int64_t x,
                              int64_t c_begin, int64_t count, acc_t* sums) const {
     const RoIAlignGeometry<acc_t> g =
-        roi_align_geometry<acc_t>(rois + k * 5, spatial_scale[level], pooled_h, pooled_w, sampling_ratio, aligned);
+        roi_align_geometry<acc_t>(rois + k * 5, maps.spatial_scale[level], pooled_h, pooled_w, sampling_ratio, aligned);
     const int64_t bins = pooled_h * pooled_w;
     const scalar_t* grad_k = grad + (k * channels + c_begin) * bins;
     acc_t grad_per_sample[kGatherChannels];
@@ -225,9 +225,8 @@ std::vector<at::Tensor> roi_align_backward_levels(const Launch& launch, const at
       launch(num_rois, footprint_kernel, num_rois, rois_acc.const_data_ptr<acc_t>(), levels_data, table,
              reinterpret_cast<RoIFootprint*>(footprints.mutable_data_ptr<int64_t>()), batch_size, pooled_h, pooled_w,
              sampling_ratio, aligned);
-      RoIAlignGather<scalar_t> gather{grad_c.const_data_ptr<scalar_t>(), rois_acc.const_data_ptr<acc_t>(), {},
-                                      channels, pooled_h, pooled_w, sampling_ratio, aligned};
-      for (int64_t l = 0; l < table.count; ++l) gather.spatial_scale[l] = table.spatial_scale[l];
+      const RoIAlignGather<scalar_t> gather{grad_c.const_data_ptr<scalar_t>(), rois_acc.const_data_ptr<acc_t>(), table,
+                                            channels, pooled_h, pooled_w, sampling_ratio, aligned};
       roi_gather_launch<acc_t>(launch, gather, footprints, grads);
     });
   }
