@@ -5,6 +5,7 @@ import re
 import shutil
 import subprocess
 import sys
+import tarfile
 from pathlib import Path
 
 import pytest
@@ -162,3 +163,24 @@ def test_float_kernels_have_no_float64_instructions():
             ptx = ptx_file.read_text()
             assert _KERNEL_DTYPE.search(ptx), f"{ptx_file.name} has no segops kernels"
             assert float64_in_lower_precision_kernels(ptx) == [], ptx_file.name
+
+
+def test_sdist_holds_every_source_the_build_reads(tmp_path):
+    # `pip install` of the sdist compiles from what MANIFEST.in lists; a header or .inc left out fails only there.
+    result = subprocess.run(
+        [sys.executable, "setup.py", "-q", "egg_info", "--egg-base", str(tmp_path), "sdist", "--dist-dir",
+         str(tmp_path)],
+        cwd=ROOT, capture_output=True, text=True, timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    (archive,) = tmp_path.glob("segops-*.tar.gz")
+    with tarfile.open(archive) as tar:
+        packed = {Path(*Path(name).parts[1:]).as_posix() for name in tar.getnames()}
+    sources = [p.relative_to(ROOT).as_posix() for folder in ("csrc", "tools") for p in (ROOT / folder).rglob("*")
+               if p.is_file() and "__pycache__" not in p.parts]
+    assert any(source.endswith(".inc") for source in sources)
+    missing = sorted(set(sources) - packed)
+    assert not missing, f"files under csrc/ and tools/ missing from the sdist: {missing}"
+    for required in ("LICENSE", "setup.py", "pyproject.toml", "version.txt", "CMakeLists.txt", "segops/__init__.py"):
+        assert required in packed, f"{required} missing from the sdist"
+    assert "BSD 3-Clause" in (ROOT / "LICENSE").read_text()

@@ -6,6 +6,7 @@ from torch import nn
 import segops
 from conftest import DEVICES, requires_cuda
 from roi_testing import assert_raises_eager_and_fake, layouts
+from tolerances import assert_within_summation_bound
 
 TOLERANCES = {
     torch.float32: dict(rtol=1e-4, atol=1e-4),
@@ -39,16 +40,41 @@ def make_case(config, *, seed=0, dtype=torch.float32, device="cpu"):
                                                               groups=groups)
 
 
-def forward_and_grads(fn, input, weight, bias, kwargs, grad_seed=1):
+def forward_and_grads(fn, input, weight, bias, kwargs, grad_seed=1, grad=None):
+    """fn's output and its gradients for input, weight (and bias) under an upstream grad drawn from grad_seed and
+    rounded to the output's dtype (or the given grad)."""
     leaves = [t.detach().clone().requires_grad_() for t in (input, weight, bias) if t is not None]
     out = fn(*leaves, **kwargs) if bias is not None else fn(*leaves, None, **kwargs)
-    grad = torch.randn(out.shape, generator=torch.Generator().manual_seed(grad_seed), dtype=torch.float64).to(out)
-    return (out, *torch.autograd.grad(out, leaves, grad))
+    if grad is None:
+        grad = torch.randn(out.shape, generator=torch.Generator().manual_seed(grad_seed), dtype=torch.float64)
+    return (out, *torch.autograd.grad(out, leaves, grad.to(out)))
 
 
 def assert_all_close(actual, expected, dtype):
     for a, e in zip(actual, expected, strict=True):
         torch.testing.assert_close(a, e, **TOLERANCES[dtype])
+
+
+def assert_matches_float64_conv2d(actual, input, weight, bias, kwargs, grad_seed=1):
+    """actual = forward_and_grads(...) in any dtype and on any device, judged against F.conv2d in float64 on the same
+    operands (the upstream grad rounded to actual's dtype first), within the rounding bound of each result's sum:
+    C_in / groups * kH * kW products (+ bias) per output, C_out / groups * kH * kW per input gradient and
+    N * Ho * Wo per weight or bias gradient. The bound's magnitudes are the same sums of absolute values."""
+    dtype = actual[0].dtype
+    double = lambda t: None if t is None else t.detach().cpu().double()  # noqa: E731
+    absolute = lambda t: None if t is None else t.abs()  # noqa: E731
+    grad = torch.randn(actual[0].shape, generator=torch.Generator().manual_seed(grad_seed), dtype=torch.float64)
+    grad = grad.to(dtype).double()
+    operands = [double(t) for t in (input, weight, bias)]
+    exact = forward_and_grads(F.conv2d, *operands, kwargs, grad=grad)
+    magnitude = forward_and_grads(F.conv2d, *map(absolute, operands), kwargs, grad=grad.abs())
+    n, _, out_h, out_w = exact[0].shape
+    groups = kwargs.get("groups", 1)
+    per_tap = weight.shape[2] * weight.shape[3]
+    terms = [weight.shape[1] * per_tap + 1, weight.shape[0] // groups * per_tap, n * out_h * out_w, n * out_h * out_w]
+    names = ["output", "grad_input", "grad_weight", "grad_bias"]
+    for a, e, m, k, name in zip(actual, exact, magnitude, terms, names):
+        assert_within_summation_bound(a.cpu(), e, m, k, name)
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -57,8 +83,7 @@ def assert_all_close(actual, expected, dtype):
 def test_matches_conv2d(device, dtype, config):
     input, weight, bias, kwargs = make_case(config, dtype=dtype, device=device)
     actual = forward_and_grads(segops.dilated_conv2d, input, weight, bias, kwargs)
-    expected = forward_and_grads(F.conv2d, input.cpu(), weight.cpu(), None if bias is None else bias.cpu(), kwargs)
-    assert_all_close([a.cpu() for a in actual], expected, dtype)
+    assert_matches_float64_conv2d(actual, input, weight, bias, kwargs)
 
 
 @pytest.mark.parametrize("seed", range(12))
@@ -76,8 +101,8 @@ def test_random_configurations(seed):
     size = [max(r(1, 14), (kernel[d] - 1) * dilation[d] + 1 - 2 * padding[d]) for d in range(2)]
     config = ((r(1, 3), channels, *size), out_channels, kernel, stride, padding, dilation, groups, r(0, 1) == 1)
     input, weight, bias, kwargs = make_case(config, seed=seed, dtype=torch.float64)
-    assert_all_close(forward_and_grads(segops.dilated_conv2d, input, weight, bias, kwargs),
-                     forward_and_grads(F.conv2d, input, weight, bias, kwargs), torch.float64)
+    actual = forward_and_grads(segops.dilated_conv2d, input, weight, bias, kwargs)
+    assert_matches_float64_conv2d(actual, input, weight, bias, kwargs)
 
 
 @pytest.mark.parametrize("config", [CONFIGS[0], CONFIGS[4]], ids=["gemm", "depthwise"])
@@ -96,8 +121,8 @@ def test_chunked_columns_match_conv2d_and_stay_within_the_budget():
     input = torch.randn(2, 256, 64, 64, generator=g)
     weight = torch.randn(4, 256, 3, 3, generator=g) * 0.05
     kwargs = dict(padding=2, dilation=2)
-    assert_all_close(forward_and_grads(segops.dilated_conv2d, input, weight, None, kwargs),
-                     forward_and_grads(F.conv2d, input, weight, None, kwargs), torch.float32)
+    actual = forward_and_grads(segops.dilated_conv2d, input, weight, None, kwargs)
+    assert_matches_float64_conv2d(actual, input, weight, None, kwargs)
     with torch.profiler.profile(profile_memory=True) as profile:
         segops.dilated_conv2d(input, weight, None, **kwargs)
     largest = max(event.cpu_memory_usage for event in profile.events())
@@ -297,7 +322,6 @@ def test_functional_errors_name_the_argument():
 @pytest.mark.parametrize("config", CONFIGS, ids=str)
 def test_cuda_matches_cpu_deterministically_without_alert(config):
     input, weight, bias, kwargs = make_case(config)
-    expected = forward_and_grads(segops.dilated_conv2d, input, weight, bias, kwargs)
     cuda = lambda t: None if t is None else t.cuda()  # noqa: E731
     torch.use_deterministic_algorithms(True)  # raises if any op on the path alerts
     try:
@@ -307,7 +331,7 @@ def test_cuda_matches_cpu_deterministically_without_alert(config):
         torch.use_deterministic_algorithms(False)
     for a, b in zip(*runs):
         assert torch.equal(a, b)
-    assert_all_close([a.cpu() for a in runs[0]], expected, torch.float32)
+    assert_matches_float64_conv2d(runs[0], input, weight, bias, kwargs)
 
 
 @requires_cuda

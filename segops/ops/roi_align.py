@@ -5,6 +5,7 @@ from typing import List, Sequence, Union
 import torch
 from torch import Tensor, nn
 
+from segops.ops._autograd import below_autograd, call, register_function, save_for_backward_and_jvp
 from segops.ops._roi_common import boxes_to_rois, output_size_pair
 
 
@@ -33,59 +34,81 @@ def roi_align(
     """
     pooled_h, pooled_w = output_size_pair("roi_align", output_size)
     rois = boxes_to_rois("roi_align", boxes, input)
-    return torch.ops.segops.roi_align(
-        input, rois, float(spatial_scale), pooled_h, pooled_w, int(sampling_ratio), bool(aligned)
-    )
-
-
-def _setup_context(ctx, inputs, output):
-    input, rois, spatial_scale, pooled_h, pooled_w, sampling_ratio, aligned = inputs
-    ctx.save_for_backward(rois)
-    ctx.input_shape = tuple(input.shape)
-    ctx.params = (spatial_scale, pooled_h, pooled_w, sampling_ratio, aligned)
-
-
-def _backward(ctx, grad):
-    (rois,) = ctx.saved_tensors
-    spatial_scale, pooled_h, pooled_w, sampling_ratio, aligned = ctx.params
-    grad_input = torch.ops.segops._roi_align_backward(
-        grad, rois, spatial_scale, pooled_h, pooled_w, *ctx.input_shape, sampling_ratio, aligned
-    )
-    return grad_input, None, None, None, None, None, None
-
-
-def _backward_setup_context(ctx, inputs, output):
-    grad, rois, spatial_scale, pooled_h, pooled_w, _n, _c, _h, _w, sampling_ratio, aligned = inputs
-    ctx.save_for_backward(rois)
-    ctx.params = (spatial_scale, pooled_h, pooled_w, sampling_ratio, aligned)
-
-
-def _backward_backward(ctx, grad_grad_input):
-    # The backward is linear in grad and its adjoint is the forward: double backward is exact and cheap.
-    (rois,) = ctx.saved_tensors
-    grad_grad = torch.ops.segops.roi_align(grad_grad_input, rois, *ctx.params)
-    return (grad_grad,) + (None,) * 10
-
-
-torch.library.register_autograd("segops::roi_align", _backward, setup_context=_setup_context)
-torch.library.register_autograd(
-    "segops::_roi_align_backward", _backward_backward, setup_context=_backward_setup_context
-)
+    return call(RoIAlignFunction, torch.ops.segops.roi_align, input, rois, float(spatial_scale), pooled_h, pooled_w,
+                int(sampling_ratio), bool(aligned))
 
 
 class RoIAlignFunction(torch.autograd.Function):
-    """``torch.ops.segops.roi_align`` as an autograd.Function, with the op's own registered backward.
+    """``torch.ops.segops.roi_align`` as an autograd.Function: the op's Autograd kernel (backward, jvp, torch.func).
 
     ``RoIAlignFunction.apply(input, rois, spatial_scale, pooled_height, pooled_width, sampling_ratio, aligned)``
-    takes rois as Tensor[K, 5] and returns Tensor[K, C, PH, PW]; prefer :func:`roi_align`.
+    takes rois as Tensor[K, 5] and returns Tensor[K, C, PH, PW]; prefer :func:`roi_align`. Linear in input, so the
+    tangent is roi_align of the input's tangent; boxes are not differentiated (as in torchvision).
     """
+
+    generate_vmap_rule = True
 
     @staticmethod
     def forward(input, rois, spatial_scale, pooled_height, pooled_width, sampling_ratio, aligned):
-        return torch.ops.segops.roi_align(input, rois, spatial_scale, pooled_height, pooled_width, sampling_ratio, aligned)
+        return below_autograd(torch.ops.segops.roi_align.default, input, rois, spatial_scale, pooled_height,
+                              pooled_width, sampling_ratio, aligned)
 
-    setup_context = staticmethod(_setup_context)
-    backward = staticmethod(_backward)
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        input, rois, *params = inputs
+        save_for_backward_and_jvp(ctx, rois)
+        ctx.input_shape = tuple(input.shape)
+        ctx.params = tuple(params)
+
+    @staticmethod
+    def backward(ctx, grad):
+        (rois,) = ctx.saved_tensors
+        spatial_scale, pooled_h, pooled_w, sampling_ratio, aligned = ctx.params
+        grad_input = call(
+            _RoIAlignBackwardFunction, torch.ops.segops._roi_align_backward, grad, rois, spatial_scale, pooled_h, pooled_w, *ctx.input_shape, sampling_ratio, aligned
+        )
+        return grad_input, None, None, None, None, None, None
+
+    @staticmethod
+    def jvp(ctx, input_tangent, *_):
+        (rois,) = ctx.saved_tensors
+        return None if input_tangent is None else call(RoIAlignFunction, torch.ops.segops.roi_align, input_tangent, rois, *ctx.params)
+
+
+class _RoIAlignBackwardFunction(torch.autograd.Function):
+    """The backward op's derivatives: it is linear in grad, with the forward as its adjoint."""
+
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(grad, rois, spatial_scale, pooled_h, pooled_w, n, c, h, w, sampling_ratio, aligned):
+        return below_autograd(torch.ops.segops._roi_align_backward.default, grad, rois, spatial_scale, pooled_h,
+                              pooled_w, n, c, h, w, sampling_ratio, aligned)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        _grad, rois, *params = inputs
+        save_for_backward_and_jvp(ctx, rois)
+        ctx.params = tuple(params)
+
+    @staticmethod
+    def backward(ctx, grad_grad_input):
+        (rois,) = ctx.saved_tensors
+        spatial_scale, pooled_h, pooled_w, _n, _c, _h, _w, sampling_ratio, aligned = ctx.params
+        grad_grad = call(RoIAlignFunction, torch.ops.segops.roi_align, grad_grad_input, rois, spatial_scale, pooled_h, pooled_w,
+                                               sampling_ratio, aligned)
+        return (grad_grad,) + (None,) * 10
+
+    @staticmethod
+    def jvp(ctx, grad_tangent, *_):
+        (rois,) = ctx.saved_tensors
+        return None if grad_tangent is None else call(
+            _RoIAlignBackwardFunction, torch.ops.segops._roi_align_backward, grad_tangent, rois, *ctx.params
+        )
+
+
+register_function("roi_align", RoIAlignFunction)
+register_function("_roi_align_backward", _RoIAlignBackwardFunction)
 
 
 class RoIAlign(nn.Module):

@@ -5,6 +5,7 @@ from typing import List, Sequence, Union
 import torch
 from torch import Tensor, nn
 
+from segops.ops._autograd import below_autograd, call, register_function, save_for_backward_and_jvp
 from segops.ops._roi_common import boxes_to_rois, output_size_pair
 
 
@@ -29,61 +30,93 @@ def roi_pool(
     """
     pooled_h, pooled_w = output_size_pair("roi_pool", output_size)
     rois = boxes_to_rois("roi_pool", boxes, input)
-    output, _argmax = torch.ops.segops.roi_pool(input, rois, float(spatial_scale), pooled_h, pooled_w)
+    output, _argmax = call(RoIPoolFunction, torch.ops.segops.roi_pool, input, rois, float(spatial_scale), pooled_h,
+                           pooled_w)
     return output
 
 
-def _setup_context(ctx, inputs, output):
-    input, rois, spatial_scale, pooled_h, pooled_w = inputs
-    _output, argmax = output
-    ctx.mark_non_differentiable(argmax)
-    ctx.save_for_backward(rois, argmax)
-    ctx.input_shape = tuple(input.shape)
-    ctx.params = (spatial_scale, pooled_h, pooled_w)
-
-
-def _backward(ctx, grad, _grad_argmax):
-    rois, argmax = ctx.saved_tensors
-    grad_input = torch.ops.segops._roi_pool_backward(grad, rois, argmax, *ctx.params, *ctx.input_shape)
-    return grad_input, None, None, None, None
-
-
-def _backward_setup_context(ctx, inputs, output):
-    _grad, rois, argmax = inputs[:3]
-    ctx.save_for_backward(rois, argmax)
-
-
-def _backward_backward(ctx, grad_grad_input):
-    # The backward scatters grad to each bin's argmax; its adjoint gathers from there (0 for empty bins).
-    rois, argmax = ctx.saved_tensors
-    planes = grad_grad_input.flatten(2)[rois[:, 0].long()]  # [K, C, H * W]
-    index = argmax.flatten(2).long()  # [K, C, PH * PW]
-    # An empty map has no maximum anywhere (argmax is -1 throughout); pad the plane so gather has a column to read.
-    planes = torch.nn.functional.pad(planes, (0, 1))
-    grad_grad = planes.gather(2, index.clamp(min=0)).masked_fill(index < 0, 0).view_as(argmax)
-    return (grad_grad,) + (None,) * 9
-
-
-torch.library.register_autograd("segops::roi_pool", _backward, setup_context=_setup_context)
-torch.library.register_autograd(
-    "segops::_roi_pool_backward", _backward_backward, setup_context=_backward_setup_context
-)
+def _gather_at_argmax(input: Tensor, rois: Tensor, argmax: Tensor) -> Tensor:
+    """input[rois[k, 0], c] at each bin's argmax (a position in the H * W plane), 0 where argmax is -1 (an empty bin):
+    RoIPool of a tangent at the forward's maxima, and the adjoint of the backward's scatter. Tensor[K, C, PH, PW]."""
+    if input.numel() == 0:  # no plane to read: every bin is empty
+        return input.new_zeros(argmax.shape)
+    channels, plane = input.shape[1], input.shape[2] * input.shape[3]
+    rows = rois[:, 0].long().view(-1, 1, 1, 1) * channels + torch.arange(channels, device=argmax.device).view(-1, 1, 1)
+    index = rows * plane + argmax.long().clamp(min=0)
+    # torch.take, not views of input: vmap's per-sample fallback (gradcheck's batched checks) cannot run views.
+    return torch.take(input, index).masked_fill(argmax < 0, 0)
 
 
 class RoIPoolFunction(torch.autograd.Function):
-    """``torch.ops.segops.roi_pool`` as an autograd.Function, with the op's own registered backward.
+    """``torch.ops.segops.roi_pool`` as an autograd.Function: the op's Autograd kernel (backward, jvp, torch.func).
 
     ``RoIPoolFunction.apply(input, rois, spatial_scale, pooled_height, pooled_width)`` takes rois as
     Tensor[K, 5] and returns (Tensor[K, C, PH, PW] output, Tensor[K, C, PH, PW] int32 argmax); prefer
-    :func:`roi_pool`.
+    :func:`roi_pool`. The tangent is the input's tangent at each bin's argmax (max pooling's derivative where the
+    maximum is unique, as PyTorch's max_pool2d defines it).
     """
+
+    generate_vmap_rule = True
 
     @staticmethod
     def forward(input, rois, spatial_scale, pooled_height, pooled_width):
-        return torch.ops.segops.roi_pool(input, rois, spatial_scale, pooled_height, pooled_width)
+        return below_autograd(torch.ops.segops.roi_pool.default, input, rois, spatial_scale, pooled_height,
+                              pooled_width)
 
-    setup_context = staticmethod(_setup_context)
-    backward = staticmethod(_backward)
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        input, rois, *params = inputs
+        _output, argmax = output
+        ctx.mark_non_differentiable(argmax)
+        save_for_backward_and_jvp(ctx, rois, argmax)
+        ctx.input_shape = tuple(input.shape)
+        ctx.params = tuple(params)
+
+    @staticmethod
+    def backward(ctx, grad, _grad_argmax):
+        rois, argmax = ctx.saved_tensors
+        grad_input = call(_RoIPoolBackwardFunction, torch.ops.segops._roi_pool_backward, grad, rois, argmax, *ctx.params,
+                          *ctx.input_shape)
+        return grad_input, None, None, None, None
+
+    @staticmethod
+    def jvp(ctx, input_tangent, *_):
+        rois, argmax = ctx.saved_tensors
+        tangent = None if input_tangent is None else _gather_at_argmax(input_tangent, rois, argmax)
+        return tangent, None
+
+
+class _RoIPoolBackwardFunction(torch.autograd.Function):
+    """The backward op's derivatives: it scatters grad to each bin's argmax; its adjoint gathers from there."""
+
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(grad, rois, argmax, spatial_scale, pooled_h, pooled_w, n, c, h, w):
+        return below_autograd(torch.ops.segops._roi_pool_backward.default, grad, rois, argmax, spatial_scale,
+                              pooled_h, pooled_w, n, c, h, w)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        _grad, rois, argmax, *params = inputs
+        save_for_backward_and_jvp(ctx, rois, argmax)
+        ctx.params = tuple(params)
+
+    @staticmethod
+    def backward(ctx, grad_grad_input):
+        rois, argmax = ctx.saved_tensors
+        return (_gather_at_argmax(grad_grad_input, rois, argmax),) + (None,) * 9
+
+    @staticmethod
+    def jvp(ctx, grad_tangent, *_):
+        rois, argmax = ctx.saved_tensors
+        if grad_tangent is None:
+            return None
+        return call(_RoIPoolBackwardFunction, torch.ops.segops._roi_pool_backward, grad_tangent, rois, argmax, *ctx.params)
+
+
+register_function("roi_pool", RoIPoolFunction)
+register_function("_roi_pool_backward", _RoIPoolBackwardFunction)
 
 
 class RoIPool(nn.Module):

@@ -1,0 +1,83 @@
+"""One autograd.Function per op, registered as the op's Autograd kernel: reverse mode, forward mode and torch.func.
+
+``torch.library.register_autograd`` gives an op no forward-mode derivative (a dual input's tangent is dropped without
+a word, so ``jvp`` and ``jacfwd`` return zeros) and generates a Function that keeps ``ctx`` in ``forward``, which
+``torch.func`` rejects. So each op defines its ``<Op>Function`` with ``forward`` (the op below autograd),
+``setup_context``, ``backward`` and ``jvp``, and :func:`register_function` makes its ``apply`` the op's Autograd
+kernel: ``torch.ops.segops.<op>``, the functional front end, TorchScript and ``torch.compile`` all reach it.
+``generate_vmap_rule`` lets ``torch.func.vmap`` run the Function; the ops' batching rules are in ``segops._vmap``."""
+
+from typing import Any, Callable
+
+import torch
+from torch._library.utils import fill_defaults
+from torch.autograd import forward_ad
+
+_LIBRARY = torch.library.Library("segops", "IMPL")
+
+
+def below_autograd(op: Callable, *args: Any) -> Any:
+    """op(*args) with the Autograd keys skipped: a Function's forward, which must not re-enter its own kernel."""
+    with torch._C._AutoDispatchBelowAutograd():
+        return op(*args)
+
+
+def _needs_autograd(args) -> bool:
+    # Forward-mode AD works under no_grad too: any open dual level sends the call through the Function.
+    if forward_ad._current_level >= 0:
+        return True
+    return torch.is_grad_enabled() and torch._C._any_requires_grad(*args)
+
+
+def _same(value):
+    return value
+
+
+def register_function(op_name: str, function: type, to_function_args: Callable = _same,
+                      to_op_output: Callable = _same) -> None:
+    """Makes ``function.apply`` the Autograd kernel of ``segops::<op_name>``. ``function.apply`` takes the op's
+    arguments in the op's order, or as ``to_function_args(args)`` gives them (autograd.Function sees tensors only as
+    direct arguments, not inside a list); ``to_op_output`` turns its result into the op's (a tuple into a list)."""
+    op = getattr(torch.ops.segops, op_name).default
+
+    def autograd_kernel(keyset, *args):
+        if _needs_autograd(args):
+            if torch._C._are_functorch_transforms_active():
+                # torch.func runs an autograd.Function from Python, before the dispatcher; here it is too late.
+                raise RuntimeError(
+                    f"segops::{op_name}: under torch.func transforms, differentiate the front end (segops.*) or "
+                    f"{function.__name__}.apply, not torch.ops.segops.{op_name} itself"
+                )
+            args, _ = fill_defaults(op._schema, args, {})  # the dispatcher drops arguments equal to their default
+            return to_op_output(function.apply(*to_function_args(args)))
+        with torch._C._AutoDispatchBelowAutograd():
+            return op.redispatch(keyset & torch._C._after_autograd_keyset, *args)
+
+    _LIBRARY.impl(op_name, autograd_kernel, "Autograd", with_keyset=True)
+
+
+def call(function: type, op: Callable, *args: Any) -> Any:
+    """The front ends' call of an op: ``op(*args)``, or ``function.apply(*args)`` under torch.func transforms, which
+    must meet the Function before the dispatcher does."""
+    if torch._C._are_functorch_transforms_active():
+        return function.apply(*args)
+    return op(*args)
+
+
+def save_for_backward_and_jvp(ctx, *tensors) -> None:
+    """Saves tensors for both the backward and the jvp (``ctx.saved_tensors`` in either)."""
+    ctx.save_for_backward(*tensors)
+    ctx.save_for_forward(*tensors)
+
+
+def no_forward_ad(op: str, reason: str) -> Callable:
+    """A jvp that raises an error naming the op: never a silent zero tangent."""
+
+    def jvp(ctx, *tangents):
+        raise RuntimeError(f"{op}: forward-mode AD (torch.func.jvp, jacfwd, forward_ad) is not supported: {reason}")
+
+    return staticmethod(jvp)
+
+
+def tangent_or_zeros(tangent, like):
+    return torch.zeros_like(like) if tangent is None else tangent
