@@ -132,7 +132,7 @@ def test_module_and_function():
                                                                                     mode="all"))
     levels = segops.fpn_levels(rois, SCALES)
     torch.testing.assert_close(
-        segops.MultiScaleRoIAlignFunction.apply(features, rois, levels, SCALES, 7, 7, 2, False),
+        segops.MultiScaleRoIAlignFunction.apply(rois, levels, SCALES, 7, 7, 2, False, *features),
         segops.multi_scale_roi_align(features, rois, 7, SCALES))
 
 

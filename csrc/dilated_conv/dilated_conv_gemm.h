@@ -125,10 +125,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> dilated_conv2d_gemm_backward(cons
 
 template <class Ops>
 at::Tensor dilated_conv2d_forward(const Ops& ops, const at::Tensor& input, const at::Tensor& weight,
-                                  const std::optional<at::Tensor>& bias, at::IntArrayRef stride,
+                                  const std::optional<at::Tensor>& bias_arg, at::IntArrayRef stride,
                                   at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups) {
   const CheckedConv c =
-      checked_dilated_conv2d("dilated_conv2d", input, weight, bias, stride, padding, dilation, groups);
+      checked_dilated_conv2d("dilated_conv2d", input, weight, bias_arg, stride, padding, dilation, groups);
+  // The kernels read bias through a raw pointer: a strided or expanded view must become dense first.
+  const std::optional<at::Tensor> bias =
+      bias_arg.has_value() ? std::optional<at::Tensor>(bias_arg->contiguous()) : std::nullopt;
   if (c.batch == 0 || c.out_channels == 0 || c.channels == 0) {
     // Nothing to sum: the bias, or zeros.
     at::Tensor output = at::zeros(c.output_shape(), input.options());

@@ -68,14 +68,18 @@ class SegopsMultiScaleRoIAlign(poolers.MultiScaleRoIAlign):
         return features, poolers._convert_to_roi_format(boxes)
 
     def forward(self, x: Dict[str, Tensor], boxes: List[Tensor], image_shapes: List[Tuple[int, int]]) -> Tensor:
+        # Written for TorchScript too: a scripted torchvision detector keeps this module scriptable.
         features, rois = self.features_and_rois(x, boxes, image_shapes)
+        scales, map_levels = self.scales, self.map_levels
+        if scales is None or map_levels is None:
+            raise ValueError("SegopsMultiScaleRoIAlign: scales and map_levels must be set up by features_and_rois")
         if len(features) == 1:
             levels = torch.zeros(len(rois), dtype=torch.int64, device=rois.device)
         else:
-            levels = self.map_levels(boxes).to(torch.int64)
-        return torch.ops.segops.multi_scale_roi_align(features, rois, levels,
-                                                      [float(s) for s in self.scales], *self.output_size,
-                                                      self.sampling_ratio, False)
+            levels = map_levels(boxes).to(torch.int64)
+        return torch.ops.segops.multi_scale_roi_align(features, rois, levels, [float(s) for s in scales],
+                                                      self.output_size[0], self.output_size[1], self.sampling_ratio,
+                                                      False)
 
 
 def use_segops_roi_align(model: nn.Module) -> nn.Module:

@@ -70,14 +70,10 @@ def save_for_backward_and_jvp(ctx, *tensors) -> None:
     ctx.save_for_forward(*tensors)
 
 
-def no_forward_ad(op: str, reason: str) -> Callable:
-    """A jvp that raises an error naming the op: never a silent zero tangent."""
+def no_forward_ad(message: str) -> Callable:
+    """A jvp that raises `message` (which names the op): never a silent zero tangent."""
 
     def jvp(ctx, *tangents):
-        raise RuntimeError(f"{op}: forward-mode AD (torch.func.jvp, jacfwd, forward_ad) is not supported: {reason}")
+        raise RuntimeError(message)
 
     return staticmethod(jvp)
-
-
-def tangent_or_zeros(tangent, like):
-    return torch.zeros_like(like) if tangent is None else tangent

@@ -74,3 +74,27 @@ def check_plane_fits_int32(op: str, height, width) -> None:
         return
     if width != 0 and height > (2**31 - 1) // width:
         raise RuntimeError(f"{op}: input planes (H * W) must have at most 2^31 - 1 elements, got {height} * {width}")
+
+
+def _unsupported_kind(tensor: Tensor):
+    if tensor.is_quantized:
+        return "quantized"
+    if tensor.is_nested:
+        return "nested"
+    if tensor.layout != torch.strided:
+        return f"sparse ({str(tensor.layout).replace('torch.', '')})"
+    if tensor.is_complex():
+        return f"complex ({dtype_name(tensor.dtype)})"
+    return None
+
+
+def check_tensor_arguments(op: str, **arguments) -> None:
+    """Each tensor argument (or list of tensors) must be a dense real tensor: a quantized, sparse, nested or complex
+    one gets the op's own error rather than the dispatcher's "Could not run ... with arguments from the ... backend"."""
+    for name, value in arguments.items():
+        listed = isinstance(value, (list, tuple))
+        for index, tensor in enumerate(value if listed else [value]):
+            kind = _unsupported_kind(tensor) if isinstance(tensor, Tensor) else None
+            if kind is not None:
+                label = f"{name}[{index}]" if listed else name
+                raise RuntimeError(f"{op}: {label} must be a dense (strided) real tensor, got a {kind} tensor")

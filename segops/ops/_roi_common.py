@@ -42,28 +42,38 @@ def output_size_pair(op: str, output_size: Union[int, Sequence[int]]) -> Tuple[i
 def boxes_to_rois(op: str, boxes: Union[Tensor, List[Tensor]], input: Tensor) -> Tensor:
     """Boxes as torchvision takes them, Tensor[K, 5] (batch index, x1, y1, x2, y2) or a list of one Tensor[L, 4]
     per image, returned as Tensor[K, 5] in input's accumulation dtype, so that float16/bfloat16 features keep
-    float32 boxes (exact batch indices and sub-pixel coordinates). The C++ op checks shape, device and values."""
-    if isinstance(boxes, Tensor):
-        rois = boxes
-    elif isinstance(boxes, (list, tuple)):
+    float32 boxes (exact batch indices and sub-pixel coordinates). The C++ op checks shape, device and values; a
+    list entry that is no Tensor[L, 4] is an error naming it."""
+    if isinstance(boxes, (list, tuple)):
         for index, image_boxes in enumerate(boxes):
             if not isinstance(image_boxes, Tensor) or image_boxes.dim() != 2 or image_boxes.shape[1] != 4:
                 got = shape_str(image_boxes) if isinstance(image_boxes, Tensor) else type(image_boxes).__name__
                 raise ValueError(f"{op}: boxes[{index}] must be a Tensor[L, 4] (x1, y1, x2, y2), got {got}")
-        if len(boxes) == 0:
-            return input.new_empty((0, 5))
-        rois = torch.cat(
-            [
-                torch.cat([torch.full_like(image_boxes[:, :1], index), image_boxes], dim=1)
-                for index, image_boxes in enumerate(boxes)
-            ]
-        )
-    else:
+        boxes = list(boxes)
+    elif not isinstance(boxes, Tensor):
         raise ValueError(
             f"{op}: boxes must be a Tensor[K, 5] or a list of Tensor[L, 4], got {type(boxes).__name__}"
         )
+    return rois_from_boxes(boxes, input)
+
+
+def rois_from_boxes(boxes: Union[Tensor, List[Tensor]], input: Tensor) -> Tensor:
+    """:func:`boxes_to_rois` without its Python checks, in TorchScript (the scripted front ends call it; the C++ op
+    checks the result)."""
+    if isinstance(boxes, Tensor):
+        rois = boxes
+    else:
+        if len(boxes) == 0:
+            return input.new_empty((0, 5))
+        rows: List[Tensor] = []
+        for index, image_boxes in enumerate(boxes):
+            rows.append(torch.cat([torch.full_like(image_boxes[:, :1], index), image_boxes], dim=1))
+        rois = torch.cat(rows)
     if rois.is_floating_point() and input.is_floating_point():
-        rois = rois.to(accumulation_dtype(input.dtype))
+        dtype = input.dtype
+        if dtype == torch.float16 or dtype == torch.bfloat16:  # at::opmath_type
+            dtype = torch.float32
+        rois = rois.to(dtype)
     return rois
 
 

@@ -9,7 +9,15 @@ from typing import NamedTuple, Optional, Sequence, Union
 import torch
 from torch import Tensor, nn
 
-from segops.ops._checks import accumulation_dtype, autocast_to, check_same_device, dtype_name, shape_str
+from segops.ops._autograd import below_autograd, call, register_function, save_for_backward_and_jvp
+from segops.ops._checks import (
+    accumulation_dtype,
+    autocast_to,
+    check_same_device,
+    check_tensor_arguments,
+    dtype_name,
+    shape_str,
+)
 
 # pydensecrf's documented defaults (its README): addPairwiseGaussian(sxy=3, compat=3) and
 # addPairwiseBilateral(sxy=80, srgb=13, compat=10).
@@ -105,19 +113,36 @@ def permutohedral_filter_fake(values, vertex_ids, weights, neighbours, splat_off
     return values.new_empty(values.shape)
 
 
-def _filter_setup_context(ctx, inputs, output):
-    ctx.lattice = inputs[1:7]
-    ctx.adjoint = inputs[7] if len(inputs) > 7 else False
-    ctx.save_for_backward(*ctx.lattice)
+def _filter(values: Tensor, lattice, adjoint: bool) -> Tensor:
+    return call(_PermutohedralFilterFunction, torch.ops.segops.permutohedral_filter, values, *lattice, adjoint)
 
 
-def _filter_backward(ctx, grad):
-    # The filter is linear in values: its backward is its adjoint (the blur directions in reverse order).
-    grad_values = torch.ops.segops.permutohedral_filter(grad.contiguous(), *ctx.saved_tensors, not ctx.adjoint)
-    return (grad_values,) + (None,) * 7
+class _PermutohedralFilterFunction(torch.autograd.Function):
+    """The lattice filter's derivatives: linear in values, its backward is its adjoint (the blur directions in
+    reverse order) and its tangent the filtered tangent."""
+
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(values, vertex_ids, weights, neighbours, splat_offsets, splat_entries, num_vertices, adjoint=False):
+        return below_autograd(torch.ops.segops.permutohedral_filter.default, values, vertex_ids, weights, neighbours,
+                              splat_offsets, splat_entries, num_vertices, adjoint)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        save_for_backward_and_jvp(ctx, *inputs[1:7])
+        ctx.adjoint = inputs[7]
+
+    @staticmethod
+    def backward(ctx, grad):
+        return (_filter(grad.contiguous(), ctx.saved_tensors, not ctx.adjoint),) + (None,) * 7
+
+    @staticmethod
+    def jvp(ctx, values_tangent, *_):
+        return None if values_tangent is None else _filter(values_tangent, ctx.saved_tensors, ctx.adjoint)
 
 
-torch.library.register_autograd("segops::permutohedral_filter", _filter_backward, setup_context=_filter_setup_context)
+register_function("permutohedral_filter", _PermutohedralFilterFunction)
 
 
 def check_crf_softmax(unary, messages, weights) -> None:
@@ -148,28 +173,50 @@ def dense_crf_softmax_fake(unary, messages, weights):
     return unary.new_empty(unary.shape)
 
 
-def _softmax_setup_context(ctx, inputs, output):
-    unary, messages, weights = inputs
-    ctx.save_for_backward(output, weights, *messages)
-
-
 def _softmax_input_grad(out: Tensor, grad: Tensor) -> Tensor:
-    """The gradient of softmax's input over the last dimension, given its output and the output's gradient."""
+    """The gradient of softmax's input over the last dimension, given its output and the output's gradient; also
+    its tangent, given the input's tangent (the Jacobian is symmetric)."""
     return out * (grad - (out * grad).sum(-1, keepdim=True))
 
 
-def _softmax_backward(ctx, grad):
-    out, weights, *messages = ctx.saved_tensors
-    grad_z = _softmax_input_grad(out, grad)
-    needs_messages = ctx.needs_input_grad[1]
-    grad_messages = [grad_z * weights[k] if needs_messages else None for k in range(len(messages))]
-    grad_weights = None
-    if ctx.needs_input_grad[2]:
-        grad_weights = torch.stack([(grad_z * m).sum() for m in messages]) if messages else weights.new_zeros(0)
-    return grad_z, grad_messages, grad_weights
+class _CRFSoftmaxFunction(torch.autograd.Function):
+    """dense_crf_softmax's derivatives, with its arguments as (unary, weights, *messages)."""
+
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(unary, weights, *messages):
+        return below_autograd(torch.ops.segops.dense_crf_softmax.default, unary, list(messages), weights)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        _unary, weights, *messages = inputs
+        save_for_backward_and_jvp(ctx, output, weights, *messages)
+
+    @staticmethod
+    def backward(ctx, grad):
+        out, weights, *messages = ctx.saved_tensors
+        grad_z = _softmax_input_grad(out, grad)
+        grad_weights = None
+        if ctx.needs_input_grad[1]:
+            grad_weights = torch.stack([(grad_z * m).sum() for m in messages]) if messages else weights.new_zeros(0)
+        grad_messages = [grad_z * weights[k] if ctx.needs_input_grad[2 + k] else None for k in range(len(messages))]
+        return grad_z, grad_weights, *grad_messages
+
+    @staticmethod
+    def jvp(ctx, unary_tangent, weights_tangent, *message_tangents):
+        out, weights, *messages = ctx.saved_tensors
+        z_tangent = torch.zeros_like(out) if unary_tangent is None else unary_tangent
+        for k, message in enumerate(messages):
+            if weights_tangent is not None:
+                z_tangent = z_tangent + weights_tangent[k] * message
+            if message_tangents[k] is not None:
+                z_tangent = z_tangent + weights[k] * message_tangents[k]
+        return _softmax_input_grad(out, z_tangent)
 
 
-torch.library.register_autograd("segops::dense_crf_softmax", _softmax_backward, setup_context=_softmax_setup_context)
+register_function("dense_crf_softmax", _CRFSoftmaxFunction,
+                  to_function_args=lambda args: (args[0], args[2], *args[1]))
 
 
 def crf_softmax(unary: Tensor, messages: Sequence[Tensor] = (), weights: Optional[Tensor] = None) -> Tensor:
@@ -177,6 +224,8 @@ def crf_softmax(unary: Tensor, messages: Sequence[Tensor] = (), weights: Optiona
     unary and each message Tensor[B, N, L], weights Tensor[K]. Differentiable (twice, through PyTorch ops)."""
     if weights is None:
         weights = unary.new_zeros(len(messages))
+    if torch._C._are_functorch_transforms_active():
+        return _CRFSoftmaxFunction.apply(unary, weights, *messages)
     return torch.ops.segops.dense_crf_softmax(unary, list(messages), weights)
 
 
@@ -215,12 +264,12 @@ class PermutohedralLattice(NamedTuple):
     def filter(self, values: Tensor) -> Tensor:
         """Splat, blur along lattice directions 0..d, slice: Tensor[B, N, C] -> Tensor[B, N, C] (the weights'
         dtype). Differentiable with respect to ``values`` (its backward is :meth:`filter_adjoint`)."""
-        return torch.ops.segops.permutohedral_filter(values, *self, False)
+        return _filter(values, self, False)
 
     def filter_adjoint(self, values: Tensor) -> Tensor:
         """The filter's transpose: splat, blur along directions d..0, slice. ``<filter(x), y> == <x,
         filter_adjoint(y)>``."""
-        return torch.ops.segops.permutohedral_filter(values, *self, True)
+        return _filter(values, self, True)
 
     def normalized(self) -> "PermutohedralLattice":
         """The same lattice with pydensecrf's symmetric normalisation folded into the weights: the filter becomes
@@ -233,7 +282,7 @@ class PermutohedralLattice(NamedTuple):
 # --------------------------------------------------------------------------------------------------- the CRF step
 
 
-class DenseCRFFunction(torch.autograd.Function):
+class _DenseCRFStep(torch.autograd.Function):
     """One mean-field step of a fully-connected CRF, given its (normalised) lattices.
 
     ``DenseCRFFunction.apply(unary, q, kernel_weights, compatibility, lattices)``:
@@ -262,6 +311,7 @@ class DenseCRFFunction(torch.autograd.Function):
         ctx.lattices = lattices
         ctx.potts = compatibility is None
         ctx.save_for_backward(out, total, kernel_weights, compatibility, *messages)
+        ctx.save_for_forward(out, total, kernel_weights, compatibility, *messages)
         return out
 
     @staticmethod
@@ -293,6 +343,32 @@ class DenseCRFFunction(torch.autograd.Function):
                 term = lattice.filter_adjoint(grad_total * kernel_weights[k])
                 grad_q = term if grad_q is None else grad_q + term
         return grad_z, grad_q, grad_weights, grad_compatibility, None
+
+
+class DenseCRFFunction(_DenseCRFStep):
+    __doc__ = _DenseCRFStep.__doc__ + """
+    Forward-mode AD (``torch.autograd.forward_ad``) gives the step's exact tangent.
+    """
+
+    @staticmethod
+    def jvp(ctx, unary_tangent, q_tangent, weights_tangent, compatibility_tangent, _lattices_tangent):
+        out, total, kernel_weights, compatibility, *messages = ctx.saved_tensors
+        total_tangent = torch.zeros_like(out)
+        for k, (lattice, message) in enumerate(zip(ctx.lattices, messages)):
+            if weights_tangent is not None:
+                total_tangent = total_tangent + weights_tangent[k] * message
+            if q_tangent is not None:
+                total_tangent = total_tangent + kernel_weights[k] * lattice.filter(q_tangent)
+        if ctx.potts:  # z = unary + total, up to a per-pixel constant
+            z_tangent = total_tangent
+        else:  # z = unary - total @ mu^T
+            z_tangent = -(total_tangent @ compatibility.t())
+            if compatibility_tangent is not None:
+                z_tangent = z_tangent - total @ compatibility_tangent.t()
+        if unary_tangent is not None:
+            z_tangent = z_tangent + unary_tangent
+        return _softmax_input_grad(out, z_tangent)
+
 
 
 # --------------------------------------------------------------------------------------------------- front ends
@@ -356,6 +432,7 @@ def _check_crf_inputs(unary: Tensor, image: Tensor, num_iters: int) -> None:
         torch._assert_async(torch.isfinite(high - low), message)
 
 
+@torch.fx.wrap  # FX (symbolic_trace, create_feature_extractor) records one call, as torchvision's ops
 def dense_crf(
     unary: Tensor,
     image: Tensor,
@@ -404,6 +481,12 @@ def dense_crf(
                 appearance_srgb=appearance_srgb, appearance_weight=autocast_to(appearance_weight, torch.float32),
                 compatibility=autocast_to(compatibility, torch.float32),
             )
+    if torch._C._are_functorch_transforms_active():
+        raise RuntimeError(
+            "dense_crf: torch.func transforms (jvp, jacfwd, jacrev, vmap) are not supported; differentiate it with "
+            "torch.autograd (backward) or torch.autograd.forward_ad (forward mode)"
+        )
+    check_tensor_arguments("dense_crf", unary=unary, image=image, compatibility=compatibility)
     _check_crf_inputs(unary, image, num_iters)
     batch, labels, height, width = unary.shape
     if compatibility is not None and (compatibility.shape != (labels, labels) or compatibility.dtype != unary.dtype
@@ -436,8 +519,10 @@ def _mean_field(unary: Tensor, image: Tensor, num_iters: int, bandwidths, weight
     # Pixel-major (channels-last), the layout the lattice filter and the softmax over labels want: one copy.
     logits = unary.permute(0, 2, 3, 1).contiguous().view(batch, height * width, labels)
     q = crf_softmax(logits)
+    # Dynamo traces no autograd.Function with a jvp: a compiled graph takes the step without it.
+    step = _DenseCRFStep if torch.compiler.is_compiling() else DenseCRFFunction
     for _ in range(num_iters):
-        q = DenseCRFFunction.apply(logits, q, weights, compatibility, lattices)
+        q = step.apply(logits, q, weights, compatibility, lattices)
     # Contiguous, not a channels-last view: some PyTorch losses' CPU backwards (nll_loss2d) reject the latter.
     return q.view(batch, height, width, labels).permute(0, 3, 1, 2).contiguous()
 

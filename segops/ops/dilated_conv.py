@@ -9,11 +9,19 @@ import torch
 from torch import Tensor, nn
 from torch.nn.modules.utils import _pair
 
-from segops.ops._checks import check_same_device, check_supported_float, dtype_name, shape_str
+from segops.ops._autograd import below_autograd, call, no_forward_ad, register_function, save_for_backward_and_jvp
+from segops.ops._checks import (
+    check_same_device,
+    check_supported_float,
+    check_tensor_arguments,
+    dtype_name,
+    shape_str,
+)
 
 IntOrPair = Union[int, Sequence[int]]
 
 
+@torch.fx.wrap  # FX (symbolic_trace, create_feature_extractor) records one call, as torchvision's ops
 def dilated_conv2d(
     input: Tensor,
     weight: Tensor,
@@ -45,9 +53,8 @@ def dilated_conv2d(
         Tensor[N, C_out, Ho, Wo], contiguous, ``Ho = (H + 2 * padding - dilation * (kH - 1) - 1) // stride + 1``
         (likewise Wo).
     """
-    return torch.ops.segops.dilated_conv2d(
-        input, weight, bias, list(_pair(stride)), list(_pair(padding)), list(_pair(dilation)), groups
-    )
+    check_tensor_arguments("dilated_conv2d", input=input, weight=weight, bias=bias)
+    return _conv(input, weight, bias, list(_pair(stride)), list(_pair(padding)), list(_pair(dilation)), groups)
 
 
 def _check_pair(op: str, name: str, values: Sequence[int], minimum: int) -> None:
@@ -135,57 +142,95 @@ def dilated_conv2d_backward_fake(grad, input, weight, stride, padding, dilation,
     )
 
 
-def _setup_context(ctx, inputs, output):
-    input, weight, bias, stride, padding, dilation, groups = inputs
-    ctx.save_for_backward(input, weight)
-    ctx.arguments = (stride, padding, dilation, groups)
-    ctx.has_bias = bias is not None
-
-
-def _backward(ctx, grad):
-    input, weight = ctx.saved_tensors
-    mask = [ctx.needs_input_grad[0], ctx.needs_input_grad[1], ctx.has_bias and ctx.needs_input_grad[2]]
-    grad_input, grad_weight, grad_bias = torch.ops.segops._dilated_conv2d_backward(
-        grad, input, weight, *ctx.arguments, mask
-    )
-    return (
-        grad_input if mask[0] else None,
-        grad_weight if mask[1] else None,
-        grad_bias if mask[2] else None,
-        None,
-        None,
-        None,
-        None,
-    )
-
-
-def _no_double_backward(ctx, *grads):
-    raise RuntimeError(
-        "dilated_conv2d: double backward is not supported (the op is differentiable once with respect to input, "
-        "weight and bias)"
-    )
-
-
-torch.library.register_autograd("segops::dilated_conv2d", _backward, setup_context=_setup_context)
-torch.library.register_autograd(
-    "segops::_dilated_conv2d_backward", _no_double_backward, setup_context=lambda ctx, inputs, output: None
-)
+def _conv(input, weight, bias, stride, padding, dilation, groups) -> Tensor:
+    return call(DilatedConv2dFunction, torch.ops.segops.dilated_conv2d, input, weight, bias, stride, padding, dilation,
+                groups)
 
 
 class DilatedConv2dFunction(torch.autograd.Function):
-    """``torch.ops.segops.dilated_conv2d`` as an autograd.Function, with the op's own registered backward.
+    """``torch.ops.segops.dilated_conv2d`` as an autograd.Function: the op's Autograd kernel (backward, jvp,
+    torch.func).
 
     ``DilatedConv2dFunction.apply(input, weight, bias, stride, padding, dilation, groups)`` takes input
     Tensor[N, C_in, H, W], weight Tensor[C_out, C_in / groups, kH, kW], bias None or Tensor[C_out] and (height, width)
-    lists, and returns Tensor[N, C_out, Ho, Wo]; prefer :func:`dilated_conv2d`.
+    lists, and returns Tensor[N, C_out, Ho, Wo]; prefer :func:`dilated_conv2d`. Bilinear in (input, weight): the
+    tangent is conv(input', weight) + conv(input, weight') + bias'.
     """
+
+    generate_vmap_rule = True
 
     @staticmethod
     def forward(input, weight, bias, stride, padding, dilation, groups):
-        return torch.ops.segops.dilated_conv2d(input, weight, bias, stride, padding, dilation, groups)
+        return below_autograd(torch.ops.segops.dilated_conv2d.default, input, weight, bias, stride, padding, dilation,
+                              groups)
 
-    setup_context = staticmethod(_setup_context)
-    backward = staticmethod(_backward)
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        input, weight, bias, stride, padding, dilation, groups = inputs
+        save_for_backward_and_jvp(ctx, input, weight)
+        ctx.arguments = (stride, padding, dilation, groups)
+        ctx.has_bias = bias is not None
+
+    @staticmethod
+    def backward(ctx, grad):
+        input, weight = ctx.saved_tensors
+        mask = [ctx.needs_input_grad[0], ctx.needs_input_grad[1], ctx.has_bias and ctx.needs_input_grad[2]]
+        grad_input, grad_weight, grad_bias = call(
+            _DilatedConv2dBackwardFunction, torch.ops.segops._dilated_conv2d_backward, grad, input, weight,
+            *ctx.arguments, mask
+        )
+        return (
+            grad_input if mask[0] else None,
+            grad_weight if mask[1] else None,
+            grad_bias if mask[2] else None,
+            None,
+            None,
+            None,
+            None,
+        )
+
+    @staticmethod
+    def jvp(ctx, input_tangent, weight_tangent, bias_tangent, *_):
+        input, weight = ctx.saved_tensors
+        tangent = None
+        if input_tangent is not None:
+            tangent = _conv(input_tangent, weight, bias_tangent, *ctx.arguments)
+        if weight_tangent is not None:
+            term = _conv(input, weight_tangent, None if tangent is not None else bias_tangent, *ctx.arguments)
+            tangent = term if tangent is None else tangent + term
+        if tangent is None and bias_tangent is not None:
+            shape = check_dilated_conv2d_args("dilated_conv2d", input, weight, None, *ctx.arguments)
+            tangent = bias_tangent.view(-1, 1, 1).expand(shape).contiguous()
+        return tangent
+
+
+_ONCE = "the op is differentiable once with respect to input, weight and bias"
+
+
+class _DilatedConv2dBackwardFunction(torch.autograd.Function):
+    """The backward op: differentiable no further, said by name."""
+
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(grad, input, weight, stride, padding, dilation, groups, output_mask):
+        return below_autograd(torch.ops.segops._dilated_conv2d_backward.default, grad, input, weight, stride, padding,
+                              dilation, groups, output_mask)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        pass
+
+    @staticmethod
+    def backward(ctx, *grads):
+        raise RuntimeError(f"dilated_conv2d: double backward is not supported ({_ONCE})")
+
+    jvp = no_forward_ad(f"dilated_conv2d: forward-mode AD of its gradient (e.g. torch.func.hessian) is not supported "
+                        f"({_ONCE})")
+
+
+register_function("dilated_conv2d", DilatedConv2dFunction)
+register_function("_dilated_conv2d_backward", _DilatedConv2dBackwardFunction)
 
 
 class DilatedConv2d(nn.Module):

@@ -7,7 +7,9 @@ from typing import Optional
 import torch
 from torch import Tensor, nn
 
+from segops.ops._autograd import below_autograd, call, no_forward_ad, register_function, save_for_backward_and_jvp
 from segops.ops._checks import (
+    check_tensor_arguments,
     check_dtype_or_accumulation,
     check_supported_float,
     check_same_device,
@@ -16,6 +18,7 @@ from segops.ops._checks import (
 )
 
 
+@torch.fx.wrap  # FX (symbolic_trace, create_feature_extractor) records one call, as torchvision's ops
 def flow_warp(feature: Tensor, flow: Tensor, scale: Optional[Tensor] = None) -> Tensor:
     """Warps a feature map along an optical-flow field, as Deep Feature Flow propagates key-frame features.
 
@@ -38,7 +41,8 @@ def flow_warp(feature: Tensor, flow: Tensor, scale: Optional[Tensor] = None) -> 
     Returns:
         Tensor[N, C, Ho, Wo]: the warped features, contiguous, in feature's dtype.
     """
-    return torch.ops.segops.flow_warp(feature, flow, scale)
+    check_tensor_arguments("flow_warp", feature=feature, flow=flow, scale=scale)
+    return _warp(feature, flow, scale)
 
 
 def check_flow_warp_args(op: str, feature: Tensor, flow: Tensor, scale: Optional[Tensor]) -> None:
@@ -78,51 +82,117 @@ def check_flow_warp_grad(grad: Tensor, feature: Tensor, flow: Tensor) -> None:
     check_same_device(op, "grad", grad, feature, "feature")
 
 
-def _setup_context(ctx, inputs, output):
-    feature, flow, scale = inputs
-    ctx.save_for_backward(feature, flow, scale)
-    ctx.has_scale = scale is not None
+def _warp(feature: Tensor, flow: Tensor, scale: Optional[Tensor]) -> Tensor:
+    return call(FlowWarpFunction, torch.ops.segops.flow_warp, feature, flow, scale)
 
 
-def _backward(ctx, grad):
-    feature, flow, scale = ctx.saved_tensors
-    grad_feature, grad_flow, grad_scale = torch.ops.segops._flow_warp_backward(
-        grad.contiguous(), feature, flow, scale if ctx.has_scale else None
-    )
-    return grad_feature, grad_flow, grad_scale if ctx.has_scale else None
+def _taps(feature: Tensor, x: Tensor, y: Tensor) -> Tensor:
+    """feature[n, c, y, x] at integer positions x, y (Tensor[N, Ho, Wo] each), zero off the map: Tensor[N, C, Ho, Wo].
+    torch.take rather than views of feature: vmap's per-sample fallback cannot run views."""
+    batch, channels, height, width = feature.shape
+    inside = ((x >= 0) & (x < width) & (y >= 0) & (y < height)).unsqueeze(1)
+    pixel = (y.clamp(0, height - 1) * width + x.clamp(0, width - 1)).long().unsqueeze(1)
+    planes = torch.arange(batch * channels, device=feature.device).view(batch, channels, 1, 1)
+    return torch.take(feature, planes * (height * width) + pixel) * inside
 
 
-def _backward_setup_context(ctx, inputs, output):
-    pass
-
-
-def _no_double_backward(ctx, *grads):
-    raise RuntimeError(
-        "flow_warp: double backward is not supported (the op is differentiable once with respect to feature, flow "
-        "and scale)"
-    )
-
-
-torch.library.register_autograd("segops::flow_warp", _backward, setup_context=_setup_context)
-torch.library.register_autograd(
-    "segops::_flow_warp_backward", _no_double_backward, setup_context=_backward_setup_context
-)
+def _warp_flow_derivative(feature: Tensor, flow: Tensor, flow_tangent: Tensor) -> Tensor:
+    """The derivative of the warp (without scale) along flow_tangent, Tensor[N, C, Ho, Wo]: the bilinear sample's slope
+    in x and y at each displaced position, taken from the right where a sample lies on a pixel row or column (as the
+    backward and grid_sample take it), zero for a non-finite flow (which samples nothing)."""
+    if feature.numel() == 0 or flow.numel() == 0:
+        return feature.new_zeros((feature.shape[0], feature.shape[1], flow.shape[2], flow.shape[3]))
+    out_h, out_w = flow.shape[2], flow.shape[3]
+    finite = torch.isfinite(flow).all(dim=1)
+    flow = torch.where(finite.unsqueeze(1), flow, -2.0)  # a sample off the map: every tap is zero
+    x = torch.arange(out_w, device=flow.device, dtype=flow.dtype).view(1, 1, out_w) + flow[:, 0]
+    y = torch.arange(out_h, device=flow.device, dtype=flow.dtype).view(1, out_h, 1) + flow[:, 1]
+    # Far-off samples: clamp before the integer cast (their taps are all off the map either way).
+    x = x.clamp(-2.0, feature.shape[3] + 1.0)
+    y = y.clamp(-2.0, feature.shape[2] + 1.0)
+    x0, y0 = x.floor(), y.floor()
+    lx, ly = (x - x0).unsqueeze(1), (y - y0).unsqueeze(1)
+    x0, y0 = x0.long(), y0.long()
+    values = feature.to(flow.dtype)
+    f00, f01 = _taps(values, x0, y0), _taps(values, x0 + 1, y0)
+    f10, f11 = _taps(values, x0, y0 + 1), _taps(values, x0 + 1, y0 + 1)
+    slope_x = (1 - ly) * (f01 - f00) + ly * (f11 - f10)
+    slope_y = (1 - lx) * (f10 - f00) + lx * (f11 - f01)
+    tangent = slope_x * flow_tangent[:, 0:1] + slope_y * flow_tangent[:, 1:2]
+    return (tangent * finite.unsqueeze(1)).to(feature.dtype)
 
 
 class FlowWarpFunction(torch.autograd.Function):
-    """``torch.ops.segops.flow_warp`` as an autograd.Function, with the op's own registered backward.
+    """``torch.ops.segops.flow_warp`` as an autograd.Function: the op's Autograd kernel (backward, jvp, torch.func).
 
     ``FlowWarpFunction.apply(feature, flow, scale)`` takes feature Tensor[N, C, H, W], flow Tensor[N, 2, Ho, Wo] and
     scale None, Tensor[N, C, Ho, Wo] or Tensor[N, 1, Ho, Wo], and returns Tensor[N, C, Ho, Wo]; prefer
-    :func:`flow_warp`.
+    :func:`flow_warp`. The tangent: the warp of feature's tangent and the warp times scale's tangent (both linear),
+    plus the bilinear slopes along flow's tangent, times scale.
     """
+
+    generate_vmap_rule = True
 
     @staticmethod
     def forward(feature, flow, scale=None):
-        return torch.ops.segops.flow_warp(feature, flow, scale)
+        return below_autograd(torch.ops.segops.flow_warp.default, feature, flow, scale)
 
-    setup_context = staticmethod(_setup_context)
-    backward = staticmethod(_backward)
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        feature, flow, scale = inputs
+        save_for_backward_and_jvp(ctx, feature, flow, scale)
+        ctx.has_scale = scale is not None
+
+    @staticmethod
+    def backward(ctx, grad):
+        feature, flow, scale = ctx.saved_tensors
+        grad_feature, grad_flow, grad_scale = call(
+            _FlowWarpBackwardFunction, torch.ops.segops._flow_warp_backward, grad.contiguous(), feature, flow,
+            scale if ctx.has_scale else None
+        )
+        return grad_feature, grad_flow, grad_scale if ctx.has_scale else None
+
+    @staticmethod
+    def jvp(ctx, feature_tangent, flow_tangent, scale_tangent):
+        feature, flow, scale = ctx.saved_tensors
+        scale = scale if ctx.has_scale else None
+        terms = []
+        if feature_tangent is not None:
+            terms.append(_warp(feature_tangent, flow, scale))
+        if flow_tangent is not None:
+            slopes = _warp_flow_derivative(feature, flow, flow_tangent)
+            terms.append(slopes if scale is None else slopes * scale)
+        if scale_tangent is not None and ctx.has_scale:
+            terms.append(_warp(feature, flow, scale_tangent))
+        return sum(terms[1:], terms[0]) if terms else None
+
+
+_ONCE = "the op is differentiable once with respect to feature, flow and scale"
+
+
+class _FlowWarpBackwardFunction(torch.autograd.Function):
+    """The backward op: differentiable no further, said by name."""
+
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(grad, feature, flow, scale):
+        return below_autograd(torch.ops.segops._flow_warp_backward.default, grad, feature, flow, scale)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        pass
+
+    @staticmethod
+    def backward(ctx, *grads):
+        raise RuntimeError(f"flow_warp: double backward is not supported ({_ONCE})")
+
+    jvp = no_forward_ad(f"flow_warp: forward-mode AD of its gradient (e.g. torch.func.hessian) is not supported "
+                        f"({_ONCE})")
+
+
+register_function("flow_warp", FlowWarpFunction)
+register_function("_flow_warp_backward", _FlowWarpBackwardFunction)
 
 
 class FlowWarp(nn.Module):

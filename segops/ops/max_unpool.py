@@ -8,11 +8,20 @@ import torch
 from torch import Tensor, nn
 from torch.nn.modules.utils import _pair
 
-from segops.ops._checks import check_plane_fits_int32, check_same_device, check_supported_float, dtype_name, shape_str
+from segops.ops._autograd import below_autograd, call, register_function, save_for_backward_and_jvp
+from segops.ops._checks import (
+    check_plane_fits_int32,
+    check_same_device,
+    check_supported_float,
+    check_tensor_arguments,
+    dtype_name,
+    shape_str,
+)
 
 IntOrPair = Union[int, Sequence[int]]
 
 
+@torch.fx.wrap  # FX (symbolic_trace, create_feature_extractor) records one call, as torchvision's ops
 def max_unpool2d(
     input: Tensor,
     indices: Tensor,
@@ -46,6 +55,7 @@ def max_unpool2d(
     Returns:
         Tensor[N, C, Ho, Wo] (or Tensor[C, Ho, Wo]): in input's dtype.
     """
+    check_tensor_arguments("max_unpool2d", input=input, indices=indices)
     if input.dim() not in (3, 4):
         raise RuntimeError(f"max_unpool2d: input must have shape [C, H, W] or [N, C, H, W], got {shape_str(input)}")
     kernel = _pair(kernel_size)
@@ -56,8 +66,8 @@ def max_unpool2d(
             raise RuntimeError(
                 f"max_unpool2d: indices must have input's shape {list(input.shape)}, got {shape_str(indices)}"
             )
-        return torch.ops.segops.max_unpool2d(input.unsqueeze(0), indices.unsqueeze(0), out_h, out_w).squeeze(0)
-    return torch.ops.segops.max_unpool2d(input, indices, out_h, out_w)
+        return _unpool(input.unsqueeze(0), indices.unsqueeze(0), out_h, out_w).squeeze(0)
+    return _unpool(input, indices, out_h, out_w)
 
 
 def unpool_output_size(
@@ -124,47 +134,73 @@ def max_unpool2d_backward_fake(grad: Tensor, indices: Tensor) -> Tensor:
     return grad.new_empty(indices.shape).contiguous(memory_format=_unpool_format(indices))
 
 
-def _setup_context(ctx, inputs, output):
-    _, indices, _, _ = inputs
-    ctx.save_for_backward(indices)
+def _unpool(input: Tensor, indices: Tensor, output_height, output_width) -> Tensor:
+    return call(MaxUnpool2dFunction, torch.ops.segops.max_unpool2d, input, indices, output_height, output_width)
 
 
-def _backward(ctx, grad):
-    (indices,) = ctx.saved_tensors
-    return torch.ops.segops._max_unpool2d_backward(grad, indices), None, None, None
-
-
-def _backward_setup_context(ctx, inputs, output):
-    grad, indices = inputs
-    ctx.save_for_backward(indices)
-    ctx.output_size = (grad.shape[2], grad.shape[3])
-
-
-def _double_backward(ctx, grad_grad_input):
-    # The backward is linear in grad, and its adjoint is the forward.
-    (indices,) = ctx.saved_tensors
-    return torch.ops.segops.max_unpool2d(grad_grad_input, indices, *ctx.output_size), None
-
-
-torch.library.register_autograd("segops::max_unpool2d", _backward, setup_context=_setup_context)
-torch.library.register_autograd(
-    "segops::_max_unpool2d_backward", _double_backward, setup_context=_backward_setup_context
-)
+def _unpool_backward(grad: Tensor, indices: Tensor) -> Tensor:
+    return call(_MaxUnpool2dBackwardFunction, torch.ops.segops._max_unpool2d_backward, grad, indices)
 
 
 class MaxUnpool2dFunction(torch.autograd.Function):
-    """``torch.ops.segops.max_unpool2d`` as an autograd.Function, with the op's own registered backward.
+    """``torch.ops.segops.max_unpool2d`` as an autograd.Function: the op's Autograd kernel (backward, jvp, torch.func).
 
     ``MaxUnpool2dFunction.apply(input, indices, output_height, output_width)`` takes input Tensor[N, C, H, W] and int64
-    indices of its shape and returns Tensor[N, C, Ho, Wo]; prefer :func:`max_unpool2d`.
+    indices of its shape and returns Tensor[N, C, Ho, Wo]; prefer :func:`max_unpool2d`. Linear in input: the tangent
+    is the unpooled tangent.
     """
+
+    generate_vmap_rule = True
 
     @staticmethod
     def forward(input, indices, output_height, output_width):
-        return torch.ops.segops.max_unpool2d(input, indices, output_height, output_width)
+        return below_autograd(torch.ops.segops.max_unpool2d.default, input, indices, output_height, output_width)
 
-    setup_context = staticmethod(_setup_context)
-    backward = staticmethod(_backward)
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        _, indices, output_height, output_width = inputs
+        save_for_backward_and_jvp(ctx, indices)
+        ctx.output_size = (output_height, output_width)
+
+    @staticmethod
+    def backward(ctx, grad):
+        (indices,) = ctx.saved_tensors
+        return _unpool_backward(grad, indices), None, None, None
+
+    @staticmethod
+    def jvp(ctx, input_tangent, *_):
+        (indices,) = ctx.saved_tensors
+        return None if input_tangent is None else _unpool(input_tangent, indices, *ctx.output_size)
+
+
+class _MaxUnpool2dBackwardFunction(torch.autograd.Function):
+    """The backward op's derivatives: linear in grad, with the forward as its adjoint."""
+
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(grad, indices):
+        return below_autograd(torch.ops.segops._max_unpool2d_backward.default, grad, indices)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        grad, indices = inputs
+        save_for_backward_and_jvp(ctx, indices)
+        ctx.output_size = (grad.shape[2], grad.shape[3])
+
+    @staticmethod
+    def backward(ctx, grad_grad_input):
+        (indices,) = ctx.saved_tensors
+        return _unpool(grad_grad_input, indices, *ctx.output_size), None
+
+    @staticmethod
+    def jvp(ctx, grad_tangent, _indices_tangent):
+        (indices,) = ctx.saved_tensors
+        return None if grad_tangent is None else _unpool_backward(grad_tangent, indices)
+
+
+register_function("max_unpool2d", MaxUnpool2dFunction)
+register_function("_max_unpool2d_backward", _MaxUnpool2dBackwardFunction)
 
 
 class MaxUnpool2d(nn.Module):

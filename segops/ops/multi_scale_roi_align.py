@@ -8,7 +8,8 @@ from typing import List, Sequence, Union
 import torch
 from torch import Tensor, nn
 
-from segops.ops._checks import shape_str
+from segops.ops._autograd import below_autograd, call, register_function, save_for_backward_and_jvp
+from segops.ops._checks import check_tensor_arguments, shape_str
 from segops.ops._roi_common import boxes_to_rois, output_size_pair
 
 MODES = ("assign", "all")
@@ -36,6 +37,7 @@ def fpn_levels(rois: Tensor, spatial_scales: Sequence[float], canonical_scale: f
     return (torch.clamp(levels, min=k_min, max=k_max).to(torch.int64) - int(k_min)).to(torch.int64)
 
 
+@torch.fx.wrap  # FX (symbolic_trace, create_feature_extractor) records one call, as torchvision's ops
 def multi_scale_roi_align(
     features: Sequence[Tensor],
     boxes: Union[Tensor, List[Tensor]],
@@ -74,6 +76,7 @@ def multi_scale_roi_align(
     features = list(features) if isinstance(features, (list, tuple)) else features
     if not isinstance(features, list) or not features or not all(isinstance(f, Tensor) for f in features):
         raise ValueError(f"{op}: features must be a non-empty list of Tensor[N, C, H, W], got {type(features).__name__}")
+    check_tensor_arguments(op, features=features, boxes=boxes)
     pooled_h, pooled_w = output_size_pair(op, output_size)
     rois = boxes_to_rois(op, boxes, features[0])
     scales = [float(scale) for scale in spatial_scales]
@@ -82,66 +85,108 @@ def multi_scale_roi_align(
             raise RuntimeError(f"{op}: rois must have shape [K, 5], got {shape_str(rois)}")
         levels = fpn_levels(rois, scales, canonical_scale, canonical_level) if len(scales) > 1 else \
             torch.zeros(rois.shape[0], dtype=torch.int64, device=rois.device)
-        return torch.ops.segops.multi_scale_roi_align(features, rois, levels, scales, pooled_h, pooled_w,
-                                                      int(sampling_ratio), bool(aligned))
+        return _pool(features, rois, levels, scales, pooled_h, pooled_w, int(sampling_ratio), bool(aligned))
     # "all": every (box, map) pair is a row, box-major, so the output is [K, L, C, PH, PW] without a copy.
     num_levels = len(features)
     levels = torch.arange(num_levels, device=rois.device).repeat(rois.shape[0])
-    pooled = torch.ops.segops.multi_scale_roi_align(features, rois.repeat_interleave(num_levels, dim=0), levels,
-                                                    scales, pooled_h, pooled_w, int(sampling_ratio), bool(aligned))
+    pooled = _pool(features, rois.repeat_interleave(num_levels, dim=0), levels, scales, pooled_h, pooled_w,
+                   int(sampling_ratio), bool(aligned))
     return pooled.view(rois.shape[0], num_levels, *pooled.shape[1:])
 
 
-def _setup_context(ctx, inputs, output):
-    features, rois, levels, spatial_scales, pooled_h, pooled_w, sampling_ratio, aligned = inputs
-    ctx.save_for_backward(rois, levels)
-    ctx.shapes = (features[0].shape[0], features[0].shape[1], [f.shape[2] for f in features],
-                  [f.shape[3] for f in features])
-    ctx.params = (spatial_scales, pooled_h, pooled_w)
-    ctx.sampling = (sampling_ratio, aligned)
+def _pool(features, rois, levels, spatial_scales, pooled_h, pooled_w, sampling_ratio, aligned) -> Tensor:
+    if torch._C._are_functorch_transforms_active():
+        return MultiScaleRoIAlignFunction.apply(rois, levels, spatial_scales, pooled_h, pooled_w, sampling_ratio,
+                                                aligned, *features)
+    return torch.ops.segops.multi_scale_roi_align(features, rois, levels, spatial_scales, pooled_h, pooled_w,
+                                                  sampling_ratio, aligned)
 
 
-def _backward(ctx, grad):
-    rois, levels = ctx.saved_tensors
-    grads = torch.ops.segops._multi_scale_roi_align_backward(grad, rois, levels, *ctx.params, *ctx.shapes,
-                                                             *ctx.sampling)
-    return list(grads), None, None, None, None, None, None, None
-
-
-def _backward_setup_context(ctx, inputs, output):
-    grad, rois, levels, spatial_scales, pooled_h, pooled_w, _n, _c, _heights, _widths, sampling_ratio, aligned = inputs
-    ctx.save_for_backward(rois, levels)
-    ctx.params = (spatial_scales, pooled_h, pooled_w, sampling_ratio, aligned)
-
-
-def _backward_backward(ctx, grad_grads):
-    # The backward is linear in grad and its adjoint is the forward: double backward is exact and cheap.
-    rois, levels = ctx.saved_tensors
-    grad_grad = torch.ops.segops.multi_scale_roi_align(list(grad_grads), rois, levels, *ctx.params)
-    return (grad_grad,) + (None,) * 11
-
-
-torch.library.register_autograd("segops::multi_scale_roi_align", _backward, setup_context=_setup_context)
-torch.library.register_autograd(
-    "segops::_multi_scale_roi_align_backward", _backward_backward, setup_context=_backward_setup_context
-)
+def _pool_backward(grad, rois, levels, spatial_scales, pooled_h, pooled_w, n, c, heights, widths, sampling_ratio,
+                   aligned) -> List[Tensor]:
+    return call(_MultiScaleRoIAlignBackwardFunction, torch.ops.segops._multi_scale_roi_align_backward, grad, rois,
+                levels, spatial_scales, pooled_h, pooled_w, n, c, heights, widths, sampling_ratio, aligned)
 
 
 class MultiScaleRoIAlignFunction(torch.autograd.Function):
-    """``torch.ops.segops.multi_scale_roi_align`` as an autograd.Function, with the op's own registered backward.
+    """``torch.ops.segops.multi_scale_roi_align`` as an autograd.Function: the op's Autograd kernel (backward, jvp,
+    torch.func).
 
-    ``MultiScaleRoIAlignFunction.apply(features, rois, levels, spatial_scales, pooled_height, pooled_width,
-    sampling_ratio, aligned)`` takes features as a list of Tensor[N, C, H_l, W_l], rois Tensor[K, 5] and levels
-    Tensor[K] (int64, the map of each row), and returns Tensor[K, C, PH, PW]; prefer :func:`multi_scale_roi_align`.
+    ``MultiScaleRoIAlignFunction.apply(rois, levels, spatial_scales, pooled_height, pooled_width, sampling_ratio,
+    aligned, *features)`` takes rois Tensor[K, 5], levels Tensor[K] (int64, the map of each row) and the maps
+    Tensor[N, C, H_l, W_l] last (autograd sees tensors only as direct arguments), and returns Tensor[K, C, PH, PW];
+    prefer :func:`multi_scale_roi_align`. Linear in the features: the tangent pools their tangents.
     """
 
-    @staticmethod
-    def forward(features, rois, levels, spatial_scales, pooled_height, pooled_width, sampling_ratio, aligned):
-        return torch.ops.segops.multi_scale_roi_align(features, rois, levels, spatial_scales, pooled_height,
-                                                      pooled_width, sampling_ratio, aligned)
+    generate_vmap_rule = True
 
-    setup_context = staticmethod(_setup_context)
-    backward = staticmethod(_backward)
+    @staticmethod
+    def forward(rois, levels, spatial_scales, pooled_height, pooled_width, sampling_ratio, aligned, *features):
+        return below_autograd(torch.ops.segops.multi_scale_roi_align.default, list(features), rois, levels,
+                              spatial_scales, pooled_height, pooled_width, sampling_ratio, aligned)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        rois, levels, spatial_scales, pooled_h, pooled_w, sampling_ratio, aligned, *features = inputs
+        save_for_backward_and_jvp(ctx, rois, levels)
+        ctx.shapes = (features[0].shape[0], features[0].shape[1], [f.shape[2] for f in features],
+                      [f.shape[3] for f in features])
+        ctx.params = (spatial_scales, pooled_h, pooled_w)
+        ctx.sampling = (sampling_ratio, aligned)
+
+    @staticmethod
+    def backward(ctx, grad):
+        rois, levels = ctx.saved_tensors
+        grads = _pool_backward(grad, rois, levels, *ctx.params, *ctx.shapes, *ctx.sampling)
+        return (None,) * 7 + tuple(grads)
+
+    @staticmethod
+    def jvp(ctx, *tangents):
+        rois, levels = ctx.saved_tensors
+        feature_tangents = tangents[7:]
+        if all(t is None for t in feature_tangents):
+            return None
+        n, c, heights, widths = ctx.shapes
+        like = next(t for t in feature_tangents if t is not None)
+        feature_tangents = [like.new_zeros((n, c, h, w)) if t is None else t
+                            for t, h, w in zip(feature_tangents, heights, widths)]
+        return _pool(feature_tangents, rois, levels, *ctx.params, *ctx.sampling)
+
+
+class _MultiScaleRoIAlignBackwardFunction(torch.autograd.Function):
+    """The backward op's derivatives: linear in grad, with the forward as its adjoint."""
+
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(grad, rois, levels, spatial_scales, pooled_h, pooled_w, n, c, heights, widths, sampling_ratio,
+                aligned):
+        return tuple(below_autograd(torch.ops.segops._multi_scale_roi_align_backward.default, grad, rois, levels,
+                                    spatial_scales, pooled_h, pooled_w, n, c, heights, widths, sampling_ratio,
+                                    aligned))
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        _grad, rois, levels, spatial_scales, pooled_h, pooled_w, _n, _c, _heights, _widths, sampling_ratio, \
+            aligned = inputs
+        save_for_backward_and_jvp(ctx, rois, levels)
+        ctx.params = (spatial_scales, pooled_h, pooled_w, sampling_ratio, aligned)
+        ctx.arguments = tuple(inputs[3:])
+
+    @staticmethod
+    def backward(ctx, *grad_grads):
+        rois, levels = ctx.saved_tensors
+        return (_pool(list(grad_grads), rois, levels, *ctx.params),) + (None,) * 11
+
+    @staticmethod
+    def jvp(ctx, grad_tangent, *_):
+        rois, levels = ctx.saved_tensors
+        return None if grad_tangent is None else tuple(_pool_backward(grad_tangent, rois, levels, *ctx.arguments))
+
+
+register_function("multi_scale_roi_align", MultiScaleRoIAlignFunction,
+                  to_function_args=lambda args: (*args[1:], *args[0]))
+register_function("_multi_scale_roi_align_backward", _MultiScaleRoIAlignBackwardFunction, to_op_output=list)
 
 
 class MultiScaleRoIAlign(nn.Module):

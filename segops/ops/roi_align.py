@@ -4,15 +4,18 @@ from typing import List, Sequence, Union
 
 import torch
 from torch import Tensor, nn
+from torch.jit.annotations import BroadcastingList2
 
 from segops.ops._autograd import below_autograd, call, register_function, save_for_backward_and_jvp
-from segops.ops._roi_common import boxes_to_rois, output_size_pair
+from segops.ops._checks import check_tensor_arguments
+from segops.ops._roi_common import boxes_to_rois, output_size_pair, rois_from_boxes
 
 
+@torch.fx.wrap  # FX (symbolic_trace, create_feature_extractor) records one call, as torchvision's ops
 def roi_align(
     input: Tensor,
     boxes: Union[Tensor, List[Tensor]],
-    output_size: Union[int, Sequence[int]],
+    output_size: BroadcastingList2[int],
     spatial_scale: float = 1.0,
     sampling_ratio: int = -1,
     aligned: bool = False,
@@ -32,6 +35,17 @@ def roi_align(
     Returns:
         Tensor[K, C, PH, PW]: the average of each bin's bilinear samples.
     """
+    if torch.jit.is_scripting():  # TorchScript: the checks are the C++ op's
+        rois = rois_from_boxes(boxes, input)
+        return torch.ops.segops.roi_align(input, rois, spatial_scale, output_size[0], output_size[1], sampling_ratio,
+                                          aligned)
+    return _roi_align(input, boxes, output_size, spatial_scale, sampling_ratio, aligned)
+
+
+@torch.jit.unused
+def _roi_align(input: Tensor, boxes: Union[Tensor, List[Tensor]], output_size: List[int], spatial_scale: float,
+               sampling_ratio: int, aligned: bool) -> Tensor:
+    check_tensor_arguments("roi_align", input=input, boxes=boxes)
     pooled_h, pooled_w = output_size_pair("roi_align", output_size)
     rois = boxes_to_rois("roi_align", boxes, input)
     return call(RoIAlignFunction, torch.ops.segops.roi_align, input, rois, float(spatial_scale), pooled_h, pooled_w,

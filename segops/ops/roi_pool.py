@@ -4,15 +4,18 @@ from typing import List, Sequence, Union
 
 import torch
 from torch import Tensor, nn
+from torch.jit.annotations import BroadcastingList2
 
 from segops.ops._autograd import below_autograd, call, register_function, save_for_backward_and_jvp
-from segops.ops._roi_common import boxes_to_rois, output_size_pair
+from segops.ops._checks import check_tensor_arguments
+from segops.ops._roi_common import boxes_to_rois, output_size_pair, rois_from_boxes
 
 
+@torch.fx.wrap  # FX (symbolic_trace, create_feature_extractor) records one call, as torchvision's ops
 def roi_pool(
     input: Tensor,
     boxes: Union[Tensor, List[Tensor]],
-    output_size: Union[int, Sequence[int]],
+    output_size: BroadcastingList2[int],
     spatial_scale: float = 1.0,
 ) -> Tensor:
     """Region of Interest (RoI) max pooling, as in Fast R-CNN; a drop-in for ``torchvision.ops.roi_pool``.
@@ -28,6 +31,16 @@ def roi_pool(
     Returns:
         Tensor[K, C, PH, PW]: the maximum of each bin's window of rounded pixel coordinates (0 for an empty bin).
     """
+    if torch.jit.is_scripting():  # TorchScript: the checks are the C++ op's
+        rois = rois_from_boxes(boxes, input)
+        return torch.ops.segops.roi_pool(input, rois, spatial_scale, output_size[0], output_size[1])[0]
+    return _roi_pool(input, boxes, output_size, spatial_scale)
+
+
+@torch.jit.unused
+def _roi_pool(input: Tensor, boxes: Union[Tensor, List[Tensor]], output_size: List[int],
+              spatial_scale: float) -> Tensor:
+    check_tensor_arguments("roi_pool", input=input, boxes=boxes)
     pooled_h, pooled_w = output_size_pair("roi_pool", output_size)
     rois = boxes_to_rois("roi_pool", boxes, input)
     output, _argmax = call(RoIPoolFunction, torch.ops.segops.roi_pool, input, rois, float(spatial_scale), pooled_h,

@@ -1,0 +1,376 @@
+"""Every way users call an op: forward-mode AD and torch.func, gradcheck's forward and batched checks, PyTorch's own
+OpInfo samples, FX, TorchScript, argument layouts and tensor kinds. References are PyTorch's and torchvision's ops;
+where a reference has no forward mode (grid_sample, torchvision's RoI ops), its tangent is its reverse-mode Jacobian
+contracted with the tangent."""
+
+import warnings
+
+import pytest
+import torch
+import torch.nn.functional as F
+import torchvision
+from torch.autograd import gradcheck
+from torch.func import hessian, jacfwd, jacrev, jvp, vmap
+
+import segops
+
+D = torch.float64
+
+
+@pytest.fixture(autouse=True)
+def _quiet_vmap_fallback():
+    # vmap runs segops' ops per sample (PyTorch's batching fallback) and says so in a performance warning.
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="There is a performance drop")
+        yield
+
+
+def reference_jvp(fn, primals, tangents):
+    """fn's tangent from its reverse-mode Jacobian: sum_i J_i . t_i."""
+    jacobians = torch.autograd.functional.jacobian(fn, primals)
+    out = fn(*primals)
+    total = torch.zeros_like(out)
+    for jacobian, tangent in zip(jacobians, tangents):
+        total += (jacobian.reshape(out.numel(), -1) @ tangent.reshape(-1)).view_as(out)
+    return total
+
+
+def randn(*shape, seed=0):
+    return torch.randn(*shape, generator=torch.Generator().manual_seed(seed), dtype=D)
+
+
+BOXES = torch.tensor([[0, 1.0, 1.2, 6.3, 5.1], [1, 0.4, 2.0, 7.5, 7.7], [1, 3.0, 3.0, 3.5, 4.0]], dtype=D)
+
+
+def roi_align_case():
+    x = randn(2, 3, 8, 9)
+    return (lambda z: segops.roi_align(z, BOXES, 3, 1.0, 2, True),
+            lambda z: torchvision.ops.roi_align(z, BOXES, 3, 1.0, 2, True), (x,))
+
+
+def roi_pool_case():
+    x = randn(2, 3, 8, 9)
+    return (lambda z: segops.roi_pool(z, BOXES, (2, 3), 1.0),
+            lambda z: torchvision.ops.roi_pool(z, BOXES, (2, 3), 1.0), (x,))
+
+
+def multi_scale_case():
+    maps = (randn(2, 3, 16, 16, seed=1), randn(2, 3, 8, 8, seed=2))
+    scales = [0.5, 0.25]
+
+    def reference(*features):
+        return torch.stack([torchvision.ops.roi_align(f, BOXES, 2, s, 2, False) for f, s in zip(features, scales)], 1)
+
+    return (lambda *features: segops.multi_scale_roi_align(list(features), BOXES, 2, scales, mode="all"),
+            reference, maps)
+
+
+def max_unpool_case():
+    pooled, indices = F.max_pool2d(randn(2, 3, 8, 8), 2, return_indices=True)
+    return (lambda z: segops.max_unpool2d(z, indices, 2), lambda z: F.max_unpool2d(z, indices, 2), (pooled,))
+
+
+def conv_case():
+    kwargs = dict(stride=(1, 2), padding=2, dilation=2, groups=2)
+    args = (randn(2, 4, 9, 9), randn(6, 2, 3, 3, seed=1), randn(6, seed=2))
+    return (lambda *a: segops.dilated_conv2d(*a, **kwargs), lambda *a: F.conv2d(*a, **kwargs), args)
+
+
+def depthwise_case():
+    args = (randn(2, 3, 7, 8), randn(3, 1, 3, 3, seed=1), randn(3, seed=2))
+    return (lambda *a: segops.dilated_conv2d(*a, 1, 3, 3, 3), lambda *a: F.conv2d(*a, 1, 3, 3, 3), args)
+
+
+def grid_sample_warp(feature, flow, scale):
+    height, width = feature.shape[2:]
+    out_h, out_w = flow.shape[2:]
+    gx = (torch.arange(out_w, dtype=flow.dtype) + flow[:, 0]) * 2 / (width - 1) - 1
+    gy = (torch.arange(out_h, dtype=flow.dtype).view(-1, 1) + flow[:, 1]) * 2 / (height - 1) - 1
+    return F.grid_sample(feature, torch.stack([gx, gy], -1), align_corners=True) * scale
+
+
+def flow_warp_case():
+    args = (randn(2, 3, 7, 8), randn(2, 2, 5, 6, seed=1) * 2, randn(2, 3, 5, 6, seed=2))
+    return segops.flow_warp, grid_sample_warp, args
+
+
+CASES = {"roi_align": roi_align_case, "roi_pool": roi_pool_case, "multi_scale_roi_align": multi_scale_case,
+         "max_unpool2d": max_unpool_case, "dilated_conv2d": conv_case, "dilated_conv2d-depthwise": depthwise_case,
+         "flow_warp": flow_warp_case}
+
+
+@pytest.mark.parametrize("name", CASES)
+def test_jvp_jacfwd_jacrev_vmap_equal_the_reference(name):
+    ours, reference, primals = CASES[name]()
+    tangents = tuple(randn(*p.shape, seed=10 + i) for i, p in enumerate(primals))
+    output, tangent = jvp(ours, primals, tangents)
+    torch.testing.assert_close(output, reference(*primals))
+    assert tangent.abs().sum() > 0
+    torch.testing.assert_close(tangent, reference_jvp(reference, primals, tangents))
+    # Forward mode outside torch.func too.
+    import torch.autograd.forward_ad as fwAD
+
+    with fwAD.dual_level():
+        dual = ours(*(fwAD.make_dual(p, t) for p, t in zip(primals, tangents)))
+        torch.testing.assert_close(fwAD.unpack_dual(dual).tangent, tangent)
+    if name == "multi_scale_roi_align":
+        return  # jacfwd, jacrev and vmap batch the op: PyTorch has no batching fallback for a Tensor[] (README)
+    expected = torch.autograd.functional.jacobian(lambda z: reference(z, *primals[1:]), primals[0])
+    torch.testing.assert_close(jacfwd(ours)(*primals), expected)
+    torch.testing.assert_close(jacrev(ours)(*primals), expected)
+    batch = torch.stack([primals[0], tangents[0]])
+    batched = vmap(lambda z: ours(z, *primals[1:]))(batch)
+    torch.testing.assert_close(batched, torch.stack([reference(z, *primals[1:]) for z in batch]))
+
+
+@pytest.mark.parametrize("name", CASES)
+def test_gradcheck_forward_and_batched(name):
+    ours, _, primals = CASES[name]()
+    leaves = tuple(p.clone().requires_grad_() for p in primals)
+    batched = name != "multi_scale_roi_align"  # no vmap for an op taking a Tensor[] (README)
+    assert gradcheck(ours, leaves, check_forward_ad=True, check_batched_grad=batched,
+                     check_batched_forward_grad=batched)
+
+
+@pytest.mark.parametrize("name", ["roi_align", "roi_pool", "max_unpool2d"])
+def test_hessian_of_the_twice_differentiable_ops(name):
+    ours, reference, primals = CASES[name]()
+    # torchvision's RoI ops are differentiable once: for sum(f(z)^3) with f linear, H = J^T diag(6 f(z)) J.
+    z = primals[0]
+    jacobian = torch.autograd.functional.jacobian(reference, z).reshape(-1, z.numel())
+    expected = (jacobian.t() * (6 * reference(z).reshape(-1))) @ jacobian
+    expected = expected.view(*z.shape, *z.shape)
+    torch.testing.assert_close(hessian(lambda z: ours(z).pow(3).sum())(primals[0]), expected)
+
+
+@pytest.mark.parametrize("name, op", [("dilated_conv2d", "dilated_conv2d"), ("flow_warp", "flow_warp")])
+def test_second_order_forward_mode_is_refused_by_name(name, op):
+    ours, _, primals = CASES[name]()
+    with pytest.raises((RuntimeError, ValueError)):
+        hessian(lambda z: ours(z, *primals[1:]).pow(2).sum())(primals[0])
+    import torch.autograd.forward_ad as fwAD
+
+    leaf = primals[0].clone().requires_grad_()
+    (grad,) = torch.autograd.grad(ours(leaf, *primals[1:]).pow(2).sum(), leaf, create_graph=True)
+    with fwAD.dual_level(), pytest.raises(RuntimeError, match=f"{op}: "):
+        torch.autograd.grad(ours(fwAD.make_dual(leaf, torch.ones_like(leaf)), *primals[1:]).sum(), leaf,
+                            create_graph=True)[0].sum().backward()
+    del grad
+
+
+def test_function_classes_work_under_torch_func():
+    x = randn(2, 3, 8, 9)
+    tangent = randn(2, 3, 8, 9, seed=1)
+    rois = BOXES
+
+    def ours(z):
+        return segops.RoIAlignFunction.apply(z, rois, 1.0, 3, 3, 2, True)
+
+    torch.testing.assert_close(jvp(ours, (x,), (tangent,))[1],
+                               torchvision.ops.roi_align(tangent, rois, 3, 1.0, 2, True))
+    torch.testing.assert_close(jacrev(ours)(x), jacfwd(ours)(x))
+    pooled, indices = F.max_pool2d(x[..., :8], 2, return_indices=True)
+    unpool = lambda z: segops.MaxUnpool2dFunction.apply(z, indices, 8, 8)  # noqa: E731
+    torch.testing.assert_close(jvp(unpool, (pooled,), (pooled,))[1], F.max_unpool2d(pooled, indices, 2))
+
+
+def test_raw_op_under_torch_func_says_what_to_call():
+    x = randn(2, 3, 8, 9)
+    with pytest.raises(RuntimeError, match="segops::roi_align: under torch.func transforms, differentiate the front"):
+        jacrev(lambda z: torch.ops.segops.roi_align(z, BOXES, 1.0, 2, 2, 2, True))(x)
+
+
+def test_dense_crf_forward_mode_and_torch_func_refusal():
+    import torch.autograd.forward_ad as fwAD
+
+    unary, image = randn(1, 3, 5, 6), torch.rand(1, 3, 5, 6, generator=torch.Generator().manual_seed(1)) * 255
+    compatibility = torch.rand(3, 3, dtype=D, generator=torch.Generator().manual_seed(2))
+    tangent = randn(1, 3, 5, 6, seed=3)
+    crf = lambda u: segops.dense_crf(u, image.to(D), 2, compatibility=compatibility)  # noqa: E731
+    with fwAD.dual_level():
+        out = crf(fwAD.make_dual(unary, tangent))
+        forward = fwAD.unpack_dual(out).tangent
+    # The reverse mode's Jacobian (the backward is checked against a brute-force CRF in test_dense_crf.py).
+    torch.testing.assert_close(forward, reference_jvp(crf, (unary,), (tangent,)))
+    assert gradcheck(crf, (unary.clone().requires_grad_(),), check_forward_ad=True)
+    with pytest.raises(RuntimeError, match="dense_crf: torch.func transforms"):
+        jvp(crf, (unary,), (tangent,))
+
+
+# ------------------------------------------------------------------------------------------- PyTorch's OpInfo
+
+
+def _op_info(name, variant=""):
+    from torch.testing._internal.common_methods_invocations import op_db
+
+    return next(op for op in op_db if op.name == name and op.variant_test_name == variant)
+
+
+@pytest.mark.parametrize("variant", ["", "grad"])
+def test_opinfo_max_unpool2d_samples(variant):
+    info = _op_info("nn.functional.max_unpool2d", variant)
+    checked = 0
+    for sample in info.sample_inputs("cpu", D, requires_grad=True):
+        indices = sample.args[0]
+        ours = lambda z: segops.max_unpool2d(z, indices, **sample.kwargs)  # noqa: E731
+        theirs = lambda z: F.max_unpool2d(z, indices, **sample.kwargs)  # noqa: E731
+        torch.testing.assert_close(ours(sample.input), theirs(sample.input), rtol=0, atol=0)
+        if variant == "grad":  # without duplicate indices (with them segops' gradient differs on purpose: README)
+            primal = sample.input.detach()
+            tangent = torch.randn_like(primal)
+            torch.testing.assert_close(jvp(ours, (primal,), (tangent,))[1], jvp(theirs, (primal,), (tangent,))[1])
+            grad = torch.randn_like(ours(primal))
+            torch.testing.assert_close(torch.func.vjp(ours, primal)[1](grad), torch.func.vjp(theirs, primal)[1](grad))
+            assert gradcheck(ours, (primal.clone().requires_grad_(),), check_forward_ad=True)
+        checked += 1
+    assert checked >= 3
+
+
+def test_opinfo_conv2d_samples():
+    checked = 0
+    for sample in _op_info("nn.functional.conv2d").sample_inputs("cpu", D, requires_grad=True):
+        padding = sample.kwargs.get("padding", 0)
+        if sample.input.dim() != 4 or isinstance(padding, str):
+            continue  # unbatched input and padding="same"/"valid" are F.conv2d's, not segops' (README)
+        weight, bias = sample.args[0], sample.args[1] if len(sample.args) > 1 else None
+        kwargs = dict(sample.kwargs)
+        primals = tuple(t.detach() for t in (sample.input, weight) + ((bias,) if bias is not None else ()))
+
+        def ours(x, w, b=None):
+            return segops.dilated_conv2d(x, w, b, **kwargs)
+
+        def theirs(x, w, b=None):
+            return F.conv2d(x, w, b, **kwargs)
+
+        torch.testing.assert_close(ours(*primals), theirs(*primals))
+        tangents = tuple(torch.randn_like(p) for p in primals)
+        torch.testing.assert_close(jvp(ours, primals, tangents)[1], jvp(theirs, primals, tangents)[1])
+        grad = torch.randn_like(theirs(*primals))
+        torch.testing.assert_close(torch.func.vjp(ours, *primals)[1](grad), torch.func.vjp(theirs, *primals)[1](grad))
+        checked += 1
+    assert checked >= 3
+
+
+# ------------------------------------------------------------------------------------------------- layouts
+
+
+@pytest.mark.parametrize("groups", [1, 4], ids=["gemm", "depthwise"])
+@pytest.mark.parametrize("argument", ["input", "weight", "bias"])
+def test_dilated_conv2d_reads_every_argument_in_every_layout(groups, argument):
+    g = torch.Generator().manual_seed(0)
+    dense = {"input": torch.randn(2, 4, 9, 10, generator=g), "weight": torch.randn(4, 4 // groups, 3, 3, generator=g),
+             "bias": torch.randn(4, generator=g)}
+
+    def run(**arguments):
+        return segops.dilated_conv2d(arguments["input"], arguments["weight"], arguments["bias"], 1, 2, 2, groups)
+
+    expected = F.conv2d(dense["input"], dense["weight"], dense["bias"], 1, 2, 2, groups)
+    base = run(**dense)
+    torch.testing.assert_close(base, expected)
+    value = dense[argument]
+    wide = torch.stack([value, torch.full_like(value, 1e4)], -1)
+    variants = {
+        "strided": wide[..., 0],
+        "offset": torch.cat([torch.full((3,), 1e4), value.flatten()])[3:].view(value.shape),
+        "transposed": value.transpose(0, -1).contiguous().transpose(0, -1),
+        "expanded": value.flatten()[:1].expand(value.shape),
+    }
+    if value.dim() == 4:
+        variants["channels_last"] = value.contiguous(memory_format=torch.channels_last)
+    for name, variant in variants.items():
+        arguments = {**dense, argument: variant}
+        assert torch.equal(run(**arguments), run(**{**dense, argument: variant.contiguous()})), name
+
+
+# ---------------------------------------------------------------------------------------- FX and TorchScript
+
+
+class _Calls(torch.nn.Module):
+    def forward(self, x, boxes, indices, flow):
+        a = segops.roi_align(x, boxes, 2, 1.0, 2, True)
+        b = segops.roi_pool(x, boxes, 2, 1.0)
+        c = segops.max_unpool2d(x, indices, 2)
+        d = segops.flow_warp(x, flow)
+        return a.sum() + b.sum() + c.sum() + d.sum()
+
+
+def test_fx_traces_public_functions_and_modules_as_one_node():
+    x = randn(2, 3, 8, 8).float()
+    pooled, indices = F.max_pool2d(x, 2, return_indices=True)
+    flow = torch.zeros(2, 2, 4, 4)
+    boxes = BOXES.float()
+    traced = torch.fx.symbolic_trace(_Calls())
+    targets = [node.target for node in traced.graph.nodes if node.op == "call_function"]
+    for fn in (segops.roi_align, segops.roi_pool, segops.max_unpool2d, segops.flow_warp):
+        assert targets.count(fn) == 1, fn.__name__
+    torch.testing.assert_close(traced(pooled, boxes, indices, flow), _Calls()(pooled, boxes, indices, flow))
+    for module, args in [(segops.RoIAlign(2, 1.0, 2), (x, boxes)), (segops.RoIPool(2, 1.0), (x, boxes)),
+                         (segops.MaxUnpool2d(2), (pooled, indices)), (segops.FlowWarp(), (x, flow)),
+                         (segops.DilatedConv2d(3, 4, 3, padding=2, dilation=2), (x,)),
+                         (segops.MultiScaleRoIAlign(2, [1.0]), ([x], boxes))]:
+        traced = torch.fx.symbolic_trace(module)
+        calls = [n for n in traced.graph.nodes if n.op == "call_function" and getattr(n.target, "__module__", "")
+                 .startswith("segops")]
+        assert len(calls) == 1, type(module).__name__
+        torch.testing.assert_close(traced(*args), module(*args))
+
+
+def test_torchscript_roi_ops_equal_eager():
+    x = randn(2, 3, 8, 9).float()
+    boxes = BOXES.float()
+    listed = [boxes[:1, 1:], boxes[1:, 1:]]
+    for fn, args in [(segops.roi_align, (x, boxes, [2, 3], 0.5, 2, True)), (segops.roi_pool, (x, boxes, [2, 2], 1.0))]:
+        scripted = torch.jit.script(fn)
+        assert torch.equal(scripted(*args), fn(*args))
+        assert torch.equal(scripted(x, listed, *args[2:]), fn(x, listed, *args[2:]))
+    for module in (segops.RoIAlign((2, 3), 0.5, 2, True), segops.RoIPool(2, 1.0)):
+        scripted = torch.jit.script(module)
+        assert torch.equal(scripted(x, boxes), module(x, boxes))
+
+
+def test_scripted_torchvision_maskrcnn_with_segops_equals_eager():
+    import segops.models
+
+    torch.manual_seed(0)
+    model = torchvision.models.detection.maskrcnn_resnet50_fpn(weights=None, weights_backbone=None, min_size=128,
+                                                               max_size=160, box_score_thresh=0.0)
+    segops.models.use_segops_roi_align(model).eval()
+    scripted = torch.jit.script(model)
+    images = [torch.rand(3, 128, 150, generator=torch.Generator().manual_seed(1))]
+    with torch.no_grad():
+        eager = model(images)
+        _losses, detections = scripted(images)
+    assert len(eager[0]["boxes"]) > 0
+    for key in ("boxes", "scores", "labels", "masks"):
+        torch.testing.assert_close(detections[0][key], eager[0][key])
+
+
+# ----------------------------------------------------------------------------------------------- tensor kinds
+
+
+def _kinds(dense):
+    return {
+        "quantized": torch.quantize_per_tensor(dense.float(), 0.1, 0, torch.quint8),
+        "sparse": dense.to_sparse(),
+        "complex": dense.to(torch.complex64),
+        "nested": torch.nested.nested_tensor([dense[0], dense[0]]) if dense.dim() > 1 else None,
+    }
+
+
+@pytest.mark.parametrize("kind", ["quantized", "sparse", "complex", "nested"])
+def test_tensor_kinds_get_the_ops_own_error(kind):
+    x = torch.randn(2, 3, 8, 8)
+    pooled, indices = F.max_pool2d(x, 2, return_indices=True)
+    calls = {
+        "roi_align": lambda v: segops.roi_align(v, BOXES.float(), 2),
+        "roi_pool": lambda v: segops.roi_pool(v, BOXES.float(), 2),
+        "multi_scale_roi_align": lambda v: segops.multi_scale_roi_align([v], BOXES.float(), 2, [1.0]),
+        "max_unpool2d": lambda v: segops.max_unpool2d(v, indices, 2),
+        "dilated_conv2d": lambda v: segops.dilated_conv2d(v, torch.randn(4, 3, 3, 3)),
+        "flow_warp": lambda v: segops.flow_warp(v, torch.zeros(2, 2, 8, 8)),
+        "dense_crf": lambda v: segops.dense_crf(v, torch.zeros(2, 3, 8, 8)),
+    }
+    for op, call in calls.items():
+        value = _kinds(pooled if op == "max_unpool2d" else x)[kind]
+        with pytest.raises(RuntimeError, match=f"{op}: .* must be a dense \\(strided\\) real tensor, got a {kind}"):
+            call(value)
