@@ -77,3 +77,29 @@ def no_forward_ad(message: str) -> Callable:
         raise RuntimeError(message)
 
     return staticmethod(jvp)
+
+
+def once_differentiable_backward(op: str, backward_op: Callable, reason: str) -> type:
+    """The autograd.Function of a backward op that is differentiable no further: its backward and its jvp (what
+    ``hessian`` needs) raise errors naming the op."""
+
+    class BackwardFunction(torch.autograd.Function):
+        generate_vmap_rule = True
+
+        @staticmethod
+        def forward(*args):
+            return below_autograd(backward_op, *args)
+
+        @staticmethod
+        def setup_context(ctx, inputs, output):
+            pass
+
+        @staticmethod
+        def backward(ctx, *grads):
+            raise RuntimeError(f"{op}: double backward is not supported ({reason})")
+
+        jvp = no_forward_ad(f"{op}: forward-mode AD of its gradient (e.g. torch.func.hessian) is not supported "
+                            f"({reason})")
+
+    BackwardFunction.__name__ = BackwardFunction.__qualname__ = f"_{op}_backward_function"
+    return BackwardFunction

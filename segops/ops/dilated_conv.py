@@ -9,7 +9,13 @@ import torch
 from torch import Tensor, nn
 from torch.nn.modules.utils import _pair
 
-from segops.ops._autograd import below_autograd, call, no_forward_ad, register_function, save_for_backward_and_jvp
+from segops.ops._autograd import (
+    below_autograd,
+    call,
+    once_differentiable_backward,
+    register_function,
+    save_for_backward_and_jvp,
+)
 from segops.ops._checks import (
     check_same_device,
     check_supported_float,
@@ -207,26 +213,9 @@ class DilatedConv2dFunction(torch.autograd.Function):
 _ONCE = "the op is differentiable once with respect to input, weight and bias"
 
 
-class _DilatedConv2dBackwardFunction(torch.autograd.Function):
-    """The backward op: differentiable no further, said by name."""
-
-    generate_vmap_rule = True
-
-    @staticmethod
-    def forward(grad, input, weight, stride, padding, dilation, groups, output_mask):
-        return below_autograd(torch.ops.segops._dilated_conv2d_backward.default, grad, input, weight, stride, padding,
-                              dilation, groups, output_mask)
-
-    @staticmethod
-    def setup_context(ctx, inputs, output):
-        pass
-
-    @staticmethod
-    def backward(ctx, *grads):
-        raise RuntimeError(f"dilated_conv2d: double backward is not supported ({_ONCE})")
-
-    jvp = no_forward_ad(f"dilated_conv2d: forward-mode AD of its gradient (e.g. torch.func.hessian) is not supported "
-                        f"({_ONCE})")
+_DilatedConv2dBackwardFunction = once_differentiable_backward(
+    "dilated_conv2d", torch.ops.segops._dilated_conv2d_backward.default, _ONCE
+)
 
 
 register_function("dilated_conv2d", DilatedConv2dFunction)

@@ -7,7 +7,13 @@ from typing import Optional
 import torch
 from torch import Tensor, nn
 
-from segops.ops._autograd import below_autograd, call, no_forward_ad, register_function, save_for_backward_and_jvp
+from segops.ops._autograd import (
+    below_autograd,
+    call,
+    once_differentiable_backward,
+    register_function,
+    save_for_backward_and_jvp,
+)
 from segops.ops._checks import (
     check_tensor_arguments,
     check_dtype_or_accumulation,
@@ -170,25 +176,9 @@ class FlowWarpFunction(torch.autograd.Function):
 _ONCE = "the op is differentiable once with respect to feature, flow and scale"
 
 
-class _FlowWarpBackwardFunction(torch.autograd.Function):
-    """The backward op: differentiable no further, said by name."""
-
-    generate_vmap_rule = True
-
-    @staticmethod
-    def forward(grad, feature, flow, scale):
-        return below_autograd(torch.ops.segops._flow_warp_backward.default, grad, feature, flow, scale)
-
-    @staticmethod
-    def setup_context(ctx, inputs, output):
-        pass
-
-    @staticmethod
-    def backward(ctx, *grads):
-        raise RuntimeError(f"flow_warp: double backward is not supported ({_ONCE})")
-
-    jvp = no_forward_ad(f"flow_warp: forward-mode AD of its gradient (e.g. torch.func.hessian) is not supported "
-                        f"({_ONCE})")
+_FlowWarpBackwardFunction = once_differentiable_backward(
+    "flow_warp", torch.ops.segops._flow_warp_backward.default, _ONCE
+)
 
 
 register_function("flow_warp", FlowWarpFunction)

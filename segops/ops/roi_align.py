@@ -79,14 +79,17 @@ class RoIAlignFunction(torch.autograd.Function):
         (rois,) = ctx.saved_tensors
         spatial_scale, pooled_h, pooled_w, sampling_ratio, aligned = ctx.params
         grad_input = call(
-            _RoIAlignBackwardFunction, torch.ops.segops._roi_align_backward, grad, rois, spatial_scale, pooled_h, pooled_w, *ctx.input_shape, sampling_ratio, aligned
+            _RoIAlignBackwardFunction, torch.ops.segops._roi_align_backward, grad, rois, spatial_scale, pooled_h,
+            pooled_w, *ctx.input_shape, sampling_ratio, aligned
         )
         return grad_input, None, None, None, None, None, None
 
     @staticmethod
     def jvp(ctx, input_tangent, *_):
         (rois,) = ctx.saved_tensors
-        return None if input_tangent is None else call(RoIAlignFunction, torch.ops.segops.roi_align, input_tangent, rois, *ctx.params)
+        if input_tangent is None:
+            return None
+        return call(RoIAlignFunction, torch.ops.segops.roi_align, input_tangent, rois, *ctx.params)
 
 
 class _RoIAlignBackwardFunction(torch.autograd.Function):
@@ -109,7 +112,8 @@ class _RoIAlignBackwardFunction(torch.autograd.Function):
     def backward(ctx, grad_grad_input):
         (rois,) = ctx.saved_tensors
         spatial_scale, pooled_h, pooled_w, _n, _c, _h, _w, sampling_ratio, aligned = ctx.params
-        grad_grad = call(RoIAlignFunction, torch.ops.segops.roi_align, grad_grad_input, rois, spatial_scale, pooled_h, pooled_w,
+        grad_grad = call(RoIAlignFunction, torch.ops.segops.roi_align, grad_grad_input, rois, spatial_scale, pooled_h,
+                         pooled_w,
                                                sampling_ratio, aligned)
         return (grad_grad,) + (None,) * 10
 

@@ -88,7 +88,8 @@ class RoIPoolFunction(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad, _grad_argmax):
         rois, argmax = ctx.saved_tensors
-        grad_input = call(_RoIPoolBackwardFunction, torch.ops.segops._roi_pool_backward, grad, rois, argmax, *ctx.params,
+        grad_input = call(_RoIPoolBackwardFunction, torch.ops.segops._roi_pool_backward, grad, rois, argmax,
+                          *ctx.params,
                           *ctx.input_shape)
         return grad_input, None, None, None, None
 
@@ -125,7 +126,8 @@ class _RoIPoolBackwardFunction(torch.autograd.Function):
         rois, argmax = ctx.saved_tensors
         if grad_tangent is None:
             return None
-        return call(_RoIPoolBackwardFunction, torch.ops.segops._roi_pool_backward, grad_tangent, rois, argmax, *ctx.params)
+        return call(_RoIPoolBackwardFunction, torch.ops.segops._roi_pool_backward, grad_tangent, rois, argmax,
+                    *ctx.params)
 
 
 register_function("roi_pool", RoIPoolFunction)
