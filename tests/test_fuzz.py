@@ -9,6 +9,7 @@ the dense CRF, one with the reference's invariants. For roi_align and roi_pool, 
 Profiles: SEGOPS_FUZZ_PROFILE=fast (the default, in the test command: 30 cases per op, a fixed seed) or long (10,000
 cases per op, random seeds): ``SEGOPS_FUZZ_PROFILE=long ./scripts/test.sh tests/test_fuzz.py``."""
 
+import math
 import os
 
 import pytest
@@ -19,6 +20,7 @@ hypothesis = pytest.importorskip("hypothesis")
 from hypothesis import HealthCheck, given, settings, strategies as st  # noqa: E402
 
 import segops  # noqa: E402
+from argument_layouts import LAYOUTS, in_layout  # noqa: E402
 from conftest import emulation_module  # noqa: E402
 from segops.ops._checks import accumulation_dtype  # noqa: E402
 from segops.reference import flow_warp_brute_force, max_unpool2d_brute_force  # noqa: E402
@@ -34,27 +36,22 @@ settings.load_profile(os.environ.get("SEGOPS_FUZZ_PROFILE", "fast"))
 
 FLOATS = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
 DTYPES = FLOATS + (torch.int32,)  # int32: an unsupported dtype, which must be refused
-LAYOUTS = ("contiguous", "channels_last", "transposed", "strided")
 # Hostile values, and the exceptions a refusal may raise (its message must name the op).
 HOSTILE = (float("nan"), float("inf"), -float("inf"), 1e30, -1e30, -3.0)
 REFUSALS = (ValueError, RuntimeError, TypeError, IndexError)
 
 
 def _tensor(draw, shape, dtype, layout=None, low=-2.0, high=2.0):
-    """A tensor of `shape` and `dtype` in the given layout, values uniform in [low, high)."""
+    """A tensor of `shape` and `dtype`, values uniform in [low, high), in the given layout or a drawn one (any of
+    argument_layouts.LAYOUTS: "expanded" repeats the first row)."""
     seed = draw(st.integers(0, 2**31 - 1))
     g = torch.Generator().manual_seed(seed)
-    layout = layout or draw(st.sampled_from(LAYOUTS))
-    if layout == "transposed" and len(shape) == 4:
-        values = low + (high - low) * torch.rand((*shape[:2], shape[3], shape[2]), generator=g)
-        values = values.transpose(2, 3)
-    elif layout == "strided" and len(shape) == 4:
-        values = (low + (high - low) * torch.rand((*shape[:2], 2 * shape[2], shape[3]), generator=g))[:, :, ::2]
-    else:
-        values = low + (high - low) * torch.rand(shape, generator=g)
-        if layout == "channels_last" and len(shape) == 4:
-            values = values.contiguous(memory_format=torch.channels_last)
-    return values.to(dtype)
+    values = (low + (high - low) * torch.rand(shape, generator=g)).to(dtype)
+    return _laid_out(draw, values, layout)
+
+
+def _laid_out(draw, tensor, layout=None):
+    return in_layout(tensor, layout or draw(st.sampled_from(LAYOUTS)))
 
 
 def _feature_map(draw, max_batch=3, max_channels=3, max_size=8, min_size=0):
@@ -79,16 +76,20 @@ def _rois(draw, batch, size):
                 coords[position - 1] = value
         rows.append([index, *coords])
     dtype = draw(st.sampled_from((torch.float32, torch.float64)))
-    return torch.tensor(rows, dtype=dtype).reshape(count, 5)
+    return _laid_out(draw, torch.tensor(rows, dtype=dtype).reshape(count, 5))
 
 
 def _set_one(draw, tensor, values):
-    """Sets one element of `tensor` (any layout) to a value drawn from `values` (floating-point tensors only)."""
-    if not tensor.is_floating_point():
-        return
+    """`tensor` with one element set to a value drawn from `values` (non-finite ones into floating-point tensors
+    only); a copy where elements share memory (an expanded tensor)."""
+    value = draw(st.sampled_from(values))
+    if tensor.numel() == 0 or not (tensor.is_floating_point() or math.isfinite(value)):
+        return tensor
+    if torch._debug_has_internal_overlap(tensor) != 0:
+        tensor = tensor.clone(memory_format=torch.contiguous_format)
     position = draw(st.integers(0, tensor.numel() - 1))
-    tensor[tuple(int(i) for i in torch.unravel_index(torch.tensor(position), tensor.shape))] = draw(
-        st.sampled_from(values))
+    tensor[tuple(int(i) for i in torch.unravel_index(torch.tensor(position), tensor.shape))] = value
+    return tensor
 
 
 def _refused_or(call, op, check):
@@ -133,7 +134,7 @@ def _check_deterministic_gpu_backward(draw, backward, args, forward_out, feature
     if forward_out.numel() == 0 or not features.is_floating_point():
         return
     emulated = getattr(emulation_module(), backward)
-    grad = _tensor(draw, tuple(forward_out.shape), forward_out.dtype, layout="contiguous")
+    grad = _tensor(draw, tuple(forward_out.shape), forward_out.dtype)
     launch = draw(st.sampled_from((([1], [1]), ([3], [32]), ([64], [256]))))
     assert torch.equal(emulated(grad, *args, True, *launch), getattr(torch.ops.segops, backward)(grad, *args))
 
@@ -213,9 +214,9 @@ def test_flow_warp(data):
     flow_dtype = draw(st.sampled_from((feature.dtype, torch.float32, torch.float64)))
     flow = _tensor(draw, (feature.shape[0], 2, out_h, out_w), flow_dtype, low=-6.0, high=6.0)
     if draw(st.integers(0, 3)) == 0 and flow.numel() > 0:  # a hostile displacement
-        _set_one(draw, flow, HOSTILE)
+        flow = _set_one(draw, flow, HOSTILE)
     with_scale = draw(st.booleans())
-    scale = _tensor(draw, (feature.shape[0], 1, out_h, out_w), feature.dtype, "contiguous", 0.0, 1.0) \
+    scale = _tensor(draw, (feature.shape[0], 1, out_h, out_w), feature.dtype, None, 0.0, 1.0) \
         if with_scale and feature.dtype in FLOATS else None
 
     def check(out):
@@ -245,10 +246,10 @@ def test_max_unpool2d(data):
         values = values.to(x.dtype)
     output_size = (values.shape[-2] * kernel, values.shape[-1] * kernel)
     if draw(st.integers(0, 3)) == 0 and indices.numel() > 0:  # an index out of its plane
-        indices = indices.clone()
-        _set_one(draw, indices, (-1, output_size[0] * output_size[1], 2**40))
+        indices = _set_one(draw, indices.clone(), (-1, output_size[0] * output_size[1], 2**40))
     if draw(st.integers(0, 5)) == 0:
         indices = indices.to(torch.int32)  # a wrong index dtype
+    indices = _laid_out(draw, indices)
 
     def check(out):
         assert out.shape == (*values.shape[:2], *output_size)
@@ -271,8 +272,8 @@ def test_dilated_conv2d(data):
     in_per_group = max(x.shape[1] // groups, 0)
     kernel = draw(st.integers(1, 3))
     weight = _tensor(draw, (out_channels, in_per_group, kernel, kernel),
-                     draw(st.sampled_from((x.dtype, torch.float32))), "contiguous")
-    bias = _tensor(draw, (out_channels,), weight.dtype, "contiguous") if draw(st.booleans()) else None
+                     draw(st.sampled_from((x.dtype, torch.float32))))
+    bias = _tensor(draw, (out_channels,), weight.dtype) if draw(st.booleans()) else None
     stride, padding, dilation = draw(st.integers(1, 2)), draw(st.integers(0, 2)), draw(st.integers(1, 3))
 
     def check(out):
@@ -302,7 +303,7 @@ def test_dense_crf(data):
     shape = (draw(st.integers(0, 2)), labels, draw(st.integers(0, 6)), draw(st.integers(0, 6)))
     unary = _tensor(draw, shape, draw(st.sampled_from(DTYPES)), low=-4.0, high=4.0)
     if draw(st.integers(0, 4)) == 0 and unary.numel() > 0:
-        _set_one(draw, unary, HOSTILE)
+        unary = _set_one(draw, unary, HOSTILE)
     image = _tensor(draw, (shape[0], 3, shape[2], shape[3]), draw(st.sampled_from((torch.float32, torch.uint8))),
                     low=0.0, high=255.0)
     num_iters = draw(st.integers(0, 3))

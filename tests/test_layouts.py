@@ -1,0 +1,106 @@
+"""Every tensor argument of every op (backward ops included), in every layout, gives the contiguous call's result bit
+for bit: on the CPU kernels and on the CUDA kernels emulated on the host."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import segops  # noqa: F401  (registers torch.ops.segops)
+
+from argument_layouts import LAYOUTS, in_layout
+from conftest import emulation_module
+
+LAUNCH = ([3], [32])  # a grid far smaller than the work: every thread runs several grid-stride iterations
+
+
+def _cases(lattice_op):
+    """name -> (op name, tensors by argument name, args(tensors), extra emulated arguments before grid and block)."""
+    g = torch.Generator().manual_seed(0)
+
+    def randn(*shape):
+        return torch.randn(*shape, generator=g)
+
+    x = randn(2, 3, 7, 9)
+    rois = torch.tensor([[0, 1.0, 1.0, 5.0, 6.0], [1, 0.5, 2.0, 8.0, 6.0], [1, 2.0, 0.0, 4.0, 3.0]])
+    _, argmax = torch.ops.segops.roi_pool(x, rois, 1.0, 2, 3)
+    levels = torch.tensor([0, 1, 0])
+    pooled, indices = F.max_pool2d(randn(2, 3, 8, 10), 2, return_indices=True)
+    feature, flow, scale = randn(2, 3, 7, 9), randn(2, 2, 5, 6) * 2, randn(2, 3, 5, 6)
+    # Two identical point sets, so that a lattice tensor expanded from the first is still a valid lattice.
+    points = randn(1, 20, 3).repeat(2, 1, 1)
+    lattice = lattice_op(points)
+    lattice_names = ("vertex_ids", "weights", "neighbours", "splat_offsets", "splat_entries", "num_vertices")
+    cases = {
+        "roi_align": ("roi_align", dict(input=x, rois=rois), lambda t: (t["input"], t["rois"], 1.0, 2, 3, 2, True), ()),
+        "_roi_align_backward": (
+            "_roi_align_backward", dict(grad=randn(3, 3, 2, 3), rois=rois),
+            lambda t: (t["grad"], t["rois"], 1.0, 2, 3, 2, 3, 7, 9, 2, True), (False,)),
+        "roi_pool": ("roi_pool", dict(input=x, rois=rois), lambda t: (t["input"], t["rois"], 1.0, 2, 3), ()),
+        "_roi_pool_backward": (
+            "_roi_pool_backward", dict(grad=randn(3, 3, 2, 3), rois=rois, argmax=argmax),
+            lambda t: (t["grad"], t["rois"], t["argmax"], 1.0, 2, 3, 2, 3, 7, 9), (False,)),
+        "multi_scale_roi_align": (
+            "multi_scale_roi_align", {"features[0]": randn(2, 3, 8, 8), "features[1]": randn(2, 3, 4, 4),
+                                      "rois": rois, "levels": levels},
+            lambda t: ([t["features[0]"], t["features[1]"]], t["rois"], t["levels"], [1.0, 0.5], 2, 2, 2, False), ()),
+        "_multi_scale_roi_align_backward": (
+            "_multi_scale_roi_align_backward", dict(grad=randn(3, 3, 2, 2), rois=rois, levels=levels),
+            lambda t: (t["grad"], t["rois"], t["levels"], [1.0, 0.5], 2, 2, 2, 3, [8, 4], [8, 4], 2, False), (False,)),
+        "max_unpool2d": ("max_unpool2d", dict(input=pooled, indices=indices),
+                         lambda t: (t["input"], t["indices"], 8, 10), ()),
+        "_max_unpool2d_backward": ("_max_unpool2d_backward", dict(grad=randn(2, 3, 8, 10), indices=indices),
+                                   lambda t: (t["grad"], t["indices"]), ()),
+        "flow_warp": ("flow_warp", dict(feature=feature, flow=flow, scale=scale),
+                      lambda t: (t["feature"], t["flow"], t["scale"]), ()),
+        "_flow_warp_backward": (
+            "_flow_warp_backward", dict(grad=randn(2, 3, 5, 6), feature=feature, flow=flow, scale=scale),
+            lambda t: (t["grad"], t["feature"], t["flow"], t["scale"]), (False,)),
+        "permutohedral_lattice": ("permutohedral_lattice", dict(features=points), lambda t: (t["features"],), ()),
+        "permutohedral_filter": (
+            "permutohedral_filter", dict(values=randn(1, 20, 4).repeat(2, 1, 1), **dict(zip(lattice_names, lattice))),
+            lambda t: (t["values"], *(t[name] for name in lattice_names), False), ()),
+        "dense_crf_softmax": ("dense_crf_softmax", {"unary": randn(2, 20, 4), "messages[0]": randn(2, 20, 4),
+                                                    "weights": randn(1)},
+                              lambda t: (t["unary"], [t["messages[0]"]], t["weights"]), ()),
+    }
+    for groups in (1, 3):  # the GEMM path and the depthwise kernels
+        conv = dict(input=randn(2, 3, 9, 10), weight=randn(6, 3 // groups, 3, 3))
+        geometry = ([1, 2], [2, 2], [2, 2], groups)
+        cases[f"dilated_conv2d-groups{groups}"] = (
+            "dilated_conv2d", dict(conv, bias=randn(6)), lambda t, a=geometry: (t["input"], t["weight"], t["bias"], *a),
+            ())
+        cases[f"_dilated_conv2d_backward-groups{groups}"] = (
+            "_dilated_conv2d_backward", dict(conv, grad=randn(2, 6, 9, 5)),
+            lambda t, a=geometry: (t["grad"], t["input"], t["weight"], *a, [True, True, True]), ())
+    return cases
+
+
+CASES = list(_cases(torch.ops.segops.permutohedral_lattice))
+
+
+def _flat(result):
+    return list(result) if isinstance(result, (tuple, list)) else [result]
+
+
+@pytest.mark.parametrize("backend", ["cpu", "emulated"])
+@pytest.mark.parametrize("layout", [layout for layout in LAYOUTS if layout != "contiguous"])
+@pytest.mark.parametrize("case", CASES)
+def test_every_tensor_argument_in_every_layout(backend, layout, case):
+    if backend == "emulated":
+        emulated = emulation_module()
+        lattice_op = lambda points: emulated.permutohedral_lattice(points, *LAUNCH)  # noqa: E731
+    else:
+        lattice_op = torch.ops.segops.permutohedral_lattice
+    op_name, tensors, build, extra = _cases(lattice_op)[case]
+
+    def run(arguments):
+        if backend == "cpu":
+            return _flat(getattr(torch.ops.segops, op_name)(*build(arguments)))
+        return _flat(getattr(emulated, op_name)(*build(arguments), *extra, *LAUNCH))
+
+    for name, tensor in tensors.items():
+        variant = in_layout(tensor, layout)
+        actual = run({**tensors, name: variant})
+        expected = run({**tensors, name: variant.contiguous()})
+        for a, e in zip(actual, expected, strict=True):
+            assert torch.equal(a, e), f"{op_name}: {name} as {layout}"
