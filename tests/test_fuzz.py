@@ -80,10 +80,15 @@ def _rois(draw, batch, size):
 
 
 def _set_one(draw, tensor, values):
-    """`tensor` with one element set to a value drawn from `values` (non-finite ones into floating-point tensors
-    only); a copy where elements share memory (an expanded tensor)."""
+    """`tensor` with one element set to a value drawn from `values` (an integer tensor only takes the values its dtype
+    holds); a copy where elements share memory (an expanded tensor)."""
     value = draw(st.sampled_from(values))
-    if tensor.numel() == 0 or not (tensor.is_floating_point() or math.isfinite(value)):
+    if tensor.is_floating_point():
+        if math.isfinite(value) and abs(value) > torch.finfo(tensor.dtype).max:
+            value = math.copysign(math.inf, value)  # what the dtype makes of it
+    elif not (math.isfinite(value) and torch.iinfo(tensor.dtype).min <= value <= torch.iinfo(tensor.dtype).max):
+        return tensor  # not representable
+    if tensor.numel() == 0:
         return tensor
     if torch._debug_has_internal_overlap(tensor) != 0:
         tensor = tensor.clone(memory_format=torch.contiguous_format)

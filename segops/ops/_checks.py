@@ -67,6 +67,12 @@ def check_same_device(op: str, name: str, tensor: Tensor, like: Tensor, like_nam
         raise RuntimeError(f"{op}: {name} must be on the same device as {like_name} ({like.device}), got {tensor.device}")
 
 
+def take(input: Tensor, index: Tensor) -> Tensor:
+    """torch.take (input's elements at flat positions `index`, in index's shape) as an index_select, which
+    torch.func.vmap batches (it has no rule for torch.take)."""
+    return input.reshape(-1).index_select(0, index.reshape(-1)).view(index.shape)
+
+
 def check_plane_fits_int32(op: str, height, width) -> None:
     # Only for concrete sizes: on symbolic ones (torch.export with dynamic H, W) the comparison would become a shape
     # guard that bounds H and W. The C++ kernel checks the real sizes at run time.

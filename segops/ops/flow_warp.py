@@ -16,6 +16,7 @@ from segops.ops._autograd import (
 )
 from segops.ops._checks import (
     check_tensor_arguments,
+    take,
     check_dtype_or_accumulation,
     check_supported_float,
     check_same_device,
@@ -93,13 +94,12 @@ def _warp(feature: Tensor, flow: Tensor, scale: Optional[Tensor]) -> Tensor:
 
 
 def _taps(feature: Tensor, x: Tensor, y: Tensor) -> Tensor:
-    """feature[n, c, y, x] at integer positions x, y (Tensor[N, Ho, Wo] each), zero off the map: Tensor[N, C, Ho, Wo].
-    torch.take rather than views of feature: vmap's per-sample fallback cannot run views."""
+    """feature[n, c, y, x] at integer positions x, y (Tensor[N, Ho, Wo] each), zero off the map: Tensor[N, C, Ho, Wo]."""
     batch, channels, height, width = feature.shape
     inside = ((x >= 0) & (x < width) & (y >= 0) & (y < height)).unsqueeze(1)
     pixel = (y.clamp(0, height - 1) * width + x.clamp(0, width - 1)).long().unsqueeze(1)
     planes = torch.arange(batch * channels, device=feature.device).view(batch, channels, 1, 1)
-    return torch.take(feature, planes * (height * width) + pixel) * inside
+    return take(feature, planes * (height * width) + pixel) * inside
 
 
 def _warp_flow_derivative(feature: Tensor, flow: Tensor, flow_tangent: Tensor) -> Tensor:
