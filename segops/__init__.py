@@ -4,8 +4,6 @@
     >>> roi_align(features, boxes, output_size=7, spatial_scale=0.25, sampling_ratio=2, aligned=True)
 """
 
-import torch
-
 from segops._version import __version__
 from segops._extension import cuda_version, torch_version
 from segops import _meta  # noqa: F401  (registers the fake kernels)
@@ -16,9 +14,3 @@ from segops.ops import *  # noqa: F401,F403  (every operator; segops.ops.__all__
 
 __all__ = ["__version__", "cuda_version", "torch_version"] + ops.__all__
 
-# FX: `segops.roi_align(...)` in a traced module is one node (each op's own module marks it for `from segops.ops.x
-# import ...` and the nn.Modules).
-for _name in ("roi_align", "roi_pool", "multi_scale_roi_align", "max_unpool2d", "dilated_conv2d", "flow_warp",
-              "dense_crf"):
-    torch.fx.wrap(_name)
-del _name

@@ -10,6 +10,8 @@ import torch
 from torch import Tensor
 from torch.nn import functional as F
 
+from segops._fx import one_fx_node
+
 
 def _check_maps(op: str, x: Tensor) -> None:
     if not isinstance(x, Tensor) or x.dim() != 4 or not x.is_floating_point():
@@ -20,18 +22,21 @@ def _check_maps(op: str, x: Tensor) -> None:
         raise ValueError(f"{op}: x must have at least one position to pool, got shape {list(x.shape)}")
 
 
+@one_fx_node
 def global_avg_pool(x: Tensor) -> Tensor:
     """Mean over positions: Tensor[N, C, H, W] -> Tensor[N, C]."""
     _check_maps("global_avg_pool", x)
     return x.mean(dim=(2, 3))
 
 
+@one_fx_node
 def global_max_pool(x: Tensor) -> Tensor:
     """Max over positions: Tensor[N, C, H, W] -> Tensor[N, C] (the gradient goes to the maxima, shared evenly)."""
     _check_maps("global_max_pool", x)
     return x.amax(dim=(2, 3))
 
 
+@one_fx_node
 def lse_pool(x: Tensor, beta: Union[float, Tensor] = 1.0) -> Tensor:
     """Log-sum-exp pooling ``(1 / beta) * log(mean over positions of exp(beta * x))``: Tensor[N, C, H, W] ->
     Tensor[N, C]; beta > 0 (a float or a Tensor, e.g. a learnable one).
@@ -49,6 +54,7 @@ def lse_pool(x: Tensor, beta: Union[float, Tensor] = 1.0) -> Tensor:
     return peak.flatten(2).squeeze(2) + torch.log1p(spread) / beta
 
 
+@one_fx_node
 def class_activation_maps(features: Tensor, weight: Tensor, bias: Optional[Tensor] = None,
                           size: Optional[Sequence[int]] = None) -> Tensor:
     """Class activation maps (Zhou et al. 2016): ``M_c(x, y) = sum_k weight[c, k] * features[n, k, y, x]``

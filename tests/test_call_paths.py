@@ -8,6 +8,7 @@ import warnings
 import pytest
 import torch
 import torch.nn.functional as F
+import torch.utils._pytree as pytree
 import torchvision
 from torch.autograd import gradcheck
 from torch.func import hessian, jacfwd, jacrev, jvp, vmap
@@ -326,6 +327,49 @@ def test_fx_traces_public_functions_and_modules_as_one_node():
                  .startswith("segops")]
         assert len(calls) == 1, type(module).__name__
         torch.testing.assert_close(traced(*args), module(*args))
+
+
+# Every image network (the detectors build on torchvision's detection models, which FX does not trace, and Deep
+# Feature Flow's key-frame schedule is data-dependent).
+NETWORKS = {
+    "fcn8s": lambda m: m.fcn8s(3), "segnet": lambda m: m.segnet(3, base_width=4),
+    "deconvnet": lambda m: m.deconvnet(3, base_width=4), "unet": lambda m: m.unet(3, base_width=4, depth=2),
+    "deeplabv2": lambda m: m.deeplabv2(3, depth=50), "deeplabv2-crf": lambda m: m.deeplabv2(3, depth=50, crf="rnn"),
+    "deeplabv3": lambda m: m.deeplabv3(3, depth=50), "pspnet": lambda m: m.pspnet(3, depth=50),
+    "cam": lambda m: m.cam(3, depth=50), "dcl": lambda m: m.dcl(base_width=4), "basnet": lambda m: m.basnet(width=4),
+    "poolnet": lambda m: m.poolnet(width=8), "ucn": lambda m: m.ucn(8, base_width=4),
+}
+
+
+@pytest.mark.parametrize("name", NETWORKS)
+def test_fx_traces_every_image_network(name):
+    import segops.models
+
+    torch.manual_seed(0)
+    model = NETWORKS[name](segops.models).eval()
+    # DeepLab v2's optional RGB image (else un-normalised from the input) is fixed to None, as FX fixes optional args.
+    traced = torch.fx.symbolic_trace(model, concrete_args={"rgb": None} if name.startswith("deeplabv2") else None)
+    x = torch.rand(1, 3, 48, 40, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        expected, actual = model(x), traced(x)
+    for a, e in zip(pytree.tree_leaves(actual), pytree.tree_leaves(expected), strict=True):
+        assert torch.equal(a, e)
+
+
+def test_create_feature_extractor_on_segnet():
+    import segops.models
+    from torchvision.models.feature_extraction import create_feature_extractor, get_graph_node_names
+
+    model = segops.models.segnet(3, base_width=4).eval()
+    _, nodes = get_graph_node_names(model)
+    unpools = [node for node in nodes if "max_unpool2d" in node]
+    assert len(unpools) == 5  # one node per decoder stage
+    extractor = create_feature_extractor(model, return_nodes={unpools[-1]: "last_unpool", nodes[-1]: "logits"})
+    x = torch.rand(1, 3, 32, 40)
+    with torch.no_grad():
+        features = extractor(x)
+        assert torch.equal(features["logits"], model(x))
+    assert features["last_unpool"].shape == (1, 4, 32, 40)
 
 
 def test_torchscript_roi_ops_equal_eager():

@@ -79,7 +79,7 @@ class ASPP(nn.Module):
         self.project = branch(nn.Conv2d(channels * (len(rates) + 2), channels, 1, bias=False))
 
     def forward(self, x: Tensor) -> Tensor:
-        pooled = self.pooling(F.adaptive_avg_pool2d(x, 1)).expand(-1, -1, *x.shape[-2:])
+        pooled = self.pooling(F.adaptive_avg_pool2d(x, 1)).expand(-1, -1, x.shape[2], x.shape[3])
         return self.project(torch.cat([branch(x) for branch in self.branches] + [pooled], dim=1))
 
 

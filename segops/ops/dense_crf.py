@@ -9,6 +9,7 @@ from typing import NamedTuple, Optional, Sequence, Union
 import torch
 from torch import Tensor, nn
 
+from segops._fx import one_fx_node
 from segops.ops._autograd import below_autograd, call, register_function, save_for_backward_and_jvp
 from segops.ops._checks import (
     accumulation_dtype,
@@ -432,7 +433,7 @@ def _check_crf_inputs(unary: Tensor, image: Tensor, num_iters: int) -> None:
         torch._assert_async(torch.isfinite(high - low), message)
 
 
-@torch.fx.wrap  # FX (symbolic_trace, create_feature_extractor) records one call, as torchvision's ops
+@one_fx_node  # FX (symbolic_trace, create_feature_extractor) records one call
 def dense_crf(
     unary: Tensor,
     image: Tensor,
@@ -527,6 +528,19 @@ def _mean_field(unary: Tensor, image: Tensor, num_iters: int, bandwidths, weight
     return q.view(batch, height, width, labels).permute(0, 3, 1, 2).contiguous()
 
 
+@one_fx_node  # one node under FX: the dtype below is not known while tracing
+def _dense_crf_with_parameters(unary: Tensor, image: Tensor, num_iters: int, kernel_weights: Tensor,
+                               compatibility: Optional[Tensor], smoothness_sxy: float, appearance_sxy: float,
+                               appearance_srgb: float) -> Tensor:
+    """dense_crf with DenseCRF's learned parameters in the accumulation dtype, not unary's: under autocast a
+    bfloat16 unary runs in float32 (dense_crf), and the parameters must not be rounded to bfloat16 on the way."""
+    dtype = accumulation_dtype(unary.dtype)
+    weights = kernel_weights.to(dtype)
+    return dense_crf(unary, image, num_iters, smoothness_sxy=smoothness_sxy, smoothness_weight=weights[0],
+                     appearance_sxy=appearance_sxy, appearance_srgb=appearance_srgb, appearance_weight=weights[1],
+                     compatibility=None if compatibility is None else compatibility.to(dtype))
+
+
 class DenseCRF(nn.Module):
     """A fully-connected CRF as a layer (CRF-as-RNN): :func:`dense_crf` with learnable kernel weights and label
     compatibility, ``DenseCRF(num_labels)(unary, image)``.
@@ -572,22 +586,8 @@ class DenseCRF(nn.Module):
         return cls(num_labels, learn_compatibility=learn_compatibility, **DEEPLAB_V2)
 
     def forward(self, unary: Tensor, image: Tensor) -> Tensor:
-        # The accumulation dtype, not unary's: under autocast a bfloat16 unary runs in float32 (dense_crf), and the
-        # learned parameters must not be rounded to bfloat16 on the way.
-        dtype = accumulation_dtype(unary.dtype)
-        compatibility = None if self.compatibility is None else self.compatibility.to(dtype)
-        weights = self.kernel_weights.to(dtype)
-        return dense_crf(
-            unary,
-            image,
-            self.num_iters,
-            smoothness_sxy=self.smoothness_sxy,
-            smoothness_weight=weights[0],
-            appearance_sxy=self.appearance_sxy,
-            appearance_srgb=self.appearance_srgb,
-            appearance_weight=weights[1],
-            compatibility=compatibility,
-        )
+        return _dense_crf_with_parameters(unary, image, self.num_iters, self.kernel_weights, self.compatibility,
+                                          self.smoothness_sxy, self.appearance_sxy, self.appearance_srgb)
 
     def extra_repr(self) -> str:
         return (

@@ -9,6 +9,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn.modules.utils import _pair
 
+from segops._fx import one_fx_node
 from segops.ops._autograd import (
     below_autograd,
     call,
@@ -27,7 +28,7 @@ from segops.ops._checks import (
 IntOrPair = Union[int, Sequence[int]]
 
 
-@torch.fx.wrap  # FX (symbolic_trace, create_feature_extractor) records one call, as torchvision's ops
+@one_fx_node  # FX (symbolic_trace, create_feature_extractor) records one call
 def dilated_conv2d(
     input: Tensor,
     weight: Tensor,

@@ -7,6 +7,7 @@ from typing import Optional
 import torch
 from torch import Tensor, nn
 
+from segops._fx import one_fx_node
 from segops.ops._autograd import (
     below_autograd,
     call,
@@ -25,7 +26,7 @@ from segops.ops._checks import (
 )
 
 
-@torch.fx.wrap  # FX (symbolic_trace, create_feature_extractor) records one call, as torchvision's ops
+@one_fx_node  # FX (symbolic_trace, create_feature_extractor) records one call
 def flow_warp(feature: Tensor, flow: Tensor, scale: Optional[Tensor] = None) -> Tensor:
     """Warps a feature map along an optical-flow field, as Deep Feature Flow propagates key-frame features.
 

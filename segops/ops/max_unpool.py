@@ -8,6 +8,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn.modules.utils import _pair
 
+from segops._fx import one_fx_node
 from segops.ops._autograd import below_autograd, call, register_function, save_for_backward_and_jvp
 from segops.ops._checks import (
     check_plane_fits_int32,
@@ -21,7 +22,7 @@ from segops.ops._checks import (
 IntOrPair = Union[int, Sequence[int]]
 
 
-@torch.fx.wrap  # FX (symbolic_trace, create_feature_extractor) records one call, as torchvision's ops
+@one_fx_node  # FX (symbolic_trace, create_feature_extractor) records one call
 def max_unpool2d(
     input: Tensor,
     indices: Tensor,

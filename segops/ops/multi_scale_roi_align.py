@@ -8,6 +8,7 @@ from typing import List, Sequence, Union
 import torch
 from torch import Tensor, nn
 
+from segops._fx import one_fx_node
 from segops.ops._autograd import below_autograd, call, register_function, save_for_backward_and_jvp
 from segops.ops._checks import check_tensor_arguments, shape_str
 from segops.ops._roi_common import boxes_to_rois, output_size_pair
@@ -37,7 +38,7 @@ def fpn_levels(rois: Tensor, spatial_scales: Sequence[float], canonical_scale: f
     return (torch.clamp(levels, min=k_min, max=k_max).to(torch.int64) - int(k_min)).to(torch.int64)
 
 
-@torch.fx.wrap  # FX (symbolic_trace, create_feature_extractor) records one call, as torchvision's ops
+@one_fx_node  # FX (symbolic_trace, create_feature_extractor) records one call
 def multi_scale_roi_align(
     features: Sequence[Tensor],
     boxes: Union[Tensor, List[Tensor]],

@@ -6,12 +6,12 @@ import torch
 from torch import Tensor, nn
 from torch.jit.annotations import BroadcastingList2
 
+from segops._fx import traced_call
 from segops.ops._autograd import below_autograd, call, register_function, save_for_backward_and_jvp
 from segops.ops._checks import check_tensor_arguments
 from segops.ops._roi_common import boxes_to_rois, output_size_pair, rois_from_boxes
 
 
-@torch.fx.wrap  # FX (symbolic_trace, create_feature_extractor) records one call, as torchvision's ops
 def roi_align(
     input: Tensor,
     boxes: Union[Tensor, List[Tensor]],
@@ -45,6 +45,9 @@ def roi_align(
 @torch.jit.unused
 def _roi_align(input: Tensor, boxes: Union[Tensor, List[Tensor]], output_size: List[int], spatial_scale: float,
                sampling_ratio: int, aligned: bool) -> Tensor:
+    node = traced_call(roi_align, input, boxes, output_size, spatial_scale, sampling_ratio, aligned)  # FX: one node
+    if node is not None:
+        return node
     check_tensor_arguments("roi_align", input=input, boxes=boxes)
     pooled_h, pooled_w = output_size_pair("roi_align", output_size)
     rois = boxes_to_rois("roi_align", boxes, input)

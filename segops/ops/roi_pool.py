@@ -6,12 +6,12 @@ import torch
 from torch import Tensor, nn
 from torch.jit.annotations import BroadcastingList2
 
+from segops._fx import traced_call
 from segops.ops._autograd import below_autograd, call, register_function, save_for_backward_and_jvp
 from segops.ops._checks import check_tensor_arguments, take
 from segops.ops._roi_common import boxes_to_rois, output_size_pair, rois_from_boxes
 
 
-@torch.fx.wrap  # FX (symbolic_trace, create_feature_extractor) records one call, as torchvision's ops
 def roi_pool(
     input: Tensor,
     boxes: Union[Tensor, List[Tensor]],
@@ -40,6 +40,9 @@ def roi_pool(
 @torch.jit.unused
 def _roi_pool(input: Tensor, boxes: Union[Tensor, List[Tensor]], output_size: List[int],
               spatial_scale: float) -> Tensor:
+    node = traced_call(roi_pool, input, boxes, output_size, spatial_scale)  # FX: one node
+    if node is not None:
+        return node
     check_tensor_arguments("roi_pool", input=input, boxes=boxes)
     pooled_h, pooled_w = output_size_pair("roi_pool", output_size)
     rois = boxes_to_rois("roi_pool", boxes, input)

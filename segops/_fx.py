@@ -1,0 +1,32 @@
+"""FX: a segops function called on traced values becomes one graph node, whatever name it was imported under.
+
+torchvision marks its ops with ``torch.fx.wrap``, which patches the function only in the module that marks it: a
+network that does ``from segops import max_unpool2d`` would still be traced through the function's argument checks,
+which cannot read a Proxy. So each public function asks :func:`traced_call` first: when any argument is an FX Proxy
+(``torch.fx.symbolic_trace``, torchvision's ``create_feature_extractor``), the call is recorded as one node."""
+
+import functools
+from typing import Any, Callable, Optional
+
+import torch
+import torch.utils._pytree as pytree
+
+
+def traced_call(fn: Callable, *args: Any, **kwargs: Any) -> Optional[torch.fx.Proxy]:
+    """``fn(*args, **kwargs)`` as one call_function node if an argument (or a list entry) is an FX Proxy, else
+    None."""
+    for value in pytree.tree_leaves((args, kwargs)):
+        if isinstance(value, torch.fx.Proxy):
+            return value.tracer.create_proxy("call_function", fn, args, kwargs)
+    return None
+
+
+def one_fx_node(fn: Callable) -> Callable:
+    """Decorates a public function so that FX records it as one node (:func:`traced_call`)."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        node = traced_call(wrapper, *args, **kwargs)
+        return node if node is not None else fn(*args, **kwargs)
+
+    return wrapper
