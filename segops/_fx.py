@@ -22,11 +22,22 @@ def traced_call(fn: Callable, *args: Any, **kwargs: Any) -> Optional[torch.fx.Pr
 
 
 def one_fx_node(fn: Callable) -> Callable:
-    """Decorates a public function so that FX records it as one node (:func:`traced_call`)."""
+    """Decorates a public function so that FX records it as one node (:func:`traced_call`). TorchScript refuses it
+    by name (:func:`not_scriptable`)."""
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         node = traced_call(wrapper, *args, **kwargs)
         return node if node is not None else fn(*args, **kwargs)
 
+    wrapper.__prepare_scriptable__ = functools.partial(not_scriptable, fn.__name__.lstrip("_"))
     return wrapper
+
+
+def not_scriptable(name: str) -> None:
+    """What ``torch.jit.script`` of a segops function or module without TorchScript support raises (from
+    ``__prepare_scriptable__``, which TorchScript calls first, also on what a scripted caller reaches)."""
+    raise RuntimeError(
+        f"{name}: TorchScript is not supported (only roi_align, roi_pool, dilated_conv2d, flow_warp and their modules "
+        f"script); use torch.compile or torch.export, which support every segops op"
+    )

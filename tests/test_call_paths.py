@@ -431,3 +431,29 @@ def test_tensor_kinds_get_the_ops_own_error(kind):
         value = _kinds(pooled if op == "max_unpool2d" else x)[kind]
         with pytest.raises(RuntimeError, match=f"{op}: .* must be a dense \\(strided\\) real tensor, got a {kind}"):
             call(value)
+
+
+def test_torchscript_of_the_other_roi_and_dense_ops():
+    x = randn(2, 3, 9, 10).float()
+    weight, bias = randn(4, 3, 3, 3, seed=1).float(), randn(4, seed=2).float()
+    scripted = torch.jit.script(segops.dilated_conv2d)
+    assert torch.equal(scripted(x, weight, bias, [1, 2], [2, 2], [2, 2], 1),
+                       segops.dilated_conv2d(x, weight, bias, (1, 2), 2, 2))
+    module = segops.DilatedConv2d(3, 4, 3, padding=2, dilation=2)
+    assert torch.equal(torch.jit.script(module)(x), module(x))
+    flow = randn(2, 2, 5, 6, seed=3).float()
+    assert torch.equal(torch.jit.script(segops.flow_warp)(x, flow, None), segops.flow_warp(x, flow))
+    assert torch.equal(torch.jit.script(segops.FlowWarp())(x, flow), segops.flow_warp(x, flow))
+    pyramid = [randn(2, 3, 16, 16, seed=4).float(), randn(2, 3, 8, 8, seed=5).float()]
+    boxes = BOXES.float() * torch.tensor([1.0, 2, 2, 2, 2])
+    for mode in ("assign", "all"):
+        module = segops.MultiScaleRoIAlign(2, [0.5, 0.25], mode=mode)
+        assert torch.equal(torch.jit.script(module)(pyramid, boxes), module(pyramid, boxes))
+
+
+@pytest.mark.parametrize("name", ["max_unpool2d", "MaxUnpool2d", "multi_scale_roi_align", "dense_crf", "DenseCRF"])
+def test_torchscript_refuses_the_rest_by_name(name):
+    target = getattr(segops, name)
+    target = target(2) if name == "MaxUnpool2d" else target(3) if name == "DenseCRF" else target
+    with pytest.raises(RuntimeError, match=f"{name}: TorchScript is not supported .* use torch.compile or torch.export"):
+        torch.jit.script(target)

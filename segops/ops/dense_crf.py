@@ -9,7 +9,7 @@ from typing import NamedTuple, Optional, Sequence, Union
 import torch
 from torch import Tensor, nn
 
-from segops._fx import one_fx_node
+from segops._fx import not_scriptable, one_fx_node
 from segops.ops._autograd import below_autograd, call, register_function, save_for_backward_and_jvp
 from segops.ops._checks import (
     accumulation_dtype,
@@ -584,6 +584,9 @@ class DenseCRF(nn.Module):
     def deeplab(cls, num_labels: int, learn_compatibility: bool = False) -> "DenseCRF":
         """DeepLab v2's CRF (10 steps; smoothness sxy 1, weight 3; appearance sxy 67, srgb 3, weight 4)."""
         return cls(num_labels, learn_compatibility=learn_compatibility, **DEEPLAB_V2)
+
+    def __prepare_scriptable__(self):
+        not_scriptable(type(self).__name__)
 
     def forward(self, unary: Tensor, image: Tensor) -> Tensor:
         return _dense_crf_with_parameters(unary, image, self.num_iters, self.kernel_weights, self.compatibility,

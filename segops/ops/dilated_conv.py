@@ -7,9 +7,10 @@ from typing import List, Optional, Sequence, Union
 
 import torch
 from torch import Tensor, nn
+from torch.jit.annotations import BroadcastingList2
 from torch.nn.modules.utils import _pair
 
-from segops._fx import one_fx_node
+from segops._fx import traced_call
 from segops.ops._autograd import (
     below_autograd,
     call,
@@ -28,14 +29,13 @@ from segops.ops._checks import (
 IntOrPair = Union[int, Sequence[int]]
 
 
-@one_fx_node  # FX (symbolic_trace, create_feature_extractor) records one call
 def dilated_conv2d(
     input: Tensor,
     weight: Tensor,
     bias: Optional[Tensor] = None,
-    stride: IntOrPair = 1,
-    padding: IntOrPair = 0,
-    dilation: IntOrPair = 1,
+    stride: BroadcastingList2[int] = 1,
+    padding: BroadcastingList2[int] = 0,
+    dilation: BroadcastingList2[int] = 1,
     groups: int = 1,
 ) -> Tensor:
     """2-D convolution with dilated (atrous) kernels, ``torch.nn.functional.conv2d``'s signature and results.
@@ -60,6 +60,17 @@ def dilated_conv2d(
         Tensor[N, C_out, Ho, Wo], contiguous, ``Ho = (H + 2 * padding - dilation * (kH - 1) - 1) // stride + 1``
         (likewise Wo).
     """
+    if torch.jit.is_scripting():  # TorchScript: the checks are the C++ op's
+        return torch.ops.segops.dilated_conv2d(input, weight, bias, stride, padding, dilation, groups)
+    return _dilated_conv2d(input, weight, bias, stride, padding, dilation, groups)
+
+
+@torch.jit.unused
+def _dilated_conv2d(input: Tensor, weight: Tensor, bias: Optional[Tensor], stride: List[int], padding: List[int],
+                    dilation: List[int], groups: int) -> Tensor:
+    node = traced_call(dilated_conv2d, input, weight, bias, stride, padding, dilation, groups)  # FX: one node
+    if node is not None:
+        return node
     check_tensor_arguments("dilated_conv2d", input=input, weight=weight, bias=bias)
     return _conv(input, weight, bias, list(_pair(stride)), list(_pair(padding)), list(_pair(dilation)), groups)
 

@@ -7,7 +7,7 @@ from typing import Optional
 import torch
 from torch import Tensor, nn
 
-from segops._fx import one_fx_node
+from segops._fx import traced_call
 from segops.ops._autograd import (
     below_autograd,
     call,
@@ -26,7 +26,6 @@ from segops.ops._checks import (
 )
 
 
-@one_fx_node  # FX (symbolic_trace, create_feature_extractor) records one call
 def flow_warp(feature: Tensor, flow: Tensor, scale: Optional[Tensor] = None) -> Tensor:
     """Warps a feature map along an optical-flow field, as Deep Feature Flow propagates key-frame features.
 
@@ -49,6 +48,16 @@ def flow_warp(feature: Tensor, flow: Tensor, scale: Optional[Tensor] = None) -> 
     Returns:
         Tensor[N, C, Ho, Wo]: the warped features, contiguous, in feature's dtype.
     """
+    if torch.jit.is_scripting():  # TorchScript: the checks are the C++ op's
+        return torch.ops.segops.flow_warp(feature, flow, scale)
+    return _flow_warp(feature, flow, scale)
+
+
+@torch.jit.unused
+def _flow_warp(feature: Tensor, flow: Tensor, scale: Optional[Tensor]) -> Tensor:
+    node = traced_call(flow_warp, feature, flow, scale)  # FX: one node
+    if node is not None:
+        return node
     check_tensor_arguments("flow_warp", feature=feature, flow=flow, scale=scale)
     return _warp(feature, flow, scale)
 

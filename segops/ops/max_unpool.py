@@ -8,7 +8,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn.modules.utils import _pair
 
-from segops._fx import one_fx_node
+from segops._fx import not_scriptable, one_fx_node
 from segops.ops._autograd import below_autograd, call, register_function, save_for_backward_and_jvp
 from segops.ops._checks import (
     check_plane_fits_int32,
@@ -216,6 +216,9 @@ class MaxUnpool2d(nn.Module):
         self.kernel_size = _pair(kernel_size)
         self.stride = _pair(stride if stride is not None else kernel_size)
         self.padding = _pair(padding)
+
+    def __prepare_scriptable__(self):
+        not_scriptable(type(self).__name__)
 
     def forward(self, input: Tensor, indices: Tensor, output_size: Optional[Sequence[int]] = None) -> Tensor:
         return max_unpool2d(input, indices, self.kernel_size, self.stride, self.padding, output_size)

@@ -11,12 +11,12 @@ from torch import Tensor, nn
 from segops._fx import one_fx_node
 from segops.ops._autograd import below_autograd, call, register_function, save_for_backward_and_jvp
 from segops.ops._checks import check_tensor_arguments, shape_str
-from segops.ops._roi_common import boxes_to_rois, output_size_pair
+from segops.ops._roi_common import boxes_to_rois, output_size_pair, rois_from_boxes
 
 MODES = ("assign", "all")
 
 
-def fpn_levels(rois: Tensor, spatial_scales: Sequence[float], canonical_scale: float = 224.0,
+def fpn_levels(rois: Tensor, spatial_scales: List[float], canonical_scale: float = 224.0,
                canonical_level: int = 4, eps: float = 1e-6) -> Tensor:
     """The FPN rule (Lin et al. 2017, eq. 1), as torchvision's LevelMapper computes it: a box of area w * h goes to
     pyramid level floor(canonical_level + log2(sqrt(w * h) / canonical_scale) + eps), clamped to the levels that
@@ -29,13 +29,38 @@ def fpn_levels(rois: Tensor, spatial_scales: Sequence[float], canonical_scale: f
     Returns:
         Tensor[K] int64 in [0, len(spatial_scales)).
     """
-    k_min = -math.log2(spatial_scales[0])
-    k_max = -math.log2(spatial_scales[-1])
-    if not (k_min.is_integer() and k_max.is_integer()):
-        raise ValueError(f"fpn_levels: spatial_scales must be powers of 2 for the FPN rule, got {list(spatial_scales)}")
+    if not torch.jit.is_scripting():
+        _check_powers_of_two(spatial_scales)
+    # The levels k with scale 2^-k (powers of 2, so rounding is exact; TorchScript has math.log, not math.log2).
+    k_min = float(round(-math.log(spatial_scales[0]) / math.log(2.0)))
+    k_max = float(round(-math.log(spatial_scales[-1]) / math.log(2.0)))
     sizes = torch.sqrt((rois[:, 3] - rois[:, 1]) * (rois[:, 4] - rois[:, 2]))
     levels = torch.floor(canonical_level + torch.log2(sizes / canonical_scale) + torch.tensor(eps, dtype=sizes.dtype))
     return (torch.clamp(levels, min=k_min, max=k_max).to(torch.int64) - int(k_min)).to(torch.int64)
+
+
+@torch.jit.unused
+def _check_powers_of_two(spatial_scales: List[float]) -> None:
+    if not all(math.log2(scale).is_integer() for scale in (spatial_scales[0], spatial_scales[-1])):
+        raise ValueError(f"fpn_levels: spatial_scales must be powers of 2 for the FPN rule, got {list(spatial_scales)}")
+
+
+def _rows_and_levels(rois: Tensor, spatial_scales: List[float], mode: str, canonical_scale: float,
+                     canonical_level: int):
+    """The op's rois and levels: each box at its FPN level ("assign"); or every (box, map) pair, box-major, so that
+    the output is [K, L, C, PH, PW] without a copy ("all"). In TorchScript too."""
+    if mode == "assign":
+        if len(spatial_scales) > 1:
+            return rois, fpn_levels(rois, spatial_scales, canonical_scale, canonical_level)
+        return rois, torch.zeros(rois.shape[0], dtype=torch.int64, device=rois.device)
+    num_levels = len(spatial_scales)
+    return rois.repeat_interleave(num_levels, dim=0), torch.arange(num_levels, device=rois.device).repeat(rois.shape[0])
+
+
+def _by_box(pooled: Tensor, num_boxes: int, num_levels: int, mode: str) -> Tensor:
+    if mode == "assign":
+        return pooled
+    return pooled.view(num_boxes, num_levels, pooled.shape[1], pooled.shape[2], pooled.shape[3])
 
 
 @one_fx_node  # FX (symbolic_trace, create_feature_extractor) records one call
@@ -81,18 +106,11 @@ def multi_scale_roi_align(
     pooled_h, pooled_w = output_size_pair(op, output_size)
     rois = boxes_to_rois(op, boxes, features[0])
     scales = [float(scale) for scale in spatial_scales]
-    if mode == "assign":
-        if rois.dim() != 2 or rois.shape[1] != 5:
-            raise RuntimeError(f"{op}: rois must have shape [K, 5], got {shape_str(rois)}")
-        levels = fpn_levels(rois, scales, canonical_scale, canonical_level) if len(scales) > 1 else \
-            torch.zeros(rois.shape[0], dtype=torch.int64, device=rois.device)
-        return _pool(features, rois, levels, scales, pooled_h, pooled_w, int(sampling_ratio), bool(aligned))
-    # "all": every (box, map) pair is a row, box-major, so the output is [K, L, C, PH, PW] without a copy.
-    num_levels = len(features)
-    levels = torch.arange(num_levels, device=rois.device).repeat(rois.shape[0])
-    pooled = _pool(features, rois.repeat_interleave(num_levels, dim=0), levels, scales, pooled_h, pooled_w,
-                   int(sampling_ratio), bool(aligned))
-    return pooled.view(rois.shape[0], num_levels, *pooled.shape[1:])
+    if rois.dim() != 2 or rois.shape[1] != 5:
+        raise RuntimeError(f"{op}: rois must have shape [K, 5], got {shape_str(rois)}")
+    rows, levels = _rows_and_levels(rois, scales, mode, canonical_scale, canonical_level)
+    pooled = _pool(features, rows, levels, scales, pooled_h, pooled_w, int(sampling_ratio), bool(aligned))
+    return _by_box(pooled, rois.shape[0], len(scales), mode)
 
 
 def _pool(features, rois, levels, spatial_scales, pooled_h, pooled_w, sampling_ratio, aligned) -> Tensor:
@@ -206,7 +224,19 @@ class MultiScaleRoIAlign(nn.Module):
         self.sampling_ratio, self.aligned, self.mode = sampling_ratio, aligned, mode
         self.canonical_scale, self.canonical_level = canonical_scale, canonical_level
 
-    def forward(self, features: Sequence[Tensor], boxes: Union[Tensor, List[Tensor]]) -> Tensor:
+    def forward(self, features: List[Tensor], boxes: Union[Tensor, List[Tensor]]) -> Tensor:
+        if torch.jit.is_scripting():  # TorchScript: the checks are the C++ op's
+            rois = rois_from_boxes(boxes, features[0])
+            rows, levels = _rows_and_levels(rois, self.spatial_scales, self.mode, self.canonical_scale,
+                                            self.canonical_level)
+            pooled = torch.ops.segops.multi_scale_roi_align(features, rows, levels, self.spatial_scales,
+                                                            self.output_size[0], self.output_size[1],
+                                                            self.sampling_ratio, self.aligned)
+            return _by_box(pooled, rois.shape[0], len(self.spatial_scales), self.mode)
+        return self._eager(features, boxes)
+
+    @torch.jit.unused
+    def _eager(self, features: List[Tensor], boxes: Union[Tensor, List[Tensor]]) -> Tensor:
         return multi_scale_roi_align(features, boxes, self.output_size, self.spatial_scales, self.sampling_ratio,
                                      self.aligned, self.mode, self.canonical_scale, self.canonical_level)
 
