@@ -63,14 +63,14 @@ def _cases(lattice_op):
                                                     "weights": randn(1)},
                               lambda t: (t["unary"], [t["messages[0]"]], t["weights"]), ()),
     }
-    for groups in (1, 3):  # the GEMM path and the depthwise kernels
-        conv = dict(input=randn(2, 3, 9, 10), weight=randn(6, 3 // groups, 3, 3))
+    for path, groups, out_channels in (("gemm", 1, 6), ("grouped-gemm", 3, 6), ("depthwise", 3, 3)):
+        conv = dict(input=randn(2, 3, 9, 10), weight=randn(out_channels, 3 // groups, 3, 3))
         geometry = ([1, 2], [2, 2], [2, 2], groups)
-        cases[f"dilated_conv2d-groups{groups}"] = (
-            "dilated_conv2d", dict(conv, bias=randn(6)), lambda t, a=geometry: (t["input"], t["weight"], t["bias"], *a),
-            ())
-        cases[f"_dilated_conv2d_backward-groups{groups}"] = (
-            "_dilated_conv2d_backward", dict(conv, grad=randn(2, 6, 9, 5)),
+        cases[f"dilated_conv2d-{path}"] = (
+            "dilated_conv2d", dict(conv, bias=randn(out_channels)),
+            lambda t, a=geometry: (t["input"], t["weight"], t["bias"], *a), ())
+        cases[f"_dilated_conv2d_backward-{path}"] = (
+            "_dilated_conv2d_backward", dict(conv, grad=randn(2, out_channels, 9, 5)),
             lambda t, a=geometry: (t["grad"], t["input"], t["weight"], *a, [True, True, True]), ())
     return cases
 

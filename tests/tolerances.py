@@ -34,3 +34,18 @@ def assert_within_summation_bound(actual: Tensor, exact: Tensor, magnitude: Tens
             f"{exact.flatten()[worst].item()!r}, error {error.flatten()[worst].item():.3g} > bound "
             f"{bound.flatten()[worst].item():.3g}"
         )
+
+
+def assert_as_accurate_as(actual: Tensor, reference: Tensor, exact: Tensor, factor: float = 2.0,
+                          name: str = "") -> None:
+    """For results of long computations (whole networks) in a float dtype: `actual` (segops) lies at most `factor`
+    times as far from `exact` (float64) as `reference` (the independent implementation in actual's dtype) does, plus
+    one rounding of the result's scale; flash-attention's rule, whatever kernels this CPU picks for either side."""
+    exact = exact.double()
+    error = (actual.double() - exact).abs().max()
+    reference_error = (reference.double() - exact).abs().max()
+    floor = torch.finfo(actual.dtype).eps * exact.abs().max()
+    assert error <= factor * reference_error + floor, (
+        f"{name}: max error {error.item():.3g} exceeds {factor} x the reference's {reference_error.item():.3g} "
+        f"+ {floor.item():.3g}"
+    )

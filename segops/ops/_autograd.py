@@ -33,6 +33,18 @@ def _same(value):
     return value
 
 
+class _Constant(tuple):
+    """A list argument of ints or floats (strides, sizes, scales) as one pytree leaf. torch.func's generated vmap
+    rule for a Function's jvp flattens the in_dims of list arguments but not the list arguments themselves (a
+    PyTorch bug that turns hessian of an op with list arguments into a pytree error): a tuple subclass is a leaf."""
+
+
+def constant_lists(args: tuple) -> tuple:
+    """args with each list of numbers as a :class:`_Constant`, for a Function's apply."""
+    return tuple(_Constant(value) if isinstance(value, list) and not any(isinstance(v, torch.Tensor) for v in value)
+                 else value for value in args)
+
+
 def register_function(op_name: str, function: type, to_function_args: Callable = _same,
                       to_op_output: Callable = _same) -> None:
     """Makes ``function.apply`` the Autograd kernel of ``segops::<op_name>``. ``function.apply`` takes the op's
@@ -49,7 +61,7 @@ def register_function(op_name: str, function: type, to_function_args: Callable =
                     f"{function.__name__}.apply, not torch.ops.segops.{op_name} itself"
                 )
             args, _ = fill_defaults(op._schema, args, {})  # the dispatcher drops arguments equal to their default
-            return to_op_output(function.apply(*to_function_args(args)))
+            return to_op_output(function.apply(*constant_lists(to_function_args(args))))
         with torch._C._AutoDispatchBelowAutograd():
             return op.redispatch(keyset & torch._C._after_autograd_keyset, *args)
 
@@ -60,7 +72,7 @@ def call(function: type, op: Callable, *args: Any) -> Any:
     """The front ends' call of an op: ``op(*args)``, or ``function.apply(*args)`` under torch.func transforms, which
     must meet the Function before the dispatcher does."""
     if torch._C._are_functorch_transforms_active():
-        return function.apply(*args)
+        return function.apply(*constant_lists(args))
     return op(*args)
 
 

@@ -116,8 +116,7 @@ class _RoIAlignBackwardFunction(torch.autograd.Function):
         (rois,) = ctx.saved_tensors
         spatial_scale, pooled_h, pooled_w, _n, _c, _h, _w, sampling_ratio, aligned = ctx.params
         grad_grad = call(RoIAlignFunction, torch.ops.segops.roi_align, grad_grad_input, rois, spatial_scale, pooled_h,
-                         pooled_w,
-                                               sampling_ratio, aligned)
+                         pooled_w, sampling_ratio, aligned)
         return (grad_grad,) + (None,) * 10
 
     @staticmethod
