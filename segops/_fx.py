@@ -8,17 +8,27 @@ which cannot read a Proxy. So each public function asks :func:`traced_call` firs
 import functools
 from typing import Any, Callable, Optional
 
-import torch
-import torch.utils._pytree as pytree
+from torch.fx import Proxy
 
 
-def traced_call(fn: Callable, *args: Any, **kwargs: Any) -> Optional[torch.fx.Proxy]:
-    """``fn(*args, **kwargs)`` as one call_function node if an argument (or a list entry) is an FX Proxy, else
-    None."""
-    for value in pytree.tree_leaves((args, kwargs)):
-        if isinstance(value, torch.fx.Proxy):
-            return value.tracer.create_proxy("call_function", fn, args, kwargs)
+def _first_proxy(values) -> Optional[Proxy]:
+    for value in values:
+        if isinstance(value, Proxy):
+            return value
+        if isinstance(value, (list, tuple)):  # a list of boxes or feature maps; one level is all the ops take
+            for item in value:
+                if isinstance(item, Proxy):
+                    return item
     return None
+
+
+def traced_call(fn: Callable, *args: Any, **kwargs: Any) -> Optional[Proxy]:
+    """``fn(*args, **kwargs)`` as one call_function node if an argument (or a list entry) is an FX Proxy, else
+    None. On every eager call, so a plain loop (a pytree walk costs several microseconds)."""
+    proxy = _first_proxy(args)
+    if proxy is None:  # not `or`: a Proxy's truth value is itself traced, and refused
+        proxy = _first_proxy(kwargs.values())
+    return None if proxy is None else proxy.tracer.create_proxy("call_function", fn, args, kwargs)
 
 
 def one_fx_node(fn: Callable) -> Callable:
