@@ -465,3 +465,16 @@ def test_torchscript_refuses_the_rest_by_name(name):
     message = f"{name}: TorchScript is not supported .* use torch.compile or torch.export"
     with pytest.raises(RuntimeError, match=message):
         torch.jit.script(target)
+
+
+def test_dense_crf_function_refuses_torch_func_by_name():
+    unary = randn(1, 12, 3)
+    lattice = segops.PermutohedralLattice.build(randn(1, 12, 2, seed=1)).normalized()
+    weights = randn(1, seed=2)
+
+    def step(u):
+        return segops.DenseCRFFunction.apply(u, torch.softmax(u, -1), weights, None, (lattice,))
+
+    torch.testing.assert_close(step(unary).sum(-1), torch.ones(1, 12, dtype=D))
+    with pytest.raises(RuntimeError, match="DenseCRFFunction: torch.func transforms .* not supported"):
+        jacrev(step)(unary)

@@ -5,7 +5,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import segops  # noqa: F401  (registers torch.ops.segops)
+import segops
 
 from argument_layouts import LAYOUTS, in_layout
 from conftest import emulation_module
@@ -104,3 +104,15 @@ def test_every_tensor_argument_in_every_layout(backend, layout, case):
         expected = run({**tensors, name: variant.contiguous()})
         for a, e in zip(actual, expected, strict=True):
             assert torch.equal(a, e), f"{op_name}: {name} as {layout}"
+
+
+@pytest.mark.parametrize("layout", [layout for layout in LAYOUTS if layout != "contiguous"])
+def test_dense_crf_reads_unary_image_and_compatibility_in_every_layout(layout):
+    g = torch.Generator().manual_seed(0)
+    arguments = dict(unary=torch.randn(2, 3, 6, 7, generator=g), image=torch.rand(2, 3, 6, 7, generator=g) * 255,
+                     compatibility=torch.rand(3, 3, generator=g))
+    for name, tensor in arguments.items():
+        variant = in_layout(tensor, layout)
+        actual = segops.dense_crf(num_iters=2, **{**arguments, name: variant})
+        expected = segops.dense_crf(num_iters=2, **{**arguments, name: variant.contiguous()})
+        assert torch.equal(actual, expected), f"dense_crf: {name} as {layout}"

@@ -346,10 +346,25 @@ class _DenseCRFStep(torch.autograd.Function):
         return grad_z, grad_q, grad_weights, grad_compatibility, None
 
 
+def _refuse_torch_func(name: str) -> None:
+    # The step keeps ctx in forward (its backward needs the messages the forward filtered), which torch.func rejects
+    # with a message that names no op.
+    if torch._C._are_functorch_transforms_active():
+        raise RuntimeError(
+            f"{name}: torch.func transforms (jvp, jacfwd, jacrev, vmap) are not supported; differentiate it with "
+            f"torch.autograd (backward) or torch.autograd.forward_ad (forward mode)"
+        )
+
+
 class DenseCRFFunction(_DenseCRFStep):
     __doc__ = _DenseCRFStep.__doc__ + """
-    Forward-mode AD (``torch.autograd.forward_ad``) gives the step's exact tangent.
+    Forward-mode AD (``torch.autograd.forward_ad``) gives the step's exact tangent; torch.func is refused by name.
     """
+
+    @classmethod
+    def apply(cls, *args):
+        _refuse_torch_func(cls.__name__)
+        return super().apply(*args)
 
     @staticmethod
     def jvp(ctx, unary_tangent, q_tangent, weights_tangent, compatibility_tangent, _lattices_tangent):
@@ -482,11 +497,7 @@ def dense_crf(
                 appearance_srgb=appearance_srgb, appearance_weight=autocast_to(appearance_weight, torch.float32),
                 compatibility=autocast_to(compatibility, torch.float32),
             )
-    if torch._C._are_functorch_transforms_active():
-        raise RuntimeError(
-            "dense_crf: torch.func transforms (jvp, jacfwd, jacrev, vmap) are not supported; differentiate it with "
-            "torch.autograd (backward) or torch.autograd.forward_ad (forward mode)"
-        )
+    _refuse_torch_func("dense_crf")
     check_tensor_arguments("dense_crf", unary=unary, image=image, compatibility=compatibility)
     _check_crf_inputs(unary, image, num_iters)
     batch, labels, height, width = unary.shape

@@ -104,7 +104,8 @@ def _warp(feature: Tensor, flow: Tensor, scale: Optional[Tensor]) -> Tensor:
 
 
 def _taps(feature: Tensor, x: Tensor, y: Tensor) -> Tensor:
-    """feature[n, c, y, x] at integer positions x, y (Tensor[N, Ho, Wo] each), zero off the map: Tensor[N, C, Ho, Wo]."""
+    """feature[n, c, y, x] at integer positions x, y (Tensor[N, Ho, Wo] each), zero off the map:
+    Tensor[N, C, Ho, Wo]."""
     batch, channels, height, width = feature.shape
     inside = ((x >= 0) & (x < width) & (y >= 0) & (y < height)).unsqueeze(1)
     pixel = (y.clamp(0, height - 1) * width + x.clamp(0, width - 1)).long().unsqueeze(1)
