@@ -190,6 +190,15 @@ def test_function_classes_work_under_torch_func():
     torch.testing.assert_close(jvp(ours, (x,), (tangent,))[1],
                                torchvision.ops.roi_align(tangent, rois, 3, 1.0, 2, True))
     torch.testing.assert_close(jacrev(ours)(x), jacfwd(ours)(x))
+    # List arguments (strides, padding) under jvp of vmap: PyTorch's generated vmap rule of a Function's jvp
+    # mishandles lists, which segops' Functions hand on as pytree leaves.
+    weight = randn(4, 3, 3, 3, seed=2)
+
+    def conv(z):
+        return segops.DilatedConv2dFunction.apply(z, weight, None, [1, 1], [2, 2], [2, 2], 1)
+
+    torch.testing.assert_close(jvp(vmap(conv), (x[None],), (tangent[None],))[1],
+                               F.conv2d(tangent, weight, None, 1, 2, 2)[None])
     pooled, indices = F.max_pool2d(x[..., :8], 2, return_indices=True)
     unpool = lambda z: segops.MaxUnpool2dFunction.apply(z, indices, 8, 8)  # noqa: E731
     torch.testing.assert_close(jvp(unpool, (pooled,), (pooled,))[1], F.max_unpool2d(pooled, indices, 2))

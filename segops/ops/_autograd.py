@@ -39,10 +39,17 @@ class _Constant(tuple):
     PyTorch bug that turns hessian of an op with list arguments into a pytree error): a tuple subclass is a leaf."""
 
 
-def constant_lists(args: tuple) -> tuple:
-    """args with each list of numbers as a :class:`_Constant`, for a Function's apply."""
+def _constant_lists(args: tuple) -> tuple:
     return tuple(_Constant(value) if isinstance(value, list) and not any(isinstance(v, torch.Tensor) for v in value)
                  else value for value in args)
+
+
+class OpFunction(torch.autograd.Function):
+    """The base of segops' autograd.Functions: ``apply`` hands list arguments of numbers on as :class:`_Constant`."""
+
+    @classmethod
+    def apply(cls, *args):
+        return super().apply(*_constant_lists(args))
 
 
 def register_function(op_name: str, function: type, to_function_args: Callable = _same,
@@ -61,7 +68,7 @@ def register_function(op_name: str, function: type, to_function_args: Callable =
                     f"{function.__name__}.apply, not torch.ops.segops.{op_name} itself"
                 )
             args, _ = fill_defaults(op._schema, args, {})  # the dispatcher drops arguments equal to their default
-            return to_op_output(function.apply(*constant_lists(to_function_args(args))))
+            return to_op_output(function.apply(*to_function_args(args)))
         with torch._C._AutoDispatchBelowAutograd():
             return op.redispatch(keyset & torch._C._after_autograd_keyset, *args)
 
@@ -72,7 +79,7 @@ def call(function: type, op: Callable, *args: Any) -> Any:
     """The front ends' call of an op: ``op(*args)``, or ``function.apply(*args)`` under torch.func transforms, which
     must meet the Function before the dispatcher does."""
     if torch._C._are_functorch_transforms_active():
-        return function.apply(*constant_lists(args))
+        return function.apply(*args)
     return op(*args)
 
 
@@ -95,7 +102,7 @@ def once_differentiable_backward(op: str, backward_op: Callable, reason: str) ->
     """The autograd.Function of a backward op that is differentiable no further: its backward and its jvp (what
     ``hessian`` needs) raise errors naming the op."""
 
-    class BackwardFunction(torch.autograd.Function):
+    class BackwardFunction(OpFunction):
         generate_vmap_rule = True
 
         @staticmethod

@@ -10,7 +10,7 @@ import torch
 from torch import Tensor, nn
 
 from segops._fx import not_scriptable, one_fx_node
-from segops.ops._autograd import below_autograd, call, register_function, save_for_backward_and_jvp
+from segops.ops._autograd import OpFunction, below_autograd, call, register_function, save_for_backward_and_jvp
 from segops.ops._checks import (
     accumulation_dtype,
     autocast_to,
@@ -118,7 +118,7 @@ def _filter(values: Tensor, lattice, adjoint: bool) -> Tensor:
     return call(_PermutohedralFilterFunction, torch.ops.segops.permutohedral_filter, values, *lattice, adjoint)
 
 
-class _PermutohedralFilterFunction(torch.autograd.Function):
+class _PermutohedralFilterFunction(OpFunction):
     """The lattice filter's derivatives: linear in values, its backward is its adjoint (the blur directions in
     reverse order) and its tangent the filtered tangent."""
 
@@ -180,7 +180,7 @@ def _softmax_input_grad(out: Tensor, grad: Tensor) -> Tensor:
     return out * (grad - (out * grad).sum(-1, keepdim=True))
 
 
-class _CRFSoftmaxFunction(torch.autograd.Function):
+class _CRFSoftmaxFunction(OpFunction):
     """dense_crf_softmax's derivatives, with its arguments as (unary, weights, *messages)."""
 
     generate_vmap_rule = True

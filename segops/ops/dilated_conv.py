@@ -12,6 +12,7 @@ from torch.nn.modules.utils import _pair
 
 from segops._fx import traced_call
 from segops.ops._autograd import (
+    OpFunction,
     below_autograd,
     call,
     once_differentiable_backward,
@@ -165,7 +166,7 @@ def _conv(input, weight, bias, stride, padding, dilation, groups) -> Tensor:
                 groups)
 
 
-class DilatedConv2dFunction(torch.autograd.Function):
+class DilatedConv2dFunction(OpFunction):
     """``torch.ops.segops.dilated_conv2d`` as an autograd.Function: the op's Autograd kernel (backward, jvp,
     torch.func).
 

@@ -9,6 +9,7 @@ from torch import Tensor, nn
 
 from segops._fx import traced_call
 from segops.ops._autograd import (
+    OpFunction,
     below_autograd,
     call,
     once_differentiable_backward,
@@ -139,7 +140,7 @@ def _warp_flow_derivative(feature: Tensor, flow: Tensor, flow_tangent: Tensor) -
     return (tangent * finite.unsqueeze(1)).to(feature.dtype)
 
 
-class FlowWarpFunction(torch.autograd.Function):
+class FlowWarpFunction(OpFunction):
     """``torch.ops.segops.flow_warp`` as an autograd.Function: the op's Autograd kernel (backward, jvp, torch.func).
 
     ``FlowWarpFunction.apply(feature, flow, scale)`` takes feature Tensor[N, C, H, W], flow Tensor[N, 2, Ho, Wo] and

@@ -9,7 +9,7 @@ from torch import Tensor, nn
 from torch.nn.modules.utils import _pair
 
 from segops._fx import not_scriptable, one_fx_node
-from segops.ops._autograd import below_autograd, call, register_function, save_for_backward_and_jvp
+from segops.ops._autograd import OpFunction, below_autograd, call, register_function, save_for_backward_and_jvp
 from segops.ops._checks import (
     check_plane_fits_int32,
     check_same_device,
@@ -143,7 +143,7 @@ def _unpool_backward(grad: Tensor, indices: Tensor) -> Tensor:
     return call(_MaxUnpool2dBackwardFunction, torch.ops.segops._max_unpool2d_backward, grad, indices)
 
 
-class MaxUnpool2dFunction(torch.autograd.Function):
+class MaxUnpool2dFunction(OpFunction):
     """``torch.ops.segops.max_unpool2d`` as an autograd.Function: the op's Autograd kernel (backward, jvp, torch.func).
 
     ``MaxUnpool2dFunction.apply(input, indices, output_height, output_width)`` takes input Tensor[N, C, H, W] and int64
@@ -174,7 +174,7 @@ class MaxUnpool2dFunction(torch.autograd.Function):
         return None if input_tangent is None else _unpool(input_tangent, indices, *ctx.output_size)
 
 
-class _MaxUnpool2dBackwardFunction(torch.autograd.Function):
+class _MaxUnpool2dBackwardFunction(OpFunction):
     """The backward op's derivatives: linear in grad, with the forward as its adjoint."""
 
     generate_vmap_rule = True

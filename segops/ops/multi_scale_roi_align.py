@@ -9,7 +9,7 @@ import torch
 from torch import Tensor, nn
 
 from segops._fx import one_fx_node
-from segops.ops._autograd import below_autograd, call, constant_lists, register_function, save_for_backward_and_jvp
+from segops.ops._autograd import OpFunction, below_autograd, call, register_function, save_for_backward_and_jvp
 from segops.ops._checks import check_tensor_arguments, shape_str
 from segops.ops._roi_common import boxes_to_rois, output_size_pair, rois_from_boxes
 
@@ -115,8 +115,8 @@ def multi_scale_roi_align(
 
 def _pool(features, rois, levels, spatial_scales, pooled_h, pooled_w, sampling_ratio, aligned) -> Tensor:
     if torch._C._are_functorch_transforms_active():
-        return MultiScaleRoIAlignFunction.apply(*constant_lists((rois, levels, spatial_scales, pooled_h, pooled_w,
-                                                                 sampling_ratio, aligned)), *features)
+        return MultiScaleRoIAlignFunction.apply(rois, levels, spatial_scales, pooled_h, pooled_w, sampling_ratio,
+                                                aligned, *features)
     return torch.ops.segops.multi_scale_roi_align(features, rois, levels, spatial_scales, pooled_h, pooled_w,
                                                   sampling_ratio, aligned)
 
@@ -127,7 +127,7 @@ def _pool_backward(grad, rois, levels, spatial_scales, pooled_h, pooled_w, n, c,
                 levels, spatial_scales, pooled_h, pooled_w, n, c, heights, widths, sampling_ratio, aligned)
 
 
-class MultiScaleRoIAlignFunction(torch.autograd.Function):
+class MultiScaleRoIAlignFunction(OpFunction):
     """``torch.ops.segops.multi_scale_roi_align`` as an autograd.Function: the op's Autograd kernel (backward, jvp,
     torch.func).
 
@@ -172,7 +172,7 @@ class MultiScaleRoIAlignFunction(torch.autograd.Function):
         return _pool(feature_tangents, rois, levels, *ctx.params, *ctx.sampling)
 
 
-class _MultiScaleRoIAlignBackwardFunction(torch.autograd.Function):
+class _MultiScaleRoIAlignBackwardFunction(OpFunction):
     """The backward op's derivatives: linear in grad, with the forward as its adjoint."""
 
     generate_vmap_rule = True

@@ -7,7 +7,7 @@ from torch import Tensor, nn
 from torch.jit.annotations import BroadcastingList2
 
 from segops._fx import traced_call
-from segops.ops._autograd import below_autograd, call, register_function, save_for_backward_and_jvp
+from segops.ops._autograd import OpFunction, below_autograd, call, register_function, save_for_backward_and_jvp
 from segops.ops._checks import check_tensor_arguments
 from segops.ops._roi_common import boxes_to_rois, output_size_pair, rois_from_boxes
 
@@ -55,7 +55,7 @@ def _roi_align(input: Tensor, boxes: Union[Tensor, List[Tensor]], output_size: L
                 int(sampling_ratio), bool(aligned))
 
 
-class RoIAlignFunction(torch.autograd.Function):
+class RoIAlignFunction(OpFunction):
     """``torch.ops.segops.roi_align`` as an autograd.Function: the op's Autograd kernel (backward, jvp, torch.func).
 
     ``RoIAlignFunction.apply(input, rois, spatial_scale, pooled_height, pooled_width, sampling_ratio, aligned)``
@@ -95,7 +95,7 @@ class RoIAlignFunction(torch.autograd.Function):
         return call(RoIAlignFunction, torch.ops.segops.roi_align, input_tangent, rois, *ctx.params)
 
 
-class _RoIAlignBackwardFunction(torch.autograd.Function):
+class _RoIAlignBackwardFunction(OpFunction):
     """The backward op's derivatives: it is linear in grad, with the forward as its adjoint."""
 
     generate_vmap_rule = True

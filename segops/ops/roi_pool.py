@@ -7,7 +7,7 @@ from torch import Tensor, nn
 from torch.jit.annotations import BroadcastingList2
 
 from segops._fx import traced_call
-from segops.ops._autograd import below_autograd, call, register_function, save_for_backward_and_jvp
+from segops.ops._autograd import OpFunction, below_autograd, call, register_function, save_for_backward_and_jvp
 from segops.ops._checks import check_tensor_arguments, take
 from segops.ops._roi_common import boxes_to_rois, output_size_pair, rois_from_boxes
 
@@ -62,7 +62,7 @@ def _gather_at_argmax(input: Tensor, rois: Tensor, argmax: Tensor) -> Tensor:
     return take(input, index).masked_fill(argmax < 0, 0)
 
 
-class RoIPoolFunction(torch.autograd.Function):
+class RoIPoolFunction(OpFunction):
     """``torch.ops.segops.roi_pool`` as an autograd.Function: the op's Autograd kernel (backward, jvp, torch.func).
 
     ``RoIPoolFunction.apply(input, rois, spatial_scale, pooled_height, pooled_width)`` takes rois as
@@ -102,7 +102,7 @@ class RoIPoolFunction(torch.autograd.Function):
         return tangent, None
 
 
-class _RoIPoolBackwardFunction(torch.autograd.Function):
+class _RoIPoolBackwardFunction(OpFunction):
     """The backward op's derivatives: it scatters grad to each bin's argmax; its adjoint gathers from there."""
 
     generate_vmap_rule = True
