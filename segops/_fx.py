@@ -48,6 +48,6 @@ def not_scriptable(name: str) -> None:
     """What ``torch.jit.script`` of a segops function or module without TorchScript support raises (from
     ``__prepare_scriptable__``, which TorchScript calls first, also on what a scripted caller reaches)."""
     raise RuntimeError(
-        f"{name}: TorchScript is not supported (only roi_align, roi_pool, dilated_conv2d, flow_warp and their modules "
-        f"script); use torch.compile or torch.export, which support every segops op"
+        f"{name}: TorchScript is not supported; use torch.compile or torch.export, which support every segops op "
+        f"(the README's 'Every way to call an op' lists what scripts)"
     )

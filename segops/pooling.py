@@ -10,7 +10,7 @@ import torch
 from torch import Tensor
 from torch.nn import functional as F
 
-from segops._fx import one_fx_node
+from segops._fx import one_fx_node, traced_call
 
 
 def _check_maps(op: str, x: Tensor) -> None:
@@ -22,16 +22,22 @@ def _check_maps(op: str, x: Tensor) -> None:
         raise ValueError(f"{op}: x must have at least one position to pool, got shape {list(x.shape)}")
 
 
-@one_fx_node
 def global_avg_pool(x: Tensor) -> Tensor:
     """Mean over positions: Tensor[N, C, H, W] -> Tensor[N, C]."""
+    if not torch.jit.is_scripting():  # FX: one node (TorchScript skips this block: is_scripting() is a static if)
+        node = traced_call(global_avg_pool, x)
+        if node is not None:
+            return node
     _check_maps("global_avg_pool", x)
     return x.mean(dim=(2, 3))
 
 
-@one_fx_node
 def global_max_pool(x: Tensor) -> Tensor:
     """Max over positions: Tensor[N, C, H, W] -> Tensor[N, C] (the gradient goes to the maxima, shared evenly)."""
+    if not torch.jit.is_scripting():  # FX: one node (TorchScript skips this block: is_scripting() is a static if)
+        node = traced_call(global_max_pool, x)
+        if node is not None:
+            return node
     _check_maps("global_max_pool", x)
     return x.amax(dim=(2, 3))
 

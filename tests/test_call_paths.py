@@ -471,7 +471,7 @@ def test_torchscript_of_the_other_roi_and_dense_ops():
 def test_torchscript_refuses_the_rest_by_name(name):
     target = getattr(segops, name)
     target = target(2) if name == "MaxUnpool2d" else target(3) if name == "DenseCRF" else target
-    message = f"{name}: TorchScript is not supported .* use torch.compile or torch.export"
+    message = f"{name}: TorchScript is not supported; use torch.compile or torch.export"
     with pytest.raises(RuntimeError, match=message):
         torch.jit.script(target)
 
@@ -487,3 +487,13 @@ def test_dense_crf_function_refuses_torch_func_by_name():
     torch.testing.assert_close(step(unary).sum(-1), torch.ones(1, 12, dtype=D))
     with pytest.raises(RuntimeError, match="DenseCRFFunction: torch.func transforms .* not supported"):
         jacrev(step)(unary)
+
+
+def test_global_poolings_script_and_the_others_refuse_by_name():
+    from segops import pooling
+
+    x = randn(2, 3, 5, 6)
+    for fn in (pooling.global_avg_pool, pooling.global_max_pool):
+        assert torch.equal(torch.jit.script(fn)(x), fn(x))
+    with pytest.raises(RuntimeError, match="lse_pool: TorchScript is not supported"):
+        torch.jit.script(pooling.lse_pool)
