@@ -495,5 +495,6 @@ def test_global_poolings_script_and_the_others_refuse_by_name():
     x = randn(2, 3, 5, 6)
     for fn in (pooling.global_avg_pool, pooling.global_max_pool):
         assert torch.equal(torch.jit.script(fn)(x), fn(x))
-    with pytest.raises(RuntimeError, match="lse_pool: TorchScript is not supported"):
-        torch.jit.script(pooling.lse_pool)
+    for fn in (pooling.lse_pool, pooling.class_activation_maps):
+        with pytest.raises(RuntimeError, match=f"{fn.__name__}: TorchScript is not supported"):
+            torch.jit.script(fn)
