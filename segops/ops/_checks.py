@@ -29,8 +29,10 @@ def shape_str(tensor: Tensor) -> str:
 
 
 def accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
-    """at::opmath_type: float32 for float16/bfloat16, else the dtype itself."""
-    return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
+    """at::opmath_type: float32 for float16/bfloat16, else the dtype itself. In TorchScript too."""
+    if dtype == torch.float16 or dtype == torch.bfloat16:
+        return torch.float32
+    return dtype
 
 
 def autocast_to(value, dtype: torch.dtype):

@@ -70,10 +70,7 @@ def rois_from_boxes(boxes: Union[Tensor, List[Tensor]], input: Tensor) -> Tensor
             rows.append(torch.cat([torch.full_like(image_boxes[:, :1], index), image_boxes], dim=1))
         rois = torch.cat(rows)
     if rois.is_floating_point() and input.is_floating_point():
-        dtype = input.dtype
-        if dtype == torch.float16 or dtype == torch.bfloat16:  # at::opmath_type
-            dtype = torch.float32
-        rois = rois.to(dtype)
+        rois = rois.to(accumulation_dtype(input.dtype))
     return rois
 
 

@@ -508,8 +508,9 @@ def dense_crf(
             f"({dtype_name(unary.dtype)}, {unary.device}), got {shape_str(compatibility)} "
             f"{dtype_name(compatibility.dtype)} on {compatibility.device}"
         )
-    weights = torch.stack([torch.as_tensor(w, dtype=unary.dtype, device=unary.device)
-                           for w in (smoothness_weight, appearance_weight)])
+    # A Python float becomes a device tensor by a fill (new_full), not a blocking host-to-device copy.
+    weights = torch.stack([w.to(dtype=unary.dtype, device=unary.device) if isinstance(w, Tensor)
+                           else unary.new_full((), float(w)) for w in (smoothness_weight, appearance_weight)])
     bandwidths = (smoothness_sxy, appearance_sxy, appearance_srgb)
     if unary.device.type == "cpu" and batch > 1 and not torch.compiler.is_compiling():
         # On the CPU every op already runs each image on all cores; an image at a time keeps its working set
