@@ -122,7 +122,7 @@ def _warp_flow_derivative(feature: Tensor, flow: Tensor, flow_tangent: Tensor) -
         return feature.new_zeros((feature.shape[0], feature.shape[1], flow.shape[2], flow.shape[3]))
     out_h, out_w = flow.shape[2], flow.shape[3]
     finite = torch.isfinite(flow).all(dim=1)
-    flow = torch.where(finite.unsqueeze(1), flow, -2.0)  # a sample off the map: every tap is zero
+    flow = torch.where(finite.unsqueeze(1), flow, 0.0)  # any finite stand-in: the mask below zeroes its tangent
     x = torch.arange(out_w, device=flow.device, dtype=flow.dtype).view(1, 1, out_w) + flow[:, 0]
     y = torch.arange(out_h, device=flow.device, dtype=flow.dtype).view(1, out_h, 1) + flow[:, 1]
     # Far-off samples: clamp before the integer cast (their taps are all off the map either way).
