@@ -1,7 +1,8 @@
 """The onnxscript translations behind segops.onnx.translation_table() (imported only when onnxscript is installed).
 
 Each function takes the op's schema arguments (tensors as ONNX values, the rest as Python values, traced by the
-exporter) and returns the op's outputs built from standard ONNX operators of opset 18."""
+exporter) and returns the op's outputs built from standard ONNX operators of opset 18. segops.onnx imports this module
+(and makes the dense CRF's ops raise); nothing here imports segops.onnx."""
 
 from onnxscript import INT32, INT64, opset18 as op
 
@@ -96,14 +97,3 @@ def flow_warp(feature, flow, scale=None):
     grid = op.Transpose(op.CastLike(grid, feature), perm=[0, 2, 3, 1])  # [N, Ho, Wo, 2]
     warped = op.GridSample(feature, grid, align_corners=1, mode="bilinear", padding_mode="zeros")
     return warped if scale is None else op.Mul(warped, scale)
-
-
-def unsupported(name):
-    """A translation that raises: the dense CRF's lattice has no ONNX equivalent."""
-    def translate(*args, **kwargs):
-        from segops.onnx import UnsupportedOperatorError
-
-        raise UnsupportedOperatorError(
-            f"segops.onnx: segops::{name} (the dense CRF) has no ONNX equivalent; export the network without its "
-            "CRF (e.g. models.deeplabv2(crf=None), models.dcl(crf=False)) and run segops.dense_crf in PyTorch")
-    return translate

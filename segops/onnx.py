@@ -57,9 +57,20 @@ def translation_table() -> Dict[torch._ops.OpOverload, Callable]:
         ops.flow_warp.default: translations.flow_warp,
     }
     for name in UNSUPPORTED:
-        table[getattr(ops, name).default] = translations.unsupported(name)
+        table[getattr(ops, name).default] = _unsupported_translation(name)
     return table
 
 
 # The dense CRF's ops: exported as an error naming them.
 UNSUPPORTED: Sequence[str] = ("permutohedral_lattice", "permutohedral_filter", "dense_crf_softmax")
+
+
+def _unsupported_translation(name: str) -> Callable:
+    """A translation that raises: the dense CRF's lattice has no ONNX equivalent."""
+
+    def translate(*args, **kwargs):
+        raise UnsupportedOperatorError(
+            f"segops.onnx: segops::{name} (the dense CRF) has no ONNX equivalent; export the network without its "
+            "CRF (e.g. models.deeplabv2(crf=None), models.dcl(crf=False)) and run segops.dense_crf in PyTorch")
+
+    return translate

@@ -10,7 +10,7 @@ import segops
 from segops import reference
 from segops.ops.dense_crf import DenseCRFFunction, PermutohedralLattice, crf_lattices, crf_softmax
 from conftest import DEVICES, requires_cuda
-from roi_testing import assert_raises_eager_and_fake
+from op_testing import assert_raises_eager_and_fake
 
 
 def random_features(seed, batch=1, points=60, dims=3, spread=4.0, dtype=torch.float64):

@@ -5,7 +5,7 @@ from torch import nn
 
 import segops
 from conftest import DEVICES, requires_cuda
-from roi_testing import assert_raises_eager_and_fake, layouts
+from op_testing import assert_raises_eager_and_fake, layouts
 from tolerances import assert_within_summation_bound
 
 TOLERANCES = {

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from conftest import emulation_module
-from roi_testing import random_rois
+from op_testing import random_rois
 from segops.ops._checks import accumulation_dtype
 
 # (grid, block): a single thread, a block smaller than a warp, grids far smaller than the work (so every thread
@@ -426,7 +426,7 @@ def test_dilated_conv_kernels_match_the_cpu_path_and_are_bitwise_equal_across_gr
 
 
 def test_dilated_conv_kernels_read_channels_last_and_strided_inputs(emulated):
-    from roi_testing import layouts
+    from op_testing import layouts
 
     for layout in ("channels_last", "strided"):
         for name in ("dense", "depthwise"):

@@ -4,7 +4,7 @@ import torch
 import segops
 from segops import reference
 from conftest import DEVICES, requires_cuda
-from roi_testing import assert_raises_eager_and_fake, layouts
+from op_testing import assert_raises_eager_and_fake, layouts
 
 TOLERANCES = {torch.float32: dict(rtol=1e-5, atol=1e-5), torch.float64: dict(rtol=1e-10, atol=1e-10)}
 

@@ -5,7 +5,7 @@ import torch.nn.functional as F
 import segops
 from segops import reference
 from conftest import DEVICES, requires_cuda
-from roi_testing import assert_raises_eager_and_fake, layouts
+from op_testing import assert_raises_eager_and_fake, layouts
 
 # (input size [N, C, H, W] or [C, H, W], kernel, stride, padding): non-overlapping SegNet pools, odd sizes (the last
 # row/column dropped), padding, and overlapping windows (kernel 3 stride 2, kernel 3 stride 1) whose indices repeat.
@@ -80,8 +80,8 @@ def test_duplicates_largest_position_wins_and_alone_gets_the_gradient():
     assert out.tolist() == [[[[4.0, 0.0, 0.0, 0.0, 3.0, 0.0, 0.0, 0.0]]]]
     out.backward(torch.arange(8.0).view(1, 1, 1, 8) + 1)
     assert input.grad.tolist() == [[[[0.0, 0.0, 5.0, 1.0]]]]
-    # PyTorch's CPU forward agrees on the winner; its gradient also reaches the losers.
-    assert torch.equal(out, F.max_unpool2d(input, indices, (1, 2), output_size=(1, 8)))
+    # No comparison with F.max_unpool2d here: PyTorch leaves the winner of duplicates unspecified (its CPU result
+    # differs between processes), so the expected values above are written out by hand.
 
 
 @pytest.mark.parametrize("map_size, output_size", [((8, 10), None), ((9, 11), (9, 11)), ((9, 11), (2, 3, 9, 11)),

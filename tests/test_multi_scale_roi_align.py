@@ -8,7 +8,7 @@ import torchvision
 from torchvision.ops import poolers
 
 import segops
-from roi_testing import assert_raises_eager_and_fake, cuda_gradients_in_both_modes, random_rois
+from op_testing import assert_raises_eager_and_fake, cuda_gradients_in_both_modes, random_rois
 
 SCALES = [1 / 4, 1 / 8, 1 / 16, 1 / 32]
 IMAGE = (256, 320)  # height, width

@@ -7,7 +7,7 @@ import torchvision
 import segops
 from segops import reference
 from conftest import DEVICES, requires_cuda
-from roi_testing import (
+from op_testing import (
     assert_bad_row_is_a_device_side_assert,
     assert_compiled_matches_eager,
     assert_cuda_path_does_not_synchronise,

@@ -5,7 +5,7 @@ localisation maps, the seed of weakly supervised segmentation."""
 import torch
 from torch import Tensor, nn
 
-from segops.models._checks import check_int
+from segops.models._checks import check_int as _check_int
 from segops.models.resnet import DilatedResNet, Weights
 from segops.pooling import class_activation_maps, global_avg_pool
 
@@ -22,7 +22,7 @@ class CAMClassifier(nn.Module):
 
     def __init__(self, num_classes: int, body: nn.Module, channels: int):
         super().__init__()
-        check_int("CAMClassifier", "num_classes", num_classes)
+        _check_int("CAMClassifier", "num_classes", num_classes)
         self.body = body
         self.classifier = nn.Linear(channels, num_classes)
 
@@ -38,5 +38,5 @@ class CAMClassifier(nn.Module):
 def cam(num_classes: int, depth: int = 50, output_stride: int = 16, backbone: Weights = None) -> CAMClassifier:
     """A CAM classifier on a dilated ResNet-50/101 (torchvision weights as for deeplabv2): output stride 16 gives
     14x14 maps for 224x224 images, the resolution for which Zhou et al. cut VGG16 and GoogLeNet short."""
-    check_int("cam", "num_classes", num_classes)
+    _check_int("cam", "num_classes", num_classes)
     return CAMClassifier(num_classes, DilatedResNet(depth, output_stride, backbone), 2048)

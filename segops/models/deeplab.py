@@ -8,7 +8,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from segops.models._checks import check_int
+from segops.models._checks import check_int as _check_int
 from segops.models.resnet import DilatedResNet, Weights
 from segops.ops.dense_crf import DenseCRF
 from segops.ops.dilated_conv import DilatedConv2d
@@ -31,7 +31,7 @@ class DeepLabV2(nn.Module):
     def __init__(self, num_classes: int, depth: int = 101, rates=(6, 12, 18, 24), crf: Optional[str] = None,
                  backbone: Weights = None):
         super().__init__()
-        check_int("DeepLabV2", "num_classes", num_classes)
+        _check_int("DeepLabV2", "num_classes", num_classes)
         if crf not in (None, "post", "rnn"):
             raise ValueError(f"DeepLabV2: crf must be None, 'post' or 'rnn', got {crf!r}")
         self.backbone = DilatedResNet(depth, 8, backbone)
@@ -89,7 +89,7 @@ class DeepLabV3(nn.Module):
 
     def __init__(self, num_classes: int, depth: int = 101, output_stride: int = 16, backbone: Weights = None):
         super().__init__()
-        check_int("DeepLabV3", "num_classes", num_classes)
+        _check_int("DeepLabV3", "num_classes", num_classes)
         self.backbone = DilatedResNet(depth, output_stride, backbone)
         rates = (6, 12, 18) if output_stride == 16 else (12, 24, 36)
         self.head = nn.Sequential(

@@ -8,7 +8,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from segops.models._checks import check_int
+from segops.models._checks import check_int as _check_int
 from segops.models.resnet import DilatedResNet, Weights
 from segops.ops.flow_warp import flow_warp
 
@@ -17,7 +17,7 @@ class FixedIntervalScheduler:
     """DFF's key-frame schedule: frame t (counted from 0 in each video) is a key frame when t % interval == 0."""
 
     def __init__(self, interval: int):
-        check_int("FixedIntervalScheduler", "interval", interval)
+        _check_int("FixedIntervalScheduler", "interval", interval)
         self.interval = interval
 
     def __call__(self, index: int, frame: Tensor) -> bool:
@@ -132,7 +132,7 @@ def deep_feature_flow(num_classes: int, depth: int = 101, key_interval: int = 5,
     """DFF's segmentation network: a dilated ResNet (output stride 16; 101 layers unless depth=50; backbone weights
     as deeplabv2) and a 3x3 convolution to `feature_channels` as the feature network, a 1x1 classifier as the task
     head, FlowNet as the flow network, a key frame every `key_interval` frames (the paper's 5 on Cityscapes)."""
-    check_int("deep_feature_flow", "num_classes", num_classes)
+    _check_int("deep_feature_flow", "num_classes", num_classes)
     feature_net = nn.Sequential(DilatedResNet(depth, 16, backbone),
                                 nn.Conv2d(2048, feature_channels, 3, padding=1), nn.ReLU(inplace=True))
     return DeepFeatureFlow(feature_net, nn.Conv2d(feature_channels, num_classes, 1), FlowNet(feature_channels),

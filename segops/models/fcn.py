@@ -7,7 +7,7 @@ from typing import Optional, Union
 
 import torch
 from torch import Tensor, nn
-from segops.models._checks import check_int
+from segops.models._checks import check_int as _check_int
 
 # VGG16's convolution widths per stage, in units of its first width (64); each stage ends in a 2x2 max-pool.
 VGG16_STAGES = ((1, 1), (2, 2), (4, 4, 4), (8, 8, 8), (8, 8, 8))
@@ -60,7 +60,7 @@ class FCN(nn.Module):
         super().__init__()
         if stride not in (8, 16, 32):
             raise ValueError(f"FCN: stride must be 8, 16 or 32, got {stride!r}")
-        check_int("FCN", "num_classes", num_classes)
+        _check_int("FCN", "num_classes", num_classes)
         self.stride = stride
         self.stages = vgg16_stages(base_width)
         top, fc = 8 * base_width, 64 * base_width

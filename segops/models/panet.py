@@ -10,7 +10,7 @@ import torchvision
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from segops.models._checks import check_int
+from segops.models._checks import check_int as _check_int
 from segops.models.rcnn import SegopsMultiScaleRoIAlign
 from segops.ops.multi_scale_roi_align import multi_scale_roi_align
 
@@ -83,7 +83,7 @@ def panet(num_classes: int, **detector_options) -> nn.Module:
     """PANet's instance segmentation network: torchvision's Mask R-CNN (ResNet-50 FPN, no download, num_classes with
     background) with BottomUpPath around its backbone and adaptive feature pooling in both heads. It is used as
     torchvision's detection models are: ``model(images, targets)`` -> losses, ``model(images)`` -> detections."""
-    check_int("panet", "num_classes", num_classes, 2, " (background included)")
+    _check_int("panet", "num_classes", num_classes, 2, " (background included)")
     model = torchvision.models.detection.maskrcnn_resnet50_fpn(weights=None, weights_backbone=None,
                                                                num_classes=num_classes, **detector_options)
     model.backbone = BottomUpPath(model.backbone)

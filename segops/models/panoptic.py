@@ -7,7 +7,7 @@ from typing import List, Sequence
 import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
-from segops.models._checks import check_int
+from segops.models._checks import check_int as _check_int
 
 VOID = -1  # the category of unassigned pixels: neither a thing nor a stuff category
 
@@ -115,8 +115,8 @@ class PanopticFPN(nn.Module):
 
     def __init__(self, num_things: int, num_stuff: int, stuff_min_area: int = 4096, **detector_options):
         super().__init__()
-        check_int("PanopticFPN", "num_things", num_things)
-        check_int("PanopticFPN", "num_stuff", num_stuff)
+        _check_int("PanopticFPN", "num_things", num_things)
+        _check_int("PanopticFPN", "num_stuff", num_stuff)
         import torchvision
 
         from segops.models.rcnn import use_segops_roi_align

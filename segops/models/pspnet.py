@@ -5,7 +5,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from segops.models.resnet import DilatedResNet, Weights
-from segops.models._checks import check_int
+from segops.models._checks import check_int as _check_int
 
 
 class PyramidPooling(nn.Module):
@@ -33,7 +33,7 @@ class PSPNet(nn.Module):
 
     def __init__(self, num_classes: int, depth: int = 101, backbone: Weights = None, dropout: float = 0.1):
         super().__init__()
-        check_int("PSPNet", "num_classes", num_classes)
+        _check_int("PSPNet", "num_classes", num_classes)
         self.backbone = DilatedResNet(depth, 8, backbone)
         self.head = nn.Sequential(
             PyramidPooling(2048),

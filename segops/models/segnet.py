@@ -5,7 +5,7 @@ keep their indices, and a mirrored decoder that upsamples with segops.max_unpool
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from segops.models._checks import check_int
+from segops.models._checks import check_int as _check_int
 from segops.ops.max_unpool import max_unpool2d
 
 # Convolutions per stage, VGG16's; stage widths are base_width times these.
@@ -31,7 +31,7 @@ class SegNet(nn.Module):
 
     def __init__(self, num_classes: int, base_width: int = 64, decoder_layer=conv_bn_relu):
         super().__init__()
-        check_int(type(self).__name__, "num_classes", num_classes)
+        _check_int(type(self).__name__, "num_classes", num_classes)
         widths = [base_width * m for m in STAGE_MULTIPLIERS]
         self.encoder = nn.ModuleList()
         in_channels = 3

@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from segops.models._checks import check_int
+from segops.models._checks import check_int as _check_int
 from segops.cluster import mean_shift
 from segops.models.unet import UNet
 
@@ -18,7 +18,7 @@ class UCN(nn.Module):
 
     def __init__(self, embedding_dim: int = 64, base_width: int = 64, depth: int = 4):
         super().__init__()
-        check_int("UCN", "embedding_dim", embedding_dim, 2)
+        _check_int("UCN", "embedding_dim", embedding_dim, 2)
         self.body = UNet(embedding_dim, base_width, depth)
 
     def forward(self, images: Tensor) -> Tensor:

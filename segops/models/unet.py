@@ -4,7 +4,7 @@ expanding path of 2x2 up-convolutions, each concatenated with the contracting pa
 import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
-from segops.models._checks import check_int
+from segops.models._checks import check_int as _check_int
 
 
 def double_conv(in_channels: int, out_channels: int) -> nn.Sequential:
@@ -25,7 +25,7 @@ class UNet(nn.Module):
 
     def __init__(self, num_classes: int, base_width: int = 64, depth: int = 4):
         super().__init__()
-        check_int("UNet", "num_classes", num_classes)
+        _check_int("UNet", "num_classes", num_classes)
         widths = [base_width * 2**level for level in range(depth + 1)]
         self.down = nn.ModuleList([double_conv(3, widths[0])] + [double_conv(widths[i], widths[i + 1])
                                                                 for i in range(depth)])

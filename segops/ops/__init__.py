@@ -1,12 +1,7 @@
 """segops operators: functional, nn.Module and autograd.Function front ends."""
 
-from segops.ops.dense_crf import (
-    DEEPLAB_V2,
-    DenseCRF,
-    DenseCRFFunction,
-    PermutohedralLattice,
-    dense_crf,
-)
+from segops.ops.dense_crf import DEEPLAB_V2, DenseCRF, DenseCRFFunction, dense_crf
+from segops.ops.permutohedral import PermutohedralLattice
 from segops.ops.dilated_conv import DilatedConv2d, DilatedConv2dFunction, dilated_conv2d
 from segops.ops.flow_warp import FlowWarp, FlowWarpFunction, flow_warp
 from segops.ops.max_unpool import MaxUnpool2d, MaxUnpool2dFunction, max_unpool2d

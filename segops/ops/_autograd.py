@@ -7,7 +7,7 @@ a word, so ``jvp`` and ``jacfwd`` return zeros) and generates a Function that ke
 kernel: ``torch.ops.segops.<op>``, the functional front end, TorchScript and ``torch.compile`` all reach it.
 ``generate_vmap_rule`` lets ``torch.func.vmap`` run the Function; the ops' batching rules are in ``segops._vmap``."""
 
-from typing import Any, Callable
+from typing import Any, Callable, NoReturn
 
 import torch
 from torch._library.utils import fill_defaults
@@ -98,6 +98,12 @@ def no_forward_ad(message: str) -> Callable:
     return staticmethod(jvp)
 
 
+def no_double_backward(op: str, reason: str) -> NoReturn:
+    """What a backward that cannot be differentiated raises when asked to (``create_graph=True``, double backward):
+    an error naming the op and why, never a silently wrong (constant) second derivative."""
+    raise RuntimeError(f"{op}: double backward is not supported ({reason})")
+
+
 def once_differentiable_backward(op: str, backward_op: Callable, reason: str) -> type:
     """The autograd.Function of a backward op that is differentiable no further: its backward and its jvp (what
     ``hessian`` needs) raise errors naming the op."""
@@ -115,7 +121,7 @@ def once_differentiable_backward(op: str, backward_op: Callable, reason: str) ->
 
         @staticmethod
         def backward(ctx, *grads):
-            raise RuntimeError(f"{op}: double backward is not supported ({reason})")
+            no_double_backward(op, reason)
 
         jvp = no_forward_ad(f"{op}: forward-mode AD of its gradient (e.g. torch.func.hessian) is not supported "
                             f"({reason})")

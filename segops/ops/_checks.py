@@ -24,8 +24,10 @@ def dtype_name(dtype: torch.dtype) -> str:
     return _CPP_DTYPE_NAMES.get(dtype, str(dtype))
 
 
-def shape_str(tensor: Tensor) -> str:
-    return "[" + ", ".join(str(size) for size in tensor.shape) + "]"
+def format_shape(shape) -> str:
+    """A tensor's shape, or a sequence of sizes, as c10 prints sizes in the C++ messages: ``[2, 3, 4]``."""
+    sizes = shape.shape if isinstance(shape, Tensor) else shape
+    return "[" + ", ".join(str(size) for size in sizes) + "]"
 
 
 def accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -53,20 +55,39 @@ def check_supported_float(op: str, name: str, tensor: Tensor) -> None:
         )
 
 
+def _dtype_mismatch(op: str, name: str, tensor: Tensor, like: Tensor, like_name: str, also: str = "") -> RuntimeError:
+    return RuntimeError(
+        f"{op}: {name} must have the same dtype as {like_name} ({dtype_name(like.dtype)}){also}, "
+        f"got {dtype_name(tensor.dtype)}"
+    )
+
+
+def check_same_dtype(op: str, name: str, tensor: Tensor, like: Tensor, like_name: str) -> None:
+    """`name` must have like's dtype."""
+    if tensor.dtype != like.dtype:
+        raise _dtype_mismatch(op, name, tensor, like, like_name)
+
+
 def check_dtype_or_accumulation(op: str, name: str, tensor: Tensor, like: Tensor, like_name: str) -> None:
     """`name` must have like's dtype, or float32 where like is float16/bfloat16."""
     acc = accumulation_dtype(like.dtype)
     if tensor.dtype not in (like.dtype, acc):
-        also = "" if acc == like.dtype else " or Float"
-        raise RuntimeError(
-            f"{op}: {name} must have the same dtype as {like_name} ({dtype_name(like.dtype)}){also}, "
-            f"got {dtype_name(tensor.dtype)}"
-        )
+        raise _dtype_mismatch(op, name, tensor, like, like_name, also="" if acc == like.dtype else " or Float")
 
 
 def check_same_device(op: str, name: str, tensor: Tensor, like: Tensor, like_name: str) -> None:
     if tensor.device != like.device:
-        raise RuntimeError(f"{op}: {name} must be on the same device as {like_name} ({like.device}), got {tensor.device}")
+        raise RuntimeError(
+            f"{op}: {name} must be on the same device as {like_name} ({like.device}), got {tensor.device}"
+        )
+
+
+def check_shape(op: str, name: str, tensor: Tensor, expected, meaning: str = "") -> None:
+    """`name` must have the shape `expected` (a sequence of sizes); `meaning` (e.g. "[B, N, d+1]") says in the message
+    what the sizes are."""
+    if list(tensor.shape) != list(expected):
+        named = f"{meaning} = " if meaning else ""
+        raise RuntimeError(f"{op}: {name} must have shape {named}{format_shape(expected)}, got {format_shape(tensor)}")
 
 
 def take(input: Tensor, index: Tensor) -> Tensor:

@@ -1,24 +1,28 @@
-"""Fully-connected CRF (Krähenbühl & Koltun 2011) mean-field inference on the permutohedral lattice (Adams et al.
-2010): the lattice ops (torch.ops.segops.permutohedral_lattice / permutohedral_filter), the lattice object, one
-mean-field step as an autograd.Function, and the functional and nn.Module front ends. The argument checks of the
-fake kernels repeat csrc/dense_crf/dense_crf_checks.cpp's messages word for word."""
+"""Fully-connected CRF (Krähenbühl & Koltun 2011) mean-field inference on the permutohedral lattice
+(segops/ops/permutohedral.py): the fused softmax op (torch.ops.segops.dense_crf_softmax) and its autograd.Function,
+one mean-field step as an autograd.Function (:class:`DenseCRFFunction`), and the functional and nn.Module front ends.
+The softmax op's argument checks and fake kernel are in segops/ops/_dense_crf_meta.py."""
 
 import math
-from typing import NamedTuple, Optional, Sequence, Union
+from typing import Optional, Sequence, Union
 
 import torch
 from torch import Tensor, nn
 
 from segops._fx import not_scriptable, one_fx_node
-from segops.ops._autograd import OpFunction, below_autograd, call, register_function, save_for_backward_and_jvp
-from segops.ops._checks import (
-    accumulation_dtype,
-    autocast_to,
-    check_same_device,
-    check_tensor_arguments,
-    dtype_name,
-    shape_str,
+from segops.ops._autograd import (
+    OpFunction,
+    below_autograd,
+    no_double_backward,
+    register_function,
+    save_for_backward_and_jvp,
 )
+from segops.ops._checks import accumulation_dtype, autocast_to, dtype_name, format_shape
+from segops.ops._checks import check_tensor_arguments as _check_tensor_arguments
+from segops.ops.permutohedral import PermutohedralLattice
+
+__all__ = ["DEEPLAB_V2", "PYDENSECRF_DEFAULTS", "DenseCRF", "DenseCRFFunction", "crf_lattices", "crf_softmax",
+           "dense_crf"]
 
 # pydensecrf's documented defaults (its README): addPairwiseGaussian(sxy=3, compat=3) and
 # addPairwiseBilateral(sxy=80, srgb=13, compat=10).
@@ -36,142 +40,8 @@ DEEPLAB_V2 = dict(
     appearance_weight=4.0,
 )
 
-_MAX_FEATURES = 16
-_MAX_CRF_KERNELS = 8
 
-
-# ---------------------------------------------------------------------------------------------------- lattice ops
-
-
-def check_lattice_features(features: Tensor) -> None:
-    op = "permutohedral_lattice"
-    if features.dim() != 3:
-        raise RuntimeError(f"{op}: features must be [B, N, d], got shape {shape_str(features)}")
-    if features.dtype not in (torch.float32, torch.float64):
-        raise RuntimeError(f"{op}: features must be float32 or float64, got {dtype_name(features.dtype)}")
-    dims = features.shape[2]
-    if not 1 <= dims <= _MAX_FEATURES:
-        raise RuntimeError(f"{op}: features must have 1 to {_MAX_FEATURES} features per point (d), got {dims}")
-    if features.shape[1] > (2**31 - 2) // (dims + 1):
-        raise RuntimeError(
-            f"{op}: N * (d + 1) must be below 2^31 (lattice entries are int32), got {features.shape[1]} * {dims + 1}"
-        )
-
-
-def _check_lattice_tensor(name, tensor, dtype, expected, meaning, values) -> None:
-    op = "permutohedral_filter"
-    if list(tensor.shape) != list(expected):
-        raise RuntimeError(
-            f"{op}: {name} must have shape {meaning} = [{', '.join(map(str, expected))}], got {shape_str(tensor)}"
-        )
-    if tensor.dtype != dtype:
-        raise RuntimeError(f"{op}: {name} must be {dtype_name(dtype)}, got {dtype_name(tensor.dtype)}")
-    check_same_device(op, name, tensor, values, "values")
-
-
-def check_lattice_filter(values, vertex_ids, weights, neighbours, splat_offsets, splat_entries, num_vertices) -> None:
-    op = "permutohedral_filter"
-    if values.dim() != 3:
-        raise RuntimeError(f"{op}: values must be [B, N, C], got shape {shape_str(values)}")
-    if values.dtype not in (torch.float32, torch.float64):
-        raise RuntimeError(f"{op}: values must be float32 or float64, got {dtype_name(values.dtype)}")
-    if vertex_ids.dim() != 3 or not 2 <= vertex_ids.shape[2] <= _MAX_FEATURES + 1:
-        raise RuntimeError(
-            f"{op}: vertex_ids must be [B, N, d+1] with 1 <= d <= {_MAX_FEATURES}, got shape {shape_str(vertex_ids)}"
-        )
-    if neighbours.dim() != 4:
-        raise RuntimeError(f"{op}: neighbours must be [B, M, d+1, 2], got shape {shape_str(neighbours)}")
-    batch, points, dims, rows = values.shape[0], values.shape[1], vertex_ids.shape[2] - 1, neighbours.shape[1]
-    _check_lattice_tensor("vertex_ids", vertex_ids, torch.int32, [batch, points, dims + 1], "[B, N, d+1]", values)
-    _check_lattice_tensor("weights", weights, values.dtype, [batch, points, dims + 1], "[B, N, d+1]", values)
-    _check_lattice_tensor("neighbours", neighbours, torch.int32, [batch, rows, dims + 1, 2], "[B, M, d+1, 2]", values)
-    _check_lattice_tensor("splat_offsets", splat_offsets, torch.int32, [batch, rows + 1], "[B, M+1]", values)
-    _check_lattice_tensor(
-        "splat_entries", splat_entries, torch.int32, [batch, points * (dims + 1)], "[B, N*(d+1)]", values
-    )
-    _check_lattice_tensor("num_vertices", num_vertices, torch.int64, [batch], "[B]", values)
-
-
-def permutohedral_lattice_fake(features):
-    check_lattice_features(features)
-    batch, points, dims = features.shape
-    # The vertex rows depend on the data: the CPU returns the most vertices of an image, the GPU the bound N*(d+1).
-    rows = torch.library.get_ctx().new_dynamic_size()
-    new_int = lambda *shape: features.new_empty(shape, dtype=torch.int32)  # noqa: E731
-    return (
-        new_int(batch, points, dims + 1),
-        features.new_empty((batch, points, dims + 1)),
-        new_int(batch, rows, dims + 1, 2),
-        new_int(batch, rows + 1),
-        new_int(batch, points * (dims + 1)),
-        features.new_empty((batch,), dtype=torch.int64),
-    )
-
-
-def permutohedral_filter_fake(values, vertex_ids, weights, neighbours, splat_offsets, splat_entries, num_vertices,
-                              adjoint=False):
-    check_lattice_filter(values, vertex_ids, weights, neighbours, splat_offsets, splat_entries, num_vertices)
-    return values.new_empty(values.shape)
-
-
-def _filter(values: Tensor, lattice, adjoint: bool) -> Tensor:
-    return call(_PermutohedralFilterFunction, torch.ops.segops.permutohedral_filter, values, *lattice, adjoint)
-
-
-class _PermutohedralFilterFunction(OpFunction):
-    """The lattice filter's derivatives: linear in values, its backward is its adjoint (the blur directions in
-    reverse order) and its tangent the filtered tangent."""
-
-    generate_vmap_rule = True
-
-    @staticmethod
-    def forward(values, vertex_ids, weights, neighbours, splat_offsets, splat_entries, num_vertices, adjoint=False):
-        return below_autograd(torch.ops.segops.permutohedral_filter.default, values, vertex_ids, weights, neighbours,
-                              splat_offsets, splat_entries, num_vertices, adjoint)
-
-    @staticmethod
-    def setup_context(ctx, inputs, output):
-        save_for_backward_and_jvp(ctx, *inputs[1:7])
-        ctx.adjoint = inputs[7]
-
-    @staticmethod
-    def backward(ctx, grad):
-        return (_filter(grad.contiguous(), ctx.saved_tensors, not ctx.adjoint),) + (None,) * 7
-
-    @staticmethod
-    def jvp(ctx, values_tangent, *_):
-        return None if values_tangent is None else _filter(values_tangent, ctx.saved_tensors, ctx.adjoint)
-
-
-register_function("permutohedral_filter", _PermutohedralFilterFunction)
-
-
-def check_crf_softmax(unary, messages, weights) -> None:
-    op = "dense_crf_softmax"
-    if unary.dim() != 3 or unary.shape[2] < 1:
-        raise RuntimeError(f"{op}: unary must be [B, N, L] with L >= 1, got shape {shape_str(unary)}")
-    if unary.dtype not in (torch.float32, torch.float64):
-        raise RuntimeError(f"{op}: unary must be float32 or float64, got {dtype_name(unary.dtype)}")
-    if len(messages) > _MAX_CRF_KERNELS:
-        raise RuntimeError(f"{op}: at most {_MAX_CRF_KERNELS} messages, got {len(messages)}")
-    for message in messages:
-        if message.shape != unary.shape or message.dtype != unary.dtype:
-            raise RuntimeError(
-                f"{op}: messages must have unary's shape {shape_str(unary)} and dtype {dtype_name(unary.dtype)}, "
-                f"got {shape_str(message)} {dtype_name(message.dtype)}"
-            )
-        check_same_device(op, "messages", message, unary, "unary")
-    if weights.dim() != 1 or weights.shape[0] != len(messages) or weights.dtype != unary.dtype:
-        raise RuntimeError(
-            f"{op}: weights must be [K] = [{len(messages)}] (one per message) of unary's dtype "
-            f"{dtype_name(unary.dtype)}, got {shape_str(weights)} {dtype_name(weights.dtype)}"
-        )
-    check_same_device(op, "weights", weights, unary, "unary")
-
-
-def dense_crf_softmax_fake(unary, messages, weights):
-    check_crf_softmax(unary, messages, weights)
-    return unary.new_empty(unary.shape)
+# ------------------------------------------------------------------------------------------- the CRF softmax op
 
 
 def _softmax_input_grad(out: Tensor, grad: Tensor) -> Tensor:
@@ -230,63 +100,15 @@ def crf_softmax(unary: Tensor, messages: Sequence[Tensor] = (), weights: Optiona
     return torch.ops.segops.dense_crf_softmax(unary, list(messages), weights)
 
 
-class PermutohedralLattice(NamedTuple):
-    """The permutohedral lattice of B point sets, as plain tensors (so it batches, moves with ``.to`` and traces).
-
-    Entry ``e = n * (d+1) + r`` is the r-th vertex of point n's enclosing simplex. Build it with
-    :meth:`PermutohedralLattice.build`; filter with :meth:`filter` and its exact adjoint :meth:`filter_adjoint`.
-
-    Attributes:
-        vertex_ids (Tensor[B, N, d+1], int32): the vertices of each point's simplex.
-        weights (Tensor[B, N, d+1]): their barycentric weights (times the symmetric normalisation once
-            :meth:`normalized`).
-        neighbours (Tensor[B, M, d+1, 2], int32): each vertex's neighbours one step up and down each lattice
-            direction, -1 where there is none. M >= every image's vertex count (exact on the CPU, the bound
-            N*(d+1) on the GPU, which does not synchronise to learn it).
-        splat_offsets (Tensor[B, M+1], int32), splat_entries (Tensor[B, N*(d+1)], int32): the entries of each
-            vertex, in entry order (``splat_entries[b, splat_offsets[b, v]:splat_offsets[b, v+1]]``).
-        num_vertices (Tensor[B], int64): each image's vertex count.
-    """
-
-    vertex_ids: Tensor
-    weights: Tensor
-    neighbours: Tensor
-    splat_offsets: Tensor
-    splat_entries: Tensor
-    num_vertices: Tensor
-
-    @classmethod
-    def build(cls, features: Tensor) -> "PermutohedralLattice":
-        """The lattice of ``features`` (Tensor[B, N, d], float32 or float64, 1 <= d <= 16), each feature already
-        divided by its bandwidth: the filter approximates the Gaussian ``exp(-|f_i - f_j|^2 / 2)`` up to a
-        constant factor (1 for ``f_i = f_j`` is not kept: compare normalised filters)."""
-        return cls(*torch.ops.segops.permutohedral_lattice(features))
-
-    def filter(self, values: Tensor) -> Tensor:
-        """Splat, blur along lattice directions 0..d, slice: Tensor[B, N, C] -> Tensor[B, N, C] (the weights'
-        dtype). Differentiable with respect to ``values`` (its backward is :meth:`filter_adjoint`)."""
-        return _filter(values, self, False)
-
-    def filter_adjoint(self, values: Tensor) -> Tensor:
-        """The filter's transpose: splat, blur along directions d..0, slice. ``<filter(x), y> == <x,
-        filter_adjoint(y)>``."""
-        return _filter(values, self, True)
-
-    def normalized(self) -> "PermutohedralLattice":
-        """The same lattice with pydensecrf's symmetric normalisation folded into the weights: the filter becomes
-        ``D^-1/2 K D^-1/2`` with ``D = diag(K 1)``, a symmetric normalisation of the lattice filter K."""
-        ones = self.weights.new_ones(self.weights.shape[0], self.weights.shape[1], 1)
-        norm = self.filter(ones)
-        return self._replace(weights=self.weights * torch.rsqrt(norm + 1e-20))
-
-
 # --------------------------------------------------------------------------------------------------- the CRF step
 
 
 class _DenseCRFStep(torch.autograd.Function):
     """One mean-field step of a fully-connected CRF, given its (normalised) lattices.
 
-    ``DenseCRFFunction.apply(unary, q, kernel_weights, compatibility, lattices)``:
+    ``DenseCRFFunction.apply(unary, q, kernel_weights, compatibility, lattices)``.
+
+    Args:
         unary (Tensor[B, N, L]): logits (higher = more likely).
         q (Tensor[B, N, L]): the current label distribution.
         kernel_weights (Tensor[K]): one weight per lattice.
@@ -319,10 +141,8 @@ class _DenseCRFStep(torch.autograd.Function):
     def backward(ctx, grad):
         # create_graph=True would otherwise get a silently constant (wrong) second derivative through this step.
         if torch.is_grad_enabled():
-            raise RuntimeError(
-                "DenseCRFFunction (a dense_crf mean-field step) is differentiable once: its backward cannot build "
-                "a graph (create_graph=True)"
-            )
+            no_double_backward("DenseCRFFunction (a dense_crf mean-field step)",
+                               "it is differentiable once: its backward cannot build a graph (create_graph=True)")
         out, total, kernel_weights, compatibility, *messages = ctx.saved_tensors
         grad = grad.contiguous()  # the caller's view of the output may be channels-last
         grad_z = _softmax_input_grad(out, grad)
@@ -386,7 +206,6 @@ class DenseCRFFunction(_DenseCRFStep):
         return _softmax_input_grad(out, z_tangent)
 
 
-
 # --------------------------------------------------------------------------------------------------- front ends
 
 
@@ -420,14 +239,14 @@ def crf_lattices(
 
 def _check_crf_inputs(unary: Tensor, image: Tensor, num_iters: int) -> None:
     if unary.dim() != 4 or unary.shape[1] < 2:
-        raise ValueError(f"dense_crf: unary must be [N, L, H, W] with L >= 2 labels, got shape {shape_str(unary)}")
+        raise ValueError(f"dense_crf: unary must be [N, L, H, W] with L >= 2 labels, got shape {format_shape(unary)}")
     if unary.dtype not in (torch.float32, torch.float64):
         raise ValueError(f"dense_crf: unary must be float32 or float64, got {dtype_name(unary.dtype)}")
     expected = [unary.shape[0], 3, unary.shape[2], unary.shape[3]]
     if image.dim() != 4 or list(image.shape) != expected:
         raise ValueError(
-            f"dense_crf: image must be [N, 3, H, W] = [{', '.join(map(str, expected))}] (unary's N, H, W), "
-            f"got shape {shape_str(image)}"
+            f"dense_crf: image must be [N, 3, H, W] = {format_shape(expected)} (unary's N, H, W), "
+            f"got shape {format_shape(image)}"
         )
     if image.dtype not in (torch.uint8, torch.float32, torch.float64):
         raise ValueError(f"dense_crf: image must be uint8, float32 or float64 (0..255), got {dtype_name(image.dtype)}")
@@ -498,14 +317,14 @@ def dense_crf(
                 compatibility=autocast_to(compatibility, torch.float32),
             )
     _refuse_torch_func("dense_crf")
-    check_tensor_arguments("dense_crf", unary=unary, image=image, compatibility=compatibility)
+    _check_tensor_arguments("dense_crf", unary=unary, image=image, compatibility=compatibility)
     _check_crf_inputs(unary, image, num_iters)
     batch, labels, height, width = unary.shape
     if compatibility is not None and (compatibility.shape != (labels, labels) or compatibility.dtype != unary.dtype
                                       or compatibility.device != unary.device):
         raise ValueError(
             f"dense_crf: compatibility must be [L, L] = [{labels}, {labels}] of unary's dtype and device "
-            f"({dtype_name(unary.dtype)}, {unary.device}), got {shape_str(compatibility)} "
+            f"({dtype_name(unary.dtype)}, {unary.device}), got {format_shape(compatibility)} "
             f"{dtype_name(compatibility.dtype)} on {compatibility.device}"
         )
     # A Python float becomes a device tensor by a fill (new_full), not a blocking host-to-device copy.

@@ -1,6 +1,5 @@
 """Dilated (atrous) convolution (DeepLab): functional, nn.Module and autograd.Function front ends of
-torch.ops.segops.dilated_conv2d, and the argument checks its fake kernels run
-(csrc/dilated_conv/dilated_conv_checks.cpp's messages, word for word)."""
+torch.ops.segops.dilated_conv2d. Its argument checks and fake kernels are in segops/ops/_dilated_conv_meta.py."""
 
 import math
 from typing import List, Optional, Sequence, Union
@@ -19,13 +18,10 @@ from segops.ops._autograd import (
     register_function,
     save_for_backward_and_jvp,
 )
-from segops.ops._checks import (
-    check_same_device,
-    check_supported_float,
-    check_tensor_arguments,
-    dtype_name,
-    shape_str,
-)
+from segops.ops._checks import check_tensor_arguments as _check_tensor_arguments
+from segops.ops._dilated_conv_meta import check_dilated_conv2d_args as _check_dilated_conv2d_args
+
+__all__ = ["DilatedConv2d", "DilatedConv2dFunction", "dilated_conv2d"]
 
 IntOrPair = Union[int, Sequence[int]]
 
@@ -72,93 +68,8 @@ def _dilated_conv2d(input: Tensor, weight: Tensor, bias: Optional[Tensor], strid
     node = traced_call(dilated_conv2d, input, weight, bias, stride, padding, dilation, groups)  # FX: one node
     if node is not None:
         return node
-    check_tensor_arguments("dilated_conv2d", input=input, weight=weight, bias=bias)
+    _check_tensor_arguments("dilated_conv2d", input=input, weight=weight, bias=bias)
     return _conv(input, weight, bias, list(_pair(stride)), list(_pair(padding)), list(_pair(dilation)), groups)
-
-
-def _check_pair(op: str, name: str, values: Sequence[int], minimum: int) -> None:
-    if len(values) != 2:
-        raise RuntimeError(f"{op}: {name} must have 2 values (height, width), got [{', '.join(map(str, values))}]")
-    if values[0] < minimum or values[1] < minimum:
-        kind = "non-negative" if minimum == 0 else "positive"
-        raise RuntimeError(f"{op}: {name} must be {kind}, got [{', '.join(map(str, values))}]")
-
-
-def conv_output_size(op: str, axis: str, letter: str, size, kernel, stride, pad, dilation):
-    extent = (kernel - 1) * dilation + 1
-    if extent > size + 2 * pad:
-        raise RuntimeError(
-            f"{op}: the dilated kernel's {axis} ((k{letter} - 1) * dilation + 1 = {extent}) must not exceed the "
-            f"padded input's ({letter} + 2 * padding = {size + 2 * pad})"
-        )
-    return (size + 2 * pad - extent) // stride + 1
-
-
-def check_dilated_conv2d_args(op, input, weight, bias, stride, padding, dilation, groups) -> List[int]:
-    """The C++ checks; returns the output's shape."""
-    if input.dim() != 4:
-        raise RuntimeError(f"{op}: input must have shape [N, C, H, W], got {shape_str(input)}")
-    check_supported_float(op, "input", input)
-    _check_pair(op, "stride", stride, 1)
-    _check_pair(op, "padding", padding, 0)
-    _check_pair(op, "dilation", dilation, 1)
-    if groups < 1:
-        raise RuntimeError(f"{op}: groups must be positive, got {groups}")
-    channels = input.shape[1]
-    if channels % groups != 0:
-        raise RuntimeError(f"{op}: groups must divide the input channels ({channels}), got {groups}")
-    if (
-        weight.dim() != 4
-        or weight.shape[1] * groups != channels
-        or weight.shape[0] % groups != 0
-        or weight.shape[2] < 1
-        or weight.shape[3] < 1
-    ):
-        raise RuntimeError(
-            f"{op}: weight must have shape [C_out, C_in / groups, kH, kW] with C_in / groups = {channels // groups}, "
-            f"C_out a multiple of groups ({groups}) and kH, kW >= 1, got {shape_str(weight)}"
-        )
-    if weight.dtype != input.dtype:
-        raise RuntimeError(
-            f"{op}: weight must have the same dtype as input ({dtype_name(input.dtype)}), "
-            f"got {dtype_name(weight.dtype)}"
-        )
-    check_same_device(op, "weight", weight, input, "input")
-    out_channels = weight.shape[0]
-    if bias is not None:
-        if bias.dim() != 1 or bias.shape[0] != out_channels:
-            raise RuntimeError(f"{op}: bias must have shape [C_out] = [{out_channels}], got {shape_str(bias)}")
-        if bias.dtype != input.dtype:
-            raise RuntimeError(
-                f"{op}: bias must have the same dtype as input ({dtype_name(input.dtype)}), "
-                f"got {dtype_name(bias.dtype)}"
-            )
-        check_same_device(op, "bias", bias, input, "input")
-    out_h = conv_output_size(op, "height", "H", input.shape[2], weight.shape[2], stride[0], padding[0], dilation[0])
-    out_w = conv_output_size(op, "width", "W", input.shape[3], weight.shape[3], stride[1], padding[1], dilation[1])
-    return [input.shape[0], out_channels, out_h, out_w]
-
-
-def dilated_conv2d_fake(input, weight, bias, stride, padding, dilation, groups):
-    shape = check_dilated_conv2d_args("dilated_conv2d", input, weight, bias, stride, padding, dilation, groups)
-    return input.new_empty(shape)
-
-
-def dilated_conv2d_backward_fake(grad, input, weight, stride, padding, dilation, groups, output_mask):
-    op = "_dilated_conv2d_backward"
-    shape = check_dilated_conv2d_args(op, input, weight, None, stride, padding, dilation, groups)
-    if list(grad.shape) != shape:
-        raise RuntimeError(f"{op}: grad must have shape [{', '.join(map(str, shape))}], got {shape_str(grad)}")
-    if grad.dtype != input.dtype:
-        raise RuntimeError(
-            f"{op}: grad must have the same dtype as input ({dtype_name(input.dtype)}), got {dtype_name(grad.dtype)}"
-        )
-    check_same_device(op, "grad", grad, input, "input")
-    return (
-        input.new_empty(input.shape if output_mask[0] else (0,)),
-        weight.new_empty(weight.shape if output_mask[1] else (0,)),
-        input.new_empty((weight.shape[0],) if output_mask[2] else (0,)),
-    )
 
 
 def _conv(input, weight, bias, stride, padding, dilation, groups) -> Tensor:
@@ -218,7 +129,7 @@ class DilatedConv2dFunction(OpFunction):
             term = _conv(input, weight_tangent, None if tangent is not None else bias_tangent, *ctx.arguments)
             tangent = term if tangent is None else tangent + term
         if tangent is None and bias_tangent is not None:
-            shape = check_dilated_conv2d_args("dilated_conv2d", input, weight, None, *ctx.arguments)
+            shape = _check_dilated_conv2d_args("dilated_conv2d", input, weight, None, *ctx.arguments)
             tangent = bias_tangent.view(-1, 1, 1).expand(shape).contiguous()
         return tangent
 

@@ -1,6 +1,5 @@
 """Flow-guided bilinear feature warping (Deep Feature Flow): functional, nn.Module and autograd.Function front ends
-of torch.ops.segops.flow_warp, and the argument checks its fake kernels run (csrc/flow_warp/flow_warp_checks.cpp's
-messages, word for word)."""
+of torch.ops.segops.flow_warp. Its argument checks and fake kernels are in segops/ops/_flow_warp_meta.py."""
 
 from typing import Optional
 
@@ -16,15 +15,10 @@ from segops.ops._autograd import (
     register_function,
     save_for_backward_and_jvp,
 )
-from segops.ops._checks import (
-    check_tensor_arguments,
-    take,
-    check_dtype_or_accumulation,
-    check_supported_float,
-    check_same_device,
-    dtype_name,
-    shape_str,
-)
+from segops.ops._checks import check_tensor_arguments as _check_tensor_arguments
+from segops.ops._checks import take
+
+__all__ = ["FlowWarp", "FlowWarpFunction", "flow_warp"]
 
 
 def flow_warp(feature: Tensor, flow: Tensor, scale: Optional[Tensor] = None) -> Tensor:
@@ -59,45 +53,8 @@ def _flow_warp(feature: Tensor, flow: Tensor, scale: Optional[Tensor]) -> Tensor
     node = traced_call(flow_warp, feature, flow, scale)  # FX: one node
     if node is not None:
         return node
-    check_tensor_arguments("flow_warp", feature=feature, flow=flow, scale=scale)
+    _check_tensor_arguments("flow_warp", feature=feature, flow=flow, scale=scale)
     return _warp(feature, flow, scale)
-
-
-def check_flow_warp_args(op: str, feature: Tensor, flow: Tensor, scale: Optional[Tensor]) -> None:
-    if feature.dim() != 4:
-        raise RuntimeError(f"{op}: feature must have shape [N, C, H, W], got {shape_str(feature)}")
-    check_supported_float(op, "feature", feature)
-    batch = feature.shape[0]
-    if flow.dim() != 4 or flow.shape[0] != batch or flow.shape[1] != 2:
-        raise RuntimeError(f"{op}: flow must have shape [N, 2, Ho, Wo] with N = {batch}, got {shape_str(flow)}")
-    check_dtype_or_accumulation(op, "flow", flow, feature, "feature")
-    check_same_device(op, "flow", flow, feature, "feature")
-    if scale is not None:
-        per_channel = [batch, feature.shape[1], flow.shape[2], flow.shape[3]]
-        shared = [batch, 1, flow.shape[2], flow.shape[3]]
-        if list(scale.shape) not in (per_channel, shared):
-            raise RuntimeError(
-                f"{op}: scale must have shape [N, C, Ho, Wo] or [N, 1, Ho, Wo] = [{', '.join(map(str, per_channel))}] "
-                f"or [{', '.join(map(str, shared))}], got {shape_str(scale)}"
-            )
-        if scale.dtype != feature.dtype:
-            raise RuntimeError(
-                f"{op}: scale must have the same dtype as feature ({dtype_name(feature.dtype)}), "
-                f"got {dtype_name(scale.dtype)}"
-            )
-        check_same_device(op, "scale", scale, feature, "feature")
-
-
-def check_flow_warp_grad(grad: Tensor, feature: Tensor, flow: Tensor) -> None:
-    op = "_flow_warp_backward"
-    expected = [feature.shape[0], feature.shape[1], flow.shape[2], flow.shape[3]]
-    if list(grad.shape) != expected:
-        raise RuntimeError(f"{op}: grad must have shape [{', '.join(map(str, expected))}], got {shape_str(grad)}")
-    if grad.dtype != feature.dtype:
-        raise RuntimeError(
-            f"{op}: grad must have the same dtype as feature ({dtype_name(feature.dtype)}), got {dtype_name(grad.dtype)}"
-        )
-    check_same_device(op, "grad", grad, feature, "feature")
 
 
 def _warp(feature: Tensor, flow: Tensor, scale: Optional[Tensor]) -> Tensor:

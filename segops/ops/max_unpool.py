@@ -1,6 +1,5 @@
 """Max-unpooling with indices (SegNet's decoder): functional, nn.Module and autograd.Function front ends of
-torch.ops.segops.max_unpool2d, and the argument checks its fake kernels run (csrc/max_unpool/max_unpool_checks.cpp's
-messages, word for word)."""
+torch.ops.segops.max_unpool2d. Its argument checks and fake kernels are in segops/ops/_max_unpool_meta.py."""
 
 from typing import List, Optional, Sequence, Union
 
@@ -10,14 +9,10 @@ from torch.nn.modules.utils import _pair
 
 from segops._fx import not_scriptable, one_fx_node
 from segops.ops._autograd import OpFunction, below_autograd, call, register_function, save_for_backward_and_jvp
-from segops.ops._checks import (
-    check_plane_fits_int32,
-    check_same_device,
-    check_supported_float,
-    check_tensor_arguments,
-    dtype_name,
-    shape_str,
-)
+from segops.ops._checks import check_tensor_arguments as _check_tensor_arguments
+from segops.ops._checks import format_shape
+
+__all__ = ["MaxUnpool2d", "MaxUnpool2dFunction", "max_unpool2d"]
 
 IntOrPair = Union[int, Sequence[int]]
 
@@ -56,16 +51,16 @@ def max_unpool2d(
     Returns:
         Tensor[N, C, Ho, Wo] (or Tensor[C, Ho, Wo]): in input's dtype.
     """
-    check_tensor_arguments("max_unpool2d", input=input, indices=indices)
+    _check_tensor_arguments("max_unpool2d", input=input, indices=indices)
     if input.dim() not in (3, 4):
-        raise RuntimeError(f"max_unpool2d: input must have shape [C, H, W] or [N, C, H, W], got {shape_str(input)}")
+        raise RuntimeError(f"max_unpool2d: input must have shape [C, H, W] or [N, C, H, W], got {format_shape(input)}")
     kernel = _pair(kernel_size)
     stride_pair = _pair(stride) if stride is not None else kernel
     out_h, out_w = unpool_output_size(input, kernel, stride_pair, _pair(padding), output_size)
     if input.dim() == 3:
         if indices.dim() != 3:
             raise RuntimeError(
-                f"max_unpool2d: indices must have input's shape {list(input.shape)}, got {shape_str(indices)}"
+                f"max_unpool2d: indices must have input's shape {format_shape(input)}, got {format_shape(indices)}"
             )
         return _unpool(input.unsqueeze(0), indices.unsqueeze(0), out_h, out_w).squeeze(0)
     return _unpool(input, indices, out_h, out_w)
@@ -88,51 +83,6 @@ def unpool_output_size(
         if not min_size < size[d] < max_size:
             raise ValueError(f'invalid output_size "{size}" (dim {d} must be between {min_size} and {max_size})')
     return list(size)
-
-
-def _unpool_format(tensor: Tensor) -> torch.memory_format:
-    """C++'s rule: channels_last where the tensor is laid out so and not also contiguous."""
-    if not tensor.is_contiguous() and tensor.is_contiguous(memory_format=torch.channels_last):
-        return torch.channels_last
-    return torch.contiguous_format
-
-
-def _check_indices_dtype_and_device(op: str, indices: Tensor, like: Tensor, like_name: str) -> None:
-    if indices.dtype != torch.int64:
-        raise RuntimeError(
-            f"{op}: indices must be int64 (Long), as max_pool2d returns them, got {dtype_name(indices.dtype)}"
-        )
-    check_same_device(op, "indices", indices, like, like_name)
-
-
-def max_unpool2d_fake(input: Tensor, indices: Tensor, output_height, output_width) -> Tensor:
-    op = "max_unpool2d"
-    if input.dim() != 4:
-        raise RuntimeError(f"{op}: input must have shape [N, C, H, W], got {shape_str(input)}")
-    check_supported_float(op, "input", input)
-    _check_indices_dtype_and_device(op, indices, input, "input")
-    if indices.shape != input.shape:
-        raise RuntimeError(f"{op}: indices must have input's shape {list(input.shape)}, got {shape_str(indices)}")
-    if output_height < 0 or output_width < 0:
-        raise RuntimeError(f"{op}: output size must be non-negative, got [{output_height}, {output_width}]")
-    check_plane_fits_int32(op, input.shape[2], input.shape[3])
-    shape = (input.shape[0], input.shape[1], output_height, output_width)
-    return input.new_empty(shape).contiguous(memory_format=_unpool_format(input))
-
-
-def max_unpool2d_backward_fake(grad: Tensor, indices: Tensor) -> Tensor:
-    op = "_max_unpool2d_backward"
-    if grad.dim() != 4:
-        raise RuntimeError(f"{op}: grad must have shape [N, C, Ho, Wo], got {shape_str(grad)}")
-    check_supported_float(op, "grad", grad)
-    _check_indices_dtype_and_device(op, indices, grad, "grad")
-    if indices.dim() != 4 or indices.shape[:2] != grad.shape[:2]:
-        raise RuntimeError(
-            f"{op}: indices must have shape [N, C, H, W] with N, C = {grad.shape[0]}, {grad.shape[1]}, "
-            f"got {shape_str(indices)}"
-        )
-    check_plane_fits_int32(op, indices.shape[2], indices.shape[3])
-    return grad.new_empty(indices.shape).contiguous(memory_format=_unpool_format(indices))
 
 
 def _unpool(input: Tensor, indices: Tensor, output_height, output_width) -> Tensor:

@@ -10,8 +10,11 @@ from torch import Tensor, nn
 
 from segops._fx import one_fx_node
 from segops.ops._autograd import OpFunction, below_autograd, call, register_function, save_for_backward_and_jvp
-from segops.ops._checks import check_tensor_arguments, shape_str
+from segops.ops._checks import check_tensor_arguments as _check_tensor_arguments
+from segops.ops._checks import format_shape
 from segops.ops._roi_common import boxes_to_rois, output_size_pair, rois_from_boxes
+
+__all__ = ["MultiScaleRoIAlign", "MultiScaleRoIAlignFunction", "fpn_levels", "multi_scale_roi_align"]
 
 MODES = ("assign", "all")
 
@@ -101,13 +104,15 @@ def multi_scale_roi_align(
         raise ValueError(f"{op}: mode must be 'assign' or 'all', got {mode!r}")
     features = list(features) if isinstance(features, (list, tuple)) else features
     if not isinstance(features, list) or not features or not all(isinstance(f, Tensor) for f in features):
-        raise ValueError(f"{op}: features must be a non-empty list of Tensor[N, C, H, W], got {type(features).__name__}")
-    check_tensor_arguments(op, features=features, boxes=boxes)
+        raise ValueError(
+            f"{op}: features must be a non-empty list of Tensor[N, C, H, W], got {type(features).__name__}"
+        )
+    _check_tensor_arguments(op, features=features, boxes=boxes)
     pooled_h, pooled_w = output_size_pair(op, output_size)
     rois = boxes_to_rois(op, boxes, features[0])
     scales = [float(scale) for scale in spatial_scales]
     if rois.dim() != 2 or rois.shape[1] != 5:
-        raise RuntimeError(f"{op}: rois must have shape [K, 5], got {shape_str(rois)}")
+        raise RuntimeError(f"{op}: rois must have shape [K, 5], got {format_shape(rois)}")
     rows, levels = _rows_and_levels(rois, scales, mode, canonical_scale, canonical_level)
     pooled = _pool(features, rows, levels, scales, pooled_h, pooled_w, int(sampling_ratio), bool(aligned))
     return _by_box(pooled, rois.shape[0], len(scales), mode)

@@ -8,8 +8,10 @@ from torch.jit.annotations import BroadcastingList2
 
 from segops._fx import traced_call
 from segops.ops._autograd import OpFunction, below_autograd, call, register_function, save_for_backward_and_jvp
-from segops.ops._checks import check_tensor_arguments
+from segops.ops._checks import check_tensor_arguments as _check_tensor_arguments
 from segops.ops._roi_common import boxes_to_rois, output_size_pair, rois_from_boxes
+
+__all__ = ["RoIAlign", "RoIAlignFunction", "roi_align"]
 
 
 def roi_align(
@@ -48,7 +50,7 @@ def _roi_align(input: Tensor, boxes: Union[Tensor, List[Tensor]], output_size: L
     node = traced_call(roi_align, input, boxes, output_size, spatial_scale, sampling_ratio, aligned)  # FX: one node
     if node is not None:
         return node
-    check_tensor_arguments("roi_align", input=input, boxes=boxes)
+    _check_tensor_arguments("roi_align", input=input, boxes=boxes)
     pooled_h, pooled_w = output_size_pair("roi_align", output_size)
     rois = boxes_to_rois("roi_align", boxes, input)
     return call(RoIAlignFunction, torch.ops.segops.roi_align, input, rois, float(spatial_scale), pooled_h, pooled_w,

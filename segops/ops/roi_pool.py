@@ -8,8 +8,11 @@ from torch.jit.annotations import BroadcastingList2
 
 from segops._fx import traced_call
 from segops.ops._autograd import OpFunction, below_autograd, call, register_function, save_for_backward_and_jvp
-from segops.ops._checks import check_tensor_arguments, take
+from segops.ops._checks import check_tensor_arguments as _check_tensor_arguments
+from segops.ops._checks import take
 from segops.ops._roi_common import boxes_to_rois, output_size_pair, rois_from_boxes
+
+__all__ = ["RoIPool", "RoIPoolFunction", "roi_pool"]
 
 
 def roi_pool(
@@ -43,7 +46,7 @@ def _roi_pool(input: Tensor, boxes: Union[Tensor, List[Tensor]], output_size: Li
     node = traced_call(roi_pool, input, boxes, output_size, spatial_scale)  # FX: one node
     if node is not None:
         return node
-    check_tensor_arguments("roi_pool", input=input, boxes=boxes)
+    _check_tensor_arguments("roi_pool", input=input, boxes=boxes)
     pooled_h, pooled_w = output_size_pair("roi_pool", output_size)
     rois = boxes_to_rois("roi_pool", boxes, input)
     output, _argmax = call(RoIPoolFunction, torch.ops.segops.roi_pool, input, rois, float(spatial_scale), pooled_h,

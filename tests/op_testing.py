@@ -1,4 +1,7 @@
-"""Inputs and checks shared by the RoIAlign and RoIPool tests."""
+"""The shared helpers of the op tests (test_roi_align, test_roi_pool, test_multi_scale_roi_align, test_max_unpool,
+test_dilated_conv, test_flow_warp, test_dense_crf, test_emulation): random boxes and RoI cases, memory layouts, and
+assertions that an op raises the same error eager and fake, matches eager when compiled, exports, and keeps the CUDA
+path free of host synchronisation."""
 
 import pytest
 import torch
@@ -7,7 +10,14 @@ from torch._subclasses.fake_tensor import FakeTensorMode
 
 
 def random_rois(
-    num_rois, batch_size, image_height, image_width, *, dtype=torch.float32, generator=None, outside=0.25,
+    num_rois,
+    batch_size,
+    image_height,
+    image_width,
+    *,
+    dtype=torch.float32,
+    generator=None,
+    outside=0.25,
     degenerate=0.1,
 ):
     """Tensor[K, 5] of boxes in image coordinates: mostly valid, some reaching `outside` of the image size past
@@ -24,8 +34,18 @@ def random_rois(
     return torch.cat([batch_index, boxes], dim=1).to(dtype)
 
 
-def make_case(seed, *, device="cpu", dtype=torch.float32, batch_size=2, channels=3, height=9, width=11, num_rois=6,
-              spatial_scale=0.5):
+def make_case(
+    seed,
+    *,
+    device="cpu",
+    dtype=torch.float32,
+    batch_size=2,
+    channels=3,
+    height=9,
+    width=11,
+    num_rois=6,
+    spatial_scale=0.5,
+):
     """input Tensor[N, C, H, W] and rois Tensor[K, 5] from random_rois, for a feature map at spatial_scale."""
     g = torch.Generator().manual_seed(seed)
     input = torch.randn(batch_size, channels, height, width, generator=g, dtype=dtype)
@@ -57,31 +77,117 @@ def layouts(input):
 # Bad arguments shared by both ops: (description, mutate(kwargs) -> None, message regex).
 def bad_argument_cases(op):
     return [
-        ("input 3-D", lambda a: a.update(input=a["input"][0]), rf"{op}: input must have shape \[N, C, H, W\], got \[3, 10, 12\]"),
-        ("input int", lambda a: a.update(input=a["input"].long()), rf"{op}: input must be float32, float64, float16 or bfloat16, got Long"),
-        ("rois [K, 4]", lambda a: a.update(rois=a["rois"][:, :4]), rf"{op}: rois must have shape \[K, 5\], got \[4, 4\]"),
+        (
+            "input 3-D",
+            lambda a: a.update(input=a["input"][0]),
+            rf"{op}: input must have shape \[N, C, H, W\], got \[3, 10, 12\]",
+        ),
+        (
+            "input int",
+            lambda a: a.update(input=a["input"].long()),
+            rf"{op}: input must be float32, float64, float16 or bfloat16, got Long",
+        ),
+        (
+            "rois [K, 4]",
+            lambda a: a.update(rois=a["rois"][:, :4]),
+            rf"{op}: rois must have shape \[K, 5\], got \[4, 4\]",
+        ),
         ("rois 1-D", lambda a: a.update(rois=a["rois"][0]), rf"{op}: rois must have shape \[K, 5\], got \[5\]"),
-        ("rois dtype", lambda a: a.update(rois=a["rois"].double()), rf"{op}: rois must have the same dtype as input \(Float\), got Double"),
-        ("rois dtype, half input", lambda a: a.update(input=a["input"].half(), rois=a["rois"].double()), rf"{op}: rois must have the same dtype as input \(Half\) or Float, got Double"),
-        ("output_size 0", lambda a: a.update(pooled_height=0), rf"{op}: output_size must be >= 1 in both dimensions, got \(0, 3\)"),
-        ("output_size negative", lambda a: a.update(pooled_width=-2), rf"{op}: output_size must be >= 1 in both dimensions, got \(2, -2\)"),
-        ("spatial_scale negative", lambda a: a.update(spatial_scale=-0.5), rf"{op}: spatial_scale must be a finite number >= 0, got -0.5"),
-        ("spatial_scale -1", lambda a: a.update(spatial_scale=-1.0), rf"{op}: spatial_scale must be a finite number >= 0, got -1$"),
-        ("spatial_scale nan", lambda a: a.update(spatial_scale=float("nan")), rf"{op}: spatial_scale must be a finite number >= 0, got nan"),
-        ("spatial_scale inf", lambda a: a.update(spatial_scale=float("inf")), rf"{op}: spatial_scale must be a finite number >= 0, got inf"),
+        (
+            "rois dtype",
+            lambda a: a.update(rois=a["rois"].double()),
+            rf"{op}: rois must have the same dtype as input \(Float\), got Double",
+        ),
+        (
+            "rois dtype, half input",
+            lambda a: a.update(input=a["input"].half(), rois=a["rois"].double()),
+            rf"{op}: rois must have the same dtype as input \(Half\) or Float, got Double",
+        ),
+        (
+            "output_size 0",
+            lambda a: a.update(pooled_height=0),
+            rf"{op}: output_size must be >= 1 in both dimensions, got \(0, 3\)",
+        ),
+        (
+            "output_size negative",
+            lambda a: a.update(pooled_width=-2),
+            rf"{op}: output_size must be >= 1 in both dimensions, got \(2, -2\)",
+        ),
+        (
+            "spatial_scale negative",
+            lambda a: a.update(spatial_scale=-0.5),
+            rf"{op}: spatial_scale must be a finite number >= 0, got -0.5",
+        ),
+        (
+            "spatial_scale -1",
+            lambda a: a.update(spatial_scale=-1.0),
+            rf"{op}: spatial_scale must be a finite number >= 0, got -1$",
+        ),
+        (
+            "spatial_scale nan",
+            lambda a: a.update(spatial_scale=float("nan")),
+            rf"{op}: spatial_scale must be a finite number >= 0, got nan",
+        ),
+        (
+            "spatial_scale inf",
+            lambda a: a.update(spatial_scale=float("inf")),
+            rf"{op}: spatial_scale must be a finite number >= 0, got inf",
+        ),
     ]
 
 
 # Bad roi values (data-dependent, checked by the kernels' launchers): (description, row, column, value, regex).
 def bad_roi_value_cases(op):
     return [
-        ("batch index too large", 1, 0, 2.0, rf"{op}: rois\[1, 0\] \(batch index\) must be an integer in \[0, 2\), got 2"),
-        ("batch index negative", 2, 0, -1.0, rf"{op}: rois\[2, 0\] \(batch index\) must be an integer in \[0, 2\), got -1"),
-        ("batch index fractional", 0, 0, 0.5, rf"{op}: rois\[0, 0\] \(batch index\) must be an integer in \[0, 2\), got 0.5"),
-        ("batch index nan", 3, 0, float("nan"), rf"{op}: rois\[3, 0\] \(batch index\) must be an integer in \[0, 2\), got nan"),
-        ("coordinate nan", 1, 3, float("nan"), rf"{op}: rois\[1, 1:5\] \(box x1, y1, x2, y2\) must be finite, got \(.*nan"),
-        ("coordinate inf", 2, 2, float("inf"), rf"{op}: rois\[2, 1:5\] \(box x1, y1, x2, y2\) must be finite, got \(.*inf"),
-        ("coordinate -inf", 0, 4, -float("inf"), rf"{op}: rois\[0, 1:5\] \(box x1, y1, x2, y2\) must be finite, got \(.*-inf"),
+        (
+            "batch index too large",
+            1,
+            0,
+            2.0,
+            rf"{op}: rois\[1, 0\] \(batch index\) must be an integer in \[0, 2\), got 2",
+        ),
+        (
+            "batch index negative",
+            2,
+            0,
+            -1.0,
+            rf"{op}: rois\[2, 0\] \(batch index\) must be an integer in \[0, 2\), got -1",
+        ),
+        (
+            "batch index fractional",
+            0,
+            0,
+            0.5,
+            rf"{op}: rois\[0, 0\] \(batch index\) must be an integer in \[0, 2\), got 0.5",
+        ),
+        (
+            "batch index nan",
+            3,
+            0,
+            float("nan"),
+            rf"{op}: rois\[3, 0\] \(batch index\) must be an integer in \[0, 2\), got nan",
+        ),
+        (
+            "coordinate nan",
+            1,
+            3,
+            float("nan"),
+            rf"{op}: rois\[1, 1:5\] \(box x1, y1, x2, y2\) must be finite, got \(.*nan",
+        ),
+        (
+            "coordinate inf",
+            2,
+            2,
+            float("inf"),
+            rf"{op}: rois\[2, 1:5\] \(box x1, y1, x2, y2\) must be finite, got \(.*inf",
+        ),
+        (
+            "coordinate -inf",
+            0,
+            4,
+            -float("inf"),
+            rf"{op}: rois\[0, 1:5\] \(box x1, y1, x2, y2\) must be finite, got \(.*-inf",
+        ),
     ]
 
 
@@ -124,8 +230,14 @@ def assert_exports_with_dynamic_shapes(head, input, rois):
 
     dynamic_shapes = {"x": {2: Dim("h"), 3: Dim("w")}, "boxes": {0: Dim("k")}}
     program = export(Head(), (input, rois), dynamic_shapes=dynamic_shapes)
-    other_input = torch.randn(input.shape[0], input.shape[1], input.shape[2] + 7, input.shape[3] + 3,
-                              generator=torch.Generator().manual_seed(0), dtype=input.dtype)
+    other_input = torch.randn(
+        input.shape[0],
+        input.shape[1],
+        input.shape[2] + 7,
+        input.shape[3] + 3,
+        generator=torch.Generator().manual_seed(0),
+        dtype=input.dtype,
+    )
     for boxes in (rois, rois[:2]):
         assert torch.equal(program.module()(other_input, boxes), head(other_input, boxes))
 
@@ -136,7 +248,7 @@ def assert_cuda_path_does_not_synchronise(head, input, rois):
     x = input.cuda().requires_grad_()
     boxes = rois.cuda()
     expected_out = head(x, boxes)
-    expected_grad, = torch.autograd.grad(expected_out.sum(), x)
+    (expected_grad,) = torch.autograd.grad(expected_out.sum(), x)
     torch.cuda.synchronize()
     torch.cuda.set_sync_debug_mode("error")
     try:
@@ -153,7 +265,7 @@ def assert_cuda_path_does_not_synchronise(head, input, rois):
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph):
         out = head(x, boxes)
-        grad, = torch.autograd.grad(out.sum(), x)
+        (grad,) = torch.autograd.grad(out.sum(), x)
     graph.replay()
     torch.cuda.synchronize()
     torch.testing.assert_close(out, expected_out)
