@@ -23,6 +23,7 @@ from setuptools import find_packages, setup
 ROOT = Path(__file__).parent.resolve()
 sys.path.insert(0, str(ROOT / "tools"))
 from cuda_env import find_cuda_home, pip_header_overlay  # noqa: E402
+
 VERSION = (ROOT / "version.txt").read_text().strip()
 DEFAULT_ARCH_LIST = "7.5;8.0;8.6;8.9;9.0+PTX"
 
@@ -50,7 +51,8 @@ def decide_cuda(torch):
         if cuda_home is None:
             raise SystemExit(
                 "segops setup: FORCE_CUDA=1 but no CUDA toolkit was found (CUDA_HOME="
-                f"{os.environ.get('CUDA_HOME', '<unset>')}): set CUDA_HOME to a folder with bin/nvcc or put nvcc on PATH"
+                f"{os.environ.get('CUDA_HOME', '<unset>')}): set CUDA_HOME to a folder with bin/nvcc or put nvcc "
+                "on PATH"
             )
         return cuda_home
     if torch.version.cuda is None or cuda_home is None:
@@ -83,8 +85,12 @@ def extensions():
     if env_flag("SEGOPS_SANITIZE"):
         # float-cast-overflow is not part of -fsanitize=undefined, and hostile boxes are made of such casts. Every
         # finding aborts (no recovery), so a clean run is one that exits 0.
-        sanitize_args = ["-fsanitize=address,undefined,float-cast-overflow", "-fno-sanitize-recover=all",
-                         "-fno-omit-frame-pointer", "-g"]
+        sanitize_args = [
+            "-fsanitize=address,undefined,float-cast-overflow",
+            "-fno-sanitize-recover=all",
+            "-fno-omit-frame-pointer",
+            "-g",
+        ]
         compile_args["cxx"] = ["-O1", "-fopenmp"] + sanitize_args
         link_args = link_args + sanitize_args
         log("SEGOPS_SANITIZE=1: C++ instrumented with AddressSanitizer and UBSan")
@@ -116,7 +122,8 @@ def extensions():
             extra_link_args=link_args,
         )
         log(
-            f"CUDA build: toolkit {cuda_home}, TORCH_CUDA_ARCH_LIST={os.environ.get('TORCH_CUDA_ARCH_LIST', '(detected)')}, "
+            f"CUDA build: toolkit {cuda_home}, "
+            f"TORCH_CUDA_ARCH_LIST={os.environ.get('TORCH_CUDA_ARCH_LIST', '(detected)')}, "
             f"headers missing from the toolkit taken from the pip nvidia packages via {overlay}"
         )
     modules = [main]
@@ -132,7 +139,10 @@ def extensions():
                 extra_link_args=sanitize_args,
             )
         )
-    log(f"building {[module.name for module in modules]} against torch {torch.__version__} with MAX_JOBS={os.environ['MAX_JOBS']}")
+    log(
+        f"building {[module.name for module in modules]} against torch {torch.__version__} "
+        f"with MAX_JOBS={os.environ['MAX_JOBS']}"
+    )
     return modules, torch.__version__.split("+")[0]
 
 

@@ -19,6 +19,20 @@ import segops
 from benchmarks import conv_ops, crf_ops, flow_ops, model_ops, multi_level_ops, roi_ops, unpool_ops
 
 RESULTS = Path(__file__).parent / "results"
+# The default run: one case per op (its headline size) and one model row, a few minutes on 2 cores. `--full` runs every
+# case (about half an hour), and writes where the docs' tables come from.
+QUICK_CASES = (
+    "roi_align 7x7 forward",
+    "roi_align 7x7 forward+backward",
+    "roi_pool 7x7 forward",
+    "multi_scale_roi_align assign 7x7, 4-level FPN of 1x800x1216, 1000 boxes forward",
+    "flow_warp [4, 256, 64, 128] forward",
+    "max_unpool2d [4, 64, 64, 128] -> [4, 64, 128, 256] forward",
+    "dilated_conv2d depthwise [2, 512, 64, 64] -> 512, 3x3, dilation 6 forward",
+    "dilated_conv2d ASPP branch [2, 512, 64, 64] -> 256, 3x3, dilation 12 forward",
+    "dense_crf 500x375 photo, 21 labels, 5 steps incl. lattice build",
+    "model segnet [1, 3, 256, 256] forward",
+)
 
 
 def machine_description():
@@ -56,8 +70,9 @@ def run_case(case, rounds, min_run_time):
     # reference's largest magnitude (a sum over 256 channels rounds at that scale, not at its smallest terms).
     pairs = list(zip(actual, expected)) if isinstance(expected, tuple) else [(actual, expected)]
     max_abs_diff = max((a.double() - e.double()).abs().max().item() for a, e in pairs)
-    outliers = sum(((a.double() - e.double()).abs() > 1e-4 * max(1.0, e.abs().max().item())).sum().item()
-                   for a, e in pairs)
+    outliers = sum(
+        ((a.double() - e.double()).abs() > 1e-4 * max(1.0, e.abs().max().item())).sum().item() for a, e in pairs
+    )
     elements = sum(e.numel() for _, e in pairs)
     agrees = outliers <= case.allowed_outliers * elements
     note = None
@@ -75,8 +90,10 @@ def run_case(case, rounds, min_run_time):
     reference_s = statistics.median(times["reference"])
     bandwidth = None
     if case.bandwidth:
-        bandwidth = {"segops_gb_s": case.bandwidth["bytes"] / segops_s / 1e9,
-                     "copy_gb_s": case.bandwidth["copy_bytes"] / statistics.median(times["copy"]) / 1e9}
+        bandwidth = {
+            "segops_gb_s": case.bandwidth["bytes"] / segops_s / 1e9,
+            "copy_gb_s": case.bandwidth["copy_bytes"] / statistics.median(times["copy"]) / 1e9,
+        }
     return {
         "case": name,
         "reference": case.reference,
@@ -98,9 +115,21 @@ def time_alone(case, rounds, min_run_time):
     """A case with no reference (a model using no segops operator): its time only."""
     case.ours()  # warm-up
     times = [median_seconds(case.ours, min_run_time) for _ in range(rounds)]
-    return {"case": case.name, "reference": None, "segops_ms": statistics.median(times) * 1e3, "reference_ms": None,
-            "speedup": None, "target": None, "outputs_agree": True, "max_abs_diff": None, "outliers": None,
-            "agreement": None, "rounds_ms": {"segops": [t * 1e3 for t in times]}, "sweep": None, "bandwidth": None}
+    return {
+        "case": case.name,
+        "reference": None,
+        "segops_ms": statistics.median(times) * 1e3,
+        "reference_ms": None,
+        "speedup": None,
+        "target": None,
+        "outputs_agree": True,
+        "max_abs_diff": None,
+        "outliers": None,
+        "agreement": None,
+        "rounds_ms": {"segops": [t * 1e3 for t in times]},
+        "sweep": None,
+        "bandwidth": None,
+    }
 
 
 def _ms(value):
@@ -109,13 +138,16 @@ def _ms(value):
 
 def sweep_table(results):
     """Markdown table of the box-count sweep: per op and pass, time against K for both, and the ratio."""
-    rows = sorted((r for r in results if r["sweep"]), key=lambda r: (r["sweep"]["op"], r["sweep"]["pass"],
-                                                                      r["sweep"]["boxes"]))
+    rows = sorted(
+        (r for r in results if r["sweep"]), key=lambda r: (r["sweep"]["op"], r["sweep"]["pass"], r["sweep"]["boxes"])
+    )
     lines = ["| op | pass | boxes K | segops (ms) | torchvision (ms) | speedup |", "|---|---|---:|---:|---:|---:|"]
     for r in rows:
         sweep = r["sweep"]
-        lines.append(f"| {sweep['op']} | {sweep['pass']} | {sweep['boxes']} | {_ms(r['segops_ms'])} | "
-                     f"{_ms(r['reference_ms'])} | {r['speedup']:.2f}x |")
+        lines.append(
+            f"| {sweep['op']} | {sweep['pass']} | {sweep['boxes']} | {_ms(r['segops_ms'])} | "
+            f"{_ms(r['reference_ms'])} | {r['speedup']:.2f}x |"
+        )
     return "\n".join(lines)
 
 
@@ -125,8 +157,10 @@ def bandwidth_table(results):
     for r in results:
         if r.get("bandwidth"):
             b = r["bandwidth"]
-            lines.append(f"| {r['case']} | {b['segops_gb_s']:.1f} | {b['copy_gb_s']:.1f} | "
-                         f"{b['segops_gb_s'] / b['copy_gb_s']:.2f} |")
+            lines.append(
+                f"| {r['case']} | {b['segops_gb_s']:.1f} | {b['copy_gb_s']:.1f} | "
+                f"{b['segops_gb_s'] / b['copy_gb_s']:.2f} |"
+            )
     return "\n".join(lines) if len(lines) > 2 else ""
 
 
@@ -148,7 +182,8 @@ def markdown_table(results, machine):
             f"{r['speedup']:.2f}x | "
             f">= {r['target']:.2g}x | {'yes' if r['outputs_agree'] else 'NO'} ({r['max_abs_diff']:.1e}"
             + (f"; beyond 1e-4 at {r['outliers']} elements, kinks" if r.get("outliers") else "")
-            + (f"; {r['agreement']}" if r.get("agreement") else "") + ") |"
+            + (f"; {r['agreement']}" if r.get("agreement") else "")
+            + ") |"
         )
     return "\n".join(lines)
 
@@ -190,15 +225,23 @@ def save_sweep_chart(results, path):
     figure, axes = plt.subplots(1, len(ops), figsize=(6 * len(ops), 4.5), squeeze=False)
     for axis, op in zip(axes[0], ops):
         for pass_, style in [("forward", "-"), ("forward+backward", "--")]:
-            points = sorted((r["sweep"]["boxes"], r) for r in swept if r["sweep"]["op"] == op
-                            and r["sweep"]["pass"] == pass_)
+            points = sorted(
+                (r["sweep"]["boxes"], r) for r in swept if r["sweep"]["op"] == op and r["sweep"]["pass"] == pass_
+            )
             if not points:
                 continue
             boxes = [k for k, _ in points]
-            axis.plot(boxes, [r["segops_ms"] for _, r in points], style, marker="o", color="#4c72b0",
-                      label=f"segops {pass_}")
-            axis.plot(boxes, [r["reference_ms"] for _, r in points], style, marker="s", color="#c44e52",
-                      label=f"torchvision {pass_}")
+            axis.plot(
+                boxes, [r["segops_ms"] for _, r in points], style, marker="o", color="#4c72b0", label=f"segops {pass_}"
+            )
+            axis.plot(
+                boxes,
+                [r["reference_ms"] for _, r in points],
+                style,
+                marker="s",
+                color="#c44e52",
+                label=f"torchvision {pass_}",
+            )
         axis.set_xscale("log")
         axis.set_yscale("log")
         axis.set_xlabel("boxes K")
@@ -215,37 +258,69 @@ def main(argv=None):
     parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds per case (default 3)")
     parser.add_argument("--min-run-time", type=float, default=1.0, help="seconds per blocked_autorange (default 1)")
+    parser.add_argument(
+        "--full",
+        action="store_true",
+        help=f"every case (default: the {len(QUICK_CASES)} representative ones, written to OUTPUT/quick/)",
+    )
     parser.add_argument("--filter", default="", help="only cases whose name contains this text")
     parser.add_argument("--output", type=Path, default=RESULTS, help="folder for latest.json/.md/.png")
     args = parser.parse_args(argv)
+    quick = not args.full and not args.filter  # --filter picks from every case
+    if quick:
+        args.output = args.output / "quick"
 
     machine = machine_description()
     results = []
     families = (roi_ops, multi_level_ops, flow_ops, unpool_ops, conv_ops, crf_ops, model_ops)
+    print(
+        f"segops benchmarks ({'representative cases; --full for all' if quick else 'every case'}), "
+        f"{machine['cores']} threads:",
+        file=sys.stderr,
+        flush=True,
+    )
     for case in (case for family in families for case in family.cases()):
-        if args.filter in case.name:
-            results.append(run_case(case, args.rounds, args.min_run_time))
-            r = results[-1]
-            print(f"{case.name}: segops {r['segops_ms']:.1f} ms"
-                  + (f", {case.reference} {r['reference_ms']:.1f} ms, {r['speedup']:.2f}x" if r["speedup"] else ""),
-                  file=sys.stderr, flush=True)
+        if args.filter not in case.name or (quick and case.name not in QUICK_CASES):
+            continue
+        print(f"  {case.name} ...", end="", file=sys.stderr, flush=True)
+        results.append(run_case(case, args.rounds, args.min_run_time))
+        r = results[-1]
+        print(
+            f" segops {_ms(r['segops_ms'])} ms"
+            + (f", {case.reference} {_ms(r['reference_ms'])} ms, {r['speedup']:.2f}x" if r["speedup"] else ""),
+            file=sys.stderr,
+            flush=True,
+        )
+    if quick:
+        missing = {name for name in QUICK_CASES if name not in {r["case"] for r in results}}
+        if not crf_ops.available():  # without the optional pydensecrf (said above)
+            missing = {name for name in missing if not name.startswith("dense_crf")}
+        if missing:
+            raise SystemExit(f"benchmarks: QUICK_CASES names no case: {sorted(missing)}")
     table = markdown_table(results, machine)
-    if any(r["sweep"] for r in results):
+    if not quick and any(r["sweep"] for r in results):
         table += "\n\nBox-count sweep:\n\n" + sweep_table(results)
     if bandwidth_table(results):
         table += "\n\nMemory-bound cases (bytes read and written per second):\n\n" + bandwidth_table(results)
     memory = None
     if any(r["case"].startswith("dense_crf") for r in results):
         memory = crf_ops.peak_memory()
-        table += (f"\n\nPeak memory of dense_crf on a 2048x1024 image, 19 labels, 5 steps (one process): "
-                  f"{memory['peak_gb']:.2f} GB (before the call: {memory['inputs_gb']:.2f} GB; the bar: 4 GB).")
+        table += (
+            f"\n\nPeak memory of dense_crf on a 2048x1024 image, 19 labels, 5 steps (one process): "
+            f"{memory['peak_gb']:.2f} GB (before the call: {memory['inputs_gb']:.2f} GB; the bar: 4 GB)."
+        )
     print(table)
     args.output.mkdir(parents=True, exist_ok=True)
-    (args.output / "latest.json").write_text(json.dumps({"machine": machine, "results": results, "dense_crf_memory": memory}, indent=2) + "\n")
+    (args.output / "latest.json").write_text(
+        json.dumps({"machine": machine, "results": results, "dense_crf_memory": memory}, indent=2) + "\n"
+    )
     (args.output / "latest.md").write_text(table + "\n")
     save_chart(results, args.output / "latest.png")
-    save_sweep_chart(results, args.output / "sweep.png")
-    print(f"\nwrote {args.output / 'latest.json'}, latest.md, latest.png and sweep.png", file=sys.stderr)
+    written = "latest.md and latest.png"
+    if not quick:
+        save_sweep_chart(results, args.output / "sweep.png")
+        written = "latest.md, latest.png and sweep.png"
+    print(f"\nwrote {args.output / 'latest.json'}, {written}", file=sys.stderr)
     return 0 if all(r["outputs_agree"] for r in results) else 1
 
 

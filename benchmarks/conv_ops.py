@@ -44,12 +44,19 @@ def cases():
         kwargs = dict(padding=dilation, dilation=dilation, groups=groups)
         label = f"dilated_conv2d {name} {list(shape)} -> {out_channels}, 3x3, dilation {dilation}"
         result += [
-            Case(f"{label} forward", forward_target,
-                 lambda i=input, w=weight, b=bias, k=kwargs: segops.dilated_conv2d(i, w, b, **k),
-                 lambda i=input, w=weight, b=bias, k=kwargs: F.conv2d(i, w, b, **k), reference="F.conv2d"),
-            Case(f"{label} forward+backward (input, weight)", backward_target,
-                 lambda i=input, w=weight, b=bias, g=grad, k=kwargs: _gradients(segops.dilated_conv2d, i, w, b, g, k),
-                 lambda i=input, w=weight, b=bias, g=grad, k=kwargs: _gradients(F.conv2d, i, w, b, g, k),
-                 reference="F.conv2d"),
+            Case(
+                f"{label} forward",
+                forward_target,
+                lambda i=input, w=weight, b=bias, k=kwargs: segops.dilated_conv2d(i, w, b, **k),
+                lambda i=input, w=weight, b=bias, k=kwargs: F.conv2d(i, w, b, **k),
+                reference="F.conv2d",
+            ),
+            Case(
+                f"{label} forward+backward (input, weight)",
+                backward_target,
+                lambda i=input, w=weight, b=bias, g=grad, k=kwargs: _gradients(segops.dilated_conv2d, i, w, b, g, k),
+                lambda i=input, w=weight, b=bias, g=grad, k=kwargs: _gradients(F.conv2d, i, w, b, g, k),
+                reference="F.conv2d",
+            ),
         ]
     return result

@@ -85,7 +85,7 @@ def _batch_case(batch, height, width, labels):
         f"dense_crf batch of {batch} {width}x{height}, {labels} labels vs {batch} single images",
         1.0,
         lambda: segops.dense_crf(unary, images, ITERATIONS),
-        lambda: torch.cat([segops.dense_crf(unary[b:b + 1], images[b:b + 1], ITERATIONS) for b in range(batch)]),
+        lambda: torch.cat([segops.dense_crf(unary[b : b + 1], images[b : b + 1], ITERATIONS) for b in range(batch)]),
         reference=f"segops, {batch} calls",
         agreement=bitwise,
     )

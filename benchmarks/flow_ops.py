@@ -33,8 +33,14 @@ def _gradients(fn, inputs, grad):
 
 # Other sizes users meet (batch 1 and 8, few and many channels, small and large maps), against the same reference
 # with no target of the issue's: (N, C, H, W).
-OTHER_SHAPES = [(1, 64, 16, 32), (1, 256, 32, 64), (8, 256, 64, 128), (1, 1024, 128, 256), (2, 16, 256, 512),
-                (8, 3, 256, 512)]
+OTHER_SHAPES = [
+    (1, 64, 16, 32),
+    (1, 256, 32, 64),
+    (8, 256, 64, 128),
+    (1, 1024, 128, 256),
+    (2, 16, 256, 512),
+    (8, 3, 256, 512),
+]
 
 
 def _shape_inputs(shape, seed=0):
@@ -55,14 +61,21 @@ def cases():
     grad = torch.randn(BATCH, CHANNELS, HEIGHT, WIDTH, generator=torch.Generator().manual_seed(1))
     name = "flow_warp [4, 256, 64, 128]"
     return [
-        _case(f"{name} forward", 1.5, lambda: segops.flow_warp(feature, flow),
-              lambda: reference.flow_warp(feature, flow)),
-        _case(f"{name} forward+backward (feature, flow)", 2.0,
-              lambda: _gradients(segops.flow_warp, (feature, flow), grad),
-              lambda: _gradients(reference.flow_warp, (feature, flow), grad)),
-        _case(f"{name} forward+backward with scale (feature, flow, scale)", 2.0,
-              lambda: _gradients(segops.flow_warp, (feature, flow, scale), grad),
-              lambda: _gradients(reference.flow_warp, (feature, flow, scale), grad)),
+        _case(
+            f"{name} forward", 1.5, lambda: segops.flow_warp(feature, flow), lambda: reference.flow_warp(feature, flow)
+        ),
+        _case(
+            f"{name} forward+backward (feature, flow)",
+            2.0,
+            lambda: _gradients(segops.flow_warp, (feature, flow), grad),
+            lambda: _gradients(reference.flow_warp, (feature, flow), grad),
+        ),
+        _case(
+            f"{name} forward+backward with scale (feature, flow, scale)",
+            2.0,
+            lambda: _gradients(segops.flow_warp, (feature, flow, scale), grad),
+            lambda: _gradients(reference.flow_warp, (feature, flow, scale), grad),
+        ),
     ] + [case for shape in OTHER_SHAPES for case in _shape_cases(shape)]
 
 
@@ -70,9 +83,13 @@ def _shape_cases(shape):
     feature, flow, grad = _shape_inputs(shape)
     name = f"flow_warp {list(shape)}"
     return [
-        _case(f"{name} forward", 1.0, lambda: segops.flow_warp(feature, flow),
-              lambda: reference.flow_warp(feature, flow)),
-        _case(f"{name} forward+backward (feature, flow)", 1.0,
-              lambda: _gradients(segops.flow_warp, (feature, flow), grad),
-              lambda: _gradients(reference.flow_warp, (feature, flow), grad)),
+        _case(
+            f"{name} forward", 1.0, lambda: segops.flow_warp(feature, flow), lambda: reference.flow_warp(feature, flow)
+        ),
+        _case(
+            f"{name} forward+backward (feature, flow)",
+            1.0,
+            lambda: _gradients(segops.flow_warp, (feature, flow), grad),
+            lambda: _gradients(reference.flow_warp, (feature, flow), grad),
+        ),
     ]

@@ -1,8 +1,9 @@
 """Model cases: forward and forward+backward of each segops.models network, each against the same network (same
 weights) on PyTorch's own operators where segops' ops appear in it: nn.Conv2d for segops.DilatedConv2d (DeepLab,
 PSPNet, BASNet), F.max_unpool2d for segops.max_unpool2d (SegNet, DeconvNet), F.grid_sample for segops.flow_warp (Deep
-Feature Flow). FCN-8s, U-Net, PoolNet and DCL (without its CRF) use no segops operator: they are timed alone. Both passes in eval mode (batch norm frozen, as
-DeepLab and PSPNet fine-tune at small batches), with batch-norm statistics first measured on a random batch so that
+Feature Flow). FCN-8s, U-Net, PoolNet and DCL (without its CRF) use no segops operator: they are timed alone. Both
+passes in eval mode (batch norm frozen, as DeepLab and PSPNet fine-tune at small batches), with batch-norm
+statistics first measured on a random batch so that
 the randomly initialised networks are normalised as trained ones are (uncalibrated, a ResNet-101's activations grow
 layer by layer and float32 rounding differences with them); forward without gradients, forward+backward computing
 the gradients of every parameter and of the images, as a training step does (the images' gradient is compared)."""
@@ -36,8 +37,16 @@ def on_pytorch_convs(model: nn.Module) -> nn.Module:
     def replace(module):
         for name, child in module.named_children():
             if isinstance(child, DilatedConv2d):
-                conv = nn.Conv2d(child.in_channels, child.out_channels, child.kernel_size, child.stride, child.padding,
-                                 child.dilation, child.groups, bias=child.bias is not None)
+                conv = nn.Conv2d(
+                    child.in_channels,
+                    child.out_channels,
+                    child.kernel_size,
+                    child.stride,
+                    child.padding,
+                    child.dilation,
+                    child.groups,
+                    bias=child.bias is not None,
+                )
                 conv.weight, conv.bias = child.weight, child.bias
                 setattr(module, name, conv)
             else:
@@ -52,7 +61,8 @@ def pytorch_functional_ops():
     """SegNet's and DeconvNet's unpooling and DFF's warp on PyTorch's operators while the block runs."""
     saved = segnet_module.max_unpool2d, dff_module.flow_warp
     segnet_module.max_unpool2d = lambda x, indices, kernel_size, output_size: F.max_unpool2d(
-        x, indices, kernel_size, output_size=output_size)
+        x, indices, kernel_size, output_size=output_size
+    )
     dff_module.flow_warp = grid_sample_flow_warp
     try:
         yield
@@ -75,16 +85,19 @@ def _forward(model, inputs):
     def run():
         with torch.no_grad():
             return model(inputs)
+
     return run
 
 
 def _forward_backward(model, inputs):
     """A training step's passes: the gradients of every parameter and of the images (returned)."""
+
     def run():
         model.zero_grad(set_to_none=True)
         images = inputs.detach().requires_grad_()
         model(images).square().mean().backward()
         return images.grad
+
     return run
 
 
@@ -92,6 +105,7 @@ def _on_pytorch(run):
     def wrapped():
         with pytorch_functional_ops():
             return run()
+
     return wrapped
 
 
@@ -104,11 +118,13 @@ def _agreement(make, index):
     as far from the float64 result (the same net on PyTorch's ops in float64, computed here) as PyTorch's own float32
     result is. Through ~100 layers the two float32 sides differ by as much as each differs from the exact result
     (the gradient of the images sums terms that largely cancel), so elementwise closeness would test nothing."""
+
     def check(actual, expected):
         _, reference, inputs = networks(index)
         exact = _on_pytorch(make(copy.deepcopy(reference).double(), inputs.double()))()
         ours, theirs = _relative_error(actual, exact), _relative_error(expected, exact)
         return ours <= 2 * theirs + 1e-12, f"relative L2 error vs float64: segops {ours:.1e}, PyTorch {theirs:.1e}"
+
     return check
 
 
@@ -139,8 +155,11 @@ MODELS = [
     ("deeplabv3 (ResNet-101, os 16)", lambda: models.deeplabv3(NUM_CLASSES), (1, 3, 513, 513)),
     ("pspnet (ResNet-101)", lambda: models.pspnet(NUM_CLASSES), (1, 3, 256, 256)),
     # A clip of 5 frames, one key frame: the feature network once, the flow network and the warp 4 times.
-    ("deep_feature_flow (ResNet-101)", lambda: models.deep_feature_flow(NUM_CLASSES, key_interval=5),
-     (1, 5, 3, 256, 256)),
+    (
+        "deep_feature_flow (ResNet-101)",
+        lambda: models.deep_feature_flow(NUM_CLASSES, key_interval=5),
+        (1, 5, 3, 256, 256),
+    ),
     ("basnet (ResNet-34)", lambda: RefinedMap(models.basnet()), (1, 3, 256, 256)),
     ("poolnet (ResNet-50)", lambda: models.poolnet(), (1, 3, 256, 256)),
     ("dcl (VGG16)", lambda: models.dcl(), (1, 3, 256, 256)),
@@ -165,6 +184,7 @@ def cases():
         uses_segops = name.split()[0] not in WITHOUT_SEGOPS_OPS
         label = f"model {name} {list(shape)}"
         for pass_, make in (("forward", _forward), ("forward+backward", _forward_backward)):
+
             def ours(index=index, make=make):
                 model, _, inputs = networks(index)
                 return make(model, inputs)()
@@ -173,6 +193,14 @@ def cases():
                 _, reference, inputs = networks(index)
                 return _on_pytorch(make(reference, inputs))()
 
-            result.append(Case(f"{label} {pass_}", TARGET, ours, theirs if uses_segops else None,
-                               reference="same net on PyTorch ops", agreement=_agreement(make, index)))
+            result.append(
+                Case(
+                    f"{label} {pass_}",
+                    TARGET,
+                    ours,
+                    theirs if uses_segops else None,
+                    reference="same net on PyTorch ops",
+                    agreement=_agreement(make, index),
+                )
+            )
     return result

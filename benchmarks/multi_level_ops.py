@@ -40,9 +40,12 @@ def _assign_ops(batch):
 
 
 def _all_ops():
-    return (lambda maps, rois: segops.multi_scale_roi_align(maps, rois, 7, SCALES, 2, mode="all"),
-            lambda maps, rois: torch.stack([torchvision.ops.roi_align(m, rois, 7, s, 2) for m, s in zip(maps, SCALES)],
-                                           dim=1))
+    return (
+        lambda maps, rois: segops.multi_scale_roi_align(maps, rois, 7, SCALES, 2, mode="all"),
+        lambda maps, rois: torch.stack(
+            [torchvision.ops.roi_align(m, rois, 7, s, 2) for m, s in zip(maps, SCALES)], dim=1
+        ),
+    )
 
 
 def _gradients(fn, maps, rois, grad):
@@ -54,18 +57,31 @@ def cases():
     result = []
     # (batch, boxes, mode, targets): the case (one image, 1000 proposals, at least 3x both ways), then fewer
     # boxes, two images, and PANet's every-box-every-map pooling.
-    for batch, num_boxes, mode, targets in [(1, 1000, "assign", (3.0, 3.0)), (1, 100, "assign", (1.0, 1.0)),
-                                             (2, 2000, "assign", (1.0, 1.0)), (1, 512, "all", (1.0, 1.0))]:
+    for batch, num_boxes, mode, targets in [
+        (1, 1000, "assign", (3.0, 3.0)),
+        (1, 100, "assign", (1.0, 1.0)),
+        (2, 2000, "assign", (1.0, 1.0)),
+        (1, 512, "all", (1.0, 1.0)),
+    ]:
         maps, rois = make_pyramid(batch, num_boxes)
         ours, theirs = _assign_ops(batch) if mode == "assign" else _all_ops()
         reference = "torchvision MultiScaleRoIAlign" if mode == "assign" else "torchvision roi_align per map"
         label = f"multi_scale_roi_align {mode} 7x7, 4-level FPN of {batch}x800x1216, {num_boxes} boxes"
         grad = torch.randn_like(ours(maps, rois))
         result += [
-            Case(f"{label} forward", targets[0], lambda o=ours, m=maps, r=rois: o(m, r),
-                 lambda t=theirs, m=maps, r=rois: t(m, r), reference=reference),
-            Case(f"{label} forward+backward", targets[1],
-                 lambda o=ours, m=maps, r=rois, g=grad: _gradients(o, m, r, g),
-                 lambda t=theirs, m=maps, r=rois, g=grad: _gradients(t, m, r, g), reference=reference),
+            Case(
+                f"{label} forward",
+                targets[0],
+                lambda o=ours, m=maps, r=rois: o(m, r),
+                lambda t=theirs, m=maps, r=rois: t(m, r),
+                reference=reference,
+            ),
+            Case(
+                f"{label} forward+backward",
+                targets[1],
+                lambda o=ours, m=maps, r=rois, g=grad: _gradients(o, m, r, g),
+                lambda t=theirs, m=maps, r=rois, g=grad: _gradients(t, m, r, g),
+                reference=reference,
+            ),
         ]
     return result

@@ -32,13 +32,17 @@ def _forward_backward(fn, input, boxes, grad):
 
 
 def _align(output_size, sampling_ratio=2):
-    return (lambda x, b: segops.roi_align(x, b, output_size, SPATIAL_SCALE, sampling_ratio, True),
-            lambda x, b: torchvision.ops.roi_align(x, b, output_size, SPATIAL_SCALE, sampling_ratio, True))
+    return (
+        lambda x, b: segops.roi_align(x, b, output_size, SPATIAL_SCALE, sampling_ratio, True),
+        lambda x, b: torchvision.ops.roi_align(x, b, output_size, SPATIAL_SCALE, sampling_ratio, True),
+    )
 
 
 def _pool(output_size):
-    return (lambda x, b: segops.roi_pool(x, b, output_size, SPATIAL_SCALE),
-            lambda x, b: torchvision.ops.roi_pool(x, b, output_size, SPATIAL_SCALE))
+    return (
+        lambda x, b: segops.roi_pool(x, b, output_size, SPATIAL_SCALE),
+        lambda x, b: torchvision.ops.roi_pool(x, b, output_size, SPATIAL_SCALE),
+    )
 
 
 def _forward_case(name, target, ops, input, boxes, sweep=None):
@@ -49,17 +53,26 @@ def _forward_case(name, target, ops, input, boxes, sweep=None):
 def _forward_backward_case(name, target, ops, input, boxes, sweep=None):
     ours, theirs = ops
     grad = torch.randn_like(ours(input, boxes))
-    return Case(name, target, lambda: _forward_backward(ours, input, boxes, grad),
-                lambda: _forward_backward(theirs, input, boxes, grad), sweep)
+    return Case(
+        name,
+        target,
+        lambda: _forward_backward(ours, input, boxes, grad),
+        lambda: _forward_backward(theirs, input, boxes, grad),
+        sweep,
+    )
 
 
 def cases():
-    """The README's cases (512 proposals), the sweep over box counts, a call's fixed cost and Mask R-CNN's mask head."""
+    """The headline cases (512 proposals; docs/benchmarks.md), the sweep over box counts, a call's fixed cost and
+    Mask R-CNN's mask head."""
     input, boxes = make_inputs()
     swept = {"roi_align 7x7": _align(7), "roi_pool 7x7": _pool(7)}
     result = []
-    for name, ops in [("roi_align 7x7", swept["roi_align 7x7"]), ("roi_align 14x14", _align(14)),
-                      ("roi_pool 7x7", swept["roi_pool 7x7"])]:
+    for name, ops in [
+        ("roi_align 7x7", swept["roi_align 7x7"]),
+        ("roi_align 14x14", _align(14)),
+        ("roi_pool 7x7", swept["roi_pool 7x7"]),
+    ]:
         # The 512-box cases of the swept ops are the sweep's K=512 points.
         sweep = (lambda pass_: (name, pass_, NUM_BOXES)) if name in swept else (lambda pass_: None)
         result.append(_forward_case(f"{name} forward", 1.8, ops, input, boxes, sweep("forward")))
@@ -67,34 +80,50 @@ def cases():
             # channels_last is read in place, without a layout copy.
             input_cl = input.contiguous(memory_format=torch.channels_last)
             result.append(_forward_case(f"{name} forward, channels_last input", 1.8, ops, input_cl, boxes))
-        result.append(_forward_backward_case(f"{name} forward+backward", 3.0, ops, input, boxes,
-                                             sweep("forward+backward")))
+        result.append(
+            _forward_backward_case(f"{name} forward+backward", 3.0, ops, input, boxes, sweep("forward+backward"))
+        )
 
     for name, ops in swept.items():
         for num_boxes in SWEEP_BOXES:
             if num_boxes == NUM_BOXES:
                 continue
             _, sweep_boxes = make_inputs(seed=1, num_boxes=num_boxes)
-            result.append(_forward_case(f"{name} forward, K={num_boxes}", 1.8, ops, input, sweep_boxes,
-                                        (name, "forward", num_boxes)))
-            result.append(_forward_backward_case(f"{name} forward+backward, K={num_boxes}",
-                                                 3.0 if num_boxes >= 512 else 1.2, ops, input, sweep_boxes,
-                                                 (name, "forward+backward", num_boxes)))
+            result.append(
+                _forward_case(
+                    f"{name} forward, K={num_boxes}", 1.8, ops, input, sweep_boxes, (name, "forward", num_boxes)
+                )
+            )
+            result.append(
+                _forward_backward_case(
+                    f"{name} forward+backward, K={num_boxes}",
+                    3.0 if num_boxes >= 512 else 1.2,
+                    ops,
+                    input,
+                    sweep_boxes,
+                    (name, "forward+backward", num_boxes),
+                )
+            )
 
     # A call's fixed cost: one box on a tiny map. The target is "at most 1.5x torchvision's time".
     small = torch.randn(1, 8, 16, 16, generator=torch.Generator().manual_seed(2))
     one_box = torch.tensor([[0.0, 1.0, 2.0, 11.0, 13.0]])
     fixed_cost_ops = {
-        "roi_align 7x7": (lambda x, b: segops.roi_align(x, b, 7, 1.0, 2, True),
-                          lambda x, b: torchvision.ops.roi_align(x, b, 7, 1.0, 2, True)),
-        "roi_pool 7x7": (lambda x, b: segops.roi_pool(x, b, 7, 1.0),
-                         lambda x, b: torchvision.ops.roi_pool(x, b, 7, 1.0)),
+        "roi_align 7x7": (
+            lambda x, b: segops.roi_align(x, b, 7, 1.0, 2, True),
+            lambda x, b: torchvision.ops.roi_align(x, b, 7, 1.0, 2, True),
+        ),
+        "roi_pool 7x7": (
+            lambda x, b: segops.roi_pool(x, b, 7, 1.0),
+            lambda x, b: torchvision.ops.roi_pool(x, b, 7, 1.0),
+        ),
     }
     for name, ops in fixed_cost_ops.items():
         result.append(_forward_case(f"{name} fixed cost, 1 box on [1, 8, 16, 16]", 1 / 1.5, ops, small, one_box))
 
     # Mask R-CNN's mask head at inference: 100 detections on the stride-4 map of one 800x1216 image, 14x14 bins.
     image, detections = make_inputs(seed=3, num_boxes=100, batch=1)
-    result.append(_forward_case("mask head: roi_align 14x14, 100 boxes, [1, 256, 200, 304]", 2.0, _align(14), image,
-                                detections))
+    result.append(
+        _forward_case("mask head: roi_align 14x14, 100 boxes, [1, 256, 200, 304]", 2.0, _align(14), image, detections)
+    )
     return result

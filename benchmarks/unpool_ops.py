@@ -11,8 +11,13 @@ from benchmarks.case import Case
 # The case: SegNet's decoder on a [4, 64, 128, 256] map pooled 2x2.
 SHAPE = (4, 64, 128, 256)
 # Other sizes users meet: batch 1 and 8, small and large maps, an overlapping pool (kernel 3, stride 2, duplicates).
-OTHER = [((1, 64, 64, 64), 2, 2, 0), ((8, 128, 128, 128), 2, 2, 0), ((1, 512, 32, 32), 2, 2, 0),
-         ((2, 64, 256, 512), 2, 2, 0), ((4, 64, 128, 256), 3, 2, 1)]
+OTHER = [
+    ((1, 64, 64, 64), 2, 2, 0),
+    ((8, 128, 128, 128), 2, 2, 0),
+    ((1, 512, 32, 32), 2, 2, 0),
+    ((2, 64, 256, 512), 2, 2, 0),
+    ((4, 64, 128, 256), 3, 2, 1),
+]
 
 
 def _pooled(shape, kernel, stride, padding, seed=0):
@@ -50,11 +55,26 @@ def _cases_for(shape, kernel, stride, padding, forward_target, backward_target=N
     name = f"max_unpool2d {list(values.shape)} -> {list(shape)}{suffix}"
     copy, copy_bytes = bandwidth_reference(shape)
     bandwidth = dict(bytes=forward_bytes(values, indices, grad.numel()), copy=copy, copy_bytes=copy_bytes)
-    result = [Case(f"{name} forward", forward_target, lambda: ours(values), lambda: theirs(values),
-                   reference="F.max_unpool2d", bandwidth=bandwidth)]
+    result = [
+        Case(
+            f"{name} forward",
+            forward_target,
+            lambda: ours(values),
+            lambda: theirs(values),
+            reference="F.max_unpool2d",
+            bandwidth=bandwidth,
+        )
+    ]
     if backward_target is not None:
-        result.append(Case(f"{name} forward+backward", backward_target, lambda: _grad(ours, values, grad),
-                           lambda: _grad(theirs, values, grad), reference="F.max_unpool2d"))
+        result.append(
+            Case(
+                f"{name} forward+backward",
+                backward_target,
+                lambda: _grad(ours, values, grad),
+                lambda: _grad(theirs, values, grad),
+                reference="F.max_unpool2d",
+            )
+        )
     return result
 
 

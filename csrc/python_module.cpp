@@ -11,4 +11,6 @@
 static PyModuleDef segops_module = {PyModuleDef_HEAD_INIT, SEGOPS_STRINGIFY(TORCH_EXTENSION_NAME), nullptr, -1,
                                     nullptr};
 
-PyMODINIT_FUNC SEGOPS_CONCAT(PyInit_, TORCH_EXTENSION_NAME)(void) { return PyModule_Create(&segops_module); }
+PyMODINIT_FUNC SEGOPS_CONCAT(PyInit_, TORCH_EXTENSION_NAME)(void) {
+  return PyModule_Create(&segops_module);
+}

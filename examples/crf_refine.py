@@ -23,8 +23,9 @@ def colour_clusters(image: torch.Tensor, clusters: int = 4, iterations: int = 10
     centres = pixels[torch.linspace(0, len(pixels) - 1, clusters).long()]
     for _ in range(iterations):
         labels = torch.cdist(pixels, centres).argmin(1)
-        centres = torch.stack([pixels[labels == k].mean(0) if (labels == k).any() else centres[k]
-                               for k in range(clusters)])
+        centres = torch.stack(
+            [pixels[labels == k].mean(0) if (labels == k).any() else centres[k] for k in range(clusters)]
+        )
     return labels.view(image.shape[1:])
 
 
@@ -52,9 +53,11 @@ def main():
     print(f"pixel accuracy against the colour regions: noisy {before:.3f}, after the dense CRF {after:.3f}")
 
     figure, axes = plt.subplots(1, 4, figsize=(16, 3.6))
-    for axis, picture, title in zip(axes, [rgb.permute(1, 2, 0), truth, noisy, refined],
-                                    ["photograph", "colour regions", f"noisy labels ({before:.1%})",
-                                     f"dense CRF ({after:.1%})"]):
+    for axis, picture, title in zip(
+        axes,
+        [rgb.permute(1, 2, 0), truth, noisy, refined],
+        ["photograph", "colour regions", f"noisy labels ({before:.1%})", f"dense CRF ({after:.1%})"],
+    ):
         axis.imshow(picture, cmap=None if picture.dim() == 3 else "tab10", interpolation="nearest")
         axis.set_title(title)
         axis.axis("off")

@@ -72,10 +72,15 @@ class MaskNet(nn.Module):
             layers += [nn.Conv2d(channels, width, 3, stride=2, padding=1), nn.ReLU(inplace=True)]
             channels = width
         self.body = nn.Sequential(*layers, nn.Conv2d(width, width, 3, padding=1), nn.ReLU(inplace=True))
-        self.head = nn.Sequential(nn.Conv2d(width, width, 3, padding=1), nn.ReLU(inplace=True),
-                                  nn.Conv2d(width, width, 3, padding=1), nn.ReLU(inplace=True),
-                                  nn.ConvTranspose2d(width, width, 2, stride=2), nn.ReLU(inplace=True),
-                                  nn.Conv2d(width, 1, 1))
+        self.head = nn.Sequential(
+            nn.Conv2d(width, width, 3, padding=1),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(width, width, 3, padding=1),
+            nn.ReLU(inplace=True),
+            nn.ConvTranspose2d(width, width, 2, stride=2),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(width, 1, 1),
+        )
 
     def forward(self, images, boxes):
         return self.head(self.pool(self.body(images), boxes))

@@ -47,20 +47,24 @@ def parse_args(argv=None):
 
 def saliency_predictor(model):
     """images in 0..1 -> saliency probabilities [N, 1, H, W]; BASNet's refined map (its first output)."""
+
     def predict(images):
         output = model(normalise(images))
         return output[0] if isinstance(output, tuple) else output
+
     return predict
 
 
 def crf_predictor(model):
     """DCL's evaluation with its dense-CRF refinement switched on (on the images in 0..255)."""
+
     def predict(images):
         model.crf = True
         try:
             return model(normalise(images), images * 255)
         finally:
             model.crf = False
+
     return predict
 
 
@@ -91,8 +95,11 @@ def main(argv=None):
     args = parse_args(argv)
     if args.size < 64:
         raise SystemExit(f"--size must be at least 64 (the networks' deepest stride is 32), got {args.size}")
-    print(f"training {', '.join(args.models)} for {args.steps} steps of {args.batch_size} {args.size}x{args.size} "
-          f"images, {torch.get_num_threads()} thread(s)", file=sys.stderr)
+    print(
+        f"training {', '.join(args.models)} for {args.steps} steps of {args.batch_size} {args.size}x{args.size} "
+        f"images, {torch.get_num_threads()} thread(s)",
+        file=sys.stderr,
+    )
     train_set = SyntheticSalientObjects(args.steps * args.batch_size, args.size, seed=args.seed)
     test_set = SyntheticSalientObjects(args.eval_samples, args.size, seed=args.seed + 1)
     rows = [("baseline: location prior (mean training mask)", None, evaluate(location_prior(args), test_set))]

@@ -84,8 +84,12 @@ def batch(dataset, indices):
 def progress(text, fraction, started):
     width = 30
     filled = int(width * fraction)
-    print(f"\r  [{'#' * filled}{'.' * (width - filled)}] {text} {time.perf_counter() - started:5.1f} s",
-          end="", file=sys.stderr, flush=True)
+    print(
+        f"\r  [{'#' * filled}{'.' * (width - filled)}] {text} {time.perf_counter() - started:5.1f} s",
+        end="",
+        file=sys.stderr,
+        flush=True,
+    )
 
 
 def train(name, args, rank=0, world=1, build=None, dataset=None, loss_fn=None):
@@ -96,8 +100,11 @@ def train(name, args, rank=0, world=1, build=None, dataset=None, loss_fn=None):
     model = (build or BUILDERS[name])()
     trained = torch.nn.parallel.DistributedDataParallel(model) if world > 1 else model
     lr = args.lr or (1e-3 if args.optimizer == "adam" else 1e-2)
-    optimiser = (torch.optim.Adam(model.parameters(), lr=lr) if args.optimizer == "adam"
-                 else torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9))
+    optimiser = (
+        torch.optim.Adam(model.parameters(), lr=lr)
+        if args.optimizer == "adam"
+        else torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9)
+    )
     if dataset is None:
         dataset = SyntheticShapes(args.steps * args.batch_size, args.size, seed=args.seed)
     share = args.batch_size // world
@@ -111,8 +118,9 @@ def train(name, args, rank=0, world=1, build=None, dataset=None, loss_fn=None):
         loss.backward()
         optimiser.step()
         if rank == 0:
-            progress(f"{name:10s} step {step + 1}/{args.steps} loss {loss.item():.3f}", (step + 1) / args.steps,
-                     started)
+            progress(
+                f"{name:10s} step {step + 1}/{args.steps} loss {loss.item():.3f}", (step + 1) / args.steps, started
+            )
     seconds = time.perf_counter() - started
     if rank == 0:
         print(file=sys.stderr)
@@ -125,7 +133,7 @@ def evaluate(predict, dataset, rank, world, batch_size=8):
     indices = list(range(rank, len(dataset), world))
     with torch.no_grad():
         for start in range(0, len(indices), batch_size):
-            images, labels = batch(dataset, indices[start:start + batch_size])
+            images, labels = batch(dataset, indices[start : start + batch_size])
             metrics.update(predict(images), labels)
     if world > 1:
         metrics.all_reduce()
@@ -134,8 +142,10 @@ def evaluate(predict, dataset, rank, world, batch_size=8):
 
 def crf_predictor(model, settings):
     """DeepLab's logits refined by segops.dense_crf (5 mean-field steps) on the image in 0..255."""
+
     def predict(images):
         return segops.dense_crf(model(normalise(images)), images * 255, num_iters=5, **settings)
+
     return predict
 
 
@@ -157,7 +167,10 @@ def majority_baseline(args, rank, world, test_set):
     majority = int(counts.argmax())
     return CLASS_NAMES[majority], evaluate(
         lambda images: torch.full((images.shape[0], *images.shape[-2:]), majority, dtype=torch.int64),
-        test_set, rank, world)
+        test_set,
+        rank,
+        world,
+    )
 
 
 def print_table(rows, baseline_miou):
@@ -208,12 +221,13 @@ def main(argv=None):
     args = parse_args(argv)
     rank, world = init_distributed()
     if args.batch_size % world:
-        raise SystemExit(f"--batch-size must be a multiple of the number of processes ({world}), "
-                         f"got {args.batch_size}")
+        raise SystemExit(f"--batch-size must be a multiple of the number of processes ({world}), got {args.batch_size}")
     if rank == 0:
-        print(f"training {', '.join(args.models)} for {args.steps} steps of {args.batch_size} {args.size}x"
-              f"{args.size} images on {world} process(es), {torch.get_num_threads()} thread(s) each",
-              file=sys.stderr)
+        print(
+            f"training {', '.join(args.models)} for {args.steps} steps of {args.batch_size} {args.size}x"
+            f"{args.size} images on {world} process(es), {torch.get_num_threads()} thread(s) each",
+            file=sys.stderr,
+        )
     trained = {name: train(name, args, rank, world) for name in args.models}
     if args.save_state is not None and rank == 0:
         torch.save({name: model.state_dict() for name, (model, _) in trained.items()}, args.save_state)
@@ -229,8 +243,13 @@ def main(argv=None):
             if name.startswith("deeplab"):
                 settings = tune_crf(model, SyntheticShapes(16, args.size, seed=args.seed + 2), rank, world)
                 refine = crf_predictor(model, settings)
-                rows.append((f"{name} + dense CRF ({', '.join(f'{k} {v:g}' for k, v in settings.items())})",
-                             None, evaluate(refine, test_set, rank, world)))
+                rows.append(
+                    (
+                        f"{name} + dense CRF ({', '.join(f'{k} {v:g}' for k, v in settings.items())})",
+                        None,
+                        evaluate(refine, test_set, rank, world),
+                    )
+                )
                 predictors.append((f"{name} + CRF", refine))
         if rank == 0:
             print_table(rows, baseline["mean_iou"])

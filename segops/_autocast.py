@@ -39,12 +39,14 @@ def _keep_policy(args: List, device_type: str) -> List:
 
 def _coordinates_policy(coordinates: Sequence[int]):
     """Features (argument 0) keep their dtype; the arguments at `coordinates` take its accumulation dtype."""
+
     def policy(args: List, device_type: str) -> List:
         args = list(args)
         dtype = accumulation_dtype(args[0].dtype)
         for index in coordinates:
             args[index] = autocast_to(args[index], dtype)
         return args
+
     return policy
 
 

@@ -8,7 +8,7 @@ except ImportError as error:  # pragma: no cover - exercised only by a broken in
     raise ImportError(
         f"segops: the compiled extension segops._C could not be loaded ({error}). Build it against the torch "
         "you run with `pip install --no-build-isolation .` in the segops source tree (add SEGOPS_FORCE_CPU=1 for a "
-        "CPU-only build); see the README."
+        "CPU-only build); see docs/install.md."
     ) from error
 
 _built_torch = torch.ops.segops._torch_version()

@@ -49,5 +49,5 @@ def not_scriptable(name: str) -> None:
     ``__prepare_scriptable__``, which TorchScript calls first, also on what a scripted caller reaches)."""
     raise RuntimeError(
         f"{name}: TorchScript is not supported; use torch.compile or torch.export, which support every segops op "
-        f"(the README's 'Every way to call an op' lists what scripts)"
+        f"(docs/deployment.md, 'Every way to call an op', lists what scripts)"
     )

@@ -16,9 +16,13 @@ def _rois_split(rois):
 
 def _roi_align(features, boxes, batch_indices, spatial_scale, pooled_height, pooled_width, sampling_ratio, aligned):
     return op.RoiAlign(
-        features, boxes, batch_indices,
+        features,
+        boxes,
+        batch_indices,
         coordinate_transformation_mode="half_pixel" if aligned else "output_half_pixel",
-        mode="avg", output_height=pooled_height, output_width=pooled_width,
+        mode="avg",
+        output_height=pooled_height,
+        output_width=pooled_width,
         sampling_ratio=max(sampling_ratio, 0),  # ONNX's 0 is segops' <= 0: ceil(box size / bins) samples
         spatial_scale=spatial_scale,
     )
@@ -26,20 +30,17 @@ def _roi_align(features, boxes, batch_indices, spatial_scale, pooled_height, poo
 
 def roi_align(input, rois, spatial_scale, pooled_height, pooled_width, sampling_ratio, aligned):
     boxes, batch_indices = _rois_split(rois)
-    return _roi_align(input, boxes, batch_indices, spatial_scale, pooled_height, pooled_width, sampling_ratio,
-                      aligned)
+    return _roi_align(input, boxes, batch_indices, spatial_scale, pooled_height, pooled_width, sampling_ratio, aligned)
 
 
-def multi_scale_roi_align(features, rois, levels, spatial_scales, pooled_height, pooled_width, sampling_ratio,
-                          aligned):
+def multi_scale_roi_align(features, rois, levels, spatial_scales, pooled_height, pooled_width, sampling_ratio, aligned):
     # ONNX has no gather across tensors of different shapes: every level pools every box, and each box keeps the
     # row of its own level (L times the work of one RoiAlign, the same values).
     boxes, batch_indices = _rois_split(rois)
     row_level = op.Reshape(levels, op.Constant(value_ints=[-1, 1, 1, 1]))
     output = None
     for level, (feature, scale) in enumerate(zip(features, spatial_scales)):
-        pooled = _roi_align(feature, boxes, batch_indices, scale, pooled_height, pooled_width, sampling_ratio,
-                            aligned)
+        pooled = _roi_align(feature, boxes, batch_indices, scale, pooled_height, pooled_width, sampling_ratio, aligned)
         if output is None:
             output = pooled
         else:
@@ -59,8 +60,10 @@ def max_unpool2d(input, indices, output_height, output_width):
     height = op.Reshape(op.Cast(output_height, to=INT64.dtype), op.Constant(value_ints=[1]))
     width = op.Reshape(op.Cast(output_width, to=INT64.dtype), op.Constant(value_ints=[1]))
     planes = op.Range(op.Constant(value_int=0), op.ReduceProd(batch_channels, keepdims=0), op.Constant(value_int=1))
-    offsets = op.Reshape(op.Mul(planes, op.Squeeze(op.Mul(height, width))),
-                         op.Concat(batch_channels, op.Constant(value_ints=[1, 1]), axis=0))
+    offsets = op.Reshape(
+        op.Mul(planes, op.Squeeze(op.Mul(height, width))),
+        op.Concat(batch_channels, op.Constant(value_ints=[1, 1]), axis=0),
+    )
     output_shape = op.Concat(batch_channels, height, width, axis=0)
     return op.MaxUnpool(input, op.Add(indices, offsets), output_shape, kernel_shape=[1, 1], strides=[1, 1])
 
@@ -82,17 +85,27 @@ def flow_warp(feature, flow, scale=None):
     xs = op.Cast(op.Range(op.Constant(value_int=0), op.Squeeze(width), op.Constant(value_int=1)), to=flow.dtype)
     ys = op.Cast(op.Range(op.Constant(value_int=0), op.Squeeze(height), op.Constant(value_int=1)), to=flow.dtype)
     position = op.Concat(
-        op.Expand(op.Reshape(xs, op.Constant(value_ints=[1, 1, 1, -1])), op.Concat(
-            op.Constant(value_ints=[1, 1]), height, width, axis=0)),
-        op.Expand(op.Reshape(ys, op.Constant(value_ints=[1, 1, -1, 1])), op.Concat(
-            op.Constant(value_ints=[1, 1]), height, width, axis=0)),
+        op.Expand(
+            op.Reshape(xs, op.Constant(value_ints=[1, 1, 1, -1])),
+            op.Concat(op.Constant(value_ints=[1, 1]), height, width, axis=0),
+        ),
+        op.Expand(
+            op.Reshape(ys, op.Constant(value_ints=[1, 1, -1, 1])),
+            op.Concat(op.Constant(value_ints=[1, 1]), height, width, axis=0),
+        ),
         axis=1,
     )  # [1, 2, Ho, Wo]: (x, y) of every output pixel
-    extent = op.Max(op.Sub(op.Slice(feature_shape, op.Constant(value_ints=[2]), op.Constant(value_ints=[4])), one),
-                    one)  # (H - 1, W - 1), at least 1
-    extent_xy = op.Reshape(op.Concat(op.Slice(extent, op.Constant(value_ints=[1]), op.Constant(value_ints=[2])),
-                                     op.Slice(extent, op.Constant(value_ints=[0]), op.Constant(value_ints=[1])),
-                                     axis=0), op.Constant(value_ints=[1, 2, 1, 1]))
+    extent = op.Max(
+        op.Sub(op.Slice(feature_shape, op.Constant(value_ints=[2]), op.Constant(value_ints=[4])), one), one
+    )  # (H - 1, W - 1), at least 1
+    extent_xy = op.Reshape(
+        op.Concat(
+            op.Slice(extent, op.Constant(value_ints=[1]), op.Constant(value_ints=[2])),
+            op.Slice(extent, op.Constant(value_ints=[0]), op.Constant(value_ints=[1])),
+            axis=0,
+        ),
+        op.Constant(value_ints=[1, 2, 1, 1]),
+    )
     grid = op.Sub(op.Div(op.Mul(op.Add(position, flow), op.Add(one, one)), extent_xy), one)
     grid = op.Transpose(op.CastLike(grid, feature), perm=[0, 2, 3, 1])  # [N, Ho, Wo, 2]
     warped = op.GridSample(feature, grid, align_corners=1, mode="bilinear", padding_mode="zeros")

@@ -72,11 +72,13 @@ def _roi_align(info, in_dims, input, rois, *params):
 
 def _roi_align_backward(info, in_dims, grad, rois, scale, ph, pw, n, c, h, w, sampling_ratio, aligned):
     if in_dims[1] is not None:
-        return _loop(_OPS._roi_align_backward)(info, in_dims, grad, rois, scale, ph, pw, n, c, h, w, sampling_ratio,
-                                               aligned)
+        return _loop(_OPS._roi_align_backward)(
+            info, in_dims, grad, rois, scale, ph, pw, n, c, h, w, sampling_ratio, aligned
+        )
     b = info.batch_size
-    out = _OPS._roi_align_backward(_into_channels(grad, in_dims[0], b), rois, scale, ph, pw, n, b * c, h, w,
-                                   sampling_ratio, aligned)
+    out = _OPS._roi_align_backward(
+        _into_channels(grad, in_dims[0], b), rois, scale, ph, pw, n, b * c, h, w, sampling_ratio, aligned
+    )
     return _out_of_channels(out, b), 1
 
 
@@ -91,8 +93,9 @@ def _roi_pool_backward(info, in_dims, grad, rois, argmax, scale, ph, pw, n, c, h
     if in_dims[1] is not None:
         return _loop(_OPS._roi_pool_backward)(info, in_dims, grad, rois, argmax, scale, ph, pw, n, c, h, w)
     b = info.batch_size
-    out = _OPS._roi_pool_backward(_into_channels(grad, in_dims[0], b), rois, _into_channels(argmax, in_dims[2], b),
-                                  scale, ph, pw, n, b * c, h, w)
+    out = _OPS._roi_pool_backward(
+        _into_channels(grad, in_dims[0], b), rois, _into_channels(argmax, in_dims[2], b), scale, ph, pw, n, b * c, h, w
+    )
     return _out_of_channels(out, b), 1
 
 
@@ -104,21 +107,36 @@ def _multi_scale_roi_align(info, in_dims, features, rois, levels, *params):
     return _out_of_channels(_OPS.multi_scale_roi_align(folded, rois, levels, *params), b), 1
 
 
-def _multi_scale_roi_align_backward(info, in_dims, grad, rois, levels, scales, ph, pw, n, c, heights, widths,
-                                    sampling_ratio, aligned):
+def _multi_scale_roi_align_backward(
+    info, in_dims, grad, rois, levels, scales, ph, pw, n, c, heights, widths, sampling_ratio, aligned
+):
     if in_dims[1] is not None or in_dims[2] is not None:
-        return _loop(_OPS._multi_scale_roi_align_backward)(info, in_dims, grad, rois, levels, scales, ph, pw, n, c,
-                                                           heights, widths, sampling_ratio, aligned)
+        return _loop(_OPS._multi_scale_roi_align_backward)(
+            info, in_dims, grad, rois, levels, scales, ph, pw, n, c, heights, widths, sampling_ratio, aligned
+        )
     b = info.batch_size
-    grads = _OPS._multi_scale_roi_align_backward(_into_channels(grad, in_dims[0], b), rois, levels, scales, ph, pw,
-                                                 n, b * c, heights, widths, sampling_ratio, aligned)
+    grads = _OPS._multi_scale_roi_align_backward(
+        _into_channels(grad, in_dims[0], b),
+        rois,
+        levels,
+        scales,
+        ph,
+        pw,
+        n,
+        b * c,
+        heights,
+        widths,
+        sampling_ratio,
+        aligned,
+    )
     return [_out_of_channels(g, b) for g in grads], [1] * len(grads)
 
 
 def _max_unpool2d(info, in_dims, input, indices, output_height, output_width):
     b = info.batch_size
-    out = _OPS.max_unpool2d(_into_channels(input, in_dims[0], b), _into_channels(indices, in_dims[1], b),
-                            output_height, output_width)
+    out = _OPS.max_unpool2d(
+        _into_channels(input, in_dims[0], b), _into_channels(indices, in_dims[1], b), output_height, output_width
+    )
     return _out_of_channels(out, b), 1
 
 
@@ -138,8 +156,9 @@ def _dilated_conv2d(info, in_dims, input, weight, bias, *geometry):
 def _flow_warp(info, in_dims, feature, flow, scale=None):  # the dispatcher drops a default scale
     b = info.batch_size
     scale_dim = in_dims[2] if len(in_dims) > 2 else None
-    out = _OPS.flow_warp(_into_images(feature, in_dims[0], b), _into_images(flow, in_dims[1], b),
-                         _into_images(scale, scale_dim, b))
+    out = _OPS.flow_warp(
+        _into_images(feature, in_dims[0], b), _into_images(flow, in_dims[1], b), _into_images(scale, scale_dim, b)
+    )
     return out.unflatten(0, (b, -1)), 0
 
 
@@ -155,8 +174,13 @@ _RULES = {
     "dilated_conv2d": _dilated_conv2d,
     "flow_warp": _flow_warp,
 }
-_LOOPED = ("_dilated_conv2d_backward", "_flow_warp_backward", "permutohedral_lattice", "permutohedral_filter",
-           "dense_crf_softmax")
+_LOOPED = (
+    "_dilated_conv2d_backward",
+    "_flow_warp_backward",
+    "permutohedral_lattice",
+    "permutohedral_filter",
+    "dense_crf_softmax",
+)
 
 for _name, _rule in _RULES.items():
     torch.library.register_vmap(f"segops::{_name}", _rule)

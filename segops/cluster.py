@@ -8,8 +8,14 @@ import torch.nn.functional as F
 from torch import Tensor
 
 
-def mean_shift(embeddings: Tensor, kappa: float = 20.0, num_seeds: int = 100, max_iters: int = 10,
-               merge_distance: float = 0.05, generator: torch.Generator = None) -> Tuple[Tensor, Tensor]:
+def mean_shift(
+    embeddings: Tensor,
+    kappa: float = 20.0,
+    num_seeds: int = 100,
+    max_iters: int = 10,
+    merge_distance: float = 0.05,
+    generator: torch.Generator = None,
+) -> Tuple[Tensor, Tensor]:
     """Von Mises-Fisher mean shift on unit vectors.
 
     Seeds (farthest-point samples of the points, the first one random) move to the kernel-weighted spherical mean of
@@ -28,11 +34,13 @@ def mean_shift(embeddings: Tensor, kappa: float = 20.0, num_seeds: int = 100, ma
         labels, modes = mean_shift(embeddings.flatten(1).t(), kappa, num_seeds, max_iters, merge_distance, generator)
         return labels.view(embeddings.shape[1:]), modes
     if embeddings.dim() != 2 or embeddings.shape[0] == 0:
-        raise ValueError(f"mean_shift: embeddings must be a non-empty Tensor[P, D] or Tensor[D, H, W], "
-                         f"got {list(embeddings.shape)}")
+        raise ValueError(
+            f"mean_shift: embeddings must be a non-empty Tensor[P, D] or Tensor[D, H, W], got {list(embeddings.shape)}"
+        )
     if not kappa > 0 or num_seeds < 1 or max_iters < 0:
-        raise ValueError(f"mean_shift: kappa must be > 0, num_seeds >= 1 and max_iters >= 0, got {kappa}, "
-                         f"{num_seeds}, {max_iters}")
+        raise ValueError(
+            f"mean_shift: kappa must be > 0, num_seeds >= 1 and max_iters >= 0, got {kappa}, {num_seeds}, {max_iters}"
+        )
     points = F.normalize(embeddings.double(), dim=1)
     seeds = _farthest_points(points, min(num_seeds, len(points)), generator)
     for _ in range(max_iters):

@@ -33,11 +33,16 @@ class SyntheticShapes(torch.utils.data.Dataset):
             raise ValueError(f"SyntheticShapes: num_samples must be an int >= 0, got {num_samples!r}")
         if isinstance(size, bool) or not isinstance(size, int) or size < 16:
             raise ValueError(f"SyntheticShapes: size must be an int >= 16, got {size!r}")
-        if (not isinstance(shapes_per_image, tuple) or len(shapes_per_image) != 2
-                or not all(isinstance(n, int) and not isinstance(n, bool) for n in shapes_per_image)
-                or not 1 <= shapes_per_image[0] <= shapes_per_image[1]):
-            raise ValueError("SyntheticShapes: shapes_per_image must be a tuple (lowest, highest) of ints with "
-                             f"1 <= lowest <= highest, got {shapes_per_image!r}")
+        if (
+            not isinstance(shapes_per_image, tuple)
+            or len(shapes_per_image) != 2
+            or not all(isinstance(n, int) and not isinstance(n, bool) for n in shapes_per_image)
+            or not 1 <= shapes_per_image[0] <= shapes_per_image[1]
+        ):
+            raise ValueError(
+                "SyntheticShapes: shapes_per_image must be a tuple (lowest, highest) of ints with "
+                f"1 <= lowest <= highest, got {shapes_per_image!r}"
+            )
         self.num_samples, self.size, self.seed = num_samples, size, seed
         self.shapes_per_image = shapes_per_image
 
@@ -54,8 +59,9 @@ class SyntheticShapes(torch.utils.data.Dataset):
             return low + (high - low) * torch.rand(shape, generator=g)
 
         size = self.size
-        ys, xs = torch.meshgrid(torch.arange(size, dtype=torch.float32), torch.arange(size, dtype=torch.float32),
-                                indexing="ij")
+        ys, xs = torch.meshgrid(
+            torch.arange(size, dtype=torch.float32), torch.arange(size, dtype=torch.float32), indexing="ij"
+        )
         angle, frequency = uniform(0, math.pi), uniform(0.15, 0.6)
         stripes = torch.sin(frequency * (xs * torch.cos(angle) + ys * torch.sin(angle)))
         image = uniform(0.3, 0.7, (3, 1, 1)) + uniform(0.05, 0.2) * stripes
@@ -66,7 +72,7 @@ class SyntheticShapes(torch.utils.data.Dataset):
             centre = uniform(0.15 * size, 0.85 * size, (2,))
             radius = uniform(size / 8, size / 3)
             mask = shape_mask(label, xs - centre[0], ys - centre[1], radius, uniform(0, 2 * math.pi))
-            colour = (torch.tensor(CLASS_COLOURS[label - 1]) + uniform(-COLOUR_JITTER, COLOUR_JITTER, (3,)))
+            colour = torch.tensor(CLASS_COLOURS[label - 1]) + uniform(-COLOUR_JITTER, COLOUR_JITTER, (3,))
             image = torch.where(mask, colour.view(3, 1, 1), image)
             labels[mask] = label
         image = image + PIXEL_NOISE * torch.randn(3, size, size, generator=g)

@@ -8,9 +8,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 
-def cross_entropy(
-    logits: Tensor, target: Tensor, weight: Optional[Tensor] = None, ignore_index: int = -100
-) -> Tensor:
+def cross_entropy(logits: Tensor, target: Tensor, weight: Optional[Tensor] = None, ignore_index: int = -100) -> Tensor:
     """Per-pixel cross-entropy, averaged over the counted pixels (weighted by their class weight).
 
     Args:
@@ -89,8 +87,10 @@ def _check_same_shape(name: str, pred: Tensor, target: Tensor) -> None:
 def _cluster_means(embeddings: Tensor, labels: Tensor, ignore_index: Optional[int]):
     """Per image: (embeddings [P, D], object index of each pixel [P], spherical means [K, D]) over its objects."""
     if embeddings.dim() != 4 or labels.dim() != 3 or labels.shape != (embeddings.shape[0], *embeddings.shape[2:]):
-        raise ValueError(f"UCN losses: embeddings must be [N, D, H, W] and labels [N, H, W], got "
-                         f"{list(embeddings.shape)} and {list(labels.shape)}")
+        raise ValueError(
+            f"UCN losses: embeddings must be [N, D, H, W] and labels [N, H, W], got "
+            f"{list(embeddings.shape)} and {list(labels.shape)}"
+        )
     for image, image_labels in zip(embeddings, labels):
         points = image.flatten(1).t()
         flat = image_labels.flatten()
@@ -102,8 +102,9 @@ def _cluster_means(embeddings: Tensor, labels: Tensor, ignore_index: Optional[in
         yield points, index, F.normalize(sums, dim=1)
 
 
-def intra_cluster_loss(embeddings: Tensor, labels: Tensor, alpha: float = 0.02,
-                       ignore_index: Optional[int] = None) -> Tensor:
+def intra_cluster_loss(
+    embeddings: Tensor, labels: Tensor, alpha: float = 0.02, ignore_index: Optional[int] = None
+) -> Tensor:
     """UCN's intra-cluster loss: per object k, over its pixels i whose distance to the object's spherical mean
     mu_k exceeds the margin alpha, the mean of d(mu_k, x_i)^2; averaged over the objects of each image (background
     included: it is one of the labels), then over images. Objects with no pixel beyond the margin add 0.
@@ -122,8 +123,9 @@ def intra_cluster_loss(embeddings: Tensor, labels: Tensor, alpha: float = 0.02,
     return torch.stack(losses).mean()
 
 
-def inter_cluster_loss(embeddings: Tensor, labels: Tensor, delta: float = 0.5,
-                       ignore_index: Optional[int] = None) -> Tensor:
+def inter_cluster_loss(
+    embeddings: Tensor, labels: Tensor, delta: float = 0.5, ignore_index: Optional[int] = None
+) -> Tensor:
     """UCN's inter-cluster loss: the mean over pairs of objects k != k' of an image of
     max(0, delta - d(mu_k, mu_k'))^2 (the paper's margin delta = 0.5), averaged over images; 0 for an image with one
     object. Arguments as :func:`intra_cluster_loss`."""

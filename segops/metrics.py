@@ -125,8 +125,10 @@ class PanopticQuality:
     def __init__(self, things, stuffs) -> None:
         self.things, self.stuffs = sorted(set(things)), sorted(set(stuffs))
         if set(self.things) & set(self.stuffs):
-            raise ValueError(f"PanopticQuality: a category cannot be both thing and stuff: "
-                             f"{sorted(set(self.things) & set(self.stuffs))}")
+            raise ValueError(
+                f"PanopticQuality: a category cannot be both thing and stuff: "
+                f"{sorted(set(self.things) & set(self.stuffs))}"
+            )
         self.reset()
 
     def reset(self) -> None:
@@ -152,13 +154,17 @@ class PanopticQuality:
     def update(self, pred: Tensor, target: Tensor) -> None:
         """Adds images: pred and target Tensor[N, H, W, 2] of integers (category id, instance id)."""
         if pred.shape != target.shape or pred.dim() != 4 or pred.shape[-1] != 2:
-            raise ValueError(f"PanopticQuality.update: pred and target must be Tensor[N, H, W, 2] of one shape, got "
-                             f"{list(pred.shape)} and {list(target.shape)}")
+            raise ValueError(
+                f"PanopticQuality.update: pred and target must be Tensor[N, H, W, 2] of one shape, got "
+                f"{list(pred.shape)} and {list(target.shape)}"
+            )
         if pred.is_floating_point() or target.is_floating_point():
             raise ValueError("PanopticQuality.update: ids must be integer tensors")
         for pred_image, target_image in zip(pred, target):
-            self._update_image(self._segment_ids(pred_image, False).flatten().cpu(),
-                               self._segment_ids(target_image, True).flatten().cpu())
+            self._update_image(
+                self._segment_ids(pred_image, False).flatten().cpu(),
+                self._segment_ids(target_image, True).flatten().cpu(),
+            )
 
     def _update_image(self, pred_ids: Tensor, target_ids: Tensor) -> None:
         def areas(ids):
@@ -199,8 +205,11 @@ class PanopticQuality:
             if tp + fp + fn == 0:
                 continue
             denominator = tp + 0.5 * fp + 0.5 * fn
-            per_category[c] = {"pq": self.iou_sum[c] / denominator, "sq": self.iou_sum[c] / tp if tp else 0.0,
-                               "rq": tp / denominator}
+            per_category[c] = {
+                "pq": self.iou_sum[c] / denominator,
+                "sq": self.iou_sum[c] / tp if tp else 0.0,
+                "rq": tp / denominator,
+            }
         result: Dict[str, object] = {"per_category": per_category}
         for suffix, group in (("", self.things + self.stuffs), ("_things", self.things), ("_stuff", self.stuffs)):
             present = [per_category[c] for c in group if c in per_category]
@@ -216,9 +225,9 @@ class SaliencyMetrics:
     ``update(pred, target)`` takes saliency maps pred Tensor[N, H, W] (or [N, 1, H, W]) in [0, 1] and binary masks
     target of the same shape (nonzero = salient). ``compute()`` returns:
 
-    - ``mae``: the mean over images of mean |pred - target|.
+    - ``mae``: the mean over images of mean ``|pred - target|``.
     - ``max_f``: each map is quantised to 256 levels (floor(255 * pred)) and binarised at every threshold
-      t = 0..255 (pred >= t); per image and threshold, precision P = TP / (TP + FP), recall R = TP / |target|
+      t = 0..255 (pred >= t); per image and threshold, precision P = TP / (TP + FP), recall R = TP / ``|target|``
       (0 where undefined) and F = (1 + b2) P R / (b2 P + R) with b2 = 0.3 (0 where P = R = 0); F is averaged over
       images per threshold, and ``max_f`` is its largest value (``f_curve`` holds the 256 averages).
     - ``s_measure``: S = 0.5 S_object + 0.5 S_region, clipped at 0; 1 - mean(pred) for an empty mask and mean(pred)
@@ -251,8 +260,10 @@ class SaliencyMetrics:
         if target.dim() == 4 and target.shape[1] == 1:
             target = target[:, 0]
         if pred.dim() != 3 or pred.shape != target.shape:
-            raise ValueError(f"SaliencyMetrics.update: pred and target must have one shape, [N, H, W] or "
-                             f"[N, 1, H, W], got {list(pred.shape)} and {list(target.shape)}")
+            raise ValueError(
+                f"SaliencyMetrics.update: pred and target must have one shape, [N, H, W] or "
+                f"[N, 1, H, W], got {list(pred.shape)} and {list(target.shape)}"
+            )
         if not pred.is_floating_point() or pred.numel() and not bool(((pred >= 0) & (pred <= 1)).all()):
             raise ValueError("SaliencyMetrics.update: pred must be floating point in [0, 1]")
         for saliency, mask in zip(pred.double().cpu(), target.cpu() != 0):
@@ -267,8 +278,12 @@ class SaliencyMetrics:
         if self.count == 0:
             raise ValueError("SaliencyMetrics.compute: no images were added")
         f_curve = self.f_sum / self.count
-        return {"mae": self.mae_sum / self.count, "max_f": f_curve.max().item(), "s_measure": self.s_sum / self.count,
-                "f_curve": f_curve}
+        return {
+            "mae": self.mae_sum / self.count,
+            "max_f": f_curve.max().item(),
+            "s_measure": self.s_sum / self.count,
+            "f_curve": f_curve,
+        }
 
     @classmethod
     def _f_curve(cls, saliency: Tensor, mask: Tensor) -> Tensor:
@@ -281,8 +296,11 @@ class SaliencyMetrics:
         positives = mask.sum().item()
         recall = salient / positives if positives else torch.zeros_like(salient)
         denominator = cls.BETA2 * precision + recall
-        return torch.where(denominator > 0, (1 + cls.BETA2) * precision * recall / denominator.clamp_min(cls.EPS),
-                           torch.zeros_like(denominator))
+        return torch.where(
+            denominator > 0,
+            (1 + cls.BETA2) * precision * recall / denominator.clamp_min(cls.EPS),
+            torch.zeros_like(denominator),
+        )
 
     @classmethod
     def _s_measure(cls, saliency: Tensor, mask: Tensor) -> float:
@@ -329,8 +347,12 @@ class SaliencyMetrics:
         x = int(torch.round(cols.double().mean()).item()) + 1
         mask = mask.double()
         score = 0.0
-        for rows_slice, cols_slice in ((slice(0, y), slice(0, x)), (slice(0, y), slice(x, width)),
-                                       (slice(y, height), slice(0, x)), (slice(y, height), slice(x, width))):
+        for rows_slice, cols_slice in (
+            (slice(0, y), slice(0, x)),
+            (slice(0, y), slice(x, width)),
+            (slice(y, height), slice(0, x)),
+            (slice(y, height), slice(x, width)),
+        ):
             part = mask[rows_slice, cols_slice]
             weight = part.numel() / (height * width)
             score += weight * cls._ssim(saliency[rows_slice, cols_slice], part)

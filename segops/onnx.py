@@ -71,6 +71,7 @@ def _unsupported_translation(name: str) -> Callable:
     def translate(*args, **kwargs):
         raise UnsupportedOperatorError(
             f"segops.onnx: segops::{name} (the dense CRF) has no ONNX equivalent; export the network without its "
-            "CRF (e.g. models.deeplabv2(crf=None), models.dcl(crf=False)) and run segops.dense_crf in PyTorch")
+            "CRF (e.g. models.deeplabv2(crf=None), models.dcl(crf=False)) and run segops.dense_crf in PyTorch"
+        )
 
     return translate

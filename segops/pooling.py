@@ -61,8 +61,9 @@ def lse_pool(x: Tensor, beta: Union[float, Tensor] = 1.0) -> Tensor:
 
 
 @one_fx_node
-def class_activation_maps(features: Tensor, weight: Tensor, bias: Optional[Tensor] = None,
-                          size: Optional[Sequence[int]] = None) -> Tensor:
+def class_activation_maps(
+    features: Tensor, weight: Tensor, bias: Optional[Tensor] = None, size: Optional[Sequence[int]] = None
+) -> Tensor:
     """Class activation maps (Zhou et al. 2016): ``M_c(x, y) = sum_k weight[c, k] * features[n, k, y, x]``
     (+ bias[c]) for a classifier ``logits = global_avg_pool(features) @ weight.T + bias``, so that the maps' mean over
     positions is the logits.
@@ -77,11 +78,14 @@ def class_activation_maps(features: Tensor, weight: Tensor, bias: Optional[Tenso
     """
     _check_maps("class_activation_maps", features)
     if weight.dim() != 2 or weight.shape[1] != features.shape[1]:
-        raise ValueError(f"class_activation_maps: weight must have shape [K, D] with D = {features.shape[1]} "
-                         f"(the features' channels), got {list(weight.shape)}")
+        raise ValueError(
+            f"class_activation_maps: weight must have shape [K, D] with D = {features.shape[1]} "
+            f"(the features' channels), got {list(weight.shape)}"
+        )
     if bias is not None and (bias.dim() != 1 or bias.shape[0] != weight.shape[0]):
-        raise ValueError(f"class_activation_maps: bias must have shape [K] = [{weight.shape[0]}], "
-                         f"got {list(bias.shape)}")
+        raise ValueError(
+            f"class_activation_maps: bias must have shape [K] = [{weight.shape[0]}], got {list(bias.shape)}"
+        )
     maps = torch.einsum("kd,ndhw->nkhw", weight, features)
     if bias is not None:
         maps = maps + bias.view(1, -1, 1, 1)

@@ -40,7 +40,11 @@ def _roi_align_axis_matrix(start: Tensor, bin_size: Tensor, grid: int, pooled: i
 
 
 def roi_align(
-    input: Tensor, rois: Tensor, output_size: Tuple[int, int], spatial_scale: float = 1.0, sampling_ratio: int = -1,
+    input: Tensor,
+    rois: Tensor,
+    output_size: Tuple[int, int],
+    spatial_scale: float = 1.0,
+    sampling_ratio: int = -1,
     aligned: bool = False,
 ) -> Tensor:
     """RoIAlign of input Tensor[N, C, H, W] over rois Tensor[K, 5] -> Tensor[K, C, PH, PW].
@@ -152,8 +156,9 @@ def max_unpool2d_grad_brute_force(grad: Tensor, indices: Tensor) -> Tensor:
 def _unpool_winners(indices: Tensor, output_size):
     flat_indices = indices.flatten(2)
     positions = torch.arange(flat_indices.shape[2], device=indices.device).expand_as(flat_indices)
-    winner = torch.full((*indices.shape[:2], output_size[0] * output_size[1]), -1, dtype=torch.int64,
-                        device=indices.device)
+    winner = torch.full(
+        (*indices.shape[:2], output_size[0] * output_size[1]), -1, dtype=torch.int64, device=indices.device
+    )
     return winner.scatter_reduce(2, flat_indices, positions, "amax"), flat_indices
 
 
@@ -177,7 +182,9 @@ def permutohedral_lattice_brute_force(features: Tensor):
         offset = sum(rem0) // (d + 1)
         # rank: position of each remainder in decreasing order (ties: the lower index ranks higher).
         diff = [elevated[i] - rem0[i] for i in range(d + 1)]
-        rank = [sum(1 for j in range(d + 1) if diff[j] > diff[i] or (diff[j] == diff[i] and j < i)) for i in range(d + 1)]
+        rank = [
+            sum(1 for j in range(d + 1) if diff[j] > diff[i] or (diff[j] == diff[i] and j < i)) for i in range(d + 1)
+        ]
         rank = [r + offset for r in rank]
         for i in range(d + 1):
             if rank[i] < 0:
@@ -229,15 +236,24 @@ def gaussian_filter_brute_force(features: Tensor, values: Tensor, normalize: boo
     return scale * (kernel @ (scale * values))
 
 
-def dense_crf_brute_force(unary: Tensor, image: Tensor, num_iters: int, smoothness_sxy: float, smoothness_weight: float,
-                          appearance_sxy: float, appearance_srgb: float, appearance_weight: float,
-                          compatibility: Tensor = None) -> Tensor:
+def dense_crf_brute_force(
+    unary: Tensor,
+    image: Tensor,
+    num_iters: int,
+    smoothness_sxy: float,
+    smoothness_weight: float,
+    appearance_sxy: float,
+    appearance_srgb: float,
+    appearance_weight: float,
+    compatibility: Tensor = None,
+) -> Tensor:
     """Exact mean-field inference in the fully-connected CRF of segops.dense_crf (the same model and
     normalisation, exact Gaussian kernels instead of the lattice), O(N^2) per step: unary Tensor[B, L, H, W]
     (logits), image Tensor[B, 3, H, W] give Tensor[B, L, H, W]."""
     batch, labels, height, width = unary.shape
-    ys, xs = torch.meshgrid(torch.arange(height, dtype=torch.float64), torch.arange(width, dtype=torch.float64),
-                            indexing="ij")
+    ys, xs = torch.meshgrid(
+        torch.arange(height, dtype=torch.float64), torch.arange(width, dtype=torch.float64), indexing="ij"
+    )
     position = torch.stack([xs, ys], -1).view(1, -1, 2).expand(batch, -1, -1)
     colour = image.to(torch.float64).permute(0, 2, 3, 1).reshape(batch, -1, 3)
     kernels = [

@@ -31,10 +31,12 @@ def _rois(device):
 
 
 def test_every_forward_op_has_a_policy():
-    forward_ops = {name for name in dir(torch.ops.segops)
-                   if not name.startswith("_") and name not in ("name", "default")}
-    forward_ops = {name for name in forward_ops if isinstance(getattr(torch.ops.segops, name),
-                                                                torch._ops.OpOverloadPacket)}
+    forward_ops = {
+        name for name in dir(torch.ops.segops) if not name.startswith("_") and name not in ("name", "default")
+    }
+    forward_ops = {
+        name for name in forward_ops if isinstance(getattr(torch.ops.segops, name), torch._ops.OpOverloadPacket)
+    }
     assert forward_ops == set(POLICIES)
 
 
@@ -54,8 +56,10 @@ def test_dilated_conv2d_runs_in_the_autocast_dtype(device):
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("op", ["roi_align", "roi_pool"])
 def test_roi_ops_keep_the_features_dtype_and_boxes_in_float32(device, op):
-    pool = {"roi_align": lambda f, r: torch.ops.segops.roi_align(f, r, 0.5, 5, 5, 2, True),
-            "roi_pool": lambda f, r: torch.ops.segops.roi_pool(f, r, 0.5, 5, 5)[0]}[op]
+    pool = {
+        "roi_align": lambda f, r: torch.ops.segops.roi_align(f, r, 0.5, 5, 5, 2, True),
+        "roi_pool": lambda f, r: torch.ops.segops.roi_pool(f, r, 0.5, 5, 5)[0],
+    }[op]
     low = _low(device)
     for features in (_features(device), _features(device, low)):
         rois = _rois(device)
@@ -74,8 +78,9 @@ def test_multi_scale_roi_align_promotes_the_levels(device):
     levels = [_features(device, low), _features(device, torch.float32, (2, 4, 10, 12))]
     with _autocast(device):
         out = segops.multi_scale_roi_align(levels, _rois(device), 5, [0.5, 0.25], mode="all")
-    expected = segops.multi_scale_roi_align([level.float() for level in levels], _rois(device), 5, [0.5, 0.25],
-                                            mode="all")
+    expected = segops.multi_scale_roi_align(
+        [level.float() for level in levels], _rois(device), 5, [0.5, 0.25], mode="all"
+    )
     assert out.dtype == torch.float32
     torch.testing.assert_close(out, expected, rtol=0, atol=0)
 
@@ -91,8 +96,9 @@ def test_flow_warp_keeps_the_features_dtype_and_flow_in_float32(device):
             from_low_flow = segops.flow_warp(features, flow.to(low), scale)
         assert out.dtype == features.dtype
         torch.testing.assert_close(out, segops.flow_warp(features, flow, scale.to(features.dtype)), rtol=0, atol=0)
-        torch.testing.assert_close(from_low_flow, segops.flow_warp(features, flow.to(low).float(),
-                                                                   scale.to(features.dtype)), rtol=0, atol=0)
+        torch.testing.assert_close(
+            from_low_flow, segops.flow_warp(features, flow.to(low).float(), scale.to(features.dtype)), rtol=0, atol=0
+        )
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -135,7 +141,9 @@ class _RCNNHeads(torch.nn.Module):
         boxes = torch.tensor([[0, 3.5, 7.2, 50.1, 44.8], [0, 20.0, 12.3, 60.2, 63.0]])
         scores, deltas = self.box(features, boxes)
         pooled_scores, _ = self.box_pool(features, boxes)
-        return torch.cat([scores.flatten(), deltas.flatten(), pooled_scores.flatten(), self.mask(features, boxes).flatten()])
+        return torch.cat(
+            [scores.flatten(), deltas.flatten(), pooled_scores.flatten(), self.mask(features, boxes).flatten()]
+        )
 
 
 # (name, network, input): every op's policy inside a network. The tolerance: the relative L2 distance of the
@@ -143,11 +151,13 @@ class _RCNNHeads(torch.nn.Module):
 # rounding; a few dozen layers of them add up to about 1e-2 here).
 NETWORKS = [
     ("deeplabv3 (dilated_conv2d)", lambda: models.deeplabv3(5, depth=50), (1, 3, 96, 96)),
-    ("deeplabv2 + CRF (dilated_conv2d, dense_crf)", lambda: models.deeplabv2(5, depth=50, crf="post"),
-     (1, 3, 64, 64)),
+    ("deeplabv2 + CRF (dilated_conv2d, dense_crf)", lambda: models.deeplabv2(5, depth=50, crf="post"), (1, 3, 64, 64)),
     ("segnet (max_unpool2d)", lambda: models.segnet(5, base_width=8), (1, 3, 64, 64)),
-    ("deep_feature_flow (flow_warp)", lambda: models.deep_feature_flow(5, depth=50, key_interval=3,
-                                                                      feature_channels=32), (1, 3, 3, 64, 64)),
+    (
+        "deep_feature_flow (flow_warp)",
+        lambda: models.deep_feature_flow(5, depth=50, key_interval=3, feature_channels=32),
+        (1, 3, 3, 64, 64),
+    ),
     ("R-CNN heads (roi_align, roi_pool)", _RCNNHeads, (1, 3, 64, 64)),
     ("basnet", lambda: models.basnet(width=16), (1, 3, 64, 64)),
 ]

@@ -54,24 +54,42 @@ CMAKE = shutil.which("cmake", path=os.pathsep.join([str(Path(sys.executable).par
 # The CUDA variant compiles every .cu file again (minutes): run where the test command builds CUDA (CI).
 CMAKE_VARIANTS = [
     "cpu",
-    pytest.param("cuda", marks=pytest.mark.skipif(
-        os.environ.get("SEGOPS_EXPECT_CUDA_BUILD") != "1", reason="CUDA CMake build only where FORCE_CUDA=1 builds")),
+    pytest.param(
+        "cuda",
+        marks=pytest.mark.skipif(
+            os.environ.get("SEGOPS_EXPECT_CUDA_BUILD") != "1", reason="CUDA CMake build only where FORCE_CUDA=1 builds"
+        ),
+    ),
 ]
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(CMAKE is None, reason="needs cmake")
 @pytest.mark.parametrize("variant", CMAKE_VARIANTS)
 def test_cmake_builds_the_library(tmp_path, variant):
-    """CMakeLists.txt configures and builds csrc/ against LibTorch, and the library's ops run."""
+    """CMakeLists.txt configures and builds csrc/ against LibTorch, the library's ops run, and it installs as a
+    CMake package that another project links."""
     build = tmp_path / "cmake"
     # An uninstrumented library, built and loaded in child processes: without the sanitizer runtimes that
     # scripts/sanitize.sh preloads for segops._C (CMake's compiler checks fail under them).
     env = {name: value for name, value in os.environ.items() if name != "LD_PRELOAD"}
-    configure = [CMAKE, "-S", str(ROOT), "-B", str(build), f"-DPython3_EXECUTABLE={sys.executable}",
-                 f"-DSEGOPS_WITH_CUDA={'ON' if variant == 'cuda' else 'OFF'}"]
+    configure = [
+        CMAKE,
+        "-S",
+        str(ROOT),
+        "-B",
+        str(build),
+        f"-DPython3_EXECUTABLE={sys.executable}",
+        f"-DSEGOPS_WITH_CUDA={'ON' if variant == 'cuda' else 'OFF'}",
+    ]
     subprocess.run(configure, check=True, capture_output=True, timeout=600, env=env)
-    subprocess.run([CMAKE, "--build", str(build), "-j", str(os.cpu_count() or 1)], check=True, capture_output=True,
-                   timeout=1200, env=env)
+    subprocess.run(
+        [CMAKE, "--build", str(build), "-j", str(os.cpu_count() or 1)],
+        check=True,
+        capture_output=True,
+        timeout=1200,
+        env=env,
+    )
     library = build / "libsegops.so"
     assert library.exists()
     # A fresh process: segops._C would already own the `segops` op namespace here.
@@ -86,16 +104,64 @@ assert torch.equal(torch.ops.segops.roi_pool(x, rois, 1.0, 3, 4)[0], torchvision
 assert (torch.ops.segops._cuda_version() > 0) == {variant == "cuda"}
 """
     subprocess.run([sys.executable, "-c", check], check=True, timeout=300, env=env)
+    _install_and_link(build, tmp_path, env)
+
+
+CONSUMER_CMAKE = """
+cmake_minimum_required(VERSION 3.25)
+project(consumer CXX)
+find_package(segops {version} EXACT REQUIRED)
+add_executable(consumer main.cpp)
+target_link_libraries(consumer PRIVATE segops::segops)
+"""
+
+
+def _install_and_link(build, tmp_path, env):
+    """`cmake --install` gives a package config: a project elsewhere finds segops::segops, links it, and runs."""
+    prefix, consumer = tmp_path / "prefix", tmp_path / "consumer"
+    subprocess.run(
+        [CMAKE, "--install", str(build), "--prefix", str(prefix)], check=True, capture_output=True, timeout=300, env=env
+    )
+    (library,) = prefix.glob("lib*/libsegops.so")
+    consumer.mkdir()
+    (consumer / "CMakeLists.txt").write_text(CONSUMER_CMAKE.format(version=segops.__version__))
+    (consumer / "main.cpp").write_text("int main() { return 0; }\n")  # loading libsegops.so is what is tested
+    subprocess.run(
+        [CMAKE, "-S", str(consumer), "-B", str(consumer / "build"), f"-DCMAKE_PREFIX_PATH={prefix}"],
+        check=True,
+        capture_output=True,
+        timeout=300,
+        env=env,
+    )
+    subprocess.run([CMAKE, "--build", str(consumer / "build")], check=True, capture_output=True, timeout=300, env=env)
+    linked = subprocess.run(["ldd", str(consumer / "build" / "consumer")], capture_output=True, text=True, env=env)
+    assert str(library.resolve()) in linked.stdout or "libsegops.so" in linked.stdout, linked.stdout
+    # The installed library finds LibTorch by itself (its install RPATH) and registers the ops as it loads.
+    subprocess.run([str(consumer / "build" / "consumer")], check=True, timeout=120, env=env)
+    check = f"""
+import torch
+torch.ops.load_library({str(library)!r})
+x = torch.arange(24.0).reshape(1, 1, 4, 6)
+assert torch.ops.segops.roi_pool(x, torch.tensor([[0, 0.0, 0.0, 5.0, 3.0]]), 1.0, 1, 1)[0].item() == 23.0
+"""
+    subprocess.run([sys.executable, "-c", check], check=True, timeout=300, env=env)
 
 
 # Files whose code runs on the CUDA path: the .cu launchers, the kernel headers, the ops' shared headers (math,
-# drivers) and checks, and everything in common/ they use.
+# drivers) and checks, and everything in common/ and roi_common/ they use.
 CUDA_PATH_SOURCES = sorted(
-    [*ROOT.glob("csrc/*/*_cuda.cu"), *ROOT.glob("csrc/*/*.cuh"), *ROOT.glob("csrc/*/*.h"),
-     *ROOT.glob("csrc/*/*_checks.cpp"), *ROOT.glob("csrc/common/*.cpp")]
+    [
+        *ROOT.glob("csrc/*/*_cuda.cu"),
+        *ROOT.glob("csrc/*/*.cuh"),
+        *ROOT.glob("csrc/*/*.h"),
+        *ROOT.glob("csrc/*/*_checks.cpp"),
+        *ROOT.glob("csrc/common/*.cpp"),
+    ]
 )
-HOST_SYNC = re.compile(r"\.item\s*(<[^>]*>)?\s*\(|\.cpu\s*\(|\bnonzero\s*\(|_local_scalar_dense|\.tolist\s*\(|"
-                       r"cudaDeviceSynchronize|cudaStreamSynchronize|\.to\s*\(\s*(at::)?kCPU")
+HOST_SYNC = re.compile(
+    r"\.item\s*(<[^>]*>)?\s*\(|\.cpu\s*\(|\bnonzero\s*\(|_local_scalar_dense|\.tolist\s*\(|"
+    r"cudaDeviceSynchronize|cudaStreamSynchronize|\.to\s*\(\s*(at::)?kCPU"
+)
 
 
 def test_cuda_path_sources_do_not_synchronise_with_the_host():
@@ -127,7 +193,7 @@ def ptx_functions(ptx: str):
     """(mangled name, body) of every .entry and .func of a PTX file."""
     heads = list(re.finditer(r"^\.(?:visible |weak )*\.(?:entry|func)\s+(?:\([^)]*\)\s*)?(\w+)", ptx, re.MULTILINE))
     for head, following in zip(heads, heads[1:] + [None]):
-        yield head.group(1), ptx[head.start(): following.start() if following else len(ptx)]
+        yield head.group(1), ptx[head.start() : following.start() if following else len(ptx)]
 
 
 def float64_in_lower_precision_kernels(ptx: str):
@@ -141,17 +207,23 @@ def float64_in_lower_precision_kernels(ptx: str):
 
 
 def test_float64_scan_of_ptx_finds_float64_code():
-    ptx = (".visible .entry _ZN6segops6kernelIfEEvPT_(\n{\n.reg .f64 %fd<2>;\ncvt.f64.f32 %fd1, %f1;\n}\n"
-           ".visible .entry _ZN6segops6kernelIdEEvPT_(\n{\nmul.f64 %fd2, %fd1, %fd1;\n}\n"
-           ".visible .entry _ZN6segops6kernelIN3c104HalfEEEvPT_(\n{\nmul.f32 %f2, %f1, %f1;\n}\n"
-           ".visible .entry _ZN6segops6kernelILb1EN3c108BFloat16EEEvPT_(\n{\ncvt.f64.f32 %fd1, %f1;\n}\n"
-           ".visible .entry _ZN6segops6kernelILb0EdEEvPT_(\n{\nmul.f64 %fd2, %fd1, %fd1;\n}\n")
-    assert float64_in_lower_precision_kernels(ptx) == ["_ZN6segops6kernelIfEEvPT_",
-                                                       "_ZN6segops6kernelILb1EN3c108BFloat16EEEvPT_"]
+    ptx = (
+        ".visible .entry _ZN6segops6kernelIfEEvPT_(\n{\n.reg .f64 %fd<2>;\ncvt.f64.f32 %fd1, %f1;\n}\n"
+        ".visible .entry _ZN6segops6kernelIdEEvPT_(\n{\nmul.f64 %fd2, %fd1, %fd1;\n}\n"
+        ".visible .entry _ZN6segops6kernelIN3c104HalfEEEvPT_(\n{\nmul.f32 %f2, %f1, %f1;\n}\n"
+        ".visible .entry _ZN6segops6kernelILb1EN3c108BFloat16EEEvPT_(\n{\ncvt.f64.f32 %fd1, %f1;\n}\n"
+        ".visible .entry _ZN6segops6kernelILb0EdEEvPT_(\n{\nmul.f64 %fd2, %fd1, %fd1;\n}\n"
+    )
+    assert float64_in_lower_precision_kernels(ptx) == [
+        "_ZN6segops6kernelIfEEvPT_",
+        "_ZN6segops6kernelILb1EN3c108BFloat16EEEvPT_",
+    ]
 
 
-@pytest.mark.skipif(os.environ.get("SEGOPS_EXPECT_CUDA_BUILD") != "1",
-                    reason="reads the PTX that the test command's CUDA build keeps (SEGOPS_KEEP_PTX=1)")
+@pytest.mark.skipif(
+    os.environ.get("SEGOPS_EXPECT_CUDA_BUILD") != "1",
+    reason="reads the PTX that the test command's CUDA build keeps (SEGOPS_KEEP_PTX=1)",
+)
 def test_float_kernels_have_no_float64_instructions():
     # Consumer GPUs run float64 at 1/32 to 1/64 of the float32 rate: a float, float16 or bfloat16 kernel must not
     # compute in double anywhere (the RoIAlign tap pruning once did).
@@ -168,19 +240,35 @@ def test_float_kernels_have_no_float64_instructions():
 def test_sdist_holds_every_source_the_build_reads(tmp_path):
     # `pip install` of the sdist compiles from what MANIFEST.in lists; a header or .inc left out fails only there.
     result = subprocess.run(
-        [sys.executable, "setup.py", "-q", "egg_info", "--egg-base", str(tmp_path), "sdist", "--dist-dir",
-         str(tmp_path)],
-        cwd=ROOT, capture_output=True, text=True, timeout=300,
+        [
+            sys.executable,
+            "setup.py",
+            "-q",
+            "egg_info",
+            "--egg-base",
+            str(tmp_path),
+            "sdist",
+            "--dist-dir",
+            str(tmp_path),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     (archive,) = tmp_path.glob("segops-*.tar.gz")
     with tarfile.open(archive) as tar:
         packed = {Path(*Path(name).parts[1:]).as_posix() for name in tar.getnames()}
-    sources = [p.relative_to(ROOT).as_posix() for folder in ("csrc", "tools") for p in (ROOT / folder).rglob("*")
-               if p.is_file() and "__pycache__" not in p.parts]
+    sources = [
+        p.relative_to(ROOT).as_posix()
+        for folder in ("csrc", "tools", "cmake")
+        for p in (ROOT / folder).rglob("*")
+        if p.is_file() and "__pycache__" not in p.parts
+    ]
     assert any(source.endswith(".inc") for source in sources)
     missing = sorted(set(sources) - packed)
-    assert not missing, f"files under csrc/ and tools/ missing from the sdist: {missing}"
+    assert not missing, f"files under csrc/, tools/ and cmake/ missing from the sdist: {missing}"
     for required in ("LICENSE", "setup.py", "pyproject.toml", "version.txt", "CMakeLists.txt", "segops/__init__.py"):
         assert required in packed, f"{required} missing from the sdist"
     assert "BSD 3-Clause" in (ROOT / "LICENSE").read_text()

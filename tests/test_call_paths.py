@@ -47,15 +47,21 @@ BOXES = torch.tensor([[0, 1.0, 1.2, 6.3, 5.1], [1, 0.4, 2.0, 7.5, 7.7], [1, 3.0,
 def roi_align_case(device="cpu"):
     boxes = BOXES.to(device)
     x = randn(2, 3, 8, 9, device=device)
-    return (lambda z: segops.roi_align(z, boxes, 3, 1.0, 2, True),
-            lambda z: torchvision.ops.roi_align(z, boxes, 3, 1.0, 2, True), (x,))
+    return (
+        lambda z: segops.roi_align(z, boxes, 3, 1.0, 2, True),
+        lambda z: torchvision.ops.roi_align(z, boxes, 3, 1.0, 2, True),
+        (x,),
+    )
 
 
 def roi_pool_case(device="cpu"):
     boxes = BOXES.to(device)
     x = randn(2, 3, 8, 9, device=device)
-    return (lambda z: segops.roi_pool(z, boxes, (2, 3), 1.0),
-            lambda z: torchvision.ops.roi_pool(z, boxes, (2, 3), 1.0), (x,))
+    return (
+        lambda z: segops.roi_pool(z, boxes, (2, 3), 1.0),
+        lambda z: torchvision.ops.roi_pool(z, boxes, (2, 3), 1.0),
+        (x,),
+    )
 
 
 def multi_scale_case(device="cpu"):
@@ -66,8 +72,11 @@ def multi_scale_case(device="cpu"):
     def reference(*features):
         return torch.stack([torchvision.ops.roi_align(f, boxes, 2, s, 2, False) for f, s in zip(features, scales)], 1)
 
-    return (lambda *features: segops.multi_scale_roi_align(list(features), boxes, 2, scales, mode="all"),
-            reference, maps)
+    return (
+        lambda *features: segops.multi_scale_roi_align(list(features), boxes, 2, scales, mode="all"),
+        reference,
+        maps,
+    )
 
 
 def max_unpool_case(device="cpu"):
@@ -77,14 +86,12 @@ def max_unpool_case(device="cpu"):
 
 def conv_case(device="cpu"):
     kwargs = dict(stride=(1, 2), padding=2, dilation=2, groups=2)
-    args = (randn(2, 4, 9, 9, device=device), randn(6, 2, 3, 3, seed=1, device=device),
-            randn(6, seed=2, device=device))
+    args = (randn(2, 4, 9, 9, device=device), randn(6, 2, 3, 3, seed=1, device=device), randn(6, seed=2, device=device))
     return (lambda *a: segops.dilated_conv2d(*a, **kwargs), lambda *a: F.conv2d(*a, **kwargs), args)
 
 
 def depthwise_case(device="cpu"):
-    args = (randn(2, 3, 7, 8, device=device), randn(3, 1, 3, 3, seed=1, device=device),
-            randn(3, seed=2, device=device))
+    args = (randn(2, 3, 7, 8, device=device), randn(3, 1, 3, 3, seed=1, device=device), randn(3, seed=2, device=device))
     return (lambda *a: segops.dilated_conv2d(*a, 1, 3, 3, 3), lambda *a: F.conv2d(*a, 1, 3, 3, 3), args)
 
 
@@ -97,14 +104,23 @@ def grid_sample_warp(feature, flow, scale):
 
 
 def flow_warp_case(device="cpu"):
-    args = (randn(2, 3, 7, 8, device=device), randn(2, 2, 5, 6, seed=1, device=device) * 2,
-            randn(2, 3, 5, 6, seed=2, device=device))
+    args = (
+        randn(2, 3, 7, 8, device=device),
+        randn(2, 2, 5, 6, seed=1, device=device) * 2,
+        randn(2, 3, 5, 6, seed=2, device=device),
+    )
     return segops.flow_warp, grid_sample_warp, args
 
 
-CASES = {"roi_align": roi_align_case, "roi_pool": roi_pool_case, "multi_scale_roi_align": multi_scale_case,
-         "max_unpool2d": max_unpool_case, "dilated_conv2d": conv_case, "dilated_conv2d-depthwise": depthwise_case,
-         "flow_warp": flow_warp_case}
+CASES = {
+    "roi_align": roi_align_case,
+    "roi_pool": roi_pool_case,
+    "multi_scale_roi_align": multi_scale_case,
+    "max_unpool2d": max_unpool_case,
+    "dilated_conv2d": conv_case,
+    "dilated_conv2d-depthwise": depthwise_case,
+    "flow_warp": flow_warp_case,
+}
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -130,8 +146,9 @@ def test_jvp_jacfwd_jacrev_vmap_equal_the_reference(name, device):
         stacked = [torch.stack([p, t], 1) for p, t in zip(primals, tangents)]
         in_dims = tuple(1 if which in (None, i) else None for i in range(len(primals)))
         args = [s if d is not None else p for s, p, d in zip(stacked, primals, in_dims)]
-        expected = torch.stack([reference(*[a.select(1, b) if d is not None else a for a, d in zip(args, in_dims)])
-                                for b in range(2)])
+        expected = torch.stack(
+            [reference(*[a.select(1, b) if d is not None else a for a, d in zip(args, in_dims)]) for b in range(2)]
+        )
         torch.testing.assert_close(vmap(ours, in_dims=in_dims)(*args), expected)
 
 
@@ -151,8 +168,13 @@ def test_gradcheck_forward_and_batched(name, device):
     # gradcheck's batched checks run PyTorch's legacy vmap, which has no fallback for ops taking or returning a
     # Tensor[] (multi_scale_roi_align and its backward); torch.func's vmap, jacfwd and jacrev of it are tested above.
     legacy_vmap_ok = name != "multi_scale_roi_align"
-    assert gradcheck(ours, leaves, check_forward_ad=True, check_batched_grad=legacy_vmap_ok,
-                     check_batched_forward_grad=legacy_vmap_ok)
+    assert gradcheck(
+        ours,
+        leaves,
+        check_forward_ad=True,
+        check_batched_grad=legacy_vmap_ok,
+        check_batched_forward_grad=legacy_vmap_ok,
+    )
 
 
 @pytest.mark.parametrize("name", ["roi_align", "roi_pool", "max_unpool2d", "multi_scale_roi_align"])
@@ -187,8 +209,9 @@ def test_function_classes_work_under_torch_func():
     def ours(z):
         return segops.RoIAlignFunction.apply(z, rois, 1.0, 3, 3, 2, True)
 
-    torch.testing.assert_close(jvp(ours, (x,), (tangent,))[1],
-                               torchvision.ops.roi_align(tangent, rois, 3, 1.0, 2, True))
+    torch.testing.assert_close(
+        jvp(ours, (x,), (tangent,))[1], torchvision.ops.roi_align(tangent, rois, 3, 1.0, 2, True)
+    )
     torch.testing.assert_close(jacrev(ours)(x), jacfwd(ours)(x))
     # List arguments (strides, padding) under jvp of vmap: PyTorch's generated vmap rule of a Function's jvp
     # mishandles lists, which segops' Functions hand on as pytree leaves.
@@ -197,8 +220,9 @@ def test_function_classes_work_under_torch_func():
     def conv(z):
         return segops.DilatedConv2dFunction.apply(z, weight, None, [1, 1], [2, 2], [2, 2], 1)
 
-    torch.testing.assert_close(jvp(vmap(conv), (x[None],), (tangent[None],))[1],
-                               F.conv2d(tangent, weight, None, 1, 2, 2)[None])
+    torch.testing.assert_close(
+        jvp(vmap(conv), (x[None],), (tangent[None],))[1], F.conv2d(tangent, weight, None, 1, 2, 2)[None]
+    )
     pooled, indices = F.max_pool2d(x[..., :8], 2, return_indices=True)
     unpool = lambda z: segops.MaxUnpool2dFunction.apply(z, indices, 8, 8)  # noqa: E731
     torch.testing.assert_close(jvp(unpool, (pooled,), (pooled,))[1], F.max_unpool2d(pooled, indices, 2))
@@ -245,7 +269,7 @@ def test_opinfo_max_unpool2d_samples(variant):
         ours = lambda z: segops.max_unpool2d(z, indices, **sample.kwargs)  # noqa: E731
         theirs = lambda z: F.max_unpool2d(z, indices, **sample.kwargs)  # noqa: E731
         torch.testing.assert_close(ours(sample.input), theirs(sample.input), rtol=0, atol=0)
-        if variant == "grad":  # without duplicate indices (with them segops' gradient differs on purpose: README)
+        if variant == "grad":  # no duplicate indices (with them segops' gradient differs on purpose: docs/operators.md)
             primal = sample.input.detach()
             tangent = torch.randn_like(primal)
             torch.testing.assert_close(jvp(ours, (primal,), (tangent,))[1], jvp(theirs, (primal,), (tangent,))[1])
@@ -261,7 +285,7 @@ def test_opinfo_conv2d_samples():
     for sample in _op_info("nn.functional.conv2d").sample_inputs("cpu", D, requires_grad=True):
         padding = sample.kwargs.get("padding", 0)
         if sample.input.dim() != 4 or isinstance(padding, str):
-            continue  # unbatched input and padding="same"/"valid" are F.conv2d's, not segops' (README)
+            continue  # unbatched input and padding="same"/"valid" are F.conv2d's, not segops' (docs/deployment.md)
         weight, bias = sample.args[0], sample.args[1] if len(sample.args) > 1 else None
         kwargs = dict(sample.kwargs)
         primals = tuple(t.detach() for t in (sample.input, weight) + ((bias,) if bias is not None else ()))
@@ -288,8 +312,11 @@ def test_opinfo_conv2d_samples():
 @pytest.mark.parametrize("argument", ["input", "weight", "bias"])
 def test_dilated_conv2d_reads_every_argument_in_every_layout(groups, argument):
     g = torch.Generator().manual_seed(0)
-    dense = {"input": torch.randn(2, 4, 9, 10, generator=g), "weight": torch.randn(4, 4 // groups, 3, 3, generator=g),
-             "bias": torch.randn(4, generator=g)}
+    dense = {
+        "input": torch.randn(2, 4, 9, 10, generator=g),
+        "weight": torch.randn(4, 4 // groups, 3, 3, generator=g),
+        "bias": torch.randn(4, generator=g),
+    }
 
     def run(**arguments):
         return segops.dilated_conv2d(arguments["input"], arguments["weight"], arguments["bias"], 1, 2, 2, groups)
@@ -334,13 +361,20 @@ def test_fx_traces_public_functions_and_modules_as_one_node():
     for fn in (segops.roi_align, segops.roi_pool, segops.max_unpool2d, segops.flow_warp):
         assert targets.count(fn) == 1, fn.__name__
     torch.testing.assert_close(traced(pooled, boxes, indices, flow), _Calls()(pooled, boxes, indices, flow))
-    for module, args in [(segops.RoIAlign(2, 1.0, 2), (x, boxes)), (segops.RoIPool(2, 1.0), (x, boxes)),
-                         (segops.MaxUnpool2d(2), (pooled, indices)), (segops.FlowWarp(), (x, flow)),
-                         (segops.DilatedConv2d(3, 4, 3, padding=2, dilation=2), (x,)),
-                         (segops.MultiScaleRoIAlign(2, [1.0]), ([x], boxes))]:
+    for module, args in [
+        (segops.RoIAlign(2, 1.0, 2), (x, boxes)),
+        (segops.RoIPool(2, 1.0), (x, boxes)),
+        (segops.MaxUnpool2d(2), (pooled, indices)),
+        (segops.FlowWarp(), (x, flow)),
+        (segops.DilatedConv2d(3, 4, 3, padding=2, dilation=2), (x,)),
+        (segops.MultiScaleRoIAlign(2, [1.0]), ([x], boxes)),
+    ]:
         traced = torch.fx.symbolic_trace(module)
-        calls = [n for n in traced.graph.nodes if n.op == "call_function" and getattr(n.target, "__module__", "")
-                 .startswith("segops")]
+        calls = [
+            n
+            for n in traced.graph.nodes
+            if n.op == "call_function" and getattr(n.target, "__module__", "").startswith("segops")
+        ]
         assert len(calls) == 1, type(module).__name__
         torch.testing.assert_close(traced(*args), module(*args))
 
@@ -348,12 +382,19 @@ def test_fx_traces_public_functions_and_modules_as_one_node():
 # Every image network (the detectors build on torchvision's detection models, which FX does not trace, and Deep
 # Feature Flow's key-frame schedule is data-dependent).
 NETWORKS = {
-    "fcn8s": lambda m: m.fcn8s(3), "segnet": lambda m: m.segnet(3, base_width=4),
-    "deconvnet": lambda m: m.deconvnet(3, base_width=4), "unet": lambda m: m.unet(3, base_width=4, depth=2),
-    "deeplabv2": lambda m: m.deeplabv2(3, depth=50), "deeplabv2-crf": lambda m: m.deeplabv2(3, depth=50, crf="rnn"),
-    "deeplabv3": lambda m: m.deeplabv3(3, depth=50), "pspnet": lambda m: m.pspnet(3, depth=50),
-    "cam": lambda m: m.cam(3, depth=50), "dcl": lambda m: m.dcl(base_width=4), "basnet": lambda m: m.basnet(width=4),
-    "poolnet": lambda m: m.poolnet(width=8), "ucn": lambda m: m.ucn(8, base_width=4),
+    "fcn8s": lambda m: m.fcn8s(3),
+    "segnet": lambda m: m.segnet(3, base_width=4),
+    "deconvnet": lambda m: m.deconvnet(3, base_width=4),
+    "unet": lambda m: m.unet(3, base_width=4, depth=2),
+    "deeplabv2": lambda m: m.deeplabv2(3, depth=50),
+    "deeplabv2-crf": lambda m: m.deeplabv2(3, depth=50, crf="rnn"),
+    "deeplabv3": lambda m: m.deeplabv3(3, depth=50),
+    "pspnet": lambda m: m.pspnet(3, depth=50),
+    "cam": lambda m: m.cam(3, depth=50),
+    "dcl": lambda m: m.dcl(base_width=4),
+    "basnet": lambda m: m.basnet(width=4),
+    "poolnet": lambda m: m.poolnet(width=8),
+    "ucn": lambda m: m.ucn(8, base_width=4),
 }
 
 
@@ -405,8 +446,9 @@ def test_scripted_torchvision_maskrcnn_with_segops_equals_eager():
     import segops.models
 
     torch.manual_seed(0)
-    model = torchvision.models.detection.maskrcnn_resnet50_fpn(weights=None, weights_backbone=None, min_size=128,
-                                                               max_size=160, box_score_thresh=0.0)
+    model = torchvision.models.detection.maskrcnn_resnet50_fpn(
+        weights=None, weights_backbone=None, min_size=128, max_size=160, box_score_thresh=0.0
+    )
     segops.models.use_segops_roi_align(model).eval()
     scripted = torch.jit.script(model)
     images = [torch.rand(3, 128, 150, generator=torch.Generator().manual_seed(1))]
@@ -453,8 +495,9 @@ def test_torchscript_of_the_other_roi_and_dense_ops():
     x = randn(2, 3, 9, 10).float()
     weight, bias = randn(4, 3, 3, 3, seed=1).float(), randn(4, seed=2).float()
     scripted = torch.jit.script(segops.dilated_conv2d)
-    assert torch.equal(scripted(x, weight, bias, [1, 2], [2, 2], [2, 2], 1),
-                       segops.dilated_conv2d(x, weight, bias, (1, 2), 2, 2))
+    assert torch.equal(
+        scripted(x, weight, bias, [1, 2], [2, 2], [2, 2], 1), segops.dilated_conv2d(x, weight, bias, (1, 2), 2, 2)
+    )
     module = segops.DilatedConv2d(3, 4, 3, padding=2, dilation=2)
     assert torch.equal(torch.jit.script(module)(x), module(x))
     flow = randn(2, 2, 5, 6, seed=3).float()

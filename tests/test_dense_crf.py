@@ -9,7 +9,7 @@ import torch.nn.functional as F
 import segops
 from segops import reference
 from segops.ops.dense_crf import DenseCRFFunction, PermutohedralLattice, crf_lattices, crf_softmax
-from conftest import DEVICES, requires_cuda
+from conftest import requires_cuda
 from op_testing import assert_raises_eager_and_fake
 
 
@@ -30,12 +30,15 @@ def crf_case(seed, batch=2, labels=4, height=18, width=22, dtype=torch.float64):
     return unary, image
 
 
-SMALL_CRF = dict(smoothness_sxy=3.0, smoothness_weight=3.0, appearance_sxy=8.0, appearance_srgb=13.0, appearance_weight=5.0)
+SMALL_CRF = dict(
+    smoothness_sxy=3.0, smoothness_weight=3.0, appearance_sxy=8.0, appearance_srgb=13.0, appearance_weight=5.0
+)
 
 
 def image_features(height, width, sxy, colour=None, srgb=None):
-    ys, xs = torch.meshgrid(torch.arange(height, dtype=torch.float64), torch.arange(width, dtype=torch.float64),
-                            indexing="ij")
+    ys, xs = torch.meshgrid(
+        torch.arange(height, dtype=torch.float64), torch.arange(width, dtype=torch.float64), indexing="ij"
+    )
     position = torch.stack([xs, ys], -1).view(1, -1, 2) / sxy
     if colour is None:
         return position.contiguous()
@@ -63,7 +66,7 @@ def test_lattice_equals_plain_python_lattice(dims, seed):
         flat_ids = vertex_ids.flatten()
         for v in range(vertices):
             expected = torch.nonzero(flat_ids == v).flatten().to(torch.int32)
-            assert torch.equal(entries[offsets[v]:offsets[v + 1]], expected)
+            assert torch.equal(entries[offsets[v] : offsets[v + 1]], expected)
     torch.testing.assert_close(lattice.weights.sum(-1), torch.ones(2, 50, dtype=torch.float64))
 
 
@@ -141,8 +144,8 @@ def test_batch_equals_single_images():
     batched = PermutohedralLattice.build(features)
     out = batched.filter(values)
     for b in range(3):
-        single = PermutohedralLattice.build(features[b:b + 1])
-        assert torch.equal(single.filter(values[b:b + 1]), out[b:b + 1])
+        single = PermutohedralLattice.build(features[b : b + 1])
+        assert torch.equal(single.filter(values[b : b + 1]), out[b : b + 1])
         vertices = single.num_vertices.item()
         assert torch.equal(single.neighbours[0, :vertices], batched.neighbours[b, :vertices])
 
@@ -173,15 +176,17 @@ def test_compile_fullgraph_matches_eager():
         lattice = PermutohedralLattice.build(f).normalized()
         return lattice.filter(v) + lattice.filter_adjoint(v)
 
-    torch.testing.assert_close(torch.compile(build_and_filter, fullgraph=True)(features, values),
-                               build_and_filter(features, values))
+    torch.testing.assert_close(
+        torch.compile(build_and_filter, fullgraph=True)(features, values), build_and_filter(features, values)
+    )
 
 
 # ------------------------------------------------------------------------------------- the fused softmax
 
 
-@pytest.mark.parametrize("dtype, tolerance", [(torch.float32, dict(rtol=1e-6, atol=1e-7)),
-                                              (torch.float64, dict(rtol=1e-13, atol=1e-15))])
+@pytest.mark.parametrize(
+    "dtype, tolerance", [(torch.float32, dict(rtol=1e-6, atol=1e-7)), (torch.float64, dict(rtol=1e-13, atol=1e-15))]
+)
 @pytest.mark.parametrize("labels", [1, 2, 5, 21, 40])
 @pytest.mark.parametrize("kernels", [0, 1, 2])
 def test_crf_softmax_equals_pytorch(dtype, tolerance, labels, kernels):
@@ -211,7 +216,10 @@ def test_crf_softmax_errors():
     unary = torch.zeros(2, 3, 4)
     cases = [
         (dict(unary=torch.zeros(3, 4)), r"unary must be \[B, N, L\] with L >= 1, got shape \[3, 4\]"),
-        (dict(unary=unary.half(), messages=[], weights=torch.zeros(0, dtype=torch.half)), "unary must be float32 or float64"),
+        (
+            dict(unary=unary.half(), messages=[], weights=torch.zeros(0, dtype=torch.half)),
+            "unary must be float32 or float64",
+        ),
         (dict(messages=[torch.zeros(2, 3, 5)]), r"messages must have unary's shape \[2, 3, 4\] and dtype Float"),
         (dict(messages=[unary] * 9, weights=torch.zeros(9)), "at most 8 messages, got 9"),
         (dict(weights=torch.zeros(2)), r"weights must be \[K\] = \[1\] \(one per message\)"),
@@ -232,8 +240,10 @@ def test_mean_field_agrees_with_exact_mean_field(seed):
     agreement = (ours.argmax(1) == exact.argmax(1)).double().mean().item()
     changed = (unary.argmax(1) != exact.argmax(1)).double().mean().item()
     mean_error = (ours - exact).abs().mean().item()
-    print(f"labels agreeing with exact mean field: {agreement:.4f} (the CRF changed {changed:.2f} of them); "
-          f"mean |p - p_exact| {mean_error:.4f}")
+    print(
+        f"labels agreeing with exact mean field: {agreement:.4f} (the CRF changed {changed:.2f} of them); "
+        f"mean |p - p_exact| {mean_error:.4f}"
+    )
     assert changed > 0.2  # the CRF does real work here
     assert agreement >= 0.97
     assert mean_error < 0.01
@@ -267,7 +277,7 @@ def test_batch_of_images_equals_each_image():
     unary, image = crf_case(5, batch=3, dtype=torch.float32)
     batched = _mean_field(unary, image, 3, (3.0, 80.0, 13.0), torch.tensor([3.0, 10.0]), None)
     for b in range(3):
-        assert torch.equal(segops.dense_crf(unary[b:b + 1], image[b:b + 1], 3), batched[b:b + 1])
+        assert torch.equal(segops.dense_crf(unary[b : b + 1], image[b : b + 1], 3), batched[b : b + 1])
     assert torch.equal(segops.dense_crf(unary, image, 3), batched)
 
 
@@ -296,8 +306,17 @@ def test_dense_crf_two_iterations_gradcheck():
     compatibility = torch.rand(3, 3, generator=g, dtype=torch.float64).requires_grad_()
 
     def run(u, w, mu):
-        return segops.dense_crf(u, image, 2, smoothness_sxy=3.0, smoothness_weight=w[0], appearance_sxy=8.0,
-                                appearance_srgb=13.0, appearance_weight=w[1], compatibility=mu)
+        return segops.dense_crf(
+            u,
+            image,
+            2,
+            smoothness_sxy=3.0,
+            smoothness_weight=w[0],
+            appearance_sxy=8.0,
+            appearance_srgb=13.0,
+            appearance_weight=w[1],
+            compatibility=mu,
+        )
 
     torch.autograd.gradcheck(run, (unary, weights, compatibility))
 
@@ -329,8 +348,9 @@ def test_module_learns_weights_and_compatibility():
     crf = segops.DenseCRF(3, num_iters=2, appearance_sxy=8.0)
     assert "num_labels=3" in repr(crf) and "learned" in repr(crf)
     out = crf(unary, image)
-    torch.testing.assert_close(out, segops.dense_crf(unary, image, 2, appearance_sxy=8.0,
-                                                     compatibility=1 - torch.eye(3)))
+    torch.testing.assert_close(
+        out, segops.dense_crf(unary, image, 2, appearance_sxy=8.0, compatibility=1 - torch.eye(3))
+    )
     target = torch.randint(0, 3, (2, 18, 22))
     loss = F.nll_loss(out.clamp_min(1e-8).log(), target)
     loss.backward()
@@ -365,8 +385,11 @@ def test_bad_features(features, message):
 def test_bad_feature_values(bad):
     features = torch.rand(1, 10, 3)
     features[0, 4, 1] = bad
-    with pytest.raises(RuntimeError, match=r"features must be finite and at most 2\^24 in lattice units.*"
-                                           r"features\[0, 4, 1\]"):
+    with pytest.raises(
+        RuntimeError,
+        match=r"features must be finite and at most 2\^24 in lattice units.*"
+        r"features\[0, 4, 1\]",
+    ):
         PermutohedralLattice.build(features)
 
 
@@ -379,8 +402,7 @@ def test_bad_filter_arguments():
         (dict(values=values.double()), r"weights must be Double, got Float"),
         (dict(values=values[:, :10]), r"vertex_ids must have shape \[B, N, d\+1\] = \[2, 10, 4\], got \[2, 20, 4\]"),
         (dict(vertex_ids=lattice.vertex_ids.long()), "vertex_ids must be Int, got Long"),
-        (dict(neighbours=lattice.neighbours[:, :, :3]),
-         r"neighbours must have shape \[B, M, d\+1, 2\] = .*, got"),
+        (dict(neighbours=lattice.neighbours[:, :, :3]), r"neighbours must have shape \[B, M, d\+1, 2\] = .*, got"),
         (dict(splat_offsets=lattice.splat_offsets[:, 1:]), r"splat_offsets must have shape \[B, M\+1\]"),
         (dict(splat_entries=lattice.splat_entries[:, 1:]), r"splat_entries must have shape \[B, N\*\(d\+1\)\]"),
         (dict(num_vertices=lattice.num_vertices.int()), "num_vertices must be Long, got Int"),
@@ -411,10 +433,16 @@ def test_forged_lattice_is_an_error_not_a_crash(field, index, value, message):
 @pytest.mark.parametrize(
     "change, message",
     [
-        (dict(unary=torch.zeros(2, 1, 5, 6)), r"unary must be \[N, L, H, W\] with L >= 2 labels, got shape \[2, 1, 5, 6\]"),
+        (
+            dict(unary=torch.zeros(2, 1, 5, 6)),
+            r"unary must be \[N, L, H, W\] with L >= 2 labels, got shape \[2, 1, 5, 6\]",
+        ),
         (dict(unary=torch.zeros(2, 3, 5)), r"unary must be \[N, L, H, W\] with L >= 2 labels, got shape \[2, 3, 5\]"),
         (dict(unary=torch.zeros(2, 3, 5, 6, dtype=torch.float16)), "unary must be float32 or float64, got Half"),
-        (dict(image=torch.zeros(2, 4, 5, 6)), r"image must be \[N, 3, H, W\] = \[2, 3, 5, 6\] .*got shape \[2, 4, 5, 6\]"),
+        (
+            dict(image=torch.zeros(2, 4, 5, 6)),
+            r"image must be \[N, 3, H, W\] = \[2, 3, 5, 6\] .*got shape \[2, 4, 5, 6\]",
+        ),
         (dict(image=torch.zeros(2, 3, 5, 7)), r"image must be \[N, 3, H, W\] = \[2, 3, 5, 6\]"),
         (dict(image=torch.zeros(1, 3, 5, 6)), r"image must be \[N, 3, H, W\] = \[2, 3, 5, 6\]"),
         (dict(image=torch.zeros(2, 3, 5, 6, dtype=torch.int32)), "image must be uint8, float32 or float64"),
@@ -465,16 +493,21 @@ def test_cuda_lattice_and_filter_equal_cpu():
         torch.testing.assert_close(actual.cpu(), expected, rtol=1e-5, atol=1e-6)
         # A CPU lattice moved to the GPU filters the same.
         moved = PermutohedralLattice(*(t.cuda() for t in cpu))
-        torch.testing.assert_close(moved.filter(values.cuda()).cpu() if not adjoint else
-                                   moved.filter_adjoint(values.cuda()).cpu(), expected, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(
+            moved.filter(values.cuda()).cpu() if not adjoint else moved.filter_adjoint(values.cuda()).cpu(),
+            expected,
+            rtol=1e-5,
+            atol=1e-6,
+        )
 
 
 @requires_cuda
 @pytest.mark.cuda
 def test_cuda_dense_crf_equals_cpu_and_gradcheck():
     unary, image = crf_case(12, batch=2, labels=5, height=30, width=40, dtype=torch.float32)
-    torch.testing.assert_close(segops.dense_crf(unary.cuda(), image.cuda(), 5).cpu(), segops.dense_crf(unary, image, 5),
-                               rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(
+        segops.dense_crf(unary.cuda(), image.cuda(), 5).cpu(), segops.dense_crf(unary, image, 5), rtol=1e-4, atol=1e-5
+    )
     unary64, image64 = crf_case(13, batch=1, labels=3, height=5, width=6)
     unary64 = unary64.cuda().requires_grad_()
     torch.autograd.gradcheck(lambda u: segops.dense_crf(u, image64.cuda(), 2, **SMALL_CRF), (unary64,))

@@ -36,8 +36,12 @@ def make_case(config, *, seed=0, dtype=torch.float32, device="cpu"):
     weight = torch.randn(out_channels, shape[1] // groups, *kernel, generator=g, dtype=torch.float64)
     bias_tensor = torch.randn(out_channels, generator=g, dtype=torch.float64) if bias else None
     move = lambda t: None if t is None else t.to(device=device, dtype=dtype)  # noqa: E731
-    return move(input), move(weight), move(bias_tensor), dict(stride=stride, padding=padding, dilation=dilation,
-                                                              groups=groups)
+    return (
+        move(input),
+        move(weight),
+        move(bias_tensor),
+        dict(stride=stride, padding=padding, dilation=dilation, groups=groups),
+    )
 
 
 def forward_and_grads(fn, input, weight, bias, kwargs, grad_seed=1, grad=None):
@@ -138,7 +142,9 @@ def test_gradcheck(device, config):
     leaves = tuple(t.requires_grad_() for t in (input, weight, bias) if t is not None)
 
     def fn(*args):
-        return segops.dilated_conv2d(*args, **kwargs) if bias is not None else segops.dilated_conv2d(*args, None, **kwargs)
+        return (
+            segops.dilated_conv2d(*args, **kwargs) if bias is not None else segops.dilated_conv2d(*args, None, **kwargs)
+        )
 
     assert torch.autograd.gradcheck(fn, leaves)
 
@@ -146,8 +152,7 @@ def test_gradcheck(device, config):
 def test_double_backward_is_a_clear_error():
     input, weight, bias, kwargs = make_case(CONFIGS[0], dtype=torch.float64)
     input.requires_grad_()
-    (grad,) = torch.autograd.grad(segops.dilated_conv2d(input, weight, bias, **kwargs).sum(), input,
-                                  create_graph=True)
+    (grad,) = torch.autograd.grad(segops.dilated_conv2d(input, weight, bias, **kwargs).sum(), input, create_graph=True)
     with pytest.raises(RuntimeError, match="dilated_conv2d: double backward is not supported"):
         grad.sum().backward()
 
@@ -155,16 +160,25 @@ def test_double_backward_is_a_clear_error():
 def test_opcheck():
     for config in (CONFIGS[0], CONFIGS[2], CONFIGS[4]):
         input, weight, bias, kwargs = make_case(config, dtype=torch.float64)
-        pairs = [list(kwargs[k]) if isinstance(kwargs[k], tuple) else [kwargs[k]] * 2
-                 for k in ("stride", "padding", "dilation")]
-        args = (input.requires_grad_(), weight.requires_grad_(), None if bias is None else bias.requires_grad_(),
-                *pairs, kwargs["groups"])
+        pairs = [
+            list(kwargs[k]) if isinstance(kwargs[k], tuple) else [kwargs[k]] * 2
+            for k in ("stride", "padding", "dilation")
+        ]
+        args = (
+            input.requires_grad_(),
+            weight.requires_grad_(),
+            None if bias is None else bias.requires_grad_(),
+            *pairs,
+            kwargs["groups"],
+        )
         torch.library.opcheck(torch.ops.segops.dilated_conv2d.default, args)
         out = torch.ops.segops.dilated_conv2d(*args)
         grad = torch.randn(out.shape, dtype=torch.float64)
         for mask in ([True, True, True], [True, False, False], [False, True, bias is not None]):
-            torch.library.opcheck(torch.ops.segops._dilated_conv2d_backward.default,
-                                  (grad, input.detach(), weight.detach(), *pairs, kwargs["groups"], mask))
+            torch.library.opcheck(
+                torch.ops.segops._dilated_conv2d_backward.default,
+                (grad, input.detach(), weight.detach(), *pairs, kwargs["groups"], mask),
+            )
 
 
 def test_compile_fullgraph_matches_eager():
@@ -252,8 +266,8 @@ def test_module_is_conv2d_compatible():
     torch.testing.assert_close(converted(x), other(x), **TOLERANCES[torch.float32])
     no_bias = segops.DilatedConv2d(4, 4, 3, dilation=6, padding=6, groups=4, bias=False)
     assert no_bias.bias is None and repr(no_bias) == (
-        "DilatedConv2d(4, 4, kernel_size=(3, 3), stride=(1, 1), padding=(6, 6), dilation=(6, 6), groups=4, "
-        "bias=False)")
+        "DilatedConv2d(4, 4, kernel_size=(3, 3), stride=(1, 1), padding=(6, 6), dilation=(6, 6), groups=4, bias=False)"
+    )
     torch.testing.assert_close(no_bias(x[:, :4]), F.conv2d(x[:, :4], no_bias.weight, None, 1, 6, 6, 4))
     with pytest.raises(ValueError, match="DilatedConv2d: padding_mode must be 'zeros', got 'reflect'"):
         segops.DilatedConv2d(4, 4, 3, padding_mode="reflect")
@@ -275,20 +289,54 @@ def _kwargs():
 
 
 BAD_ARGUMENTS = [
-    ("input 3-D", dict(input=torch.zeros(6, 13, 11)), r"dilated_conv2d: input must have shape \[N, C, H, W\], got \[6, 13, 11\]"),
-    ("input int", dict(input=torch.zeros(2, 6, 13, 11, dtype=torch.int64)), r"dilated_conv2d: input must be float32, float64, float16 or bfloat16, got Long"),
-    ("channels", dict(weight=torch.zeros(5, 4, 3, 3)), r"dilated_conv2d: weight must have shape \[C_out, C_in / groups, kH, kW\] with C_in / groups = 6, C_out a multiple of groups \(1\) and kH, kW >= 1, got \[5, 4, 3, 3\]"),
+    (
+        "input 3-D",
+        dict(input=torch.zeros(6, 13, 11)),
+        r"dilated_conv2d: input must have shape \[N, C, H, W\], got \[6, 13, 11\]",
+    ),
+    (
+        "input int",
+        dict(input=torch.zeros(2, 6, 13, 11, dtype=torch.int64)),
+        r"dilated_conv2d: input must be float32, float64, float16 or bfloat16, got Long",
+    ),
+    (
+        "channels",
+        dict(weight=torch.zeros(5, 4, 3, 3)),
+        r"dilated_conv2d: weight must have shape \[C_out, C_in / groups, kH, kW\] with C_in / groups = 6, "
+        r"C_out a multiple of groups \(1\) and kH, kW >= 1, got \[5, 4, 3, 3\]",
+    ),
     ("groups divide", dict(groups=4), r"dilated_conv2d: groups must divide the input channels \(6\), got 4"),
-    ("groups out", dict(groups=2, weight=torch.zeros(5, 3, 3, 3)), r"C_out a multiple of groups \(2\) and kH, kW >= 1, got \[5, 3, 3, 3\]"),
+    (
+        "groups out",
+        dict(groups=2, weight=torch.zeros(5, 3, 3, 3)),
+        r"C_out a multiple of groups \(2\) and kH, kW >= 1, got \[5, 3, 3, 3\]",
+    ),
     ("groups zero", dict(groups=0), r"dilated_conv2d: groups must be positive, got 0"),
     ("dilation zero", dict(dilation=[0, 1]), r"dilated_conv2d: dilation must be positive, got \[0, 1\]"),
     ("stride negative", dict(stride=[1, -2]), r"dilated_conv2d: stride must be positive, got \[1, -2\]"),
     ("padding negative", dict(padding=[-1, 0]), r"dilated_conv2d: padding must be non-negative, got \[-1, 0\]"),
-    ("kernel too large", dict(dilation=[9, 2]), r"dilated_conv2d: the dilated kernel's height \(\(kH - 1\) \* dilation \+ 1 = 19\) must not exceed the padded input's \(H \+ 2 \* padding = 17\)"),
-    ("weight dtype", dict(weight=torch.zeros(5, 6, 3, 3, dtype=torch.float64)), r"dilated_conv2d: weight must have the same dtype as input \(Float\), got Double"),
-    ("weight device", dict(weight=torch.zeros(5, 6, 3, 3, device="meta")), r"dilated_conv2d: weight must be on the same device as input \(cpu\), got meta"),
+    (
+        "kernel too large",
+        dict(dilation=[9, 2]),
+        r"dilated_conv2d: the dilated kernel's height \(\(kH - 1\) \* dilation \+ 1 = 19\) must not exceed "
+        r"the padded input's \(H \+ 2 \* padding = 17\)",
+    ),
+    (
+        "weight dtype",
+        dict(weight=torch.zeros(5, 6, 3, 3, dtype=torch.float64)),
+        r"dilated_conv2d: weight must have the same dtype as input \(Float\), got Double",
+    ),
+    (
+        "weight device",
+        dict(weight=torch.zeros(5, 6, 3, 3, device="meta")),
+        r"dilated_conv2d: weight must be on the same device as input \(cpu\), got meta",
+    ),
     ("bias shape", dict(bias=torch.zeros(4)), r"dilated_conv2d: bias must have shape \[C_out\] = \[5\], got \[4\]"),
-    ("bias dtype", dict(bias=torch.zeros(5, dtype=torch.float16)), r"dilated_conv2d: bias must have the same dtype as input \(Float\), got Half"),
+    (
+        "bias dtype",
+        dict(bias=torch.zeros(5, dtype=torch.float16)),
+        r"dilated_conv2d: bias must have the same dtype as input \(Float\), got Half",
+    ),
 ]
 
 
@@ -305,8 +353,14 @@ def test_bad_backward_arguments_eager_and_fake():
     del kwargs["bias"]
     op = torch.ops.segops._dilated_conv2d_backward
     for grad, message in [
-        (torch.zeros(2, 5, 13, 10), r"_dilated_conv2d_backward: grad must have shape \[2, 5, 13, 11\], got \[2, 5, 13, 10\]"),
-        (torch.zeros(2, 5, 13, 11, dtype=torch.float64), r"_dilated_conv2d_backward: grad must have the same dtype as input \(Float\), got Double"),
+        (
+            torch.zeros(2, 5, 13, 10),
+            r"_dilated_conv2d_backward: grad must have shape \[2, 5, 13, 11\], got \[2, 5, 13, 10\]",
+        ),
+        (
+            torch.zeros(2, 5, 13, 11, dtype=torch.float64),
+            r"_dilated_conv2d_backward: grad must have the same dtype as input \(Float\), got Double",
+        ),
     ]:
         assert_raises_eager_and_fake(op, dict(grad=grad, **kwargs, output_mask=[True, True, True]), message)
 
@@ -325,8 +379,9 @@ def test_cuda_matches_cpu_deterministically_without_alert(config):
     cuda = lambda t: None if t is None else t.cuda()  # noqa: E731
     torch.use_deterministic_algorithms(True)  # raises if any op on the path alerts
     try:
-        runs = [forward_and_grads(segops.dilated_conv2d, cuda(input), cuda(weight), cuda(bias), kwargs)
-                for _ in range(2)]
+        runs = [
+            forward_and_grads(segops.dilated_conv2d, cuda(input), cuda(weight), cuda(bias), kwargs) for _ in range(2)
+        ]
     finally:
         torch.use_deterministic_algorithms(False)
     for a, b in zip(*runs):

@@ -91,8 +91,15 @@ def test_kernels_on_degenerate_boxes(emulated, launch, dtype):
     grid, block = launch
     input, _ = make_case(dtype)
     rois = torch.tensor(
-        [[0, 3, 3, 3, 3], [1, 100, 100, 120, 130], [0, -50, -50, -20, -30], [1, -1e6, -1e6, 1e6, 1e6],
-         [0, 1e30, 1e30, 3e30, 3e30], [1, 2, 2, 1, 1], [0, 17.0, 0.0, 17.0 + 1e-6, 13.0]],
+        [
+            [0, 3, 3, 3, 3],
+            [1, 100, 100, 120, 130],
+            [0, -50, -50, -20, -30],
+            [1, -1e6, -1e6, 1e6, 1e6],
+            [0, 1e30, 1e30, 3e30, 3e30],
+            [1, 2, 2, 1, 1],
+            [0, 17.0, 0.0, 17.0 + 1e-6, 13.0],
+        ],
         dtype=dtype,
     )
     for sampling_ratio in (-1, 64):
@@ -102,8 +109,9 @@ def test_kernels_on_degenerate_boxes(emulated, launch, dtype):
         grad = torch.ones_like(expected)
         shape_args = (0.5, 3, 2, *input.shape, sampling_ratio, True)
         expected_grad = torch.ops.segops._roi_align_backward(grad, rois, *shape_args)
-        torch.testing.assert_close(emulated._roi_align_backward(grad, rois, *shape_args, False, grid, block),
-                                   expected_grad)
+        torch.testing.assert_close(
+            emulated._roi_align_backward(grad, rois, *shape_args, False, grid, block), expected_grad
+        )
         assert torch.equal(emulated._roi_align_backward(grad, rois, *shape_args, True, grid, block), expected_grad)
     expected, argmax = torch.ops.segops.roi_pool(input, rois, 0.5, 3, 2)
     actual, actual_argmax = emulated.roi_pool(input, rois, 0.5, 3, 2, grid, block)
@@ -111,13 +119,20 @@ def test_kernels_on_degenerate_boxes(emulated, launch, dtype):
     grad = torch.randn(expected.shape, dtype=dtype, generator=torch.Generator().manual_seed(1))
     expected_grad = torch.ops.segops._roi_pool_backward(grad, rois, argmax, 0.5, 3, 2, *input.shape)
     torch.testing.assert_close(
-        emulated._roi_pool_backward(grad, rois, argmax, 0.5, 3, 2, *input.shape, False, grid, block), expected_grad)
+        emulated._roi_pool_backward(grad, rois, argmax, 0.5, 3, 2, *input.shape, False, grid, block), expected_grad
+    )
     assert torch.equal(
-        emulated._roi_pool_backward(grad, rois, argmax, 0.5, 3, 2, *input.shape, True, grid, block), expected_grad)
+        emulated._roi_pool_backward(grad, rois, argmax, 0.5, 3, 2, *input.shape, True, grid, block), expected_grad
+    )
 
 
-BAD_ROWS = [("batch index out of range", 0, 5.0), ("fractional batch index", 0, 0.5), ("NaN batch index", 0, float("nan")),
-            ("infinite coordinate", 3, float("inf")), ("NaN coordinate", 2, float("nan"))]
+BAD_ROWS = [
+    ("batch index out of range", 0, 5.0),
+    ("fractional batch index", 0, 0.5),
+    ("NaN batch index", 0, float("nan")),
+    ("infinite coordinate", 3, float("inf")),
+    ("NaN coordinate", 2, float("nan")),
+]
 
 
 @pytest.mark.parametrize("bad_row", BAD_ROWS, ids=lambda case: case[0])
@@ -136,14 +151,20 @@ def test_kernels_validate_rows_with_a_device_side_assert(emulated, bad_row):
     ]
     for deterministic in (False, True):
         calls += [
-            ("_roi_align_backward",
-             lambda: emulated._roi_align_backward(grad, rois, *shape_args, 2, True, deterministic, [2], [32])),
-            ("_roi_pool_backward",
-             lambda: emulated._roi_pool_backward(grad, rois, argmax, *shape_args, deterministic, [2], [32])),
+            (
+                "_roi_align_backward",
+                lambda: emulated._roi_align_backward(grad, rois, *shape_args, 2, True, deterministic, [2], [32]),
+            ),
+            (
+                "_roi_pool_backward",
+                lambda: emulated._roi_pool_backward(grad, rois, argmax, *shape_args, deterministic, [2], [32]),
+            ),
         ]
     for op, call in calls:
-        message = (rf"device-side assert triggered: {op}: rois\[k, 0\] \(batch index\) must be an integer in \[0, N\) "
-                   rf"and rois\[k, 1:5\] \(box\) finite for every k")
+        message = (
+            rf"device-side assert triggered: {op}: rois\[k, 0\] \(batch index\) must be an integer in \[0, N\) "
+            rf"and rois\[k, 1:5\] \(box\) finite for every k"
+        )
         with pytest.raises(RuntimeError, match=message):
             call()
 
@@ -182,8 +203,10 @@ def test_multi_scale_kernels_validate_rows_and_levels(emulated, bad):
     maps, rois, levels = _pyramid_case(torch.float32)
     if bad == "batch index":
         rois[4, 0] = 2.0
-        message = (r"rois\[k, 0\] \(batch index\) must be an integer in \[0, N\) and rois\[k, 1:5\] \(box\) "
-                   r"finite for every k")
+        message = (
+            r"rois\[k, 0\] \(batch index\) must be an integer in \[0, N\) and rois\[k, 1:5\] \(box\) "
+            r"finite for every k"
+        )
     else:
         levels[4] = 3 if bad == "level 3" else -1
         message = r"levels\[k\] must be in \[0, L\) \(a feature map\) for every k"
@@ -193,8 +216,9 @@ def test_multi_scale_kernels_validate_rows_and_levels(emulated, bad):
     grad = torch.ones(len(rois), 3, 3, 2)
     shape_args = ([0.5, 0.25, 0.125], 3, 2, 2, 3, [12, 6, 3], [14, 7, 4], 2, True)
     for deterministic in (False, True):
-        with pytest.raises(RuntimeError,
-                           match="device-side assert triggered: _multi_scale_roi_align_backward: " + message):
+        with pytest.raises(
+            RuntimeError, match="device-side assert triggered: _multi_scale_roi_align_backward: " + message
+        ):
             emulated._multi_scale_roi_align_backward(grad, rois, levels, *shape_args, deterministic, [2], [32])
 
 
@@ -213,8 +237,12 @@ def test_emulated_kernels_ignore_forged_argmax(emulated):
     cpu = torch.ops.segops._roi_pool_backward(torch.ones_like(output), rois, forged, 0.5, 2, 2, *input.shape)
     assert torch.equal(cpu, expected)
     for deterministic in (False, True):
-        assert torch.equal(emulated._roi_pool_backward(torch.ones_like(output), rois, forged, 0.5, 2, 2,
-                                                       *input.shape, deterministic, [2], [32]), expected)
+        assert torch.equal(
+            emulated._roi_pool_backward(
+                torch.ones_like(output), rois, forged, 0.5, 2, 2, *input.shape, deterministic, [2], [32]
+            ),
+            expected,
+        )
     with pytest.raises(RuntimeError, match=r"segops_emulation: grid dimensions must be in \[1, 65535\], got \[0\]"):
         emulated.roi_align(input, rois, 0.5, 3, 4, 2, True, [0], [32])
 
@@ -240,8 +268,9 @@ def test_deterministic_roi_backwards_span_channel_blocks_and_equal_the_cpu_bitwi
     _, argmax = torch.ops.segops.roi_pool(maps[0], rois, 0.5, 3, 4)
     expected = torch.ops.segops._roi_pool_backward(grad, rois, argmax, 0.5, 3, 4, 2, 37, 11, 13)
     for grid, block in LAUNCHES:
-        assert torch.equal(emulated._roi_pool_backward(grad, rois, argmax, 0.5, 3, 4, 2, 37, 11, 13, True, grid, block),
-                           expected)
+        assert torch.equal(
+            emulated._roi_pool_backward(grad, rois, argmax, 0.5, 3, 4, 2, 37, 11, 13, True, grid, block), expected
+        )
 
 
 def _relative_error(actual, expected):
@@ -277,7 +306,7 @@ def test_half_precision_backward_accumulates_in_float(emulated, dtype):
 def _flow_case(dtype, scale, *, seed=0, channels=3, height=7, width=9, out_h=6, out_w=8, max_flow=4.0):
     g = torch.Generator().manual_seed(seed)
     feature = torch.randn(2, channels, height, width, generator=g).to(dtype)
-    flow = ((torch.rand(2, 2, out_h, out_w, generator=g) * 2 - 1) * max_flow)  # float32 flow for every dtype
+    flow = (torch.rand(2, 2, out_h, out_w, generator=g) * 2 - 1) * max_flow  # float32 flow for every dtype
     if dtype == torch.float64:
         flow = flow.double()
     flow[0, 0, 0, :3] = torch.tensor([0.0, -1.0, float(width)])  # on a pixel, on and past the borders
@@ -297,8 +326,10 @@ def test_flow_warp_kernels(emulated, launch, dtype, scale):
     for layout in ("contiguous", "channels_last"):
         x = feature.contiguous(memory_format=torch.channels_last) if layout == "channels_last" else feature
         # The forward and the flow/scale gradients compute exactly as the CPU path does.
-        assert torch.equal(emulated.flow_warp(x, flow, scale_tensor, grid, block),
-                           torch.ops.segops.flow_warp(feature, flow, scale_tensor))
+        assert torch.equal(
+            emulated.flow_warp(x, flow, scale_tensor, grid, block),
+            torch.ops.segops.flow_warp(feature, flow, scale_tensor),
+        )
         expected = torch.ops.segops._flow_warp_backward(grad, feature, flow, scale_tensor)
         for deterministic in (False, True):
             actual = emulated._flow_warp_backward(grad, x, flow, scale_tensor, deterministic, grid, block)
@@ -310,10 +341,13 @@ def test_flow_warp_kernels(emulated, launch, dtype, scale):
 def test_flow_warp_deterministic_feature_gradient_is_bitwise_equal_across_grids(emulated, dtype):
     # Large flows pile many samples onto few pixels. The gather path sums them in a fixed order whatever the launch,
     # so every grid shape (each runs the work items in another order) gives the same bits.
-    feature, flow, scale_tensor, grad = _flow_case(dtype, "shared", channels=4, height=5, width=6, out_h=12, out_w=11,
-                                                   max_flow=9.0)
-    results = [emulated._flow_warp_backward(grad, feature, flow, scale_tensor, True, grid, block)[0]
-               for grid, block in LAUNCHES]
+    feature, flow, scale_tensor, grad = _flow_case(
+        dtype, "shared", channels=4, height=5, width=6, out_h=12, out_w=11, max_flow=9.0
+    )
+    results = [
+        emulated._flow_warp_backward(grad, feature, flow, scale_tensor, True, grid, block)[0]
+        for grid, block in LAUNCHES
+    ]
     assert all(torch.equal(result, results[0]) for result in results[1:])
 
 
@@ -323,7 +357,9 @@ def test_flow_warp_half_precision_feature_gradient_accumulates_in_float(emulated
     g = torch.Generator().manual_seed(1)
     feature = torch.randn(1, 2, 64, 64, generator=g).to(dtype)
     ys, xs = torch.meshgrid(torch.arange(64.0), torch.arange(64.0), indexing="ij")
-    flow = torch.stack([xs * (5 / 64) - xs, ys * (5 / 64) - ys]).unsqueeze(0) + 0.01 * torch.rand(1, 2, 64, 64, generator=g)
+    flow = torch.stack([xs * (5 / 64) - xs, ys * (5 / 64) - ys]).unsqueeze(0) + 0.01 * torch.rand(
+        1, 2, 64, 64, generator=g
+    )
     grad = torch.rand(1, 2, 64, 64, generator=g).to(dtype)
     exact = torch.ops.segops._flow_warp_backward(grad.double(), feature.double(), flow.double(), None)[0]
     cpu = torch.ops.segops._flow_warp_backward(grad, feature, flow, None)[0]
@@ -336,8 +372,9 @@ def test_flow_warp_half_precision_feature_gradient_accumulates_in_float(emulated
 def _unpool_case(dtype, *, seed=0, shape=(2, 3, 9, 11), kernel=3, stride=2, padding=1, channels_last=False):
     """Values and indices of an overlapping max pool (duplicated indices) of a random map, distinct values."""
     g = torch.Generator().manual_seed(seed)
-    _, indices = torch.nn.functional.max_pool2d(torch.randn(shape, generator=g), kernel, stride, padding,
-                                                return_indices=True)
+    _, indices = torch.nn.functional.max_pool2d(
+        torch.randn(shape, generator=g), kernel, stride, padding, return_indices=True
+    )
     values = torch.randn(indices.shape, generator=g).to(dtype)
     if channels_last:
         values, indices = (t.contiguous(memory_format=torch.channels_last) for t in (values, indices))
@@ -368,8 +405,10 @@ def test_max_unpool_kernels_on_empty_and_single_pixel_maps(emulated, shape):
         expected = torch.ops.segops.max_unpool2d(values, indices, out_h + 1, out_w + 1)
         assert torch.equal(emulated.max_unpool2d(values, indices, out_h + 1, out_w + 1, grid, block), expected)
         grad = torch.ones(expected.shape)
-        assert torch.equal(emulated._max_unpool2d_backward(grad, indices, grid, block),
-                           torch.ops.segops._max_unpool2d_backward(grad, indices))
+        assert torch.equal(
+            emulated._max_unpool2d_backward(grad, indices, grid, block),
+            torch.ops.segops._max_unpool2d_backward(grad, indices),
+        )
 
 
 @pytest.mark.parametrize("bad", [16, -1, 2**33], ids=str)
@@ -377,12 +416,16 @@ def test_max_unpool_kernels_assert_on_an_index_out_of_range_and_never_write_thro
     values = torch.randn(2, 3, 2, 2)
     indices = torch.zeros(2, 3, 2, 2, dtype=torch.int64)
     indices[1, 2, 1, 0] = bad
-    message = (rf"device-side assert triggered: max_unpool2d: an index is outside \[0, Ho \* Wo\) of its output "
-               rf"plane \(printed: max_unpool2d: indices\[1, 2, 1, 0\] = {bad} is outside \[0, Ho \* Wo\) = \[0, 16\)")
+    message = (
+        rf"device-side assert triggered: max_unpool2d: an index is outside \[0, Ho \* Wo\) of its output "
+        rf"plane \(printed: max_unpool2d: indices\[1, 2, 1, 0\] = {bad} is outside \[0, Ho \* Wo\) = \[0, 16\)"
+    )
     for grid, block in LAUNCHES:
         with pytest.raises(RuntimeError, match=message):
             emulated.max_unpool2d(values, indices, 4, 4, grid, block)
-        with pytest.raises(RuntimeError, match=message.replace(r"printed: max_unpool2d", r"printed: _max_unpool2d_backward")):
+        with pytest.raises(
+            RuntimeError, match=message.replace(r"printed: max_unpool2d", r"printed: _max_unpool2d_backward")
+        ):
             emulated._max_unpool2d_backward(torch.randn(2, 3, 4, 4), indices, grid, block)
 
 
@@ -490,8 +533,11 @@ def test_lattice_kernels_on_empty_inputs(emulated):
 def test_lattice_kernels_assert_on_bad_features(emulated):
     features = torch.rand(2, 10, 3)
     features[1, 4, 2] = float("nan")
-    with pytest.raises(RuntimeError, match=r"device-side assert triggered: permutohedral_lattice: features must be "
-                                           r"finite .*\(printed: .*point 14 \(flat over \[B, N\]\)"):
+    with pytest.raises(
+        RuntimeError,
+        match=r"device-side assert triggered: permutohedral_lattice: features must be "
+        r"finite .*\(printed: .*point 14 \(flat over \[B, N\]\)",
+    ):
         emulated.permutohedral_lattice(features, (3,), (32,))
 
 

@@ -22,8 +22,9 @@ def _rois(count, batch, size, seed=0):
     """count boxes [K, 5] over `batch` images of side `size`."""
     g = torch.Generator().manual_seed(seed)
     corners = torch.rand(count, 2, 2, generator=g) * size
-    return torch.cat([torch.randint(0, batch, (count, 1), generator=g).float(),
-                      corners.min(1).values, corners.max(1).values], dim=1)
+    return torch.cat(
+        [torch.randint(0, batch, (count, 1), generator=g).float(), corners.min(1).values, corners.max(1).values], dim=1
+    )
 
 
 class _Op(torch.nn.Module):
@@ -42,28 +43,55 @@ def _unpool(x):
 
 # (name, module, inputs at the export size, inputs at another size, dynamic shapes).
 OPS = [
-    ("roi_align", _Op(lambda x, rois: segops.roi_align(x, rois, 7, 0.5, 2, True)),
-     (_randn(2, 4, 32, 40), _rois(5, 2, 64)), (_randn(3, 4, 24, 56, seed=1), _rois(9, 3, 80, seed=1)),
-     ({0: BATCH, 2: HEIGHT, 3: WIDTH}, {0: BOXES})),
-    ("roi_pool", _Op(lambda x, rois: segops.roi_pool(x, rois, 7, 0.5)),
-     (_randn(2, 4, 32, 40), _rois(5, 2, 64)), (_randn(3, 4, 24, 56, seed=1), _rois(9, 3, 80, seed=1)),
-     ({0: BATCH, 2: HEIGHT, 3: WIDTH}, {0: BOXES})),
-    ("multi_scale_roi_align",
-     _Op(lambda p2, p3, rois: segops.multi_scale_roi_align([p2, p3], rois, 7, [0.25, 0.125], 2, True)),
-     (_randn(2, 4, 32, 40), _randn(2, 4, 16, 20), _rois(5, 2, 128)),
-     (_randn(3, 4, 48, 24, seed=1), _randn(3, 4, 24, 12, seed=1), _rois(9, 3, 160, seed=1)),
-     ({0: BATCH, 2: HEIGHT, 3: WIDTH}, {0: BATCH, 2: Dim("height3"), 3: Dim("width3")}, {0: BOXES})),
-    ("flow_warp", _Op(segops.flow_warp),
-     (_randn(2, 4, 32, 40), 3 * _randn(2, 2, 32, 40), torch.rand(2, 4, 32, 40)),
-     (_randn(3, 4, 24, 56, seed=1), 3 * _randn(3, 2, 24, 56, seed=1), torch.rand(3, 4, 24, 56)),
-     ({0: BATCH, 2: HEIGHT, 3: WIDTH}, {0: BATCH, 2: HEIGHT, 3: WIDTH}, {0: BATCH, 2: HEIGHT, 3: WIDTH})),
-    ("max_unpool2d", _Op(_unpool), (_randn(2, 4, 32, 40),), (_randn(3, 4, 24, 56, seed=1),),
-     ({0: BATCH, 2: 2 * Dim("half_height", min=2, max=2048), 3: 2 * Dim("half_width", min=2, max=2048)},)),
-    ("dilated_conv2d", segops.DilatedConv2d(4, 6, 3, padding=2, dilation=2), (_randn(2, 4, 32, 40),),
-     (_randn(3, 4, 24, 56, seed=1),), ({0: BATCH, 2: HEIGHT, 3: WIDTH},)),
-    ("dense_crf", _Op(segops.dense_crf), (_randn(2, 3, 32, 40), 255 * torch.rand(2, 3, 32, 40)),
-     (_randn(3, 3, 24, 56, seed=1), 255 * torch.rand(3, 3, 24, 56)),
-     ({0: BATCH, 2: HEIGHT, 3: WIDTH}, {0: BATCH, 2: HEIGHT, 3: WIDTH})),
+    (
+        "roi_align",
+        _Op(lambda x, rois: segops.roi_align(x, rois, 7, 0.5, 2, True)),
+        (_randn(2, 4, 32, 40), _rois(5, 2, 64)),
+        (_randn(3, 4, 24, 56, seed=1), _rois(9, 3, 80, seed=1)),
+        ({0: BATCH, 2: HEIGHT, 3: WIDTH}, {0: BOXES}),
+    ),
+    (
+        "roi_pool",
+        _Op(lambda x, rois: segops.roi_pool(x, rois, 7, 0.5)),
+        (_randn(2, 4, 32, 40), _rois(5, 2, 64)),
+        (_randn(3, 4, 24, 56, seed=1), _rois(9, 3, 80, seed=1)),
+        ({0: BATCH, 2: HEIGHT, 3: WIDTH}, {0: BOXES}),
+    ),
+    (
+        "multi_scale_roi_align",
+        _Op(lambda p2, p3, rois: segops.multi_scale_roi_align([p2, p3], rois, 7, [0.25, 0.125], 2, True)),
+        (_randn(2, 4, 32, 40), _randn(2, 4, 16, 20), _rois(5, 2, 128)),
+        (_randn(3, 4, 48, 24, seed=1), _randn(3, 4, 24, 12, seed=1), _rois(9, 3, 160, seed=1)),
+        ({0: BATCH, 2: HEIGHT, 3: WIDTH}, {0: BATCH, 2: Dim("height3"), 3: Dim("width3")}, {0: BOXES}),
+    ),
+    (
+        "flow_warp",
+        _Op(segops.flow_warp),
+        (_randn(2, 4, 32, 40), 3 * _randn(2, 2, 32, 40), torch.rand(2, 4, 32, 40)),
+        (_randn(3, 4, 24, 56, seed=1), 3 * _randn(3, 2, 24, 56, seed=1), torch.rand(3, 4, 24, 56)),
+        ({0: BATCH, 2: HEIGHT, 3: WIDTH}, {0: BATCH, 2: HEIGHT, 3: WIDTH}, {0: BATCH, 2: HEIGHT, 3: WIDTH}),
+    ),
+    (
+        "max_unpool2d",
+        _Op(_unpool),
+        (_randn(2, 4, 32, 40),),
+        (_randn(3, 4, 24, 56, seed=1),),
+        ({0: BATCH, 2: 2 * Dim("half_height", min=2, max=2048), 3: 2 * Dim("half_width", min=2, max=2048)},),
+    ),
+    (
+        "dilated_conv2d",
+        segops.DilatedConv2d(4, 6, 3, padding=2, dilation=2),
+        (_randn(2, 4, 32, 40),),
+        (_randn(3, 4, 24, 56, seed=1),),
+        ({0: BATCH, 2: HEIGHT, 3: WIDTH},),
+    ),
+    (
+        "dense_crf",
+        _Op(segops.dense_crf),
+        (_randn(2, 3, 32, 40), 255 * torch.rand(2, 3, 32, 40)),
+        (_randn(3, 3, 24, 56, seed=1), 255 * torch.rand(3, 3, 24, 56)),
+        ({0: BATCH, 2: HEIGHT, 3: WIDTH}, {0: BATCH, 2: HEIGHT, 3: WIDTH}),
+    ),
 ]
 
 
@@ -95,6 +123,18 @@ NETWORKS = [
     ("cam", lambda: models.cam(5)),
     ("ucn", lambda: models.ucn()),
 ]
+# The quick tier exports and compiles one network per op (and the small ones); these repeat the same ops at
+# minutes in all, so only `./scripts/test.sh --full` runs them.
+SLOW_NETWORKS = {"deeplabv2", "deeplabv2 + CRF", "deeplabv2 + CRF-as-RNN", "pspnet", "basnet", "poolnet"}
+
+
+def network_params(networks, slow=SLOW_NETWORKS):
+    """pytest params of (name, build), those named in `slow` marked slow."""
+    return [
+        pytest.param(name, build, id=name, marks=[pytest.mark.slow] if name in slow else []) for name, build in networks
+    ]
+
+
 # PoolNet's feature aggregation pools by 8 with ceil_mode, which makes maps of one pixel for small inputs and of
 # several for larger ones; export specialises on that (broadcasting differs at size 1), so its height and width
 # stay static (batch is dynamic).
@@ -110,8 +150,12 @@ def network_dynamic_shapes(name, example, static_size=STATIC_SIZE):
     """dynamic_shapes for a network's one input: batch, and height and width (multiples of 32) unless static."""
     dims = {0: BATCH}
     if name not in static_size:
-        dims.update({example.dim() - 2: 32 * Dim("height32", min=2, max=128),
-                     example.dim() - 1: 32 * Dim("width32", min=2, max=128)})
+        dims.update(
+            {
+                example.dim() - 2: 32 * Dim("height32", min=2, max=128),
+                example.dim() - 1: 32 * Dim("width32", min=2, max=128),
+            }
+        )
     return (dims,)
 
 
@@ -119,7 +163,7 @@ def _first(output):
     return output[0] if isinstance(output, tuple) else output  # BASNet: the refined map
 
 
-@pytest.mark.parametrize("name, build", NETWORKS, ids=[name for name, _ in NETWORKS])
+@pytest.mark.parametrize("name, build", network_params(NETWORKS))
 def test_networks_export_with_dynamic_batch_and_size(name, build):
     torch.manual_seed(0)
     model = build().eval()
@@ -132,7 +176,7 @@ def test_networks_export_with_dynamic_batch_and_size(name, build):
             torch.testing.assert_close(_first(program.module()(images)), _first(model(images)), rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("name, build", NETWORKS, ids=[name for name, _ in NETWORKS])
+@pytest.mark.parametrize("name, build", network_params(NETWORKS))
 def test_networks_compile_whole(name, build):
     """fullgraph=True: one graph, no break. aot_eager traces through the fake kernels and autograd as inductor does,
     without its minutes of C++ code generation per network on this machine."""

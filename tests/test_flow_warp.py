@@ -9,8 +9,20 @@ from op_testing import assert_raises_eager_and_fake, layouts
 TOLERANCES = {torch.float32: dict(rtol=1e-5, atol=1e-5), torch.float64: dict(rtol=1e-10, atol=1e-10)}
 
 
-def make_case(seed, *, batch=2, channels=3, height=9, width=11, out_h=None, out_w=None, dtype=torch.float32,
-              scale=None, max_flow=3.0, device="cpu"):
+def make_case(
+    seed,
+    *,
+    batch=2,
+    channels=3,
+    height=9,
+    width=11,
+    out_h=None,
+    out_w=None,
+    dtype=torch.float32,
+    scale=None,
+    max_flow=3.0,
+    device="cpu",
+):
     """feature [N, C, H, W], a smooth random flow [N, 2, Ho, Wo] of up to max_flow pixels (reaching past the
     borders), and scale None, "channel" ([N, C, Ho, Wo]) or "shared" ([N, 1, Ho, Wo])."""
     g = torch.Generator().manual_seed(seed)
@@ -18,8 +30,9 @@ def make_case(seed, *, batch=2, channels=3, height=9, width=11, out_h=None, out_
     out_w = width if out_w is None else out_w
     feature = torch.randn(batch, channels, height, width, generator=g, dtype=dtype)
     coarse = (torch.rand(batch, 2, 3, 3, generator=g, dtype=torch.float64) * 2 - 1) * max_flow
-    flow = torch.nn.functional.interpolate(coarse, size=(max(out_h, 1), max(out_w, 1)), mode="bilinear",
-                                           align_corners=True)[:, :, :out_h, :out_w]
+    flow = torch.nn.functional.interpolate(
+        coarse, size=(max(out_h, 1), max(out_w, 1)), mode="bilinear", align_corners=True
+    )[:, :, :out_h, :out_w]
     flow = (flow + 0.3 * torch.randn(flow.shape, generator=g, dtype=torch.float64)).to(dtype)
     scale_tensor = None
     if scale is not None:
@@ -88,9 +101,12 @@ def test_matches_brute_force_definition():
     # The definition summed over every pixel, independent of grid_sample (and valid for 1-pixel maps).
     for seed, shape in enumerate([dict(), dict(height=1, width=5), dict(height=4, width=1), dict(out_h=3, out_w=7)]):
         feature, flow, scale_tensor = make_case(seed, dtype=torch.float64, scale="shared", **shape)
-        torch.testing.assert_close(segops.flow_warp(feature, flow, scale_tensor),
-                                   reference.flow_warp_brute_force(feature, flow, scale_tensor), rtol=1e-12,
-                                   atol=1e-12)
+        torch.testing.assert_close(
+            segops.flow_warp(feature, flow, scale_tensor),
+            reference.flow_warp_brute_force(feature, flow, scale_tensor),
+            rtol=1e-12,
+            atol=1e-12,
+        )
 
 
 @pytest.mark.parametrize("layout", ["contiguous", "channels_last", "strided"])
@@ -121,16 +137,18 @@ def test_nan_and_infinite_flow_sample_nothing():
     assert torch.isfinite(out).all() and torch.isfinite(grad_feature).all()
     assert torch.equal(grad_flow.permute(1, 0, 2, 3)[:, bad], torch.zeros(2, 3))
     good_flow = flow.masked_fill(bad.unsqueeze(1), 0.0)
-    torch.testing.assert_close(out[~bad.unsqueeze(1).expand_as(out)],
-                               reference.flow_warp(feature, good_flow)[~bad.unsqueeze(1).expand_as(out)])
+    torch.testing.assert_close(
+        out[~bad.unsqueeze(1).expand_as(out)], reference.flow_warp(feature, good_flow)[~bad.unsqueeze(1).expand_as(out)]
+    )
 
 
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("seed", range(3))
 @pytest.mark.parametrize("scale", [None, "channel", "shared"])
 def test_gradcheck(device, seed, scale):
-    feature, flow, scale_tensor = make_case(seed, batch=2, channels=2, height=5, width=6, out_h=4, out_w=5,
-                                            dtype=torch.float64, scale=scale, device=device)
+    feature, flow, scale_tensor = make_case(
+        seed, batch=2, channels=2, height=5, width=6, out_h=4, out_w=5, dtype=torch.float64, scale=scale, device=device
+    )
     inputs = [feature.requires_grad_(), flow.requires_grad_()]
     if scale_tensor is not None:
         inputs.append(scale_tensor.requires_grad_())
@@ -140,7 +158,7 @@ def test_gradcheck(device, seed, scale):
 def test_double_backward_is_a_clear_error():
     feature, flow, _ = make_case(0, dtype=torch.float64)
     feature.requires_grad_()
-    grad_feature, = torch.autograd.grad(segops.flow_warp(feature, flow).sum(), feature, create_graph=True)
+    (grad_feature,) = torch.autograd.grad(segops.flow_warp(feature, flow).sum(), feature, create_graph=True)
     with pytest.raises(RuntimeError, match="flow_warp: double backward is not supported"):
         grad_feature.sum().backward()
 
@@ -153,19 +171,24 @@ def test_function_and_module():
     assert repr(segops.FlowWarp()) == "FlowWarp(mode=bilinear, padding=zeros, flow in pixels (dx, dy))"
     x = feature.clone().requires_grad_()
     segops.FlowWarpFunction.apply(x, flow).sum().backward()
-    torch.testing.assert_close(x.grad, torch.autograd.grad(segops.flow_warp(feature.requires_grad_(), flow).sum(),
-                                                           feature)[0])
+    torch.testing.assert_close(
+        x.grad, torch.autograd.grad(segops.flow_warp(feature.requires_grad_(), flow).sum(), feature)[0]
+    )
 
 
 def test_opcheck():
     for scale in (None, "channel", "shared"):
         feature, flow, scale_tensor = make_case(0, dtype=torch.float64, scale=scale, out_h=5, out_w=6)
-        args = (feature.requires_grad_(), flow.requires_grad_(),
-                None if scale_tensor is None else scale_tensor.requires_grad_())
+        args = (
+            feature.requires_grad_(),
+            flow.requires_grad_(),
+            None if scale_tensor is None else scale_tensor.requires_grad_(),
+        )
         torch.library.opcheck(torch.ops.segops.flow_warp.default, args)
         grad = torch.randn(2, 3, 5, 6, dtype=torch.float64)
-        torch.library.opcheck(torch.ops.segops._flow_warp_backward.default, (grad, *[a.detach() if a is not None else
-                                                                                   None for a in args]))
+        torch.library.opcheck(
+            torch.ops.segops._flow_warp_backward.default, (grad, *[a.detach() if a is not None else None for a in args])
+        )
 
 
 def test_compile_fullgraph_matches_eager():
@@ -231,16 +254,58 @@ def _kwargs():
 
 
 BAD_ARGUMENTS = [
-    ("feature 3-D", lambda a: a.update(feature=a["feature"][0]), r"flow_warp: feature must have shape \[N, C, H, W\], got \[3, 9, 11\]"),
-    ("feature int", lambda a: a.update(feature=a["feature"].long()), r"flow_warp: feature must be float32, float64, float16 or bfloat16, got Long"),
-    ("flow 3 channels", lambda a: a.update(flow=torch.zeros(2, 3, 5, 6)), r"flow_warp: flow must have shape \[N, 2, Ho, Wo\] with N = 2, got \[2, 3, 5, 6\]"),
-    ("flow batch", lambda a: a.update(flow=torch.zeros(3, 2, 5, 6)), r"flow_warp: flow must have shape \[N, 2, Ho, Wo\] with N = 2, got \[3, 2, 5, 6\]"),
-    ("flow 3-D", lambda a: a.update(flow=torch.zeros(2, 5, 6)), r"flow_warp: flow must have shape \[N, 2, Ho, Wo\] with N = 2, got \[2, 5, 6\]"),
-    ("flow dtype", lambda a: a.update(flow=a["flow"].double()), r"flow_warp: flow must have the same dtype as feature \(Float\), got Double"),
-    ("flow dtype, half feature", lambda a: a.update(feature=a["feature"].half(), flow=a["flow"].double(), scale=None), r"flow_warp: flow must have the same dtype as feature \(Half\) or Float, got Double"),
-    ("scale shape", lambda a: a.update(scale=torch.ones(2, 2, 5, 6)), r"flow_warp: scale must have shape \[N, C, Ho, Wo\] or \[N, 1, Ho, Wo\] = \[2, 3, 5, 6\] or \[2, 1, 5, 6\], got \[2, 2, 5, 6\]"),
-    ("scale size", lambda a: a.update(scale=torch.ones(2, 3, 9, 11)), r"flow_warp: scale must have shape \[N, C, Ho, Wo\] or \[N, 1, Ho, Wo\] = \[2, 3, 5, 6\] or \[2, 1, 5, 6\], got \[2, 3, 9, 11\]"),
-    ("scale dtype", lambda a: a.update(scale=a["scale"].double()), r"flow_warp: scale must have the same dtype as feature \(Float\), got Double"),
+    (
+        "feature 3-D",
+        lambda a: a.update(feature=a["feature"][0]),
+        r"flow_warp: feature must have shape \[N, C, H, W\], got \[3, 9, 11\]",
+    ),
+    (
+        "feature int",
+        lambda a: a.update(feature=a["feature"].long()),
+        r"flow_warp: feature must be float32, float64, float16 or bfloat16, got Long",
+    ),
+    (
+        "flow 3 channels",
+        lambda a: a.update(flow=torch.zeros(2, 3, 5, 6)),
+        r"flow_warp: flow must have shape \[N, 2, Ho, Wo\] with N = 2, got \[2, 3, 5, 6\]",
+    ),
+    (
+        "flow batch",
+        lambda a: a.update(flow=torch.zeros(3, 2, 5, 6)),
+        r"flow_warp: flow must have shape \[N, 2, Ho, Wo\] with N = 2, got \[3, 2, 5, 6\]",
+    ),
+    (
+        "flow 3-D",
+        lambda a: a.update(flow=torch.zeros(2, 5, 6)),
+        r"flow_warp: flow must have shape \[N, 2, Ho, Wo\] with N = 2, got \[2, 5, 6\]",
+    ),
+    (
+        "flow dtype",
+        lambda a: a.update(flow=a["flow"].double()),
+        r"flow_warp: flow must have the same dtype as feature \(Float\), got Double",
+    ),
+    (
+        "flow dtype, half feature",
+        lambda a: a.update(feature=a["feature"].half(), flow=a["flow"].double(), scale=None),
+        r"flow_warp: flow must have the same dtype as feature \(Half\) or Float, got Double",
+    ),
+    (
+        "scale shape",
+        lambda a: a.update(scale=torch.ones(2, 2, 5, 6)),
+        r"flow_warp: scale must have shape \[N, C, Ho, Wo\] or \[N, 1, Ho, Wo\] = \[2, 3, 5, 6\] or "
+        r"\[2, 1, 5, 6\], got \[2, 2, 5, 6\]",
+    ),
+    (
+        "scale size",
+        lambda a: a.update(scale=torch.ones(2, 3, 9, 11)),
+        r"flow_warp: scale must have shape \[N, C, Ho, Wo\] or \[N, 1, Ho, Wo\] = \[2, 3, 5, 6\] or "
+        r"\[2, 1, 5, 6\], got \[2, 3, 9, 11\]",
+    ),
+    (
+        "scale dtype",
+        lambda a: a.update(scale=a["scale"].double()),
+        r"flow_warp: scale must have the same dtype as feature \(Float\), got Double",
+    ),
 ]
 
 
@@ -261,7 +326,10 @@ def test_bad_backward_arguments_and_devices():
     backward = torch.ops.segops._flow_warp_backward
     cases = [
         (torch.ones(2, 3, 9, 11), r"_flow_warp_backward: grad must have shape \[2, 3, 5, 6\], got \[2, 3, 9, 11\]"),
-        (torch.ones(2, 3, 5, 6, dtype=torch.float64), r"_flow_warp_backward: grad must have the same dtype as feature \(Float\), got Double"),
+        (
+            torch.ones(2, 3, 5, 6, dtype=torch.float64),
+            r"_flow_warp_backward: grad must have the same dtype as feature \(Float\), got Double",
+        ),
     ]
     for grad, message in cases:
         assert_raises_eager_and_fake(backward, dict(grad=grad, **kwargs), message)

@@ -6,8 +6,9 @@ pixel, max-unpooling's definition, F.conv2d) or, for
 the dense CRF, one with the reference's invariants. For roi_align and roi_pool, the deterministic GPU backward
 (emulated, a gather) must also equal the CPU backward bit for bit.
 
-Profiles: SEGOPS_FUZZ_PROFILE=fast (the default, in the test command: 30 cases per op, a fixed seed) or long (10,000
-cases per op, random seeds): ``SEGOPS_FUZZ_PROFILE=long ./scripts/test.sh tests/test_fuzz.py``."""
+Profiles: SEGOPS_FUZZ_PROFILE=fast (the default, in `./scripts/test.sh`: 30 cases per op, a fixed seed), full (the
+default of `./scripts/test.sh --full`: 1,000 cases per op, a fixed seed) or long (10,000 cases per op, random seeds):
+``SEGOPS_FUZZ_PROFILE=long ./scripts/test.sh tests/test_fuzz.py``."""
 
 import math
 import os
@@ -28,11 +29,18 @@ from segops.reference import roi_align as reference_roi_align  # noqa: E402
 
 torchvision_ops = pytest.importorskip("torchvision.ops")
 
-settings.register_profile("fast", max_examples=30, deadline=None, derandomize=True, database=None,
-                          suppress_health_check=list(HealthCheck))
-settings.register_profile("long", max_examples=10_000, deadline=None, database=None,
-                          suppress_health_check=list(HealthCheck))
-settings.load_profile(os.environ.get("SEGOPS_FUZZ_PROFILE", "fast"))
+settings.register_profile(
+    "fast", max_examples=30, deadline=None, derandomize=True, database=None, suppress_health_check=list(HealthCheck)
+)
+settings.register_profile(
+    "long", max_examples=10_000, deadline=None, database=None, suppress_health_check=list(HealthCheck)
+)
+settings.register_profile(
+    "full", max_examples=1_000, deadline=None, derandomize=True, database=None, suppress_health_check=list(HealthCheck)
+)
+settings.load_profile(
+    os.environ.get("SEGOPS_FUZZ_PROFILE", "full" if os.environ.get("SEGOPS_TEST_TIER") == "full" else "fast")
+)
 
 FLOATS = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
 DTYPES = FLOATS + (torch.int32,)  # int32: an unsupported dtype, which must be refused
@@ -55,8 +63,12 @@ def _laid_out(draw, tensor, layout=None):
 
 
 def _feature_map(draw, max_batch=3, max_channels=3, max_size=8, min_size=0):
-    shape = (draw(st.integers(0, max_batch)), draw(st.integers(0, max_channels)),
-             draw(st.integers(min_size, max_size)), draw(st.integers(min_size, max_size)))
+    shape = (
+        draw(st.integers(0, max_batch)),
+        draw(st.integers(0, max_channels)),
+        draw(st.integers(min_size, max_size)),
+        draw(st.integers(min_size, max_size)),
+    )
     return _tensor(draw, shape, draw(st.sampled_from(DTYPES)))
 
 
@@ -172,8 +184,11 @@ def test_roi_align(data):
         args = (boxes, scale, *output_size, *features.shape, sampling, aligned)
         _check_deterministic_gpu_backward(data.draw, "_roi_align_backward", args, out, features)
 
-    _refused_or(lambda: segops.roi_align(features, rois, output_size, scale, sampling, aligned), "roi_align",
-                check_with_backward)
+    _refused_or(
+        lambda: segops.roi_align(features, rois, output_size, scale, sampling, aligned),
+        "roi_align",
+        check_with_backward,
+    )
 
 
 @given(st.data())
@@ -195,8 +210,11 @@ def test_roi_pool(data):
 def test_multi_scale_roi_align(data):
     draw = data.draw
     fine = _feature_map(draw, min_size=2)
-    coarse = _tensor(draw, (fine.shape[0], fine.shape[1], fine.shape[2] // 2, fine.shape[3] // 2),
-                     draw(st.sampled_from((fine.dtype, torch.float64))))
+    coarse = _tensor(
+        draw,
+        (fine.shape[0], fine.shape[1], fine.shape[2] // 2, fine.shape[3] // 2),
+        draw(st.sampled_from((fine.dtype, torch.float64))),
+    )
     rois = _rois(draw, fine.shape[0], fine.shape[-1])
 
     def check(out):
@@ -207,8 +225,11 @@ def test_multi_scale_roi_align(data):
                 expected = torchvision_ops.roi_align(maps, boxes, 2, scale, 2, True)
                 _close(out[:, level], expected, fine.dtype)
 
-    _refused_or(lambda: segops.multi_scale_roi_align([fine, coarse], rois, 2, [1.0, 0.5], 2, True, mode="all"),
-                "multi_scale_roi_align", check)
+    _refused_or(
+        lambda: segops.multi_scale_roi_align([fine, coarse], rois, 2, [1.0, 0.5], 2, True, mode="all"),
+        "multi_scale_roi_align",
+        check,
+    )
 
 
 @given(st.data())
@@ -221,8 +242,11 @@ def test_flow_warp(data):
     if draw(st.integers(0, 3)) == 0 and flow.numel() > 0:  # a hostile displacement
         flow = _set_one(draw, flow, HOSTILE)
     with_scale = draw(st.booleans())
-    scale = _tensor(draw, (feature.shape[0], 1, out_h, out_w), feature.dtype, None, 0.0, 1.0) \
-        if with_scale and feature.dtype in FLOATS else None
+    scale = (
+        _tensor(draw, (feature.shape[0], 1, out_h, out_w), feature.dtype, None, 0.0, 1.0)
+        if with_scale and feature.dtype in FLOATS
+        else None
+    )
 
     def check(out):
         assert out.shape == (feature.shape[0], feature.shape[1], out_h, out_w) and out.dtype == feature.dtype
@@ -230,8 +254,9 @@ def test_flow_warp(data):
             return
         # The definition summed over every pixel, on the finite displacements; a non-finite one samples nothing.
         finite = torch.isfinite(flow).all(1, keepdim=True)
-        expected = flow_warp_brute_force(feature.double(), torch.where(finite, flow, 0).double(),
-                                         None if scale is None else scale.double())
+        expected = flow_warp_brute_force(
+            feature.double(), torch.where(finite, flow, 0).double(), None if scale is None else scale.double()
+        )
         expected = torch.where(finite, expected, 0)
         _close(out, expected, feature.dtype)
 
@@ -264,8 +289,7 @@ def test_max_unpool2d(data):
             expected = max_unpool2d_brute_force(values.double(), indices, output_size)
             _close(out, expected, values.dtype)
 
-    _refused_or(lambda: segops.max_unpool2d(values, indices, kernel, output_size=output_size), "max_unpool2d",
-                check)
+    _refused_or(lambda: segops.max_unpool2d(values, indices, kernel, output_size=output_size), "max_unpool2d", check)
 
 
 @given(st.data())
@@ -276,8 +300,9 @@ def test_dilated_conv2d(data):
     out_channels = draw(st.integers(0, 3)) * groups
     in_per_group = max(x.shape[1] // groups, 0)
     kernel = draw(st.integers(1, 3))
-    weight = _tensor(draw, (out_channels, in_per_group, kernel, kernel),
-                     draw(st.sampled_from((x.dtype, torch.float32))))
+    weight = _tensor(
+        draw, (out_channels, in_per_group, kernel, kernel), draw(st.sampled_from((x.dtype, torch.float32)))
+    )
     bias = _tensor(draw, (out_channels,), weight.dtype) if draw(st.booleans()) else None
     stride, padding, dilation = draw(st.integers(1, 2)), draw(st.integers(0, 2)), draw(st.integers(1, 3))
 
@@ -293,12 +318,14 @@ def test_dilated_conv2d(data):
             if bias is not None:
                 expected += bias.double().view(-1, 1, 1)
         else:
-            expected = F.conv2d(padded, weight.double(), None if bias is None else bias.double(), stride, 0,
-                                dilation, groups)
+            expected = F.conv2d(
+                padded, weight.double(), None if bias is None else bias.double(), stride, 0, dilation, groups
+            )
         _close(out, expected, x.dtype)
 
-    _refused_or(lambda: segops.dilated_conv2d(x, weight, bias, stride, padding, dilation, groups), "dilated_conv2d",
-                check)
+    _refused_or(
+        lambda: segops.dilated_conv2d(x, weight, bias, stride, padding, dilation, groups), "dilated_conv2d", check
+    )
 
 
 @given(st.data())
@@ -309,8 +336,13 @@ def test_dense_crf(data):
     unary = _tensor(draw, shape, draw(st.sampled_from(DTYPES)), low=-4.0, high=4.0)
     if draw(st.integers(0, 4)) == 0 and unary.numel() > 0:
         unary = _set_one(draw, unary, HOSTILE)
-    image = _tensor(draw, (shape[0], 3, shape[2], shape[3]), draw(st.sampled_from((torch.float32, torch.uint8))),
-                    low=0.0, high=255.0)
+    image = _tensor(
+        draw,
+        (shape[0], 3, shape[2], shape[3]),
+        draw(st.sampled_from((torch.float32, torch.uint8))),
+        low=0.0,
+        high=255.0,
+    )
     num_iters = draw(st.integers(0, 3))
 
     def check(out):

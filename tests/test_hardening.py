@@ -19,8 +19,9 @@ def _generator(seed):
 def _roi_inputs(seed, channels=8, size=32):
     g = _generator(seed)
     corners = torch.rand(16, 2, 2, generator=g) * 4 * size
-    rois = torch.cat([torch.randint(0, 2, (16, 1), generator=g).float(), corners.min(1).values,
-                      corners.max(1).values], dim=1)
+    rois = torch.cat(
+        [torch.randint(0, 2, (16, 1), generator=g).float(), corners.min(1).values, corners.max(1).values], dim=1
+    )
     return torch.randn(2, channels, size, size, generator=g), rois
 
 
@@ -117,8 +118,10 @@ def _resident_bytes():
 
 
 @pytest.mark.skipif(not os.path.exists("/proc/self/statm"), reason="reads /proc/self/statm (Linux)")
-@pytest.mark.skipif(os.environ.get("SEGOPS_SANITIZED") == "1",
-                    reason="under AddressSanitizer (scripts/sanitize.sh), whose quarantine holds freed memory")
+@pytest.mark.skipif(
+    os.environ.get("SEGOPS_SANITIZED") == "1",
+    reason="under AddressSanitizer (scripts/sanitize.sh), whose quarantine holds freed memory",
+)
 @pytest.mark.parametrize("name", STEPS)
 def test_repeated_calls_do_not_grow_resident_memory(name):
     """1000 forward+backward calls after 200 of warm-up (allocator caches, thread pools): resident memory grows by
@@ -149,8 +152,9 @@ def test_flow_warp_indexes_past_two_to_the_31():
     torch.testing.assert_close(expected, reference_flow_warp(plane, flow)[0, 0])
 
 
-@pytest.mark.skipif(os.environ.get("SEGOPS_LARGE_MEMORY_TESTS") != "1",
-                    reason="allocates 4.3 GB (SEGOPS_LARGE_MEMORY_TESTS=1)")
+@pytest.mark.skipif(
+    os.environ.get("SEGOPS_LARGE_MEMORY_TESTS") != "1", reason="allocates 4.3 GB (SEGOPS_LARGE_MEMORY_TESTS=1)"
+)
 @pytest.mark.parametrize("op", ["roi_align", "roi_pool"])
 def test_roi_ops_index_past_two_to_the_31(op):
     """The RoI ops copy a strided input to a contiguous one, so this needs 2^31 real elements (bfloat16: 4.3 GB):
@@ -159,7 +163,9 @@ def test_roi_ops_index_past_two_to_the_31(op):
     batch = 2**31 // image.numel() + 2
     features = image.expand(batch, -1, -1, -1).contiguous()
     rois = torch.tensor([[batch - 1, 3.2, 4.5, 40.1, 50.3]])
-    pool = {"roi_align": lambda x, r: segops.roi_align(x, r, 7, 1.0, 2, True),
-            "roi_pool": lambda x, r: segops.roi_pool(x, r, 7, 1.0)}[op]
+    pool = {
+        "roi_align": lambda x, r: segops.roi_align(x, r, 7, 1.0, 2, True),
+        "roi_pool": lambda x, r: segops.roi_pool(x, r, 7, 1.0),
+    }[op]
     expected = pool(image, rois * torch.tensor([0, 1, 1, 1, 1]))
     assert torch.equal(pool(features, rois), expected)

@@ -33,45 +33,83 @@ def _cases(lattice_op):
     cases = {
         "roi_align": ("roi_align", dict(input=x, rois=rois), lambda t: (t["input"], t["rois"], 1.0, 2, 3, 2, True), ()),
         "_roi_align_backward": (
-            "_roi_align_backward", dict(grad=randn(3, 3, 2, 3), rois=rois),
-            lambda t: (t["grad"], t["rois"], 1.0, 2, 3, 2, 3, 7, 9, 2, True), (False,)),
+            "_roi_align_backward",
+            dict(grad=randn(3, 3, 2, 3), rois=rois),
+            lambda t: (t["grad"], t["rois"], 1.0, 2, 3, 2, 3, 7, 9, 2, True),
+            (False,),
+        ),
         "roi_pool": ("roi_pool", dict(input=x, rois=rois), lambda t: (t["input"], t["rois"], 1.0, 2, 3), ()),
         "_roi_pool_backward": (
-            "_roi_pool_backward", dict(grad=randn(3, 3, 2, 3), rois=rois, argmax=argmax),
-            lambda t: (t["grad"], t["rois"], t["argmax"], 1.0, 2, 3, 2, 3, 7, 9), (False,)),
+            "_roi_pool_backward",
+            dict(grad=randn(3, 3, 2, 3), rois=rois, argmax=argmax),
+            lambda t: (t["grad"], t["rois"], t["argmax"], 1.0, 2, 3, 2, 3, 7, 9),
+            (False,),
+        ),
         "multi_scale_roi_align": (
-            "multi_scale_roi_align", {"features[0]": randn(2, 3, 8, 8), "features[1]": randn(2, 3, 4, 4),
-                                      "rois": rois, "levels": levels},
-            lambda t: ([t["features[0]"], t["features[1]"]], t["rois"], t["levels"], [1.0, 0.5], 2, 2, 2, False), ()),
+            "multi_scale_roi_align",
+            {"features[0]": randn(2, 3, 8, 8), "features[1]": randn(2, 3, 4, 4), "rois": rois, "levels": levels},
+            lambda t: ([t["features[0]"], t["features[1]"]], t["rois"], t["levels"], [1.0, 0.5], 2, 2, 2, False),
+            (),
+        ),
         "_multi_scale_roi_align_backward": (
-            "_multi_scale_roi_align_backward", dict(grad=randn(3, 3, 2, 2), rois=rois, levels=levels),
-            lambda t: (t["grad"], t["rois"], t["levels"], [1.0, 0.5], 2, 2, 2, 3, [8, 4], [8, 4], 2, False), (False,)),
-        "max_unpool2d": ("max_unpool2d", dict(input=pooled, indices=indices),
-                         lambda t: (t["input"], t["indices"], 8, 10), ()),
-        "_max_unpool2d_backward": ("_max_unpool2d_backward", dict(grad=randn(2, 3, 8, 10), indices=indices),
-                                   lambda t: (t["grad"], t["indices"]), ()),
-        "flow_warp": ("flow_warp", dict(feature=feature, flow=flow, scale=scale),
-                      lambda t: (t["feature"], t["flow"], t["scale"]), ()),
+            "_multi_scale_roi_align_backward",
+            dict(grad=randn(3, 3, 2, 2), rois=rois, levels=levels),
+            lambda t: (t["grad"], t["rois"], t["levels"], [1.0, 0.5], 2, 2, 2, 3, [8, 4], [8, 4], 2, False),
+            (False,),
+        ),
+        "max_unpool2d": (
+            "max_unpool2d",
+            dict(input=pooled, indices=indices),
+            lambda t: (t["input"], t["indices"], 8, 10),
+            (),
+        ),
+        "_max_unpool2d_backward": (
+            "_max_unpool2d_backward",
+            dict(grad=randn(2, 3, 8, 10), indices=indices),
+            lambda t: (t["grad"], t["indices"]),
+            (),
+        ),
+        "flow_warp": (
+            "flow_warp",
+            dict(feature=feature, flow=flow, scale=scale),
+            lambda t: (t["feature"], t["flow"], t["scale"]),
+            (),
+        ),
         "_flow_warp_backward": (
-            "_flow_warp_backward", dict(grad=randn(2, 3, 5, 6), feature=feature, flow=flow, scale=scale),
-            lambda t: (t["grad"], t["feature"], t["flow"], t["scale"]), (False,)),
+            "_flow_warp_backward",
+            dict(grad=randn(2, 3, 5, 6), feature=feature, flow=flow, scale=scale),
+            lambda t: (t["grad"], t["feature"], t["flow"], t["scale"]),
+            (False,),
+        ),
         "permutohedral_lattice": ("permutohedral_lattice", dict(features=points), lambda t: (t["features"],), ()),
         "permutohedral_filter": (
-            "permutohedral_filter", dict(values=randn(1, 20, 4).repeat(2, 1, 1), **dict(zip(lattice_names, lattice))),
-            lambda t: (t["values"], *(t[name] for name in lattice_names), False), ()),
-        "dense_crf_softmax": ("dense_crf_softmax", {"unary": randn(2, 20, 4), "messages[0]": randn(2, 20, 4),
-                                                    "weights": randn(1)},
-                              lambda t: (t["unary"], [t["messages[0]"]], t["weights"]), ()),
+            "permutohedral_filter",
+            dict(values=randn(1, 20, 4).repeat(2, 1, 1), **dict(zip(lattice_names, lattice))),
+            lambda t: (t["values"], *(t[name] for name in lattice_names), False),
+            (),
+        ),
+        "dense_crf_softmax": (
+            "dense_crf_softmax",
+            {"unary": randn(2, 20, 4), "messages[0]": randn(2, 20, 4), "weights": randn(1)},
+            lambda t: (t["unary"], [t["messages[0]"]], t["weights"]),
+            (),
+        ),
     }
     for path, groups, out_channels in (("gemm", 1, 6), ("grouped-gemm", 3, 6), ("depthwise", 3, 3)):
         conv = dict(input=randn(2, 3, 9, 10), weight=randn(out_channels, 3 // groups, 3, 3))
         geometry = ([1, 2], [2, 2], [2, 2], groups)
         cases[f"dilated_conv2d-{path}"] = (
-            "dilated_conv2d", dict(conv, bias=randn(out_channels)),
-            lambda t, a=geometry: (t["input"], t["weight"], t["bias"], *a), ())
+            "dilated_conv2d",
+            dict(conv, bias=randn(out_channels)),
+            lambda t, a=geometry: (t["input"], t["weight"], t["bias"], *a),
+            (),
+        )
         cases[f"_dilated_conv2d_backward-{path}"] = (
-            "_dilated_conv2d_backward", dict(conv, grad=randn(2, out_channels, 9, 5)),
-            lambda t, a=geometry: (t["grad"], t["input"], t["weight"], *a, [True, True, True]), ())
+            "_dilated_conv2d_backward",
+            dict(conv, grad=randn(2, out_channels, 9, 5)),
+            lambda t, a=geometry: (t["grad"], t["input"], t["weight"], *a, [True, True, True]),
+            (),
+        )
     return cases
 
 
@@ -109,8 +147,11 @@ def test_every_tensor_argument_in_every_layout(backend, layout, case):
 @pytest.mark.parametrize("layout", [layout for layout in LAYOUTS if layout != "contiguous"])
 def test_dense_crf_reads_unary_image_and_compatibility_in_every_layout(layout):
     g = torch.Generator().manual_seed(0)
-    arguments = dict(unary=torch.randn(2, 3, 6, 7, generator=g), image=torch.rand(2, 3, 6, 7, generator=g) * 255,
-                     compatibility=torch.rand(3, 3, generator=g))
+    arguments = dict(
+        unary=torch.randn(2, 3, 6, 7, generator=g),
+        image=torch.rand(2, 3, 6, 7, generator=g) * 255,
+        compatibility=torch.rand(3, 3, generator=g),
+    )
     for name, tensor in arguments.items():
         variant = in_layout(tensor, layout)
         actual = segops.dense_crf(num_iters=2, **{**arguments, name: variant})

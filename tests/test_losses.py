@@ -44,7 +44,7 @@ def test_binary_cross_entropy_and_iou_against_the_formulas():
 def _ssim_by_patches(pred, target, size=11, sigma=1.5):
     """SSIM from explicit zero-padded patches weighted by the Gaussian window (no convolution)."""
     coords = torch.arange(size, dtype=torch.float64) - (size - 1) / 2
-    line = torch.exp(-coords**2 / (2 * sigma**2))
+    line = torch.exp(-(coords**2) / (2 * sigma**2))
     window = torch.outer(line, line) / line.sum() ** 2
     pad = size // 2
     values = []
@@ -52,7 +52,7 @@ def _ssim_by_patches(pred, target, size=11, sigma=1.5):
         pa, pb = F.pad(a, (pad,) * 4), F.pad(b, (pad,) * 4)
         for y in range(a.shape[0]):
             for x in range(a.shape[1]):
-                wa, wb = pa[y:y + size, x:x + size], pb[y:y + size, x:x + size]
+                wa, wb = pa[y : y + size, x : x + size], pb[y : y + size, x : x + size]
                 ma, mb = (window * wa).sum(), (window * wb).sum()
                 va, vb = (window * wa * wa).sum() - ma**2, (window * wb * wb).sum() - mb**2
                 cov = (window * wa * wb).sum() - ma * mb
@@ -71,8 +71,9 @@ def test_ssim_against_patches_and_identity():
 
 def test_hybrid_is_the_sum_and_differentiable():
     pred, target = _pair(3, shape=(2, 1, 12, 12))
-    expected = (losses.binary_cross_entropy(pred, target) + losses.ssim_loss(pred, target)
-                + losses.iou_loss(pred, target))
+    expected = (
+        losses.binary_cross_entropy(pred, target) + losses.ssim_loss(pred, target) + losses.iou_loss(pred, target)
+    )
     assert losses.hybrid_loss(pred, target).item() == pytest.approx(expected.item())
     assert torch.autograd.gradcheck(lambda p: losses.hybrid_loss(p, target), (pred.requires_grad_(),))
     assert math.isfinite(losses.hybrid_loss(pred, target).item())

@@ -66,10 +66,14 @@ def test_matches_pytorch_bit_for_bit(device, dtype, pool):
         assert torch.equal(grad.cpu(), expected_grad)
     # Independently of PyTorch: the definition, winners only for the gradient.
     grad_out = torch.randn(out.shape, generator=torch.Generator().manual_seed(3)).to(out)
-    assert torch.equal(out.cpu(), reference.max_unpool2d_brute_force(_batched(input), _batched(indices),
-                                                                     shape[-2:]).view(out.shape).cpu())
-    assert torch.equal(grad.cpu(), reference.max_unpool2d_grad_brute_force(_batched(grad_out), _batched(indices))
-                       .view(grad.shape).cpu())
+    assert torch.equal(
+        out.cpu(),
+        reference.max_unpool2d_brute_force(_batched(input), _batched(indices), shape[-2:]).view(out.shape).cpu(),
+    )
+    assert torch.equal(
+        grad.cpu(),
+        reference.max_unpool2d_grad_brute_force(_batched(grad_out), _batched(indices)).view(grad.shape).cpu(),
+    )
 
 
 def test_duplicates_largest_position_wins_and_alone_gets_the_gradient():
@@ -84,8 +88,9 @@ def test_duplicates_largest_position_wins_and_alone_gets_the_gradient():
     # differs between processes), so the expected values above are written out by hand.
 
 
-@pytest.mark.parametrize("map_size, output_size", [((8, 10), None), ((9, 11), (9, 11)), ((9, 11), (2, 3, 9, 11)),
-                                                  ((8, 10), [9, 11])])
+@pytest.mark.parametrize(
+    "map_size, output_size", [((8, 10), None), ((9, 11), (9, 11)), ((9, 11), (2, 3, 9, 11)), ((8, 10), [9, 11])]
+)
 def test_output_size_forms(map_size, output_size):
     input, indices = pooled((2, 3, *map_size), 2, 2, 0)
     expected = F.max_unpool2d(input, indices, 2, output_size=output_size)
@@ -181,8 +186,9 @@ def test_empty_inputs():
         out.sum().backward()
         assert input.grad.shape == shape
     # Nothing to unpool into but an empty map.
-    assert torch.ops.segops.max_unpool2d(torch.zeros(2, 3, 0, 0), torch.zeros(2, 3, 0, 0, dtype=torch.int64), 0,
-                                         0).shape == (2, 3, 0, 0)
+    assert torch.ops.segops.max_unpool2d(
+        torch.zeros(2, 3, 0, 0), torch.zeros(2, 3, 0, 0, dtype=torch.int64), 0, 0
+    ).shape == (2, 3, 0, 0)
 
 
 def test_deterministic_across_runs_and_threads():
@@ -233,16 +239,45 @@ def _kwargs():
 
 
 BAD_ARGUMENTS = [
-    ("input 3-D", lambda a: a.update(input=a["input"][0]), r"max_unpool2d: input must have shape \[N, C, H, W\], got \[3, 4, 4\]"),
-    ("input int", lambda a: a.update(input=a["input"].long()), r"max_unpool2d: input must be float32, float64, float16 or bfloat16, got Long"),
-    ("indices int32", lambda a: a.update(indices=a["indices"].int()), r"max_unpool2d: indices must be int64 \(Long\), as max_pool2d returns them, got Int"),
-    ("indices shape", lambda a: a.update(indices=a["indices"][:, :2]), r"max_unpool2d: indices must have input's shape \[2, 3, 4, 4\], got \[2, 2, 4, 4\]"),
-    ("indices device", lambda a: a.update(indices=a["indices"].to("meta")), r"max_unpool2d: indices must be on the same device as input \(cpu\), got meta"),
-    ("negative output size", lambda a: a.update(output_height=-1), r"max_unpool2d: output size must be non-negative, got \[-1, 8\]"),
+    (
+        "input 3-D",
+        lambda a: a.update(input=a["input"][0]),
+        r"max_unpool2d: input must have shape \[N, C, H, W\], got \[3, 4, 4\]",
+    ),
+    (
+        "input int",
+        lambda a: a.update(input=a["input"].long()),
+        r"max_unpool2d: input must be float32, float64, float16 or bfloat16, got Long",
+    ),
+    (
+        "indices int32",
+        lambda a: a.update(indices=a["indices"].int()),
+        r"max_unpool2d: indices must be int64 \(Long\), as max_pool2d returns them, got Int",
+    ),
+    (
+        "indices shape",
+        lambda a: a.update(indices=a["indices"][:, :2]),
+        r"max_unpool2d: indices must have input's shape \[2, 3, 4, 4\], got \[2, 2, 4, 4\]",
+    ),
+    (
+        "indices device",
+        lambda a: a.update(indices=a["indices"].to("meta")),
+        r"max_unpool2d: indices must be on the same device as input \(cpu\), got meta",
+    ),
+    (
+        "negative output size",
+        lambda a: a.update(output_height=-1),
+        r"max_unpool2d: output size must be non-negative, got \[-1, 8\]",
+    ),
     # Expanded from one element: a forged shape that costs no memory.
-    ("plane over int32", lambda a: a.update(input=torch.zeros(1).expand(2, 3, 65536, 65536),
-                                            indices=torch.zeros(1, dtype=torch.int64).expand(2, 3, 65536, 65536)),
-     r"max_unpool2d: input planes \(H \* W\) must have at most 2\^31 - 1 elements, got 65536 \* 65536"),
+    (
+        "plane over int32",
+        lambda a: a.update(
+            input=torch.zeros(1).expand(2, 3, 65536, 65536),
+            indices=torch.zeros(1, dtype=torch.int64).expand(2, 3, 65536, 65536),
+        ),
+        r"max_unpool2d: input planes \(H \* W\) must have at most 2\^31 - 1 elements, got 65536 \* 65536",
+    ),
 ]
 
 
@@ -255,10 +290,22 @@ def test_bad_arguments_eager_and_fake(case):
 
 
 BAD_BACKWARD_ARGUMENTS = [
-    ((torch.ones(2, 3, 8), torch.zeros(2, 3, 4, 4, dtype=torch.int64)), r"_max_unpool2d_backward: grad must have shape \[N, C, Ho, Wo\], got \[2, 3, 8\]"),
-    ((torch.ones(2, 3, 8, 8, dtype=torch.int32), torch.zeros(2, 3, 4, 4, dtype=torch.int64)), r"_max_unpool2d_backward: grad must be float32, float64, float16 or bfloat16, got Int"),
-    ((torch.ones(2, 3, 8, 8), torch.zeros(2, 3, 4, 4)), r"_max_unpool2d_backward: indices must be int64 \(Long\), as max_pool2d returns them, got Float"),
-    ((torch.ones(2, 3, 8, 8), torch.zeros(2, 4, 4, 4, dtype=torch.int64)), r"_max_unpool2d_backward: indices must have shape \[N, C, H, W\] with N, C = 2, 3, got \[2, 4, 4, 4\]"),
+    (
+        (torch.ones(2, 3, 8), torch.zeros(2, 3, 4, 4, dtype=torch.int64)),
+        r"_max_unpool2d_backward: grad must have shape \[N, C, Ho, Wo\], got \[2, 3, 8\]",
+    ),
+    (
+        (torch.ones(2, 3, 8, 8, dtype=torch.int32), torch.zeros(2, 3, 4, 4, dtype=torch.int64)),
+        r"_max_unpool2d_backward: grad must be float32, float64, float16 or bfloat16, got Int",
+    ),
+    (
+        (torch.ones(2, 3, 8, 8), torch.zeros(2, 3, 4, 4)),
+        r"_max_unpool2d_backward: indices must be int64 \(Long\), as max_pool2d returns them, got Float",
+    ),
+    (
+        (torch.ones(2, 3, 8, 8), torch.zeros(2, 4, 4, 4, dtype=torch.int64)),
+        r"_max_unpool2d_backward: indices must have shape \[N, C, H, W\] with N, C = 2, 3, got \[2, 4, 4, 4\]",
+    ),
 ]
 
 
@@ -270,15 +317,19 @@ def test_bad_backward_arguments_eager_and_fake(args, message):
 
 def test_functional_errors_follow_pytorch():
     input, indices = pooled((2, 3, 8, 8), 2, 2, 0)
-    for output_size, message in [((20, 8), r"invalid output_size \"\(20, 8\)\" \(dim 0 must be between 6 and 10\)"),
-                                 ((8,), r"output_size should be a sequence containing 2 or 4 elements")]:
+    for output_size, message in [
+        ((20, 8), r"invalid output_size \"\(20, 8\)\" \(dim 0 must be between 6 and 10\)"),
+        ((8,), r"output_size should be a sequence containing 2 or 4 elements"),
+    ]:
         with pytest.raises(ValueError, match=message):
             segops.max_unpool2d(input, indices, 2, output_size=output_size)
         with pytest.raises(ValueError, match=message):
             F.max_unpool2d(input, indices, 2, output_size=output_size)
     with pytest.raises(RuntimeError, match=r"max_unpool2d: input must have shape \[C, H, W\] or \[N, C, H, W\]"):
         segops.max_unpool2d(input[0, 0], indices[0, 0], 2)
-    with pytest.raises(RuntimeError, match=r"max_unpool2d: indices must have input's shape \[3, 4, 4\], got \[2, 3, 4, 4\]"):
+    with pytest.raises(
+        RuntimeError, match=r"max_unpool2d: indices must have input's shape \[3, 4, 4\], got \[2, 3, 4, 4\]"
+    ):
         segops.max_unpool2d(input[0], indices, 2)
 
 

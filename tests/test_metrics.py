@@ -56,8 +56,9 @@ def test_against_an_independent_computation_over_batches(seed):
     for logits, target in batches:
         metrics.update(logits, target)
     result = metrics.compute()
-    expected = _independent(torch.cat([l.argmax(1) for l, _ in batches]), torch.cat([t for _, t in batches]),
-                            num_classes, ignore)
+    expected = _independent(
+        torch.cat([logits.argmax(1) for logits, _ in batches]), torch.cat([t for _, t in batches]), num_classes, ignore
+    )
     for key, value in expected.items():
         assert result[key] == pytest.approx(value)
     assert torch.isnan(result["iou"][5])  # absent from targets and predictions: left out of the means
@@ -67,8 +68,9 @@ def test_merge_and_all_reduce_equal_one_accumulator(tmp_path):
     import torch.distributed as dist
 
     g = torch.Generator().manual_seed(0)
-    parts = [(torch.randint(0, 4, (2, 5, 5), generator=g), torch.randint(0, 4, (2, 5, 5), generator=g))
-             for _ in range(2)]
+    parts = [
+        (torch.randint(0, 4, (2, 5, 5), generator=g), torch.randint(0, 4, (2, 5, 5), generator=g)) for _ in range(2)
+    ]
     whole, first, second = SegmentationMetrics(4), SegmentationMetrics(4), SegmentationMetrics(4)
     for pred, target in parts:
         whole.update(pred, target)
@@ -103,18 +105,22 @@ def _panoptic(rows):
 
 def test_panoptic_quality_hand_computed():
     # Things {1}, stuff {2}, category 0 is void; a thing with instance 0 is crowd.
-    target = _panoptic([
-        [(2, 0), (2, 0), (2, 0), (2, 0), (2, 0)],
-        [(1, 1), (1, 1), (1, 1), (2, 0), (2, 0)],
-        [(1, 1), (1, 1), (1, 1), (1, 2), (1, 2)],
-        [(0, 0), (0, 0), (1, 0), (1, 0), (1, 2)],
-    ])
-    pred = _panoptic([
-        [(2, 0), (2, 0), (2, 0), (2, 0), (2, 0)],
-        [(1, 5), (1, 5), (1, 5), (2, 0), (2, 0)],
-        [(1, 5), (1, 5), (1, 7), (1, 7), (1, 7)],
-        [(1, 5), (1, 9), (1, 9), (1, 9), (1, 7)],
-    ])
+    target = _panoptic(
+        [
+            [(2, 0), (2, 0), (2, 0), (2, 0), (2, 0)],
+            [(1, 1), (1, 1), (1, 1), (2, 0), (2, 0)],
+            [(1, 1), (1, 1), (1, 1), (1, 2), (1, 2)],
+            [(0, 0), (0, 0), (1, 0), (1, 0), (1, 2)],
+        ]
+    )
+    pred = _panoptic(
+        [
+            [(2, 0), (2, 0), (2, 0), (2, 0), (2, 0)],
+            [(1, 5), (1, 5), (1, 5), (2, 0), (2, 0)],
+            [(1, 5), (1, 5), (1, 7), (1, 7), (1, 7)],
+            [(1, 5), (1, 9), (1, 9), (1, 9), (1, 7)],
+        ]
+    )
     metrics = PanopticQuality(things=[1], stuffs=[2])
     metrics.update(pred, target)
     # Stuff matches exactly. (1, 5) meets (1, 1) on 5 pixels; its 1 void pixel leaves the union: IoU 5/6.
@@ -182,8 +188,15 @@ def _s_measure_numpy(pred, gt, eps=np.finfo(np.float64).eps):
     rows, cols = np.argwhere(gt).mean(axis=0).round()
     y, x = int(rows) + 1, int(cols) + 1
     g = gt.astype(np.float64)
-    region = sum(p.size / (h * w) * ssim(p, q) for p, q in [
-        (pred[:y, :x], g[:y, :x]), (pred[:y, x:], g[:y, x:]), (pred[y:, :x], g[y:, :x]), (pred[y:, x:], g[y:, x:])])
+    region = sum(
+        p.size / (h * w) * ssim(p, q)
+        for p, q in [
+            (pred[:y, :x], g[:y, :x]),
+            (pred[:y, x:], g[:y, x:]),
+            (pred[y:, :x], g[y:, :x]),
+            (pred[y:, x:], g[y:, x:]),
+        ]
+    )
     return max(0.0, 0.5 * object_score + 0.5 * region)
 
 
@@ -255,11 +268,20 @@ def test_saliency_min_max_normalisation():
     assert plain.compute()["mae"] != pytest.approx(reference.compute()["mae"])
 
 
-@pytest.mark.parametrize("call, message", [
-    (lambda m: m.update(torch.rand(2, 4, 4), torch.zeros(2, 4, 5)), r"must have one shape.*got \[2, 4, 4\] and \[2, 4, 5\]"),
-    (lambda m: m.update(torch.rand(2, 4, 4) + 1, torch.zeros(2, 4, 4)), "pred must be floating point in \\[0, 1\\]"),
-    (lambda m: m.compute(), "no images were added"),
-])
+@pytest.mark.parametrize(
+    "call, message",
+    [
+        (
+            lambda m: m.update(torch.rand(2, 4, 4), torch.zeros(2, 4, 5)),
+            r"must have one shape.*got \[2, 4, 4\] and \[2, 4, 5\]",
+        ),
+        (
+            lambda m: m.update(torch.rand(2, 4, 4) + 1, torch.zeros(2, 4, 4)),
+            "pred must be floating point in \\[0, 1\\]",
+        ),
+        (lambda m: m.compute(), "no images were added"),
+    ],
+)
 def test_saliency_metrics_errors(call, message):
     with pytest.raises(ValueError, match=message):
         call(SaliencyMetrics())

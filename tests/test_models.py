@@ -37,8 +37,12 @@ def test_bilinear_upsampling_layer_equals_bilinear_interpolation():
         actual = up(x)
         assert actual.shape == expected.shape
         # Equal away from the border (the transposed convolution pads with zeros, interpolation clamps).
-        torch.testing.assert_close(actual[..., factor:-factor, factor:-factor],
-                                   expected[..., factor:-factor, factor:-factor], rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(
+            actual[..., factor:-factor, factor:-factor],
+            expected[..., factor:-factor, factor:-factor],
+            rtol=1e-5,
+            atol=1e-5,
+        )
 
 
 def test_skip_scores_start_at_zero_and_learn():
@@ -128,8 +132,15 @@ def test_deconvnet_layers():
     assert model.classifier.kernel_size == (1, 1)
 
 
-@pytest.mark.parametrize("build", [lambda: models.unet(3, base_width=8), lambda: models.segnet(3, base_width=8),
-                                   lambda: models.deconvnet(3, base_width=8)], ids=["unet", "segnet", "deconvnet"])
+@pytest.mark.parametrize(
+    "build",
+    [
+        lambda: models.unet(3, base_width=8),
+        lambda: models.segnet(3, base_width=8),
+        lambda: models.deconvnet(3, base_width=8),
+    ],
+    ids=["unet", "segnet", "deconvnet"],
+)
 def test_a_few_training_steps_learn(build):
     torch.manual_seed(0)
     model = build()
@@ -147,8 +158,10 @@ def test_a_few_training_steps_learn(build):
     assert losses[-1] < 0.8 * losses[0]
 
 
-@pytest.mark.parametrize("builder, name", [(models.fcn8s, "FCN"), (models.segnet, "SegNet"), (models.unet, "UNet"),
-                                           (models.deconvnet, "DeconvNet")])
+@pytest.mark.parametrize(
+    "builder, name",
+    [(models.fcn8s, "FCN"), (models.segnet, "SegNet"), (models.unet, "UNet"), (models.deconvnet, "DeconvNet")],
+)
 def test_bad_num_classes(builder, name):
     with pytest.raises(ValueError, match=f"{name}: num_classes must be an int >= 1, got 0"):
         builder(0)
@@ -168,8 +181,9 @@ def _count_dilated(module):
 @pytest.mark.parametrize("output_stride, dilated", [(8, 8), (16, 2)])
 def test_dilated_resnet_equals_torchvision_with_its_weights(tmp_path, output_stride, dilated):
     torch.manual_seed(3)
-    reference = torchvision.models.resnet50(weights=None,
-                                            replace_stride_with_dilation=[False, output_stride == 8, True]).eval()
+    reference = torchvision.models.resnet50(
+        weights=None, replace_stride_with_dilation=[False, output_stride == 8, True]
+    ).eval()
     path = tmp_path / "resnet50.pth"
     torch.save(reference.state_dict(), path)
     backbone = models.DilatedResNet(50, output_stride, weights=path).eval()
@@ -177,8 +191,13 @@ def test_dilated_resnet_equals_torchvision_with_its_weights(tmp_path, output_str
     x = torch.randn(1, 3, 64, 80)
 
     def torchvision_backbone(images):
-        return reference.layer4(reference.layer3(reference.layer2(reference.layer1(
-            reference.maxpool(reference.relu(reference.bn1(reference.conv1(images))))))))
+        return reference.layer4(
+            reference.layer3(
+                reference.layer2(
+                    reference.layer1(reference.maxpool(reference.relu(reference.bn1(reference.conv1(images)))))
+                )
+            )
+        )
 
     with torch.no_grad():
         expected = torchvision_backbone(x)
@@ -190,12 +209,16 @@ def test_dilated_resnet_equals_torchvision_with_its_weights(tmp_path, output_str
     assert_as_accurate_as(actual, expected, exact, name="DilatedResNet")
 
 
-@pytest.mark.parametrize("build", [
-    lambda: models.deeplabv2(5, depth=50),
-    lambda: models.deeplabv3(5, depth=50, output_stride=16),
-    lambda: models.deeplabv3(5, depth=50, output_stride=8),
-    lambda: models.pspnet(5, depth=50),
-], ids=["deeplabv2", "deeplabv3-os16", "deeplabv3-os8", "pspnet"])
+@pytest.mark.parametrize(
+    "build",
+    [
+        lambda: models.deeplabv2(5, depth=50),
+        lambda: models.deeplabv3(5, depth=50, output_stride=16),
+        lambda: models.deeplabv3(5, depth=50, output_stride=8),
+        lambda: models.pspnet(5, depth=50),
+    ],
+    ids=["deeplabv2", "deeplabv3-os16", "deeplabv3-os8", "pspnet"],
+)
 @pytest.mark.parametrize("size", [(64, 64), (65, 97)])
 def test_dilated_models_output_size(build, size):
     torch.manual_seed(0)
@@ -226,12 +249,15 @@ def test_deeplabv2_crf_post_processing_and_crf_as_rnn():
     assert rnn.crf.kernel_weights.grad.abs().sum() > 0 and rnn.crf.compatibility.grad.abs().sum() > 0
 
 
-@pytest.mark.parametrize("build, message", [
-    (lambda: models.deeplabv2(3, crf="yes"), "crf must be None, 'post' or 'rnn'"),
-    (lambda: models.DilatedResNet(34), "depth must be 50 or 101, got 34"),
-    (lambda: models.deeplabv3(3, depth=50, output_stride=32), "output_stride must be 8 or 16, got 32"),
-    (lambda: models.pspnet(0), "PSPNet: num_classes must be an int >= 1, got 0"),
-])
+@pytest.mark.parametrize(
+    "build, message",
+    [
+        (lambda: models.deeplabv2(3, crf="yes"), "crf must be None, 'post' or 'rnn'"),
+        (lambda: models.DilatedResNet(34), "depth must be 50 or 101, got 34"),
+        (lambda: models.deeplabv3(3, depth=50, output_stride=32), "output_stride must be 8 or 16, got 32"),
+        (lambda: models.pspnet(0), "PSPNet: num_classes must be an int >= 1, got 0"),
+    ],
+)
 def test_dilated_model_errors(build, message):
     with pytest.raises(ValueError, match=message):
         build()
@@ -261,9 +287,9 @@ def test_mask_and_box_heads_pool_with_segops():
 
 def test_torchvision_mask_rcnn_on_segops_roi_align_equals_torchvision():
     torch.manual_seed(0)
-    model = torchvision.models.detection.maskrcnn_resnet50_fpn(weights=None, weights_backbone=None, num_classes=3,
-                                                               min_size=128, max_size=160,
-                                                               box_score_thresh=0.0).eval()
+    model = torchvision.models.detection.maskrcnn_resnet50_fpn(
+        weights=None, weights_backbone=None, num_classes=3, min_size=128, max_size=160, box_score_thresh=0.0
+    ).eval()
     images = [torch.rand(3, 120, 150)]
     with torch.no_grad():
         expected = model(images)[0]
@@ -291,8 +317,9 @@ def dff():
 
 
 def _per_frame(model, frame):
-    return F.interpolate(model.task_head(model.feature_net(frame)), size=frame.shape[-2:], mode="bilinear",
-                         align_corners=False)
+    return F.interpolate(
+        model.task_head(model.feature_net(frame)), size=frame.shape[-2:], mode="bilinear", align_corners=False
+    )
 
 
 def test_dff_key_frame_every_frame_equals_per_frame_inference(dff):
@@ -340,8 +367,9 @@ def test_dff_untrained_flow_network_copies_the_key_frame_features():
 
 def test_dff_training_pair_reaches_every_network_and_resizes_flow(dff):
     torch.manual_seed(2)
-    model = models.DeepFeatureFlow(torch.nn.Conv2d(3, 8, 3, stride=8, padding=1), torch.nn.Conv2d(8, 2, 1),
-                                   models.FlowNet(8, width=8), scheduler=2)
+    model = models.DeepFeatureFlow(
+        torch.nn.Conv2d(3, 8, 3, stride=8, padding=1), torch.nn.Conv2d(8, 2, 1), models.FlowNet(8, width=8), scheduler=2
+    )
     with torch.no_grad():
         model.flow_net.predict_flow.weight.normal_(0, 1.0)
     frame, key = torch.randn(2, 3, 64, 64), torch.randn(2, 3, 64, 64)
@@ -354,19 +382,31 @@ def test_dff_training_pair_reaches_every_network_and_resizes_flow(dff):
     expected = grid_sample_flow_warp(features, resized_flow, resized_scale)
     torch.testing.assert_close(model.propagate(features, key, frame), expected, rtol=1e-5, atol=1e-5)
     F.cross_entropy(model.forward_pair(frame, key), torch.randint(0, 2, (2, 64, 64))).backward()
-    for net in (model.feature_net, model.task_head, model.flow_net.encoder, model.flow_net.predict_flow,
-                model.flow_net.predict_scale):
+    for net in (
+        model.feature_net,
+        model.task_head,
+        model.flow_net.encoder,
+        model.flow_net.predict_flow,
+        model.flow_net.predict_scale,
+    ):
         assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in net.parameters())
 
 
-@pytest.mark.parametrize("call, message", [
-    (lambda: models.deep_feature_flow(0), "deep_feature_flow: num_classes must be an int >= 1, got 0"),
-    (lambda: models.FixedIntervalScheduler(0), "interval must be an int >= 1, got 0"),
-    (lambda: models.deep_feature_flow(3, depth=50, feature_channels=8)(torch.randn(1, 3, 64, 64)),
-     r"frames must have shape \[N, T, 3, H, W\], got \[1, 3, 64, 64\]"),
-    (lambda: next(models.deep_feature_flow(3, depth=50, feature_channels=8).stream([torch.randn(1, 1, 64, 64)])),
-     r"frame 0 must have shape \[N, 3, H, W\], got \[1, 1, 64, 64\]"),
-])
+@pytest.mark.parametrize(
+    "call, message",
+    [
+        (lambda: models.deep_feature_flow(0), "deep_feature_flow: num_classes must be an int >= 1, got 0"),
+        (lambda: models.FixedIntervalScheduler(0), "interval must be an int >= 1, got 0"),
+        (
+            lambda: models.deep_feature_flow(3, depth=50, feature_channels=8)(torch.randn(1, 3, 64, 64)),
+            r"frames must have shape \[N, T, 3, H, W\], got \[1, 3, 64, 64\]",
+        ),
+        (
+            lambda: next(models.deep_feature_flow(3, depth=50, feature_channels=8).stream([torch.randn(1, 1, 64, 64)])),
+            r"frame 0 must have shape \[N, 3, H, W\], got \[1, 1, 64, 64\]",
+        ),
+    ],
+)
 def test_dff_errors(call, message):
     with pytest.raises(ValueError, match=message):
         call()

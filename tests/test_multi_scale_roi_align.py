@@ -16,8 +16,10 @@ IMAGE = (256, 320)  # height, width
 
 def pyramid(dtype=torch.float32, batch_size=2, channels=5, seed=0, channels_last=False):
     g = torch.Generator().manual_seed(seed)
-    maps = [torch.randn(batch_size, channels, int(IMAGE[0] * s), int(IMAGE[1] * s), generator=g, dtype=dtype)
-            for s in SCALES]
+    maps = [
+        torch.randn(batch_size, channels, int(IMAGE[0] * s), int(IMAGE[1] * s), generator=g, dtype=dtype)
+        for s in SCALES
+    ]
     return [m.to(memory_format=torch.channels_last) for m in maps] if channels_last else maps
 
 
@@ -85,15 +87,16 @@ def test_gradients_reach_every_map_and_equal_roi_aligns():
 
 def test_gradcheck_and_gradgradcheck():
     g = torch.Generator().manual_seed(3)
-    features = [torch.randn(1, 2, size, size + 1, generator=g, dtype=torch.float64, requires_grad=True)
-                for size in (8, 4, 2)]
-    rois = torch.tensor([[0, 1.0, 2.0, 20.0, 25.0], [0, 0.0, 0.0, 31.0, 31.0], [0, 5.0, 5.0, 9.0, 8.0]],
-                        dtype=torch.float64)
+    features = [
+        torch.randn(1, 2, size, size + 1, generator=g, dtype=torch.float64, requires_grad=True) for size in (8, 4, 2)
+    ]
+    rois = torch.tensor(
+        [[0, 1.0, 2.0, 20.0, 25.0], [0, 0.0, 0.0, 31.0, 31.0], [0, 5.0, 5.0, 9.0, 8.0]], dtype=torch.float64
+    )
     levels = torch.tensor([0, 2, 1])
 
     def pool(*maps):
-        return torch.ops.segops.multi_scale_roi_align(list(maps), rois, levels, [0.25, 0.125, 0.0625], 2, 3, 2,
-                                                      True)
+        return torch.ops.segops.multi_scale_roi_align(list(maps), rois, levels, [0.25, 0.125, 0.0625], 2, 3, 2, True)
 
     assert torch.autograd.gradcheck(pool, features)
     assert torch.autograd.gradgradcheck(pool, features)
@@ -106,8 +109,20 @@ def test_opcheck_and_compile():
     args = (features, rois, levels, SCALES, 2, 2, 2, False)
     torch.library.opcheck(torch.ops.segops.multi_scale_roi_align, args)
     grad = torch.randn(len(rois), 3, 2, 2)
-    backward_args = (grad, rois, levels, SCALES, 2, 2, 2, 3, [f.shape[2] for f in features],
-                     [f.shape[3] for f in features], 2, False)
+    backward_args = (
+        grad,
+        rois,
+        levels,
+        SCALES,
+        2,
+        2,
+        2,
+        3,
+        [f.shape[2] for f in features],
+        [f.shape[3] for f in features],
+        2,
+        False,
+    )
     torch.library.opcheck(torch.ops.segops._multi_scale_roi_align_backward, backward_args)
 
     def head(maps, rois):
@@ -126,14 +141,18 @@ def test_opcheck_and_compile():
 def test_module_and_function():
     features, rois = pyramid(), fpn_boxes(10)
     module = segops.MultiScaleRoIAlign(7, SCALES, mode="all")
-    assert repr(module) == ("MultiScaleRoIAlign(output_size=(7, 7), spatial_scales=[0.25, 0.125, 0.0625, 0.03125], "
-                            "sampling_ratio=2, aligned=False, mode='all')")
-    torch.testing.assert_close(module(features, rois), segops.multi_scale_roi_align(features, rois, 7, SCALES,
-                                                                                    mode="all"))
+    assert repr(module) == (
+        "MultiScaleRoIAlign(output_size=(7, 7), spatial_scales=[0.25, 0.125, 0.0625, 0.03125], "
+        "sampling_ratio=2, aligned=False, mode='all')"
+    )
+    torch.testing.assert_close(
+        module(features, rois), segops.multi_scale_roi_align(features, rois, 7, SCALES, mode="all")
+    )
     levels = segops.fpn_levels(rois, SCALES)
     torch.testing.assert_close(
         segops.MultiScaleRoIAlignFunction.apply(rois, levels, SCALES, 7, 7, 2, False, *features),
-        segops.multi_scale_roi_align(features, rois, 7, SCALES))
+        segops.multi_scale_roi_align(features, rois, 7, SCALES),
+    )
 
 
 def test_empty_inputs():
@@ -148,13 +167,29 @@ def test_empty_inputs():
     assert empty_map[0].grad.shape == (2, 5, 0, 4) and empty_map[1].grad.abs().sum() > 0
 
 
-def _call(features=None, rois=None, levels=None, spatial_scales=SCALES, pooled_height=2, pooled_width=2,
-          sampling_ratio=2, aligned=False):
+def _call(
+    features=None,
+    rois=None,
+    levels=None,
+    spatial_scales=SCALES,
+    pooled_height=2,
+    pooled_width=2,
+    sampling_ratio=2,
+    aligned=False,
+):
     features = pyramid(channels=3) if features is None else features
     rois = fpn_boxes(4) if rois is None else rois
     levels = torch.zeros(len(rois), dtype=torch.int64) if levels is None else levels
-    return dict(features=features, rois=rois, levels=levels, spatial_scales=spatial_scales,
-                pooled_height=pooled_height, pooled_width=pooled_width, sampling_ratio=sampling_ratio, aligned=aligned)
+    return dict(
+        features=features,
+        rois=rois,
+        levels=levels,
+        spatial_scales=spatial_scales,
+        pooled_height=pooled_height,
+        pooled_width=pooled_width,
+        sampling_ratio=sampling_ratio,
+        aligned=aligned,
+    )
 
 
 OP = "multi_scale_roi_align"
@@ -163,18 +198,30 @@ ERRORS = [
     (_call(features=[]), f"{OP}: features must hold 1 to 8 maps, got 0"),
     (_call(features=maps * 3), "features must hold 1 to 8 maps, got 12"),
     (_call(features=[maps[0], maps[1][0]]), r"features\[1\] must have shape \[N, C, H, W\], got \[3, 32, 40\]"),
-    (_call(features=[maps[0], maps[1].long()]), r"features\[1\] must be float32, float64, float16 or bfloat16, got Long"),
-    (_call(features=[maps[0], maps[1].double()]), r"features\[1\] must have the dtype of features\[0\] \(Float\), "
-                                                  r"got Double"),
-    (_call(features=[maps[0], maps[1][:, :2]]), r"features\[1\] must have the N and C of features\[0\] \(2, 3\), "
-                                               r"got \[2, 2, 32, 40\]"),
+    (
+        _call(features=[maps[0], maps[1].long()]),
+        r"features\[1\] must be float32, float64, float16 or bfloat16, got Long",
+    ),
+    (
+        _call(features=[maps[0], maps[1].double()]),
+        r"features\[1\] must have the dtype of features\[0\] \(Float\), "
+        r"got Double",
+    ),
+    (
+        _call(features=[maps[0], maps[1][:, :2]]),
+        r"features\[1\] must have the N and C of features\[0\] \(2, 3\), "
+        r"got \[2, 2, 32, 40\]",
+    ),
     (_call(rois=torch.zeros(3, 4)), r"rois must have shape \[K, 5\], got \[3, 4\]"),
     (_call(spatial_scales=SCALES[:3]), r"spatial_scales must have one entry per feature map \(4\), got 3"),
     (_call(spatial_scales=[0.25, -1.0, 0.5, 0.5]), "spatial_scale must be a finite number >= 0, got -1"),
     (_call(pooled_height=0), r"output_size must be >= 1 in both dimensions, got \(0, 2\)"),
     (_call(sampling_ratio=1000), "sampling_ratio must be <= 0 \\(adaptive\\) or at most 256, got 1000"),
-    (_call(levels=torch.zeros(3, dtype=torch.int64)), r"levels must have shape \[K\] = \[10\] \(one per rois row\), "
-                                                      r"got \[3\]"),
+    (
+        _call(levels=torch.zeros(3, dtype=torch.int64)),
+        r"levels must have shape \[K\] = \[10\] \(one per rois row\), "
+        r"got \[3\]",
+    ),
     (_call(levels=torch.zeros(10, dtype=torch.int32)), "levels must be int64, got Int"),
 ]
 
@@ -188,14 +235,28 @@ def test_backward_errors_eager_and_fake():
     rois = fpn_boxes(4)
     levels = torch.zeros(len(rois), dtype=torch.int64)
     op = torch.ops.segops._multi_scale_roi_align_backward
-    base = dict(grad=torch.zeros(len(rois), 3, 2, 2), rois=rois, levels=levels, spatial_scales=SCALES[:2],
-                pooled_height=2, pooled_width=2, batch_size=2, channels=3, heights=[8, 4], widths=[8, 4],
-                sampling_ratio=2, aligned=False)
+    base = dict(
+        grad=torch.zeros(len(rois), 3, 2, 2),
+        rois=rois,
+        levels=levels,
+        spatial_scales=SCALES[:2],
+        pooled_height=2,
+        pooled_width=2,
+        batch_size=2,
+        channels=3,
+        heights=[8, 4],
+        widths=[8, 4],
+        sampling_ratio=2,
+        aligned=False,
+    )
     for change, message in [
         (dict(heights=[8]), "heights and widths must have 1 to 8 entries each, got 1 and 2"),
         (dict(grad=torch.zeros(len(rois), 3, 2, 3)), r"grad must have shape \[10, 3, 2, 2\], got \[10, 3, 2, 3\]"),
-        (dict(heights=[8, -1]), r"input shapes must be non-negative, got N = 2, C = 3, heights \[8, -1\], "
-                                r"widths \[8, 4\]"),
+        (
+            dict(heights=[8, -1]),
+            r"input shapes must be non-negative, got N = 2, C = 3, heights \[8, -1\], "
+            r"widths \[8, 4\]",
+        ),
         (dict(spatial_scales=SCALES), r"spatial_scales must have one entry per feature map \(2\), got 4"),
     ]:
         assert_raises_eager_and_fake(op, {**base, **change}, f"_multi_scale_roi_align_backward: {message}")
@@ -204,21 +265,29 @@ def test_backward_errors_eager_and_fake():
 def test_bad_values_are_named_on_the_cpu():
     rois = fpn_boxes(4)
     with pytest.raises(RuntimeError, match=r"levels\[2\] must be in \[0, 4\) \(a feature map\), got 4"):
-        torch.ops.segops.multi_scale_roi_align(pyramid(), rois, torch.tensor([0, 1, 4, 0, 0, 0, 0, 0, 0, 0]), SCALES,
-                                               2, 2, 2, False)
+        torch.ops.segops.multi_scale_roi_align(
+            pyramid(), rois, torch.tensor([0, 1, 4, 0, 0, 0, 0, 0, 0, 0]), SCALES, 2, 2, 2, False
+        )
     rois[1, 0] = 7
     with pytest.raises(RuntimeError, match=r"rois\[1, 0\] \(batch index\) must be an integer in \[0, 2\), got 7"):
         segops.multi_scale_roi_align(pyramid(), rois, 2, SCALES)
 
 
-@pytest.mark.parametrize("call, message", [
-    (lambda: segops.multi_scale_roi_align(pyramid(), fpn_boxes(3), 2, SCALES, mode="any"),
-     "mode must be 'assign' or 'all', got 'any'"),
-    (lambda: segops.multi_scale_roi_align(torch.randn(1, 2, 3, 3), fpn_boxes(3), 2, SCALES),
-     "features must be a non-empty list of Tensor"),
-    (lambda: segops.fpn_levels(fpn_boxes(3), [0.3, 0.1]), "spatial_scales must be powers of 2"),
-    (lambda: segops.MultiScaleRoIAlign(7, SCALES, mode="x"), "mode must be 'assign' or 'all', got 'x'"),
-])
+@pytest.mark.parametrize(
+    "call, message",
+    [
+        (
+            lambda: segops.multi_scale_roi_align(pyramid(), fpn_boxes(3), 2, SCALES, mode="any"),
+            "mode must be 'assign' or 'all', got 'any'",
+        ),
+        (
+            lambda: segops.multi_scale_roi_align(torch.randn(1, 2, 3, 3), fpn_boxes(3), 2, SCALES),
+            "features must be a non-empty list of Tensor",
+        ),
+        (lambda: segops.fpn_levels(fpn_boxes(3), [0.3, 0.1]), "spatial_scales must be powers of 2"),
+        (lambda: segops.MultiScaleRoIAlign(7, SCALES, mode="x"), "mode must be 'assign' or 'all', got 'x'"),
+    ],
+)
 def test_front_end_errors(call, message):
     with pytest.raises(ValueError, match=message):
         call()
@@ -237,8 +306,9 @@ def test_cuda_equals_cpu_in_default_and_deterministic_modes():
 
     def backward():
         cuda = [f.detach().cuda().requires_grad_() for f in features]
-        return torch.autograd.grad(segops.multi_scale_roi_align(cuda, rois.cuda(), 7, SCALES, mode="all"), cuda,
-                                   grad.cuda())
+        return torch.autograd.grad(
+            segops.multi_scale_roi_align(cuda, rois.cuda(), 7, SCALES, mode="all"), cuda, grad.cuda()
+        )
 
     for grads in cuda_gradients_in_both_modes(backward):
         for actual_grad, expected_grad in zip(grads, cpu_grads, strict=True):

@@ -17,12 +17,18 @@ onnxruntime = pytest.importorskip("onnxruntime")
 pytest.importorskip("onnxscript")
 import segops.onnx  # noqa: E402
 
-from test_export import BATCH, NETWORKS, OPS, _Op, _first, _network_inputs, network_dynamic_shapes  # noqa: E402
+from test_export import BATCH, NETWORKS, OPS, _Op, _first, _network_inputs, network_dynamic_shapes, network_params  # noqa: E402
 
 
 def _export(module, inputs, dynamic_shapes):
-    program = torch.onnx.export(module.eval(), inputs, dynamo=True, dynamic_shapes=dynamic_shapes, verbose=False,
-                                custom_translation_table=segops.onnx.translation_table())
+    program = torch.onnx.export(
+        module.eval(),
+        inputs,
+        dynamo=True,
+        dynamic_shapes=dynamic_shapes,
+        verbose=False,
+        custom_translation_table=segops.onnx.translation_table(),
+    )
     return onnxruntime.InferenceSession(program.model_proto.SerializeToString(), providers=["CPUExecutionProvider"])
 
 
@@ -33,19 +39,27 @@ def _run(session, args):
 # Tolerances (absolute, on outputs of magnitude ~1): exact for the ops that move or average the same values in the
 # same order (RoiAlign, MaxRoiPool, MaxUnpool); float32 rounding for Conv (another summation order) and for the
 # warp, whose grid goes through normalised coordinates and back (x -> 2x / (W - 1) - 1 -> x) before sampling.
-OP_TOLERANCE = {"roi_align": 0, "multi_scale_roi_align": 0, "roi_pool": 0, "max_unpool2d": 0,
-                "dilated_conv2d": 1e-5, "flow_warp": 5e-5}
+OP_TOLERANCE = {
+    "roi_align": 0,
+    "multi_scale_roi_align": 0,
+    "roi_pool": 0,
+    "max_unpool2d": 0,
+    "dilated_conv2d": 1e-5,
+    "flow_warp": 5e-5,
+}
 
 
-@pytest.mark.parametrize("name, module, inputs, other_inputs, dynamic_shapes",
-                         [case for case in OPS if case[0] in OP_TOLERANCE], ids=list(OP_TOLERANCE))
+@pytest.mark.parametrize(
+    "name, module, inputs, other_inputs, dynamic_shapes",
+    [case for case in OPS if case[0] in OP_TOLERANCE],
+    ids=list(OP_TOLERANCE),
+)
 def test_ops_in_onnxruntime_equal_eager(name, module, inputs, other_inputs, dynamic_shapes):
     session = _export(module, inputs, (dynamic_shapes,) if isinstance(module, _Op) else dynamic_shapes)
     for args in (inputs, other_inputs):
         expected = module(*args)
         expected = expected[0] if isinstance(expected, tuple) else expected  # roi_pool: the pooled values
-        np.testing.assert_allclose(_run(session, args)[0], expected.detach().numpy(), rtol=0,
-                                   atol=OP_TOLERANCE[name])
+        np.testing.assert_allclose(_run(session, args)[0], expected.detach().numpy(), rtol=0, atol=OP_TOLERANCE[name])
 
 
 def test_roi_align_sampling_and_legacy_boxes_follow_onnx_attributes():
@@ -56,8 +70,9 @@ def test_roi_align_sampling_and_legacy_boxes_follow_onnx_attributes():
     for aligned in (False, True):
         module = _Op(lambda x, r, aligned=aligned: segops.roi_align(x, r, (3, 4), 1.0, -1, aligned))
         session = _export(module, (features, rois), None)
-        np.testing.assert_allclose(_run(session, (features, rois))[0], module(features, rois).numpy(), rtol=0,
-                                   atol=1e-6)
+        np.testing.assert_allclose(
+            _run(session, (features, rois))[0], module(features, rois).numpy(), rtol=0, atol=1e-6
+        )
 
 
 def test_roi_pool_argmax_is_not_exported():
@@ -108,9 +123,10 @@ def test_rcnn_heads_in_onnxruntime_equal_eager():
     torch.manual_seed(0)
     heads = _RCNNHeads().eval()
     features = torch.randn(2, 8, 24, 32)
-    boxes = torch.tensor([[0, 3.5, 7.2, 50.1, 44.8], [1, 20.0, 12.3, 60.2, 63.0], [0, 1, 1, 30, 30.]])
-    session = _export(heads, (features, boxes), ({0: BATCH, 2: Dim("height"), 3: Dim("width")},
-                                                 {0: Dim("boxes", min=1, max=10_000)}))
+    boxes = torch.tensor([[0, 3.5, 7.2, 50.1, 44.8], [1, 20.0, 12.3, 60.2, 63.0], [0, 1, 1, 30, 30.0]])
+    session = _export(
+        heads, (features, boxes), ({0: BATCH, 2: Dim("height"), 3: Dim("width")}, {0: Dim("boxes", min=1, max=10_000)})
+    )
     for args in ((features, boxes), (torch.randn(1, 8, 40, 16), boxes[[0, 2, 2, 0]] * torch.tensor([0, 1, 1, 1, 1]))):
         with torch.no_grad():
             np.testing.assert_allclose(_run(session, args)[0], heads(*args).numpy(), rtol=1e-4, atol=1e-5)
@@ -120,11 +136,16 @@ def test_rcnn_heads_in_onnxruntime_equal_eager():
 # tests/test_export.py) are exported at a static height and width (dynamic batch).
 STATIC_SIZE = {"pspnet", "poolnet"}
 CHECKED = {"segnet", "deeplabv3", "deep_feature_flow", "pspnet"}
-ONNX_NETWORKS = [(name, build) for name, build in NETWORKS if "CRF" not in name
-                 and (os.environ.get("SEGOPS_ONNX_ALL_NETWORKS") == "1" or name in CHECKED)]
+ONNX_NETWORKS = [
+    (name, build)
+    for name, build in NETWORKS
+    if "CRF" not in name and (os.environ.get("SEGOPS_ONNX_ALL_NETWORKS") == "1" or name in CHECKED)
+]
 
 
-@pytest.mark.parametrize("name, build", ONNX_NETWORKS, ids=[name for name, _ in ONNX_NETWORKS])
+@pytest.mark.parametrize(
+    "name, build", network_params(ONNX_NETWORKS, slow={"deeplabv3", "deep_feature_flow", "pspnet"})
+)
 def test_networks_in_onnxruntime_equal_eager(name, build):
     torch.manual_seed(0)
     model = build().eval()

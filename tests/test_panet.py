@@ -46,7 +46,7 @@ def test_heads_fuse_levels_by_max(model):
     head = model.roi_heads.box_head
     pooled = torch.randn(5, 4, 256, 7, 7)
     with torch.no_grad():
-        per_level = torch.stack([F.relu(fc(pooled[:, l].flatten(1))) for l, fc in enumerate(head.fc6)], 1)
+        per_level = torch.stack([F.relu(fc(pooled[:, level].flatten(1))) for level, fc in enumerate(head.fc6)], 1)
         torch.testing.assert_close(head(pooled), F.relu(head.fc7(per_level.max(1).values)))
     assert model.roi_heads.mask_head(torch.randn(2, 4, 256, 14, 14)).shape == (2, 256, 14, 14)
 
@@ -56,8 +56,13 @@ def test_panet_detects_and_trains(model):
     with torch.no_grad():
         detections = model.eval()(images)[0]
     assert detections["masks"].shape[1:] == (1, 120, 150) and len(detections["boxes"]) > 0
-    targets = [{"boxes": torch.tensor([[10.0, 20.0, 80.0, 100.0]]), "labels": torch.tensor([1]),
-                "masks": torch.zeros(1, 120, 150, dtype=torch.uint8)}]
+    targets = [
+        {
+            "boxes": torch.tensor([[10.0, 20.0, 80.0, 100.0]]),
+            "labels": torch.tensor([1]),
+            "masks": torch.zeros(1, 120, 150, dtype=torch.uint8),
+        }
+    ]
     targets[0]["masks"][0, 20:100, 10:80] = 1
     losses = model.train()(images, targets)
     sum(losses.values()).backward()

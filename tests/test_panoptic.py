@@ -16,12 +16,14 @@ def _box(h0, h1, w0, w1, size=(10, 12)):
 
 
 def test_instances_by_score_with_overlap_removal_then_stuff_then_void():
-    masks = torch.stack([
-        _box(0, 4, 0, 4),    # score 0.6: pasted second, loses its overlap with the first
-        _box(2, 6, 2, 6),    # score 0.9: pasted first
-        _box(2, 5, 2, 5),    # score 0.8: 9 of 9 pixels taken (> 0.5): dropped
-        _box(8, 10, 0, 2),   # score 0.3: below the score threshold
-    ])
+    masks = torch.stack(
+        [
+            _box(0, 4, 0, 4),  # score 0.6: pasted second, loses its overlap with the first
+            _box(2, 6, 2, 6),  # score 0.9: pasted first
+            _box(2, 5, 2, 5),  # score 0.8: 9 of 9 pixels taken (> 0.5): dropped
+            _box(8, 10, 0, 2),  # score 0.3: below the score threshold
+        ]
+    )
     scores, labels = torch.tensor([0.6, 0.9, 0.8, 0.3]), torch.tensor([1, 2, 1, 2])
     semantic = torch.full((10, 12), 10)
     semantic[:, 9:] = 11  # 30 pixels of stuff 11
@@ -44,8 +46,7 @@ def test_instances_by_score_with_overlap_removal_then_stuff_then_void():
 def test_merged_perfect_predictions_score_pq_one():
     masks = torch.stack([_box(0, 4, 0, 4), _box(5, 9, 5, 9)])
     semantic = torch.full((10, 12), 10)
-    merged = panoptic_merge(masks, torch.tensor([0.9, 0.8]), torch.tensor([1, 2]), semantic, STUFFS,
-                            stuff_min_area=1)
+    merged = panoptic_merge(masks, torch.tensor([0.9, 0.8]), torch.tensor([1, 2]), semantic, STUFFS, stuff_min_area=1)
     metric = PanopticQuality(THINGS, STUFFS)
     metric.update(merged[None], merged[None].clone())
     result = metric.compute()
@@ -72,8 +73,9 @@ def panoptic_model():
     import segops.models as models
 
     torch.manual_seed(0)
-    return models.panoptic_fpn(num_things=2, num_stuff=2, stuff_min_area=1, min_size=128, max_size=160,
-                               box_score_thresh=0.0)
+    return models.panoptic_fpn(
+        num_things=2, num_stuff=2, stuff_min_area=1, min_size=128, max_size=160, box_score_thresh=0.0
+    )
 
 
 def test_panoptic_fpn_merges_its_own_branches(panoptic_model):
@@ -92,10 +94,17 @@ def test_panoptic_fpn_merges_its_own_branches(panoptic_model):
     for index, (out, found, (height, width)) in enumerate(zip(panoptic, detections, image_list.image_sizes)):
         size = images[index].shape[-2:]
         assert out.shape == (*size, 2)
-        labels = torch.nn.functional.interpolate(semantic[index:index + 1, :, :height, :width], size=size,
-                                                 mode="bilinear")[0].argmax(0)
-        expected = panoptic_merge(found["masks"][:, 0], found["scores"], found["labels"],
-                                  torch.where(labels > 0, labels + 2, 0), [3, 4], stuff_min_area=1)
+        labels = torch.nn.functional.interpolate(
+            semantic[index : index + 1, :, :height, :width], size=size, mode="bilinear"
+        )[0].argmax(0)
+        expected = panoptic_merge(
+            found["masks"][:, 0],
+            found["scores"],
+            found["labels"],
+            torch.where(labels > 0, labels + 2, 0),
+            [3, 4],
+            stuff_min_area=1,
+        )
         assert torch.equal(out, expected)
         assert set(out[..., 0].unique().tolist()) <= {VOID, 1, 2, 3, 4}
 
@@ -106,8 +115,14 @@ def test_panoptic_fpn_training_losses(panoptic_model):
     semantic = torch.zeros(120, 150, dtype=torch.int64)
     semantic[:60] = 1
     semantic[60:, 100:] = 2
-    targets = [{"boxes": torch.tensor([[10.0, 70.0, 60.0, 110.0]]), "labels": torch.tensor([1]),
-                "masks": torch.zeros(1, 120, 150, dtype=torch.uint8), "semantic": semantic}]
+    targets = [
+        {
+            "boxes": torch.tensor([[10.0, 70.0, 60.0, 110.0]]),
+            "labels": torch.tensor([1]),
+            "masks": torch.zeros(1, 120, 150, dtype=torch.uint8),
+            "semantic": semantic,
+        }
+    ]
     targets[0]["masks"][0, 70:110, 10:60] = 1
     losses = model(images, targets)
     assert {"loss_semantic", "loss_mask", "loss_classifier", "loss_objectness"} <= set(losses)

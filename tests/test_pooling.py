@@ -56,20 +56,30 @@ def test_lse_pool_gradients():
     assert torch.autograd.gradcheck(lambda x: lse_pool(x, 50.0), (x,))
 
 
-@pytest.mark.parametrize("call, message", [
-    (lambda: lse_pool(torch.randn(2, 3, 4, 4), 0.0), "lse_pool: beta must be a finite number > 0, got 0.0"),
-    (lambda: lse_pool(torch.randn(2, 3, 4, 4), -1.0), "beta must be a finite number > 0, got -1.0"),
-    (lambda: lse_pool(torch.randn(2, 3, 4, 4), float("inf")), "beta must be a finite number > 0, got inf"),
-    (lambda: lse_pool(torch.randn(2, 3, 4, 4), torch.ones(2)), "beta must be a finite number > 0"),
-    (lambda: global_max_pool(torch.randn(3, 4, 4)), r"global_max_pool: x must be a floating-point Tensor\[N, C, H, W\], "
-                                                    r"got torch.float32 \[3, 4, 4\]"),
-    (lambda: global_avg_pool(torch.ones(1, 2, 3, 3, dtype=torch.int64)), "got torch.int64"),
-    (lambda: global_avg_pool(torch.randn(1, 2, 0, 3)), r"at least one position to pool, got shape \[1, 2, 0, 3\]"),
-    (lambda: class_activation_maps(torch.randn(1, 4, 3, 3), torch.randn(2, 5)),
-     r"weight must have shape \[K, D\] with D = 4 \(the features' channels\), got \[2, 5\]"),
-    (lambda: class_activation_maps(torch.randn(1, 4, 3, 3), torch.randn(2, 4), torch.randn(3)),
-     r"bias must have shape \[K\] = \[2\], got \[3\]"),
-])
+@pytest.mark.parametrize(
+    "call, message",
+    [
+        (lambda: lse_pool(torch.randn(2, 3, 4, 4), 0.0), "lse_pool: beta must be a finite number > 0, got 0.0"),
+        (lambda: lse_pool(torch.randn(2, 3, 4, 4), -1.0), "beta must be a finite number > 0, got -1.0"),
+        (lambda: lse_pool(torch.randn(2, 3, 4, 4), float("inf")), "beta must be a finite number > 0, got inf"),
+        (lambda: lse_pool(torch.randn(2, 3, 4, 4), torch.ones(2)), "beta must be a finite number > 0"),
+        (
+            lambda: global_max_pool(torch.randn(3, 4, 4)),
+            r"global_max_pool: x must be a floating-point Tensor\[N, C, H, W\], "
+            r"got torch.float32 \[3, 4, 4\]",
+        ),
+        (lambda: global_avg_pool(torch.ones(1, 2, 3, 3, dtype=torch.int64)), "got torch.int64"),
+        (lambda: global_avg_pool(torch.randn(1, 2, 0, 3)), r"at least one position to pool, got shape \[1, 2, 0, 3\]"),
+        (
+            lambda: class_activation_maps(torch.randn(1, 4, 3, 3), torch.randn(2, 5)),
+            r"weight must have shape \[K, D\] with D = 4 \(the features' channels\), got \[2, 5\]",
+        ),
+        (
+            lambda: class_activation_maps(torch.randn(1, 4, 3, 3), torch.randn(2, 4), torch.randn(3)),
+            r"bias must have shape \[K\] = \[2\], got \[3\]",
+        ),
+    ],
+)
 def test_errors(call, message):
     with pytest.raises(ValueError, match=message):
         call()
@@ -77,7 +87,11 @@ def test_errors(call, message):
 
 def test_class_activation_maps_average_to_the_logits():
     g = torch.Generator().manual_seed(1)
-    features, weight, bias = torch.randn(2, 6, 4, 5, generator=g), torch.randn(3, 6, generator=g), torch.randn(3, generator=g)
+    features, weight, bias = (
+        torch.randn(2, 6, 4, 5, generator=g),
+        torch.randn(3, 6, generator=g),
+        torch.randn(3, generator=g),
+    )
     maps = class_activation_maps(features, weight, bias)
     assert maps.shape == (2, 3, 4, 5)
     torch.testing.assert_close(maps.mean(dim=(2, 3)), F.linear(features.mean(dim=(2, 3)), weight, bias))
@@ -105,8 +119,9 @@ def test_cam_localises_what_it_was_only_told_is_there():
     """A classifier told only whether an image holds a bright square: afterwards, its map of "square" peaks on the
     square (the weak supervision CAM is for)."""
     torch.manual_seed(0)
-    body = torch.nn.Sequential(torch.nn.Conv2d(1, 16, 3, padding=1), torch.nn.ReLU(),
-                               torch.nn.Conv2d(16, 16, 3, padding=1), torch.nn.ReLU())
+    body = torch.nn.Sequential(
+        torch.nn.Conv2d(1, 16, 3, padding=1), torch.nn.ReLU(), torch.nn.Conv2d(16, 16, 3, padding=1), torch.nn.ReLU()
+    )
     model = models.CAMClassifier(2, body, 16)
     optimiser = torch.optim.Adam(model.parameters(), lr=1e-2)
 
@@ -116,7 +131,7 @@ def test_cam_localises_what_it_was_only_told_is_there():
         corners = torch.randint(0, 26, (count, 2), generator=g)
         for image, label, (y, x) in zip(images, labels, corners.tolist()):
             if label:
-                image[:, y:y + 6, x:x + 6] += 1.0
+                image[:, y : y + 6, x : x + 6] += 1.0
         return images, labels, corners
 
     g = torch.Generator().manual_seed(0)

@@ -162,8 +162,14 @@ def test_empty_and_degenerate_inputs():
     assert segops.roi_align(input, [], 2).shape == (0, 3, 2, 2)
     # Zero-area, fully outside, huge and far-away boxes.
     rois = torch.tensor(
-        [[0, 3, 3, 3, 3], [1, 100, 100, 120, 130], [0, -50, -50, -20, -30], [1, -1e6, -1e6, 1e6, 1e6],
-         [0, 1e30, 1e30, 3e30, 3e30], [1, 2, 2, 1, 1]],
+        [
+            [0, 3, 3, 3, 3],
+            [1, 100, 100, 120, 130],
+            [0, -50, -50, -20, -30],
+            [1, -1e6, -1e6, 1e6, 1e6],
+            [0, 1e30, 1e30, 3e30, 3e30],
+            [1, 2, 2, 1, 1],
+        ],
         dtype=torch.float32,
     )
     for aligned, sampling_ratio in itertools.product([False, True], [-1, 2]):
@@ -171,7 +177,7 @@ def test_empty_and_degenerate_inputs():
         actual = segops.roi_align(input, rois, 3, 1.0, sampling_ratio, aligned)
         torch.testing.assert_close(actual[:3], expected)
         assert torch.isfinite(actual).all()
-    grad_input, = torch.autograd.grad(segops.roi_align(input, rois, 3, 1.0, -1, True).sum(), input)
+    (grad_input,) = torch.autograd.grad(segops.roi_align(input, rois, 3, 1.0, -1, True).sum(), input)
     assert torch.isfinite(grad_input).all()
     # No channels, or an empty feature map: defined, zero outputs.
     assert segops.roi_align(torch.randn(1, 0, 4, 4), torch.zeros(2, 5), 2).shape == (2, 0, 2, 2)
@@ -199,8 +205,9 @@ def test_backward_deterministic_across_runs_and_threads(threads):
 
 def _call_kwargs():
     input, rois = make_case(0, height=10, width=12, num_rois=4)
-    return dict(input=input, rois=rois, spatial_scale=0.5, pooled_height=2, pooled_width=3, sampling_ratio=2,
-                aligned=True)
+    return dict(
+        input=input, rois=rois, spatial_scale=0.5, pooled_height=2, pooled_width=3, sampling_ratio=2, aligned=True
+    )
 
 
 @pytest.mark.parametrize("case", bad_argument_cases("roi_align"), ids=lambda case: case[0])
@@ -235,11 +242,20 @@ def test_low_precision_input_keeps_float32_boxes():
 
 def test_absurd_sampling_and_scale_are_rejected_or_bounded():
     input, rois = make_case(0)
-    for op in (torch.ops.segops.roi_align, ):
+    for op in (torch.ops.segops.roi_align,):
         assert_raises_eager_and_fake(
-            op, dict(input=input, rois=rois, spatial_scale=0.5, pooled_height=2, pooled_width=2, sampling_ratio=257,
-                     aligned=True),
-            r"roi_align: sampling_ratio must be <= 0 \(adaptive\) or at most 256, got 257")
+            op,
+            dict(
+                input=input,
+                rois=rois,
+                spatial_scale=0.5,
+                pooled_height=2,
+                pooled_width=2,
+                sampling_ratio=257,
+                aligned=True,
+            ),
+            r"roi_align: sampling_ratio must be <= 0 \(adaptive\) or at most 256, got 257",
+        )
     # Tiny bins sampled densely at the border, and boxes scaled past float's range: defined, finite outputs.
     edge = torch.tensor([[0, 22.0, 0.0, 22.0 + 1e-6, 18.0], [1, 0.0, 0.0, 1e30, 1e30]])
     out = segops.roi_align(input, edge, 3, 0.5, 256, True)
@@ -251,16 +267,26 @@ def test_bad_arguments_of_public_api():
     input, rois = make_case(0)
     with pytest.raises(RuntimeError, match="roi_align: rois must be on the same device as input"):
         torch.ops.segops.roi_align(input, rois.to("meta"), 1.0, 2, 2, 2, True)
-    with pytest.raises(ValueError, match=r"roi_align: output_size must be an int or a pair of ints \(height, width\), got \(2, 2, 2\)"):
+    with pytest.raises(
+        ValueError, match=r"roi_align: output_size must be an int or a pair of ints \(height, width\), got \(2, 2, 2\)"
+    ):
         segops.roi_align(input, rois, (2, 2, 2))
-    with pytest.raises(ValueError, match=r"roi_align: output_size must be an int or a pair of ints \(height, width\), got \(2.0, 2\)"):
+    with pytest.raises(
+        ValueError, match=r"roi_align: output_size must be an int or a pair of ints \(height, width\), got \(2.0, 2\)"
+    ):
         segops.roi_align(input, rois, (2.0, 2))
     assert segops.roi_align(input, rois, torch.Size([2, 3])).shape == (6, 3, 2, 3)
-    with pytest.raises(ValueError, match=r"roi_align: boxes\[1\] must be a Tensor\[L, 4\] \(x1, y1, x2, y2\), got \[3, 5\]"):
+    with pytest.raises(
+        ValueError, match=r"roi_align: boxes\[1\] must be a Tensor\[L, 4\] \(x1, y1, x2, y2\), got \[3, 5\]"
+    ):
         segops.roi_align(input, [torch.zeros(2, 4), torch.zeros(3, 5)], 2)
-    with pytest.raises(ValueError, match="roi_align: boxes must be a Tensor\\[K, 5\\] or a list of Tensor\\[L, 4\\], got str"):
+    with pytest.raises(
+        ValueError, match="roi_align: boxes must be a Tensor\\[K, 5\\] or a list of Tensor\\[L, 4\\], got str"
+    ):
         segops.roi_align(input, "boxes", 2)
-    with pytest.raises(RuntimeError, match=r"_roi_align_backward: grad must have shape \[6, 3, 2, 2\], got \[6, 3, 2, 3\]"):
+    with pytest.raises(
+        RuntimeError, match=r"_roi_align_backward: grad must have shape \[6, 3, 2, 2\], got \[6, 3, 2, 3\]"
+    ):
         torch.ops.segops._roi_align_backward(torch.ones(6, 3, 2, 3), rois, 1.0, 2, 2, 2, 3, 9, 11, 2, True)
 
 
@@ -329,5 +355,6 @@ def test_cuda_path_does_not_synchronise_and_captures_in_a_graph():
 def test_cuda_bad_row_is_a_device_side_assert():
     assert_bad_row_is_a_device_side_assert("segops.roi_align(x, rois, 2, 1.0, 2, True)")
     assert_bad_row_is_a_device_side_assert(
-        "torch.ops.segops._roi_align_backward(torch.ones(2, 3, 2, 2, device='cuda'), rois, 1.0, 2, 2, 2, 3, 8, 8, 2, True)"
+        "torch.ops.segops._roi_align_backward(torch.ones(2, 3, 2, 2, device='cuda'), rois, 1.0, 2, 2, 2, 3, 8, 8, 2, "
+        "True)"
     )

@@ -26,7 +26,9 @@ from op_testing import (
 
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-@pytest.mark.parametrize("output_size,spatial_scale", list(itertools.product([(7, 7), (3, 5), (1, 1)], [1.0, 0.5, 0.25])))
+@pytest.mark.parametrize(
+    "output_size,spatial_scale", list(itertools.product([(7, 7), (3, 5), (1, 1)], [1.0, 0.5, 0.25]))
+)
 def test_forward_and_backward_match_torchvision(device, dtype, output_size, spatial_scale):
     for seed in range(3):
         input, rois = make_case(seed, device=device, dtype=dtype, spatial_scale=spatial_scale)
@@ -128,15 +130,21 @@ def test_empty_and_degenerate_inputs():
     empty.sum().backward()
     assert torch.equal(input.grad, torch.zeros_like(input))
     rois = torch.tensor(
-        [[0, 3, 3, 3, 3], [1, 100, 100, 120, 130], [0, -50, -50, -20, -30], [1, 2, 2, 1, 1], [1, -1e6, -1e6, 1e6, 1e6],
-         [0, 1e30, 1e30, 3e30, 3e30]],
+        [
+            [0, 3, 3, 3, 3],
+            [1, 100, 100, 120, 130],
+            [0, -50, -50, -20, -30],
+            [1, 2, 2, 1, 1],
+            [1, -1e6, -1e6, 1e6, 1e6],
+            [0, 1e30, 1e30, 3e30, 3e30],
+        ],
         dtype=torch.float32,
     )
     expected = torchvision.ops.roi_pool(input, rois[:5], 3)
     actual = segops.roi_pool(input, rois, 3)
     assert torch.equal(actual[:5], expected)
     assert torch.equal(actual[5], torch.zeros(3, 3, 3))
-    grad_input, = torch.autograd.grad(actual.sum(), input)
+    (grad_input,) = torch.autograd.grad(actual.sum(), input)
     assert torch.isfinite(grad_input).all()
     assert segops.roi_pool(torch.randn(1, 0, 4, 4), torch.zeros(2, 5), 2).shape == (2, 0, 2, 2)
     assert torch.equal(segops.roi_pool(torch.randn(1, 2, 0, 4), torch.zeros(1, 5), 2), torch.zeros(1, 2, 2, 2))

@@ -4,15 +4,17 @@ stream and CRF, PoolNet's guidance and aggregation), BASNet's deep-supervision l
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 import segops
 import segops.models as models
 from segops.losses import hybrid_loss
 
 
-@pytest.mark.parametrize("build", [lambda: models.dcl(base_width=8), lambda: models.basnet(width=16),
-                                   lambda: models.poolnet(width=16)], ids=["dcl", "basnet", "poolnet"])
+@pytest.mark.parametrize(
+    "build",
+    [lambda: models.dcl(base_width=8), lambda: models.basnet(width=16), lambda: models.poolnet(width=16)],
+    ids=["dcl", "basnet", "poolnet"],
+)
 @pytest.mark.parametrize("size", [(64, 64), (65, 97)])
 def test_saliency_models_give_probabilities_at_the_input_size(build, size):
     torch.manual_seed(0)

@@ -43,14 +43,20 @@ def test_synthetic_shapes_are_reproducible_and_labelled_by_colour():
                 assert (mean - torch.tensor(CLASS_COLOURS[label - 1])).abs().max() < 0.3
 
 
-@pytest.mark.parametrize("call, error, message", [
-    (lambda: SyntheticShapes(-1), ValueError, "num_samples must be an int >= 0, got -1"),
-    (lambda: SyntheticShapes(4, size=8), ValueError, "size must be an int >= 16, got 8"),
-    (lambda: SyntheticShapes(4)[4], IndexError, "index 4 out of range for 4 samples"),
-    (lambda: SyntheticShapes(4, shapes_per_image=(0, 2)), ValueError,
-     r"shapes_per_image must be a tuple \(lowest, highest\) of ints with 1 <= lowest <= highest, got \(0, 2\)"),
-    (lambda: SyntheticShapes(4, shapes_per_image=(3, 2)), ValueError, r"got \(3, 2\)"),
-])
+@pytest.mark.parametrize(
+    "call, error, message",
+    [
+        (lambda: SyntheticShapes(-1), ValueError, "num_samples must be an int >= 0, got -1"),
+        (lambda: SyntheticShapes(4, size=8), ValueError, "size must be an int >= 16, got 8"),
+        (lambda: SyntheticShapes(4)[4], IndexError, "index 4 out of range for 4 samples"),
+        (
+            lambda: SyntheticShapes(4, shapes_per_image=(0, 2)),
+            ValueError,
+            r"shapes_per_image must be a tuple \(lowest, highest\) of ints with 1 <= lowest <= highest, got \(0, 2\)",
+        ),
+        (lambda: SyntheticShapes(4, shapes_per_image=(3, 2)), ValueError, r"got \(3, 2\)"),
+    ],
+)
 def test_synthetic_shapes_errors(call, error, message):
     with pytest.raises(error, match=message):
         call()
@@ -69,35 +75,85 @@ def test_salient_objects_are_one_shape_and_its_mask():
         assert 0.01 < mask.mean() < 0.5
 
 
+@pytest.mark.slow  # the demos train every network for a few steps: tens of seconds
 def test_the_script_trains_evaluates_and_draws(tmp_path):
-    result = _run([sys.executable, str(SCRIPT), "--steps", "2", "--batch-size", "2", "--eval-samples", "4",
-                   "--output", str(tmp_path)], tmp_path)
+    result = _run(
+        [
+            sys.executable,
+            str(SCRIPT),
+            "--steps",
+            "2",
+            "--batch-size",
+            "2",
+            "--eval-samples",
+            "4",
+            "--output",
+            str(tmp_path),
+        ],
+        tmp_path,
+    )
     table = result.stdout
-    for row in ("baseline: majority class (background)", "| fcn8s |", "| segnet |", "| deconvnet |", "| unet |",
-                "| deeplabv2 |",
-                "deeplabv2 + dense CRF"):
+    for row in (
+        "baseline: majority class (background)",
+        "| fcn8s |",
+        "| segnet |",
+        "| deconvnet |",
+        "| unet |",
+        "| deeplabv2 |",
+        "deeplabv2 + dense CRF",
+    ):
         assert row in table
     assert (tmp_path / "predictions.png").stat().st_size > 0
 
 
+@pytest.mark.slow  # the demos train every network for a few steps: tens of seconds
 def test_the_saliency_script_trains_evaluates_and_draws(tmp_path):
-    result = _run([sys.executable, str(ROOT / "examples" / "train_saliency.py"), "--steps", "2", "--batch-size", "2",
-                   "--eval-samples", "4", "--output", str(tmp_path)], tmp_path)
-    for row in ("| baseline: location prior (mean training mask) |", "| basnet |", "| poolnet |", "| dcl |",
-                "| dcl + dense CRF |"):
+    result = _run(
+        [
+            sys.executable,
+            str(ROOT / "examples" / "train_saliency.py"),
+            "--steps",
+            "2",
+            "--batch-size",
+            "2",
+            "--eval-samples",
+            "4",
+            "--output",
+            str(tmp_path),
+        ],
+        tmp_path,
+    )
+    for row in (
+        "| baseline: location prior (mean training mask) |",
+        "| basnet |",
+        "| poolnet |",
+        "| dcl |",
+        "| dcl + dense CRF |",
+    ):
         assert row in result.stdout
     assert (tmp_path / "saliency.png").stat().st_size > 0
 
 
+@pytest.mark.slow  # the demos train every network for a few steps: tens of seconds
 def test_two_process_training_equals_single_process_training(tmp_path):
     """FCN-8s (no batch norm, dropout off) with SGD: each process's share of the global batch of 4 and DDP's
     gradient average give the gradient of the mean loss over the whole batch, so 3 steps under torchrun equal
     3 single-process steps up to float rounding of the sums."""
-    common = [str(SCRIPT), "--models", "fcn8s", "--steps", "3", "--batch-size", "4", "--optimizer", "sgd",
-              "--no-eval"]
+    common = [str(SCRIPT), "--models", "fcn8s", "--steps", "3", "--batch-size", "4", "--optimizer", "sgd", "--no-eval"]
     _run([sys.executable, *common, "--save-state", "single.pt"], tmp_path)
-    _run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", *common,
-          "--save-state", "ddp.pt"], tmp_path)
+    _run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc_per_node=2",
+            *common,
+            "--save-state",
+            "ddp.pt",
+        ],
+        tmp_path,
+    )
     single = torch.load(tmp_path / "single.pt")["fcn8s"]
     ddp = torch.load(tmp_path / "ddp.pt")["fcn8s"]
     spec = importlib.util.spec_from_file_location("train_segmentation", SCRIPT)
@@ -124,7 +180,8 @@ def test_roi_ablation_targets_fill_their_boxes_and_the_script_runs(tmp_path):
     for mask in masks[:, 0]:
         assert mask[0].max() > 0 and mask[-1].max() > 0 and mask[:, 0].max() > 0 and mask[:, -1].max() > 0
         assert 0.3 < mask.mean() <= 1  # a rectangle fills its box
-    result = _run([sys.executable, str(ROOT / "examples" / "roi_ablation.py"), "--steps", "2", "--test-images", "4"],
-                  tmp_path)
+    result = _run(
+        [sys.executable, str(ROOT / "examples" / "roi_ablation.py"), "--steps", "2", "--test-images", "4"], tmp_path
+    )
     for variant in ("| RoIPool |", "| RoIAlign (aligned=False) |", "| RoIAlign (aligned=True) |"):
         assert variant in result.stdout

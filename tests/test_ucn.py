@@ -84,7 +84,7 @@ def test_mean_shift_recovers_planted_clusters():
     labels, modes = mean_shift(points, generator=g)
     assert len(modes) == 5
     # A one-to-one match of clusters and labels, every point labelled as its cluster.
-    assert len({(int(t), int(l)) for t, l in zip(truth, labels)}) == 5
+    assert len({(int(t), int(label)) for t, label in zip(truth, labels)}) == 5
     assert all(F.cosine_similarity(modes[int(labels[truth == k][0])], centres[k], dim=0) > 0.99 for k in range(5))
     image_labels, _ = mean_shift(points.t().reshape(8, 25, 40), generator=torch.Generator().manual_seed(0))
     assert image_labels.shape == (25, 40)

@@ -36,8 +36,9 @@ def assert_within_summation_bound(actual: Tensor, exact: Tensor, magnitude: Tens
         )
 
 
-def assert_as_accurate_as(actual: Tensor, reference: Tensor, exact: Tensor, factor: float = 2.0,
-                          name: str = "") -> None:
+def assert_as_accurate_as(
+    actual: Tensor, reference: Tensor, exact: Tensor, factor: float = 2.0, name: str = ""
+) -> None:
     """For results of long computations (whole networks) in a float dtype: `actual` (segops) lies at most `factor`
     times as far from `exact` (float64) as `reference` (the independent implementation in actual's dtype) does, plus
     one rounding of the result's scale; flash-attention's rule, whatever kernels this CPU picks for either side."""

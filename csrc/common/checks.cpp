@@ -17,6 +17,12 @@ void check_supported_float(const char* op, const char* name, const at::Tensor& t
               " must be float32, float64, float16 or bfloat16, got ", tensor.scalar_type());
 }
 
+void check_same_dtype(const char* op, const char* name, const at::Tensor& tensor, const at::Tensor& like,
+                      const char* like_name) {
+  TORCH_CHECK(tensor.scalar_type() == like.scalar_type(), op, ": ", name, " must have the same dtype as ", like_name,
+              " (", like.scalar_type(), "), got ", tensor.scalar_type());
+}
+
 void check_dtype_or_accumulation(const char* op, const char* name, const at::Tensor& tensor, const at::Tensor& like,
                                  const char* like_name) {
   const at::ScalarType acc_type = at::toOpMathType(like.scalar_type());

@@ -10,6 +10,10 @@ bool is_supported_float(at::ScalarType type);
 // "<op>: <name> must be float32, float64, float16 or bfloat16, got Long".
 void check_supported_float(const char* op, const char* name, const at::Tensor& tensor);
 
+// "<op>: <name> must have the same dtype as <like_name> (Float), got Double".
+void check_same_dtype(const char* op, const char* name, const at::Tensor& tensor, const at::Tensor& like,
+                      const char* like_name);
+
 // `name` must have the dtype of `like`, or float32 where `like` is float16/bfloat16 (boxes and flows keep their
 // precision beside half-precision features): "<op>: <name> must have the same dtype as <like_name> (Half) or
 // Float, got Double".

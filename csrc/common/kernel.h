@@ -27,9 +27,9 @@
 #define SEGOPS_KERNEL_ASSERT(cond, message) CUDA_KERNEL_ASSERT_MSG(cond, message)
 // The same, printing the offending values first (printf's format and arguments): the assert's own message is static.
 #define SEGOPS_KERNEL_ASSERT_DETAILED(cond, message, format, ...) \
-  do {                                                             \
+  do {                                                            \
     if (!(cond)) printf(format "\n", __VA_ARGS__);                \
-    CUDA_KERNEL_ASSERT_MSG(cond, message);                         \
+    CUDA_KERNEL_ASSERT_MSG(cond, message);                        \
   } while (0)
 // Integer atomics: the result does not depend on the order of the updates.
 #define SEGOPS_ATOMIC_MAX(address, value) atomicMax((address), (value))
@@ -40,7 +40,7 @@
 #endif
 
 // for (i = global thread index; i < n; i += total threads), in 64-bit indices.
-#define SEGOPS_KERNEL_LOOP(i, n)                                                             \
+#define SEGOPS_KERNEL_LOOP(i, n)                                                         \
   for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < (n); \
        i += static_cast<int64_t>(blockDim.x) * gridDim.x)
 

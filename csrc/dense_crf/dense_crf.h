@@ -41,7 +41,8 @@ LatticeScales<acc_t> lattice_scales(int dims) {
   LatticeScales<acc_t> s{};
   s.dims = dims;
   const double inv_std_dev = std::sqrt(2.0 / 3.0) * (dims + 1);
-  for (int i = 0; i < dims; ++i) s.scale[i] = static_cast<acc_t>(1.0 / std::sqrt(double((i + 2) * (i + 1))) * inv_std_dev);
+  for (int i = 0; i < dims; ++i)
+    s.scale[i] = static_cast<acc_t>(1.0 / std::sqrt(double((i + 2) * (i + 1))) * inv_std_dev);
   return s;
 }
 
@@ -74,8 +75,8 @@ SEGOPS_HOST_DEVICE bool lattice_coordinate_in_range(acc_t scaled) {
 // each of its d+1 simplex vertices to keys[r * d + k] and their barycentric weights to weights[r]. Returns false,
 // writing nothing, when a feature is not finite or the point lies too far out for int32 keys.
 template <typename scalar_t, typename acc_t>
-SEGOPS_HOST_DEVICE bool lattice_embed(const scalar_t* f, int64_t stride, const LatticeScales<acc_t>& s,
-                                      int32_t* keys, acc_t* weights) {
+SEGOPS_HOST_DEVICE bool lattice_embed(const scalar_t* f, int64_t stride, const LatticeScales<acc_t>& s, int32_t* keys,
+                                      acc_t* weights) {
   const int d = s.dims;
   acc_t elevated[kLatticeMaxFeatures + 1], rem0[kLatticeMaxFeatures + 1], barycentric[kLatticeMaxFeatures + 2];
   int rank[kLatticeMaxFeatures + 1];
@@ -163,7 +164,8 @@ SEGOPS_HOST_DEVICE int64_t lattice_table_find(const int32_t* table, int64_t capa
   uint64_t slot = lattice_key_hash(key, d) & mask;
   while (true) {
     const int32_t entry = table[slot];
-    if (entry < 0 || lattice_keys_equal(keys + static_cast<int64_t>(entry) * d, key, d)) return static_cast<int64_t>(slot);
+    if (entry < 0 || lattice_keys_equal(keys + static_cast<int64_t>(entry) * d, key, d))
+      return static_cast<int64_t>(slot);
     slot = (slot + 1) & mask;
   }
 }
@@ -202,12 +204,14 @@ SEGOPS_HOST_DEVICE float crf_exp(float x) {
 #elif defined(__CUDACC__)  // nvcc's host pass: not a hot path
   float two_n;
   memcpy(&two_n, &bits, sizeof(two_n));
-#else  // a bit cast the vectoriser sees through (a memcpy through memory it does not)
+#else                      // a bit cast the vectoriser sees through (a memcpy through memory it does not)
   const float two_n = __builtin_bit_cast(float, bits);
 #endif
   return y * two_n;
 }
-SEGOPS_HOST_DEVICE double crf_exp(double x) { return ::exp(x); }
+SEGOPS_HOST_DEVICE double crf_exp(double x) {
+  return ::exp(x);
+}
 
 // One pixel's mean-field update: out = softmax(unary + sum_k weights[k] * messages[k]) over its `labels` values
 // (each row at offset `row` of its tensor); out may serve as scratch. The sums run in the order Python's

@@ -58,9 +58,9 @@ CheckedFilter checked_lattice_filter(const at::Tensor& values, const at::Tensor&
   check_shape("splat_offsets", splat_offsets, at::kInt, {batch, rows + 1}, "[B, M+1]", values);
   check_shape("splat_entries", splat_entries, at::kInt, {batch, points * (dims + 1)}, "[B, N*(d+1)]", values);
   check_shape("num_vertices", num_vertices, at::kLong, {batch}, "[B]", values);
-  return {{batch, points, dims, rows},   values.contiguous(),        vertex_ids.contiguous(),
-          weights.contiguous(),           neighbours.contiguous(),    splat_offsets.contiguous(),
-          splat_entries.contiguous(),     num_vertices.contiguous()};
+  return {{batch, points, dims, rows}, values.contiguous(),      vertex_ids.contiguous(),
+          weights.contiguous(),        neighbours.contiguous(),  splat_offsets.contiguous(),
+          splat_entries.contiguous(),  num_vertices.contiguous()};
 }
 
 CheckedCrfSoftmax checked_crf_softmax(const at::Tensor& unary, at::TensorList messages, const at::Tensor& weights) {

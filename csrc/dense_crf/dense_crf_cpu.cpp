@@ -94,8 +94,8 @@ void embed_points(const scalar_t* features, int64_t points, int dims, const Latt
     int k = 0;  // the feature that failed
     while (k < dims && lattice_coordinate_in_range(static_cast<scalar_t>(f[k]) * scales.scale[k])) ++k;
     k = std::min(k, dims - 1);
-    TORCH_CHECK(false, "permutohedral_lattice: features must be finite and at most 2^24 in lattice units (feature ",
-                k, " times ", static_cast<double>(scales.scale[k]), "), got features[", image, ", ", p, ", ", k,
+    TORCH_CHECK(false, "permutohedral_lattice: features must be finite and at most 2^24 in lattice units (feature ", k,
+                " times ", static_cast<double>(scales.scale[k]), "), got features[", image, ", ", p, ", ", k,
                 "] = ", static_cast<double>(f[k]));
   }
 }
@@ -157,7 +157,8 @@ void number_vertices(ImageLattice& lattice, int64_t points, int dims, int32_t* v
   at::parallel_for(0, chunks, 1, [&](int64_t begin, int64_t end) {
     for (int64_t chunk = begin; chunk < end; ++chunk) {
       const int64_t e_end = std::min(points, (chunk + 1) * kNumberingChunk) * stride;
-      for (int64_t e = chunk * kNumberingChunk * stride; e < e_end; ++e) vertex_ids[e] = chunk_to_global[chunk][vertex_ids[e]];
+      for (int64_t e = chunk * kNumberingChunk * stride; e < e_end; ++e)
+        vertex_ids[e] = chunk_to_global[chunk][vertex_ids[e]];
     }
   });
   lattice.table.emplace(std::move(global));
@@ -236,12 +237,12 @@ LatticeTensors permutohedral_lattice_cpu(const at::Tensor& features_in) {
 // One image's lattice and values, as the filter reads them.
 template <typename scalar_t>
 struct FilterImage {
-  const scalar_t* values;      // [N, C]
-  const int32_t* vertex_ids;   // [N, d+1]
-  const scalar_t* weights;     // [N, d+1]
-  const int32_t* neighbours;   // [M, d+1, 2]
-  const int32_t* offsets;      // [M+1]
-  const int32_t* entries;      // [E]
+  const scalar_t* values;     // [N, C]
+  const int32_t* vertex_ids;  // [N, d+1]
+  const scalar_t* weights;    // [N, d+1]
+  const int32_t* neighbours;  // [M, d+1, 2]
+  const int32_t* offsets;     // [M+1]
+  const int32_t* entries;     // [E]
   int64_t points, channels, vertices, dims;
 };
 
@@ -293,8 +294,8 @@ at::Tensor permutohedral_filter_cpu(const at::Tensor& values_in, const at::Tenso
                                     const at::Tensor& weights_in, const at::Tensor& neighbours_in,
                                     const at::Tensor& splat_offsets_in, const at::Tensor& splat_entries_in,
                                     const at::Tensor& num_vertices_in, bool adjoint) {
-  const CheckedFilter c = checked_lattice_filter(values_in, vertex_ids_in, weights_in, neighbours_in,
-                                                 splat_offsets_in, splat_entries_in, num_vertices_in);
+  const CheckedFilter c = checked_lattice_filter(values_in, vertex_ids_in, weights_in, neighbours_in, splat_offsets_in,
+                                                 splat_entries_in, num_vertices_in);
   const LatticeShape& shape = c.shape;
   const at::Tensor &values = c.values, &vertex_ids = c.vertex_ids, &weights = c.weights, &neighbours = c.neighbours;
   const at::Tensor &offsets = c.splat_offsets, &entries = c.splat_entries, &num_vertices = c.num_vertices;
@@ -313,7 +314,10 @@ at::Tensor permutohedral_filter_cpu(const at::Tensor& values_in, const at::Tenso
                                      neighbours.const_data_ptr<int32_t>() + b * rows * (dims + 1) * 2,
                                      offsets.const_data_ptr<int32_t>() + b * (rows + 1),
                                      entries.const_data_ptr<int32_t>() + b * points * (dims + 1),
-                                     points, channels, vertices, dims};
+                                     points,
+                                     channels,
+                                     vertices,
+                                     dims};
       std::vector<scalar_t> current(static_cast<size_t>(vertices * channels)), next(current.size());
       const int64_t vertex_grain = std::max<int64_t>(1, 8192 / channels);
       // Splat tasks of equal entry counts (a few vertices carry most entries: a vertex count split would not
@@ -326,8 +330,7 @@ at::Tensor permutohedral_filter_cpu(const at::Tensor& values_in, const at::Tenso
         return first_bad;
       });
       TORCH_CHECK(bad < 0, "permutohedral_filter: the splat list of vertex ", bad, " of image ", b,
-                  " is outside splat_entries or names an entry outside [0, N*(d+1)) = [0, ", points * (dims + 1),
-                  ")");
+                  " is outside splat_entries or names an entry outside [0, N*(d+1)) = [0, ", points * (dims + 1), ")");
       for (int64_t step = 0; step <= dims; ++step) {
         const int j = static_cast<int>(adjoint ? dims - step : step);
         bad = parallel_checked(vertices, vertex_grain, [&](int64_t begin, int64_t end) {
@@ -339,7 +342,7 @@ at::Tensor permutohedral_filter_cpu(const at::Tensor& values_in, const at::Tenso
       }
       bad = parallel_checked(points, std::max<int64_t>(1, 4096 / channels), [&](int64_t begin, int64_t end) {
         return SEGOPS_CPU_LOOP(slice_range)(im, begin, end, current.data(),
-                                                 out.mutable_data_ptr<scalar_t>() + b * points * channels);
+                                            out.mutable_data_ptr<scalar_t>() + b * points * channels);
       });
       TORCH_CHECK(bad < 0, "permutohedral_filter: vertex_ids[", b, ", ", bad,
                   "] must be vertices in [0, num_vertices) = [0, ", vertices, ")");
@@ -362,9 +365,8 @@ at::Tensor dense_crf_softmax_cpu(const at::Tensor& unary_in, at::TensorList mess
     at::parallel_for(0, rows, block, [&](int64_t begin, int64_t end) {
       for (int64_t first = begin; first < end; first += block) {
         SEGOPS_CPU_LOOP(crf_softmax_rows)(unary.const_data_ptr<scalar_t>(), pointers,
-                                          weights.const_data_ptr<scalar_t>(), static_cast<int>(messages.size()),
-                                          labels, first, std::min(end, first + block),
-                                          out.mutable_data_ptr<scalar_t>());
+                                          weights.const_data_ptr<scalar_t>(), static_cast<int>(messages.size()), labels,
+                                          first, std::min(end, first + block), out.mutable_data_ptr<scalar_t>());
       }
     });
   });

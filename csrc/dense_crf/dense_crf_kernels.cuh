@@ -36,7 +36,8 @@ __global__ void SEGOPS_LAUNCH_BOUNDS(kThreadsPerBlock)
     int32_t* point_keys = keys + point * (d + 1) * d;
     scalar_t* point_weights = weights + point * (d + 1);
     const bool ok = lattice_embed(features + point * d, 1, scales, point_keys, point_weights);
-    SEGOPS_KERNEL_ASSERT_DETAILED(ok, "permutohedral_lattice: features must be finite and at most 2^24 in lattice units",
+    SEGOPS_KERNEL_ASSERT_DETAILED(ok,
+                                  "permutohedral_lattice: features must be finite and at most 2^24 in lattice units",
                                   "permutohedral_lattice: features of point %lld (flat over [B, N]) are not finite "
                                   "or exceed 2^24 in lattice units",
                                   static_cast<long long>(point));
@@ -49,8 +50,8 @@ __global__ void SEGOPS_LAUNCH_BOUNDS(kThreadsPerBlock)
 
 // tables [B, capacity]; keys [B, E, d].
 __global__ void SEGOPS_LAUNCH_BOUNDS(kThreadsPerBlock)
-    lattice_insert_kernel(int64_t total, const int32_t* __restrict__ keys, int64_t entries, int d,
-                          int32_t* tables, int64_t capacity) {
+    lattice_insert_kernel(int64_t total, const int32_t* __restrict__ keys, int64_t entries, int d, int32_t* tables,
+                          int64_t capacity) {
   SEGOPS_KERNEL_LOOP(flat, total) {
     const int64_t image = flat / entries;
     const int32_t entry = static_cast<int32_t>(flat - image * entries);
@@ -189,8 +190,7 @@ __global__ void SEGOPS_LAUNCH_BOUNDS(kThreadsPerBlock)
         const bool entry_ok = e >= 0 && e < entry_count;
         SEGOPS_KERNEL_ASSERT(entry_ok, "permutohedral_filter: a splat entry is outside [0, N*(d+1))");
         if (!entry_ok) continue;
-        sum += weights[image * entry_count + e] *
-               values[(image * g.points + e / (g.dims + 1)) * g.channels + c];
+        sum += weights[image * entry_count + e] * values[(image * g.points + e / (g.dims + 1)) * g.channels + c];
       }
     }
     vertex_values[flat] = sum;
@@ -200,8 +200,7 @@ __global__ void SEGOPS_LAUNCH_BOUNDS(kThreadsPerBlock)
 template <typename scalar_t>
 __global__ void SEGOPS_LAUNCH_BOUNDS(kThreadsPerBlock)
     lattice_blur_kernel(int64_t total, const scalar_t* __restrict__ in, const int32_t* __restrict__ neighbours,
-                        const int64_t* __restrict__ num_vertices, int j, scalar_t* __restrict__ out,
-                        FilterGeometry g) {
+                        const int64_t* __restrict__ num_vertices, int j, scalar_t* __restrict__ out, FilterGeometry g) {
   SEGOPS_KERNEL_LOOP(flat, total) {
     const int64_t c = flat % g.channels;
     const int64_t row = flat / g.channels;
@@ -328,8 +327,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
          vertex_ids.const_data_ptr<int32_t>(), num_vertices.const_data_ptr<int64_t>(),
          neighbours.mutable_data_ptr<int32_t>());
   // Stable: each vertex's entries stay in entry order, the CPU build's splat order.
-  auto [sorted_vertex_ids, order] =
-      at::sort(vertex_ids.view({batch, entries}), /*stable=*/std::optional<bool>(true), /*dim=*/1, /*descending=*/false);
+  auto [sorted_vertex_ids, order] = at::sort(vertex_ids.view({batch, entries}), /*stable=*/std::optional<bool>(true),
+                                             /*dim=*/1, /*descending=*/false);
   const at::Tensor sorted_c = sorted_vertex_ids.contiguous();
   launch(batch * (entries + 1), lattice_offsets_kernel, batch * (entries + 1), entries,
          sorted_c.const_data_ptr<int32_t>(), splat_offsets.mutable_data_ptr<int32_t>());
@@ -343,8 +342,8 @@ at::Tensor permutohedral_filter_launch(const Launch& launch, const at::Tensor& v
                                        const at::Tensor& neighbours_in, const at::Tensor& splat_offsets_in,
                                        const at::Tensor& splat_entries_in, const at::Tensor& num_vertices_in,
                                        bool adjoint) {
-  const CheckedFilter c = checked_lattice_filter(values_in, vertex_ids_in, weights_in, neighbours_in,
-                                                 splat_offsets_in, splat_entries_in, num_vertices_in);
+  const CheckedFilter c = checked_lattice_filter(values_in, vertex_ids_in, weights_in, neighbours_in, splat_offsets_in,
+                                                 splat_entries_in, num_vertices_in);
   const LatticeShape& shape = c.shape;
   const at::Tensor &values = c.values, &vertex_ids = c.vertex_ids, &weights = c.weights, &neighbours = c.neighbours;
   const at::Tensor &offsets = c.splat_offsets, &entries = c.splat_entries, &num_vertices = c.num_vertices;

@@ -18,8 +18,9 @@ void check_pair(const char* op, const char* name, at::IntArrayRef values, int64_
 ConvAxis conv_axis(const char* op, const char* axis, const char* letter, int64_t in, int64_t kernel, int64_t stride,
                    int64_t pad, int64_t dilation) {
   const int64_t extent = (kernel - 1) * dilation + 1;
-  TORCH_CHECK(extent <= in + 2 * pad, op, ": the dilated kernel's ", axis, " ((k", letter, " - 1) * dilation + 1 = ",
-              extent, ") must not exceed the padded input's (", letter, " + 2 * padding = ", in + 2 * pad, ")");
+  TORCH_CHECK(extent <= in + 2 * pad, op, ": the dilated kernel's ", axis, " ((k", letter,
+              " - 1) * dilation + 1 = ", extent, ") must not exceed the padded input's (", letter,
+              " + 2 * padding = ", in + 2 * pad, ")");
   return {in, (in + 2 * pad - extent) / stride + 1, kernel, stride, pad, dilation};
 }
 
@@ -40,15 +41,13 @@ CheckedConv checked_dilated_conv2d(const char* op, const at::Tensor& input, cons
                   weight.size(2) >= 1 && weight.size(3) >= 1,
               op, ": weight must have shape [C_out, C_in / groups, kH, kW] with C_in / groups = ", channels / groups,
               ", C_out a multiple of groups (", groups, ") and kH, kW >= 1, got ", weight.sizes());
-  TORCH_CHECK(weight.scalar_type() == input.scalar_type(), op, ": weight must have the same dtype as input (",
-              input.scalar_type(), "), got ", weight.scalar_type());
+  check_same_dtype(op, "weight", weight, input, "input");
   check_same_device(op, "weight", weight, input, "input");
   const int64_t out_channels = weight.size(0);
   if (bias.has_value()) {
     TORCH_CHECK(bias->dim() == 1 && bias->size(0) == out_channels, op, ": bias must have shape [C_out] = [",
                 out_channels, "], got ", bias->sizes());
-    TORCH_CHECK(bias->scalar_type() == input.scalar_type(), op, ": bias must have the same dtype as input (",
-                input.scalar_type(), "), got ", bias->scalar_type());
+    check_same_dtype(op, "bias", *bias, input, "input");
     check_same_device(op, "bias", *bias, input, "input");
   }
   return {conv_axis(op, "height", "H", input.size(2), weight.size(2), stride[0], padding[0], dilation[0]),
@@ -64,8 +63,7 @@ void check_dilated_conv2d_grad(const at::Tensor& grad, const at::Tensor& input, 
   const char* op = "_dilated_conv2d_backward";
   TORCH_CHECK(grad.sizes() == at::IntArrayRef(checked.output_shape()), op, ": grad must have shape ",
               at::IntArrayRef(checked.output_shape()), ", got ", grad.sizes());
-  TORCH_CHECK(grad.scalar_type() == input.scalar_type(), op, ": grad must have the same dtype as input (",
-              input.scalar_type(), "), got ", grad.scalar_type());
+  check_same_dtype(op, "grad", grad, input, "input");
   check_same_device(op, "grad", grad, input, "input");
 }
 

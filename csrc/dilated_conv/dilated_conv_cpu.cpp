@@ -82,7 +82,9 @@ std::vector<InsideRun> inside_runs(const ConvAxis& axis) {
 }
 
 // Grain of parallel loops whose iterations each cost about `work` elements.
-int64_t grain_for(int64_t work) { return std::max<int64_t>(1, 32768 / std::max<int64_t>(1, work)); }
+int64_t grain_for(int64_t work) {
+  return std::max<int64_t>(1, 32768 / std::max<int64_t>(1, work));
+}
 
 // One depthwise plane: its input (read through the row and pixel strides), its filter (kH x kW) and its output
 // (contiguous).
@@ -174,8 +176,8 @@ struct CpuConvOps {
     });
   }
 
-  void col2im_add(const at::Tensor& columns, const CheckedConv& c, at::Tensor& grad_input, int64_t n,
-                  int64_t first_row, int64_t rows) const {
+  void col2im_add(const at::Tensor& columns, const CheckedConv& c, at::Tensor& grad_input, int64_t n, int64_t first_row,
+                  int64_t rows) const {
     const ConvAxis ay = c.ay, ax = c.ax;
     const int64_t width = rows * ax.out;
     const RowRange read = input_rows_read(ay, first_row, rows);
@@ -228,8 +230,8 @@ struct CpuConvOps {
     return sums;
   }
 
-  at::Tensor depthwise_forward(const at::Tensor& input, const at::Tensor& weight,
-                               const std::optional<at::Tensor>& bias, const CheckedConv& c) const {
+  at::Tensor depthwise_forward(const at::Tensor& input, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
+                               const CheckedConv& c) const {
     at::Tensor output = empty_with_huge_pages(c.output_shape(), input.options());
     const StridedImage image = strided_image(input);
     const ConvAxis ay = c.ay, ax = c.ax;

@@ -34,8 +34,9 @@ inline int64_t column_rows_per_chunk(const CheckedConv& c) {
 // The [groups, C_out / groups, rows * Wo] view of output rows [first_row, first_row + rows) of image n.
 inline at::Tensor output_rows(const at::Tensor& output, const CheckedConv& c, int64_t n, int64_t first_row,
                               int64_t rows) {
-  return output[n].view({c.groups, c.group_out_channels(), c.ay.out * c.ax.out}).narrow(2, first_row * c.ax.out,
-                                                                                         rows * c.ax.out);
+  return output[n]
+      .view({c.groups, c.group_out_channels(), c.ay.out * c.ax.out})
+      .narrow(2, first_row * c.ax.out, rows * c.ax.out);
 }
 
 template <class Ops>
@@ -145,14 +146,11 @@ at::Tensor dilated_conv2d_forward(const Ops& ops, const at::Tensor& input, const
 // The backward op's results: grads that output_mask leaves out are empty tensors ([0]) rather than undefined, so the
 // schema's Tensor outputs stay tensors.
 template <class Ops>
-std::tuple<at::Tensor, at::Tensor, at::Tensor> dilated_conv2d_backward(const Ops& ops, const at::Tensor& grad,
-                                                                       const at::Tensor& input,
-                                                                       const at::Tensor& weight,
-                                                                       at::IntArrayRef stride, at::IntArrayRef padding,
-                                                                       at::IntArrayRef dilation, int64_t groups,
-                                                                       std::array<bool, 3> output_mask) {
-  const CheckedConv c = checked_dilated_conv2d("_dilated_conv2d_backward", input, weight, std::nullopt, stride,
-                                               padding, dilation, groups);
+std::tuple<at::Tensor, at::Tensor, at::Tensor> dilated_conv2d_backward(
+    const Ops& ops, const at::Tensor& grad, const at::Tensor& input, const at::Tensor& weight, at::IntArrayRef stride,
+    at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups, std::array<bool, 3> output_mask) {
+  const CheckedConv c = checked_dilated_conv2d("_dilated_conv2d_backward", input, weight, std::nullopt, stride, padding,
+                                               dilation, groups);
   check_dilated_conv2d_grad(grad, input, c);
   std::tuple<at::Tensor, at::Tensor, at::Tensor> grads;
   if (c.batch == 0 || c.out_channels == 0 || c.channels == 0) {

@@ -33,8 +33,8 @@ __global__ void SEGOPS_LAUNCH_BOUNDS(kThreadsPerBlock)
   SEGOPS_KERNEL_LOOP(index, total) {
     const int64_t row = index / width, column = index % width;
     const int64_t taps = ay.kernel * ax.kernel;
-    columns[index] = im2col_value(input, image, ay, ax, n, row / taps, (row / ax.kernel) % ay.kernel,
-                                  row % ax.kernel, first_row + column / ax.out, column % ax.out);
+    columns[index] = im2col_value(input, image, ay, ax, n, row / taps, (row / ax.kernel) % ay.kernel, row % ax.kernel,
+                                  first_row + column / ax.out, column % ax.out);
   }
 }
 
@@ -65,8 +65,8 @@ __global__ void SEGOPS_LAUNCH_BOUNDS(kThreadsPerBlock)
     const int64_t oy = (index / ax.out) % ay.out;
     const int64_t plane = index / (ax.out * ay.out);
     const int64_t c = plane % channels;
-    const acc_t sum = depthwise_sum<acc_t>(input, image, weight + c * ay.kernel * ax.kernel, ay, ax, plane / channels,
-                                           c, oy, ox);
+    const acc_t sum =
+        depthwise_sum<acc_t>(input, image, weight + c * ay.kernel * ax.kernel, ay, ax, plane / channels, c, oy, ox);
     output[index] = static_cast<scalar_t>(sum + (bias != nullptr ? static_cast<acc_t>(bias[c]) : acc_t(0)));
   }
 }
@@ -99,8 +99,8 @@ __global__ void SEGOPS_LAUNCH_BOUNDS(kThreadsPerBlock)
     const int64_t n = (index / ay.out) % batch;
     const int64_t tap = (index / (ay.out * batch)) % (ay.kernel * ax.kernel);
     const int64_t c = index / (ay.out * batch * ay.kernel * ax.kernel);
-    partials[index] = depthwise_weight_grad_row<acc_t>(grad, input, image, ay, ax, n, c, channels, oy,
-                                                        tap / ax.kernel, tap % ax.kernel);
+    partials[index] = depthwise_weight_grad_row<acc_t>(grad, input, image, ay, ax, n, c, channels, oy, tap / ax.kernel,
+                                                       tap % ax.kernel);
   }
 }
 
@@ -129,8 +129,8 @@ struct LaunchConvOps {
     });
   }
 
-  void col2im_add(const at::Tensor& columns, const CheckedConv& c, at::Tensor& grad_input, int64_t n,
-                  int64_t first_row, int64_t rows) const {
+  void col2im_add(const at::Tensor& columns, const CheckedConv& c, at::Tensor& grad_input, int64_t n, int64_t first_row,
+                  int64_t rows) const {
     const RowRange read = input_rows_read(c.ay, first_row, rows);
     const int64_t total = c.channels * std::max<int64_t>(0, read.last - read.first) * c.ax.in;
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, columns.scalar_type(), "dilated_conv_col2im", [&] {
@@ -145,12 +145,12 @@ struct LaunchConvOps {
     return grad.sum({0, 2, 3}, /*keepdim=*/false, at::toOpMathType(grad.scalar_type()));
   }
 
-  at::Tensor depthwise_forward(const at::Tensor& input, const at::Tensor& weight,
-                               const std::optional<at::Tensor>& bias, const CheckedConv& c) const {
+  at::Tensor depthwise_forward(const at::Tensor& input, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
+                               const CheckedConv& c) const {
     at::Tensor output = at::empty(c.output_shape(), input.options());
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "dilated_conv_depthwise", [&] {
-      launch(output.numel(), dilated_conv_depthwise_kernel<scalar_t>, output.numel(),
-             input.const_data_ptr<scalar_t>(), strided_image(input), weight.const_data_ptr<scalar_t>(),
+      launch(output.numel(), dilated_conv_depthwise_kernel<scalar_t>, output.numel(), input.const_data_ptr<scalar_t>(),
+             strided_image(input), weight.const_data_ptr<scalar_t>(),
              bias.has_value() ? bias->const_data_ptr<scalar_t>() : nullptr, c.ay, c.ax, c.channels,
              output.mutable_data_ptr<scalar_t>());
     });
@@ -171,8 +171,8 @@ struct LaunchConvOps {
       }
       if (output_mask[1]) {
         const int64_t rows = c.batch * c.ay.out;
-        at::Tensor partials = at::empty({c.channels * c.taps() * rows}, input.options().dtype(at::toOpMathType(
-                                                                              input.scalar_type())));
+        at::Tensor partials =
+            at::empty({c.channels * c.taps() * rows}, input.options().dtype(at::toOpMathType(input.scalar_type())));
         launch(partials.numel(), dilated_conv_depthwise_weight_partial_kernel<scalar_t>, partials.numel(),
                grad.const_data_ptr<scalar_t>(), input.const_data_ptr<scalar_t>(), strided_image(input), c.ay, c.ax,
                c.batch, c.channels, partials.mutable_data_ptr<acc_t>());

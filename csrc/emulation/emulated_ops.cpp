@@ -61,8 +61,8 @@ std::vector<at::Tensor> multi_scale_roi_align_backward(const at::Tensor& grad, c
                                                        bool deterministic, at::IntArrayRef grid,
                                                        at::IntArrayRef block) {
   return multi_scale_roi_align_backward_launch(launch_of(grid, block), grad, rois, levels, spatial_scales, pooled_h,
-                                               pooled_w, batch_size, channels, heights, widths, sampling_ratio,
-                                               aligned, deterministic);
+                                               pooled_w, batch_size, channels, heights, widths, sampling_ratio, aligned,
+                                               deterministic);
 }
 
 std::tuple<at::Tensor, at::Tensor> roi_pool(const at::Tensor& input, const at::Tensor& rois, double spatial_scale,
@@ -73,8 +73,8 @@ std::tuple<at::Tensor, at::Tensor> roi_pool(const at::Tensor& input, const at::T
 
 at::Tensor roi_pool_backward(const at::Tensor& grad, const at::Tensor& rois, const at::Tensor& argmax,
                              double spatial_scale, int64_t pooled_h, int64_t pooled_w, int64_t batch_size,
-                             int64_t channels, int64_t height, int64_t width, bool deterministic,
-                             at::IntArrayRef grid, at::IntArrayRef block) {
+                             int64_t channels, int64_t height, int64_t width, bool deterministic, at::IntArrayRef grid,
+                             at::IntArrayRef block) {
   return roi_pool_backward_launch(launch_of(grid, block), grad, rois, argmax, spatial_scale, pooled_h, pooled_w,
                                   batch_size, channels, height, width, deterministic);
 }
@@ -108,10 +108,12 @@ at::Tensor dilated_conv2d(const at::Tensor& input, const at::Tensor& weight, con
   return dilated_conv2d_forward_launch(launch_of(grid, block), input, weight, bias, stride, padding, dilation, groups);
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor> dilated_conv2d_backward(
-    const at::Tensor& grad, const at::Tensor& input, const at::Tensor& weight, at::IntArrayRef stride,
-    at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups, std::array<bool, 3> output_mask,
-    at::IntArrayRef grid, at::IntArrayRef block) {
+std::tuple<at::Tensor, at::Tensor, at::Tensor> dilated_conv2d_backward(const at::Tensor& grad, const at::Tensor& input,
+                                                                       const at::Tensor& weight, at::IntArrayRef stride,
+                                                                       at::IntArrayRef padding,
+                                                                       at::IntArrayRef dilation, int64_t groups,
+                                                                       std::array<bool, 3> output_mask,
+                                                                       at::IntArrayRef grid, at::IntArrayRef block) {
   return dilated_conv2d_backward_launch(launch_of(grid, block), grad, input, weight, stride, padding, dilation, groups,
                                         output_mask);
 }

@@ -30,9 +30,12 @@ template <typename T>
 SEGOPS_HOST_DEVICE WarpSample<T> warp_sample(int64_t y, int64_t x, T dx, T dy, int64_t height, int64_t width) {
   const T sample_y = static_cast<T>(y) + dy;
   const T sample_x = static_cast<T>(x) + dx;
-  WarpSample<T> s{zero_padded_tap(sample_y, height), zero_padded_tap(sample_x, width),
-                  zero_padded_tap_derivative(sample_y, height), zero_padded_tap_derivative(sample_x, width),
-                  warp_cell(sample_y, height), warp_cell(sample_x, width)};
+  WarpSample<T> s{zero_padded_tap(sample_y, height),
+                  zero_padded_tap(sample_x, width),
+                  zero_padded_tap_derivative(sample_y, height),
+                  zero_padded_tap_derivative(sample_x, width),
+                  warp_cell(sample_y, height),
+                  warp_cell(sample_x, width)};
   if (s.cell_y == -2 || s.cell_x == -2) s.cell_y = s.cell_x = -2;
   return s;
 }
@@ -50,8 +53,12 @@ struct WarpPoint {
 template <typename T>
 SEGOPS_HOST_DEVICE WarpPoint<T> warp_point(const WarpSample<T>& s, int64_t row_stride, int64_t pixel_stride,
                                            int64_t width) {
-  return {bilinear_offsets(s.y, s.x, row_stride, pixel_stride), bilinear_offsets(s.y, s.x, width, 1),
-          bilinear_weights(s.y, s.x), bilinear_weights(s.y, s.d_x), bilinear_weights(s.d_y, s.x), s.cell_y != -2};
+  return {bilinear_offsets(s.y, s.x, row_stride, pixel_stride),
+          bilinear_offsets(s.y, s.x, width, 1),
+          bilinear_weights(s.y, s.x),
+          bilinear_weights(s.y, s.d_x),
+          bilinear_weights(s.d_y, s.x),
+          s.cell_y != -2};
 }
 
 // The sample's value in one channel of the feature (image = that channel's first element).

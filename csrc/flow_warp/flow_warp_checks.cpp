@@ -23,8 +23,7 @@ CheckedFlowWarp checked_flow_warp(const char* op, const at::Tensor& feature, con
     TORCH_CHECK(scale->sizes() == at::IntArrayRef(per_channel) || scale->sizes() == at::IntArrayRef(shared), op,
                 ": scale must have shape [N, C, Ho, Wo] or [N, 1, Ho, Wo] = ", at::IntArrayRef(per_channel), " or ",
                 at::IntArrayRef(shared), ", got ", scale->sizes());
-    TORCH_CHECK(scale->scalar_type() == feature.scalar_type(), op, ": scale must have the same dtype as feature (",
-                feature.scalar_type(), "), got ", scale->scalar_type());
+    check_same_dtype(op, "scale", *scale, feature, "feature");
     check_same_device(op, "scale", *scale, feature, "feature");
     checked.scale = scale->contiguous();
     checked.scale_channel_stride = scale->size(1) == 1 ? 0 : flow.size(2) * flow.size(3);
@@ -36,8 +35,7 @@ void check_flow_warp_grad(const at::Tensor& grad, const at::Tensor& feature, con
   const char* op = "_flow_warp_backward";
   TORCH_CHECK(grad.sizes() == at::IntArrayRef(checked.output_shape), op, ": grad must have shape ",
               at::IntArrayRef(checked.output_shape), ", got ", grad.sizes());
-  TORCH_CHECK(grad.scalar_type() == feature.scalar_type(), op, ": grad must have the same dtype as feature (",
-              feature.scalar_type(), "), got ", grad.scalar_type());
+  check_same_dtype(op, "grad", grad, feature, "feature");
   check_same_device(op, "grad", grad, feature, "feature");
 }
 

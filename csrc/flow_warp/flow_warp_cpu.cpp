@@ -58,9 +58,16 @@ struct WarpLayout {
   int64_t scale_channel_stride;
 
   explicit WarpLayout(const at::Tensor& feature, const CheckedFlowWarp& checked)
-      : batch(feature.size(0)), channels(feature.size(1)), height(feature.size(2)), width(feature.size(3)),
-        out_h(checked.output_shape[2]), out_w(checked.output_shape[3]), stride_n(feature.stride(0)),
-        stride_c(feature.stride(1)), stride_h(feature.stride(2)), stride_w(feature.stride(3)),
+      : batch(feature.size(0)),
+        channels(feature.size(1)),
+        height(feature.size(2)),
+        width(feature.size(3)),
+        out_h(checked.output_shape[2]),
+        out_w(checked.output_shape[3]),
+        stride_n(feature.stride(0)),
+        stride_c(feature.stride(1)),
+        stride_h(feature.stride(2)),
+        stride_w(feature.stride(3)),
         scale_channel_stride(checked.scale_channel_stride) {}
 
   int64_t pixels() const { return out_h * out_w; }
@@ -115,8 +122,7 @@ at::Tensor flow_warp_forward_cpu(const at::Tensor& feature, const at::Tensor& fl
   return output;
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor> flow_warp_backward_cpu(const at::Tensor& grad,
-                                                                      const at::Tensor& feature,
+std::tuple<at::Tensor, at::Tensor, at::Tensor> flow_warp_backward_cpu(const at::Tensor& grad, const at::Tensor& feature,
                                                                       const at::Tensor& flow,
                                                                       const std::optional<at::Tensor>& scale) {
   const CheckedFlowWarp checked = checked_flow_warp("_flow_warp_backward", feature, flow, scale);
@@ -165,7 +171,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> flow_warp_backward_cpu(const at::
           const int64_t n = row / layout.out_h, y = row % layout.out_h;
           layout.row_points(row_points.data(), flow_data, n, y);
           if (plane_points != nullptr) {
-            for (int64_t x = 0; x < layout.out_w; ++x) plane_points[row * layout.out_w + x] = plane_point(row_points[x]);
+            for (int64_t x = 0; x < layout.out_w; ++x)
+              plane_points[row * layout.out_w + x] = plane_point(row_points[x]);
           }
           std::fill(sum_dx.begin(), sum_dx.end(), acc_t(0));
           std::fill(sum_dy.begin(), sum_dy.end(), acc_t(0));
@@ -202,7 +209,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> flow_warp_backward_cpu(const at::
           std::copy(sum_dx.begin(), sum_dx.end(), grad_dx);
           std::copy(sum_dy.begin(), sum_dy.end(), grad_dx + pixels);
           if (shared_scale) {
-            std::copy(sum_scale.begin(), sum_scale.end(), grad_scale_data + layout.scale_offset(n, 0, y * layout.out_w));
+            std::copy(sum_scale.begin(), sum_scale.end(),
+                      grad_scale_data + layout.scale_offset(n, 0, y * layout.out_w));
           }
         }
       });
@@ -231,7 +239,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> flow_warp_backward_cpu(const at::
             for (int64_t c = 0; c < block; ++c) {
               auto add = [plane = planes + c * plane_size](int64_t index, acc_t value) { plane[index] += value; };
               acc_t scaled = static_cast<acc_t>(grad_planes[c * pixels + p]);
-              if (scale_planes != nullptr) scaled *= static_cast<acc_t>(scale_planes[c * layout.scale_channel_stride + p]);
+              if (scale_planes != nullptr)
+                scaled *= static_cast<acc_t>(scale_planes[c * layout.scale_channel_stride + p]);
               bilinear_add(add, 0, point.in_plane, point.value, scaled);
             }
           }

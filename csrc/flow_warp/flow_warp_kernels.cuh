@@ -65,7 +65,8 @@ __global__ void SEGOPS_LAUNCH_BOUNDS(kThreadsPerBlock)
     flow_warp_backward_flow_kernel(int64_t total, const scalar_t* __restrict__ grad,
                                    const scalar_t* __restrict__ feature,
                                    const at::opmath_type<scalar_t>* __restrict__ flow,
-                                   const scalar_t* __restrict__ scale, at::opmath_type<scalar_t>* __restrict__ grad_flow,
+                                   const scalar_t* __restrict__ scale,
+                                   at::opmath_type<scalar_t>* __restrict__ grad_flow,
                                    at::opmath_type<scalar_t>* __restrict__ grad_scale, WarpGeometry g) {
   using acc_t = at::opmath_type<scalar_t>;
   SEGOPS_KERNEL_LOOP(index, total) {
@@ -174,8 +175,9 @@ __global__ void SEGOPS_LAUNCH_BOUNDS(kThreadsPerBlock)
 }
 
 inline WarpGeometry warp_geometry(const at::Tensor& feature, const CheckedFlowWarp& checked) {
-  return {feature.size(1),   feature.size(2),   feature.size(3),   checked.output_shape[2], checked.output_shape[3],
-          feature.stride(0), feature.stride(1), feature.stride(2), feature.stride(3),      checked.scale_channel_stride};
+  return {
+      feature.size(1),   feature.size(2),   feature.size(3),   checked.output_shape[2], checked.output_shape[3],
+      feature.stride(0), feature.stride(1), feature.stride(2), feature.stride(3),       checked.scale_channel_stride};
 }
 
 template <class Launch>
@@ -208,8 +210,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> flow_warp_backward_launch(const L
   // Accumulated in acc_t (float for float16/bfloat16: their atomics would round every contribution), converted once.
   at::Tensor grad_feature = at::zeros(feature.sizes(), feature.options().dtype(acc_type));
   at::Tensor grad_flow = at::zeros(checked.flow.sizes(), checked.flow.options());
-  at::Tensor grad_scale = checked.scale.defined() ? at::zeros(checked.scale.sizes(), checked.scale.options().dtype(acc_type))
-                                                  : at::empty({0}, feature.options());
+  at::Tensor grad_scale = checked.scale.defined()
+                              ? at::zeros(checked.scale.sizes(), checked.scale.options().dtype(acc_type))
+                              : at::empty({0}, feature.options());
   if (grad.numel() > 0 && feature.size(2) > 0 && feature.size(3) > 0) {
     const at::Tensor grad_c = grad.contiguous();
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, feature.scalar_type(), "flow_warp_backward_kernel", [&] {
@@ -224,14 +227,14 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> flow_warp_backward_launch(const L
              feature.const_data_ptr<scalar_t>(), flow_data, scale_data, grad_flow.mutable_data_ptr<acc_t>(),
              scale_data != nullptr ? grad_scale.mutable_data_ptr<acc_t>() : nullptr, g);
       if (!deterministic) {
-        launch(grad_c.numel(), flow_warp_backward_feature_atomic_kernel<scalar_t>, grad_c.numel(), grad_data,
-               flow_data, scale_data, grad_feature.mutable_data_ptr<acc_t>(), grad_feature.numel(), g);
+        launch(grad_c.numel(), flow_warp_backward_feature_atomic_kernel<scalar_t>, grad_c.numel(), grad_data, flow_data,
+               scale_data, grad_feature.mutable_data_ptr<acc_t>(), grad_feature.numel(), g);
         return;
       }
       const int64_t cells = (g.height + 1) * (g.width + 1);
       at::Tensor keys = at::empty({pixel_count}, checked.flow.options().dtype(at::kLong));
-      launch(pixel_count, flow_warp_cell_key_kernel<acc_t>, pixel_count, flow_data, keys.mutable_data_ptr<int64_t>(),
-             g, batch);
+      launch(pixel_count, flow_warp_cell_key_kernel<acc_t>, pixel_count, flow_data, keys.mutable_data_ptr<int64_t>(), g,
+             batch);
       // A stable sort keeps each cell's pixels in increasing order: the gather's fixed order.
       const auto [sorted_keys, order] = keys.sort(/*stable=*/true, /*dim=*/0, /*descending=*/false);
       const at::Tensor cell_begin = at::searchsorted(sorted_keys, at::arange(batch * cells + 1, keys.options()));

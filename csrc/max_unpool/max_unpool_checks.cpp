@@ -30,8 +30,8 @@ CheckedUnpool checked_max_unpool2d(const at::Tensor& input, const at::Tensor& in
   check_indices_dtype_and_device(op, indices, input, "input");
   TORCH_CHECK(indices.sizes() == input.sizes(), op, ": indices must have input's shape ", input.sizes(), ", got ",
               indices.sizes());
-  TORCH_CHECK(output_height >= 0 && output_width >= 0, op, ": output size must be non-negative, got [",
-              output_height, ", ", output_width, "]");
+  TORCH_CHECK(output_height >= 0 && output_width >= 0, op, ": output size must be non-negative, got [", output_height,
+              ", ", output_width, "]");
   check_plane_fits_int32(op, input.size(2), input.size(3));
   const at::MemoryFormat format = unpool_format(input);
   return {{input.size(0), input.size(1), output_height, output_width},
@@ -53,12 +53,8 @@ CheckedUnpool checked_max_unpool2d_backward(const at::Tensor& grad, const at::Te
               indices.sizes());
   check_plane_fits_int32(op, indices.size(2), indices.size(3));
   const at::MemoryFormat format = unpool_format(indices);
-  return {indices.sizes().vec(),
-          format,
-          {grad.size(1), format == at::MemoryFormat::ChannelsLast},
-          indices.size(2),
-          indices.size(3),
-          grad.size(2),
+  return {indices.sizes().vec(), format,          {grad.size(1), format == at::MemoryFormat::ChannelsLast},
+          indices.size(2),       indices.size(3), grad.size(2),
           grad.size(3)};
 }
 

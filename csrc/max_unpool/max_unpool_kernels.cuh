@@ -33,9 +33,9 @@ __global__ void SEGOPS_LAUNCH_BOUNDS(kThreadsPerBlock)
     SEGOPS_KERNEL_ASSERT_DETAILED(
         in_range, "max_unpool2d: an index is outside [0, Ho * Wo) of its output plane",
         "%s: indices[%lld, %lld, %lld, %lld] = %lld is outside [0, Ho * Wo) = [0, %lld) of its output plane",
-        backward ? "_max_unpool2d_backward" : "max_unpool2d", static_cast<long long>(e.n),
-        static_cast<long long>(e.c), static_cast<long long>(e.p / g.width), static_cast<long long>(e.p % g.width),
-        static_cast<long long>(index), static_cast<long long>(g.out_plane));
+        backward ? "_max_unpool2d_backward" : "max_unpool2d", static_cast<long long>(e.n), static_cast<long long>(e.c),
+        static_cast<long long>(e.p / g.width), static_cast<long long>(e.p % g.width), static_cast<long long>(index),
+        static_cast<long long>(g.out_plane));
     if (!in_range) continue;
     SEGOPS_ATOMIC_MAX(winners + g.layout.offset(e.n, e.c, index, g.out_plane), static_cast<int32_t>(e.p));
   }

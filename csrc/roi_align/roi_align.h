@@ -6,7 +6,7 @@
 
 #include "common/bilinear.h"
 #include "common/macros.h"
-#include "common/roi_row.h"
+#include "roi_common/roi_row.h"
 
 namespace segops {
 
@@ -18,10 +18,10 @@ constexpr int64_t kRoIAlignMaxSamplesPerBin = int64_t(1) << 30;
 template <typename T>
 struct RoIAlignGeometry {
   int64_t batch;
-  T start_h, start_w;  // top-left corner in feature-map pixels
-  T bin_h, bin_w;      // bin size in pixels
+  T start_h, start_w;      // top-left corner in feature-map pixels
+  T bin_h, bin_w;          // bin size in pixels
   int64_t grid_h, grid_w;  // samples per bin along each axis
-  T count;             // samples per bin (>= 1), the divisor of the average
+  T count;                 // samples per bin (>= 1), the divisor of the average
 };
 
 template <typename T>
@@ -139,13 +139,12 @@ SEGOPS_HOST_DEVICE void roi_align_bin_scatter(Add& add, int64_t plane_offset, in
   const T grad_per_sample = grad / g.count;
   const RoIAlignBinAxis<T> cols = roi_align_cols(g, pw, width);
   roi_align_for_each_tap(roi_align_rows(g, ph, height), [&](const LinearTap<T>& ty) {
-    roi_align_for_each_tap(cols, [&](const LinearTap<T>& tx) {
-      bilinear_scatter(add, plane_offset, width, ty, tx, grad_per_sample);
-    });
+    roi_align_for_each_tap(
+        cols, [&](const LinearTap<T>& tx) { bilinear_scatter(add, plane_offset, width, ty, tx, grad_per_sample); });
   });
 }
 
-// The deterministic GPU backward's view of a RoI (common/roi_gather.h): which pixels its samples can touch, and
+// The deterministic GPU backward's view of a RoI (roi_common/roi_gather.h): which pixels its samples can touch, and
 // for one pixel, which samples touch it, in the order and with the values roi_align_bin_scatter adds to it.
 
 // The pixels [begin, end) of an axis of `size` pixels that the samples of `pooled` bins can touch (a superset:

@@ -25,8 +25,8 @@
 #include <array>
 #include <vector>
 
-#include "common/roi_checks.h"
-#include "common/rois_by_image.h"
+#include "roi_common/roi_checks.h"
+#include "roi_common/rois_by_image.h"
 #include "roi_align/roi_align.h"
 
 namespace segops {
@@ -79,8 +79,8 @@ struct RoITaps {
   void build(const T* roi, int64_t level_index, const LevelShape& shape, int64_t pooled_h, int64_t pooled_w,
              int64_t sampling_ratio, bool aligned) {
     level = level_index;
-    geometry = roi_align_geometry<T>(roi, static_cast<T>(shape.spatial_scale), pooled_h, pooled_w, sampling_ratio,
-                                     aligned);
+    geometry =
+        roi_align_geometry<T>(roi, static_cast<T>(shape.spatial_scale), pooled_h, pooled_w, sampling_ratio, aligned);
     y.build(geometry.start_h, geometry.bin_h, geometry.grid_h, pooled_h, shape.height);
     x.build(geometry.start_w, geometry.bin_w, geometry.grid_w, pooled_w, shape.width);
   }
@@ -125,8 +125,8 @@ void parallel_over_roi_parts(const RoIAlignParams<T>& params, int64_t num_rois, 
 // Output bin (ph, pw) of `block` channels (<= kChannelBlock) of an NCHW image: planes[c * plane_size + offset]
 // is channel c. Each channel's sum is bilinear_gather's, in the GPU kernel's (and torchvision's) order.
 template <typename T, typename scalar_t>
-void bin_of_channel_block(T* __restrict__ sums, const scalar_t* __restrict__ planes, int64_t plane_size,
-                          int64_t width, int64_t block, const RoITaps<T>& taps, int64_t ph, int64_t pw) {
+void bin_of_channel_block(T* __restrict__ sums, const scalar_t* __restrict__ planes, int64_t plane_size, int64_t width,
+                          int64_t block, const RoITaps<T>& taps, int64_t ph, int64_t pw) {
   std::fill(sums, sums + block, T(0));
   for (const LinearTap<T>& ty : taps.y.of_bin(ph)) {
     for (const LinearTap<T>& tx : taps.x.of_bin(pw)) {
@@ -219,8 +219,8 @@ void forward_cpu(at::TensorList maps, const at::Tensor& output, const at::Tensor
   }
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, output.scalar_type(), "roi_align_forward_cpu", [&] {
     using acc_t = at::opmath_type<scalar_t>;
-    const RoIAlignParams<acc_t> params{rois_acc.const_data_ptr<acc_t>(), levels, shapes, pooled_h, pooled_w,
-                                       sampling_ratio, aligned};
+    const RoIAlignParams<acc_t> params{
+        rois_acc.const_data_ptr<acc_t>(), levels, shapes, pooled_h, pooled_w, sampling_ratio, aligned};
     std::vector<const scalar_t*> data;
     for (const at::Tensor& map : read) data.push_back(map.const_data_ptr<scalar_t>());
     const int64_t channels = maps[0].size(1);
@@ -307,9 +307,9 @@ at::Tensor roi_align_backward_cpu(const at::Tensor& grad, const at::Tensor& rois
                                   int64_t height, int64_t width, int64_t sampling_ratio, bool aligned) {
   check_sampling_ratio("_roi_align_backward", sampling_ratio);
   // Accumulate in acc_t (float for half types), converted once at the end.
-  const auto [grad_input, rois_acc] = checked_roi_grad_input(
-      "_roi_align_backward", grad, rois, spatial_scale, pooled_h, pooled_w, batch_size, channels, height, width,
-      at::toOpMathType(grad.scalar_type()), RoIValues::kCheckOnHost);
+  const auto [grad_input, rois_acc] =
+      checked_roi_grad_input("_roi_align_backward", grad, rois, spatial_scale, pooled_h, pooled_w, batch_size, channels,
+                             height, width, at::toOpMathType(grad.scalar_type()), RoIValues::kCheckOnHost);
   return backward_cpu(grad, rois_acc, nullptr, {spatial_scale}, {grad_input}, pooled_h, pooled_w, sampling_ratio,
                       aligned)[0];
 }
@@ -328,15 +328,17 @@ at::Tensor multi_scale_roi_align_forward_cpu(at::TensorList features, const at::
   return output;
 }
 
-std::vector<at::Tensor> multi_scale_roi_align_backward_cpu(
-    const at::Tensor& grad, const at::Tensor& rois, const at::Tensor& levels, at::ArrayRef<double> spatial_scales,
-    int64_t pooled_h, int64_t pooled_w, int64_t batch_size, int64_t channels, at::IntArrayRef heights,
-    at::IntArrayRef widths, int64_t sampling_ratio, bool aligned) {
+std::vector<at::Tensor> multi_scale_roi_align_backward_cpu(const at::Tensor& grad, const at::Tensor& rois,
+                                                           const at::Tensor& levels,
+                                                           at::ArrayRef<double> spatial_scales, int64_t pooled_h,
+                                                           int64_t pooled_w, int64_t batch_size, int64_t channels,
+                                                           at::IntArrayRef heights, at::IntArrayRef widths,
+                                                           int64_t sampling_ratio, bool aligned) {
   const char* op = "_multi_scale_roi_align_backward";
   check_sampling_ratio(op, sampling_ratio);
-  auto checked = checked_multi_level_grads(op, grad, rois, levels, spatial_scales, pooled_h, pooled_w, batch_size,
-                                           channels, heights, widths, at::toOpMathType(grad.scalar_type()),
-                                           RoIValues::kCheckOnHost);
+  auto checked =
+      checked_multi_level_grads(op, grad, rois, levels, spatial_scales, pooled_h, pooled_w, batch_size, channels,
+                                heights, widths, at::toOpMathType(grad.scalar_type()), RoIValues::kCheckOnHost);
   return backward_cpu(grad, checked.rois, checked.levels.const_data_ptr<int64_t>(), spatial_scales,
                       std::move(checked.results), pooled_h, pooled_w, sampling_ratio, aligned);
 }

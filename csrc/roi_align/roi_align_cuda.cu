@@ -26,19 +26,20 @@ at::Tensor roi_align_backward_cuda(const at::Tensor& grad, const at::Tensor& roi
                                    at::globalContext().deterministicAlgorithms());
 }
 
-at::Tensor multi_scale_roi_align_forward_cuda(at::TensorList features, const at::Tensor& rois,
-                                              const at::Tensor& levels, at::ArrayRef<double> spatial_scales,
-                                              int64_t pooled_h, int64_t pooled_w, int64_t sampling_ratio,
-                                              bool aligned) {
+at::Tensor multi_scale_roi_align_forward_cuda(at::TensorList features, const at::Tensor& rois, const at::Tensor& levels,
+                                              at::ArrayRef<double> spatial_scales, int64_t pooled_h, int64_t pooled_w,
+                                              int64_t sampling_ratio, bool aligned) {
   const c10::cuda::CUDAGuard device_guard(rois.device());
   return multi_scale_roi_align_forward_launch(CudaLaunch{}, features, rois, levels, spatial_scales, pooled_h, pooled_w,
                                               sampling_ratio, aligned);
 }
 
-std::vector<at::Tensor> multi_scale_roi_align_backward_cuda(
-    const at::Tensor& grad, const at::Tensor& rois, const at::Tensor& levels, at::ArrayRef<double> spatial_scales,
-    int64_t pooled_h, int64_t pooled_w, int64_t batch_size, int64_t channels, at::IntArrayRef heights,
-    at::IntArrayRef widths, int64_t sampling_ratio, bool aligned) {
+std::vector<at::Tensor> multi_scale_roi_align_backward_cuda(const at::Tensor& grad, const at::Tensor& rois,
+                                                            const at::Tensor& levels,
+                                                            at::ArrayRef<double> spatial_scales, int64_t pooled_h,
+                                                            int64_t pooled_w, int64_t batch_size, int64_t channels,
+                                                            at::IntArrayRef heights, at::IntArrayRef widths,
+                                                            int64_t sampling_ratio, bool aligned) {
   const c10::cuda::CUDAGuard device_guard(grad.device());
   return multi_scale_roi_align_backward_launch(CudaLaunch{}, grad, rois, levels, spatial_scales, pooled_h, pooled_w,
                                                batch_size, channels, heights, widths, sampling_ratio, aligned,

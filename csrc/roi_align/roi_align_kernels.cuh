@@ -1,18 +1,18 @@
 #pragma once
 // RoIAlign GPU kernels and their host-side launch, shared by roi_align_cuda.cu (CudaLaunch) and the test-only
 // host emulation (EmulatedLaunch). One thread per output bin; the arithmetic is roi_align.h's. rois values (and
-// multi_scale_roi_align's levels) are validated per row in the kernels (common/roi_row.h), not on the host: no
+// multi_scale_roi_align's levels) are validated per row in the kernels (roi_common/roi_row.h), not on the host: no
 // synchronisation. One kernel serves roi_align (one map) and multi_scale_roi_align (a pyramid, one launch).
-// The backward scatters with atomic adds, or, when determinism is asked for, gathers (common/roi_gather.h).
+// The backward scatters with atomic adds, or, when determinism is asked for, gathers (roi_common/roi_gather.h).
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
 
 #include <vector>
 
-#include "common/roi_checks.h"
-#include "common/roi_gather.h"
-#include "common/roi_row.h"
+#include "roi_common/roi_checks.h"
+#include "roi_common/roi_gather.h"
+#include "roi_common/roi_row.h"
 #include "roi_align/roi_align.h"
 // After ATen: see common/kernel.h.
 #include "common/kernel.h"
@@ -50,7 +50,7 @@ struct RoIAlignMessages {
 };
 
 #define SEGOPS_ROI_ALIGN_MESSAGES(op) \
-  RoIAlignMessages { SEGOPS_BAD_ROI_ROW_MESSAGE(op), op ": levels[k] must be in [0, L) (a feature map) for every k" }
+  RoIAlignMessages{SEGOPS_BAD_ROI_ROW_MESSAGE(op), op ": levels[k] must be in [0, L) (a feature map) for every k"}
 
 // The map of RoI k (0 without a levels tensor), or -1 with a device-side assert if its rois row or levels entry is
 // bad: such a RoI reads and writes nothing.
@@ -77,8 +77,8 @@ __global__ void SEGOPS_LAUNCH_BOUNDS(kThreadsPerBlock)
                              scalar_t* __restrict__ output, int64_t batch_size, int64_t channels, int64_t pooled_h,
                              int64_t pooled_w, int64_t sampling_ratio, bool aligned) {
   using acc_t = at::opmath_type<scalar_t>;
-  const RoIAlignMessages messages = kMultiLevel ? SEGOPS_ROI_ALIGN_MESSAGES("multi_scale_roi_align")
-                                                : SEGOPS_ROI_ALIGN_MESSAGES("roi_align");
+  const RoIAlignMessages messages =
+      kMultiLevel ? SEGOPS_ROI_ALIGN_MESSAGES("multi_scale_roi_align") : SEGOPS_ROI_ALIGN_MESSAGES("roi_align");
   SEGOPS_KERNEL_LOOP(index, total) {
     const RoIBinIndex bin = roi_bin_index(index, channels, pooled_h, pooled_w);
     const acc_t* roi = rois + bin.roi * 5;
@@ -141,7 +141,7 @@ __global__ void SEGOPS_LAUNCH_BOUNDS(kThreadsPerBlock)
   }
 }
 
-// The deterministic backward's gather (common/roi_gather.h): what RoI k's bins send one pixel, per channel.
+// The deterministic backward's gather (roi_common/roi_gather.h): what RoI k's bins send one pixel, per channel.
 template <typename scalar_t>
 struct RoIAlignGather {
   using acc_t = at::opmath_type<scalar_t>;
@@ -178,9 +178,8 @@ struct RoIAlignGather {
 // The forward over checked maps and rois into `output`; levels: nullptr (roi_align) or each RoI's map.
 template <class Launch>
 void roi_align_forward_levels(const Launch& launch, at::TensorList maps, const at::Tensor& output,
-                              const at::Tensor& rois_acc, const at::Tensor* levels,
-                              at::ArrayRef<double> spatial_scales, int64_t pooled_h, int64_t pooled_w,
-                              int64_t sampling_ratio, bool aligned) {
+                              const at::Tensor& rois_acc, const at::Tensor* levels, at::ArrayRef<double> spatial_scales,
+                              int64_t pooled_h, int64_t pooled_w, int64_t sampling_ratio, bool aligned) {
   std::vector<at::Tensor> read;
   for (const at::Tensor& map : maps) read.push_back(map.contiguous());
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, output.scalar_type(), "roi_align_forward_kernel", [&] {
@@ -188,8 +187,8 @@ void roi_align_forward_levels(const Launch& launch, at::TensorList maps, const a
     std::vector<const scalar_t*> data;
     for (const at::Tensor& map : read) data.push_back(map.const_data_ptr<scalar_t>());
     const auto table = feature_levels<const scalar_t*, acc_t>(data, maps, spatial_scales);
-    const auto kernel = levels == nullptr ? roi_align_forward_kernel<false, scalar_t>
-                                          : roi_align_forward_kernel<true, scalar_t>;
+    const auto kernel =
+        levels == nullptr ? roi_align_forward_kernel<false, scalar_t> : roi_align_forward_kernel<true, scalar_t>;
     launch(output.numel(), kernel, output.numel(), table, rois_acc.const_data_ptr<acc_t>(),
            levels == nullptr ? nullptr : levels->const_data_ptr<int64_t>(), output.mutable_data_ptr<scalar_t>(),
            maps[0].size(0), maps[0].size(1), pooled_h, pooled_w, sampling_ratio, aligned);
@@ -213,20 +212,26 @@ std::vector<at::Tensor> roi_align_backward_levels(const Launch& launch, const at
       const int64_t* levels_data = levels == nullptr ? nullptr : levels->const_data_ptr<int64_t>();
       const int64_t num_rois = rois_acc.size(0), batch_size = grads[0].size(0), channels = grads[0].size(1);
       if (!deterministic) {
-        const auto kernel = levels == nullptr ? roi_align_backward_kernel<false, scalar_t>
-                                              : roi_align_backward_kernel<true, scalar_t>;
+        const auto kernel =
+            levels == nullptr ? roi_align_backward_kernel<false, scalar_t> : roi_align_backward_kernel<true, scalar_t>;
         launch(grad.numel(), kernel, grad.numel(), grad_c.const_data_ptr<scalar_t>(), rois_acc.const_data_ptr<acc_t>(),
                levels_data, table, batch_size, channels, pooled_h, pooled_w, sampling_ratio, aligned);
         return;
       }
       at::Tensor footprints = at::empty({num_rois, 6}, rois_acc.options().dtype(at::kLong));
-      const auto footprint_kernel = levels == nullptr ? roi_align_footprint_kernel<false, acc_t>
-                                                      : roi_align_footprint_kernel<true, acc_t>;
+      const auto footprint_kernel =
+          levels == nullptr ? roi_align_footprint_kernel<false, acc_t> : roi_align_footprint_kernel<true, acc_t>;
       launch(num_rois, footprint_kernel, num_rois, rois_acc.const_data_ptr<acc_t>(), levels_data, table,
              reinterpret_cast<RoIFootprint*>(footprints.mutable_data_ptr<int64_t>()), batch_size, pooled_h, pooled_w,
              sampling_ratio, aligned);
-      const RoIAlignGather<scalar_t> gather{grad_c.const_data_ptr<scalar_t>(), rois_acc.const_data_ptr<acc_t>(), table,
-                                            channels, pooled_h, pooled_w, sampling_ratio, aligned};
+      const RoIAlignGather<scalar_t> gather{grad_c.const_data_ptr<scalar_t>(),
+                                            rois_acc.const_data_ptr<acc_t>(),
+                                            table,
+                                            channels,
+                                            pooled_h,
+                                            pooled_w,
+                                            sampling_ratio,
+                                            aligned};
       roi_gather_launch<acc_t>(launch, gather, footprints, grads);
     });
   }
@@ -239,8 +244,8 @@ at::Tensor roi_align_forward_launch(const Launch& launch, const at::Tensor& inpu
                                     double spatial_scale, int64_t pooled_h, int64_t pooled_w, int64_t sampling_ratio,
                                     bool aligned) {
   check_sampling_ratio("roi_align", sampling_ratio);
-  const auto [output, rois_acc] = checked_roi_output("roi_align", input, rois, spatial_scale, pooled_h, pooled_w,
-                                                    RoIValues::kCheckInKernel);
+  const auto [output, rois_acc] =
+      checked_roi_output("roi_align", input, rois, spatial_scale, pooled_h, pooled_w, RoIValues::kCheckInKernel);
   if (output.numel() == 0) return output;
   roi_align_forward_levels(launch, {input}, output, rois_acc, nullptr, {spatial_scale}, pooled_h, pooled_w,
                            sampling_ratio, aligned);
@@ -254,11 +259,11 @@ at::Tensor roi_align_backward_launch(const Launch& launch, const at::Tensor& gra
                                      bool aligned, bool deterministic) {
   check_sampling_ratio("_roi_align_backward", sampling_ratio);
   // Accumulated in acc_t (float for float16/bfloat16: their atomics would round every contribution), converted once.
-  const auto [grad_input, rois_acc] = checked_roi_grad_input(
-      "_roi_align_backward", grad, rois, spatial_scale, pooled_h, pooled_w, batch_size, channels, height, width,
-      at::toOpMathType(grad.scalar_type()), RoIValues::kCheckInKernel);
-  return roi_align_backward_levels(launch, grad, rois_acc, nullptr, {spatial_scale}, {grad_input}, pooled_h,
-                                   pooled_w, sampling_ratio, aligned, deterministic)[0];
+  const auto [grad_input, rois_acc] =
+      checked_roi_grad_input("_roi_align_backward", grad, rois, spatial_scale, pooled_h, pooled_w, batch_size, channels,
+                             height, width, at::toOpMathType(grad.scalar_type()), RoIValues::kCheckInKernel);
+  return roi_align_backward_levels(launch, grad, rois_acc, nullptr, {spatial_scale}, {grad_input}, pooled_h, pooled_w,
+                                   sampling_ratio, aligned, deterministic)[0];
 }
 
 template <class Launch>
@@ -272,8 +277,8 @@ at::Tensor multi_scale_roi_align_forward_launch(const Launch& launch, at::Tensor
                                                   RoIValues::kCheckInKernel);
   const at::Tensor& output = checked.results[0];
   if (output.numel() == 0) return output;
-  roi_align_forward_levels(launch, features, output, checked.rois, &checked.levels, spatial_scales, pooled_h,
-                           pooled_w, sampling_ratio, aligned);
+  roi_align_forward_levels(launch, features, output, checked.rois, &checked.levels, spatial_scales, pooled_h, pooled_w,
+                           sampling_ratio, aligned);
   return output;
 }
 
@@ -284,9 +289,9 @@ std::vector<at::Tensor> multi_scale_roi_align_backward_launch(
     at::IntArrayRef heights, at::IntArrayRef widths, int64_t sampling_ratio, bool aligned, bool deterministic) {
   const char* op = "_multi_scale_roi_align_backward";
   check_sampling_ratio(op, sampling_ratio);
-  auto checked = checked_multi_level_grads(op, grad, rois, levels, spatial_scales, pooled_h, pooled_w, batch_size,
-                                           channels, heights, widths, at::toOpMathType(grad.scalar_type()),
-                                           RoIValues::kCheckInKernel);
+  auto checked =
+      checked_multi_level_grads(op, grad, rois, levels, spatial_scales, pooled_h, pooled_w, batch_size, channels,
+                                heights, widths, at::toOpMathType(grad.scalar_type()), RoIValues::kCheckInKernel);
   return roi_align_backward_levels(launch, grad, checked.rois, &checked.levels, spatial_scales,
                                    std::move(checked.results), pooled_h, pooled_w, sampling_ratio, aligned,
                                    deterministic);

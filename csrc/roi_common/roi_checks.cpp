@@ -1,4 +1,4 @@
-#include "common/roi_checks.h"
+#include "roi_common/roi_checks.h"
 
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
@@ -12,7 +12,7 @@
 
 #include "common/checks.h"
 #include "common/cpu_memory.h"
-#include "common/roi_row.h"
+#include "roi_common/roi_row.h"
 
 namespace segops {
 namespace {
@@ -66,8 +66,8 @@ namespace {
 // levels [K] int64 on rois' device, returned contiguous; with kCheckOnHost, each value in [0, num_levels).
 at::Tensor checked_levels(const char* op, const at::Tensor& levels, const at::Tensor& rois, int64_t num_levels,
                           RoIValues values) {
-  TORCH_CHECK(levels.dim() == 1 && levels.size(0) == rois.size(0), op, ": levels must have shape [K] = [",
-              rois.size(0), "] (one per rois row), got ", levels.sizes());
+  TORCH_CHECK(levels.dim() == 1 && levels.size(0) == rois.size(0), op, ": levels must have shape [K] = [", rois.size(0),
+              "] (one per rois row), got ", levels.sizes());
   TORCH_CHECK(levels.scalar_type() == at::kLong, op, ": levels must be int64, got ", levels.scalar_type());
   check_same_device(op, "levels", levels, rois, "rois");
   at::Tensor levels_c = levels.contiguous();
@@ -94,8 +94,8 @@ CheckedMultiLevelOp checked_multi_level_output(const char* op, at::TensorList fe
                                                const at::Tensor& levels, at::ArrayRef<double> spatial_scales,
                                                int64_t pooled_h, int64_t pooled_w, RoIValues values) {
   const int64_t num_levels = static_cast<int64_t>(features.size());
-  TORCH_CHECK(num_levels >= 1 && num_levels <= kMaxFeatureLevels, op, ": features must hold 1 to ",
-              kMaxFeatureLevels, " maps, got ", num_levels);
+  TORCH_CHECK(num_levels >= 1 && num_levels <= kMaxFeatureLevels, op, ": features must hold 1 to ", kMaxFeatureLevels,
+              " maps, got ", num_levels);
   const at::Tensor& first = features[0];
   for (int64_t l = 0; l < num_levels; ++l) {
     const at::Tensor& map = features[l];
@@ -112,21 +112,22 @@ CheckedMultiLevelOp checked_multi_level_output(const char* op, at::TensorList fe
   check_spatial_scales(op, spatial_scales, num_levels, pooled_h, pooled_w);
   at::Tensor levels_c = checked_levels(op, levels, rois, num_levels, values);
   if (values == RoIValues::kCheckOnHost) check_rois_values(op, rois_acc, first.size(0));
-  return {{at::empty({rois.size(0), first.size(1), pooled_h, pooled_w}, first.options())}, std::move(rois_acc),
+  return {{at::empty({rois.size(0), first.size(1), pooled_h, pooled_w}, first.options())},
+          std::move(rois_acc),
           std::move(levels_c)};
 }
 
 CheckedMultiLevelOp checked_multi_level_grads(const char* op, const at::Tensor& grad, const at::Tensor& rois,
                                               const at::Tensor& levels, at::ArrayRef<double> spatial_scales,
-                                              int64_t pooled_h, int64_t pooled_w, int64_t batch_size,
-                                              int64_t channels, at::IntArrayRef heights, at::IntArrayRef widths,
-                                              at::ScalarType dtype, RoIValues values) {
+                                              int64_t pooled_h, int64_t pooled_w, int64_t batch_size, int64_t channels,
+                                              at::IntArrayRef heights, at::IntArrayRef widths, at::ScalarType dtype,
+                                              RoIValues values) {
   check_supported_float(op, "grad", grad);
   at::Tensor rois_acc = checked_rois_tensor(op, rois, grad, "grad");
   const int64_t num_levels = static_cast<int64_t>(heights.size());
   TORCH_CHECK(num_levels >= 1 && num_levels <= kMaxFeatureLevels && widths.size() == heights.size(), op,
-              ": heights and widths must have 1 to ", kMaxFeatureLevels, " entries each, got ", heights.size(),
-              " and ", widths.size());
+              ": heights and widths must have 1 to ", kMaxFeatureLevels, " entries each, got ", heights.size(), " and ",
+              widths.size());
   check_spatial_scales(op, spatial_scales, num_levels, pooled_h, pooled_w);
   TORCH_CHECK(batch_size >= 0 && channels >= 0 && *std::min_element(heights.begin(), heights.end()) >= 0 &&
                   *std::min_element(widths.begin(), widths.end()) >= 0,

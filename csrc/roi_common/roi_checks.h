@@ -55,9 +55,9 @@ CheckedMultiLevelOp checked_multi_level_output(const char* op, at::TensorList fe
 // Checks its backward: grad [K, C, PH, PW] against rois, levels and the maps' shapes (heights[l], widths[l]).
 CheckedMultiLevelOp checked_multi_level_grads(const char* op, const at::Tensor& grad, const at::Tensor& rois,
                                               const at::Tensor& levels, at::ArrayRef<double> spatial_scales,
-                                              int64_t pooled_h, int64_t pooled_w, int64_t batch_size,
-                                              int64_t channels, at::IntArrayRef heights, at::IntArrayRef widths,
-                                              at::ScalarType dtype, RoIValues values);
+                                              int64_t pooled_h, int64_t pooled_w, int64_t batch_size, int64_t channels,
+                                              at::IntArrayRef heights, at::IntArrayRef widths, at::ScalarType dtype,
+                                              RoIValues values);
 
 // RoIAlign's sampling_ratio: <= 0 (adaptive) or at most kMaxSamplingRatio samples per bin and axis; more is a
 // typo that would run for hours or exhaust memory.
@@ -65,7 +65,7 @@ constexpr int64_t kMaxSamplingRatio = 256;
 void check_sampling_ratio(const char* op, int64_t sampling_ratio);
 
 // Data-dependent checks of host-resident rois (contiguous, float or double): each rois[k, 0] an integer in
-// [0, batch_size), each coordinate finite (common/roi_row.h). A plain loop: no tensor ops, no synchronisation.
+// [0, batch_size), each coordinate finite (roi_common/roi_row.h). A plain loop: no tensor ops, no synchronisation.
 void check_rois_values(const char* op, const at::Tensor& rois, int64_t batch_size);
 
 // The backward's argmax must be the forward's: int32, of grad's shape and device.

@@ -1,6 +1,6 @@
 #pragma once
 // The deterministic GPU backward of the RoI ops, used under torch.use_deterministic_algorithms(True): a gather in
-// place of the atomic scatter. One thread per RoI first writes its footprint (common/roi_row.h), validating its
+// place of the atomic scatter. One thread per RoI first writes its footprint (roi_common/roi_row.h), validating its
 // row; then one thread per (image, block of kGatherChannels channels, pixel) of each feature map visits the RoIs
 // in order, skips those whose footprint misses its pixel, and sums what the others' bins send it through the op's
 // Gather functor, in the order of the CPU backward (each plane's RoIs in order, then bins, then samples). So the
@@ -12,7 +12,7 @@
 #include <vector>
 
 #include "common/macros.h"
-#include "common/roi_row.h"
+#include "roi_common/roi_row.h"
 // After ATen: see common/kernel.h.
 #include "common/kernel.h"
 

@@ -32,7 +32,7 @@ SEGOPS_HOST_DEVICE bool roi_row_is_valid(const T* roi, int64_t batch_size) {
 
 // The pixels [y_begin, y_end) x [x_begin, x_end) of image `batch` of feature map `level` that a RoI's backward can
 // write (a superset); level -1 for a bad row, which writes nothing. The deterministic GPU backwards
-// (common/roi_gather.h) skip a RoI whose footprint misses a pixel.
+// (roi_common/roi_gather.h) skip a RoI whose footprint misses a pixel.
 struct RoIFootprint {
   int64_t level, batch, y_begin, y_end, x_begin, x_end;
 

@@ -40,7 +40,7 @@ struct RoIPoolGeometry {
 // `roi` points at one row [batch_index, x1, y1, x2, y2] of the rois tensor.
 template <typename T, typename scalar_t>
 SEGOPS_HOST_DEVICE RoIPoolGeometry<T> roi_pool_geometry(const scalar_t* roi, T spatial_scale, int64_t pooled_h,
-                                                         int64_t pooled_w) {
+                                                        int64_t pooled_w) {
   const int64_t roi_start_w = roi_pool_pixel(static_cast<T>(roi[1]) * spatial_scale);
   const int64_t roi_start_h = roi_pool_pixel(static_cast<T>(roi[2]) * spatial_scale);
   const int64_t roi_end_w = roi_pool_pixel(static_cast<T>(roi[3]) * spatial_scale);

@@ -12,8 +12,8 @@
 #include <vector>
 
 #include "common/checks.h"
-#include "common/roi_checks.h"
-#include "common/rois_by_image.h"
+#include "roi_common/roi_checks.h"
+#include "roi_common/rois_by_image.h"
 #include "roi_pool/roi_pool.h"
 
 namespace segops {
@@ -39,8 +39,8 @@ std::vector<RoIPoolBin> roi_pool_windows(const acc_t* rois, int64_t num_rois, ac
 
 std::tuple<at::Tensor, at::Tensor> roi_pool_forward_cpu(const at::Tensor& input, const at::Tensor& rois,
                                                         double spatial_scale, int64_t pooled_h, int64_t pooled_w) {
-  const auto [output, rois_acc] = checked_roi_output("roi_pool", input, rois, spatial_scale, pooled_h, pooled_w,
-                                                    RoIValues::kCheckOnHost);
+  const auto [output, rois_acc] =
+      checked_roi_output("roi_pool", input, rois, spatial_scale, pooled_h, pooled_w, RoIValues::kCheckOnHost);
   check_plane_fits_int32("roi_pool", input.size(2), input.size(3));
   at::Tensor argmax = at::empty(output.sizes(), output.options().dtype(at::kInt));
   if (output.numel() == 0) return {output, argmax};
@@ -57,15 +57,15 @@ std::tuple<at::Tensor, at::Tensor> roi_pool_forward_cpu(const at::Tensor& input,
     int32_t* argmax_data = argmax.mutable_data_ptr<int32_t>();
     const std::vector<RoIPoolBin> windows =
         roi_pool_windows(rois_data, rois.size(0), static_cast<acc_t>(spatial_scale), pooled_h, pooled_w, height, width);
-    for_each_plane_roi(group_rois_by_image(rois_data, 0, rois.size(0), input.size(0)), channels,
-                       [&](int64_t n, int64_t c, int64_t k) {
-                         const scalar_t* plane = input_data + (n * channels + c) * height * width;
-                         const int64_t out_offset = (k * channels + c) * bins_per_plane;
-                         for (int64_t b = 0; b < bins_per_plane; ++b) {
-                           output_data[out_offset + b] = static_cast<scalar_t>(roi_pool_bin_max<acc_t>(
-                               plane, width, windows[k * bins_per_plane + b], argmax_data[out_offset + b]));
-                         }
-                       });
+    for_each_plane_roi(
+        group_rois_by_image(rois_data, 0, rois.size(0), input.size(0)), channels, [&](int64_t n, int64_t c, int64_t k) {
+          const scalar_t* plane = input_data + (n * channels + c) * height * width;
+          const int64_t out_offset = (k * channels + c) * bins_per_plane;
+          for (int64_t b = 0; b < bins_per_plane; ++b) {
+            output_data[out_offset + b] = static_cast<scalar_t>(
+                roi_pool_bin_max<acc_t>(plane, width, windows[k * bins_per_plane + b], argmax_data[out_offset + b]));
+          }
+        });
   });
   return {output, argmax};
 }
@@ -75,8 +75,8 @@ at::Tensor roi_pool_backward_cpu(const at::Tensor& grad, const at::Tensor& rois,
                                  int64_t channels, int64_t height, int64_t width) {
   // Accumulate in acc_t (float for half types), converted once at the end.
   const auto [grad_input, rois_acc] =
-      checked_roi_grad_input("_roi_pool_backward", grad, rois, spatial_scale, pooled_h, pooled_w, batch_size,
-                             channels, height, width, at::toOpMathType(grad.scalar_type()), RoIValues::kCheckOnHost);
+      checked_roi_grad_input("_roi_pool_backward", grad, rois, spatial_scale, pooled_h, pooled_w, batch_size, channels,
+                             height, width, at::toOpMathType(grad.scalar_type()), RoIValues::kCheckOnHost);
   check_plane_fits_int32("_roi_pool_backward", height, width);
   check_roi_pool_argmax(grad, argmax);
   if (grad.numel() == 0 || grad_input.numel() == 0) return grad_input.to(grad.scalar_type());

@@ -1,8 +1,8 @@
 #pragma once
 // RoIPool GPU kernels and their host-side launch, shared by roi_pool_cuda.cu (CudaLaunch) and the test-only host
 // emulation (EmulatedLaunch). One thread per output bin; the arithmetic is roi_pool.h's. rois values are validated
-// per row in the kernels (common/roi_row.h), not on the host: no synchronisation. The backward scatters with atomic
-// adds, or, when determinism is asked for, gathers (common/roi_gather.h).
+// per row in the kernels (roi_common/roi_row.h), not on the host: no synchronisation. The backward scatters with atomic
+// adds, or, when determinism is asked for, gathers (roi_common/roi_gather.h).
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
@@ -10,9 +10,9 @@
 #include <tuple>
 
 #include "common/checks.h"
-#include "common/roi_checks.h"
-#include "common/roi_gather.h"
-#include "common/roi_row.h"
+#include "roi_common/roi_checks.h"
+#include "roi_common/roi_gather.h"
+#include "roi_common/roi_row.h"
 #include "roi_pool/roi_pool.h"
 // After ATen: see common/kernel.h.
 #include "common/kernel.h"
@@ -22,9 +22,9 @@ namespace segops {
 template <typename scalar_t>
 __global__ void SEGOPS_LAUNCH_BOUNDS(kThreadsPerBlock)
     roi_pool_forward_kernel(int64_t total, const scalar_t* __restrict__ input,
-                            const at::opmath_type<scalar_t>* __restrict__ rois,
-                            scalar_t* __restrict__ output, int32_t* __restrict__ argmax, int64_t batch_size,
-                            int64_t channels, int64_t height, int64_t width, int64_t pooled_h, int64_t pooled_w,
+                            const at::opmath_type<scalar_t>* __restrict__ rois, scalar_t* __restrict__ output,
+                            int32_t* __restrict__ argmax, int64_t batch_size, int64_t channels, int64_t height,
+                            int64_t width, int64_t pooled_h, int64_t pooled_w,
                             at::opmath_type<scalar_t> spatial_scale) {
   using acc_t = at::opmath_type<scalar_t>;
   SEGOPS_KERNEL_LOOP(index, total) {
@@ -46,11 +46,10 @@ __global__ void SEGOPS_LAUNCH_BOUNDS(kThreadsPerBlock)
 template <typename scalar_t>
 __global__ void SEGOPS_LAUNCH_BOUNDS(kThreadsPerBlock)
     roi_pool_backward_kernel(int64_t total, const scalar_t* __restrict__ grad,
-                             const at::opmath_type<scalar_t>* __restrict__ rois,
-                             const int32_t* __restrict__ argmax, at::opmath_type<scalar_t>* __restrict__ grad_input,
-                             int64_t grad_input_numel, int64_t batch_size, int64_t channels, int64_t height,
-                             int64_t width, int64_t pooled_h, int64_t pooled_w,
-                             at::opmath_type<scalar_t> spatial_scale) {
+                             const at::opmath_type<scalar_t>* __restrict__ rois, const int32_t* __restrict__ argmax,
+                             at::opmath_type<scalar_t>* __restrict__ grad_input, int64_t grad_input_numel,
+                             int64_t batch_size, int64_t channels, int64_t height, int64_t width, int64_t pooled_h,
+                             int64_t pooled_w, at::opmath_type<scalar_t> spatial_scale) {
   using acc_t = at::opmath_type<scalar_t>;
   AtomicAdd<acc_t> add{grad_input, grad_input_numel};
   const int64_t plane_size = height * width;
@@ -90,11 +89,12 @@ __global__ void SEGOPS_LAUNCH_BOUNDS(kThreadsPerBlock)
   }
 }
 
-// The deterministic backward's gather (common/roi_gather.h): the gradients of RoI k's bins whose argmax is the pixel.
+// The deterministic backward's gather (roi_common/roi_gather.h): the gradients of RoI k's bins whose argmax is the
+// pixel.
 template <typename scalar_t>
 struct RoIPoolGather {
   using acc_t = at::opmath_type<scalar_t>;
-  const scalar_t* grad;    // [K, C, PH, PW]
+  const scalar_t* grad;   // [K, C, PH, PW]
   const int32_t* argmax;  // [K, C, PH, PW]
   const acc_t* rois;
   acc_t spatial_scale;
@@ -119,8 +119,8 @@ template <class Launch>
 std::tuple<at::Tensor, at::Tensor> roi_pool_forward_launch(const Launch& launch, const at::Tensor& input,
                                                            const at::Tensor& rois, double spatial_scale,
                                                            int64_t pooled_h, int64_t pooled_w) {
-  const auto [output, rois_acc] = checked_roi_output("roi_pool", input, rois, spatial_scale, pooled_h, pooled_w,
-                                                    RoIValues::kCheckInKernel);
+  const auto [output, rois_acc] =
+      checked_roi_output("roi_pool", input, rois, spatial_scale, pooled_h, pooled_w, RoIValues::kCheckInKernel);
   check_plane_fits_int32("roi_pool", input.size(2), input.size(3));
   at::Tensor argmax = at::empty(output.sizes(), output.options().dtype(at::kInt));
   if (output.numel() == 0) return {output, argmax};
@@ -129,8 +129,8 @@ std::tuple<at::Tensor, at::Tensor> roi_pool_forward_launch(const Launch& launch,
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "roi_pool_forward_kernel", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     launch(output.numel(), roi_pool_forward_kernel<scalar_t>, output.numel(), input_c.const_data_ptr<scalar_t>(),
-           rois_acc.const_data_ptr<acc_t>(), output.mutable_data_ptr<scalar_t>(),
-           argmax.mutable_data_ptr<int32_t>(), input.size(0), channels, input.size(2), input.size(3), pooled_h, pooled_w,
+           rois_acc.const_data_ptr<acc_t>(), output.mutable_data_ptr<scalar_t>(), argmax.mutable_data_ptr<int32_t>(),
+           input.size(0), channels, input.size(2), input.size(3), pooled_h, pooled_w,
            static_cast<acc_t>(spatial_scale));
   });
   return {output, argmax};
@@ -142,9 +142,9 @@ at::Tensor roi_pool_backward_launch(const Launch& launch, const at::Tensor& grad
                                     int64_t batch_size, int64_t channels, int64_t height, int64_t width,
                                     bool deterministic) {
   // Accumulated in acc_t (float for float16/bfloat16: their atomics would round every contribution), converted once.
-  const auto [grad_input, rois_acc] = checked_roi_grad_input(
-      "_roi_pool_backward", grad, rois, spatial_scale, pooled_h, pooled_w, batch_size, channels, height, width,
-      at::toOpMathType(grad.scalar_type()), RoIValues::kCheckInKernel);
+  const auto [grad_input, rois_acc] =
+      checked_roi_grad_input("_roi_pool_backward", grad, rois, spatial_scale, pooled_h, pooled_w, batch_size, channels,
+                             height, width, at::toOpMathType(grad.scalar_type()), RoIValues::kCheckInKernel);
   check_plane_fits_int32("_roi_pool_backward", height, width);
   check_roi_pool_argmax(grad, argmax);
   if (grad.numel() == 0 || grad_input.numel() == 0) return grad_input.to(grad.scalar_type());
@@ -155,18 +155,22 @@ at::Tensor roi_pool_backward_launch(const Launch& launch, const at::Tensor& grad
     const acc_t scale = static_cast<acc_t>(spatial_scale);
     if (!deterministic) {
       launch(grad.numel(), roi_pool_backward_kernel<scalar_t>, grad.numel(), grad_c.const_data_ptr<scalar_t>(),
-             rois_acc.const_data_ptr<acc_t>(), argmax_c.const_data_ptr<int32_t>(),
-             grad_input.mutable_data_ptr<acc_t>(), grad_input.numel(), batch_size, channels, height, width, pooled_h,
-             pooled_w, scale);
+             rois_acc.const_data_ptr<acc_t>(), argmax_c.const_data_ptr<int32_t>(), grad_input.mutable_data_ptr<acc_t>(),
+             grad_input.numel(), batch_size, channels, height, width, pooled_h, pooled_w, scale);
       return;
     }
     const int64_t num_rois = rois_acc.size(0);
     at::Tensor footprints = at::empty({num_rois, 6}, rois_acc.options().dtype(at::kLong));
     launch(num_rois, roi_pool_footprint_kernel<acc_t>, num_rois, rois_acc.const_data_ptr<acc_t>(),
-           reinterpret_cast<RoIFootprint*>(footprints.mutable_data_ptr<int64_t>()), batch_size, height, width,
-           pooled_h, pooled_w, scale);
-    const RoIPoolGather<scalar_t> gather{grad_c.const_data_ptr<scalar_t>(), argmax_c.const_data_ptr<int32_t>(),
-                                         rois_acc.const_data_ptr<acc_t>(), scale, channels, pooled_h, pooled_w};
+           reinterpret_cast<RoIFootprint*>(footprints.mutable_data_ptr<int64_t>()), batch_size, height, width, pooled_h,
+           pooled_w, scale);
+    const RoIPoolGather<scalar_t> gather{grad_c.const_data_ptr<scalar_t>(),
+                                         argmax_c.const_data_ptr<int32_t>(),
+                                         rois_acc.const_data_ptr<acc_t>(),
+                                         scale,
+                                         channels,
+                                         pooled_h,
+                                         pooled_w};
     std::vector<at::Tensor> grads{grad_input};
     roi_gather_launch<acc_t>(launch, gather, footprints, grads);
   });

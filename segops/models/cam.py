@@ -2,7 +2,6 @@
 only, whose global average pooling lets its last linear layer be read back onto the feature maps as per-class
 localisation maps, the seed of weakly supervised segmentation."""
 
-import torch
 from torch import Tensor, nn
 
 from segops.models._checks import check_int as _check_int
@@ -31,8 +30,12 @@ class CAMClassifier(nn.Module):
 
     def class_activation_maps(self, images: Tensor, upsample: bool = True) -> Tensor:
         """[N, 3, H, W] -> [N, K, H, W] (or [N, K, h, w] with upsample=False)."""
-        return class_activation_maps(self.body(images), self.classifier.weight, self.classifier.bias,
-                                     size=images.shape[-2:] if upsample else None)
+        return class_activation_maps(
+            self.body(images),
+            self.classifier.weight,
+            self.classifier.bias,
+            size=images.shape[-2:] if upsample else None,
+        )
 
 
 def cam(num_classes: int, depth: int = 50, output_stride: int = 16, backbone: Weights = None) -> CAMClassifier:

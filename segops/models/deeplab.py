@@ -28,8 +28,14 @@ class DeepLabV2(nn.Module):
     ([N, 3, H, W], 0..255), or the images are taken as ImageNet-normalised and un-normalised.
     """
 
-    def __init__(self, num_classes: int, depth: int = 101, rates=(6, 12, 18, 24), crf: Optional[str] = None,
-                 backbone: Weights = None):
+    def __init__(
+        self,
+        num_classes: int,
+        depth: int = 101,
+        rates=(6, 12, 18, 24),
+        crf: Optional[str] = None,
+        backbone: Weights = None,
+    ):
         super().__init__()
         _check_int("DeepLabV2", "num_classes", num_classes)
         if crf not in (None, "post", "rnn"):
@@ -94,7 +100,9 @@ class DeepLabV3(nn.Module):
         rates = (6, 12, 18) if output_stride == 16 else (12, 24, 36)
         self.head = nn.Sequential(
             ASPP(2048, rates),
-            nn.Conv2d(256, 256, 3, padding=1, bias=False), nn.BatchNorm2d(256), nn.ReLU(inplace=True),
+            nn.Conv2d(256, 256, 3, padding=1, bias=False),
+            nn.BatchNorm2d(256),
+            nn.ReLU(inplace=True),
             nn.Conv2d(256, num_classes, 1),
         )
 

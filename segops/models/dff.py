@@ -28,8 +28,9 @@ class FixedIntervalScheduler:
 
 
 def _conv_relu(in_channels: int, out_channels: int, kernel_size: int, stride: int = 1) -> nn.Sequential:
-    return nn.Sequential(nn.Conv2d(in_channels, out_channels, kernel_size, stride, kernel_size // 2),
-                         nn.LeakyReLU(0.1, inplace=True))
+    return nn.Sequential(
+        nn.Conv2d(in_channels, out_channels, kernel_size, stride, kernel_size // 2), nn.LeakyReLU(0.1, inplace=True)
+    )
 
 
 class FlowNet(nn.Module):
@@ -45,8 +46,12 @@ class FlowNet(nn.Module):
     def __init__(self, feature_channels: int, width: int = 64):
         super().__init__()
         self.encoder = nn.Sequential(
-            _conv_relu(6, width, 7, 2), _conv_relu(width, 2 * width, 5, 2), _conv_relu(2 * width, 4 * width, 5, 2),
-            _conv_relu(4 * width, 4 * width, 3), _conv_relu(4 * width, 8 * width, 3, 2), _conv_relu(8 * width, 8 * width, 3),
+            _conv_relu(6, width, 7, 2),
+            _conv_relu(width, 2 * width, 5, 2),
+            _conv_relu(2 * width, 4 * width, 5, 2),
+            _conv_relu(4 * width, 4 * width, 3),
+            _conv_relu(4 * width, 8 * width, 3, 2),
+            _conv_relu(8 * width, 8 * width, 3),
         )
         self.bottom = nn.Sequential(_conv_relu(8 * width, 8 * width, 3, 2), _conv_relu(8 * width, 8 * width, 3))
         self.up = nn.Sequential(nn.ConvTranspose2d(8 * width, 4 * width, 4, 2, 1), nn.LeakyReLU(0.1, inplace=True))
@@ -59,7 +64,7 @@ class FlowNet(nn.Module):
     def forward(self, frame: Tensor, key_frame: Tensor):
         """frame, key_frame [N, 3, H, W] -> (flow from frame to key frame [N, 2, h, w], scale [N, C, h, w])."""
         stride16 = self.encoder(torch.cat([frame, key_frame], dim=1))
-        up = self.up(self.bottom(stride16))[..., :stride16.shape[-2], :stride16.shape[-1]]
+        up = self.up(self.bottom(stride16))[..., : stride16.shape[-2], : stride16.shape[-1]]
         fused = torch.cat([stride16, up], dim=1)
         return self.predict_flow(fused), self.predict_scale(fused)
 
@@ -80,8 +85,13 @@ class DeepFeatureFlow(nn.Module):
         scheduler: an int (key frame every that many frames) or a callable (index, frame) -> bool.
     """
 
-    def __init__(self, feature_net: nn.Module, task_head: nn.Module, flow_net: nn.Module,
-                 scheduler: Union[int, Callable[[int, Tensor], bool]] = 5):
+    def __init__(
+        self,
+        feature_net: nn.Module,
+        task_head: nn.Module,
+        flow_net: nn.Module,
+        scheduler: Union[int, Callable[[int, Tensor], bool]] = 5,
+    ):
         super().__init__()
         self.feature_net, self.task_head, self.flow_net = feature_net, task_head, flow_net
         self.scheduler = FixedIntervalScheduler(scheduler) if isinstance(scheduler, int) else scheduler
@@ -111,8 +121,9 @@ class DeepFeatureFlow(nn.Module):
         key_frame = key_features = None
         for index, frame in enumerate(frames):
             if frame.dim() != 4 or frame.shape[1] != 3:
-                raise ValueError(f"DeepFeatureFlow: frame {index} must have shape [N, 3, H, W], "
-                                 f"got {list(frame.shape)}")
+                raise ValueError(
+                    f"DeepFeatureFlow: frame {index} must have shape [N, 3, H, W], got {list(frame.shape)}"
+                )
             if key_features is None or self.scheduler(index, frame):
                 key_frame, key_features = frame, self.feature_net(frame)
                 features = key_features
@@ -127,13 +138,16 @@ class DeepFeatureFlow(nn.Module):
         return torch.stack(list(self.stream(frames.unbind(1))), dim=1)
 
 
-def deep_feature_flow(num_classes: int, depth: int = 101, key_interval: int = 5, feature_channels: int = 1024,
-                      backbone: Weights = None) -> DeepFeatureFlow:
+def deep_feature_flow(
+    num_classes: int, depth: int = 101, key_interval: int = 5, feature_channels: int = 1024, backbone: Weights = None
+) -> DeepFeatureFlow:
     """DFF's segmentation network: a dilated ResNet (output stride 16; 101 layers unless depth=50; backbone weights
     as deeplabv2) and a 3x3 convolution to `feature_channels` as the feature network, a 1x1 classifier as the task
     head, FlowNet as the flow network, a key frame every `key_interval` frames (the paper's 5 on Cityscapes)."""
     _check_int("deep_feature_flow", "num_classes", num_classes)
-    feature_net = nn.Sequential(DilatedResNet(depth, 16, backbone),
-                                nn.Conv2d(2048, feature_channels, 3, padding=1), nn.ReLU(inplace=True))
-    return DeepFeatureFlow(feature_net, nn.Conv2d(feature_channels, num_classes, 1), FlowNet(feature_channels),
-                           key_interval)
+    feature_net = nn.Sequential(
+        DilatedResNet(depth, 16, backbone), nn.Conv2d(2048, feature_channels, 3, padding=1), nn.ReLU(inplace=True)
+    )
+    return DeepFeatureFlow(
+        feature_net, nn.Conv2d(feature_channels, num_classes, 1), FlowNet(feature_channels), key_interval
+    )

@@ -103,8 +103,10 @@ def load_vgg16_backbone(model: FCN, weights: Union[str, Path, dict]) -> FCN:
     torchvision.models.vgg16(weights=...).state_dict(), path)) into the FCN's convolutions and fc6/fc7 (the
     classifier's first two linear layers, reshaped to convolutions). Returns the model."""
     if model.fc7[0].out_channels != 4096:
-        raise ValueError(f"load_vgg16_backbone: VGG16's weights need base_width 64 (fc7 4096 wide), got fc7 "
-                         f"{model.fc7[0].out_channels} wide")
+        raise ValueError(
+            f"load_vgg16_backbone: VGG16's weights need base_width 64 (fc7 4096 wide), got fc7 "
+            f"{model.fc7[0].out_channels} wide"
+        )
     state = weights if isinstance(weights, dict) else torch.load(weights, map_location="cpu", weights_only=True)
     convs = [m for stage in model.stages for m in stage if isinstance(m, nn.Conv2d)]
     indices = sorted({int(key.split(".")[1]) for key in state if key.startswith("features.")})

@@ -33,7 +33,7 @@ class BottomUpPath(nn.Module):
         augmented = [pyramid[LEVELS[0]]]
         for key, down, fuse in zip(LEVELS[1:], self.down, self.fuse):
             lateral = pyramid[key]
-            reduced = F.relu(down(augmented[-1]))[..., :lateral.shape[-2], :lateral.shape[-1]]
+            reduced = F.relu(down(augmented[-1]))[..., : lateral.shape[-2], : lateral.shape[-1]]
             augmented.append(F.relu(fuse(reduced + lateral)))
         out = OrderedDict(zip(LEVELS, augmented))
         out["pool"] = F.max_pool2d(augmented[-1], 1, 2, 0)
@@ -46,8 +46,15 @@ class AdaptiveFeaturePooling(SegopsMultiScaleRoIAlign):
 
     def forward(self, x: Dict[str, Tensor], boxes: List[Tensor], image_shapes: List[Tuple[int, int]]) -> Tensor:
         features, rois = self.features_and_rois(x, boxes, image_shapes)
-        return multi_scale_roi_align(features, rois, self.output_size, [float(s) for s in self.scales],
-                                     self.sampling_ratio, aligned=False, mode="all")
+        return multi_scale_roi_align(
+            features,
+            rois,
+            self.output_size,
+            [float(s) for s in self.scales],
+            self.sampling_ratio,
+            aligned=False,
+            mode="all",
+        )
 
 
 class AdaptiveBoxHead(nn.Module):
@@ -71,8 +78,9 @@ class AdaptiveMaskHead(nn.Module):
     def __init__(self, channels: int = 256, levels: int = 4):
         super().__init__()
         self.first = nn.ModuleList([nn.Conv2d(channels, channels, 3, padding=1) for _ in range(levels)])
-        self.rest = nn.Sequential(*[layer for _ in range(3)
-                                    for layer in (nn.Conv2d(channels, channels, 3, padding=1), nn.ReLU(inplace=True))])
+        self.rest = nn.Sequential(
+            *[layer for _ in range(3) for layer in (nn.Conv2d(channels, channels, 3, padding=1), nn.ReLU(inplace=True))]
+        )
 
     def forward(self, pooled: Tensor) -> Tensor:
         per_level = torch.stack([F.relu(conv(pooled[:, level])) for level, conv in enumerate(self.first)], dim=1)
@@ -84,8 +92,9 @@ def panet(num_classes: int, **detector_options) -> nn.Module:
     background) with BottomUpPath around its backbone and adaptive feature pooling in both heads. It is used as
     torchvision's detection models are: ``model(images, targets)`` -> losses, ``model(images)`` -> detections."""
     _check_int("panet", "num_classes", num_classes, 2, " (background included)")
-    model = torchvision.models.detection.maskrcnn_resnet50_fpn(weights=None, weights_backbone=None,
-                                                               num_classes=num_classes, **detector_options)
+    model = torchvision.models.detection.maskrcnn_resnet50_fpn(
+        weights=None, weights_backbone=None, num_classes=num_classes, **detector_options
+    )
     model.backbone = BottomUpPath(model.backbone)
     heads = model.roi_heads
     heads.box_roi_pool = AdaptiveFeaturePooling(list(LEVELS), 7, 2)

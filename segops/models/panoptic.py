@@ -13,9 +13,16 @@ VOID = -1  # the category of unassigned pixels: neither a thing nor a stuff cate
 
 
 @torch.no_grad()
-def panoptic_merge(masks: Tensor, scores: Tensor, labels: Tensor, semantic: Tensor, stuffs: Sequence[int],
-                   overlap_threshold: float = 0.5, score_threshold: float = 0.5,
-                   stuff_min_area: int = 4096) -> Tensor:
+def panoptic_merge(
+    masks: Tensor,
+    scores: Tensor,
+    labels: Tensor,
+    semantic: Tensor,
+    stuffs: Sequence[int],
+    overlap_threshold: float = 0.5,
+    score_threshold: float = 0.5,
+    stuff_min_area: int = 4096,
+) -> Tensor:
     """Panoptic FPN's heuristic merging (as Detectron2 implements it).
 
     1. Instances by decreasing score, those below `score_threshold` dropped: each is pasted on the pixels no
@@ -34,10 +41,16 @@ def panoptic_merge(masks: Tensor, scores: Tensor, labels: Tensor, semantic: Tens
     Returns:
         Tensor[H, W, 2] int64: (category id, instance id) per pixel.
     """
-    if masks.dim() != 3 or masks.shape[1:] != semantic.shape or scores.shape != (masks.shape[0],) \
-            or labels.shape != (masks.shape[0],):
-        raise ValueError(f"panoptic_merge: masks must be [M, H, W], scores and labels [M] and semantic [H, W], got "
-                         f"{list(masks.shape)}, {list(scores.shape)}, {list(labels.shape)} and {list(semantic.shape)}")
+    if (
+        masks.dim() != 3
+        or masks.shape[1:] != semantic.shape
+        or scores.shape != (masks.shape[0],)
+        or labels.shape != (masks.shape[0],)
+    ):
+        raise ValueError(
+            f"panoptic_merge: masks must be [M, H, W], scores and labels [M] and semantic [H, W], got "
+            f"{list(masks.shape)}, {list(scores.shape)}, {list(labels.shape)} and {list(semantic.shape)}"
+        )
     masks = masks if masks.dtype == torch.bool else masks > 0.5
     category = torch.full(semantic.shape, VOID, dtype=torch.int64, device=semantic.device)
     instance = torch.zeros(semantic.shape, dtype=torch.int64, device=semantic.device)
@@ -72,13 +85,16 @@ class SemanticFPNHead(nn.Module):
         super().__init__()
 
         def stage(inputs):
-            return nn.Sequential(nn.Conv2d(inputs, channels, 3, padding=1, bias=False), nn.GroupNorm(32, channels),
-                                 nn.ReLU(inplace=True))
+            return nn.Sequential(
+                nn.Conv2d(inputs, channels, 3, padding=1, bias=False), nn.GroupNorm(32, channels), nn.ReLU(inplace=True)
+            )
 
-        self.levels = nn.ModuleList([
-            nn.ModuleList([stage(in_channels if i == 0 else channels) for i in range(max(1, level))])
-            for level in range(levels)
-        ])
+        self.levels = nn.ModuleList(
+            [
+                nn.ModuleList([stage(in_channels if i == 0 else channels) for i in range(max(1, level))])
+                for level in range(levels)
+            ]
+        )
         self.predictor = nn.Conv2d(channels, num_classes, 1)
 
     def forward(self, features: List[Tensor]) -> Tensor:
@@ -121,8 +137,11 @@ class PanopticFPN(nn.Module):
 
         from segops.models.rcnn import use_segops_roi_align
 
-        self.detector = use_segops_roi_align(torchvision.models.detection.maskrcnn_resnet50_fpn(
-            weights=None, weights_backbone=None, num_classes=num_things + 1, **detector_options))
+        self.detector = use_segops_roi_align(
+            torchvision.models.detection.maskrcnn_resnet50_fpn(
+                weights=None, weights_backbone=None, num_classes=num_things + 1, **detector_options
+            )
+        )
         self.semantic_head = SemanticFPNHead(num_stuff + 1)
         self.num_things, self.num_stuff, self.stuff_min_area = num_things, num_stuff, stuff_min_area
 
@@ -135,11 +154,11 @@ class PanopticFPN(nn.Module):
         semantic = self.semantic_head([features[key] for key in ("0", "1", "2", "3")])
         semantic = F.interpolate(semantic, size=image_list.tensors.shape[-2:], mode="bilinear", align_corners=False)
         proposals, proposal_losses = detector.rpn(image_list, features, detector_targets)
-        detections, detector_losses = detector.roi_heads(features, proposals, image_list.image_sizes,
-                                                         detector_targets)
+        detections, detector_losses = detector.roi_heads(features, proposals, image_list.image_sizes, detector_targets)
         if self.training:
-            semantic_target = torch.full(semantic.shape[:1] + semantic.shape[2:], 255, dtype=torch.int64,
-                                         device=semantic.device)
+            semantic_target = torch.full(
+                semantic.shape[:1] + semantic.shape[2:], 255, dtype=torch.int64, device=semantic.device
+            )
             for index, (target, (height, width)) in enumerate(zip(targets, image_list.image_sizes)):
                 resized = F.interpolate(target["semantic"][None, None].float(), size=(height, width), mode="nearest")
                 semantic_target[index, :height, :width] = resized[0, 0].long()
@@ -148,14 +167,22 @@ class PanopticFPN(nn.Module):
         detections = detector.transform.postprocess(detections, image_list.image_sizes, original_sizes)
         stuffs = list(range(self.num_things + 1, self.num_things + self.num_stuff + 1))
         panoptic = []
-        for index, (found, size, (height, width)) in enumerate(zip(detections, original_sizes,
-                                                                   image_list.image_sizes)):
-            scores = F.interpolate(semantic[index:index + 1, :, :height, :width], size=size, mode="bilinear",
-                                   align_corners=False)[0]
+        for index, (found, size, (height, width)) in enumerate(zip(detections, original_sizes, image_list.image_sizes)):
+            scores = F.interpolate(
+                semantic[index : index + 1, :, :height, :width], size=size, mode="bilinear", align_corners=False
+            )[0]
             labels = scores.argmax(0)
             category = torch.where(labels > 0, labels + self.num_things, torch.zeros_like(labels))
-            panoptic.append(panoptic_merge(found["masks"][:, 0], found["scores"], found["labels"], category, stuffs,
-                                           stuff_min_area=self.stuff_min_area))
+            panoptic.append(
+                panoptic_merge(
+                    found["masks"][:, 0],
+                    found["scores"],
+                    found["labels"],
+                    category,
+                    stuffs,
+                    stuff_min_area=self.stuff_min_area,
+                )
+            )
         return panoptic
 
 

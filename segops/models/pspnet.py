@@ -16,15 +16,21 @@ class PyramidPooling(nn.Module):
         super().__init__()
         reduced = in_channels // len(bins)
         self.bins = bins
-        self.stages = nn.ModuleList([
-            nn.Sequential(nn.Conv2d(in_channels, reduced, 1, bias=False), nn.BatchNorm2d(reduced),
-                          nn.ReLU(inplace=True)) for _ in bins
-        ])
+        self.stages = nn.ModuleList(
+            [
+                nn.Sequential(
+                    nn.Conv2d(in_channels, reduced, 1, bias=False), nn.BatchNorm2d(reduced), nn.ReLU(inplace=True)
+                )
+                for _ in bins
+            ]
+        )
 
     def forward(self, x: Tensor) -> Tensor:
         size = x.shape[-2:]
-        pooled = [F.interpolate(stage(F.adaptive_avg_pool2d(x, b)), size=size, mode="bilinear", align_corners=False)
-                  for b, stage in zip(self.bins, self.stages)]
+        pooled = [
+            F.interpolate(stage(F.adaptive_avg_pool2d(x, b)), size=size, mode="bilinear", align_corners=False)
+            for b, stage in zip(self.bins, self.stages)
+        ]
         return torch.cat([x] + pooled, dim=1)
 
 
@@ -37,8 +43,11 @@ class PSPNet(nn.Module):
         self.backbone = DilatedResNet(depth, 8, backbone)
         self.head = nn.Sequential(
             PyramidPooling(2048),
-            nn.Conv2d(4096, 512, 3, padding=1, bias=False), nn.BatchNorm2d(512), nn.ReLU(inplace=True),
-            nn.Dropout2d(dropout), nn.Conv2d(512, num_classes, 1),
+            nn.Conv2d(4096, 512, 3, padding=1, bias=False),
+            nn.BatchNorm2d(512),
+            nn.ReLU(inplace=True),
+            nn.Dropout2d(dropout),
+            nn.Conv2d(512, num_classes, 1),
         )
 
     def forward(self, images: Tensor) -> Tensor:

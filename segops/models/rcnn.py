@@ -17,13 +17,23 @@ class FastRCNNBoxHead(nn.Module):
     and per-class box deltas: features [N, C, H, W] and boxes [K, 5] (batch index, x1, y1, x2, y2, in image
     coordinates) -> (scores [K, num_classes], deltas [K, 4 * num_classes])."""
 
-    def __init__(self, in_channels: int, num_classes: int, spatial_scale: float, resolution: int = 7,
-                 representation: int = 1024, pooling: str = "roi_pool"):
+    def __init__(
+        self,
+        in_channels: int,
+        num_classes: int,
+        spatial_scale: float,
+        resolution: int = 7,
+        representation: int = 1024,
+        pooling: str = "roi_pool",
+    ):
         super().__init__()
         if pooling not in ("roi_pool", "roi_align"):
             raise ValueError(f"FastRCNNBoxHead: pooling must be 'roi_pool' or 'roi_align', got {pooling!r}")
-        self.pool = (RoIPool(resolution, spatial_scale) if pooling == "roi_pool"
-                     else RoIAlign(resolution, spatial_scale, sampling_ratio=2, aligned=True))
+        self.pool = (
+            RoIPool(resolution, spatial_scale)
+            if pooling == "roi_pool"
+            else RoIAlign(resolution, spatial_scale, sampling_ratio=2, aligned=True)
+        )
         self.fc6 = nn.Linear(in_channels * resolution * resolution, representation)
         self.fc7 = nn.Linear(representation, representation)
         self.cls_score = nn.Linear(representation, num_classes)
@@ -39,8 +49,9 @@ class MaskRCNNMaskHead(nn.Module):
     """Mask R-CNN's mask branch: RoIAlign to 14x14, four 3x3 convolutions (256, ReLU), a 2x2 up-convolution and a
     1x1 classifier: features [N, C, H, W], boxes [K, 5] -> mask logits [K, num_classes, 28, 28]."""
 
-    def __init__(self, in_channels: int, num_classes: int, spatial_scale: float, resolution: int = 14,
-                 channels: int = 256):
+    def __init__(
+        self, in_channels: int, num_classes: int, spatial_scale: float, resolution: int = 14, channels: int = 256
+    ):
         super().__init__()
         self.pool = RoIAlign(resolution, spatial_scale, sampling_ratio=2, aligned=True)
         layers = []
@@ -58,13 +69,15 @@ class SegopsMultiScaleRoIAlign(poolers.MultiScaleRoIAlign):
     """torchvision's MultiScaleRoIAlign (FPN level per box, torchvision's arithmetic: aligned=False) on
     segops.multi_scale_roi_align: every level in one pass."""
 
-    def features_and_rois(self, x: Dict[str, Tensor], boxes: List[Tensor],
-                          image_shapes: List[Tuple[int, int]]) -> Tuple[List[Tensor], Tensor]:
+    def features_and_rois(
+        self, x: Dict[str, Tensor], boxes: List[Tensor], image_shapes: List[Tuple[int, int]]
+    ) -> Tuple[List[Tensor], Tensor]:
         """torchvision's preparation: the named maps, their scales (inferred once from the sizes) and rois [K, 5]."""
         features = poolers._filter_input(x, self.featmap_names)
         if self.scales is None or self.map_levels is None:
-            self.scales, self.map_levels = poolers._setup_scales(features, image_shapes, self.canonical_scale,
-                                                                 self.canonical_level)
+            self.scales, self.map_levels = poolers._setup_scales(
+                features, image_shapes, self.canonical_scale, self.canonical_level
+            )
         return features, poolers._convert_to_roi_format(boxes)
 
     def forward(self, x: Dict[str, Tensor], boxes: List[Tensor], image_shapes: List[Tuple[int, int]]) -> Tensor:
@@ -77,9 +90,16 @@ class SegopsMultiScaleRoIAlign(poolers.MultiScaleRoIAlign):
             levels = torch.zeros(len(rois), dtype=torch.int64, device=rois.device)
         else:
             levels = map_levels(boxes).to(torch.int64)
-        return torch.ops.segops.multi_scale_roi_align(features, rois, levels, [float(s) for s in scales],
-                                                      self.output_size[0], self.output_size[1], self.sampling_ratio,
-                                                      False)
+        return torch.ops.segops.multi_scale_roi_align(
+            features,
+            rois,
+            levels,
+            [float(s) for s in scales],
+            self.output_size[0],
+            self.output_size[1],
+            self.sampling_ratio,
+            False,
+        )
 
 
 def use_segops_roi_align(model: nn.Module) -> nn.Module:
@@ -88,9 +108,13 @@ def use_segops_roi_align(model: nn.Module) -> nn.Module:
     the same settings. Returns the model."""
     for name, child in model.named_children():
         if isinstance(child, poolers.MultiScaleRoIAlign) and not isinstance(child, SegopsMultiScaleRoIAlign):
-            replacement = SegopsMultiScaleRoIAlign(child.featmap_names, child.output_size, child.sampling_ratio,
-                                                   canonical_scale=child.canonical_scale,
-                                                   canonical_level=child.canonical_level)
+            replacement = SegopsMultiScaleRoIAlign(
+                child.featmap_names,
+                child.output_size,
+                child.sampling_ratio,
+                canonical_scale=child.canonical_scale,
+                canonical_level=child.canonical_level,
+            )
             setattr(model, name, replacement)
         else:
             use_segops_roi_align(child)

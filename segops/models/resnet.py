@@ -27,8 +27,7 @@ class DilatedResNet(nn.Module):
         build = torchvision.models.resnet50 if depth == 50 else torchvision.models.resnet101
         net = build(weights=None, replace_stride_with_dilation=[False, output_stride == 8, True])
         if weights is not None:
-            state = weights if isinstance(weights, dict) else torch.load(weights, map_location="cpu",
-                                                                          weights_only=True)
+            state = weights if isinstance(weights, dict) else torch.load(weights, map_location="cpu", weights_only=True)
             net.load_state_dict(state)
         _dilated_convs_on_segops(net)
         self.depth, self.output_stride = depth, output_stride

@@ -25,8 +25,11 @@ from segops.ops.dilated_conv import DilatedConv2d
 
 
 def _conv_bn_relu(in_channels: int, out_channels: int, conv=nn.Conv2d, **options) -> nn.Sequential:
-    return nn.Sequential(conv(in_channels, out_channels, 3, padding=options.pop("padding", 1), bias=False, **options),
-                         nn.BatchNorm2d(out_channels), nn.ReLU(inplace=True))
+    return nn.Sequential(
+        conv(in_channels, out_channels, 3, padding=options.pop("padding", 1), bias=False, **options),
+        nn.BatchNorm2d(out_channels),
+        nn.ReLU(inplace=True),
+    )
 
 
 def _up(x: Tensor, size) -> Tensor:
@@ -43,8 +46,9 @@ class DCL(nn.Module):
         super().__init__()
         self.stages = vgg16_stages(base_width)
         widths = [base_width * m for m in (1, 2, 4, 8, 8)]
-        self.sides = nn.ModuleList([nn.Sequential(nn.Conv2d(w, side_channels, 3, padding=1), nn.ReLU(inplace=True))
-                                    for w in widths])
+        self.sides = nn.ModuleList(
+            [nn.Sequential(nn.Conv2d(w, side_channels, 3, padding=1), nn.ReLU(inplace=True)) for w in widths]
+        )
         self.fuse = nn.Conv2d(5 * side_channels, 1, 1)
         self.crf = crf
 
@@ -99,15 +103,19 @@ class BASNet(nn.Module):
         super().__init__()
         resnet = torchvision.models.resnet34(weights=None)
         self.stem = nn.Sequential(resnet.conv1, resnet.bn1, resnet.relu)
-        self.encoder = nn.ModuleList([nn.Sequential(resnet.maxpool, resnet.layer1), resnet.layer2, resnet.layer3,
-                                      resnet.layer4])
-        self.bridge = nn.Sequential(*[_conv_bn_relu(512 if i == 0 else width, width, DilatedConv2d, padding=2,
-                                                    dilation=2) for i in range(3)])
+        self.encoder = nn.ModuleList(
+            [nn.Sequential(resnet.maxpool, resnet.layer1), resnet.layer2, resnet.layer3, resnet.layer4]
+        )
+        self.bridge = nn.Sequential(
+            *[_conv_bn_relu(512 if i == 0 else width, width, DilatedConv2d, padding=2, dilation=2) for i in range(3)]
+        )
         encoder_widths = [64, 64, 128, 256, 512]  # stem, layer1 .. layer4
-        self.decoder = nn.ModuleList([
-            nn.Sequential(_conv_bn_relu(width + w, width), _conv_bn_relu(width, width), _conv_bn_relu(width, width))
-            for w in reversed(encoder_widths)
-        ])
+        self.decoder = nn.ModuleList(
+            [
+                nn.Sequential(_conv_bn_relu(width + w, width), _conv_bn_relu(width, width), _conv_bn_relu(width, width))
+                for w in reversed(encoder_widths)
+            ]
+        )
         self.sides = nn.ModuleList([nn.Conv2d(width, 1, 3, padding=1) for _ in range(len(encoder_widths) + 1)])
         self.refine = ResidualRefinement()
 

@@ -14,14 +14,20 @@ STAGE_MULTIPLIERS = (1, 2, 4, 8, 8)
 
 
 def conv_bn_relu(in_channels: int, out_channels: int) -> nn.Sequential:
-    return nn.Sequential(nn.Conv2d(in_channels, out_channels, 3, padding=1, bias=False), nn.BatchNorm2d(out_channels),
-                         nn.ReLU(inplace=True))
+    return nn.Sequential(
+        nn.Conv2d(in_channels, out_channels, 3, padding=1, bias=False),
+        nn.BatchNorm2d(out_channels),
+        nn.ReLU(inplace=True),
+    )
 
 
 def deconv_bn_relu(in_channels: int, out_channels: int) -> nn.Sequential:
     """DeconvNet's layer: a 3x3 transposed convolution (stride 1, so the size is kept), batch norm, ReLU."""
-    return nn.Sequential(nn.ConvTranspose2d(in_channels, out_channels, 3, padding=1, bias=False),
-                         nn.BatchNorm2d(out_channels), nn.ReLU(inplace=True))
+    return nn.Sequential(
+        nn.ConvTranspose2d(in_channels, out_channels, 3, padding=1, bias=False),
+        nn.BatchNorm2d(out_channels),
+        nn.ReLU(inplace=True),
+    )
 
 
 class SegNet(nn.Module):
@@ -63,7 +69,6 @@ class SegNet(nn.Module):
             x = stage(max_unpool2d(x, indices, 2, output_size=size))
         return self.classifier(x)
 
-
     def middle(self, x: Tensor) -> Tensor:
         """Between the last pool and the first unpool: nothing in SegNet."""
         return x
@@ -79,10 +84,13 @@ class DeconvNet(SegNet):
     def __init__(self, num_classes: int, base_width: int = 64):
         super().__init__(num_classes, base_width, decoder_layer=deconv_bn_relu)
         top, fc = STAGE_MULTIPLIERS[-1] * base_width, 64 * base_width
-        self.fc6 = nn.Sequential(nn.Conv2d(top, fc, 7, padding=3, bias=False), nn.BatchNorm2d(fc), nn.ReLU(inplace=True))
+        self.fc6 = nn.Sequential(
+            nn.Conv2d(top, fc, 7, padding=3, bias=False), nn.BatchNorm2d(fc), nn.ReLU(inplace=True)
+        )
         self.fc7 = nn.Sequential(nn.Conv2d(fc, fc, 1, bias=False), nn.BatchNorm2d(fc), nn.ReLU(inplace=True))
-        self.deconv_fc6 = nn.Sequential(nn.ConvTranspose2d(fc, top, 7, padding=3, bias=False), nn.BatchNorm2d(top),
-                                        nn.ReLU(inplace=True))
+        self.deconv_fc6 = nn.Sequential(
+            nn.ConvTranspose2d(fc, top, 7, padding=3, bias=False), nn.BatchNorm2d(top), nn.ReLU(inplace=True)
+        )
         self.classifier = nn.Conv2d(base_width, num_classes, 1)
 
     def middle(self, x: Tensor) -> Tensor:

@@ -9,9 +9,11 @@ from segops.models._checks import check_int as _check_int
 
 def double_conv(in_channels: int, out_channels: int) -> nn.Sequential:
     return nn.Sequential(
-        nn.Conv2d(in_channels, out_channels, 3, padding=1, bias=False), nn.BatchNorm2d(out_channels),
+        nn.Conv2d(in_channels, out_channels, 3, padding=1, bias=False),
+        nn.BatchNorm2d(out_channels),
         nn.ReLU(inplace=True),
-        nn.Conv2d(out_channels, out_channels, 3, padding=1, bias=False), nn.BatchNorm2d(out_channels),
+        nn.Conv2d(out_channels, out_channels, 3, padding=1, bias=False),
+        nn.BatchNorm2d(out_channels),
         nn.ReLU(inplace=True),
     )
 
@@ -27,10 +29,12 @@ class UNet(nn.Module):
         super().__init__()
         _check_int("UNet", "num_classes", num_classes)
         widths = [base_width * 2**level for level in range(depth + 1)]
-        self.down = nn.ModuleList([double_conv(3, widths[0])] + [double_conv(widths[i], widths[i + 1])
-                                                                for i in range(depth)])
-        self.up = nn.ModuleList([nn.ConvTranspose2d(widths[i + 1], widths[i], 2, stride=2)
-                                 for i in reversed(range(depth))])
+        self.down = nn.ModuleList(
+            [double_conv(3, widths[0])] + [double_conv(widths[i], widths[i + 1]) for i in range(depth)]
+        )
+        self.up = nn.ModuleList(
+            [nn.ConvTranspose2d(widths[i + 1], widths[i], 2, stride=2) for i in reversed(range(depth))]
+        )
         self.merge = nn.ModuleList([double_conv(2 * widths[i], widths[i]) for i in reversed(range(depth))])
         self.classifier = nn.Conv2d(widths[0], num_classes, 1)
 

@@ -40,8 +40,10 @@ class _Constant(tuple):
 
 
 def _constant_lists(args: tuple) -> tuple:
-    return tuple(_Constant(value) if isinstance(value, list) and not any(isinstance(v, torch.Tensor) for v in value)
-                 else value for value in args)
+    return tuple(
+        _Constant(value) if isinstance(value, list) and not any(isinstance(v, torch.Tensor) for v in value) else value
+        for value in args
+    )
 
 
 class OpFunction(torch.autograd.Function):
@@ -52,8 +54,9 @@ class OpFunction(torch.autograd.Function):
         return super().apply(*_constant_lists(args))
 
 
-def register_function(op_name: str, function: type, to_function_args: Callable = _same,
-                      to_op_output: Callable = _same) -> None:
+def register_function(
+    op_name: str, function: type, to_function_args: Callable = _same, to_op_output: Callable = _same
+) -> None:
     """Makes ``function.apply`` the Autograd kernel of ``segops::<op_name>``. ``function.apply`` takes the op's
     arguments in the op's order, or as ``to_function_args(args)`` gives them (autograd.Function sees tensors only as
     direct arguments, not inside a list); ``to_op_output`` turns its result into the op's (a tuple into a list)."""
@@ -123,8 +126,9 @@ def once_differentiable_backward(op: str, backward_op: Callable, reason: str) ->
         def backward(ctx, *grads):
             no_double_backward(op, reason)
 
-        jvp = no_forward_ad(f"{op}: forward-mode AD of its gradient (e.g. torch.func.hessian) is not supported "
-                            f"({reason})")
+        jvp = no_forward_ad(
+            f"{op}: forward-mode AD of its gradient (e.g. torch.func.hessian) is not supported ({reason})"
+        )
 
     BackwardFunction.__name__ = BackwardFunction.__qualname__ = f"_{op}_backward_function"
     return BackwardFunction

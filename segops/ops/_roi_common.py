@@ -43,9 +43,7 @@ def boxes_to_rois(op: str, boxes: Union[Tensor, List[Tensor]], input: Tensor) ->
                 raise ValueError(f"{op}: boxes[{index}] must be a Tensor[L, 4] (x1, y1, x2, y2), got {got}")
         boxes = list(boxes)
     elif not isinstance(boxes, Tensor):
-        raise ValueError(
-            f"{op}: boxes must be a Tensor[K, 5] or a list of Tensor[L, 4], got {type(boxes).__name__}"
-        )
+        raise ValueError(f"{op}: boxes must be a Tensor[K, 5] or a list of Tensor[L, 4], got {type(boxes).__name__}")
     return rois_from_boxes(boxes, input)
 
 

@@ -21,8 +21,15 @@ from segops.ops._checks import accumulation_dtype, autocast_to, dtype_name, form
 from segops.ops._checks import check_tensor_arguments as _check_tensor_arguments
 from segops.ops.permutohedral import PermutohedralLattice
 
-__all__ = ["DEEPLAB_V2", "PYDENSECRF_DEFAULTS", "DenseCRF", "DenseCRFFunction", "crf_lattices", "crf_softmax",
-           "dense_crf"]
+__all__ = [
+    "DEEPLAB_V2",
+    "PYDENSECRF_DEFAULTS",
+    "DenseCRF",
+    "DenseCRFFunction",
+    "crf_lattices",
+    "crf_softmax",
+    "dense_crf",
+]
 
 # pydensecrf's documented defaults (its README): addPairwiseGaussian(sxy=3, compat=3) and
 # addPairwiseBilateral(sxy=80, srgb=13, compat=10).
@@ -86,8 +93,7 @@ class _CRFSoftmaxFunction(OpFunction):
         return _softmax_input_grad(out, z_tangent)
 
 
-register_function("dense_crf_softmax", _CRFSoftmaxFunction,
-                  to_function_args=lambda args: (args[0], args[2], *args[1]))
+register_function("dense_crf_softmax", _CRFSoftmaxFunction, to_function_args=lambda args: (args[0], args[2], *args[1]))
 
 
 def crf_softmax(unary: Tensor, messages: Sequence[Tensor] = (), weights: Optional[Tensor] = None) -> Tensor:
@@ -141,8 +147,10 @@ class _DenseCRFStep(torch.autograd.Function):
     def backward(ctx, grad):
         # create_graph=True would otherwise get a silently constant (wrong) second derivative through this step.
         if torch.is_grad_enabled():
-            no_double_backward("DenseCRFFunction (a dense_crf mean-field step)",
-                               "it is differentiable once: its backward cannot build a graph (create_graph=True)")
+            no_double_backward(
+                "DenseCRFFunction (a dense_crf mean-field step)",
+                "it is differentiable once: its backward cannot build a graph (create_graph=True)",
+            )
         out, total, kernel_weights, compatibility, *messages = ctx.saved_tensors
         grad = grad.contiguous()  # the caller's view of the output may be channels-last
         grad_z = _softmax_input_grad(out, grad)
@@ -177,9 +185,12 @@ def _refuse_torch_func(name: str) -> None:
 
 
 class DenseCRFFunction(_DenseCRFStep):
-    __doc__ = _DenseCRFStep.__doc__ + """
+    __doc__ = (
+        _DenseCRFStep.__doc__
+        + """
     Forward-mode AD (``torch.autograd.forward_ad``) gives the step's exact tangent; torch.func is refused by name.
     """
+    )
 
     @classmethod
     def apply(cls, *args):
@@ -311,38 +322,55 @@ def dense_crf(
     if torch.is_autocast_enabled(unary.device.type):
         with torch.autocast(unary.device.type, enabled=False):
             return dense_crf(
-                autocast_to(unary, torch.float32), image, num_iters, smoothness_sxy=smoothness_sxy,
-                smoothness_weight=autocast_to(smoothness_weight, torch.float32), appearance_sxy=appearance_sxy,
-                appearance_srgb=appearance_srgb, appearance_weight=autocast_to(appearance_weight, torch.float32),
+                autocast_to(unary, torch.float32),
+                image,
+                num_iters,
+                smoothness_sxy=smoothness_sxy,
+                smoothness_weight=autocast_to(smoothness_weight, torch.float32),
+                appearance_sxy=appearance_sxy,
+                appearance_srgb=appearance_srgb,
+                appearance_weight=autocast_to(appearance_weight, torch.float32),
                 compatibility=autocast_to(compatibility, torch.float32),
             )
     _refuse_torch_func("dense_crf")
     _check_tensor_arguments("dense_crf", unary=unary, image=image, compatibility=compatibility)
     _check_crf_inputs(unary, image, num_iters)
     batch, labels, height, width = unary.shape
-    if compatibility is not None and (compatibility.shape != (labels, labels) or compatibility.dtype != unary.dtype
-                                      or compatibility.device != unary.device):
+    if compatibility is not None and (
+        compatibility.shape != (labels, labels)
+        or compatibility.dtype != unary.dtype
+        or compatibility.device != unary.device
+    ):
         raise ValueError(
             f"dense_crf: compatibility must be [L, L] = [{labels}, {labels}] of unary's dtype and device "
             f"({dtype_name(unary.dtype)}, {unary.device}), got {format_shape(compatibility)} "
             f"{dtype_name(compatibility.dtype)} on {compatibility.device}"
         )
     # A Python float becomes a device tensor by a fill (new_full), not a blocking host-to-device copy.
-    weights = torch.stack([w.to(dtype=unary.dtype, device=unary.device) if isinstance(w, Tensor)
-                           else unary.new_full((), float(w)) for w in (smoothness_weight, appearance_weight)])
+    weights = torch.stack(
+        [
+            w.to(dtype=unary.dtype, device=unary.device) if isinstance(w, Tensor) else unary.new_full((), float(w))
+            for w in (smoothness_weight, appearance_weight)
+        ]
+    )
     bandwidths = (smoothness_sxy, appearance_sxy, appearance_srgb)
     if unary.device.type == "cpu" and batch > 1 and not torch.compiler.is_compiling():
         # On the CPU every op already runs each image on all cores; an image at a time keeps its working set
         # (a few [H*W, L] tensors) warm in cache and out of fresh pages, where the whole batch's would not: a
         # batch then costs what its images cost one by one (the lattice ops themselves take batches). A compiled
         # graph takes the batch whole.
-        return torch.cat([_mean_field(unary[b:b + 1], image[b:b + 1], num_iters, bandwidths, weights, compatibility)
-                          for b in range(batch)])
+        return torch.cat(
+            [
+                _mean_field(unary[b : b + 1], image[b : b + 1], num_iters, bandwidths, weights, compatibility)
+                for b in range(batch)
+            ]
+        )
     return _mean_field(unary, image, num_iters, bandwidths, weights, compatibility)
 
 
-def _mean_field(unary: Tensor, image: Tensor, num_iters: int, bandwidths, weights: Tensor,
-                compatibility: Optional[Tensor]) -> Tensor:
+def _mean_field(
+    unary: Tensor, image: Tensor, num_iters: int, bandwidths, weights: Tensor, compatibility: Optional[Tensor]
+) -> Tensor:
     """dense_crf on checked arguments, the whole batch at once: bandwidths (smoothness sxy, appearance sxy,
     appearance srgb), weights Tensor[2] (smoothness, appearance)."""
     batch, labels, height, width = unary.shape
@@ -360,16 +388,31 @@ def _mean_field(unary: Tensor, image: Tensor, num_iters: int, bandwidths, weight
 
 
 @one_fx_node  # one node under FX: the dtype below is not known while tracing
-def _dense_crf_with_parameters(unary: Tensor, image: Tensor, num_iters: int, kernel_weights: Tensor,
-                               compatibility: Optional[Tensor], smoothness_sxy: float, appearance_sxy: float,
-                               appearance_srgb: float) -> Tensor:
+def _dense_crf_with_parameters(
+    unary: Tensor,
+    image: Tensor,
+    num_iters: int,
+    kernel_weights: Tensor,
+    compatibility: Optional[Tensor],
+    smoothness_sxy: float,
+    appearance_sxy: float,
+    appearance_srgb: float,
+) -> Tensor:
     """dense_crf with DenseCRF's learned parameters in the accumulation dtype, not unary's: under autocast a
     bfloat16 unary runs in float32 (dense_crf), and the parameters must not be rounded to bfloat16 on the way."""
     dtype = accumulation_dtype(unary.dtype)
     weights = kernel_weights.to(dtype)
-    return dense_crf(unary, image, num_iters, smoothness_sxy=smoothness_sxy, smoothness_weight=weights[0],
-                     appearance_sxy=appearance_sxy, appearance_srgb=appearance_srgb, appearance_weight=weights[1],
-                     compatibility=None if compatibility is None else compatibility.to(dtype))
+    return dense_crf(
+        unary,
+        image,
+        num_iters,
+        smoothness_sxy=smoothness_sxy,
+        smoothness_weight=weights[0],
+        appearance_sxy=appearance_sxy,
+        appearance_srgb=appearance_srgb,
+        appearance_weight=weights[1],
+        compatibility=None if compatibility is None else compatibility.to(dtype),
+    )
 
 
 class DenseCRF(nn.Module):
@@ -401,15 +444,16 @@ class DenseCRF(nn.Module):
         super().__init__()
         if isinstance(num_labels, bool) or not isinstance(num_labels, int) or num_labels < 2:
             raise ValueError(f"DenseCRF: num_labels must be an int >= 2, got {num_labels!r}")
-        for name, value in (("smoothness_sxy", smoothness_sxy), ("appearance_sxy", appearance_sxy),
-                            ("appearance_srgb", appearance_srgb)):
+        for name, value in (
+            ("smoothness_sxy", smoothness_sxy),
+            ("appearance_sxy", appearance_sxy),
+            ("appearance_srgb", appearance_srgb),
+        ):
             _check_positive(name, value)
         self.num_labels, self.num_iters = num_labels, num_iters
         self.smoothness_sxy, self.appearance_sxy, self.appearance_srgb = smoothness_sxy, appearance_sxy, appearance_srgb
         self.kernel_weights = nn.Parameter(torch.tensor([float(smoothness_weight), float(appearance_weight)]))
-        self.compatibility = (
-            nn.Parameter(1.0 - torch.eye(num_labels)) if learn_compatibility else None
-        )
+        self.compatibility = nn.Parameter(1.0 - torch.eye(num_labels)) if learn_compatibility else None
 
     @classmethod
     def deeplab(cls, num_labels: int, learn_compatibility: bool = False) -> "DenseCRF":
@@ -420,8 +464,16 @@ class DenseCRF(nn.Module):
         not_scriptable(type(self).__name__)
 
     def forward(self, unary: Tensor, image: Tensor) -> Tensor:
-        return _dense_crf_with_parameters(unary, image, self.num_iters, self.kernel_weights, self.compatibility,
-                                          self.smoothness_sxy, self.appearance_sxy, self.appearance_srgb)
+        return _dense_crf_with_parameters(
+            unary,
+            image,
+            self.num_iters,
+            self.kernel_weights,
+            self.compatibility,
+            self.smoothness_sxy,
+            self.appearance_sxy,
+            self.appearance_srgb,
+        )
 
     def extra_repr(self) -> str:
         return (

@@ -63,8 +63,15 @@ def dilated_conv2d(
 
 
 @torch.jit.unused
-def _dilated_conv2d(input: Tensor, weight: Tensor, bias: Optional[Tensor], stride: List[int], padding: List[int],
-                    dilation: List[int], groups: int) -> Tensor:
+def _dilated_conv2d(
+    input: Tensor,
+    weight: Tensor,
+    bias: Optional[Tensor],
+    stride: List[int],
+    padding: List[int],
+    dilation: List[int],
+    groups: int,
+) -> Tensor:
     node = traced_call(dilated_conv2d, input, weight, bias, stride, padding, dilation, groups)  # FX: one node
     if node is not None:
         return node
@@ -73,8 +80,9 @@ def _dilated_conv2d(input: Tensor, weight: Tensor, bias: Optional[Tensor], strid
 
 
 def _conv(input, weight, bias, stride, padding, dilation, groups) -> Tensor:
-    return call(DilatedConv2dFunction, torch.ops.segops.dilated_conv2d, input, weight, bias, stride, padding, dilation,
-                groups)
+    return call(
+        DilatedConv2dFunction, torch.ops.segops.dilated_conv2d, input, weight, bias, stride, padding, dilation, groups
+    )
 
 
 class DilatedConv2dFunction(OpFunction):
@@ -91,8 +99,9 @@ class DilatedConv2dFunction(OpFunction):
 
     @staticmethod
     def forward(input, weight, bias, stride, padding, dilation, groups):
-        return below_autograd(torch.ops.segops.dilated_conv2d.default, input, weight, bias, stride, padding, dilation,
-                              groups)
+        return below_autograd(
+            torch.ops.segops.dilated_conv2d.default, input, weight, bias, stride, padding, dilation, groups
+        )
 
     @staticmethod
     def setup_context(ctx, inputs, output):
@@ -106,8 +115,13 @@ class DilatedConv2dFunction(OpFunction):
         input, weight = ctx.saved_tensors
         mask = [ctx.needs_input_grad[0], ctx.needs_input_grad[1], ctx.has_bias and ctx.needs_input_grad[2]]
         grad_input, grad_weight, grad_bias = call(
-            _DilatedConv2dBackwardFunction, torch.ops.segops._dilated_conv2d_backward, grad, input, weight,
-            *ctx.arguments, mask
+            _DilatedConv2dBackwardFunction,
+            torch.ops.segops._dilated_conv2d_backward,
+            grad,
+            input,
+            weight,
+            *ctx.arguments,
+            mask,
         )
         return (
             grad_input if mask[0] else None,

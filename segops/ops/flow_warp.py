@@ -122,8 +122,12 @@ class FlowWarpFunction(OpFunction):
     def backward(ctx, grad):
         feature, flow, scale = ctx.saved_tensors
         grad_feature, grad_flow, grad_scale = call(
-            _FlowWarpBackwardFunction, torch.ops.segops._flow_warp_backward, grad.contiguous(), feature, flow,
-            scale if ctx.has_scale else None
+            _FlowWarpBackwardFunction,
+            torch.ops.segops._flow_warp_backward,
+            grad.contiguous(),
+            feature,
+            flow,
+            scale if ctx.has_scale else None,
         )
         return grad_feature, grad_flow, grad_scale if ctx.has_scale else None
 

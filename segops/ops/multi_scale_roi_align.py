@@ -19,8 +19,13 @@ __all__ = ["MultiScaleRoIAlign", "MultiScaleRoIAlignFunction", "fpn_levels", "mu
 MODES = ("assign", "all")
 
 
-def fpn_levels(rois: Tensor, spatial_scales: List[float], canonical_scale: float = 224.0,
-               canonical_level: int = 4, eps: float = 1e-6) -> Tensor:
+def fpn_levels(
+    rois: Tensor,
+    spatial_scales: List[float],
+    canonical_scale: float = 224.0,
+    canonical_level: int = 4,
+    eps: float = 1e-6,
+) -> Tensor:
     """The FPN rule (Lin et al. 2017, eq. 1), as torchvision's LevelMapper computes it: a box of area w * h goes to
     pyramid level floor(canonical_level + log2(sqrt(w * h) / canonical_scale) + eps), clamped to the levels that
     exist (level k has scale 2^-k); returned as an index into `spatial_scales` (ordered finest first).
@@ -48,8 +53,9 @@ def _check_powers_of_two(spatial_scales: List[float]) -> None:
         raise ValueError(f"fpn_levels: spatial_scales must be powers of 2 for the FPN rule, got {list(spatial_scales)}")
 
 
-def _rows_and_levels(rois: Tensor, spatial_scales: List[float], mode: str, canonical_scale: float,
-                     canonical_level: int):
+def _rows_and_levels(
+    rois: Tensor, spatial_scales: List[float], mode: str, canonical_scale: float, canonical_level: int
+):
     """The op's rois and levels: each box at its FPN level ("assign"); or every (box, map) pair, box-major, so that
     the output is [K, L, C, PH, PW] without a copy ("all"). In TorchScript too."""
     if mode == "assign":
@@ -120,16 +126,33 @@ def multi_scale_roi_align(
 
 def _pool(features, rois, levels, spatial_scales, pooled_h, pooled_w, sampling_ratio, aligned) -> Tensor:
     if torch._C._are_functorch_transforms_active():
-        return MultiScaleRoIAlignFunction.apply(rois, levels, spatial_scales, pooled_h, pooled_w, sampling_ratio,
-                                                aligned, *features)
-    return torch.ops.segops.multi_scale_roi_align(features, rois, levels, spatial_scales, pooled_h, pooled_w,
-                                                  sampling_ratio, aligned)
+        return MultiScaleRoIAlignFunction.apply(
+            rois, levels, spatial_scales, pooled_h, pooled_w, sampling_ratio, aligned, *features
+        )
+    return torch.ops.segops.multi_scale_roi_align(
+        features, rois, levels, spatial_scales, pooled_h, pooled_w, sampling_ratio, aligned
+    )
 
 
-def _pool_backward(grad, rois, levels, spatial_scales, pooled_h, pooled_w, n, c, heights, widths, sampling_ratio,
-                   aligned) -> List[Tensor]:
-    return call(_MultiScaleRoIAlignBackwardFunction, torch.ops.segops._multi_scale_roi_align_backward, grad, rois,
-                levels, spatial_scales, pooled_h, pooled_w, n, c, heights, widths, sampling_ratio, aligned)
+def _pool_backward(
+    grad, rois, levels, spatial_scales, pooled_h, pooled_w, n, c, heights, widths, sampling_ratio, aligned
+) -> List[Tensor]:
+    return call(
+        _MultiScaleRoIAlignBackwardFunction,
+        torch.ops.segops._multi_scale_roi_align_backward,
+        grad,
+        rois,
+        levels,
+        spatial_scales,
+        pooled_h,
+        pooled_w,
+        n,
+        c,
+        heights,
+        widths,
+        sampling_ratio,
+        aligned,
+    )
 
 
 class MultiScaleRoIAlignFunction(OpFunction):
@@ -146,15 +169,28 @@ class MultiScaleRoIAlignFunction(OpFunction):
 
     @staticmethod
     def forward(rois, levels, spatial_scales, pooled_height, pooled_width, sampling_ratio, aligned, *features):
-        return below_autograd(torch.ops.segops.multi_scale_roi_align.default, list(features), rois, levels,
-                              spatial_scales, pooled_height, pooled_width, sampling_ratio, aligned)
+        return below_autograd(
+            torch.ops.segops.multi_scale_roi_align.default,
+            list(features),
+            rois,
+            levels,
+            spatial_scales,
+            pooled_height,
+            pooled_width,
+            sampling_ratio,
+            aligned,
+        )
 
     @staticmethod
     def setup_context(ctx, inputs, output):
         rois, levels, spatial_scales, pooled_h, pooled_w, sampling_ratio, aligned, *features = inputs
         save_for_backward_and_jvp(ctx, rois, levels)
-        ctx.shapes = (features[0].shape[0], features[0].shape[1], [f.shape[2] for f in features],
-                      [f.shape[3] for f in features])
+        ctx.shapes = (
+            features[0].shape[0],
+            features[0].shape[1],
+            [f.shape[2] for f in features],
+            [f.shape[3] for f in features],
+        )
         ctx.params = (spatial_scales, pooled_h, pooled_w)
         ctx.sampling = (sampling_ratio, aligned)
 
@@ -172,8 +208,9 @@ class MultiScaleRoIAlignFunction(OpFunction):
             return None
         n, c, heights, widths = ctx.shapes
         like = next(t for t in feature_tangents if t is not None)
-        feature_tangents = [like.new_zeros((n, c, h, w)) if t is None else t
-                            for t, h, w in zip(feature_tangents, heights, widths)]
+        feature_tangents = [
+            like.new_zeros((n, c, h, w)) if t is None else t for t, h, w in zip(feature_tangents, heights, widths)
+        ]
         return _pool(feature_tangents, rois, levels, *ctx.params, *ctx.sampling)
 
 
@@ -183,16 +220,30 @@ class _MultiScaleRoIAlignBackwardFunction(OpFunction):
     generate_vmap_rule = True
 
     @staticmethod
-    def forward(grad, rois, levels, spatial_scales, pooled_h, pooled_w, n, c, heights, widths, sampling_ratio,
-                aligned):
-        return tuple(below_autograd(torch.ops.segops._multi_scale_roi_align_backward.default, grad, rois, levels,
-                                    spatial_scales, pooled_h, pooled_w, n, c, heights, widths, sampling_ratio,
-                                    aligned))
+    def forward(grad, rois, levels, spatial_scales, pooled_h, pooled_w, n, c, heights, widths, sampling_ratio, aligned):
+        return tuple(
+            below_autograd(
+                torch.ops.segops._multi_scale_roi_align_backward.default,
+                grad,
+                rois,
+                levels,
+                spatial_scales,
+                pooled_h,
+                pooled_w,
+                n,
+                c,
+                heights,
+                widths,
+                sampling_ratio,
+                aligned,
+            )
+        )
 
     @staticmethod
     def setup_context(ctx, inputs, output):
-        _grad, rois, levels, spatial_scales, pooled_h, pooled_w, _n, _c, _heights, _widths, sampling_ratio, \
-            aligned = inputs
+        _grad, rois, levels, spatial_scales, pooled_h, pooled_w, _n, _c, _heights, _widths, sampling_ratio, aligned = (
+            inputs
+        )
         save_for_backward_and_jvp(ctx, rois, levels)
         ctx.params = (spatial_scales, pooled_h, pooled_w, sampling_ratio, aligned)
         ctx.arguments = tuple(inputs[3:])
@@ -208,8 +259,9 @@ class _MultiScaleRoIAlignBackwardFunction(OpFunction):
         return None if grad_tangent is None else tuple(_pool_backward(grad_tangent, rois, levels, *ctx.arguments))
 
 
-register_function("multi_scale_roi_align", MultiScaleRoIAlignFunction,
-                  to_function_args=lambda args: (*args[1:], *args[0]))
+register_function(
+    "multi_scale_roi_align", MultiScaleRoIAlignFunction, to_function_args=lambda args: (*args[1:], *args[0])
+)
 register_function("_multi_scale_roi_align_backward", _MultiScaleRoIAlignBackwardFunction, to_op_output=list)
 
 
@@ -218,9 +270,16 @@ class MultiScaleRoIAlign(nn.Module):
     aligned=False, mode="assign")(features, boxes)``; features a list of Tensor[N, C, H_l, W_l], boxes Tensor[K, 5]
     or List[Tensor[L, 4]] give Tensor[K, C, PH, PW] ("assign") or Tensor[K, L, C, PH, PW] ("all")."""
 
-    def __init__(self, output_size: Union[int, Sequence[int]], spatial_scales: Sequence[float],
-                 sampling_ratio: int = 2, aligned: bool = False, mode: str = "assign",
-                 canonical_scale: float = 224.0, canonical_level: int = 4):
+    def __init__(
+        self,
+        output_size: Union[int, Sequence[int]],
+        spatial_scales: Sequence[float],
+        sampling_ratio: int = 2,
+        aligned: bool = False,
+        mode: str = "assign",
+        canonical_scale: float = 224.0,
+        canonical_level: int = 4,
+    ):
         super().__init__()
         if mode not in MODES:
             raise ValueError(f"MultiScaleRoIAlign: mode must be 'assign' or 'all', got {mode!r}")
@@ -232,19 +291,38 @@ class MultiScaleRoIAlign(nn.Module):
     def forward(self, features: List[Tensor], boxes: Union[Tensor, List[Tensor]]) -> Tensor:
         if torch.jit.is_scripting():  # TorchScript: the checks are the C++ op's
             rois = rois_from_boxes(boxes, features[0])
-            rows, levels = _rows_and_levels(rois, self.spatial_scales, self.mode, self.canonical_scale,
-                                            self.canonical_level)
-            pooled = torch.ops.segops.multi_scale_roi_align(features, rows, levels, self.spatial_scales,
-                                                            self.output_size[0], self.output_size[1],
-                                                            self.sampling_ratio, self.aligned)
+            rows, levels = _rows_and_levels(
+                rois, self.spatial_scales, self.mode, self.canonical_scale, self.canonical_level
+            )
+            pooled = torch.ops.segops.multi_scale_roi_align(
+                features,
+                rows,
+                levels,
+                self.spatial_scales,
+                self.output_size[0],
+                self.output_size[1],
+                self.sampling_ratio,
+                self.aligned,
+            )
             return _by_box(pooled, rois.shape[0], len(self.spatial_scales), self.mode)
         return self._eager(features, boxes)
 
     @torch.jit.unused
     def _eager(self, features: List[Tensor], boxes: Union[Tensor, List[Tensor]]) -> Tensor:
-        return multi_scale_roi_align(features, boxes, self.output_size, self.spatial_scales, self.sampling_ratio,
-                                     self.aligned, self.mode, self.canonical_scale, self.canonical_level)
+        return multi_scale_roi_align(
+            features,
+            boxes,
+            self.output_size,
+            self.spatial_scales,
+            self.sampling_ratio,
+            self.aligned,
+            self.mode,
+            self.canonical_scale,
+            self.canonical_level,
+        )
 
     def __repr__(self) -> str:
-        return (f"{self.__class__.__name__}(output_size={self.output_size}, spatial_scales={self.spatial_scales}, "
-                f"sampling_ratio={self.sampling_ratio}, aligned={self.aligned}, mode={self.mode!r})")
+        return (
+            f"{self.__class__.__name__}(output_size={self.output_size}, spatial_scales={self.spatial_scales}, "
+            f"sampling_ratio={self.sampling_ratio}, aligned={self.aligned}, mode={self.mode!r})"
+        )

@@ -39,22 +39,38 @@ def roi_align(
     """
     if torch.jit.is_scripting():  # TorchScript: the checks are the C++ op's
         rois = rois_from_boxes(boxes, input)
-        return torch.ops.segops.roi_align(input, rois, spatial_scale, output_size[0], output_size[1], sampling_ratio,
-                                          aligned)
+        return torch.ops.segops.roi_align(
+            input, rois, spatial_scale, output_size[0], output_size[1], sampling_ratio, aligned
+        )
     return _roi_align(input, boxes, output_size, spatial_scale, sampling_ratio, aligned)
 
 
 @torch.jit.unused
-def _roi_align(input: Tensor, boxes: Union[Tensor, List[Tensor]], output_size: List[int], spatial_scale: float,
-               sampling_ratio: int, aligned: bool) -> Tensor:
+def _roi_align(
+    input: Tensor,
+    boxes: Union[Tensor, List[Tensor]],
+    output_size: List[int],
+    spatial_scale: float,
+    sampling_ratio: int,
+    aligned: bool,
+) -> Tensor:
     node = traced_call(roi_align, input, boxes, output_size, spatial_scale, sampling_ratio, aligned)  # FX: one node
     if node is not None:
         return node
     _check_tensor_arguments("roi_align", input=input, boxes=boxes)
     pooled_h, pooled_w = output_size_pair("roi_align", output_size)
     rois = boxes_to_rois("roi_align", boxes, input)
-    return call(RoIAlignFunction, torch.ops.segops.roi_align, input, rois, float(spatial_scale), pooled_h, pooled_w,
-                int(sampling_ratio), bool(aligned))
+    return call(
+        RoIAlignFunction,
+        torch.ops.segops.roi_align,
+        input,
+        rois,
+        float(spatial_scale),
+        pooled_h,
+        pooled_w,
+        int(sampling_ratio),
+        bool(aligned),
+    )
 
 
 class RoIAlignFunction(OpFunction):
@@ -69,8 +85,16 @@ class RoIAlignFunction(OpFunction):
 
     @staticmethod
     def forward(input, rois, spatial_scale, pooled_height, pooled_width, sampling_ratio, aligned):
-        return below_autograd(torch.ops.segops.roi_align.default, input, rois, spatial_scale, pooled_height,
-                              pooled_width, sampling_ratio, aligned)
+        return below_autograd(
+            torch.ops.segops.roi_align.default,
+            input,
+            rois,
+            spatial_scale,
+            pooled_height,
+            pooled_width,
+            sampling_ratio,
+            aligned,
+        )
 
     @staticmethod
     def setup_context(ctx, inputs, output):
@@ -84,8 +108,16 @@ class RoIAlignFunction(OpFunction):
         (rois,) = ctx.saved_tensors
         spatial_scale, pooled_h, pooled_w, sampling_ratio, aligned = ctx.params
         grad_input = call(
-            _RoIAlignBackwardFunction, torch.ops.segops._roi_align_backward, grad, rois, spatial_scale, pooled_h,
-            pooled_w, *ctx.input_shape, sampling_ratio, aligned
+            _RoIAlignBackwardFunction,
+            torch.ops.segops._roi_align_backward,
+            grad,
+            rois,
+            spatial_scale,
+            pooled_h,
+            pooled_w,
+            *ctx.input_shape,
+            sampling_ratio,
+            aligned,
         )
         return grad_input, None, None, None, None, None, None
 
@@ -104,8 +136,20 @@ class _RoIAlignBackwardFunction(OpFunction):
 
     @staticmethod
     def forward(grad, rois, spatial_scale, pooled_h, pooled_w, n, c, h, w, sampling_ratio, aligned):
-        return below_autograd(torch.ops.segops._roi_align_backward.default, grad, rois, spatial_scale, pooled_h,
-                              pooled_w, n, c, h, w, sampling_ratio, aligned)
+        return below_autograd(
+            torch.ops.segops._roi_align_backward.default,
+            grad,
+            rois,
+            spatial_scale,
+            pooled_h,
+            pooled_w,
+            n,
+            c,
+            h,
+            w,
+            sampling_ratio,
+            aligned,
+        )
 
     @staticmethod
     def setup_context(ctx, inputs, output):
@@ -117,15 +161,26 @@ class _RoIAlignBackwardFunction(OpFunction):
     def backward(ctx, grad_grad_input):
         (rois,) = ctx.saved_tensors
         spatial_scale, pooled_h, pooled_w, _n, _c, _h, _w, sampling_ratio, aligned = ctx.params
-        grad_grad = call(RoIAlignFunction, torch.ops.segops.roi_align, grad_grad_input, rois, spatial_scale, pooled_h,
-                         pooled_w, sampling_ratio, aligned)
+        grad_grad = call(
+            RoIAlignFunction,
+            torch.ops.segops.roi_align,
+            grad_grad_input,
+            rois,
+            spatial_scale,
+            pooled_h,
+            pooled_w,
+            sampling_ratio,
+            aligned,
+        )
         return (grad_grad,) + (None,) * 10
 
     @staticmethod
     def jvp(ctx, grad_tangent, *_):
         (rois,) = ctx.saved_tensors
-        return None if grad_tangent is None else call(
-            _RoIAlignBackwardFunction, torch.ops.segops._roi_align_backward, grad_tangent, rois, *ctx.params
+        return (
+            None
+            if grad_tangent is None
+            else call(_RoIAlignBackwardFunction, torch.ops.segops._roi_align_backward, grad_tangent, rois, *ctx.params)
         )
 
 

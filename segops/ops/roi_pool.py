@@ -41,16 +41,18 @@ def roi_pool(
 
 
 @torch.jit.unused
-def _roi_pool(input: Tensor, boxes: Union[Tensor, List[Tensor]], output_size: List[int],
-              spatial_scale: float) -> Tensor:
+def _roi_pool(
+    input: Tensor, boxes: Union[Tensor, List[Tensor]], output_size: List[int], spatial_scale: float
+) -> Tensor:
     node = traced_call(roi_pool, input, boxes, output_size, spatial_scale)  # FX: one node
     if node is not None:
         return node
     _check_tensor_arguments("roi_pool", input=input, boxes=boxes)
     pooled_h, pooled_w = output_size_pair("roi_pool", output_size)
     rois = boxes_to_rois("roi_pool", boxes, input)
-    output, _argmax = call(RoIPoolFunction, torch.ops.segops.roi_pool, input, rois, float(spatial_scale), pooled_h,
-                           pooled_w)
+    output, _argmax = call(
+        RoIPoolFunction, torch.ops.segops.roi_pool, input, rois, float(spatial_scale), pooled_h, pooled_w
+    )
     return output
 
 
@@ -78,8 +80,9 @@ class RoIPoolFunction(OpFunction):
 
     @staticmethod
     def forward(input, rois, spatial_scale, pooled_height, pooled_width):
-        return below_autograd(torch.ops.segops.roi_pool.default, input, rois, spatial_scale, pooled_height,
-                              pooled_width)
+        return below_autograd(
+            torch.ops.segops.roi_pool.default, input, rois, spatial_scale, pooled_height, pooled_width
+        )
 
     @staticmethod
     def setup_context(ctx, inputs, output):
@@ -93,9 +96,15 @@ class RoIPoolFunction(OpFunction):
     @staticmethod
     def backward(ctx, grad, _grad_argmax):
         rois, argmax = ctx.saved_tensors
-        grad_input = call(_RoIPoolBackwardFunction, torch.ops.segops._roi_pool_backward, grad, rois, argmax,
-                          *ctx.params,
-                          *ctx.input_shape)
+        grad_input = call(
+            _RoIPoolBackwardFunction,
+            torch.ops.segops._roi_pool_backward,
+            grad,
+            rois,
+            argmax,
+            *ctx.params,
+            *ctx.input_shape,
+        )
         return grad_input, None, None, None, None
 
     @staticmethod
@@ -112,8 +121,19 @@ class _RoIPoolBackwardFunction(OpFunction):
 
     @staticmethod
     def forward(grad, rois, argmax, spatial_scale, pooled_h, pooled_w, n, c, h, w):
-        return below_autograd(torch.ops.segops._roi_pool_backward.default, grad, rois, argmax, spatial_scale,
-                              pooled_h, pooled_w, n, c, h, w)
+        return below_autograd(
+            torch.ops.segops._roi_pool_backward.default,
+            grad,
+            rois,
+            argmax,
+            spatial_scale,
+            pooled_h,
+            pooled_w,
+            n,
+            c,
+            h,
+            w,
+        )
 
     @staticmethod
     def setup_context(ctx, inputs, output):
@@ -131,8 +151,9 @@ class _RoIPoolBackwardFunction(OpFunction):
         rois, argmax = ctx.saved_tensors
         if grad_tangent is None:
             return None
-        return call(_RoIPoolBackwardFunction, torch.ops.segops._roi_pool_backward, grad_tangent, rois, argmax,
-                    *ctx.params)
+        return call(
+            _RoIPoolBackwardFunction, torch.ops.segops._roi_pool_backward, grad_tangent, rois, argmax, *ctx.params
+        )
 
 
 register_function("roi_pool", RoIPoolFunction)
