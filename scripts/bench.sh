@@ -9,5 +9,6 @@ cd "$(dirname "$0")/.."
 export SEGOPS_BUILD_EMULATION=1
 source scripts/setup_env.sh
 # The dense CRF's comparison (pydensecrf) and photograph (scikit-image): only the benchmarks need them.
+echo "installing requirements-bench.txt (pydensecrf2 compiles from source the first time) ..."
 python -m pip install --quiet -r requirements-bench.txt
 python -m benchmarks "$@"
