@@ -1,5 +1,7 @@
 """What was built, and the other ways to build: setup.py's decisions and the CMake library."""
 
+import importlib.util
+import json
 import os
 import re
 import shutil
@@ -272,3 +274,61 @@ def test_sdist_holds_every_source_the_build_reads(tmp_path):
     for required in ("LICENSE", "setup.py", "pyproject.toml", "version.txt", "CMakeLists.txt", "segops/__init__.py"):
         assert required in packed, f"{required} missing from the sdist"
     assert "BSD 3-Clause" in (ROOT / "LICENSE").read_text()
+
+
+def _build_stamp_module():
+    spec = importlib.util.spec_from_file_location("build_stamp", ROOT / "tools" / "build_stamp.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_a_build_is_reused_only_from_the_same_sources_with_the_parts_asked_for(tmp_path, monkeypatch):
+    """tools/build_stamp.py, which lets test.sh and bench.sh share one build: a recorded build serves a command while
+    the sources and torch are those it was built from, it has every part asked for, and the build settings the
+    command sets match."""
+    stamp = _build_stamp_module()
+    monkeypatch.setattr(stamp, "STAMP", tmp_path / "segops-build.json")
+    for name in stamp.SETTINGS:
+        monkeypatch.delenv(name, raising=False)
+    assert stamp.check({"cuda": False, "emulation": False, "ptx": False}) == "no build recorded"
+
+    def record(**changes):
+        recorded = {
+            "fingerprint": stamp.fingerprint(),
+            "settings": {"TORCH_CUDA_ARCH_LIST": "9.0"},
+            "cuda": True,
+            "emulation": False,
+            "ptx": False,
+            **changes,
+        }
+        stamp.STAMP.write_text(json.dumps(recorded))
+
+    record()
+    assert stamp.check({"cuda": False, "emulation": False, "ptx": False}) == ""  # bench.sh: any build serves
+    assert stamp.check({"cuda": True, "emulation": False, "ptx": False}) == ""
+    assert stamp.check({"cuda": True, "emulation": True, "ptx": False}) == "the last build lacks: emulation"
+    monkeypatch.setenv("TORCH_CUDA_ARCH_LIST", "8.0")  # a command that asks for other architectures rebuilds
+    assert "TORCH_CUDA_ARCH_LIST" in stamp.check({"cuda": True, "emulation": False, "ptx": False})
+    monkeypatch.setenv("TORCH_CUDA_ARCH_LIST", "9.0")
+    assert stamp.check({"cuda": True, "emulation": False, "ptx": False}) == ""
+    record(fingerprint="0" * 64)  # a source under csrc/ (or setup.py, tools/, torch) changed since
+    assert (
+        stamp.check({"cuda": False, "emulation": False, "ptx": False})
+        == "sources or torch changed since the last build"
+    )
+
+
+def test_the_fingerprint_follows_the_compiled_sources_only(tmp_path, monkeypatch):
+    stamp = _build_stamp_module()
+    copy = tmp_path / "tree"
+    for relative in ("setup.py", "pyproject.toml", "version.txt", "tools/cuda_env.py", "csrc/common/checks.h"):
+        (copy / relative).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(ROOT / relative, copy / relative)
+    monkeypatch.setattr(stamp, "ROOT", copy)
+    before = stamp.fingerprint()
+    (copy / "segops").mkdir()
+    (copy / "segops" / "__init__.py").write_text("# Python is read at run time: no rebuild\n")
+    assert stamp.fingerprint() == before
+    (copy / "csrc" / "common" / "checks.h").write_text("// changed\n")
+    assert stamp.fingerprint() != before
