@@ -242,34 +242,38 @@ def assert_exports_with_dynamic_shapes(head, input, rois):
         assert torch.equal(program.module()(other_input, boxes), head(other_input, boxes))
 
 
-def assert_cuda_path_does_not_synchronise(head, input, rois):
-    """GPU only: forward and backward never synchronise with the host (sync debug mode "error"), and both can be
-    captured in a CUDA graph whose replay equals eager."""
-    x = input.cuda().requires_grad_()
-    boxes = rois.cuda()
-    expected_out = head(x, boxes)
-    (expected_grad,) = torch.autograd.grad(expected_out.sum(), x)
+def assert_cuda_path_does_not_synchronise(op, *inputs, grad_of=(0,)):
+    """GPU only: op(*inputs) forward and backward (gradients of the inputs at the positions `grad_of`) never
+    synchronise with the host (sync debug mode "error"), and both can be captured in a CUDA graph whose replay equals
+    eager. `inputs` are CPU tensors, moved to the GPU here."""
+    inputs = [x.cuda().requires_grad_(i in grad_of) for i, x in enumerate(inputs)]
+    differentiated = [inputs[i] for i in grad_of]
+
+    def forward_and_backward():
+        out = op(*inputs)
+        return out, torch.autograd.grad(out.sum(), differentiated)
+
+    expected_out, expected_grads = forward_and_backward()
     torch.cuda.synchronize()
     torch.cuda.set_sync_debug_mode("error")
     try:
-        out = head(x, boxes)
-        torch.autograd.grad(out.sum(), x)
+        forward_and_backward()
     finally:
         torch.cuda.set_sync_debug_mode("default")
     side = torch.cuda.Stream()
     side.wait_stream(torch.cuda.current_stream())
     with torch.cuda.stream(side):  # warm-up outside the capture, as torch.cuda.graphs asks
         for _ in range(2):
-            torch.autograd.grad(head(x, boxes).sum(), x)
+            forward_and_backward()
     torch.cuda.current_stream().wait_stream(side)
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph):
-        out = head(x, boxes)
-        (grad,) = torch.autograd.grad(out.sum(), x)
+        out, grads = forward_and_backward()
     graph.replay()
     torch.cuda.synchronize()
     torch.testing.assert_close(out, expected_out)
-    torch.testing.assert_close(grad, expected_grad)
+    for grad, expected in zip(grads, expected_grads):
+        torch.testing.assert_close(grad, expected)
 
 
 def assert_bad_row_is_a_device_side_assert(op_call):

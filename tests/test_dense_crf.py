@@ -10,7 +10,7 @@ import segops
 from segops import reference
 from segops.ops.dense_crf import DenseCRFFunction, PermutohedralLattice, crf_lattices, crf_softmax
 from conftest import requires_cuda
-from op_testing import assert_raises_eager_and_fake
+from op_testing import assert_cuda_path_does_not_synchronise, assert_raises_eager_and_fake
 
 
 def random_features(seed, batch=1, points=60, dims=3, spread=4.0, dtype=torch.float64):
@@ -511,3 +511,13 @@ def test_cuda_dense_crf_equals_cpu_and_gradcheck():
     unary64, image64 = crf_case(13, batch=1, labels=3, height=5, width=6)
     unary64 = unary64.cuda().requires_grad_()
     torch.autograd.gradcheck(lambda u: segops.dense_crf(u, image64.cuda(), 2, **SMALL_CRF), (unary64,))
+
+
+@requires_cuda
+@pytest.mark.cuda
+def test_cuda_path_does_not_synchronise_and_captures_in_a_graph():
+    """The default call (Python-float weights) included: its weights are made on the device by a fill, not copied."""
+    g = torch.Generator().manual_seed(0)
+    unary = torch.randn(2, 4, 12, 16, generator=g)
+    image = (torch.rand(2, 3, 12, 16, generator=g) * 255).to(torch.uint8)
+    assert_cuda_path_does_not_synchronise(lambda u, i: segops.dense_crf(u, i, 3), unary, image)

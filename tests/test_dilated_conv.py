@@ -5,7 +5,7 @@ from torch import nn
 
 import segops
 from conftest import DEVICES, requires_cuda
-from op_testing import assert_raises_eager_and_fake, layouts
+from op_testing import assert_cuda_path_does_not_synchronise, assert_raises_eager_and_fake, layouts
 from tolerances import assert_within_summation_bound
 
 TOLERANCES = {
@@ -399,3 +399,15 @@ def test_cuda_low_precision(dtype):
     eps = torch.finfo(dtype).eps
     for a, e in zip(actual, expected):
         torch.testing.assert_close(a.float(), e, rtol=8 * eps, atol=8 * eps * e.abs().max().item())
+
+
+@requires_cuda
+@pytest.mark.cuda
+@pytest.mark.parametrize("groups, out_channels", [(1, 6), (4, 4)])  # the GEMM path and the depthwise kernels
+def test_cuda_path_does_not_synchronise_and_captures_in_a_graph(groups, out_channels):
+    g = torch.Generator().manual_seed(0)
+    input = torch.randn(2, 4, 12, 13, generator=g)
+    weight, bias = torch.randn(out_channels, 4 // groups, 3, 3, generator=g), torch.randn(out_channels, generator=g)
+    assert_cuda_path_does_not_synchronise(
+        lambda x, w, b: segops.dilated_conv2d(x, w, b, 1, 2, 2, groups), input, weight, bias, grad_of=(0, 1, 2)
+    )

@@ -4,7 +4,7 @@ import torch
 import segops
 from segops import reference
 from conftest import DEVICES, requires_cuda
-from op_testing import assert_raises_eager_and_fake, layouts
+from op_testing import assert_cuda_path_does_not_synchronise, assert_raises_eager_and_fake, layouts
 
 TOLERANCES = {torch.float32: dict(rtol=1e-5, atol=1e-5), torch.float64: dict(rtol=1e-10, atol=1e-10)}
 
@@ -353,3 +353,15 @@ def test_cuda_matches_cpu_and_deterministic_mode(scale):
     assert all(torch.equal(a, b) for a, b in zip(*runs))
     for a, e in zip(runs[0], expected):
         torch.testing.assert_close(a.cpu(), e)
+
+
+@requires_cuda
+@pytest.mark.cuda
+def test_cuda_path_does_not_synchronise_and_captures_in_a_graph():
+    g = torch.Generator().manual_seed(0)
+    feature, flow, scale = (
+        torch.randn(2, 3, 9, 11, generator=g),
+        3 * torch.randn(2, 2, 9, 11, generator=g),
+        torch.rand(2, 3, 9, 11, generator=g),
+    )
+    assert_cuda_path_does_not_synchronise(segops.flow_warp, feature, flow, scale, grad_of=(0, 1, 2))

@@ -5,7 +5,7 @@ import torch.nn.functional as F
 import segops
 from segops import reference
 from conftest import DEVICES, requires_cuda
-from op_testing import assert_raises_eager_and_fake, layouts
+from op_testing import assert_cuda_path_does_not_synchronise, assert_raises_eager_and_fake, layouts
 
 # (input size [N, C, H, W] or [C, H, W], kernel, stride, padding): non-overlapping SegNet pools, odd sizes (the last
 # row/column dropped), padding, and overlapping windows (kernel 3 stride 2, kernel 3 stride 1) whose indices repeat.
@@ -370,3 +370,12 @@ def test_cuda_index_out_of_range_is_a_device_side_assert_printing_it():
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert result.returncode != 0 and "device-side assert" in result.stderr
     assert "max_unpool2d: indices[0, 0, 1, 0] = 99 is outside [0, Ho * Wo) = [0, 16)" in result.stdout
+
+
+@requires_cuda
+@pytest.mark.cuda
+def test_cuda_path_does_not_synchronise_and_captures_in_a_graph():
+    pooled_values, indices = F.max_pool2d(torch.randn(2, 3, 10, 12), 3, 2, 1, return_indices=True)
+    assert_cuda_path_does_not_synchronise(
+        lambda x, i: segops.max_unpool2d(x, i, 3, 2, 1, (10, 12)), pooled_values, indices
+    )

@@ -8,7 +8,13 @@ import torchvision
 from torchvision.ops import poolers
 
 import segops
-from op_testing import assert_raises_eager_and_fake, cuda_gradients_in_both_modes, random_rois
+from conftest import requires_cuda
+from op_testing import (
+    assert_cuda_path_does_not_synchronise,
+    assert_raises_eager_and_fake,
+    cuda_gradients_in_both_modes,
+    random_rois,
+)
 
 SCALES = [1 / 4, 1 / 8, 1 / 16, 1 / 32]
 IMAGE = (256, 320)  # height, width
@@ -313,3 +319,19 @@ def test_cuda_equals_cpu_in_default_and_deterministic_modes():
     for grads in cuda_gradients_in_both_modes(backward):
         for actual_grad, expected_grad in zip(grads, cpu_grads, strict=True):
             torch.testing.assert_close(actual_grad.cpu(), expected_grad, rtol=1e-5, atol=1e-5)
+
+
+@requires_cuda
+@pytest.mark.cuda
+@pytest.mark.parametrize("mode", ["assign", "all"])
+def test_cuda_path_does_not_synchronise_and_captures_in_a_graph(mode):
+    g = torch.Generator().manual_seed(0)
+    fine, coarse = torch.randn(2, 3, 32, 40, generator=g), torch.randn(2, 3, 16, 20, generator=g)
+    rois = random_rois(10, 2, 128, 160, generator=g)
+    assert_cuda_path_does_not_synchronise(
+        lambda a, b, r: segops.multi_scale_roi_align([a, b], r, 3, [0.25, 0.125], mode=mode),
+        fine,
+        coarse,
+        rois,
+        grad_of=(0, 1),
+    )

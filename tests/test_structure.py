@@ -5,6 +5,7 @@ import ast
 import importlib
 import importlib.machinery
 import pkgutil
+import re
 from pathlib import Path
 
 import pytest
@@ -158,3 +159,30 @@ def test_no_import_cycle_even_through_deferred_imports():
 def test_find_cycle_reports_one():
     assert _find_cycle({"a": ["b"], "b": ["c"], "c": ["a"]}) == ["a", "b", "c", "a"]
     assert _find_cycle({"a": ["b", "c"], "b": ["c"], "c": []}) is None
+
+
+# The Python side of the ops' CUDA path (front ends, Functions, batching, autocast, FX, fakes): a Python number or
+# list turned into a device tensor is a blocking host-to-device copy, which also cannot be captured in a CUDA graph.
+# Scalars reach the kernels as arguments, or become tensors by a fill on the device (`like.new_full((), value)`).
+OP_PATH_SOURCES = sorted([*(PACKAGE_ROOT / "ops").glob("*.py"), *PACKAGE_ROOT.glob("_*.py")])
+SCALAR_TO_DEVICE = re.compile(r"torch\.(as_tensor|tensor|scalar_tensor)\((?:[^()]|\([^()]*\))*\bdevice\s*=|\.cuda\(")
+
+
+def scalar_to_device_copies(source: str):
+    """(line number, line) of each call that copies host values to a device, outside comments."""
+    code = re.sub(r"#[^\n]*", "", source)
+    return [(code.count("\n", 0, m.start()) + 1, m.group(0)) for m in SCALAR_TO_DEVICE.finditer(code)]
+
+
+def test_the_scan_sees_scalar_to_device_copies():
+    assert [n for n, _ in scalar_to_device_copies("a = 1\nw = torch.as_tensor(w, device=x.device)\n")] == [2]
+    assert scalar_to_device_copies("w = torch.tensor([float(a), f(b)],\n  dtype=x.dtype, device=x.device)")
+    assert scalar_to_device_copies("w = weights.cuda()")
+    assert not scalar_to_device_copies("w = unary.new_full((), float(w))  # torch.tensor(w, device=d) copies\n")
+    assert not scalar_to_device_copies("eps = torch.tensor(1e-6, dtype=sizes.dtype)")  # a CPU scalar: no copy
+
+
+@pytest.mark.parametrize("path", OP_PATH_SOURCES, ids=lambda path: path.relative_to(PACKAGE_ROOT).as_posix())
+def test_op_paths_copy_no_scalar_to_a_device(path):
+    assert len(OP_PATH_SOURCES) > 15
+    assert scalar_to_device_copies(path.read_text()) == []
