@@ -213,24 +213,37 @@ SEGOPS_HOST_DEVICE double crf_exp(double x) {
   return ::exp(x);
 }
 
-// One pixel's mean-field update: out = softmax(unary + sum_k weights[k] * messages[k]) over its `labels` values
-// (each row at offset `row` of its tensor); out may serve as scratch. The sums run in the order Python's
-// unary + w0 m0 + w1 m1 would.
-template <typename scalar_t>
-SEGOPS_HOST_DEVICE void crf_softmax_row(const scalar_t* unary, const scalar_t* const* messages, const scalar_t* weights,
-                                        int kernels, int64_t labels, scalar_t* out) {
-  for (int64_t l = 0; l < labels; ++l) out[l] = unary[l];
-  for (int k = 0; k < kernels; ++k) {
-    const scalar_t w = weights[k];
-    const scalar_t* m = messages[k];
-    for (int64_t l = 0; l < labels; ++l) out[l] = out[l] + w * m[l];
+// One pixel's logit for label index `index`: unary + w0 m0 + w1 m1 + ..., summed in the order Python's expression
+// would. `messages(k)` is message k's base pointer. The loop over k runs to the bound kMaxCrfKernels, unrolled, so that
+// a GPU reads the message pointers from its kernel parameters rather than from a copy on the stack.
+template <typename scalar_t, class Messages>
+SEGOPS_HOST_DEVICE scalar_t crf_logit(const scalar_t* unary, const Messages& messages, const scalar_t* weights,
+                                      int kernels, int64_t index) {
+  scalar_t value = unary[index];
+#pragma unroll
+  for (int k = 0; k < kMaxCrfKernels; ++k) {
+    if (k < kernels) value = value + weights[k] * messages(k)[index];
   }
-  scalar_t top = out[0];
-  for (int64_t l = 1; l < labels; ++l) top = out[l] > top ? out[l] : top;
-  for (int64_t l = 0; l < labels; ++l) out[l] = crf_exp(out[l] - top);
+  return value;
+}
+
+// One pixel's mean-field update: out[l] = softmax(logits)[l] over its `labels` values, which start at `first` in
+// unary, in each message and in out. Nothing is kept between the passes (max, sum of exponentials, outputs): each
+// recomputes the logits from the inputs, so a thread needs no scratch memory and stores only its outputs. The
+// arithmetic is the CPU loops' (dense_crf_cpu_loops.inc), operation for operation.
+template <typename scalar_t, class Messages>
+SEGOPS_HOST_DEVICE void crf_softmax_row(const scalar_t* unary, const Messages& messages, const scalar_t* weights,
+                                        int kernels, int64_t first, int64_t labels, scalar_t* out) {
+  scalar_t top = crf_logit(unary, messages, weights, kernels, first);
+  for (int64_t l = 1; l < labels; ++l) {
+    const scalar_t value = crf_logit(unary, messages, weights, kernels, first + l);
+    top = value > top ? value : top;
+  }
   scalar_t sum = 0;
-  for (int64_t l = 0; l < labels; ++l) sum += out[l];
-  for (int64_t l = 0; l < labels; ++l) out[l] = out[l] / sum;
+  for (int64_t l = 0; l < labels; ++l) sum += crf_exp(crf_logit(unary, messages, weights, kernels, first + l) - top);
+  for (int64_t l = 0; l < labels; ++l) {
+    out[first + l] = crf_exp(crf_logit(unary, messages, weights, kernels, first + l) - top) / sum;
+  }
 }
 
 }  // namespace segops

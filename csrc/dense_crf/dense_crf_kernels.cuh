@@ -249,6 +249,8 @@ __global__ void SEGOPS_LAUNCH_BOUNDS(kThreadsPerBlock)
 template <typename scalar_t>
 struct CrfMessages {
   const scalar_t* data[kMaxCrfKernels];
+  // Called with k a constant (crf_logit's loop is unrolled): the pointer comes from the kernel's parameters.
+  SEGOPS_HOST_DEVICE const scalar_t* operator()(int k) const { return data[k]; }
 };
 
 // One thread per pixel (row of `labels` values): dense_crf.h's crf_softmax_row.
@@ -257,9 +259,7 @@ __global__ void SEGOPS_LAUNCH_BOUNDS(kThreadsPerBlock)
     crf_softmax_kernel(int64_t rows, const scalar_t* __restrict__ unary, CrfMessages<scalar_t> messages,
                        const scalar_t* __restrict__ weights, int kernels, int64_t labels, scalar_t* __restrict__ out) {
   SEGOPS_KERNEL_LOOP(row, rows) {
-    const scalar_t* row_messages[kMaxCrfKernels];
-    for (int k = 0; k < kernels; ++k) row_messages[k] = messages.data[k] + row * labels;
-    crf_softmax_row(unary + row * labels, row_messages, weights, kernels, labels, out + row * labels);
+    crf_softmax_row(unary, messages, weights, kernels, row * labels, labels, out);
   }
 }
 
