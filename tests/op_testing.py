@@ -75,6 +75,18 @@ def layouts(input):
 
 
 # Bad arguments shared by both ops: (description, mutate(kwargs) -> None, message regex).
+# Zero-area, fully outside, reversed, enormous and far-away boxes (rows of [K, 5], image size about 10x12): valid
+# input that must give finite results equal to the references.
+DEGENERATE_BOXES = [
+    [0, 3, 3, 3, 3],
+    [1, 100, 100, 120, 130],
+    [0, -50, -50, -20, -30],
+    [1, -1e6, -1e6, 1e6, 1e6],
+    [0, 1e30, 1e30, 3e30, 3e30],
+    [1, 2, 2, 1, 1],
+]
+
+
 def bad_argument_cases(op):
     return [
         (

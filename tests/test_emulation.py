@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from conftest import emulation_module
-from op_testing import random_rois
+from op_testing import DEGENERATE_BOXES, random_rois
 from segops.ops._checks import accumulation_dtype
 
 # (grid, block): a single thread, a block smaller than a warp, grids far smaller than the work (so every thread
@@ -90,18 +90,7 @@ def test_kernels_on_degenerate_boxes(emulated, launch, dtype):
     # Zero-area, reversed, outside, enormous and far-away boxes, with adaptive and dense fixed sampling.
     grid, block = launch
     input, _ = make_case(dtype)
-    rois = torch.tensor(
-        [
-            [0, 3, 3, 3, 3],
-            [1, 100, 100, 120, 130],
-            [0, -50, -50, -20, -30],
-            [1, -1e6, -1e6, 1e6, 1e6],
-            [0, 1e30, 1e30, 3e30, 3e30],
-            [1, 2, 2, 1, 1],
-            [0, 17.0, 0.0, 17.0 + 1e-6, 13.0],
-        ],
-        dtype=dtype,
-    )
+    rois = torch.tensor([*DEGENERATE_BOXES, [0, 17.0, 0.0, 17.0 + 1e-6, 13.0]], dtype=dtype)
     for sampling_ratio in (-1, 64):
         params = (0.5, 3, 2, sampling_ratio, True)
         expected = torch.ops.segops.roi_align(input, rois, *params)

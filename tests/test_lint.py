@@ -18,7 +18,7 @@ CPP_SUFFIXES = {".h", ".cpp", ".cu", ".cuh"}
 def _tool(name):
     path = shutil.which(name, path=TOOL_PATH)
     if path is None:
-        if os.environ.get("SEGOPS_REQUIRE_EMULATION") == "1":  # the test command installed requirements.txt
+        if os.environ.get("SEGOPS_TEST_TIER"):  # set by scripts/test.sh, which installed requirements.txt
             pytest.fail(f"{name} is missing: `pip install -r requirements.txt` installs it")
         pytest.skip(f"{name} not installed (requirements.txt)")
     return path

@@ -84,8 +84,8 @@ def test_duplicates_largest_position_wins_and_alone_gets_the_gradient():
     assert out.tolist() == [[[[4.0, 0.0, 0.0, 0.0, 3.0, 0.0, 0.0, 0.0]]]]
     out.backward(torch.arange(8.0).view(1, 1, 1, 8) + 1)
     assert input.grad.tolist() == [[[[0.0, 0.0, 5.0, 1.0]]]]
-    # No comparison with F.max_unpool2d here: PyTorch leaves the winner of duplicates unspecified (its CPU result
-    # differs between processes), so the expected values above are written out by hand.
+    # No comparison with F.max_unpool2d here: PyTorch does not specify the winner among duplicates, so the expected
+    # values above are written out by hand.
 
 
 @pytest.mark.parametrize(

@@ -8,6 +8,7 @@ import segops
 from segops import reference
 from conftest import DEVICES, requires_cuda
 from op_testing import (  # noqa: I001
+    DEGENERATE_BOXES,
     assert_bad_row_is_a_device_side_assert,
     assert_compiled_matches_eager,
     assert_cuda_path_does_not_synchronise,
@@ -161,17 +162,7 @@ def test_empty_and_degenerate_inputs():
     assert segops.roi_align(input, [torch.zeros(0, 4), torch.zeros(0, 4)], 2).shape == (0, 3, 2, 2)
     assert segops.roi_align(input, [], 2).shape == (0, 3, 2, 2)
     # Zero-area, fully outside, huge and far-away boxes.
-    rois = torch.tensor(
-        [
-            [0, 3, 3, 3, 3],
-            [1, 100, 100, 120, 130],
-            [0, -50, -50, -20, -30],
-            [1, -1e6, -1e6, 1e6, 1e6],
-            [0, 1e30, 1e30, 3e30, 3e30],
-            [1, 2, 2, 1, 1],
-        ],
-        dtype=torch.float32,
-    )
+    rois = torch.tensor(DEGENERATE_BOXES, dtype=torch.float32)
     for aligned, sampling_ratio in itertools.product([False, True], [-1, 2]):
         expected = torchvision.ops.roi_align(input, rois[:3], 3, 1.0, sampling_ratio, aligned)
         actual = segops.roi_align(input, rois, 3, 1.0, sampling_ratio, aligned)
