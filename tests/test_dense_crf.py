@@ -521,3 +521,24 @@ def test_cuda_path_does_not_synchronise_and_captures_in_a_graph():
     unary = torch.randn(2, 4, 12, 16, generator=g)
     image = (torch.rand(2, 3, 12, 16, generator=g) * 255).to(torch.uint8)
     assert_cuda_path_does_not_synchronise(lambda u, i: segops.dense_crf(u, i, 3), unary, image)
+
+
+@requires_cuda
+@pytest.mark.cuda
+def test_cuda_memory_does_not_grow_with_the_batch():
+    """An image at a time: a batch of 4 needs the memory of one image beyond its output (the emulated measurement at
+    Cityscapes size is test_emulation.py's test_dense_crf_cuda_path_memory_for_a_cityscapes_batch)."""
+
+    def extra_memory(batch):
+        unary, image = crf_case(14, batch=batch, labels=19, height=256, width=512, dtype=torch.float32)
+        unary, image = unary.cuda(), image.cuda()
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        before = torch.cuda.memory_allocated()
+        with torch.no_grad():
+            out = segops.dense_crf(unary, image)
+        torch.cuda.synchronize()
+        return torch.cuda.max_memory_allocated() - before - out.numel() * out.element_size()
+
+    one, four = extra_memory(1), extra_memory(4)
+    assert four <= 1.1 * one, (one, four)

@@ -5,8 +5,12 @@ scatter in another order (into a float32 buffer for half types, as on the GPU), 
 backwards (torch.use_deterministic_algorithms), which gather in the CPU path's order and must agree with it bitwise
 for every launch shape."""
 
+import warnings
+
 import pytest
 import torch
+
+import segops
 
 from conftest import emulation_module
 from op_testing import DEGENERATE_BOXES, random_rois
@@ -507,6 +511,82 @@ def test_lattice_kernels_equal_the_cpu_path_bitwise(emulated, launch, dtype, cas
         # Either lattice, the GPU's (bound rows) or the CPU's, filters bitwise as the CPU path does.
         assert torch.equal(emulated.permutohedral_filter(values, *actual, adjoint, grid, block), reference)
         assert torch.equal(emulated.permutohedral_filter(values, *expected, adjoint, grid, block), reference)
+
+
+@pytest.mark.parametrize("case", LATTICE_CASES, ids=str)
+def test_lattice_filter_kernels_touch_no_row_past_the_vertex_count(emulated, case):
+    """The GPU lattice's vertex rows are the bound N*(d+1), most of them dead: the splat and blur kernels must neither
+    store to nor read them. Buffers filled with NaN stay NaN there, and the output is the CPU path's, bitwise."""
+    features = _lattice_features(case, torch.float32)
+    lattice = emulated.permutohedral_lattice(features, (3,), (32,))
+    num_vertices = lattice[5]
+    values = torch.rand(features.shape[0], features.shape[1], 4, generator=torch.Generator().manual_seed(2))
+    expected = torch.ops.segops.permutohedral_filter(values, *torch.ops.segops.permutohedral_lattice(features), False)
+    out, *buffers = emulated.permutohedral_filter_buffers(values, *lattice, False, float("nan"), (3,), (32,))
+    assert torch.equal(out, expected)
+    for image, live in enumerate(num_vertices.tolist()):
+        assert live < buffers[0].shape[1]  # the case has dead rows to test
+        for buffer in buffers:
+            assert torch.isnan(buffer[image, live:]).all()
+            assert not torch.isnan(buffer[image, :live]).any()
+
+
+def _peak_cpu_allocation(fn):
+    """fn's result and the high-water mark of what it allocates on the CPU beyond what was allocated before, from
+    the profiler's allocation events (each carries the allocator's running total)."""
+    from torch._C._profiler import _EventType
+
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU], profile_memory=True) as profile:
+        result = fn()
+
+    def walk(nodes):
+        for node in nodes:
+            yield node
+            yield from walk(node.children)
+
+    tree = profile.profiler.kineto_results.experimental_event_tree()
+    nodes = sorted((node for node in walk(tree) if node.tag == _EventType.Allocation), key=lambda n: n.start_time_ns)
+    allocations = [node.extra_fields for node in nodes if str(node.extra_fields.device) == "cpu"]
+    assert allocations, "the profiler recorded no allocation"
+    before = allocations[0].total_allocated - allocations[0].alloc_size
+    return result, max(e.total_allocated for e in allocations) - before
+
+
+def test_dense_crf_cuda_path_memory_for_a_cityscapes_batch(emulated):
+    """The GPU lattice's vertex rows are the bound N*(d+1) (so that nothing waits for the vertex count): a batch of
+    8 Cityscapes frames, [8, 19, 1024, 2048], filtered whole would need over 20 GB. dense_crf filters the images in
+    turn. Its peak extra memory (beyond the output) on the CUDA path is measured here from that path's own
+    allocations: the CUDA launchers' host code and kernels, emulated, run on 8 images of 32x32 in place of the CPU
+    ops, with every allocation recorded. Each of them is linear in the pixels (the hash table too: its capacity, the
+    power of two >= 2 N (d+1), is 16 N and 8 N at 32x32 as at 1024x2048) but the sort's scratch, which cub's radix
+    sort on the GPU sizes at twice its keys and values (int32, int64), added here. The bound is 8 GB."""
+    batch, labels, side = 8, 19, 32
+    g = torch.Generator().manual_seed(0)
+    unary = torch.randn(batch, labels, side, side, generator=g) * 3
+    image = (torch.rand(batch, 3, side, side, generator=g) * 255).to(torch.uint8)
+    expected = segops.dense_crf(unary, image)
+    grid, block = (64,), (128,)
+    library = torch.library.Library("segops", "IMPL")
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", "Overriding a previously registered kernel")
+            library.impl("permutohedral_lattice", lambda f: emulated.permutohedral_lattice(f, grid, block), "CPU")
+            library.impl(
+                "permutohedral_filter",
+                lambda *args, adjoint=False: emulated.permutohedral_filter(*(args + (adjoint,))[:8], grid, block),
+                "CPU",
+            )
+            library.impl("dense_crf_softmax", lambda u, m, w: emulated.dense_crf_softmax(u, m, w, grid, block), "CPU")
+        with torch.no_grad():
+            actual, peak = _peak_cpu_allocation(lambda: segops.dense_crf(unary, image))
+    finally:
+        library._destroy()
+    assert torch.equal(actual, expected)  # the GPU kernels' dense CRF is the CPU's, bitwise
+    pixels, scale = 1024 * 2048, 1024 * 2048 // (side * side)
+    sort_scratch = 2 * (4 + 8) * pixels * (5 + 1)  # the appearance lattice's N (d+1) entries
+    extra = (peak - unary.numel() * unary.element_size()) * scale + sort_scratch
+    one_filter = 2 * pixels * (5 + 1) * labels * 4  # two vertex buffers of one image's appearance filter
+    assert one_filter < extra <= 8 * 2**30, f"{extra / 2**30:.2f} GiB"
 
 
 def test_lattice_kernels_on_empty_inputs(emulated):

@@ -131,6 +131,19 @@ at::Tensor permutohedral_filter(const at::Tensor& values, const at::Tensor& vert
                                      splat_entries, num_vertices, adjoint);
 }
 
+// The filter with its two vertex buffers filled with `sentinel` first, returned after it: (out, buffer, buffer).
+std::tuple<at::Tensor, at::Tensor, at::Tensor> permutohedral_filter_buffers(
+    const at::Tensor& values, const at::Tensor& vertex_ids, const at::Tensor& weights, const at::Tensor& neighbours,
+    const at::Tensor& splat_offsets, const at::Tensor& splat_entries, const at::Tensor& num_vertices, bool adjoint,
+    double sentinel, at::IntArrayRef grid, at::IntArrayRef block) {
+  const std::array<at::Tensor, 2> buffers{
+      at::full({values.size(0), neighbours.size(1), values.size(2)}, sentinel, values.options()),
+      at::full({values.size(0), neighbours.size(1), values.size(2)}, sentinel, values.options())};
+  at::Tensor out = permutohedral_filter_launch(launch_of(grid, block), values, vertex_ids, weights, neighbours,
+                                               splat_offsets, splat_entries, num_vertices, adjoint, buffers);
+  return {out, buffers[0], buffers[1]};
+}
+
 at::Tensor dense_crf_softmax(const at::Tensor& unary, at::TensorList messages, const at::Tensor& weights,
                              at::IntArrayRef grid, at::IntArrayRef block) {
   return dense_crf_softmax_launch(launch_of(grid, block), unary, messages, weights);
@@ -194,6 +207,11 @@ TORCH_LIBRARY(segops_emulation, m) {
       "Tensor splat_offsets, Tensor splat_entries, Tensor num_vertices, bool adjoint, int[] grid, int[] block) "
       "-> Tensor",
       &permutohedral_filter);
+  m.def(
+      "permutohedral_filter_buffers(Tensor values, Tensor vertex_ids, Tensor weights, Tensor neighbours, "
+      "Tensor splat_offsets, Tensor splat_entries, Tensor num_vertices, bool adjoint, float sentinel, int[] grid, "
+      "int[] block) -> (Tensor, Tensor, Tensor)",
+      &permutohedral_filter_buffers);
   m.def("dense_crf_softmax(Tensor unary, Tensor[] messages, Tensor weights, int[] grid, int[] block) -> Tensor",
         &dense_crf_softmax);
 }

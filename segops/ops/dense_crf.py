@@ -354,17 +354,18 @@ def dense_crf(
         ]
     )
     bandwidths = (smoothness_sxy, appearance_sxy, appearance_srgb)
-    if unary.device.type == "cpu" and batch > 1 and not torch.compiler.is_compiling():
-        # On the CPU every op already runs each image on all cores; an image at a time keeps its working set
-        # (a few [H*W, L] tensors) warm in cache and out of fresh pages, where the whole batch's would not: a
-        # batch then costs what its images cost one by one (the lattice ops themselves take batches). A compiled
-        # graph takes the batch whole.
-        return torch.cat(
-            [
-                _mean_field(unary[b : b + 1], image[b : b + 1], num_iters, bandwidths, weights, compatibility)
-                for b in range(batch)
-            ]
-        )
+    if batch > 1 and not torch.compiler.is_compiling():
+        # An image at a time, on every device. On a GPU it bounds the memory: the GPU lattice sizes its vertex rows
+        # at the bound H*W*(d+1) so that nothing waits for the vertex count, and a batch of 8 Cityscapes frames
+        # would need over 20 GB at once (docs/design.md). On the CPU every op already runs each image on all cores,
+        # and an image's working set (a few [H*W, L] tensors) stays warm in cache. A compiled graph takes the batch
+        # whole.
+        out = unary.new_empty(unary.shape)
+        for b in range(batch):
+            out[b : b + 1] = _mean_field(
+                unary[b : b + 1], image[b : b + 1], num_iters, bandwidths, weights, compatibility
+            )
+        return out
     return _mean_field(unary, image, num_iters, bandwidths, weights, compatibility)
 
 
