@@ -61,11 +61,9 @@ def median_seconds(fn, min_run_time):
     return timer.blocked_autorange(min_run_time=min_run_time).median
 
 
-def run_case(case, rounds, min_run_time):
-    name, target, ours, theirs = case.name, case.target, case.ours, case.theirs
-    if theirs is None:
-        return time_alone(case, rounds, min_run_time)
-    expected, actual = theirs(), ours()  # also the warm-up of both
+def compare(actual, expected, allowed_outliers=0.0, agreement=None):
+    """Whether segops's result agrees with the reference's: (agrees, max abs diff, elements beyond the tolerance,
+    elements, the note of a case's own `agreement` or None). Also used by the GPU table (benchmarks/gpu.py)."""
     # A tensor or a tuple of them (several gradients): they agree where every difference is within 1e-4 of the
     # reference's largest magnitude (a sum over 256 channels rounds at that scale, not at its smallest terms).
     pairs = list(zip(actual, expected)) if isinstance(expected, tuple) else [(actual, expected)]
@@ -74,10 +72,19 @@ def run_case(case, rounds, min_run_time):
         ((a.double() - e.double()).abs() > 1e-4 * max(1.0, e.abs().max().item())).sum().item() for a, e in pairs
     )
     elements = sum(e.numel() for _, e in pairs)
-    agrees = outliers <= case.allowed_outliers * elements
+    agrees = outliers <= allowed_outliers * elements
     note = None
-    if case.agreement is not None:
-        agrees, note = case.agreement(actual, expected)
+    if agreement is not None:
+        agrees, note = agreement(actual, expected)
+    return agrees, max_abs_diff, outliers, elements, note
+
+
+def run_case(case, rounds, min_run_time):
+    name, target, ours, theirs = case.name, case.target, case.ours, case.theirs
+    if theirs is None:
+        return time_alone(case, rounds, min_run_time)
+    expected, actual = theirs(), ours()  # also the warm-up of both
+    agrees, max_abs_diff, outliers, elements, note = compare(actual, expected, case.allowed_outliers, case.agreement)
     times = {"segops": [], "reference": []}
     if case.bandwidth:
         times["copy"] = []

@@ -6,6 +6,10 @@ import torch
 CUDA_AVAILABLE = torch.cuda.is_available()
 requires_cuda = pytest.mark.skipif(not CUDA_AVAILABLE, reason="needs a CUDA device")
 
+# The tests judge float32 results by float32's rounding: cuDNN's TF32 (on by default, and followed by segops'
+# convolutions as by F.conv2d) is off but where a test turns it on (test_cuda_follows_cudnns_tf32_switch_as_conv2d).
+torch.backends.cudnn.allow_tf32 = False
+
 # Devices every op test runs on; CUDA is listed always so the GPU tests are written, and skipped here.
 DEVICES = ["cpu", pytest.param("cuda", marks=[pytest.mark.cuda, requires_cuda])]
 

@@ -411,3 +411,46 @@ def test_cuda_path_does_not_synchronise_and_captures_in_a_graph(groups, out_chan
     assert_cuda_path_does_not_synchronise(
         lambda x, w, b: segops.dilated_conv2d(x, w, b, 1, 2, 2, groups), input, weight, bias, grad_of=(0, 1, 2)
     )
+
+
+def _relative_error(actual, exact):
+    return ((actual.double().cpu() - exact).abs().max() / exact.abs().max()).item()
+
+
+@requires_cuda
+@pytest.mark.cuda
+@pytest.mark.parametrize("deterministic", [False, True], ids=["cudnn", "segops backward"])
+def test_cuda_follows_cudnns_tf32_switch_as_conv2d(deterministic):
+    """torch.backends.cudnn.allow_tf32 on: segops' results (forward, input and weight gradients; cuDNN's, or in
+    deterministic mode segops' GEMMs on cuBLAS) err as F.conv2d's do, at TF32's precision (2^-11) where F.conv2d's
+    do; off: at float32's (a 1152-term sum errs below 1e-5 relative)."""
+    input, weight, bias, kwargs = make_case(((4, 128, 32, 32), 128, 3, 1, 2, 2, 1, True), device="cuda")
+    exact = forward_and_grads(F.conv2d, *(t.cpu().double() for t in (input, weight, bias)), kwargs)
+    for allow_tf32 in (True, False):
+        with torch.backends.cudnn.flags(enabled=True, benchmark=False, deterministic=False, allow_tf32=allow_tf32):
+            torch.use_deterministic_algorithms(deterministic)
+            try:
+                ours = forward_and_grads(segops.dilated_conv2d, input, weight, bias, kwargs)
+                theirs = forward_and_grads(F.conv2d, input, weight, bias, kwargs)
+            finally:
+                torch.use_deterministic_algorithms(False)
+        for name, o, t, e in zip(["output", "grad_input", "grad_weight"], ours, theirs, exact):
+            ours_error, their_error = _relative_error(o, e), _relative_error(t, e)
+            if allow_tf32:
+                assert ours_error <= 4 * their_error + 1e-5, (name, ours_error, their_error)
+                assert their_error < 1e-4 or ours_error > 1e-5, (name, "TF32 not used", ours_error, their_error)
+            else:
+                assert ours_error < 1e-5, (name, ours_error)
+
+
+@pytest.mark.skipif(torch.version.cuda is None, reason="a CPU-only build of torch")
+def test_the_cublas_the_cuda_path_looks_up_is_loaded_with_torch():
+    """The deterministic CUDA backward calls cuBLAS through torch's own copy, found by dlopen(RTLD_NOLOAD) of
+    libcublas.so.<CUDA major> (csrc/common/cublas_gemm.cuh): importing torch must have loaded it, GPU or not."""
+    import ctypes
+    import os
+
+    major = torch.version.cuda.split(".")[0]
+    library = ctypes.CDLL(f"libcublas.so.{major}", mode=os.RTLD_NOLOAD | os.RTLD_NOW)
+    for symbol in ("cublasGemmStridedBatchedEx", "cublasGetMathMode", "cublasSetMathMode"):
+        assert getattr(library, symbol) is not None

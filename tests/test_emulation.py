@@ -9,6 +9,7 @@ import warnings
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 import segops
 
@@ -444,6 +445,8 @@ def _conv_case(dtype, name, seed=0):
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("name", CONV_CASES)
 def test_dilated_conv_kernels_match_the_cpu_path_and_are_bitwise_equal_across_grids(emulated, dtype, name):
+    """The backward in deterministic mode: segops' kernels in both cases (im2col, GEMMs, col2im in the general one).
+    The general case's forward is ATen's convolution on the GPU (cuDNN there, oneDNN in the emulation)."""
     input, weight, bias, args = _conv_case(dtype, name)
     expected = torch.ops.segops.dilated_conv2d(input, weight, bias, *args)
     grad = torch.randn(expected.shape, generator=torch.Generator().manual_seed(1)).to(dtype)
@@ -451,14 +454,28 @@ def test_dilated_conv_kernels_match_the_cpu_path_and_are_bitwise_equal_across_gr
     runs = []
     for grid, block in LAUNCHES:
         out = emulated.dilated_conv2d(input, weight, bias, *args, grid, block)
-        grads = emulated._dilated_conv2d_backward(grad, input, weight, *args, [True, True, True], grid, block)
+        grads = emulated._dilated_conv2d_backward(grad, input, weight, *args, [True] * 3, True, grid, block)
         runs.append((out, *grads))
     for run in runs[1:]:  # no atomics: the grid changes nothing
         assert all(torch.equal(a, b) for a, b in zip(run, runs[0]))
-    # Forward sums run in the CPU path's order; the weight and bias gradients sum in another fixed order.
-    assert torch.equal(runs[0][0], expected)
+    # Depthwise forward sums run in the CPU path's order; the weight and bias gradients sum in another fixed order.
+    depthwise = name.startswith("depthwise")
+    assert torch.equal(runs[0][0], expected if depthwise else F.conv2d(input, weight, bias, *args))
     for actual, reference in zip(runs[0][1:], expected_grads):
         torch.testing.assert_close(actual, reference, **BACKWARD_TOLERANCE[dtype])
+
+
+@pytest.mark.parametrize("name", ["dense", "grouped"])
+def test_dilated_conv_general_backward_is_atens_outside_deterministic_mode(emulated, name):
+    input, weight, bias, args = _conv_case(torch.float32, name)
+    grad = torch.randn(F.conv2d(input, weight, bias, *args).shape, generator=torch.Generator().manual_seed(1))
+    stride, padding, dilation, groups = args
+    expected = torch.ops.aten.convolution_backward(
+        grad, input, weight, [weight.shape[0]], stride, padding, dilation, False, [0, 0], groups, [True] * 3
+    )
+    actual = emulated._dilated_conv2d_backward(grad, input, weight, *args, [True] * 3, False, (3,), (32,))
+    for a, e in zip(actual, expected):
+        assert torch.equal(a, e)
 
 
 def test_dilated_conv_kernels_read_channels_last_and_strided_inputs(emulated):
@@ -469,10 +486,17 @@ def test_dilated_conv_kernels_read_channels_last_and_strided_inputs(emulated):
             input, weight, bias, args = _conv_case(torch.float32, name)
             strided = layouts(input)[layout]
             expected = torch.ops.segops.dilated_conv2d(input, weight, bias, *args)
-            assert torch.equal(emulated.dilated_conv2d(strided, weight, bias, *args, (3,), (32,)), expected)
+            actual = emulated.dilated_conv2d(strided, weight, bias, *args, (3,), (32,))
+            assert actual.is_contiguous()
+            if name == "depthwise":
+                assert torch.equal(actual, expected)
+            else:  # ATen's convolution (oneDNN here) reads channels_last in its own order
+                torch.testing.assert_close(actual, expected)
             grad = torch.randn(expected.shape)
             expected_grads = torch.ops.segops._dilated_conv2d_backward(grad, input, weight, *args, [True] * 3)
-            actual_grads = emulated._dilated_conv2d_backward(grad, strided, weight, *args, [True] * 3, (3,), (32,))
+            actual_grads = emulated._dilated_conv2d_backward(
+                grad, strided, weight, *args, [True] * 3, True, (3,), (32,)
+            )
             for a, e in zip(actual_grads, expected_grads):
                 torch.testing.assert_close(a, e)
 

@@ -125,19 +125,21 @@ SEGOPS_HOST_DEVICE acc_t depthwise_input_grad(const scalar_t* grad, const scalar
   return sum;
 }
 
-// The depthwise weight gradient's share of output row oy of plane (n, c) for tap (i, j): sum over the row's outputs
-// of grad * the input that tap read, in ox order; grad is contiguous [N, C, Ho, Wo].
+// The depthwise weight gradient's share of output column ox of plane (n, c) for tap (i, j): sum over the column's
+// outputs of grad * the input that tap read, in oy order; grad is contiguous [N, C, Ho, Wo]. A column rather than a
+// row, so that the threads of a warp (consecutive ox) read consecutive addresses at each step.
 template <typename acc_t, typename scalar_t>
-SEGOPS_HOST_DEVICE acc_t depthwise_weight_grad_row(const scalar_t* grad, const scalar_t* input,
-                                                   const StridedImage& image, const ConvAxis& ay, const ConvAxis& ax,
-                                                   int64_t n, int64_t c, int64_t channels, int64_t oy, int64_t i,
-                                                   int64_t j) {
-  const int64_t y = ay.input_at(oy, i);
-  if (y < 0 || y >= ay.in) return acc_t(0);
-  const scalar_t* grad_row = grad + ((n * channels + c) * ay.out + oy) * ax.out;
+SEGOPS_HOST_DEVICE acc_t depthwise_weight_grad_column(const scalar_t* grad, const scalar_t* input,
+                                                      const StridedImage& image, const ConvAxis& ay, const ConvAxis& ax,
+                                                      int64_t n, int64_t c, int64_t channels, int64_t ox, int64_t i,
+                                                      int64_t j) {
+  const int64_t x = ax.input_at(ox, j);
+  if (x < 0 || x >= ax.in) return acc_t(0);
+  const scalar_t* grad_column = grad + (n * channels + c) * ay.out * ax.out + ox;
   acc_t sum = 0;
-  for (int64_t ox = ax.first_output_inside(j); ox < ax.last_output_inside(j); ++ox) {
-    sum += static_cast<acc_t>(grad_row[ox]) * static_cast<acc_t>(input[image.offset(n, c, y, ax.input_at(ox, j))]);
+  for (int64_t oy = ay.first_output_inside(i); oy < ay.last_output_inside(i); ++oy) {
+    sum += static_cast<acc_t>(grad_column[oy * ax.out]) *
+           static_cast<acc_t>(input[image.offset(n, c, ay.input_at(oy, i), x)]);
   }
   return sum;
 }

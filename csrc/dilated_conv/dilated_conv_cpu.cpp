@@ -143,7 +143,23 @@ inline bool depthwise_plane_forward_fast(const DepthwisePlane<float>& p, float b
 }
 
 struct CpuConvOps {
-  void im2col(const at::Tensor& input, const CheckedConv& c, at::Tensor& columns, int64_t n, int64_t first_row,
+  at::Tensor dense_forward(const at::Tensor& input, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
+                           const CheckedConv& c) const {
+    return dilated_conv2d_gemm_forward(*this, input, weight, bias, c);
+  }
+
+  std::tuple<at::Tensor, at::Tensor, at::Tensor> dense_backward(const at::Tensor& grad, const at::Tensor& input,
+                                                                const at::Tensor& weight, const CheckedConv& c,
+                                                                std::array<bool, 3> output_mask) const {
+    return dilated_conv2d_gemm_backward(*this, grad, input, weight, c, output_mask);
+  }
+
+  void batched_gemm(const at::Tensor& out, const at::Tensor& a, bool transpose_a, const at::Tensor& b, bool transpose_b,
+                    bool accumulate) const {
+    aten_batched_gemm(out, a, transpose_a, b, transpose_b, accumulate);
+  }
+
+  void im2col(const at::Tensor& input, const CheckedConv& c, const at::Tensor& columns, int64_t n, int64_t first_row,
               int64_t rows) const {
     const StridedImage image = strided_image(input);
     const ConvAxis ay = c.ay, ax = c.ax;

@@ -1,10 +1,14 @@
 #pragma once
-// dilated_conv2d's drivers, shared by the CPU (dilated_conv_cpu.cpp) and the GPU (dilated_conv_kernels.cuh): the
-// general case as im2col + GEMM through ATen (oneDNN/MKL on the CPU, cuBLAS on CUDA), the depthwise case handed to
-// the backend's direct kernels. `Ops` is the backend:
+// dilated_conv2d's drivers: the general case as im2col + GEMM, the depthwise case handed to the backend's direct
+// kernels. The CPU (dilated_conv_cpu.cpp) runs every case here; the GPU (dilated_conv_kernels.cuh) runs the general
+// case on ATen's convolution (cuDNN) but for the backward under torch.use_deterministic_algorithms, which is the GEMM
+// backward below. `Ops` is the backend:
+//   dense_forward(input, weight, bias, checked), dense_backward(grad, input, weight, checked, mask): the general case;
 //   im2col(input, checked, columns, n, first_row, rows): the [C * kH * kW, rows * Wo] columns of image n's output rows
 //     [first_row, first_row + rows);
 //   col2im_add(columns, checked, grad_input, n, first_row, rows): grad_input[n] += col2im(columns), a gather;
+//   batched_gemm(out, a, transpose_a, b, transpose_b, accumulate): out[g] (+)= op(a[g]) @ op(b[g]) for every group g
+//     (3-D views, unit stride along their last dimension): aten_batched_gemm, or one strided-batched cuBLAS call;
 //   channel_sums(grad): [C_out] sums over (n, y, x) in a fixed order (the bias gradient);
 //   depthwise_forward(input, weight, bias, checked), depthwise_backward(grad, input, weight, checked, mask).
 // Memory: the column buffer holds at most kColumnBudget elements (or one output row's columns, if larger): an image
@@ -37,6 +41,23 @@ inline at::Tensor output_rows(const at::Tensor& output, const CheckedConv& c, in
   return output[n]
       .view({c.groups, c.group_out_channels(), c.ay.out * c.ax.out})
       .narrow(2, first_row * c.ax.out, rows * c.ax.out);
+}
+
+// out[g] = op(a[g]) @ op(b[g]), or out[g] += that (accumulate), for each group g, through ATen (oneDNN/MKL on the CPU):
+// one GEMM per group. out may be of a's accumulation type (float for float16/bfloat16 operands) when accumulating.
+inline void aten_batched_gemm(const at::Tensor& out, const at::Tensor& a, bool transpose_a, const at::Tensor& b,
+                              bool transpose_b, bool accumulate) {
+  for (int64_t g = 0; g < out.size(0); ++g) {
+    const at::Tensor a_g = transpose_a ? a[g].t() : a[g], b_g = transpose_b ? b[g].t() : b[g];
+    at::Tensor out_g = out[g];
+    if (!accumulate) {
+      at::mm_out(out_g, a_g, b_g);
+    } else if (out.scalar_type() == a.scalar_type()) {
+      out_g.addmm_(a_g, b_g);
+    } else {
+      out_g.add_(at::mm(a_g, b_g));
+    }
+  }
 }
 
 template <class Ops>
@@ -97,23 +118,14 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> dilated_conv2d_gemm_backward(cons
       const int64_t column_elements = c.channels * c.taps() * rows * c.ax.out;
       const at::Tensor grad_rows = output_rows(grad_c, c, n, first_row, rows);
       if (output_mask[1]) {
-        at::Tensor columns = column_buffer.narrow(0, 0, column_elements).view({c.groups, column_rows, -1});
+        const at::Tensor columns = column_buffer.narrow(0, 0, column_elements).view({c.groups, column_rows, -1});
         ops.im2col(input, c, columns, n, first_row, rows);
-        for (int64_t g = 0; g < c.groups; ++g) {
-          at::Tensor grad_weight_g = grad_weight[g];
-          if (acc_type == input.scalar_type()) {
-            grad_weight_g.addmm_(grad_rows[g], columns[g].t());
-          } else {
-            grad_weight_g.add_(at::mm(grad_rows[g], columns[g].t()));
-          }
-        }
+        ops.batched_gemm(grad_weight, grad_rows, false, columns, true, /*accumulate=*/true);
       }
       if (output_mask[0]) {
-        at::Tensor column_grad = column_grad_buffer.narrow(0, 0, column_elements).view({c.groups, column_rows, -1});
-        for (int64_t g = 0; g < c.groups; ++g) {
-          at::Tensor column_grad_g = column_grad[g];
-          at::mm_out(column_grad_g, filters[g].t(), grad_rows[g]);
-        }
+        const at::Tensor column_grad =
+            column_grad_buffer.narrow(0, 0, column_elements).view({c.groups, column_rows, -1});
+        ops.batched_gemm(column_grad, filters, true, grad_rows, false, /*accumulate=*/false);
         ops.col2im_add(column_grad, c, grad_input, n, first_row, rows);
       }
     }
@@ -140,7 +152,7 @@ at::Tensor dilated_conv2d_forward(const Ops& ops, const at::Tensor& input, const
     return output;
   }
   if (c.depthwise) return ops.depthwise_forward(input, weight.contiguous(), bias, c);
-  return dilated_conv2d_gemm_forward(ops, input, weight, bias, c);
+  return ops.dense_forward(input, weight, bias, c);
 }
 
 // The backward op's results: grads that output_mask leaves out are empty tensors ([0]) rather than undefined, so the
@@ -162,7 +174,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> dilated_conv2d_backward(
   } else if (c.depthwise) {
     grads = ops.depthwise_backward(grad.contiguous(), input, weight.contiguous(), c, output_mask);
   } else {
-    grads = dilated_conv2d_gemm_backward(ops, grad, input, weight, c, output_mask);
+    grads = ops.dense_backward(grad, input, weight, c, output_mask);
   }
   // A fresh empty tensor each: outputs must not alias.
   const auto none = [&] { return at::empty({0}, input.options()); };

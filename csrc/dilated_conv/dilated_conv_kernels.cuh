@@ -1,13 +1,16 @@
 #pragma once
 // Dilated-convolution GPU kernels and the backend (LaunchConvOps) that dilated_conv_gemm.h's drivers call, shared by
-// dilated_conv_cuda.cu (CudaLaunch) and the test-only host emulation (EmulatedLaunch). One thread per element:
-//  - im2col: per column entry; col2im: per input element, a gather (col2im_sum) added to the gradient;
-//  - depthwise forward: per output element; depthwise input gradient: per input element, a gather;
-//  - depthwise weight gradient: per (channel, tap, image, output row) a partial sum, then per (channel, tap) the
-//    partials summed in order: an ordered reduction;
-//  - the bias gradient: ATen's sum over (N, H, W), a deterministic reduction on CUDA.
-// No floating-point atomics anywhere, so the backward is deterministic by construction (cuDNN has no deterministic
-// dilated data gradient), and no nondeterminism alert is due.
+// dilated_conv_cuda.cu (CudaLaunch, cuBLAS) and the test-only host emulation (EmulatedLaunch, ATen's GEMMs).
+// - The general case is ATen's convolution, F.conv2d's own path: cuDNN's implicit GEMM (no column buffer, one call,
+//   its TF32, benchmark and determinism settings). Under torch.use_deterministic_algorithms (or
+//   cudnn.deterministic) the backward is segops' instead: cuDNN's deterministic dilated data gradient is more than
+//   10x slower (pytorch#28777). That is im2col + one strided-batched GEMM for all groups + col2im, per chunk of
+//   output rows, with TF32 as cuDNN's switch says; no floating-point atomics.
+// - One thread per element: im2col per column entry; col2im per input element, a gather (col2im_sum) added to the
+//   gradient; depthwise forward per output element; depthwise input gradient per input element, a gather;
+//   depthwise weight gradient per (channel, tap, image, output column) a partial sum (a warp reads along rows),
+//   then per (channel, tap) the partials summed in order: an ordered reduction. The bias gradient: ATen's sum over (N,
+//   H, W), deterministic.
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
@@ -15,6 +18,7 @@
 #include <array>
 #include <optional>
 #include <tuple>
+#include <vector>
 
 #include "dilated_conv/dilated_conv.h"
 #include "dilated_conv/dilated_conv_checks.h"
@@ -86,7 +90,8 @@ __global__ void SEGOPS_LAUNCH_BOUNDS(kThreadsPerBlock)
   }
 }
 
-// partials[(c * taps + tap) * (N * Ho) + n * Ho + oy]: the weight gradient's share of one output row.
+// partials[(c * taps + tap) * (N * Wo) + n * Wo + ox]: the weight gradient's share of one output column; a warp's
+// threads take consecutive columns, so each of its loads reads consecutive addresses.
 template <typename scalar_t>
 __global__ void SEGOPS_LAUNCH_BOUNDS(kThreadsPerBlock)
     dilated_conv_depthwise_weight_partial_kernel(int64_t total, const scalar_t* __restrict__ grad,
@@ -95,12 +100,12 @@ __global__ void SEGOPS_LAUNCH_BOUNDS(kThreadsPerBlock)
                                                  at::opmath_type<scalar_t>* __restrict__ partials) {
   using acc_t = at::opmath_type<scalar_t>;
   SEGOPS_KERNEL_LOOP(index, total) {
-    const int64_t oy = index % ay.out;
-    const int64_t n = (index / ay.out) % batch;
-    const int64_t tap = (index / (ay.out * batch)) % (ay.kernel * ax.kernel);
-    const int64_t c = index / (ay.out * batch * ay.kernel * ax.kernel);
-    partials[index] = depthwise_weight_grad_row<acc_t>(grad, input, image, ay, ax, n, c, channels, oy, tap / ax.kernel,
-                                                       tap % ax.kernel);
+    const int64_t ox = index % ax.out;
+    const int64_t n = (index / ax.out) % batch;
+    const int64_t tap = (index / (ax.out * batch)) % (ay.kernel * ax.kernel);
+    const int64_t c = index / (ax.out * batch * ay.kernel * ax.kernel);
+    partials[index] = depthwise_weight_grad_column<acc_t>(grad, input, image, ay, ax, n, c, channels, ox,
+                                                          tap / ax.kernel, tap % ax.kernel);
   }
 }
 
@@ -117,11 +122,48 @@ __global__ void SEGOPS_LAUNCH_BOUNDS(kThreadsPerBlock)
   }
 }
 
-template <class Launch>
+// ATen's GEMMs, one per group: the emulation's (the CUDA launcher passes CublasBatchedGemm).
+struct AtenBatchedGemm {
+  void operator()(const at::Tensor& out, const at::Tensor& a, bool transpose_a, const at::Tensor& b, bool transpose_b,
+                  bool accumulate) const {
+    aten_batched_gemm(out, a, transpose_a, b, transpose_b, accumulate);
+  }
+};
+
+template <class Launch, class Gemm>
 struct LaunchConvOps {
   Launch launch;
+  Gemm gemm;
+  bool deterministic;  // the backward must be: segops' GEMMs rather than cuDNN's
 
-  void im2col(const at::Tensor& input, const CheckedConv& c, at::Tensor& columns, int64_t n, int64_t first_row,
+  at::Tensor dense_forward(const at::Tensor& input, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
+                           const CheckedConv& c) const {
+    // Every cuDNN forward algorithm is deterministic. Contiguous: the op's output (and its fake kernel's) is.
+    return at::convolution(input, weight, bias, {c.ay.stride, c.ax.stride}, {c.ay.pad, c.ax.pad},
+                           {c.ay.dilation, c.ax.dilation}, /*transposed=*/false, {0, 0}, c.groups)
+        .contiguous();
+  }
+
+  std::tuple<at::Tensor, at::Tensor, at::Tensor> dense_backward(const at::Tensor& grad, const at::Tensor& input,
+                                                                const at::Tensor& weight, const CheckedConv& c,
+                                                                std::array<bool, 3> output_mask) const {
+    if (deterministic) return dilated_conv2d_gemm_backward(*this, grad, input, weight, c, output_mask);
+    const int64_t bias_size = c.out_channels;
+    const at::OptionalIntArrayRef bias_sizes =
+        output_mask[2] ? at::OptionalIntArrayRef(at::IntArrayRef(&bias_size, 1)) : at::OptionalIntArrayRef();
+    auto [grad_input, grad_weight, grad_bias] =
+        at::convolution_backward(grad, input, weight, bias_sizes, {c.ay.stride, c.ax.stride}, {c.ay.pad, c.ax.pad},
+                                 {c.ay.dilation, c.ax.dilation}, /*transposed=*/false, {0, 0}, c.groups, output_mask);
+    return {output_mask[0] ? grad_input.contiguous() : grad_input,
+            output_mask[1] ? grad_weight.contiguous() : grad_weight, grad_bias};
+  }
+
+  void batched_gemm(const at::Tensor& out, const at::Tensor& a, bool transpose_a, const at::Tensor& b, bool transpose_b,
+                    bool accumulate) const {
+    gemm(out, a, transpose_a, b, transpose_b, accumulate);
+  }
+
+  void im2col(const at::Tensor& input, const CheckedConv& c, const at::Tensor& columns, int64_t n, int64_t first_row,
               int64_t rows) const {
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "dilated_conv_im2col", [&] {
       launch(columns.numel(), dilated_conv_im2col_kernel<scalar_t>, columns.numel(), input.const_data_ptr<scalar_t>(),
@@ -170,15 +212,15 @@ struct LaunchConvOps {
                grad_input.mutable_data_ptr<scalar_t>());
       }
       if (output_mask[1]) {
-        const int64_t rows = c.batch * c.ay.out;
+        const int64_t columns = c.batch * c.ax.out;
         at::Tensor partials =
-            at::empty({c.channels * c.taps() * rows}, input.options().dtype(at::toOpMathType(input.scalar_type())));
+            at::empty({c.channels * c.taps() * columns}, input.options().dtype(at::toOpMathType(input.scalar_type())));
         launch(partials.numel(), dilated_conv_depthwise_weight_partial_kernel<scalar_t>, partials.numel(),
                grad.const_data_ptr<scalar_t>(), input.const_data_ptr<scalar_t>(), strided_image(input), c.ay, c.ax,
                c.batch, c.channels, partials.mutable_data_ptr<acc_t>());
         grad_weight = at::empty(weight.sizes(), weight.options());
         launch(grad_weight.numel(), dilated_conv_ordered_sum_kernel<scalar_t>, grad_weight.numel(),
-               partials.const_data_ptr<acc_t>(), rows, grad_weight.mutable_data_ptr<scalar_t>());
+               partials.const_data_ptr<acc_t>(), columns, grad_weight.mutable_data_ptr<scalar_t>());
       }
     });
     if (output_mask[2]) grad_bias = channel_sums(grad).to(input.scalar_type());
@@ -186,20 +228,22 @@ struct LaunchConvOps {
   }
 };
 
-template <class Launch>
+template <class Launch, class Gemm = AtenBatchedGemm>
 at::Tensor dilated_conv2d_forward_launch(const Launch& launch, const at::Tensor& input, const at::Tensor& weight,
                                          const std::optional<at::Tensor>& bias, at::IntArrayRef stride,
-                                         at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups) {
-  return dilated_conv2d_forward(LaunchConvOps<Launch>{launch}, input, weight, bias, stride, padding, dilation, groups);
+                                         at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups,
+                                         Gemm gemm = {}) {
+  return dilated_conv2d_forward(LaunchConvOps<Launch, Gemm>{launch, gemm, false}, input, weight, bias, stride, padding,
+                                dilation, groups);
 }
 
-template <class Launch>
+template <class Launch, class Gemm = AtenBatchedGemm>
 std::tuple<at::Tensor, at::Tensor, at::Tensor> dilated_conv2d_backward_launch(
     const Launch& launch, const at::Tensor& grad, const at::Tensor& input, const at::Tensor& weight,
     at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups,
-    std::array<bool, 3> output_mask) {
-  return dilated_conv2d_backward(LaunchConvOps<Launch>{launch}, grad, input, weight, stride, padding, dilation, groups,
-                                 output_mask);
+    std::array<bool, 3> output_mask, bool deterministic, Gemm gemm = {}) {
+  return dilated_conv2d_backward(LaunchConvOps<Launch, Gemm>{launch, gemm, deterministic}, grad, input, weight, stride,
+                                 padding, dilation, groups, output_mask);
 }
 
 }  // namespace segops

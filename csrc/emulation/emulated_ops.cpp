@@ -108,14 +108,12 @@ at::Tensor dilated_conv2d(const at::Tensor& input, const at::Tensor& weight, con
   return dilated_conv2d_forward_launch(launch_of(grid, block), input, weight, bias, stride, padding, dilation, groups);
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor> dilated_conv2d_backward(const at::Tensor& grad, const at::Tensor& input,
-                                                                       const at::Tensor& weight, at::IntArrayRef stride,
-                                                                       at::IntArrayRef padding,
-                                                                       at::IntArrayRef dilation, int64_t groups,
-                                                                       std::array<bool, 3> output_mask,
-                                                                       at::IntArrayRef grid, at::IntArrayRef block) {
+std::tuple<at::Tensor, at::Tensor, at::Tensor> dilated_conv2d_backward(
+    const at::Tensor& grad, const at::Tensor& input, const at::Tensor& weight, at::IntArrayRef stride,
+    at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups, std::array<bool, 3> output_mask,
+    bool deterministic, at::IntArrayRef grid, at::IntArrayRef block) {
   return dilated_conv2d_backward_launch(launch_of(grid, block), grad, input, weight, stride, padding, dilation, groups,
-                                        output_mask);
+                                        output_mask, deterministic);
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> permutohedral_lattice(
@@ -196,7 +194,8 @@ TORCH_LIBRARY(segops_emulation, m) {
       &dilated_conv2d);
   m.def(
       "_dilated_conv2d_backward(Tensor grad, Tensor input, Tensor weight, int[2] stride, int[2] padding, "
-      "int[2] dilation, int groups, bool[3] output_mask, int[] grid, int[] block) -> (Tensor, Tensor, Tensor)",
+      "int[2] dilation, int groups, bool[3] output_mask, bool deterministic, int[] grid, int[] block) "
+      "-> (Tensor, Tensor, Tensor)",
       &dilated_conv2d_backward);
   m.def(
       "permutohedral_lattice(Tensor features, int[] grid, int[] block) -> (Tensor vertex_ids, Tensor weights, "
