@@ -228,10 +228,12 @@ REGISTER_BUDGET, STACK_BUDGET = 64, 64
 # The kernels over budget today, each to be brought within it (issue 24: the deterministic RoI gather, bucketed by level
 # and image; the lattice embedding's per-point arrays). The test fails when this list is wrong either way.
 OVER_BUDGET = {
-    "segops::lattice_embed_kernel<float>",
+    # The embedding for d > 8 features (kLatticeUnrolledFeatures): its 17-element arrays take 127 registers; d <= 8,
+    # the dense CRF's, has kernels of its own within the budget.
+    "segops::lattice_embed_kernel<float, 0>",
+    # The deterministic RoIAlign gather: 109 registers (64-bit sample geometry); held to 64 it would spill 144 bytes.
     *(
-        f"segops::roi_gather_kernel<segops::{gather}<{t}>, float>"
-        for gather in ("RoIAlignGather", "RoIPoolGather")
+        f"segops::roi_gather_kernel<segops::RoIAlignGather<{t}>, float>"
         for t in ("float", "c10::Half", "c10::BFloat16")
     ),
 }

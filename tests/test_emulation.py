@@ -502,8 +502,14 @@ def test_dilated_conv_kernels_read_channels_last_and_strided_inputs(emulated):
 
 
 # Permutohedral lattice: points with many shared and many distinct vertices (the hash table's collisions, the
-# numbering's atomics), d = 2 and 5 as the dense CRF's kernels, 1 and 3 images.
-LATTICE_CASES = {"d2": (1, 300, 2, 6.0), "d5 batch": (3, 200, 5, 10.0), "d3 dense": (2, 400, 3, 2.0)}
+# numbering's atomics), d = 2 and 5 as the dense CRF's kernels, 1 and 3 images; d = 10 past the embedding kernels
+# compiled for each d.
+LATTICE_CASES = {
+    "d2": (1, 300, 2, 6.0),
+    "d5 batch": (3, 200, 5, 10.0),
+    "d3 dense": (2, 400, 3, 2.0),
+    "d10 (the generic embedding kernel)": (1, 150, 10, 2.0),
+}
 
 
 def _lattice_features(name, dtype, seed=0):

@@ -8,6 +8,7 @@
 #if defined(SEGOPS_EMULATION)
 #include "common/emulation.h"
 #define SEGOPS_LAUNCH_BOUNDS(threads)
+#define SEGOPS_LAUNCH_BOUNDS_MIN_BLOCKS(threads, blocks)
 #define SEGOPS_ATOMIC_ADD(base, index, numel, value) ((base)[index] += (value))
 #define SEGOPS_ATOMIC_MAX(address, value) (*(address) = *(address) > (value) ? *(address) : (value))
 #define SEGOPS_ATOMIC_MIN(address, value) (*(address) = *(address) < (value) ? *(address) : (value))
@@ -20,6 +21,8 @@
 #elif defined(__CUDACC__)
 #include <ATen/native/cuda/KernelUtils.cuh>
 #define SEGOPS_LAUNCH_BOUNDS(threads) __launch_bounds__(threads)
+// And at least `blocks` resident blocks per SM: the compiler keeps within 65536 / (threads * blocks) registers.
+#define SEGOPS_LAUNCH_BOUNDS_MIN_BLOCKS(threads, blocks) __launch_bounds__(threads, blocks)
 // ATen's fast atomic add: packed half2/bfloat162 atomics for half types.
 #define SEGOPS_ATOMIC_ADD(base, index, numel, value) at::native::fastAtomicAdd((base), (index), (numel), (value), true)
 // An asynchronous device-side assert, as PyTorch's own CUDA indexing ops report a bad index: the error surfaces at

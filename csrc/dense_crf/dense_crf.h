@@ -73,16 +73,21 @@ SEGOPS_HOST_DEVICE bool lattice_coordinate_in_range(acc_t scaled) {
 
 // Embeds one point (features f[0..d), read at f[k * stride]) in the lattice: writes the d integer coordinates of
 // each of its d+1 simplex vertices to keys[r * d + k] and their barycentric weights to weights[r]. Returns false,
-// writing nothing, when a feature is not finite or the point lies too far out for int32 keys.
-template <typename scalar_t, typename acc_t>
+// writing nothing, when a feature is not finite or the point lies too far out for int32 keys. kDims > 0 fixes d at
+// compile time (the GPU's kernels for small d): every loop then unrolls and every array index is a constant, so the
+// arrays live in registers, not in a stack frame; kDims = 0 reads d from s.dims.
+template <int kDims = 0, typename scalar_t, typename acc_t>
 SEGOPS_HOST_DEVICE bool lattice_embed(const scalar_t* f, int64_t stride, const LatticeScales<acc_t>& s, int32_t* keys,
                                       acc_t* weights) {
-  const int d = s.dims;
-  acc_t elevated[kLatticeMaxFeatures + 1], rem0[kLatticeMaxFeatures + 1], barycentric[kLatticeMaxFeatures + 2];
-  int rank[kLatticeMaxFeatures + 1];
+  constexpr int kCapacity = kDims > 0 ? kDims : kLatticeMaxFeatures;
+  const int d = kDims > 0 ? kDims : s.dims;
+  acc_t elevated[kCapacity + 1], rem0[kCapacity + 1];
+  int rank[kCapacity + 1];
   // Elevate onto the hyperplane sum(x) = 0: y = E f.
   acc_t sum_scaled = 0;
-  for (int j = d; j > 0; --j) {
+#pragma unroll
+  for (int j = kCapacity; j > 0; --j) {
+    if (j > d) continue;
     const acc_t cf = static_cast<acc_t>(f[(j - 1) * stride]) * s.scale[j - 1];
     if (!lattice_coordinate_in_range(cf)) return false;
     elevated[j] = sum_scaled - acc_t(j) * cf;
@@ -93,16 +98,22 @@ SEGOPS_HOST_DEVICE bool lattice_embed(const scalar_t* f, int64_t stride, const L
   const acc_t down_factor = acc_t(1) / acc_t(d + 1);
   const acc_t up_factor = acc_t(d + 1);
   int sum = 0;
-  for (int i = 0; i <= d; ++i) {
+#pragma unroll
+  for (int i = 0; i <= kCapacity; ++i) {
+    if (i > d) break;
     const int rounded = lattice_round(down_factor * elevated[i]);
     rem0[i] = static_cast<acc_t>(rounded) * up_factor;
     sum += rounded;
+    rank[i] = 0;
   }
   // The rank of each coordinate's remainder in decreasing order: it names the enclosing simplex.
-  for (int i = 0; i <= d; ++i) rank[i] = 0;
-  for (int i = 0; i < d; ++i) {
+#pragma unroll
+  for (int i = 0; i < kCapacity; ++i) {
+    if (i >= d) break;
     const acc_t di = elevated[i] - rem0[i];
-    for (int j = i + 1; j <= d; ++j) {
+#pragma unroll
+    for (int j = i + 1; j <= kCapacity; ++j) {
+      if (j > d) break;
       if (di < elevated[j] - rem0[j])
         ++rank[i];
       else
@@ -110,7 +121,9 @@ SEGOPS_HOST_DEVICE bool lattice_embed(const scalar_t* f, int64_t stride, const L
     }
   }
   // Bring the remainder-0 point back onto the hyperplane when the rounding left it off (sum != 0).
-  for (int i = 0; i <= d; ++i) {
+#pragma unroll
+  for (int i = 0; i <= kCapacity; ++i) {
+    if (i > d) break;
     rank[i] += sum;
     if (rank[i] < 0) {
       rank[i] += d + 1;
@@ -120,21 +133,38 @@ SEGOPS_HOST_DEVICE bool lattice_embed(const scalar_t* f, int64_t stride, const L
       rem0[i] -= acc_t(d + 1);
     }
   }
-  // Barycentric coordinates (p. 10 of Adams et al.).
-  for (int i = 0; i <= d + 1; ++i) barycentric[i] = 0;
-  for (int i = 0; i <= d; ++i) {
-    const acc_t v = (elevated[i] - rem0[i]) * down_factor;
-    barycentric[d - rank[i]] += v;
-    barycentric[d - rank[i] + 1] -= v;
+  // Barycentric coordinates (p. 10 of Adams et al.): coordinate i adds its remainder to b[d - rank[i]] and takes it
+  // from b[d - rank[i] + 1]. The ranks are a permutation of 0..d, so b[r] gets at most one of each: gathered here
+  // (b[r] = v(rank d - r) - v(rank d - r + 1)), with no index computed from data.
+  acc_t b_last = 0;  // b[d + 1]: minus the remainder of rank 0
+#pragma unroll
+  for (int i = 0; i <= kCapacity; ++i) {
+    if (i > d) break;
+    if (rank[i] == 0) b_last = acc_t(0) - (elevated[i] - rem0[i]) * down_factor;
   }
-  barycentric[0] += acc_t(1) + barycentric[d + 1];
-  // Vertex r of the simplex is the remainder-0 point plus the canonical simplex's vertex r, permuted by rank.
-  for (int r = 0; r <= d; ++r) {
-    for (int i = 0; i < d; ++i) {
+#pragma unroll
+  for (int r = 0; r <= kCapacity; ++r) {
+    if (r > d) break;
+    acc_t plus = 0, minus = 0;
+    bool has_plus = false, has_minus = false;
+#pragma unroll
+    for (int i = 0; i <= kCapacity; ++i) {
+      if (i > d) break;
+      const acc_t v = (elevated[i] - rem0[i]) * down_factor;
+      if (rank[i] == d - r) plus = v, has_plus = true;
+      if (rank[i] == d - r + 1) minus = v, has_minus = true;
+    }
+    acc_t b = 0;
+    if (has_plus) b += plus;
+    if (has_minus) b -= minus;
+    weights[r] = r == 0 ? b + (acc_t(1) + b_last) : b;
+    // Vertex r of the simplex is the remainder-0 point plus the canonical simplex's vertex r, permuted by rank.
+#pragma unroll
+    for (int i = 0; i < kCapacity; ++i) {
+      if (i >= d) break;
       const int canonical = rank[i] <= d - r ? r : r - (d + 1);
       keys[r * d + i] = static_cast<int32_t>(rem0[i]) + canonical;
     }
-    weights[r] = barycentric[r];
   }
   return true;
 }

@@ -29,15 +29,16 @@
 
 namespace segops {
 
-template <typename scalar_t>
+// kDims > 0: d fixed at compile time, the point's arrays in registers; 0: any d, its arrays in a stack frame.
+template <typename scalar_t, int kDims>
 __global__ void SEGOPS_LAUNCH_BOUNDS(kThreadsPerBlock)
     lattice_embed_kernel(int64_t total, const scalar_t* __restrict__ features, LatticeScales<scalar_t> scales,
                          int32_t* __restrict__ keys, scalar_t* __restrict__ weights) {
-  const int d = scales.dims;
+  const int d = kDims > 0 ? kDims : scales.dims;
   SEGOPS_KERNEL_LOOP(point, total) {
     int32_t* point_keys = keys + point * (d + 1) * d;
     scalar_t* point_weights = weights + point * (d + 1);
-    const bool ok = lattice_embed(features + point * d, 1, scales, point_keys, point_weights);
+    const bool ok = lattice_embed<kDims>(features + point * d, 1, scales, point_keys, point_weights);
     SEGOPS_KERNEL_ASSERT_DETAILED(ok,
                                   "permutohedral_lattice: features must be finite and at most 2^24 in lattice units",
                                   "permutohedral_lattice: features of point %lld (flat over [B, N]) are not finite "
@@ -47,6 +48,23 @@ __global__ void SEGOPS_LAUNCH_BOUNDS(kThreadsPerBlock)
       for (int k = 0; k < (d + 1) * d; ++k) point_keys[k] = 0;
       for (int r = 0; r <= d; ++r) point_weights[r] = scalar_t(0);
     }
+  }
+}
+
+// Features per point up to which the embedding has a kernel of its own (the dense CRF's kernels have 2 and 5).
+constexpr int kLatticeUnrolledFeatures = 8;
+
+// Launches the embedding kernel for d features: the one compiled for d, or the generic one past
+// kLatticeUnrolledFeatures.
+template <int kDims = 1, typename scalar_t, class Launch>
+void launch_lattice_embed(const Launch& launch, int d, int64_t points, const scalar_t* features,
+                          const LatticeScales<scalar_t>& scales, int32_t* keys, scalar_t* weights) {
+  if constexpr (kDims > kLatticeUnrolledFeatures) {
+    launch(points, lattice_embed_kernel<scalar_t, 0>, points, features, scales, keys, weights);
+  } else if (d == kDims) {
+    launch(points, lattice_embed_kernel<scalar_t, kDims>, points, features, scales, keys, weights);
+  } else {
+    launch_lattice_embed<kDims + 1>(launch, d, points, features, scales, keys, weights);
   }
 }
 
@@ -307,8 +325,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
     return {vertex_ids, weights, neighbours, splat_offsets, at::empty({batch, entries}, int_options), num_vertices};
   }
   AT_DISPATCH_FLOATING_TYPES(features.scalar_type(), "permutohedral_lattice_cuda", [&] {
-    launch(batch * points, lattice_embed_kernel<scalar_t>, batch * points, features.const_data_ptr<scalar_t>(),
-           lattice_scales<scalar_t>(d), keys.mutable_data_ptr<int32_t>(), weights.mutable_data_ptr<scalar_t>());
+    launch_lattice_embed(launch, d, batch * points, features.const_data_ptr<scalar_t>(), lattice_scales<scalar_t>(d),
+                         keys.mutable_data_ptr<int32_t>(), weights.mutable_data_ptr<scalar_t>());
   });
   const int64_t total = batch * entries;
   launch(total, lattice_insert_kernel, total, keys.const_data_ptr<int32_t>(), entries, d,

@@ -145,6 +145,8 @@ __global__ void SEGOPS_LAUNCH_BOUNDS(kThreadsPerBlock)
 template <typename scalar_t>
 struct RoIAlignGather {
   using acc_t = at::opmath_type<scalar_t>;
+  // 109 registers on sm_90 (the sample geometry's 64-bit indices); held to 64 it spills 144 bytes: left unbounded.
+  static constexpr int kMinBlocksPerSM = 1;
   const scalar_t* grad;  // [K, C, PH, PW]
   const acc_t* rois;
   FeatureLevels<acc_t*, acc_t> maps;  // for each map's spatial_scale

@@ -94,8 +94,9 @@ __global__ void SEGOPS_LAUNCH_BOUNDS(kThreadsPerBlock)
 template <typename scalar_t>
 struct RoIPoolGather {
   using acc_t = at::opmath_type<scalar_t>;
-  const scalar_t* grad;   // [K, C, PH, PW]
-  const int32_t* argmax;  // [K, C, PH, PW]
+  static constexpr int kMinBlocksPerSM = 4;  // 64 registers without a spill on sm_90
+  const scalar_t* grad;                      // [K, C, PH, PW]
+  const int32_t* argmax;                     // [K, C, PH, PW]
   const acc_t* rois;
   acc_t spatial_scale;
   int64_t channels, pooled_h, pooled_w;
