@@ -222,6 +222,54 @@ def test_float64_scan_of_ptx_finds_float64_code():
     ]
 
 
+def demangle(names):
+    """C++ names of mangled symbols (binutils' c++filt)."""
+    result = subprocess.run(["c++filt"], input="\n".join(names), capture_output=True, text=True, check=True)
+    return result.stdout.splitlines()
+
+
+def int64_division_in_32bit_index_kernels(ptx: str):
+    """(the 32-bit index instantiations of segops' kernels, the ones of them whose PTX divides 64-bit integers): a
+    kernel templated on its index type (common/kernel.h's with_index_type) has `int` as its last template argument."""
+    functions = [(name, body) for name, body in ptx_functions(ptx) if "segops" in name]
+    kernels, dividing = [], []
+    for (name, body), readable in zip(functions, demangle([name for name, _ in functions])):
+        template = readable.split("(")[0].removeprefix("void ")
+        if template.endswith(", int>") or template.endswith("<int>"):
+            kernels.append(template)
+            if re.search(r"\b(?:div|rem)\.[su]64\b", body):
+                dividing.append(template)
+    return kernels, dividing
+
+
+def test_int64_division_scan_of_ptx_finds_64bit_divisions():
+    ptx = (
+        ".visible .entry _ZN6segops6kernelIfiEEvPT_(\n{\ndiv.s32 %r3, %r1, %r2;\n}\n"
+        ".visible .entry _ZN6segops6kernelIdiEEvPT_(\n{\nrem.u64 %rd3, %rd1, %rd2;\n}\n"
+        ".visible .entry _ZN6segops6kernelIflEEvPT_(\n{\ndiv.s64 %rd3, %rd1, %rd2;\n}\n"
+    )
+    assert int64_division_in_32bit_index_kernels(ptx) == (
+        ["segops::kernel<float, int>", "segops::kernel<double, int>"],
+        ["segops::kernel<double, int>"],
+    )
+
+
+@pytest.mark.skipif(
+    os.environ.get("SEGOPS_EXPECT_CUDA_BUILD") != "1",
+    reason="reads the PTX that the test command's CUDA build keeps (SEGOPS_KEEP_PTX=1)",
+)
+def test_kernels_on_32bit_indices_divide_in_32_bits():
+    # A GPU divides 64-bit integers in a subroutine about 4x the length of a 32-bit division, and the elementwise
+    # kernels split every flat index into coordinates by division: where the tensors allow 32-bit indices (ATen's
+    # rule), none is left.
+    expected = {"flow_warp_cuda": 18, "max_unpool_cuda": 9, "dilated_conv_cuda": 20}
+    for stem, count in expected.items():
+        (ptx_file,) = sorted((ROOT / "build" / "ptx").glob(f"{stem}*.ptx"))
+        kernels, dividing = int64_division_in_32bit_index_kernels(ptx_file.read_text())
+        assert len(kernels) == count, (stem, kernels)
+        assert dividing == [], (stem, dividing)
+
+
 # What each float32/float16/bfloat16 kernel may use on sm_90: 64 registers (256-thread blocks then keep at least
 # half of an SM's warps resident) and 64 bytes of stack (per-thread arrays that spill to local memory).
 REGISTER_BUDGET, STACK_BUDGET = 64, 64

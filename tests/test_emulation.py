@@ -34,6 +34,15 @@ def emulated():
     return emulation_module()
 
 
+@pytest.fixture(params=["32-bit indices", "64-bit indices"])
+def index_width(request, emulated):
+    """Runs a test of kernels templated on their index type (common/kernel.h's with_index_type) twice: with the
+    32-bit indices that a GPU would use at these sizes, and forced to the 64-bit instantiation."""
+    emulated.force_64bit_indices(request.param == "64-bit indices")
+    yield request.param
+    emulated.force_64bit_indices(False)
+
+
 def make_case(dtype, *, seed=0, batch_size=2, channels=3, height=7, width=9, num_rois=9, spatial_scale=0.5):
     g = torch.Generator().manual_seed(seed)
     input = torch.randn(batch_size, channels, height, width, generator=g).to(dtype)
@@ -314,7 +323,7 @@ def _flow_case(dtype, scale, *, seed=0, channels=3, height=7, width=9, out_h=6, 
 @pytest.mark.parametrize("launch", LAUNCHES, ids=str)
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("scale", ["none", "channel", "shared"])
-def test_flow_warp_kernels(emulated, launch, dtype, scale):
+def test_flow_warp_kernels(index_width, emulated, launch, dtype, scale):
     grid, block = launch
     feature, flow, scale_tensor, grad = _flow_case(dtype, scale)
     for layout in ("contiguous", "channels_last"):
@@ -332,7 +341,7 @@ def test_flow_warp_kernels(emulated, launch, dtype, scale):
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
-def test_flow_warp_deterministic_feature_gradient_is_bitwise_equal_across_grids(emulated, dtype):
+def test_flow_warp_deterministic_feature_gradient_is_bitwise_equal_across_grids(index_width, emulated, dtype):
     # Large flows pile many samples onto few pixels. The gather path sums them in a fixed order whatever the launch,
     # so every grid shape (each runs the work items in another order) gives the same bits.
     feature, flow, scale_tensor, grad = _flow_case(
@@ -378,7 +387,7 @@ def _unpool_case(dtype, *, seed=0, shape=(2, 3, 9, 11), kernel=3, stride=2, padd
 @pytest.mark.parametrize("launch", LAUNCHES, ids=str)
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("channels_last", [False, True], ids=["contiguous", "channels_last"])
-def test_max_unpool_kernels_equal_the_cpu_path_bitwise(emulated, launch, dtype, channels_last):
+def test_max_unpool_kernels_equal_the_cpu_path_bitwise(index_width, emulated, launch, dtype, channels_last):
     # Duplicated indices: a racy scatter would pick other winners on other grids.
     grid, block = launch
     values, indices, out_h, out_w = _unpool_case(dtype, channels_last=channels_last)
@@ -406,7 +415,7 @@ def test_max_unpool_kernels_on_empty_and_single_pixel_maps(emulated, shape):
 
 
 @pytest.mark.parametrize("bad", [16, -1, 2**33], ids=str)
-def test_max_unpool_kernels_assert_on_an_index_out_of_range_and_never_write_through_it(emulated, bad):
+def test_max_unpool_kernels_assert_on_an_index_out_of_range_and_never_write_through_it(index_width, emulated, bad):
     values = torch.randn(2, 3, 2, 2)
     indices = torch.zeros(2, 3, 2, 2, dtype=torch.int64)
     indices[1, 2, 1, 0] = bad
@@ -444,7 +453,7 @@ def _conv_case(dtype, name, seed=0):
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("name", CONV_CASES)
-def test_dilated_conv_kernels_match_the_cpu_path_and_are_bitwise_equal_across_grids(emulated, dtype, name):
+def test_dilated_conv_kernels_match_the_cpu_path_and_are_bitwise_equal_across_grids(index_width, emulated, dtype, name):
     """The backward in deterministic mode: segops' kernels in both cases (im2col, GEMMs, col2im in the general one).
     The general case's forward is ATen's convolution on the GPU (cuDNN there, oneDNN in the emulation)."""
     input, weight, bias, args = _conv_case(dtype, name)
@@ -478,7 +487,7 @@ def test_dilated_conv_general_backward_is_atens_outside_deterministic_mode(emula
         assert torch.equal(a, e)
 
 
-def test_dilated_conv_kernels_read_channels_last_and_strided_inputs(emulated):
+def test_dilated_conv_kernels_read_channels_last_and_strided_inputs(index_width, emulated):
     from op_testing import layouts
 
     for layout in ("channels_last", "strided"):

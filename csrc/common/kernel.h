@@ -3,7 +3,11 @@
 // the SEGOPS_* intrinsics. Under nvcc they are the real device intrinsics; in the test-only emulation build
 // (SEGOPS_EMULATION, see common/emulation.h) they are their host equivalents, so the same kernels run on the
 // CPU. Include this after ATen: the emulation defines CUDA's keywords away.
+#include <ATen/core/TensorBase.h>
+#include <ATen/native/CanUse32BitIndexMath.h>
+
 #include <cstdint>
+#include <initializer_list>
 
 #if defined(SEGOPS_EMULATION)
 #include "common/emulation.h"
@@ -47,9 +51,56 @@
   for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < (n); \
        i += static_cast<int64_t>(blockDim.x) * gridDim.x)
 
+// The same loop, with i of type index_t (int32_t or int64_t, see with_index_type), the type the body divides and
+// multiplies in. For int32_t the counter is unsigned: n < 2^31 and the grid's threads < 2^31, so it cannot wrap.
+#define SEGOPS_KERNEL_LOOP_T(index_t, i, n)                                                                            \
+  for (auto i##_counter = ::segops::kernel_loop_start<index_t>(); i##_counter < static_cast<decltype(i##_counter)>(n); \
+       i##_counter += ::segops::kernel_loop_step<index_t>())                                                           \
+    if (const index_t i = static_cast<index_t>(i##_counter); true)
+
 namespace segops {
 
 constexpr int kThreadsPerBlock = 256;
+
+// SEGOPS_KERNEL_LOOP_T's counter: uint32_t for 32-bit indices, int64_t otherwise.
+template <typename index_t>
+__device__ inline auto kernel_loop_start() {
+  if constexpr (sizeof(index_t) == 4) {
+    return static_cast<uint32_t>(blockIdx.x * blockDim.x + threadIdx.x);
+  } else {
+    return static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  }
+}
+
+template <typename index_t>
+__device__ inline auto kernel_loop_step() {
+  if constexpr (sizeof(index_t) == 4) {
+    return static_cast<uint32_t>(blockDim.x * gridDim.x);
+  } else {
+    return static_cast<int64_t>(blockDim.x) * gridDim.x;
+  }
+}
+
+// Set by the emulation tests to run every kernel templated on its index type with 64-bit indices (the other
+// instantiation); never set on a GPU.
+inline bool& force_64bit_index_math() {
+  static bool force = false;
+  return force;
+}
+
+// Calls f(int32_t{}) where every flat index and element offset of `tensors` fits in 31 bits (ATen's rule,
+// canUse32BitIndexMath), else f(int64_t{}). 32-bit index math: a GPU divides 32-bit integers in about a quarter of
+// the instructions of 64-bit ones, and the kernels split a flat index into coordinates by division.
+template <class F>
+void with_index_type(std::initializer_list<at::TensorBase> tensors, F&& f) {
+  bool fits = !force_64bit_index_math();
+  for (const at::TensorBase& t : tensors) fits = fits && (!t.defined() || at::native::canUse32BitIndexMath(t));
+  if (fits) {
+    f(int32_t{});
+  } else {
+    f(int64_t{});
+  }
+}
 
 // add(index, value) into a device tensor of `numel` elements, atomically; the scatter functor of backward kernels.
 template <typename scalar_t>

@@ -17,24 +17,28 @@ struct ConvAxis {
   // The input coordinate that output o reads through tap k (may be outside [0, in)).
   SEGOPS_HOST_DEVICE int64_t input_at(int64_t o, int64_t k) const { return o * stride - pad + k * dilation; }
 
-  // The output coordinate whose tap k reads input x, or -1 where none does.
+  // The output coordinate whose tap k reads input x, or -1 where none does; index_t: the width of the division (32
+  // bits where the GPU kernels' tensors allow it: see with_index_type).
+  template <typename index_t = int64_t>
   SEGOPS_HOST_DEVICE int64_t output_reading(int64_t x, int64_t k) const {
-    const int64_t shifted = x + pad - k * dilation;
-    if (shifted < 0 || shifted % stride != 0) return -1;
-    const int64_t o = shifted / stride;
+    const index_t shifted = static_cast<index_t>(x + pad - k * dilation), step = static_cast<index_t>(stride);
+    if (shifted < 0 || shifted % step != 0) return -1;
+    const int64_t o = shifted / step;
     return o < out ? o : -1;
   }
 
   // The outputs [first, last) whose tap k reads inside the input, clipped to [0, out): the loops of a row.
+  template <typename index_t = int64_t>
   SEGOPS_HOST_DEVICE int64_t first_output_inside(int64_t k) const {
     const int64_t need = pad - k * dilation;  // o * stride >= need
-    const int64_t o = need <= 0 ? 0 : (need + stride - 1) / stride;
+    const int64_t o = need <= 0 ? 0 : static_cast<index_t>(need + stride - 1) / static_cast<index_t>(stride);
     return o < out ? o : out;
   }
+  template <typename index_t = int64_t>
   SEGOPS_HOST_DEVICE int64_t last_output_inside(int64_t k) const {
     const int64_t room = in - 1 + pad - k * dilation;  // o * stride <= room
     if (room < 0) return 0;
-    const int64_t o = room / stride + 1;
+    const int64_t o = static_cast<index_t>(room) / static_cast<index_t>(stride) + 1;
     return o < out ? o : out;
   }
 };
@@ -59,16 +63,16 @@ SEGOPS_HOST_DEVICE scalar_t im2col_value(const scalar_t* input, const StridedIma
 
 // col2im's gather: the sum, in tap order (i, then j), of the column entries that read input (c, y, x), where the
 // columns (contiguous, rows * Wo wide) hold output rows [first_row, first_row + rows) only.
-template <typename acc_t, typename scalar_t>
+template <typename acc_t, typename index_t = int64_t, typename scalar_t>
 SEGOPS_HOST_DEVICE acc_t col2im_sum(const scalar_t* columns, const ConvAxis& ay, const ConvAxis& ax, int64_t c,
                                     int64_t y, int64_t x, int64_t first_row, int64_t rows) {
   acc_t sum = 0;
   const int64_t width = rows * ax.out;
   for (int64_t i = 0; i < ay.kernel; ++i) {
-    const int64_t oy = ay.output_reading(y, i);
+    const int64_t oy = ay.output_reading<index_t>(y, i);
     if (oy < first_row || oy >= first_row + rows) continue;
     for (int64_t j = 0; j < ax.kernel; ++j) {
-      const int64_t ox = ax.output_reading(x, j);
+      const int64_t ox = ax.output_reading<index_t>(x, j);
       if (ox < 0) continue;
       const int64_t row = (c * ay.kernel + i) * ax.kernel + j;
       sum += static_cast<acc_t>(columns[row * width + (oy - first_row) * ax.out + ox]);
@@ -108,16 +112,16 @@ SEGOPS_HOST_DEVICE acc_t depthwise_sum(const scalar_t* input, const StridedImage
 
 // Its input gradient at (n, c, y, x), a gather over the taps that read it, in tap order; grad is contiguous
 // [N, C, Ho, Wo].
-template <typename acc_t, typename scalar_t>
+template <typename acc_t, typename index_t = int64_t, typename scalar_t>
 SEGOPS_HOST_DEVICE acc_t depthwise_input_grad(const scalar_t* grad, const scalar_t* filter, const ConvAxis& ay,
                                               const ConvAxis& ax, int64_t plane, int64_t y, int64_t x) {
   acc_t sum = 0;
   const scalar_t* grad_plane = grad + plane * ay.out * ax.out;
   for (int64_t i = 0; i < ay.kernel; ++i) {
-    const int64_t oy = ay.output_reading(y, i);
+    const int64_t oy = ay.output_reading<index_t>(y, i);
     if (oy < 0) continue;
     for (int64_t j = 0; j < ax.kernel; ++j) {
-      const int64_t ox = ax.output_reading(x, j);
+      const int64_t ox = ax.output_reading<index_t>(x, j);
       if (ox < 0) continue;
       sum += static_cast<acc_t>(filter[i * ax.kernel + j]) * static_cast<acc_t>(grad_plane[oy * ax.out + ox]);
     }
@@ -128,7 +132,7 @@ SEGOPS_HOST_DEVICE acc_t depthwise_input_grad(const scalar_t* grad, const scalar
 // The depthwise weight gradient's share of output column ox of plane (n, c) for tap (i, j): sum over the column's
 // outputs of grad * the input that tap read, in oy order; grad is contiguous [N, C, Ho, Wo]. A column rather than a
 // row, so that the threads of a warp (consecutive ox) read consecutive addresses at each step.
-template <typename acc_t, typename scalar_t>
+template <typename acc_t, typename index_t = int64_t, typename scalar_t>
 SEGOPS_HOST_DEVICE acc_t depthwise_weight_grad_column(const scalar_t* grad, const scalar_t* input,
                                                       const StridedImage& image, const ConvAxis& ay, const ConvAxis& ax,
                                                       int64_t n, int64_t c, int64_t channels, int64_t ox, int64_t i,
@@ -137,7 +141,8 @@ SEGOPS_HOST_DEVICE acc_t depthwise_weight_grad_column(const scalar_t* grad, cons
   if (x < 0 || x >= ax.in) return acc_t(0);
   const scalar_t* grad_column = grad + (n * channels + c) * ay.out * ax.out + ox;
   acc_t sum = 0;
-  for (int64_t oy = ay.first_output_inside(i); oy < ay.last_output_inside(i); ++oy) {
+  const int64_t last = ay.last_output_inside<index_t>(i);
+  for (int64_t oy = ay.first_output_inside<index_t>(i); oy < last; ++oy) {
     sum += static_cast<acc_t>(grad_column[oy * ax.out]) *
            static_cast<acc_t>(input[image.offset(n, c, ay.input_at(oy, i), x)]);
   }

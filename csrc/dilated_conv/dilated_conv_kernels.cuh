@@ -28,84 +28,89 @@
 
 namespace segops {
 
-template <typename scalar_t>
+template <typename scalar_t, typename index_t>
 __global__ void SEGOPS_LAUNCH_BOUNDS(kThreadsPerBlock)
     dilated_conv_im2col_kernel(int64_t total, const scalar_t* __restrict__ input, StridedImage image, ConvAxis ay,
                                ConvAxis ax, int64_t n, int64_t first_row, int64_t rows,
                                scalar_t* __restrict__ columns) {
-  const int64_t width = rows * ax.out;
-  SEGOPS_KERNEL_LOOP(index, total) {
-    const int64_t row = index / width, column = index % width;
-    const int64_t taps = ay.kernel * ax.kernel;
-    columns[index] = im2col_value(input, image, ay, ax, n, row / taps, (row / ax.kernel) % ay.kernel, row % ax.kernel,
-                                  first_row + column / ax.out, column % ax.out);
+  const index_t width = static_cast<index_t>(rows * ax.out), out_w = static_cast<index_t>(ax.out);
+  const index_t kernel_h = static_cast<index_t>(ay.kernel), kernel_w = static_cast<index_t>(ax.kernel);
+  SEGOPS_KERNEL_LOOP_T(index_t, index, total) {
+    const index_t row = index / width, column = index % width;
+    columns[index] = im2col_value(input, image, ay, ax, n, row / (kernel_h * kernel_w), (row / kernel_w) % kernel_h,
+                                  row % kernel_w, first_row + column / out_w, column % out_w);
   }
 }
 
 // grad_image: image n's [C, H, W] gradient (acc_t, contiguous); threads cover input rows [first_y, first_y + total /
 // (C * W)).
-template <typename scalar_t>
+template <typename scalar_t, typename index_t>
 __global__ void SEGOPS_LAUNCH_BOUNDS(kThreadsPerBlock)
     dilated_conv_col2im_kernel(int64_t total, const scalar_t* __restrict__ columns, ConvAxis ay, ConvAxis ax,
                                int64_t first_row, int64_t rows, int64_t first_y, int64_t read_rows,
                                at::opmath_type<scalar_t>* __restrict__ grad_image) {
   using acc_t = at::opmath_type<scalar_t>;
-  SEGOPS_KERNEL_LOOP(index, total) {
-    const int64_t x = index % ax.in;
-    const int64_t y = first_y + (index / ax.in) % read_rows;
-    const int64_t c = index / (ax.in * read_rows);
-    grad_image[(c * ay.in + y) * ax.in + x] += col2im_sum<acc_t>(columns, ay, ax, c, y, x, first_row, rows);
+  const index_t width = static_cast<index_t>(ax.in), row_count = static_cast<index_t>(read_rows);
+  SEGOPS_KERNEL_LOOP_T(index_t, index, total) {
+    const index_t x = index % width;
+    const int64_t y = first_y + (index / width) % row_count;
+    const index_t c = index / (width * row_count);
+    grad_image[(c * ay.in + y) * ax.in + x] += col2im_sum<acc_t, index_t>(columns, ay, ax, c, y, x, first_row, rows);
   }
 }
 
-template <typename scalar_t>
+template <typename scalar_t, typename index_t>
 __global__ void SEGOPS_LAUNCH_BOUNDS(kThreadsPerBlock)
     dilated_conv_depthwise_kernel(int64_t total, const scalar_t* __restrict__ input, StridedImage image,
                                   const scalar_t* __restrict__ weight, const scalar_t* __restrict__ bias, ConvAxis ay,
                                   ConvAxis ax, int64_t channels, scalar_t* __restrict__ output) {
   using acc_t = at::opmath_type<scalar_t>;
-  SEGOPS_KERNEL_LOOP(index, total) {
-    const int64_t ox = index % ax.out;
-    const int64_t oy = (index / ax.out) % ay.out;
-    const int64_t plane = index / (ax.out * ay.out);
-    const int64_t c = plane % channels;
-    const acc_t sum =
-        depthwise_sum<acc_t>(input, image, weight + c * ay.kernel * ax.kernel, ay, ax, plane / channels, c, oy, ox);
+  const index_t out_w = static_cast<index_t>(ax.out), out_h = static_cast<index_t>(ay.out);
+  SEGOPS_KERNEL_LOOP_T(index_t, index, total) {
+    const index_t ox = index % out_w;
+    const index_t oy = (index / out_w) % out_h;
+    const index_t plane = index / (out_w * out_h);
+    const index_t c = plane % static_cast<index_t>(channels);
+    const acc_t sum = depthwise_sum<acc_t>(input, image, weight + c * ay.kernel * ax.kernel, ay, ax,
+                                           plane / static_cast<index_t>(channels), c, oy, ox);
     output[index] = static_cast<scalar_t>(sum + (bias != nullptr ? static_cast<acc_t>(bias[c]) : acc_t(0)));
   }
 }
 
-template <typename scalar_t>
+template <typename scalar_t, typename index_t>
 __global__ void SEGOPS_LAUNCH_BOUNDS(kThreadsPerBlock)
     dilated_conv_depthwise_input_grad_kernel(int64_t total, const scalar_t* __restrict__ grad,
                                              const scalar_t* __restrict__ weight, ConvAxis ay, ConvAxis ax,
                                              int64_t channels, scalar_t* __restrict__ grad_input) {
   using acc_t = at::opmath_type<scalar_t>;
-  SEGOPS_KERNEL_LOOP(index, total) {
-    const int64_t x = index % ax.in;
-    const int64_t y = (index / ax.in) % ay.in;
-    const int64_t plane = index / (ax.in * ay.in);
-    const scalar_t* filter = weight + (plane % channels) * ay.kernel * ax.kernel;
-    grad_input[index] = static_cast<scalar_t>(depthwise_input_grad<acc_t>(grad, filter, ay, ax, plane, y, x));
+  const index_t width = static_cast<index_t>(ax.in), height = static_cast<index_t>(ay.in);
+  SEGOPS_KERNEL_LOOP_T(index_t, index, total) {
+    const index_t x = index % width;
+    const index_t y = (index / width) % height;
+    const index_t plane = index / (width * height);
+    const scalar_t* filter = weight + (plane % static_cast<index_t>(channels)) * ay.kernel * ax.kernel;
+    grad_input[index] = static_cast<scalar_t>(depthwise_input_grad<acc_t, index_t>(grad, filter, ay, ax, plane, y, x));
   }
 }
 
 // partials[(c * taps + tap) * (N * Wo) + n * Wo + ox]: the weight gradient's share of one output column; a warp's
 // threads take consecutive columns, so each of its loads reads consecutive addresses.
-template <typename scalar_t>
+template <typename scalar_t, typename index_t>
 __global__ void SEGOPS_LAUNCH_BOUNDS(kThreadsPerBlock)
     dilated_conv_depthwise_weight_partial_kernel(int64_t total, const scalar_t* __restrict__ grad,
                                                  const scalar_t* __restrict__ input, StridedImage image, ConvAxis ay,
                                                  ConvAxis ax, int64_t batch, int64_t channels,
                                                  at::opmath_type<scalar_t>* __restrict__ partials) {
   using acc_t = at::opmath_type<scalar_t>;
-  SEGOPS_KERNEL_LOOP(index, total) {
-    const int64_t ox = index % ax.out;
-    const int64_t n = (index / ax.out) % batch;
-    const int64_t tap = (index / (ax.out * batch)) % (ay.kernel * ax.kernel);
-    const int64_t c = index / (ax.out * batch * ay.kernel * ax.kernel);
-    partials[index] = depthwise_weight_grad_column<acc_t>(grad, input, image, ay, ax, n, c, channels, ox,
-                                                          tap / ax.kernel, tap % ax.kernel);
+  const index_t out_w = static_cast<index_t>(ax.out), images = static_cast<index_t>(batch);
+  const index_t kernel_w = static_cast<index_t>(ax.kernel), taps = static_cast<index_t>(ay.kernel * ax.kernel);
+  SEGOPS_KERNEL_LOOP_T(index_t, index, total) {
+    const index_t ox = index % out_w;
+    const index_t n = (index / out_w) % images;
+    const index_t tap = (index / (out_w * images)) % taps;
+    const index_t c = index / (out_w * images * taps);
+    partials[index] = depthwise_weight_grad_column<acc_t, index_t>(grad, input, image, ay, ax, n, c, channels, ox,
+                                                                   tap / kernel_w, tap % kernel_w);
   }
 }
 
@@ -166,8 +171,11 @@ struct LaunchConvOps {
   void im2col(const at::Tensor& input, const CheckedConv& c, const at::Tensor& columns, int64_t n, int64_t first_row,
               int64_t rows) const {
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "dilated_conv_im2col", [&] {
-      launch(columns.numel(), dilated_conv_im2col_kernel<scalar_t>, columns.numel(), input.const_data_ptr<scalar_t>(),
-             strided_image(input), c.ay, c.ax, n, first_row, rows, columns.mutable_data_ptr<scalar_t>());
+      with_index_type({input, columns}, [&](auto index) {
+        launch(columns.numel(), dilated_conv_im2col_kernel<scalar_t, decltype(index)>, columns.numel(),
+               input.const_data_ptr<scalar_t>(), strided_image(input), c.ay, c.ax, n, first_row, rows,
+               columns.mutable_data_ptr<scalar_t>());
+      });
     });
   }
 
@@ -177,9 +185,11 @@ struct LaunchConvOps {
     const int64_t total = c.channels * std::max<int64_t>(0, read.last - read.first) * c.ax.in;
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, columns.scalar_type(), "dilated_conv_col2im", [&] {
       using acc_t = at::opmath_type<scalar_t>;
-      launch(total, dilated_conv_col2im_kernel<scalar_t>, total, columns.const_data_ptr<scalar_t>(), c.ay, c.ax,
-             first_row, rows, read.first, read.last - read.first,
-             grad_input.mutable_data_ptr<acc_t>() + n * c.channels * c.ay.in * c.ax.in);
+      with_index_type({columns, grad_input}, [&](auto index) {
+        launch(total, dilated_conv_col2im_kernel<scalar_t, decltype(index)>, total, columns.const_data_ptr<scalar_t>(),
+               c.ay, c.ax, first_row, rows, read.first, read.last - read.first,
+               grad_input.mutable_data_ptr<acc_t>() + n * c.channels * c.ay.in * c.ax.in);
+      });
     });
   }
 
@@ -191,10 +201,12 @@ struct LaunchConvOps {
                                const CheckedConv& c) const {
     at::Tensor output = at::empty(c.output_shape(), input.options());
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "dilated_conv_depthwise", [&] {
-      launch(output.numel(), dilated_conv_depthwise_kernel<scalar_t>, output.numel(), input.const_data_ptr<scalar_t>(),
-             strided_image(input), weight.const_data_ptr<scalar_t>(),
-             bias.has_value() ? bias->const_data_ptr<scalar_t>() : nullptr, c.ay, c.ax, c.channels,
-             output.mutable_data_ptr<scalar_t>());
+      with_index_type({input, output}, [&](auto index) {
+        launch(output.numel(), dilated_conv_depthwise_kernel<scalar_t, decltype(index)>, output.numel(),
+               input.const_data_ptr<scalar_t>(), strided_image(input), weight.const_data_ptr<scalar_t>(),
+               bias.has_value() ? bias->const_data_ptr<scalar_t>() : nullptr, c.ay, c.ax, c.channels,
+               output.mutable_data_ptr<scalar_t>());
+      });
     });
     return output;
   }
@@ -207,17 +219,21 @@ struct LaunchConvOps {
       using acc_t = at::opmath_type<scalar_t>;
       if (output_mask[0]) {
         grad_input = at::empty(input.sizes(), input.options().memory_format(at::MemoryFormat::Contiguous));
-        launch(grad_input.numel(), dilated_conv_depthwise_input_grad_kernel<scalar_t>, grad_input.numel(),
-               grad.const_data_ptr<scalar_t>(), weight.const_data_ptr<scalar_t>(), c.ay, c.ax, c.channels,
-               grad_input.mutable_data_ptr<scalar_t>());
+        with_index_type({grad, grad_input}, [&](auto index) {
+          launch(grad_input.numel(), dilated_conv_depthwise_input_grad_kernel<scalar_t, decltype(index)>,
+                 grad_input.numel(), grad.const_data_ptr<scalar_t>(), weight.const_data_ptr<scalar_t>(), c.ay, c.ax,
+                 c.channels, grad_input.mutable_data_ptr<scalar_t>());
+        });
       }
       if (output_mask[1]) {
         const int64_t columns = c.batch * c.ax.out;
         at::Tensor partials =
             at::empty({c.channels * c.taps() * columns}, input.options().dtype(at::toOpMathType(input.scalar_type())));
-        launch(partials.numel(), dilated_conv_depthwise_weight_partial_kernel<scalar_t>, partials.numel(),
-               grad.const_data_ptr<scalar_t>(), input.const_data_ptr<scalar_t>(), strided_image(input), c.ay, c.ax,
-               c.batch, c.channels, partials.mutable_data_ptr<acc_t>());
+        with_index_type({grad, input, partials}, [&](auto index) {
+          launch(partials.numel(), dilated_conv_depthwise_weight_partial_kernel<scalar_t, decltype(index)>,
+                 partials.numel(), grad.const_data_ptr<scalar_t>(), input.const_data_ptr<scalar_t>(),
+                 strided_image(input), c.ay, c.ax, c.batch, c.channels, partials.mutable_data_ptr<acc_t>());
+        });
         grad_weight = at::empty(weight.sizes(), weight.options());
         launch(grad_weight.numel(), dilated_conv_ordered_sum_kernel<scalar_t>, grad_weight.numel(),
                partials.const_data_ptr<acc_t>(), columns, grad_weight.mutable_data_ptr<scalar_t>());

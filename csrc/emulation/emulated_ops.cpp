@@ -147,9 +147,15 @@ at::Tensor dense_crf_softmax(const at::Tensor& unary, at::TensorList messages, c
   return dense_crf_softmax_launch(launch_of(grid, block), unary, messages, weights);
 }
 
+// Runs the kernels templated on their index type with 64-bit indices (true) or as a GPU would choose (false).
+void force_64bit_indices(bool force) {
+  force_64bit_index_math() = force;
+}
+
 }  // namespace
 
 TORCH_LIBRARY(segops_emulation, m) {
+  m.def("force_64bit_indices(bool force) -> ()", &force_64bit_indices);
   m.def(
       "roi_align(Tensor input, Tensor rois, float spatial_scale, int pooled_height, int pooled_width, "
       "int sampling_ratio, bool aligned, int[] grid, int[] block) -> Tensor",

@@ -35,32 +35,35 @@ struct WarpGeometry {
 };
 
 // The sample of output pixel p of image n, from flow [N, 2, Ho, Wo] (contiguous).
-template <typename T>
-__device__ WarpSample<T> warp_sample_of_pixel(const T* flow, const WarpGeometry& g, int64_t n, int64_t p) {
+template <typename T, typename index_t>
+__device__ WarpSample<T> warp_sample_of_pixel(const T* flow, const WarpGeometry& g, int64_t n, index_t p) {
   const T* flow_n = flow + n * 2 * g.pixels();
-  return warp_sample(p / g.out_w, p % g.out_w, flow_n[p], flow_n[g.pixels() + p], g.height, g.width);
+  const index_t out_w = static_cast<index_t>(g.out_w);
+  return warp_sample(p / out_w, p % out_w, flow_n[p], flow_n[g.pixels() + p], g.height, g.width);
 }
 
-template <typename scalar_t>
+template <typename scalar_t, typename index_t>
 __global__ void SEGOPS_LAUNCH_BOUNDS(kThreadsPerBlock)
     flow_warp_forward_kernel(int64_t total, const scalar_t* __restrict__ feature,
                              const at::opmath_type<scalar_t>* __restrict__ flow, const scalar_t* __restrict__ scale,
                              scalar_t* __restrict__ output, WarpGeometry g) {
   using acc_t = at::opmath_type<scalar_t>;
-  SEGOPS_KERNEL_LOOP(index, total) {
-    const int64_t p = index % g.pixels();
-    const int64_t c = (index / g.pixels()) % g.channels;
-    const int64_t n = index / (g.pixels() * g.channels);
-    const acc_t* flow_n = flow + n * 2 * g.pixels();
-    const WarpValuePoint<acc_t> point = warp_value_point(p / g.out_w, p % g.out_w, flow_n[p], flow_n[g.pixels() + p],
-                                                         g.height, g.width, g.stride_h, g.stride_w);
+  const index_t pixels = static_cast<index_t>(g.pixels()), channels = static_cast<index_t>(g.channels);
+  const index_t out_w = static_cast<index_t>(g.out_w);
+  SEGOPS_KERNEL_LOOP_T(index_t, index, total) {
+    const index_t p = index % pixels;
+    const index_t c = (index / pixels) % channels;
+    const index_t n = index / (pixels * channels);
+    const acc_t* flow_n = flow + int64_t(n) * 2 * pixels;
+    const WarpValuePoint<acc_t> point = warp_value_point(p / out_w, p % out_w, flow_n[p], flow_n[pixels + p], g.height,
+                                                         g.width, g.stride_h, g.stride_w);
     acc_t value = warp_value(feature + n * g.stride_n + c * g.stride_c, point);
     if (scale != nullptr) value *= static_cast<acc_t>(scale[g.scale_offset(n, c, p)]);
     output[index] = static_cast<scalar_t>(value);
   }
 }
 
-template <typename scalar_t>
+template <typename scalar_t, typename index_t>
 __global__ void SEGOPS_LAUNCH_BOUNDS(kThreadsPerBlock)
     flow_warp_backward_flow_kernel(int64_t total, const scalar_t* __restrict__ grad,
                                    const scalar_t* __restrict__ feature,
@@ -69,9 +72,10 @@ __global__ void SEGOPS_LAUNCH_BOUNDS(kThreadsPerBlock)
                                    at::opmath_type<scalar_t>* __restrict__ grad_flow,
                                    at::opmath_type<scalar_t>* __restrict__ grad_scale, WarpGeometry g) {
   using acc_t = at::opmath_type<scalar_t>;
-  SEGOPS_KERNEL_LOOP(index, total) {
-    const int64_t p = index % g.pixels();
-    const int64_t n = index / g.pixels();
+  const index_t pixels = static_cast<index_t>(g.pixels());
+  SEGOPS_KERNEL_LOOP_T(index_t, index, total) {
+    const index_t p = index % pixels;
+    const index_t n = index / pixels;
     const WarpPoint<acc_t> point = warp_point(warp_sample_of_pixel(flow, g, n, p), g.stride_h, g.stride_w, g.width);
     acc_t grad_dx = 0, grad_dy = 0, grad_shared_scale = 0;
     for (int64_t c = 0; c < g.channels; ++c) {
@@ -105,7 +109,7 @@ __device__ at::opmath_type<scalar_t> scaled_grad(const scalar_t* grad, const sca
   return scale != nullptr ? value * static_cast<acc_t>(scale[g.scale_offset(n, c, p)]) : value;
 }
 
-template <typename scalar_t>
+template <typename scalar_t, typename index_t>
 __global__ void SEGOPS_LAUNCH_BOUNDS(kThreadsPerBlock)
     flow_warp_backward_feature_atomic_kernel(int64_t total, const scalar_t* __restrict__ grad,
                                              const at::opmath_type<scalar_t>* __restrict__ flow,
@@ -114,10 +118,11 @@ __global__ void SEGOPS_LAUNCH_BOUNDS(kThreadsPerBlock)
                                              int64_t grad_feature_numel, WarpGeometry g) {
   using acc_t = at::opmath_type<scalar_t>;
   AtomicAdd<acc_t> add{grad_feature, grad_feature_numel};
-  SEGOPS_KERNEL_LOOP(index, total) {
-    const int64_t p = index % g.pixels();
-    const int64_t c = (index / g.pixels()) % g.channels;
-    const int64_t n = index / (g.pixels() * g.channels);
+  const index_t pixels = static_cast<index_t>(g.pixels()), channels = static_cast<index_t>(g.channels);
+  SEGOPS_KERNEL_LOOP_T(index_t, index, total) {
+    const index_t p = index % pixels;
+    const index_t c = (index / pixels) % channels;
+    const index_t n = index / (pixels * channels);
     const WarpPoint<acc_t> point = warp_point(warp_sample_of_pixel(flow, g, n, p), g.stride_h, g.stride_w, g.width);
     if (!point.touches_feature) continue;
     const int64_t plane_offset = (n * g.channels + c) * g.height * g.width;
@@ -127,14 +132,15 @@ __global__ void SEGOPS_LAUNCH_BOUNDS(kThreadsPerBlock)
 
 // The deterministic path's sort key of output pixel p of image n: its cell, numbered over the (H + 1) x (W + 1)
 // cells of each image (cells start at -1); pixels whose sample touches nothing get the key past the last cell.
-template <typename T>
+template <typename T, typename index_t>
 __global__ void SEGOPS_LAUNCH_BOUNDS(kThreadsPerBlock)
     flow_warp_cell_key_kernel(int64_t total, const T* __restrict__ flow, int64_t* __restrict__ keys, WarpGeometry g,
                               int64_t batch) {
   const int64_t cells = (g.height + 1) * (g.width + 1);
-  SEGOPS_KERNEL_LOOP(index, total) {
-    const int64_t p = index % g.pixels();
-    const int64_t n = index / g.pixels();
+  const index_t pixels = static_cast<index_t>(g.pixels());
+  SEGOPS_KERNEL_LOOP_T(index_t, index, total) {
+    const index_t p = index % pixels;
+    const index_t n = index / pixels;
     const WarpSample<T> s = warp_sample_of_pixel(flow, g, n, p);
     keys[index] = s.cell_y == -2 ? batch * cells : n * cells + (s.cell_y + 1) * (g.width + 1) + (s.cell_x + 1);
   }
@@ -143,7 +149,7 @@ __global__ void SEGOPS_LAUNCH_BOUNDS(kThreadsPerBlock)
 // Feature element (n, c, qy, qx) gathers from the pixels of the four cells whose samples can touch it, cells and
 // pixels in a fixed order. `order` lists output pixels (n * Ho * Wo + p) sorted stably by cell; the pixels of cell
 // key k are order[cell_begin[k] .. cell_begin[k + 1]).
-template <typename scalar_t>
+template <typename scalar_t, typename index_t>
 __global__ void SEGOPS_LAUNCH_BOUNDS(kThreadsPerBlock)
     flow_warp_backward_feature_gather_kernel(int64_t total, const scalar_t* __restrict__ grad,
                                              const at::opmath_type<scalar_t>* __restrict__ flow,
@@ -152,18 +158,20 @@ __global__ void SEGOPS_LAUNCH_BOUNDS(kThreadsPerBlock)
                                              at::opmath_type<scalar_t>* __restrict__ grad_feature, WarpGeometry g) {
   using acc_t = at::opmath_type<scalar_t>;
   const int64_t cells = (g.height + 1) * (g.width + 1);
-  SEGOPS_KERNEL_LOOP(index, total) {
-    const int64_t qx = index % g.width;
-    const int64_t qy = (index / g.width) % g.height;
-    const int64_t c = (index / (g.width * g.height)) % g.channels;
-    const int64_t n = index / (g.width * g.height * g.channels);
+  const index_t width = static_cast<index_t>(g.width), height = static_cast<index_t>(g.height);
+  const index_t channels = static_cast<index_t>(g.channels), pixels = static_cast<index_t>(g.pixels());
+  SEGOPS_KERNEL_LOOP_T(index_t, index, total) {
+    const index_t qx = index % width;
+    const index_t qy = (index / width) % height;
+    const index_t c = (index / (width * height)) % channels;
+    const index_t n = index / (width * height * channels);
     acc_t sum = 0;
     // The element is the high neighbour of cell (qy - 1, .) and the low one of cell (qy, .); likewise along x.
     for (int64_t high_y = 1; high_y >= 0; --high_y) {
       for (int64_t high_x = 1; high_x >= 0; --high_x) {
         const int64_t key = n * cells + (qy - high_y + 1) * (g.width + 1) + (qx - high_x + 1);
         for (int64_t i = cell_begin[key]; i < cell_begin[key + 1]; ++i) {
-          const int64_t p = order[i] - n * g.pixels();
+          const index_t p = static_cast<index_t>(order[i] - int64_t(n) * pixels);
           const WarpSample<acc_t> s = warp_sample_of_pixel(flow, g, n, p);
           const acc_t weight = (high_y ? s.y.w_high : s.y.w_low) * (high_x ? s.x.w_high : s.x.w_low);
           sum += weight * scaled_grad(grad, scale, g, n, c, p);
@@ -189,10 +197,12 @@ at::Tensor flow_warp_forward_launch(const Launch& launch, const at::Tensor& feat
   at::Tensor output = at::empty(checked.output_shape, feature.options());
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, feature.scalar_type(), "flow_warp_forward_kernel", [&] {
     using acc_t = at::opmath_type<scalar_t>;
-    launch(output.numel(), flow_warp_forward_kernel<scalar_t>, output.numel(), feature.const_data_ptr<scalar_t>(),
-           checked.flow.const_data_ptr<acc_t>(),
-           checked.scale.defined() ? checked.scale.const_data_ptr<scalar_t>() : nullptr,
-           output.mutable_data_ptr<scalar_t>(), warp_geometry(feature, checked));
+    with_index_type({feature, checked.flow, checked.scale, output}, [&](auto index) {
+      launch(output.numel(), flow_warp_forward_kernel<scalar_t, decltype(index)>, output.numel(),
+             feature.const_data_ptr<scalar_t>(), checked.flow.const_data_ptr<acc_t>(),
+             checked.scale.defined() ? checked.scale.const_data_ptr<scalar_t>() : nullptr,
+             output.mutable_data_ptr<scalar_t>(), warp_geometry(feature, checked));
+    });
   });
   return output;
 }
@@ -223,24 +233,27 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> flow_warp_backward_launch(const L
       const scalar_t* scale_data = checked.scale.defined() ? checked.scale.const_data_ptr<scalar_t>() : nullptr;
       const int64_t batch = feature.size(0);
       const int64_t pixel_count = batch * g.out_h * g.out_w;
-      launch(pixel_count, flow_warp_backward_flow_kernel<scalar_t>, pixel_count, grad_data,
-             feature.const_data_ptr<scalar_t>(), flow_data, scale_data, grad_flow.mutable_data_ptr<acc_t>(),
-             scale_data != nullptr ? grad_scale.mutable_data_ptr<acc_t>() : nullptr, g);
-      if (!deterministic) {
-        launch(grad_c.numel(), flow_warp_backward_feature_atomic_kernel<scalar_t>, grad_c.numel(), grad_data, flow_data,
-               scale_data, grad_feature.mutable_data_ptr<acc_t>(), grad_feature.numel(), g);
-        return;
-      }
-      const int64_t cells = (g.height + 1) * (g.width + 1);
-      at::Tensor keys = at::empty({pixel_count}, checked.flow.options().dtype(at::kLong));
-      launch(pixel_count, flow_warp_cell_key_kernel<acc_t>, pixel_count, flow_data, keys.mutable_data_ptr<int64_t>(), g,
-             batch);
-      // A stable sort keeps each cell's pixels in increasing order: the gather's fixed order.
-      const auto [sorted_keys, order] = keys.sort(/*stable=*/true, /*dim=*/0, /*descending=*/false);
-      const at::Tensor cell_begin = at::searchsorted(sorted_keys, at::arange(batch * cells + 1, keys.options()));
-      launch(grad_feature.numel(), flow_warp_backward_feature_gather_kernel<scalar_t>, grad_feature.numel(), grad_data,
-             flow_data, scale_data, order.const_data_ptr<int64_t>(), cell_begin.const_data_ptr<int64_t>(),
-             grad_feature.mutable_data_ptr<acc_t>(), g);
+      with_index_type({grad_c, feature, checked.flow, checked.scale, grad_feature}, [&](auto index) {
+        using index_t = decltype(index);
+        launch(pixel_count, flow_warp_backward_flow_kernel<scalar_t, index_t>, pixel_count, grad_data,
+               feature.const_data_ptr<scalar_t>(), flow_data, scale_data, grad_flow.mutable_data_ptr<acc_t>(),
+               scale_data != nullptr ? grad_scale.mutable_data_ptr<acc_t>() : nullptr, g);
+        if (!deterministic) {
+          launch(grad_c.numel(), flow_warp_backward_feature_atomic_kernel<scalar_t, index_t>, grad_c.numel(), grad_data,
+                 flow_data, scale_data, grad_feature.mutable_data_ptr<acc_t>(), grad_feature.numel(), g);
+          return;
+        }
+        const int64_t cells = (g.height + 1) * (g.width + 1);
+        at::Tensor keys = at::empty({pixel_count}, checked.flow.options().dtype(at::kLong));
+        launch(pixel_count, flow_warp_cell_key_kernel<acc_t, index_t>, pixel_count, flow_data,
+               keys.mutable_data_ptr<int64_t>(), g, batch);
+        // A stable sort keeps each cell's pixels in increasing order: the gather's fixed order.
+        const auto [sorted_keys, order] = keys.sort(/*stable=*/true, /*dim=*/0, /*descending=*/false);
+        const at::Tensor cell_begin = at::searchsorted(sorted_keys, at::arange(batch * cells + 1, keys.options()));
+        launch(grad_feature.numel(), flow_warp_backward_feature_gather_kernel<scalar_t, index_t>, grad_feature.numel(),
+               grad_data, flow_data, scale_data, order.const_data_ptr<int64_t>(), cell_begin.const_data_ptr<int64_t>(),
+               grad_feature.mutable_data_ptr<acc_t>(), g);
+      });
     });
   }
   return {grad_feature.to(feature.scalar_type()), grad_flow.to(flow.scalar_type()),

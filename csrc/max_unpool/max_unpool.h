@@ -21,18 +21,22 @@ struct UnpoolLayout {
   }
 };
 
-// Element (n, c, p) at a flat memory offset of a tensor in `layout` with planes of `plane` elements.
+// Element (n, c, p) at a flat memory offset of a tensor in `layout` with planes of `plane` elements, in index_t
+// arithmetic (int32_t where the GPU kernels' tensors allow it: see with_index_type).
+template <typename index_t>
 struct UnpoolElement {
-  int64_t n, c, p;
+  index_t n, c, p;
 };
 
-SEGOPS_HOST_DEVICE UnpoolElement unpool_element(const UnpoolLayout& layout, int64_t offset, int64_t plane) {
+template <typename index_t>
+SEGOPS_HOST_DEVICE UnpoolElement<index_t> unpool_element(const UnpoolLayout& layout, index_t offset, index_t plane) {
+  const index_t channels = static_cast<index_t>(layout.channels);
   if (layout.channels_last) {
-    const int64_t pixel = offset / layout.channels;
-    return {pixel / plane, offset % layout.channels, pixel % plane};
+    const index_t pixel = offset / channels;
+    return {pixel / plane, offset % channels, pixel % plane};
   }
-  const int64_t plane_index = offset / plane;
-  return {plane_index / layout.channels, plane_index % layout.channels, offset % plane};
+  const index_t plane_index = offset / plane;
+  return {plane_index / channels, plane_index % channels, offset % plane};
 }
 
 // An index names an output of its plane (NaN-free by type; negative and too-large values fail).

@@ -59,7 +59,7 @@ CheckedUnpool checked_max_unpool2d_backward(const at::Tensor& grad, const at::Te
 }
 
 void fail_unpool_index(const char* op, const at::Tensor& indices, const CheckedUnpool& checked, int64_t offset) {
-  const UnpoolElement e = unpool_element(checked.layout, offset, checked.in_plane());
+  const UnpoolElement<int64_t> e = unpool_element(checked.layout, offset, checked.in_plane());
   TORCH_CHECK(false, op, ": indices[", e.n, ", ", e.c, ", ", e.p / checked.width, ", ", e.p % checked.width,
               "] = ", indices.const_data_ptr<int64_t>()[offset], " is outside [0, Ho * Wo) = [0, ", checked.out_plane(),
               ") of its output plane");

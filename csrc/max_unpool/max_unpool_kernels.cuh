@@ -23,42 +23,44 @@ struct UnpoolGeometry {
   int64_t width, in_plane, out_plane;
 };
 
+template <typename index_t>
 __global__ void SEGOPS_LAUNCH_BOUNDS(kThreadsPerBlock)
     max_unpool_winner_kernel(int64_t total, const int64_t* __restrict__ indices, int32_t* __restrict__ winners,
                              UnpoolGeometry g, bool backward) {
-  SEGOPS_KERNEL_LOOP(offset, total) {
-    const UnpoolElement e = unpool_element(g.layout, offset, g.in_plane);
+  SEGOPS_KERNEL_LOOP_T(index_t, offset, total) {
+    const UnpoolElement<index_t> e = unpool_element(g.layout, offset, static_cast<index_t>(g.in_plane));
     const int64_t index = indices[offset];
     const bool in_range = unpool_index_in_range(index, g.out_plane);
     SEGOPS_KERNEL_ASSERT_DETAILED(
         in_range, "max_unpool2d: an index is outside [0, Ho * Wo) of its output plane",
         "%s: indices[%lld, %lld, %lld, %lld] = %lld is outside [0, Ho * Wo) = [0, %lld) of its output plane",
         backward ? "_max_unpool2d_backward" : "max_unpool2d", static_cast<long long>(e.n), static_cast<long long>(e.c),
-        static_cast<long long>(e.p / g.width), static_cast<long long>(e.p % g.width), static_cast<long long>(index),
+        static_cast<long long>(e.p / static_cast<index_t>(g.width)),
+        static_cast<long long>(e.p % static_cast<index_t>(g.width)), static_cast<long long>(index),
         static_cast<long long>(g.out_plane));
     if (!in_range) continue;
     SEGOPS_ATOMIC_MAX(winners + g.layout.offset(e.n, e.c, index, g.out_plane), static_cast<int32_t>(e.p));
   }
 }
 
-template <typename scalar_t>
+template <typename scalar_t, typename index_t>
 __global__ void SEGOPS_LAUNCH_BOUNDS(kThreadsPerBlock)
     max_unpool_forward_kernel(int64_t total, const scalar_t* __restrict__ input, const int32_t* __restrict__ winners,
                               scalar_t* __restrict__ output, UnpoolGeometry g) {
-  SEGOPS_KERNEL_LOOP(offset, total) {
-    const UnpoolElement e = unpool_element(g.layout, offset, g.out_plane);
+  SEGOPS_KERNEL_LOOP_T(index_t, offset, total) {
+    const UnpoolElement<index_t> e = unpool_element(g.layout, offset, static_cast<index_t>(g.out_plane));
     const int32_t winner = winners[offset];
     output[offset] = winner >= 0 ? input[g.layout.offset(e.n, e.c, winner, g.in_plane)] : scalar_t(0);
   }
 }
 
-template <typename scalar_t>
+template <typename scalar_t, typename index_t>
 __global__ void SEGOPS_LAUNCH_BOUNDS(kThreadsPerBlock)
     max_unpool_backward_kernel(int64_t total, const scalar_t* __restrict__ grad, const int64_t* __restrict__ indices,
                                const int32_t* __restrict__ winners, scalar_t* __restrict__ grad_input,
                                UnpoolGeometry g) {
-  SEGOPS_KERNEL_LOOP(offset, total) {
-    const UnpoolElement e = unpool_element(g.layout, offset, g.in_plane);
+  SEGOPS_KERNEL_LOOP_T(index_t, offset, total) {
+    const UnpoolElement<index_t> e = unpool_element(g.layout, offset, static_cast<index_t>(g.in_plane));
     const int64_t index = indices[offset];
     const int64_t out_offset = unpool_index_in_range(index, g.out_plane)
                                    ? g.layout.offset(e.n, e.c, index, g.out_plane)
@@ -73,8 +75,10 @@ at::Tensor unpool_winners(const Launch& launch, const at::Tensor& indices_c, con
                           const UnpoolGeometry& g, bool backward) {
   const std::vector<int64_t> output_shape{indices_c.size(0), indices_c.size(1), checked.out_h, checked.out_w};
   at::Tensor winners = at::full(output_shape, -1, indices_c.options().dtype(at::kInt).memory_format(checked.format));
-  launch(indices_c.numel(), max_unpool_winner_kernel, indices_c.numel(), indices_c.const_data_ptr<int64_t>(),
-         winners.mutable_data_ptr<int32_t>(), g, backward);
+  with_index_type({indices_c, winners}, [&](auto index) {
+    launch(indices_c.numel(), max_unpool_winner_kernel<decltype(index)>, indices_c.numel(),
+           indices_c.const_data_ptr<int64_t>(), winners.mutable_data_ptr<int32_t>(), g, backward);
+  });
   return winners;
 }
 
@@ -91,8 +95,11 @@ at::Tensor max_unpool2d_forward_launch(const Launch& launch, const at::Tensor& i
   const at::Tensor winners = unpool_winners(launch, indices.contiguous(checked.format), checked, g, false);
   at::Tensor output = at::empty(checked.result_shape, input.options().memory_format(checked.format));
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "max_unpool_forward_kernel", [&] {
-    launch(output.numel(), max_unpool_forward_kernel<scalar_t>, output.numel(), input_c.const_data_ptr<scalar_t>(),
-           winners.const_data_ptr<int32_t>(), output.mutable_data_ptr<scalar_t>(), g);
+    with_index_type({input_c, output}, [&](auto index) {
+      launch(output.numel(), max_unpool_forward_kernel<scalar_t, decltype(index)>, output.numel(),
+             input_c.const_data_ptr<scalar_t>(), winners.const_data_ptr<int32_t>(), output.mutable_data_ptr<scalar_t>(),
+             g);
+    });
   });
   return output;
 }
@@ -106,9 +113,11 @@ at::Tensor max_unpool2d_backward_launch(const Launch& launch, const at::Tensor& 
   const at::Tensor winners = unpool_winners(launch, indices_c, checked, g, true);
   at::Tensor grad_input = at::empty(checked.result_shape, grad.options().memory_format(checked.format));
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, grad.scalar_type(), "max_unpool_backward_kernel", [&] {
-    launch(grad_input.numel(), max_unpool_backward_kernel<scalar_t>, grad_input.numel(),
-           grad_c.const_data_ptr<scalar_t>(), indices_c.const_data_ptr<int64_t>(), winners.const_data_ptr<int32_t>(),
-           grad_input.mutable_data_ptr<scalar_t>(), g);
+    with_index_type({grad_c, grad_input}, [&](auto index) {
+      launch(grad_input.numel(), max_unpool_backward_kernel<scalar_t, decltype(index)>, grad_input.numel(),
+             grad_c.const_data_ptr<scalar_t>(), indices_c.const_data_ptr<int64_t>(), winners.const_data_ptr<int32_t>(),
+             grad_input.mutable_data_ptr<scalar_t>(), g);
+    });
   });
   return grad_input;
 }
