@@ -201,6 +201,25 @@ def test_multi_scale_roi_align_kernels(emulated, launch, dtype, num_rois):
         assert torch.equal(deterministic, expected)
 
 
+@pytest.mark.parametrize("launch", LAUNCHES[1:4], ids=str)
+def test_roi_align_kernels_read_channels_last_maps_in_place(emulated, launch):
+    """channels_last maps (each FPN level of multi_scale_roi_align, or roi_align's one) are read where they lie,
+    walked channel-fastest: outputs equal the NCHW ones bitwise, and the call allocates its output and nothing of the
+    maps' size (a copy to NCHW would add every map's bytes)."""
+    grid, block = launch
+    maps, rois, levels = _pyramid_case(torch.float32, 40)
+    params = ([0.5, 0.25, 0.125], 3, 2, 2, True)
+    expected = torch.ops.segops.multi_scale_roi_align(maps, rois, levels, *params)
+    nhwc = [m.contiguous(memory_format=torch.channels_last) for m in maps]
+    actual, allocated = _peak_cpu_allocation(
+        lambda: emulated.multi_scale_roi_align(nhwc, rois, levels, *params, grid, block)
+    )
+    assert torch.equal(actual, expected)
+    assert allocated < expected.numel() * expected.element_size() + sum(m.numel() * m.element_size() for m in maps)
+    single = torch.ops.segops.roi_align(maps[0], rois, 0.5, 3, 2, 2, True)
+    assert torch.equal(emulated.roi_align(nhwc[0], rois, 0.5, 3, 2, 2, True, grid, block), single)
+
+
 @pytest.mark.parametrize("bad", ["level 3", "level -1", "batch index"])
 def test_multi_scale_kernels_validate_rows_and_levels(emulated, bad):
     maps, rois, levels = _pyramid_case(torch.float32)

@@ -108,7 +108,7 @@ def _cases(lattice_op):
             "_dilated_conv2d_backward",
             dict(conv, grad=randn(2, out_channels, 9, 5)),
             lambda t, a=geometry: (t["grad"], t["input"], t["weight"], *a, [True, True, True]),
-            (),
+            (True,),  # emulated: the deterministic backward, segops' kernels on every path
         )
     return cases
 
@@ -124,6 +124,8 @@ def _flat(result):
 @pytest.mark.parametrize("layout", [layout for layout in LAYOUTS if layout != "contiguous"])
 @pytest.mark.parametrize("case", CASES)
 def test_every_tensor_argument_in_every_layout(backend, layout, case):
+    if backend == "emulated" and case in ("dilated_conv2d-gemm", "dilated_conv2d-grouped-gemm"):
+        pytest.skip("on CUDA the general convolution's forward is ATen's (cuDNN), not a segops kernel")
     if backend == "emulated":
         emulated = emulation_module()
         lattice_op = lambda points: emulated.permutohedral_lattice(points, *LAUNCH)  # noqa: E731

@@ -129,4 +129,18 @@ __device__ inline RoIBinIndex roi_bin_index(int64_t index, int64_t channels, int
   return bin;
 }
 
+// The coordinates of flat index `index` of a [K, PH, PW, C] walk (channel fastest) over the same output: the
+// thread order that reads channels_last maps in place with consecutive threads at consecutive addresses.
+__device__ inline RoIBinIndex roi_bin_index_channel_fastest(int64_t index, int64_t channels, int64_t pooled_h,
+                                                            int64_t pooled_w) {
+  RoIBinIndex bin;
+  bin.channel = index % channels;
+  index /= channels;
+  bin.pw = index % pooled_w;
+  index /= pooled_w;
+  bin.ph = index % pooled_h;
+  bin.roi = index / pooled_h;
+  return bin;
+}
+
 }  // namespace segops

@@ -120,14 +120,17 @@ SEGOPS_HOST_DEVICE RoIAlignBinAxis<T> roi_align_cols(const RoIAlignGeometry<T>& 
   return roi_align_bin_axis(g.start_w, g.bin_w, g.grid_w, pw, width);
 }
 
-// Forward value of output bin (ph, pw) of one channel: the mean of its bilinear samples.
+// Forward value of output bin (ph, pw) of one channel: the mean of its bilinear samples. The channel's pixels are
+// pixel_stride apart (1 in NCHW, C in NHWC), its rows width * pixel_stride.
 template <typename T, typename scalar_t>
 SEGOPS_HOST_DEVICE T roi_align_bin_value(const scalar_t* plane, int64_t height, int64_t width,
-                                         const RoIAlignGeometry<T>& g, int64_t ph, int64_t pw) {
+                                         const RoIAlignGeometry<T>& g, int64_t ph, int64_t pw, int64_t pixel_stride) {
   const RoIAlignBinAxis<T> cols = roi_align_cols(g, pw, width);
   T sum = T(0);
   roi_align_for_each_tap(roi_align_rows(g, ph, height), [&](const LinearTap<T>& ty) {
-    roi_align_for_each_tap(cols, [&](const LinearTap<T>& tx) { sum += bilinear_gather(plane, width, 1, ty, tx); });
+    roi_align_for_each_tap(cols, [&](const LinearTap<T>& tx) {
+      sum += bilinear_gather(plane, width * pixel_stride, pixel_stride, ty, tx);
+    });
   });
   return sum / g.count;
 }

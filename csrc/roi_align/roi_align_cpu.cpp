@@ -194,11 +194,6 @@ void forward_nhwc(const std::vector<const scalar_t*>& maps, int64_t channels,
   });
 }
 
-// channels_last is read in place; so is contiguous NCHW (when a tensor is both, as with C == 1, NCHW is taken).
-bool reads_as_nhwc(const at::Tensor& input) {
-  return !input.is_contiguous() && input.is_contiguous(at::MemoryFormat::ChannelsLast);
-}
-
 template <typename acc_t>
 struct PlaneAdd {
   acc_t* data;
@@ -210,7 +205,7 @@ struct PlaneAdd {
 void forward_cpu(at::TensorList maps, const at::Tensor& output, const at::Tensor& rois_acc, const int64_t* levels,
                  at::ArrayRef<double> spatial_scales, int64_t pooled_h, int64_t pooled_w, int64_t sampling_ratio,
                  bool aligned) {
-  const bool nhwc = std::all_of(maps.begin(), maps.end(), reads_as_nhwc);
+  const bool nhwc = all_read_as_nhwc(maps);
   std::vector<at::Tensor> read;
   std::vector<LevelShape> shapes;
   for (size_t l = 0; l < maps.size(); ++l) {

@@ -20,7 +20,8 @@
 namespace segops {
 
 // The feature maps of one call, by value (roi_align: one; multi_scale_roi_align: a pyramid). data[l] points at map
-// l, [N, C, height[l], width[l]] contiguous: the input (forward) or its accumulation-dtype gradient (backward).
+// l, [N, C, height[l], width[l]] contiguous (or all channels_last, read in place by the forward): the input (forward)
+// or its accumulation-dtype gradient (backward).
 template <typename pointer_t, typename acc_t>
 struct FeatureLevels {
   pointer_t data[kMaxFeatureLevels];
@@ -70,7 +71,9 @@ __device__ inline int64_t roi_level(const acc_t* roi, const int64_t* levels, int
   return level;
 }
 
-template <bool kMultiLevel, typename scalar_t>
+// kChannelsLast: the maps are NHWC, walked channel-fastest (reads at consecutive addresses across a warp; the output
+// bins it writes are PH * PW apart), else NCHW, walked in output order.
+template <bool kMultiLevel, bool kChannelsLast, typename scalar_t>
 __global__ void SEGOPS_LAUNCH_BOUNDS(kThreadsPerBlock)
     roi_align_forward_kernel(int64_t total, FeatureLevels<const scalar_t*, at::opmath_type<scalar_t>> maps,
                              const at::opmath_type<scalar_t>* __restrict__ rois, const int64_t* __restrict__ levels,
@@ -80,18 +83,22 @@ __global__ void SEGOPS_LAUNCH_BOUNDS(kThreadsPerBlock)
   const RoIAlignMessages messages =
       kMultiLevel ? SEGOPS_ROI_ALIGN_MESSAGES("multi_scale_roi_align") : SEGOPS_ROI_ALIGN_MESSAGES("roi_align");
   SEGOPS_KERNEL_LOOP(index, total) {
-    const RoIBinIndex bin = roi_bin_index(index, channels, pooled_h, pooled_w);
+    const RoIBinIndex bin = kChannelsLast ? roi_bin_index_channel_fastest(index, channels, pooled_h, pooled_w)
+                                          : roi_bin_index(index, channels, pooled_h, pooled_w);
+    scalar_t& out = output[((bin.roi * channels + bin.channel) * pooled_h + bin.ph) * pooled_w + bin.pw];
     const acc_t* roi = rois + bin.roi * 5;
     const int64_t level = roi_level<kMultiLevel>(roi, levels, bin.roi, batch_size, maps.count, messages);
     if (level < 0) {
-      output[index] = scalar_t(0);
+      out = scalar_t(0);
       continue;
     }
     const int64_t height = maps.height[level], width = maps.width[level];
     const RoIAlignGeometry<acc_t> g =
         roi_align_geometry<acc_t>(roi, maps.spatial_scale[level], pooled_h, pooled_w, sampling_ratio, aligned);
-    const scalar_t* plane = maps.data[level] + (g.batch * channels + bin.channel) * height * width;
-    output[index] = static_cast<scalar_t>(roi_align_bin_value(plane, height, width, g, bin.ph, bin.pw));
+    const scalar_t* plane = kChannelsLast ? maps.data[level] + g.batch * height * width * channels + bin.channel
+                                          : maps.data[level] + (g.batch * channels + bin.channel) * height * width;
+    out = static_cast<scalar_t>(
+        roi_align_bin_value(plane, height, width, g, bin.ph, bin.pw, kChannelsLast ? channels : 1));
   }
 }
 
@@ -182,15 +189,20 @@ template <class Launch>
 void roi_align_forward_levels(const Launch& launch, at::TensorList maps, const at::Tensor& output,
                               const at::Tensor& rois_acc, const at::Tensor* levels, at::ArrayRef<double> spatial_scales,
                               int64_t pooled_h, int64_t pooled_w, int64_t sampling_ratio, bool aligned) {
+  // channels_last maps are read in place (multi_scale_roi_align's FPN levels included), others as contiguous NCHW.
+  const bool nhwc = all_read_as_nhwc(maps);
   std::vector<at::Tensor> read;
-  for (const at::Tensor& map : maps) read.push_back(map.contiguous());
+  for (const at::Tensor& map : maps) read.push_back(nhwc ? map : map.contiguous());
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, output.scalar_type(), "roi_align_forward_kernel", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     std::vector<const scalar_t*> data;
     for (const at::Tensor& map : read) data.push_back(map.const_data_ptr<scalar_t>());
     const auto table = feature_levels<const scalar_t*, acc_t>(data, maps, spatial_scales);
     const auto kernel =
-        levels == nullptr ? roi_align_forward_kernel<false, scalar_t> : roi_align_forward_kernel<true, scalar_t>;
+        levels == nullptr
+            ? (nhwc ? roi_align_forward_kernel<false, true, scalar_t>
+                    : roi_align_forward_kernel<false, false, scalar_t>)
+            : (nhwc ? roi_align_forward_kernel<true, true, scalar_t> : roi_align_forward_kernel<true, false, scalar_t>);
     launch(output.numel(), kernel, output.numel(), table, rois_acc.const_data_ptr<acc_t>(),
            levels == nullptr ? nullptr : levels->const_data_ptr<int64_t>(), output.mutable_data_ptr<scalar_t>(),
            maps[0].size(0), maps[0].size(1), pooled_h, pooled_w, sampling_ratio, aligned);

@@ -171,4 +171,10 @@ void check_roi_pool_argmax(const at::Tensor& grad, const at::Tensor& argmax) {
               argmax.device());
 }
 
+bool all_read_as_nhwc(at::TensorList maps) {
+  return std::all_of(maps.begin(), maps.end(), [](const at::Tensor& map) {
+    return !map.is_contiguous() && map.is_contiguous(at::MemoryFormat::ChannelsLast);
+  });
+}
+
 }  // namespace segops

@@ -71,4 +71,8 @@ void check_rois_values(const char* op, const at::Tensor& rois, int64_t batch_siz
 // The backward's argmax must be the forward's: int32, of grad's shape and device.
 void check_roi_pool_argmax(const at::Tensor& grad, const at::Tensor& argmax);
 
+// Whether the RoI ops read feature maps in place as channels_last (NHWC): every map is channels_last and not also
+// contiguous NCHW (as with C == 1, where NCHW is taken). Otherwise each is read as contiguous NCHW.
+bool all_read_as_nhwc(at::TensorList maps);
+
 }  // namespace segops
