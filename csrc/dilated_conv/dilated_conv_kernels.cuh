@@ -59,21 +59,26 @@ __global__ void SEGOPS_LAUNCH_BOUNDS(kThreadsPerBlock)
   }
 }
 
-template <typename scalar_t, typename index_t>
+// kChannelFastest (a channels_last input): threads walk (n, oy, ox, c), so that a warp reads consecutive channels
+// (the stores are Ho * Wo apart); otherwise (n, c, oy, ox), the output's order.
+template <typename scalar_t, typename index_t, bool kChannelFastest>
 __global__ void SEGOPS_LAUNCH_BOUNDS(kThreadsPerBlock)
     dilated_conv_depthwise_kernel(int64_t total, const scalar_t* __restrict__ input, StridedImage image,
                                   const scalar_t* __restrict__ weight, const scalar_t* __restrict__ bias, ConvAxis ay,
                                   ConvAxis ax, int64_t channels, scalar_t* __restrict__ output) {
   using acc_t = at::opmath_type<scalar_t>;
   const index_t out_w = static_cast<index_t>(ax.out), out_h = static_cast<index_t>(ay.out);
+  const index_t channel_count = static_cast<index_t>(channels);
   SEGOPS_KERNEL_LOOP_T(index_t, index, total) {
-    const index_t ox = index % out_w;
-    const index_t oy = (index / out_w) % out_h;
-    const index_t plane = index / (out_w * out_h);
-    const index_t c = plane % static_cast<index_t>(channels);
+    const index_t pixel = kChannelFastest ? index / channel_count : index % (out_w * out_h);
+    const index_t ox = pixel % out_w;
+    const index_t oy = pixel / out_w % out_h;
+    const index_t c = kChannelFastest ? index % channel_count : index / (out_w * out_h) % channel_count;
+    const index_t plane = index / (out_w * out_h * channel_count) * channel_count + c;
     const acc_t sum = depthwise_sum<acc_t>(input, image, weight + c * ay.kernel * ax.kernel, ay, ax,
                                            plane / static_cast<index_t>(channels), c, oy, ox);
-    output[index] = static_cast<scalar_t>(sum + (bias != nullptr ? static_cast<acc_t>(bias[c]) : acc_t(0)));
+    const int64_t out_index = kChannelFastest ? (int64_t(plane) * out_h + oy) * out_w + ox : int64_t(index);
+    output[out_index] = static_cast<scalar_t>(sum + (bias != nullptr ? static_cast<acc_t>(bias[c]) : acc_t(0)));
   }
 }
 
@@ -201,11 +206,16 @@ struct LaunchConvOps {
                                const CheckedConv& c) const {
     at::Tensor output = at::empty(c.output_shape(), input.options());
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "dilated_conv_depthwise", [&] {
+      // An input whose channels are its densest dimension (channels_last) is walked channel-fastest.
+      const bool channel_fastest = c.channels > 1 && input.stride(1) == 1;
       with_index_type({input, output}, [&](auto index) {
-        launch(output.numel(), dilated_conv_depthwise_kernel<scalar_t, decltype(index)>, output.numel(),
-               input.const_data_ptr<scalar_t>(), strided_image(input), weight.const_data_ptr<scalar_t>(),
-               bias.has_value() ? bias->const_data_ptr<scalar_t>() : nullptr, c.ay, c.ax, c.channels,
-               output.mutable_data_ptr<scalar_t>());
+        using index_t = decltype(index);
+        launch(output.numel(),
+               channel_fastest ? dilated_conv_depthwise_kernel<scalar_t, index_t, true>
+                               : dilated_conv_depthwise_kernel<scalar_t, index_t, false>,
+               output.numel(), input.const_data_ptr<scalar_t>(), strided_image(input),
+               weight.const_data_ptr<scalar_t>(), bias.has_value() ? bias->const_data_ptr<scalar_t>() : nullptr, c.ay,
+               c.ax, c.channels, output.mutable_data_ptr<scalar_t>());
       });
     });
     return output;

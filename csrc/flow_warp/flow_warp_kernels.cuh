@@ -42,7 +42,9 @@ __device__ WarpSample<T> warp_sample_of_pixel(const T* flow, const WarpGeometry&
   return warp_sample(p / out_w, p % out_w, flow_n[p], flow_n[g.pixels() + p], g.height, g.width);
 }
 
-template <typename scalar_t, typename index_t>
+// kChannelFastest (a channels_last feature): threads walk (n, p, c), so that a warp reads consecutive channels of
+// one pixel (the stores are Ho * Wo apart); otherwise (n, c, p), the output's order.
+template <typename scalar_t, typename index_t, bool kChannelFastest>
 __global__ void SEGOPS_LAUNCH_BOUNDS(kThreadsPerBlock)
     flow_warp_forward_kernel(int64_t total, const scalar_t* __restrict__ feature,
                              const at::opmath_type<scalar_t>* __restrict__ flow, const scalar_t* __restrict__ scale,
@@ -51,15 +53,15 @@ __global__ void SEGOPS_LAUNCH_BOUNDS(kThreadsPerBlock)
   const index_t pixels = static_cast<index_t>(g.pixels()), channels = static_cast<index_t>(g.channels);
   const index_t out_w = static_cast<index_t>(g.out_w);
   SEGOPS_KERNEL_LOOP_T(index_t, index, total) {
-    const index_t p = index % pixels;
-    const index_t c = (index / pixels) % channels;
+    const index_t p = kChannelFastest ? (index / channels) % pixels : index % pixels;
+    const index_t c = kChannelFastest ? index % channels : (index / pixels) % channels;
     const index_t n = index / (pixels * channels);
     const acc_t* flow_n = flow + int64_t(n) * 2 * pixels;
     const WarpValuePoint<acc_t> point = warp_value_point(p / out_w, p % out_w, flow_n[p], flow_n[pixels + p], g.height,
                                                          g.width, g.stride_h, g.stride_w);
     acc_t value = warp_value(feature + n * g.stride_n + c * g.stride_c, point);
     if (scale != nullptr) value *= static_cast<acc_t>(scale[g.scale_offset(n, c, p)]);
-    output[index] = static_cast<scalar_t>(value);
+    output[kChannelFastest ? (int64_t(n) * channels + c) * pixels + p : int64_t(index)] = static_cast<scalar_t>(value);
   }
 }
 
@@ -197,9 +199,14 @@ at::Tensor flow_warp_forward_launch(const Launch& launch, const at::Tensor& feat
   at::Tensor output = at::empty(checked.output_shape, feature.options());
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, feature.scalar_type(), "flow_warp_forward_kernel", [&] {
     using acc_t = at::opmath_type<scalar_t>;
+    // A feature whose channels are its densest dimension (channels_last) is walked channel-fastest.
+    const bool channel_fastest = feature.size(1) > 1 && feature.stride(1) == 1;
     with_index_type({feature, checked.flow, checked.scale, output}, [&](auto index) {
-      launch(output.numel(), flow_warp_forward_kernel<scalar_t, decltype(index)>, output.numel(),
-             feature.const_data_ptr<scalar_t>(), checked.flow.const_data_ptr<acc_t>(),
+      using index_t = decltype(index);
+      launch(output.numel(),
+             channel_fastest ? flow_warp_forward_kernel<scalar_t, index_t, true>
+                             : flow_warp_forward_kernel<scalar_t, index_t, false>,
+             output.numel(), feature.const_data_ptr<scalar_t>(), checked.flow.const_data_ptr<acc_t>(),
              checked.scale.defined() ? checked.scale.const_data_ptr<scalar_t>() : nullptr,
              output.mutable_data_ptr<scalar_t>(), warp_geometry(feature, checked));
     });
