@@ -129,13 +129,27 @@ def extensions():
     modules = [main]
     if env_flag("SEGOPS_BUILD_EMULATION"):
         log("SEGOPS_BUILD_EMULATION=1: also building segops._emulation (CUDA kernels emulated on the host, for tests)")
+        emulation_args = ["-O2"]
+        if not sanitize_args:
+            # The warp memory tracer (emulation/memory_trace.h): gcc's outline KASAN instrumentation calls
+            # __asan_{load,store}<N>_noabort before every load and store, which the tracer defines (no sanitizer
+            # runtime) and which return at once outside a traced launch. No vectorisation: a GPU thread's accesses
+            # are scalar.
+            emulation_args += [
+                "-fno-tree-vectorize",
+                "-fsanitize=kernel-address",
+                "--param=asan-instrumentation-with-call-threshold=0",
+                "--param=asan-stack=0",
+                "--param=asan-globals=0",
+            ]
         modules.append(
             CppExtension(
                 "segops._emulation",
                 ["csrc/emulation/emulated_ops.cpp", "csrc/python_module.cpp"]
                 + sorted(set(glob.glob("csrc/common/*.cpp") + glob.glob("csrc/*/*_checks.cpp"))),
                 include_dirs=[str(ROOT / "csrc")],
-                extra_compile_args={"cxx": ["-O1" if sanitize_args else "-O2"] + sanitize_args},
+                define_macros=[] if sanitize_args else [("SEGOPS_MEMTRACE", None)],
+                extra_compile_args={"cxx": ["-O1"] + sanitize_args if sanitize_args else emulation_args},
                 extra_link_args=sanitize_args,
             )
         )

@@ -188,7 +188,9 @@ def test_the_sync_check_sees_synchronising_code():
 
 # Mangled template arguments of the kernels' scalar type, after any integer or bool arguments (roi_align's kernels
 # are <bool kMultiLevel, typename scalar_t>: ILb1EfE).
-_KERNEL_DTYPE = re.compile(r"I(?:L\w+?E)*(f|d|N3c104HalfE|N3c108BFloat16E)E")
+# A kernel's data type: its first template argument after any leading constants (Lb0E...), followed by the end of the
+# list or by another argument (an index type, i or l; a constant, L...).
+_KERNEL_DTYPE = re.compile(r"I(?:L\w+?E)*(f|d|N3c104HalfE|N3c108BFloat16E)(?:E|i|l|L)")
 
 
 def ptx_functions(ptx: str):
@@ -215,10 +217,13 @@ def test_float64_scan_of_ptx_finds_float64_code():
         ".visible .entry _ZN6segops6kernelIN3c104HalfEEEvPT_(\n{\nmul.f32 %f2, %f1, %f1;\n}\n"
         ".visible .entry _ZN6segops6kernelILb1EN3c108BFloat16EEEvPT_(\n{\ncvt.f64.f32 %fd1, %f1;\n}\n"
         ".visible .entry _ZN6segops6kernelILb0EdEEvPT_(\n{\nmul.f64 %fd2, %fd1, %fd1;\n}\n"
+        ".visible .entry _ZN6segops6kernelIfiLb1EEEvPT_(\n{\ncvt.f64.f32 %fd1, %f1;\n}\n"
+        ".visible .entry _ZN6segops6kernelIdiLb1EEEvPT_(\n{\nmul.f64 %fd2, %fd1, %fd1;\n}\n"
     )
     assert float64_in_lower_precision_kernels(ptx) == [
         "_ZN6segops6kernelIfEEvPT_",
         "_ZN6segops6kernelILb1EN3c108BFloat16EEEvPT_",
+        "_ZN6segops6kernelIfiLb1EEEvPT_",
     ]
 
 
@@ -235,7 +240,7 @@ def int64_division_in_32bit_index_kernels(ptx: str):
     kernels, dividing = [], []
     for (name, body), readable in zip(functions, demangle([name for name, _ in functions])):
         template = readable.split("(")[0].removeprefix("void ")
-        if template.endswith(", int>") or template.endswith("<int>"):
+        if re.search(r"[<,] ?int[,>]", template):
             kernels.append(template)
             if re.search(r"\b(?:div|rem)\.[su]64\b", body):
                 dividing.append(template)
@@ -247,10 +252,11 @@ def test_int64_division_scan_of_ptx_finds_64bit_divisions():
         ".visible .entry _ZN6segops6kernelIfiEEvPT_(\n{\ndiv.s32 %r3, %r1, %r2;\n}\n"
         ".visible .entry _ZN6segops6kernelIdiEEvPT_(\n{\nrem.u64 %rd3, %rd1, %rd2;\n}\n"
         ".visible .entry _ZN6segops6kernelIflEEvPT_(\n{\ndiv.s64 %rd3, %rd1, %rd2;\n}\n"
+        ".visible .entry _ZN6segops6kernelIfiLb1EEEvPT_(\n{\nrem.s64 %rd3, %rd1, %rd2;\n}\n"
     )
     assert int64_division_in_32bit_index_kernels(ptx) == (
-        ["segops::kernel<float, int>", "segops::kernel<double, int>"],
-        ["segops::kernel<double, int>"],
+        ["segops::kernel<float, int>", "segops::kernel<double, int>", "segops::kernel<float, int, true>"],
+        ["segops::kernel<double, int>", "segops::kernel<float, int, true>"],
     )
 
 
@@ -262,11 +268,27 @@ def test_kernels_on_32bit_indices_divide_in_32_bits():
     # A GPU divides 64-bit integers in a subroutine about 4x the length of a 32-bit division, and the elementwise
     # kernels split every flat index into coordinates by division: where the tensors allow 32-bit indices (ATen's
     # rule), none is left.
-    expected = {"flow_warp_cuda": 18, "max_unpool_cuda": 9, "dilated_conv_cuda": 20}
-    for stem, count in expected.items():
+    expected = {
+        "flow_warp_cuda": {
+            "flow_warp_forward_kernel",
+            "flow_warp_backward_flow_kernel",
+            "flow_warp_cell_key_kernel",
+            "flow_warp_backward_feature_atomic_kernel",
+            "flow_warp_backward_feature_gather_kernel",
+        },
+        "max_unpool_cuda": {"max_unpool_winner_kernel", "max_unpool_forward_kernel", "max_unpool_backward_kernel"},
+        "dilated_conv_cuda": {
+            "dilated_conv_im2col_kernel",
+            "dilated_conv_col2im_kernel",
+            "dilated_conv_depthwise_kernel",
+            "dilated_conv_depthwise_input_grad_kernel",
+            "dilated_conv_depthwise_weight_partial_kernel",
+        },
+    }
+    for stem, names in expected.items():
         (ptx_file,) = sorted((ROOT / "build" / "ptx").glob(f"{stem}*.ptx"))
         kernels, dividing = int64_division_in_32bit_index_kernels(ptx_file.read_text())
-        assert len(kernels) == count, (stem, kernels)
+        assert {kernel.split("<")[0].removeprefix("segops::") for kernel in kernels} == names, (stem, kernels)
         assert dividing == [], (stem, dividing)
 
 

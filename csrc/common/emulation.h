@@ -8,6 +8,10 @@
 // kernel, so the kernel's own handling of the bad input runs too.
 #include <c10/util/Exception.h>
 
+#if defined(SEGOPS_MEMTRACE)
+#include "emulation/memory_trace.h"
+#endif
+
 #include <cstdint>
 #include <cstdio>
 #include <string>
@@ -56,6 +60,14 @@ struct EmulatedLaunch {
     block_dim = block;
     failed_assert = nullptr;
     failed_assert_detail.clear();
+#if defined(SEGOPS_MEMTRACE)
+    memtrace::launch_begins({{&thread_idx, sizeof(thread_idx)},
+                             {&block_idx, sizeof(block_idx)},
+                             {&block_dim, sizeof(block_dim)},
+                             {&grid_dim, sizeof(grid_dim)},
+                             {&failed_assert, sizeof(failed_assert)},
+                             {&failed_assert_detail, sizeof(failed_assert_detail)}});
+#endif
     for (unsigned int bz = 0; bz < grid.z; ++bz)
       for (unsigned int by = 0; by < grid.y; ++by)
         for (unsigned int bx = 0; bx < grid.x; ++bx) {
@@ -64,9 +76,17 @@ struct EmulatedLaunch {
             for (unsigned int ty = 0; ty < block.y; ++ty)
               for (unsigned int tx = 0; tx < block.x; ++tx) {
                 thread_idx = {tx, ty, tz};
+#if defined(SEGOPS_MEMTRACE)
+                memtrace::thread_begins((int64_t(bz) * grid.y + by) * grid.x + bx,
+                                        (int64_t(tz) * block.y + ty) * block.x + tx,
+                                        int64_t(block.x) * block.y * block.z);
+#endif
                 kernel(args...);
               }
         }
+#if defined(SEGOPS_MEMTRACE)
+    memtrace::launch_ends(reinterpret_cast<const void*>(kernel));
+#endif
     const char* message = failed_assert;
     failed_assert = nullptr;
     const std::string printed = failed_assert_detail.empty() ? "" : " (printed: " + failed_assert_detail + ")";

@@ -13,11 +13,19 @@
 #include "common/emulation.h"
 #define SEGOPS_LAUNCH_BOUNDS(threads)
 #define SEGOPS_LAUNCH_BOUNDS_MIN_BLOCKS(threads, blocks)
-#define SEGOPS_ATOMIC_ADD(base, index, numel, value) ((base)[index] += (value))
-#define SEGOPS_ATOMIC_MAX(address, value) (*(address) = *(address) > (value) ? *(address) : (value))
-#define SEGOPS_ATOMIC_MIN(address, value) (*(address) = *(address) < (value) ? *(address) : (value))
+#if defined(SEGOPS_MEMTRACE)  // the traced emulation counts atomics (emulation/memory_trace.h)
+#define SEGOPS_EMULATED_ATOMIC(address) SEGOPS_MEMTRACE_ATOMIC(address)
+#else
+#define SEGOPS_EMULATED_ATOMIC(address) ((void)0)
+#endif
+#define SEGOPS_ATOMIC_ADD(base, index, numel, value) (SEGOPS_EMULATED_ATOMIC(&(base)[index]), (base)[index] += (value))
+#define SEGOPS_ATOMIC_MAX(address, value) \
+  (SEGOPS_EMULATED_ATOMIC(address), *(address) = *(address) > (value) ? *(address) : (value))
+#define SEGOPS_ATOMIC_MIN(address, value) \
+  (SEGOPS_EMULATED_ATOMIC(address), *(address) = *(address) < (value) ? *(address) : (value))
 // Stores value where *address == compare; returns the old *address either way.
-#define SEGOPS_ATOMIC_CAS(address, compare, value) ::segops::emulation::compare_and_swap((address), (compare), (value))
+#define SEGOPS_ATOMIC_CAS(address, compare, value) \
+  (SEGOPS_EMULATED_ATOMIC(address), ::segops::emulation::compare_and_swap((address), (compare), (value)))
 #define SEGOPS_KERNEL_ASSERT(cond, message) \
   if (!(cond)) ::segops::emulation::device_assert_failed(message)
 #define SEGOPS_KERNEL_ASSERT_DETAILED(cond, message, format, ...) \
@@ -84,6 +92,13 @@ __device__ inline auto kernel_loop_step() {
 // Set by the emulation tests to run every kernel templated on its index type with 64-bit indices (the other
 // instantiation); never set on a GPU.
 inline bool& force_64bit_index_math() {
+  static bool force = false;
+  return force;
+}
+
+// Set by the memory tracer's tests: kernels that walk channels_last inputs channel-fastest walk them in the output's
+// order instead (an uncoalesced access the tracer must catch); never set on a GPU.
+inline bool& force_output_thread_order() {
   static bool force = false;
   return force;
 }

@@ -92,11 +92,13 @@ SEGOPS_HOST_DEVICE RowRange input_rows_read(const ConvAxis& ay, int64_t first_ro
   return {first < 0 ? 0 : first, last > ay.in ? ay.in : last};
 }
 
-// Depthwise convolution (one filter per channel): output (n, c, oy, ox) before the bias, taps summed in order.
+// Depthwise convolution (one filter per channel): output (n, c, oy, ox) before the bias, taps summed in order. The
+// filter's tap t is filter[t * tap_stride] (1 for the [C, kH, kW] weight; C for its [kH, kW, C] transpose, which the
+// GPU reads when consecutive threads take consecutive channels).
 template <typename acc_t, typename scalar_t>
 SEGOPS_HOST_DEVICE acc_t depthwise_sum(const scalar_t* input, const StridedImage& image, const scalar_t* filter,
-                                       const ConvAxis& ay, const ConvAxis& ax, int64_t n, int64_t c, int64_t oy,
-                                       int64_t ox) {
+                                       int64_t tap_stride, const ConvAxis& ay, const ConvAxis& ax, int64_t n, int64_t c,
+                                       int64_t oy, int64_t ox) {
   acc_t sum = 0;
   for (int64_t i = 0; i < ay.kernel; ++i) {
     const int64_t y = ay.input_at(oy, i);
@@ -104,7 +106,8 @@ SEGOPS_HOST_DEVICE acc_t depthwise_sum(const scalar_t* input, const StridedImage
     for (int64_t j = 0; j < ax.kernel; ++j) {
       const int64_t x = ax.input_at(ox, j);
       if (x < 0 || x >= ax.in) continue;
-      sum += static_cast<acc_t>(filter[i * ax.kernel + j]) * static_cast<acc_t>(input[image.offset(n, c, y, x)]);
+      sum += static_cast<acc_t>(filter[(i * ax.kernel + j) * tap_stride]) *
+             static_cast<acc_t>(input[image.offset(n, c, y, x)]);
     }
   }
   return sum;

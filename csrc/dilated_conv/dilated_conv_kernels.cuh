@@ -75,8 +75,11 @@ __global__ void SEGOPS_LAUNCH_BOUNDS(kThreadsPerBlock)
     const index_t oy = pixel / out_w % out_h;
     const index_t c = kChannelFastest ? index % channel_count : index / (out_w * out_h) % channel_count;
     const index_t plane = index / (out_w * out_h * channel_count) * channel_count + c;
-    const acc_t sum = depthwise_sum<acc_t>(input, image, weight + c * ay.kernel * ax.kernel, ay, ax,
-                                           plane / static_cast<index_t>(channels), c, oy, ox);
+    // Channel-fastest walks read the [kH, kW, C] transpose of the weight (consecutive channels, consecutive threads).
+    const acc_t sum = kChannelFastest ? depthwise_sum<acc_t>(input, image, weight + c, channels, ay, ax,
+                                                             plane / channel_count, c, oy, ox)
+                                      : depthwise_sum<acc_t>(input, image, weight + c * ay.kernel * ax.kernel, 1, ay,
+                                                             ax, plane / channel_count, c, oy, ox);
     const int64_t out_index = kChannelFastest ? (int64_t(plane) * out_h + oy) * out_w + ox : int64_t(index);
     output[out_index] = static_cast<scalar_t>(sum + (bias != nullptr ? static_cast<acc_t>(bias[c]) : acc_t(0)));
   }
@@ -207,14 +210,16 @@ struct LaunchConvOps {
     at::Tensor output = at::empty(c.output_shape(), input.options());
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "dilated_conv_depthwise", [&] {
       // An input whose channels are its densest dimension (channels_last) is walked channel-fastest.
-      const bool channel_fastest = c.channels > 1 && input.stride(1) == 1;
+      const bool channel_fastest = c.channels > 1 && input.stride(1) == 1 && !force_output_thread_order();
+      // [C, 1, kH, kW] -> [kH, kW, C] for the channel-fastest walk (a few KB).
+      const at::Tensor filters = channel_fastest ? weight.permute({2, 3, 0, 1}).contiguous() : weight;
       with_index_type({input, output}, [&](auto index) {
         using index_t = decltype(index);
         launch(output.numel(),
                channel_fastest ? dilated_conv_depthwise_kernel<scalar_t, index_t, true>
                                : dilated_conv_depthwise_kernel<scalar_t, index_t, false>,
                output.numel(), input.const_data_ptr<scalar_t>(), strided_image(input),
-               weight.const_data_ptr<scalar_t>(), bias.has_value() ? bias->const_data_ptr<scalar_t>() : nullptr, c.ay,
+               filters.const_data_ptr<scalar_t>(), bias.has_value() ? bias->const_data_ptr<scalar_t>() : nullptr, c.ay,
                c.ax, c.channels, output.mutable_data_ptr<scalar_t>());
       });
     });

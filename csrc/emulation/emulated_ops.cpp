@@ -1,9 +1,13 @@
 // Test-only: the GPU kernels of every op, compiled for the host and launched by EmulatedLaunch over a grid the
 // caller picks. Registered as torch.ops.segops_emulation.<op>(..., grid, block) in segops._emulation (built
-// with SEGOPS_BUILD_EMULATION=1); tests compare them with the CPU path. Not part of the public API.
+// with SEGOPS_BUILD_EMULATION=1); tests compare them with the CPU path. Not part of the public API. Built with
+// SEGOPS_MEMTRACE (all but the sanitizer builds), memtrace_begin/memtrace_end record every global access of the
+// launches between them (emulation/memory_trace.h).
 #define SEGOPS_EMULATION
 
 #include <torch/library.h>
+
+#include <string>
 
 #include "dense_crf/dense_crf_kernels.cuh"
 #include "dilated_conv/dilated_conv_kernels.cuh"
@@ -152,10 +156,57 @@ void force_64bit_indices(bool force) {
   force_64bit_index_math() = force;
 }
 
+// Walks channels_last inputs in the output's order where a kernel would walk them channel-fastest (true): the
+// tracer's tests plant an uncoalesced access this way.
+void force_output_thread_order(bool force) {
+  segops::force_output_thread_order() = force;
+}
+
+#if defined(SEGOPS_MEMTRACE)
+// Traces the launches from here to memtrace_end, one run of 64 consecutive warps in warp_stride (every warp: 1).
+void memtrace_begin(int64_t warp_stride) {
+  TORCH_CHECK(warp_stride >= 1, "memtrace_begin: warp_stride must be >= 1, got ", warp_stride);
+  memtrace::State& s = memtrace::state();
+  s.launches.clear();
+  s.warp_stride = warp_stride;
+  s.enabled = true;
+}
+
+std::string json_totals(const memtrace::Totals& t) {
+  return "{\"requests\": " + std::to_string(t.requests) +
+         ", \"requested_bytes\": " + std::to_string(t.requested_bytes) + ", \"sectors\": " + std::to_string(t.sectors) +
+         ", \"fewest_sectors\": " + std::to_string(t.fewest_sectors) + "}";
+}
+
+// The launches since memtrace_begin, as a JSON list of {kernel, loads, stores, atomics, same_address_atomics,
+// distinct_sectors}.
+std::string memtrace_end() {
+  memtrace::State& s = memtrace::state();
+  s.enabled = false;
+  std::string out = "[";
+  for (size_t i = 0; i < s.launches.size(); ++i) {
+    const memtrace::LaunchRecord& r = s.launches[i];
+    std::string name;
+    for (char ch : r.kernel) name += ch == '"' || ch == '\\' ? '_' : ch;
+    out += (i ? ", " : "") + std::string("{\"kernel\": \"") + name + "\", \"loads\": " + json_totals(r.loads) +
+           ", \"stores\": " + json_totals(r.stores) + ", \"atomics\": " + std::to_string(r.atomics) +
+           ", \"same_address_atomics\": " + std::to_string(r.same_address_atomics) +
+           ", \"distinct_sectors\": " + std::to_string(r.distinct_sectors) + "}";
+  }
+  s.launches.clear();
+  return out + "]";
+}
+#endif
+
 }  // namespace
 
 TORCH_LIBRARY(segops_emulation, m) {
   m.def("force_64bit_indices(bool force) -> ()", &force_64bit_indices);
+  m.def("force_output_thread_order(bool force) -> ()", &force_output_thread_order);
+#if defined(SEGOPS_MEMTRACE)
+  m.def("memtrace_begin(int warp_stride=1) -> ()", &memtrace_begin);
+  m.def("memtrace_end() -> str", &memtrace_end);
+#endif
   m.def(
       "roi_align(Tensor input, Tensor rois, float spatial_scale, int pooled_height, int pooled_width, "
       "int sampling_ratio, bool aligned, int[] grid, int[] block) -> Tensor",

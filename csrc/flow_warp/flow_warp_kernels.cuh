@@ -200,7 +200,7 @@ at::Tensor flow_warp_forward_launch(const Launch& launch, const at::Tensor& feat
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, feature.scalar_type(), "flow_warp_forward_kernel", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     // A feature whose channels are its densest dimension (channels_last) is walked channel-fastest.
-    const bool channel_fastest = feature.size(1) > 1 && feature.stride(1) == 1;
+    const bool channel_fastest = feature.size(1) > 1 && feature.stride(1) == 1 && !force_output_thread_order();
     with_index_type({feature, checked.flow, checked.scale, output}, [&](auto index) {
       using index_t = decltype(index);
       launch(output.numel(),
