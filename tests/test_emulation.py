@@ -203,7 +203,7 @@ def test_multi_scale_roi_align_kernels(emulated, launch, dtype, num_rois):
 
 @pytest.mark.parametrize("launch", LAUNCHES[1:4], ids=str)
 def test_roi_align_kernels_read_channels_last_maps_in_place(emulated, launch):
-    """channels_last maps (each FPN level of multi_scale_roi_align, or roi_align's one) are read where they lie,
+    """channels_last maps (each FPN level of multi_scale_roi_align, roi_align's and roi_pool's one) are read where they lie,
     walked channel-fastest: outputs equal the NCHW ones bitwise, and the call allocates its output and nothing of the
     maps' size (a copy to NCHW would add every map's bytes)."""
     grid, block = launch
@@ -218,6 +218,13 @@ def test_roi_align_kernels_read_channels_last_maps_in_place(emulated, launch):
     assert allocated < expected.numel() * expected.element_size() + sum(m.numel() * m.element_size() for m in maps)
     single = torch.ops.segops.roi_align(maps[0], rois, 0.5, 3, 2, 2, True)
     assert torch.equal(emulated.roi_align(nhwc[0], rois, 0.5, 3, 2, 2, True, grid, block), single)
+    # RoIPool too: values and argmaxes (plane indices, whatever the layout).
+    pooled, argmax = torch.ops.segops.roi_pool(maps[0], rois, 0.5, 3, 2)
+    (actual_pooled, actual_argmax), allocated = _peak_cpu_allocation(
+        lambda: emulated.roi_pool(nhwc[0], rois, 0.5, 3, 2, grid, block)
+    )
+    assert torch.equal(actual_pooled, pooled) and torch.equal(actual_argmax, argmax)
+    assert allocated < 2 * pooled.numel() * 4 + maps[0].numel() * 4
 
 
 @pytest.mark.parametrize("bad", ["level 3", "level -1", "batch index"])

@@ -138,7 +138,8 @@ def _cases():
         cases[f"flow_warp backward {tag}"] = lambda e, d=deterministic: e._flow_warp_backward(
             grad_map, x, flow, None, d, GRID, BLOCK
         )
-    cases["roi_pool forward"] = lambda e: e.roi_pool(x, rois, 0.5, 7, 7, GRID, BLOCK)
+    cases["roi_pool forward nchw"] = lambda e: e.roi_pool(x, rois, 0.5, 7, 7, GRID, BLOCK)
+    cases["roi_pool forward nhwc"] = lambda e: e.roi_pool(nhwc, rois, 0.5, 7, 7, GRID, BLOCK)
     cases["max_unpool2d forward"] = lambda e: e.max_unpool2d(pooled, indices, 24, 32, GRID, BLOCK)
     cases["max_unpool2d backward"] = lambda e: e._max_unpool2d_backward(x, indices, GRID, BLOCK)
     cases["dilated_conv2d general backward, deterministic"] = lambda e: e._dilated_conv2d_backward(
@@ -164,12 +165,13 @@ BELOW_80 = {
     ("flow_warp backward atomic", "flow_warp_backward_flow_kernel<float, int>"): "bilinear samples along a flow",
     ("flow_warp backward deterministic", "flow_warp_backward_flow_kernel<float, int>"): "bilinear samples",
     ("flow_warp backward deterministic", "flow_warp_backward_feature_gather_kernel<float, int>"): "sorted pixels",
-    ("roi_pool forward", "roi_pool_forward_kernel<float>"): "a bin's window per thread",
+    ("roi_pool forward nchw", "roi_pool_forward_kernel<float, false>"): "a bin's window per thread",
     ("roi_align backward deterministic", "roi_gather_kernel<RoIAlignGather<float>, float>"): "the RoIs' bins",
     # Channel-fastest walks of channels_last inputs: coalesced reads, stores a plane apart into NCHW outputs.
     ("roi_align forward nhwc", "roi_align_forward_kernel<false, true, float>"): "NCHW output of an NHWC walk",
     ("flow_warp forward nhwc", "flow_warp_forward_kernel<float, int, true>"): "NCHW output of an NHWC walk",
     ("depthwise forward nhwc", "dilated_conv_depthwise_kernel<float, int, true>"): "NCHW output of an NHWC walk",
+    ("roi_pool forward nhwc", "roi_pool_forward_kernel<float, true>"): "NCHW output of an NHWC walk",
     # Column sums along an NHWC input (channels a pixel apart); the ordered sum reads each (channel, tap)'s partials.
     ("depthwise backward nhwc", "dilated_conv_depthwise_weight_partial_kernel<float, int>"): "NHWC input by columns",
     ("depthwise backward nchw", "dilated_conv_ordered_sum_kernel<float>"): "one thread per partial-sum row (2 KB)",

@@ -115,14 +115,16 @@ SEGOPS_HOST_DEVICE void roi_pool_for_each_bin_containing(const RoIPoolGeometry<T
 // search starts below every finite value and keeps the first strict maximum: NaN never wins, a bin of only
 // NaN/-inf keeps argmax -1 (no gradient), and an empty bin gives 0. Branch-free so the CPU compiler can
 // vectorise the row loop.
+// The channel's pixels are pixel_stride apart (1 in NCHW, C in NHWC); argmax is the plane index h * width + w.
 template <typename T, typename scalar_t>
-SEGOPS_HOST_DEVICE T roi_pool_bin_max(const scalar_t* plane, int64_t width, const RoIPoolBin& bin, int32_t& argmax) {
+SEGOPS_HOST_DEVICE T roi_pool_bin_max(const scalar_t* plane, int64_t width, int64_t pixel_stride, const RoIPoolBin& bin,
+                                      int32_t& argmax) {
   T best = bin.empty() ? T(0) : std::numeric_limits<T>::lowest();
   int64_t best_index = -1;
   for (int64_t h = bin.h_start; h < bin.h_end; ++h) {
-    const scalar_t* row = plane + h * width;
+    const scalar_t* row = plane + h * width * pixel_stride;
     for (int64_t w = bin.w_start; w < bin.w_end; ++w) {
-      const T value = static_cast<T>(row[w]);
+      const T value = static_cast<T>(row[w * pixel_stride]);
       const bool greater = value > best;
       best = greater ? value : best;
       best_index = greater ? h * width + w : best_index;

@@ -63,7 +63,7 @@ std::tuple<at::Tensor, at::Tensor> roi_pool_forward_cpu(const at::Tensor& input,
           const int64_t out_offset = (k * channels + c) * bins_per_plane;
           for (int64_t b = 0; b < bins_per_plane; ++b) {
             output_data[out_offset + b] = static_cast<scalar_t>(
-                roi_pool_bin_max<acc_t>(plane, width, windows[k * bins_per_plane + b], argmax_data[out_offset + b]));
+                roi_pool_bin_max<acc_t>(plane, width, 1, windows[k * bins_per_plane + b], argmax_data[out_offset + b]));
           }
         });
   });

@@ -19,7 +19,9 @@
 
 namespace segops {
 
-template <typename scalar_t>
+// kChannelsLast: the input is NHWC, read in place and walked channel-fastest (a warp reads consecutive channels of
+// one window; its stores are PH * PW apart), else NCHW, walked in output order.
+template <typename scalar_t, bool kChannelsLast>
 __global__ void SEGOPS_LAUNCH_BOUNDS(kThreadsPerBlock)
     roi_pool_forward_kernel(int64_t total, const scalar_t* __restrict__ input,
                             const at::opmath_type<scalar_t>* __restrict__ rois, scalar_t* __restrict__ output,
@@ -28,18 +30,27 @@ __global__ void SEGOPS_LAUNCH_BOUNDS(kThreadsPerBlock)
                             at::opmath_type<scalar_t> spatial_scale) {
   using acc_t = at::opmath_type<scalar_t>;
   SEGOPS_KERNEL_LOOP(index, total) {
-    const RoIBinIndex b = roi_bin_index(index, channels, pooled_h, pooled_w);
+    const RoIBinIndex b = kChannelsLast ? roi_bin_index_channel_fastest(index, channels, pooled_h, pooled_w)
+                                        : roi_bin_index(index, channels, pooled_h, pooled_w);
+    // The outputs are [K, C, PH, PW] in either walk (the offset computed where it is used: fewer live registers).
+    const auto output_index = [&] {
+      return kChannelsLast ? ((b.roi * channels + b.channel) * pooled_h + b.ph) * pooled_w + b.pw : index;
+    };
     const acc_t* roi = rois + b.roi * 5;
     if (!roi_row_is_valid(roi, batch_size)) {
       SEGOPS_KERNEL_ASSERT(false, SEGOPS_BAD_ROI_ROW_MESSAGE("roi_pool"));
-      output[index] = scalar_t(0);
-      argmax[index] = -1;
+      output[output_index()] = scalar_t(0);
+      argmax[output_index()] = -1;
       continue;
     }
     const int64_t batch = static_cast<int64_t>(static_cast<acc_t>(roi[0]));
     const RoIPoolBin window = roi_pool_bin<acc_t>(roi, spatial_scale, pooled_h, pooled_w, b.ph, b.pw, height, width);
-    const scalar_t* plane = input + (batch * channels + b.channel) * height * width;
-    output[index] = static_cast<scalar_t>(roi_pool_bin_max<acc_t>(plane, width, window, argmax[index]));
+    const scalar_t* plane = kChannelsLast ? input + batch * height * width * channels + b.channel
+                                          : input + (batch * channels + b.channel) * height * width;
+    int32_t best = -1;
+    const acc_t value = roi_pool_bin_max<acc_t>(plane, width, kChannelsLast ? channels : 1, window, best);
+    output[output_index()] = static_cast<scalar_t>(value);
+    argmax[output_index()] = best;
   }
 }
 
@@ -126,13 +137,15 @@ std::tuple<at::Tensor, at::Tensor> roi_pool_forward_launch(const Launch& launch,
   at::Tensor argmax = at::empty(output.sizes(), output.options().dtype(at::kInt));
   if (output.numel() == 0) return {output, argmax};
   const int64_t channels = input.size(1);
-  const at::Tensor input_c = input.contiguous();
+  // A channels_last input is read in place (as RoIAlign's maps), any other as contiguous NCHW.
+  const bool nhwc = all_read_as_nhwc({input});
+  const at::Tensor input_c = nhwc ? input : input.contiguous();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "roi_pool_forward_kernel", [&] {
     using acc_t = at::opmath_type<scalar_t>;
-    launch(output.numel(), roi_pool_forward_kernel<scalar_t>, output.numel(), input_c.const_data_ptr<scalar_t>(),
-           rois_acc.const_data_ptr<acc_t>(), output.mutable_data_ptr<scalar_t>(), argmax.mutable_data_ptr<int32_t>(),
-           input.size(0), channels, input.size(2), input.size(3), pooled_h, pooled_w,
-           static_cast<acc_t>(spatial_scale));
+    launch(output.numel(), nhwc ? roi_pool_forward_kernel<scalar_t, true> : roi_pool_forward_kernel<scalar_t, false>,
+           output.numel(), input_c.const_data_ptr<scalar_t>(), rois_acc.const_data_ptr<acc_t>(),
+           output.mutable_data_ptr<scalar_t>(), argmax.mutable_data_ptr<int32_t>(), input.size(0), channels,
+           input.size(2), input.size(3), pooled_h, pooled_w, static_cast<acc_t>(spatial_scale));
   });
   return {output, argmax};
 }
