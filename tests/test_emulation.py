@@ -203,9 +203,9 @@ def test_multi_scale_roi_align_kernels(emulated, launch, dtype, num_rois):
 
 @pytest.mark.parametrize("launch", LAUNCHES[1:4], ids=str)
 def test_roi_align_kernels_read_channels_last_maps_in_place(emulated, launch):
-    """channels_last maps (each FPN level of multi_scale_roi_align, roi_align's and roi_pool's one) are read where they lie,
-    walked channel-fastest: outputs equal the NCHW ones bitwise, and the call allocates its output and nothing of the
-    maps' size (a copy to NCHW would add every map's bytes)."""
+    """channels_last maps (each FPN level of multi_scale_roi_align, roi_align's and roi_pool's one) are read where
+    they lie, walked channel-fastest: outputs equal the NCHW ones bitwise, and the call allocates its output and
+    nothing of the maps' size (a copy to NCHW would add every map's bytes)."""
     grid, block = launch
     maps, rois, levels = _pyramid_case(torch.float32, 40)
     params = ([0.5, 0.25, 0.125], 3, 2, 2, True)
