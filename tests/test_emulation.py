@@ -500,6 +500,23 @@ def test_dilated_conv_kernels_match_the_cpu_path_and_are_bitwise_equal_across_gr
         torch.testing.assert_close(actual, reference, **BACKWARD_TOLERANCE[dtype])
 
 
+def test_dilated_conv_kernels_with_padding_and_stride_past_31_bits(emulated):
+    """Small tensors, but padding and stride near 2^31: the kernels must not take 32-bit index math (their
+    coordinate arithmetic would wrap and drop taps), whatever the tensors' sizes allow."""
+    big = 2**31 - 1
+    input = torch.randn(1, 2, 3, 3, generator=torch.Generator().manual_seed(0))
+    weight = torch.randn(2, 1, 1, 1)
+    args = ([big + 1, 1], [big, 0], [1, 1], 2)
+    expected = torch.ops.segops.dilated_conv2d(input, weight, None, *args)
+    assert torch.equal(emulated.dilated_conv2d(input, weight, None, *args, (2,), (32,)), expected)
+    grad = torch.randn(expected.shape, generator=torch.Generator().manual_seed(1))
+    expected_grads = torch.ops.segops._dilated_conv2d_backward(grad, input, weight, *args, [True, True, False])
+    actual_grads = emulated._dilated_conv2d_backward(grad, input, weight, *args, [True, True, False], True, (2,), (32,))
+    for actual, reference in zip(actual_grads[:2], expected_grads[:2]):
+        torch.testing.assert_close(actual, reference)
+    assert expected_grads[0].abs().sum() > 0  # taps that read the input exist: a wrapped index would drop them
+
+
 @pytest.mark.parametrize("name", ["dense", "grouped"])
 def test_dilated_conv_general_backward_is_atens_outside_deterministic_mode(emulated, name):
     input, weight, bias, args = _conv_case(torch.float32, name)

@@ -61,6 +61,7 @@ struct EmulatedLaunch {
     failed_assert = nullptr;
     failed_assert_detail.clear();
 #if defined(SEGOPS_MEMTRACE)
+    const memtrace::LaunchScope trace_scope;  // ends the traced launch if the kernel throws
     memtrace::launch_begins({{&thread_idx, sizeof(thread_idx)},
                              {&block_idx, sizeof(block_idx)},
                              {&block_dim, sizeof(block_dim)},

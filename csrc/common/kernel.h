@@ -104,11 +104,12 @@ inline bool& force_output_thread_order() {
 }
 
 // Calls f(int32_t{}) where every flat index and element offset of `tensors` fits in 31 bits (ATen's rule,
-// canUse32BitIndexMath), else f(int64_t{}). 32-bit index math: a GPU divides 32-bit integers in about a quarter of
-// the instructions of 64-bit ones, and the kernels split a flat index into coordinates by division.
+// canUse32BitIndexMath) and so do the caller's other values (values_fit: a convolution's padded extents and
+// strides), else f(int64_t{}). 32-bit index math: a GPU divides 32-bit integers in about a quarter of the
+// instructions of 64-bit ones, and the kernels split a flat index into coordinates by division.
 template <class F>
-void with_index_type(std::initializer_list<at::TensorBase> tensors, F&& f) {
-  bool fits = !force_64bit_index_math();
+void with_index_type(std::initializer_list<at::TensorBase> tensors, F&& f, bool values_fit = true) {
+  bool fits = values_fit && !force_64bit_index_math();
   for (const at::TensorBase& t : tensors) fits = fits && (!t.defined() || at::native::canUse32BitIndexMath(t));
   if (fits) {
     f(int32_t{});

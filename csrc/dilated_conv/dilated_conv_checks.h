@@ -20,6 +20,15 @@ struct CheckedConv {
   int64_t group_channels() const { return channels / groups; }
   int64_t group_out_channels() const { return out_channels / groups; }
   int64_t taps() const { return ay.kernel * ax.kernel; }
+  // Whether the axes' coordinate arithmetic (padded extents, dilated kernels, strides) fits in 31 bits: the
+  // GPU kernels' 32-bit index math divides such values too.
+  bool axes_fit_32bit() const {
+    const auto fits = [](const ConvAxis& a) {
+      const int64_t limit = int64_t(1) << 30;
+      return a.in + 2 * a.pad < limit && a.dilation * a.kernel < limit && a.stride < limit && a.out < limit;
+    };
+    return fits(ay) && fits(ax);
+  }
 };
 
 // Wants input [N, C, H, W] of a float dtype; weight [C_out, C / groups, kH, kW] and bias None or [C_out] of its dtype

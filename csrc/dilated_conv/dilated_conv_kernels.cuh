@@ -179,11 +179,14 @@ struct LaunchConvOps {
   void im2col(const at::Tensor& input, const CheckedConv& c, const at::Tensor& columns, int64_t n, int64_t first_row,
               int64_t rows) const {
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "dilated_conv_im2col", [&] {
-      with_index_type({input, columns}, [&](auto index) {
-        launch(columns.numel(), dilated_conv_im2col_kernel<scalar_t, decltype(index)>, columns.numel(),
-               input.const_data_ptr<scalar_t>(), strided_image(input), c.ay, c.ax, n, first_row, rows,
-               columns.mutable_data_ptr<scalar_t>());
-      });
+      with_index_type(
+          {input, columns},
+          [&](auto index) {
+            launch(columns.numel(), dilated_conv_im2col_kernel<scalar_t, decltype(index)>, columns.numel(),
+                   input.const_data_ptr<scalar_t>(), strided_image(input), c.ay, c.ax, n, first_row, rows,
+                   columns.mutable_data_ptr<scalar_t>());
+          },
+          c.axes_fit_32bit());
     });
   }
 
@@ -193,11 +196,14 @@ struct LaunchConvOps {
     const int64_t total = c.channels * std::max<int64_t>(0, read.last - read.first) * c.ax.in;
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, columns.scalar_type(), "dilated_conv_col2im", [&] {
       using acc_t = at::opmath_type<scalar_t>;
-      with_index_type({columns, grad_input}, [&](auto index) {
-        launch(total, dilated_conv_col2im_kernel<scalar_t, decltype(index)>, total, columns.const_data_ptr<scalar_t>(),
-               c.ay, c.ax, first_row, rows, read.first, read.last - read.first,
-               grad_input.mutable_data_ptr<acc_t>() + n * c.channels * c.ay.in * c.ax.in);
-      });
+      with_index_type(
+          {columns, grad_input},
+          [&](auto index) {
+            launch(total, dilated_conv_col2im_kernel<scalar_t, decltype(index)>, total,
+                   columns.const_data_ptr<scalar_t>(), c.ay, c.ax, first_row, rows, read.first, read.last - read.first,
+                   grad_input.mutable_data_ptr<acc_t>() + n * c.channels * c.ay.in * c.ax.in);
+          },
+          c.axes_fit_32bit());
     });
   }
 
@@ -213,15 +219,18 @@ struct LaunchConvOps {
       const bool channel_fastest = c.channels > 1 && input.stride(1) == 1 && !force_output_thread_order();
       // [C, 1, kH, kW] -> [kH, kW, C] for the channel-fastest walk (a few KB).
       const at::Tensor filters = channel_fastest ? weight.permute({2, 3, 0, 1}).contiguous() : weight;
-      with_index_type({input, output}, [&](auto index) {
-        using index_t = decltype(index);
-        launch(output.numel(),
-               channel_fastest ? dilated_conv_depthwise_kernel<scalar_t, index_t, true>
-                               : dilated_conv_depthwise_kernel<scalar_t, index_t, false>,
-               output.numel(), input.const_data_ptr<scalar_t>(), strided_image(input),
-               filters.const_data_ptr<scalar_t>(), bias.has_value() ? bias->const_data_ptr<scalar_t>() : nullptr, c.ay,
-               c.ax, c.channels, output.mutable_data_ptr<scalar_t>());
-      });
+      with_index_type(
+          {input, output},
+          [&](auto index) {
+            using index_t = decltype(index);
+            launch(output.numel(),
+                   channel_fastest ? dilated_conv_depthwise_kernel<scalar_t, index_t, true>
+                                   : dilated_conv_depthwise_kernel<scalar_t, index_t, false>,
+                   output.numel(), input.const_data_ptr<scalar_t>(), strided_image(input),
+                   filters.const_data_ptr<scalar_t>(), bias.has_value() ? bias->const_data_ptr<scalar_t>() : nullptr,
+                   c.ay, c.ax, c.channels, output.mutable_data_ptr<scalar_t>());
+          },
+          c.axes_fit_32bit());
     });
     return output;
   }
@@ -234,21 +243,27 @@ struct LaunchConvOps {
       using acc_t = at::opmath_type<scalar_t>;
       if (output_mask[0]) {
         grad_input = at::empty(input.sizes(), input.options().memory_format(at::MemoryFormat::Contiguous));
-        with_index_type({grad, grad_input}, [&](auto index) {
-          launch(grad_input.numel(), dilated_conv_depthwise_input_grad_kernel<scalar_t, decltype(index)>,
-                 grad_input.numel(), grad.const_data_ptr<scalar_t>(), weight.const_data_ptr<scalar_t>(), c.ay, c.ax,
-                 c.channels, grad_input.mutable_data_ptr<scalar_t>());
-        });
+        with_index_type(
+            {grad, grad_input},
+            [&](auto index) {
+              launch(grad_input.numel(), dilated_conv_depthwise_input_grad_kernel<scalar_t, decltype(index)>,
+                     grad_input.numel(), grad.const_data_ptr<scalar_t>(), weight.const_data_ptr<scalar_t>(), c.ay, c.ax,
+                     c.channels, grad_input.mutable_data_ptr<scalar_t>());
+            },
+            c.axes_fit_32bit());
       }
       if (output_mask[1]) {
         const int64_t columns = c.batch * c.ax.out;
         at::Tensor partials =
             at::empty({c.channels * c.taps() * columns}, input.options().dtype(at::toOpMathType(input.scalar_type())));
-        with_index_type({grad, input, partials}, [&](auto index) {
-          launch(partials.numel(), dilated_conv_depthwise_weight_partial_kernel<scalar_t, decltype(index)>,
-                 partials.numel(), grad.const_data_ptr<scalar_t>(), input.const_data_ptr<scalar_t>(),
-                 strided_image(input), c.ay, c.ax, c.batch, c.channels, partials.mutable_data_ptr<acc_t>());
-        });
+        with_index_type(
+            {grad, input, partials},
+            [&](auto index) {
+              launch(partials.numel(), dilated_conv_depthwise_weight_partial_kernel<scalar_t, decltype(index)>,
+                     partials.numel(), grad.const_data_ptr<scalar_t>(), input.const_data_ptr<scalar_t>(),
+                     strided_image(input), c.ay, c.ax, c.batch, c.channels, partials.mutable_data_ptr<acc_t>());
+            },
+            c.axes_fit_32bit());
         grad_weight = at::empty(weight.sizes(), weight.options());
         launch(grad_weight.numel(), dilated_conv_ordered_sum_kernel<scalar_t>, grad_weight.numel(),
                partials.const_data_ptr<acc_t>(), columns, grad_weight.mutable_data_ptr<scalar_t>());

@@ -113,9 +113,10 @@ SEGOPS_NOT_TRACED inline void atomic(const void* address, uint32_t size) {
   State& s = state();
   if (!s.in_launch || s.in_hook) return;
   const auto where = reinterpret_cast<uintptr_t>(address);
+  s.skip_count = 0;  // a failed compare-and-swap stores nothing: its skip must not outlive it
   record(where, size, Kind::atomic, __builtin_return_address(0));
   s.skip_address = where;
-  s.skip_count = 2;
+  s.skip_count = s.lane >= 0 ? 2 : 0;
 }
 
 // Adds one warp-level access (the accesses of one kind among the lanes' k-th) to totals.
@@ -217,6 +218,8 @@ SEGOPS_NOT_TRACED inline void launch_begins(std::initializer_list<std::pair<cons
   s.stack_high = s.stack_low + size;
   s.current = LaunchRecord{};
   s.launch_sectors.clear();
+  for (auto& lane : s.lanes) lane.clear();
+  s.skip_count = 0;
   s.lane = -1;
   s.warp = -1;
   s.in_launch = true;
@@ -232,6 +235,7 @@ SEGOPS_NOT_TRACED inline void thread_begins(int64_t block, int64_t thread_in_blo
     s.warp = warp;
   }
   s.lane = (warp / kSampleRun) % s.warp_stride == 0 ? static_cast<int>(thread_in_block % kWarpSize) : -1;
+  s.skip_count = 0;
 }
 
 SEGOPS_NOT_TRACED inline std::string symbol_name(const void* function) {
@@ -254,6 +258,18 @@ SEGOPS_NOT_TRACED inline void launch_ends(const void* kernel) {
   s.current.kernel = symbol_name(kernel);
   s.launches.push_back(std::move(s.current));
 }
+
+// Ends a launch that an exception left: nothing more is recorded, and its partial record is dropped.
+struct LaunchScope {
+  SEGOPS_NOT_TRACED ~LaunchScope() {
+    State& s = state();
+    if (!s.in_launch) return;
+    s.in_launch = false;
+    s.lane = -1;
+    s.skip_count = 0;
+    for (auto& lane : s.lanes) lane.clear();
+  }
+};
 
 }  // namespace segops::memtrace
 

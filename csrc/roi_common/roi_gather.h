@@ -7,9 +7,9 @@
 // footprint misses its pixel, and sums what the others' bins send it through the op's Gather functor, in the order
 // of the CPU backward (each plane's RoIs in order, then bins, then samples). So the result is bitwise the same for
 // any launch shape, and equal to the CPU backward's (in the emulation: nvcc contracts multiply-adds). No atomics;
-// extra memory: a footprint (48 bytes), a bucket number and an order entry (16 bytes) per RoI. Cost: a thread
-// tests the footprints of its own image and map's RoIs only; the sums themselves are the scatter's work. Four
-// channels per thread: the sums stay in registers.
+// extra memory: a footprint (48 bytes), its bucket number, sorted and unsorted, and an order entry (24 bytes) per RoI.
+// Cost: a thread tests the footprints of its own image and map's RoIs only; the sums themselves are the scatter's work.
+// Four channels per thread: the sums stay in registers.
 #include <ATen/ATen.h>
 
 #include <vector>
