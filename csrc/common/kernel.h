@@ -129,33 +129,37 @@ struct AtomicAdd {
   }
 };
 
-// The coordinates of flat index `index` of a contiguous [K, C, PH, PW] RoI-op output.
+// The coordinates of a RoI-op output element, [K, C, PH, PW].
 struct RoIBinIndex {
   int64_t roi, channel, ph, pw;
+
+  // Its offset in the contiguous output, taken by thread index `index` of roi_bin_index<kChannelFastest> (in the
+  // output's order that is the index itself: nothing to recompute, no register held for it).
+  template <bool kChannelFastest>
+  __device__ int64_t offset(int64_t index, int64_t channels, int64_t pooled_h, int64_t pooled_w) const {
+    return kChannelFastest ? ((roi * channels + channel) * pooled_h + ph) * pooled_w + pw : index;
+  }
 };
 
+// The element that thread index `index` takes: the output's own order, or (kChannelFastest) a [K, PH, PW, C] walk,
+// the order that reads channels_last maps in place with consecutive threads at consecutive addresses.
+template <bool kChannelFastest = false>
 __device__ inline RoIBinIndex roi_bin_index(int64_t index, int64_t channels, int64_t pooled_h, int64_t pooled_w) {
   RoIBinIndex bin;
+  if (kChannelFastest) {
+    bin.channel = index % channels;
+    index /= channels;
+  }
   bin.pw = index % pooled_w;
   index /= pooled_w;
   bin.ph = index % pooled_h;
   index /= pooled_h;
-  bin.channel = index % channels;
-  bin.roi = index / channels;
-  return bin;
-}
-
-// The coordinates of flat index `index` of a [K, PH, PW, C] walk (channel fastest) over the same output: the
-// thread order that reads channels_last maps in place with consecutive threads at consecutive addresses.
-__device__ inline RoIBinIndex roi_bin_index_channel_fastest(int64_t index, int64_t channels, int64_t pooled_h,
-                                                            int64_t pooled_w) {
-  RoIBinIndex bin;
-  bin.channel = index % channels;
-  index /= channels;
-  bin.pw = index % pooled_w;
-  index /= pooled_w;
-  bin.ph = index % pooled_h;
-  bin.roi = index / pooled_h;
+  if (kChannelFastest) {
+    bin.roi = index;
+  } else {
+    bin.channel = index % channels;
+    bin.roi = index / channels;
+  }
   return bin;
 }
 

@@ -83,16 +83,11 @@ __global__ void SEGOPS_LAUNCH_BOUNDS(kThreadsPerBlock)
   const RoIAlignMessages messages =
       kMultiLevel ? SEGOPS_ROI_ALIGN_MESSAGES("multi_scale_roi_align") : SEGOPS_ROI_ALIGN_MESSAGES("roi_align");
   SEGOPS_KERNEL_LOOP(index, total) {
-    const RoIBinIndex bin = kChannelsLast ? roi_bin_index_channel_fastest(index, channels, pooled_h, pooled_w)
-                                          : roi_bin_index(index, channels, pooled_h, pooled_w);
-    // The output is [K, C, PH, PW] in either walk (its offset computed where it is stored: fewer live registers).
-    const auto output_index = [&] {
-      return kChannelsLast ? ((bin.roi * channels + bin.channel) * pooled_h + bin.ph) * pooled_w + bin.pw : index;
-    };
+    const RoIBinIndex bin = roi_bin_index<kChannelsLast>(index, channels, pooled_h, pooled_w);
     const acc_t* roi = rois + bin.roi * 5;
     const int64_t level = roi_level<kMultiLevel>(roi, levels, bin.roi, batch_size, maps.count, messages);
     if (level < 0) {
-      output[output_index()] = scalar_t(0);
+      output[bin.offset<kChannelsLast>(index, channels, pooled_h, pooled_w)] = scalar_t(0);
       continue;
     }
     const int64_t height = maps.height[level], width = maps.width[level];
@@ -100,7 +95,7 @@ __global__ void SEGOPS_LAUNCH_BOUNDS(kThreadsPerBlock)
         roi_align_geometry<acc_t>(roi, maps.spatial_scale[level], pooled_h, pooled_w, sampling_ratio, aligned);
     const scalar_t* plane = kChannelsLast ? maps.data[level] + g.batch * height * width * channels + bin.channel
                                           : maps.data[level] + (g.batch * channels + bin.channel) * height * width;
-    output[output_index()] = static_cast<scalar_t>(
+    output[bin.offset<kChannelsLast>(index, channels, pooled_h, pooled_w)] = static_cast<scalar_t>(
         roi_align_bin_value(plane, height, width, g, bin.ph, bin.pw, kChannelsLast ? channels : 1));
   }
 }

@@ -30,17 +30,12 @@ __global__ void SEGOPS_LAUNCH_BOUNDS(kThreadsPerBlock)
                             at::opmath_type<scalar_t> spatial_scale) {
   using acc_t = at::opmath_type<scalar_t>;
   SEGOPS_KERNEL_LOOP(index, total) {
-    const RoIBinIndex b = kChannelsLast ? roi_bin_index_channel_fastest(index, channels, pooled_h, pooled_w)
-                                        : roi_bin_index(index, channels, pooled_h, pooled_w);
-    // The outputs are [K, C, PH, PW] in either walk (the offset computed where it is used: fewer live registers).
-    const auto output_index = [&] {
-      return kChannelsLast ? ((b.roi * channels + b.channel) * pooled_h + b.ph) * pooled_w + b.pw : index;
-    };
+    const RoIBinIndex b = roi_bin_index<kChannelsLast>(index, channels, pooled_h, pooled_w);
     const acc_t* roi = rois + b.roi * 5;
     if (!roi_row_is_valid(roi, batch_size)) {
       SEGOPS_KERNEL_ASSERT(false, SEGOPS_BAD_ROI_ROW_MESSAGE("roi_pool"));
-      output[output_index()] = scalar_t(0);
-      argmax[output_index()] = -1;
+      output[b.offset<kChannelsLast>(index, channels, pooled_h, pooled_w)] = scalar_t(0);
+      argmax[b.offset<kChannelsLast>(index, channels, pooled_h, pooled_w)] = -1;
       continue;
     }
     const int64_t batch = static_cast<int64_t>(static_cast<acc_t>(roi[0]));
@@ -49,8 +44,8 @@ __global__ void SEGOPS_LAUNCH_BOUNDS(kThreadsPerBlock)
                                           : input + (batch * channels + b.channel) * height * width;
     int32_t best = -1;
     const acc_t value = roi_pool_bin_max<acc_t>(plane, width, kChannelsLast ? channels : 1, window, best);
-    output[output_index()] = static_cast<scalar_t>(value);
-    argmax[output_index()] = best;
+    output[b.offset<kChannelsLast>(index, channels, pooled_h, pooled_w)] = static_cast<scalar_t>(value);
+    argmax[b.offset<kChannelsLast>(index, channels, pooled_h, pooled_w)] = best;
   }
 }
 
