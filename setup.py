@@ -10,6 +10,8 @@ Environment:
   SEGOPS_KEEP_PTX=1         keep each .cu file's PTX in build/ptx/ (tests/test_build.py reads it).
   SEGOPS_SANITIZE=1         instrument the C++ (CPU kernels and emulation) with AddressSanitizer and UBSan; used by
                             scripts/sanitize.sh, which also preloads the runtimes.
+  SEGOPS_TSAN=1             build segops._emulation alone, each launch on several OS threads, with ThreadSanitizer;
+                            used by scripts/tsan.sh, which builds it outside the tree's own build and preloads libtsan.
   MAX_JOBS                  parallel compile jobs (default: the machine's cores).
 """
 
@@ -64,15 +66,36 @@ def decide_cuda(torch):
     return cuda_home
 
 
+def emulation_extension(CppExtension, compile_args, link_args, define_macros=()):
+    """segops._emulation: the CUDA kernels compiled for the host (csrc/common/emulation.h), for tests."""
+    return CppExtension(
+        "segops._emulation",
+        ["csrc/emulation/emulated_ops.cpp", "csrc/python_module.cpp"]
+        + sorted(set(glob.glob("csrc/common/*.cpp") + glob.glob("csrc/*/*_checks.cpp"))),
+        include_dirs=[str(ROOT / "csrc")],
+        define_macros=list(define_macros),
+        extra_compile_args={"cxx": compile_args},
+        extra_link_args=link_args,
+    )
+
+
 def extensions():
     import torch
 
+    os.environ.setdefault("MAX_JOBS", str(os.cpu_count() or 1))
+    torch_version = torch.__version__.split("+")[0]
+    if env_flag("SEGOPS_TSAN"):
+        from torch.utils.cpp_extension import CppExtension
+
+        log("SEGOPS_TSAN=1: building segops._emulation alone, launches on several OS threads, with ThreadSanitizer")
+        tsan_args = ["-fsanitize=thread", "-O1", "-g", "-fno-omit-frame-pointer"]
+        concurrent = [("SEGOPS_CONCURRENT_EMULATION", None)]
+        return [emulation_extension(CppExtension, tsan_args, ["-fsanitize=thread"], concurrent)], torch_version
     cuda_home = decide_cuda(torch)
     if cuda_home is not None:
         os.environ["CUDA_HOME"] = str(cuda_home)  # read when cpp_extension is imported
         if not os.environ.get("TORCH_CUDA_ARCH_LIST") and not torch.cuda.is_available():
             os.environ["TORCH_CUDA_ARCH_LIST"] = DEFAULT_ARCH_LIST
-    os.environ.setdefault("MAX_JOBS", str(os.cpu_count() or 1))
     from torch.utils.cpp_extension import CppExtension, CUDAExtension
 
     cpp_sources = sorted(
@@ -129,35 +152,27 @@ def extensions():
     modules = [main]
     if env_flag("SEGOPS_BUILD_EMULATION"):
         log("SEGOPS_BUILD_EMULATION=1: also building segops._emulation (CUDA kernels emulated on the host, for tests)")
-        emulation_args = ["-O2"]
-        if not sanitize_args:
+        if sanitize_args:
+            modules.append(emulation_extension(CppExtension, ["-O1"] + sanitize_args, sanitize_args))
+        else:
             # The warp memory tracer (emulation/memory_trace.h): gcc's outline KASAN instrumentation calls
             # __asan_{load,store}<N>_noabort before every load and store, which the tracer defines (no sanitizer
             # runtime) and which return at once outside a traced launch. No vectorisation: a GPU thread's accesses
             # are scalar.
-            emulation_args += [
+            tracer_args = [
+                "-O2",
                 "-fno-tree-vectorize",
                 "-fsanitize=kernel-address",
                 "--param=asan-instrumentation-with-call-threshold=0",
                 "--param=asan-stack=0",
                 "--param=asan-globals=0",
             ]
-        modules.append(
-            CppExtension(
-                "segops._emulation",
-                ["csrc/emulation/emulated_ops.cpp", "csrc/python_module.cpp"]
-                + sorted(set(glob.glob("csrc/common/*.cpp") + glob.glob("csrc/*/*_checks.cpp"))),
-                include_dirs=[str(ROOT / "csrc")],
-                define_macros=[] if sanitize_args else [("SEGOPS_MEMTRACE", None)],
-                extra_compile_args={"cxx": ["-O1"] + sanitize_args if sanitize_args else emulation_args},
-                extra_link_args=sanitize_args,
-            )
-        )
+            modules.append(emulation_extension(CppExtension, tracer_args, [], [("SEGOPS_MEMTRACE", None)]))
     log(
         f"building {[module.name for module in modules]} against torch {torch.__version__} "
         f"with MAX_JOBS={os.environ['MAX_JOBS']}"
     )
-    return modules, torch.__version__.split("+")[0]
+    return modules, torch_version
 
 
 def main():

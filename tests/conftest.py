@@ -14,9 +14,21 @@ torch.backends.cudnn.allow_tf32 = False
 DEVICES = ["cpu", pytest.param("cuda", marks=[pytest.mark.cuda, requires_cuda])]
 
 
+# scripts/tsan.sh: the emulation runs each launch on several OS threads, so float atomic adds sum in an order that
+# changes from run to run, as on a GPU (tests compare such sums with a tolerance, not bit for bit).
+CONCURRENT_EMULATION = bool(os.environ.get("SEGOPS_EMULATION_LIBRARY"))
+
+
 def emulation_module():
     """segops._emulation (the CUDA kernels emulated on the host), or a skip; a failure when the test command
-    promised it (SEGOPS_REQUIRE_EMULATION=1), so CI cannot silently drop these tests."""
+    promised it (SEGOPS_REQUIRE_EMULATION=1), so CI cannot silently drop these tests. Under scripts/tsan.sh, the
+    library SEGOPS_EMULATION_LIBRARY names (the concurrent emulation, with ThreadSanitizer) in its place."""
+    library = os.environ.get("SEGOPS_EMULATION_LIBRARY")
+    if library:
+        library = os.path.realpath(library)  # as load_library records it
+        if library not in torch.ops.loaded_libraries:
+            torch.ops.load_library(library)
+        return torch.ops.segops_emulation
     try:
         import segops._emulation  # noqa: F401
     except ImportError:

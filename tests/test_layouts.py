@@ -8,9 +8,11 @@ import torch.nn.functional as F
 import segops
 
 from argument_layouts import LAYOUTS, in_layout
-from conftest import emulation_module
+from conftest import CONCURRENT_EMULATION, emulation_module
 
 LAUNCH = ([3], [32])  # a grid far smaller than the work: every thread runs several grid-stride iterations
+# Emulated ops whose kernels sum floats with atomic adds (their default, non-deterministic backwards).
+ATOMIC_SUMS = {"_roi_align_backward", "_multi_scale_roi_align_backward", "_flow_warp_backward"}
 
 
 def _cases(lattice_op):
@@ -143,7 +145,10 @@ def test_every_tensor_argument_in_every_layout(backend, layout, case):
         actual = run({**tensors, name: variant})
         expected = run({**tensors, name: variant.contiguous()})
         for a, e in zip(actual, expected, strict=True):
-            assert torch.equal(a, e), f"{op_name}: {name} as {layout}"
+            if backend == "emulated" and CONCURRENT_EMULATION and op_name in ATOMIC_SUMS:
+                torch.testing.assert_close(a, e, msg=f"{op_name}: {name} as {layout}")
+            else:
+                assert torch.equal(a, e), f"{op_name}: {name} as {layout}"
 
 
 @pytest.mark.parametrize("layout", [layout for layout in LAYOUTS if layout != "contiguous"])

@@ -13,6 +13,13 @@
 #include "common/emulation.h"
 #define SEGOPS_LAUNCH_BOUNDS(threads)
 #define SEGOPS_LAUNCH_BOUNDS_MIN_BLOCKS(threads, blocks)
+#if defined(SEGOPS_CONCURRENT_EMULATION)  // launches on several OS threads: real atomics (common/emulation.h)
+#define SEGOPS_ATOMIC_ADD(base, index, numel, value) ::segops::emulation::atomic_add(&(base)[index], (value))
+#define SEGOPS_ATOMIC_MAX(address, value) ::segops::emulation::atomic_max((address), (value))
+#define SEGOPS_ATOMIC_MIN(address, value) ::segops::emulation::atomic_min((address), (value))
+#define SEGOPS_ATOMIC_CAS(address, compare, value) ::segops::emulation::compare_and_swap((address), (compare), (value))
+#else
+// One emulated thread at a time: a plain read-modify-write is atomic.
 #if defined(SEGOPS_MEMTRACE)  // the traced emulation counts atomics (emulation/memory_trace.h)
 #define SEGOPS_EMULATED_ATOMIC(address) SEGOPS_MEMTRACE_ATOMIC(address)
 #else
@@ -26,6 +33,7 @@
 // Stores value where *address == compare; returns the old *address either way.
 #define SEGOPS_ATOMIC_CAS(address, compare, value) \
   (SEGOPS_EMULATED_ATOMIC(address), ::segops::emulation::compare_and_swap((address), (compare), (value)))
+#endif
 #define SEGOPS_KERNEL_ASSERT(cond, message) \
   if (!(cond)) ::segops::emulation::device_assert_failed(message)
 #define SEGOPS_KERNEL_ASSERT_DETAILED(cond, message, format, ...) \

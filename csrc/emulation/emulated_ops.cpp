@@ -2,7 +2,8 @@
 // caller picks. Registered as torch.ops.segops_emulation.<op>(..., grid, block) in segops._emulation (built
 // with SEGOPS_BUILD_EMULATION=1); tests compare them with the CPU path. Not part of the public API. Built with
 // SEGOPS_MEMTRACE (all but the sanitizer builds), memtrace_begin/memtrace_end record every global access of the
-// launches between them (emulation/memory_trace.h).
+// launches between them (emulation/memory_trace.h). Built with SEGOPS_CONCURRENT_EMULATION (scripts/tsan.sh), each
+// launch runs on several OS threads under ThreadSanitizer (common/emulation.h).
 #define SEGOPS_EMULATION
 
 #include <torch/library.h>
@@ -198,6 +199,13 @@ std::string memtrace_end() {
 }
 #endif
 
+#if defined(SEGOPS_CONCURRENT_EMULATION)
+// Makes every atomic add a plain `+=` (true): the race the ThreadSanitizer tests plant in a backward scatter.
+void plant_plain_atomic_add_race(bool plant) {
+  emulation::plant_plain_atomic_add() = plant;
+}
+#endif
+
 }  // namespace
 
 TORCH_LIBRARY(segops_emulation, m) {
@@ -206,6 +214,9 @@ TORCH_LIBRARY(segops_emulation, m) {
 #if defined(SEGOPS_MEMTRACE)
   m.def("memtrace_begin(int warp_stride=1) -> ()", &memtrace_begin);
   m.def("memtrace_end() -> str", &memtrace_end);
+#endif
+#if defined(SEGOPS_CONCURRENT_EMULATION)
+  m.def("plant_plain_atomic_add(bool plant) -> ()", &plant_plain_atomic_add_race);
 #endif
   m.def(
       "roi_align(Tensor input, Tensor rois, float spatial_scale, int pooled_height, int pooled_width, "
