@@ -119,6 +119,24 @@ def test_layouts_read_in_place_with_identical_results(config, layout):
         assert torch.equal(a, e)
 
 
+@pytest.mark.parametrize("config", [CONFIGS[0], CONFIGS[4], CONFIGS[7]], ids=["gemm", "depthwise", "1x1"])
+@pytest.mark.parametrize("layout", ["channels_last", "contiguous", "strided"])
+def test_output_and_input_gradient_keep_the_input_memory_format_as_conv2d(config, layout):
+    # channels_last in, channels_last out (and back), as F.conv2d does: a channels_last network stays channels_last.
+    input, weight, bias, kwargs = make_case(config)
+    variant = layouts(input)[layout] if layout != "contiguous" else input
+    strides = {}
+    for name, op in (("segops", segops.dilated_conv2d), ("conv2d", F.conv2d)):
+        leaf = variant.detach().requires_grad_()
+        output = op(leaf, weight, bias, **kwargs)
+        output.backward(torch.ones_like(output))
+        strides[name] = (output.stride(), leaf.grad.stride())
+    assert strides["segops"] == strides["conv2d"], strides
+    torch._dynamo.reset()  # each case compiles afresh: the fake kernel's strides are what the graph carries
+    compiled = torch.compile(segops.dilated_conv2d, backend="eager", fullgraph=True, dynamic=False)
+    assert compiled(variant, weight, bias, **kwargs).stride() == strides["conv2d"][0]
+
+
 def test_chunked_columns_match_conv2d_and_stay_within_the_budget():
     # 256 * 9 * 64 * 64 column elements (9.4 M) exceed the 2^23 budget: two chunks of output rows per image.
     g = torch.Generator().manual_seed(0)

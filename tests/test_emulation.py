@@ -10,6 +10,7 @@ import warnings
 import pytest
 import torch
 import torch.nn.functional as F
+from torch._prims_common import suggest_memory_format
 
 import segops
 
@@ -546,7 +547,9 @@ def test_dilated_conv_kernels_read_channels_last_and_strided_inputs(index_width,
             strided = layouts(input)[layout]
             expected = torch.ops.segops.dilated_conv2d(input, weight, bias, *args)
             actual = emulated.dilated_conv2d(strided, weight, bias, *args, (3,), (32,))
-            assert actual.is_contiguous()
+            # In the input's memory format, as F.conv2d's (the channel-fastest walk writes channels_last in place).
+            layout_of_conv2d = F.conv2d(strided, weight, bias, *args).stride()
+            assert actual.stride() == layout_of_conv2d
             if name == "depthwise":
                 assert torch.equal(actual, expected)
             else:  # ATen's convolution (oneDNN here) reads channels_last in its own order
@@ -558,6 +561,7 @@ def test_dilated_conv_kernels_read_channels_last_and_strided_inputs(index_width,
             )
             for a, e in zip(actual_grads, expected_grads):
                 torch.testing.assert_close(a, e)
+            assert actual_grads[0].stride() == strided.contiguous(memory_format=suggest_memory_format(strided)).stride()
 
 
 # Permutohedral lattice: points with many shared and many distinct vertices (the hash table's collisions, the

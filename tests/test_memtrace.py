@@ -167,20 +167,19 @@ BELOW_80 = {
     ("flow_warp backward deterministic", "flow_warp_backward_feature_gather_kernel<float, int>"): "sorted pixels",
     ("roi_pool forward nchw", "roi_pool_forward_kernel<float, false>"): "a bin's window per thread",
     ("roi_align backward deterministic", "roi_gather_kernel<RoIAlignGather<float>, float>"): "the RoIs' bins",
-    # Channel-fastest walks of channels_last inputs: coalesced reads, stores a plane apart into NCHW outputs.
+    # Channel-fastest walks of channels_last inputs: coalesced reads, stores a plane apart into NCHW outputs (the
+    # depthwise convolution's output keeps the input's memory format, and is at 1.00 both ways).
     ("roi_align forward nhwc", "roi_align_forward_kernel<false, true, float>"): "NCHW output of an NHWC walk",
     ("flow_warp forward nhwc", "flow_warp_forward_kernel<float, int, true>"): "NCHW output of an NHWC walk",
-    ("depthwise forward nhwc", "dilated_conv_depthwise_kernel<float, int, true>"): "NCHW output of an NHWC walk",
     ("roi_pool forward nhwc", "roi_pool_forward_kernel<float, true>"): "NCHW output of an NHWC walk",
-    # Column sums along an NHWC input (channels a pixel apart); the ordered sum reads each (channel, tap)'s partials.
-    ("depthwise backward nhwc", "dilated_conv_depthwise_weight_partial_kernel<float, int>"): "NHWC input by columns",
-    ("depthwise backward nchw", "dilated_conv_ordered_sum_kernel<float>"): "one thread per partial-sum row (2 KB)",
-    ("depthwise backward nhwc", "dilated_conv_ordered_sum_kernel<float>"): "one thread per partial-sum row (2 KB)",
+    # The depthwise weight gradient's ordered sum: in NCHW, a thread reads its (channel, tap)'s row of partials.
+    ("depthwise backward nchw", "dilated_conv_ordered_sum_kernel<float, false>"): "one thread per partial-sum row",
+    # channels_last: loads coalesced; the C x taps weight-gradient stores land taps apart (1 per N * Wo loads).
+    ("depthwise backward nhwc", "dilated_conv_ordered_sum_kernel<float, true>"): "the [C, kH, kW] stores",
     # Stencils: a tap's row read is shifted off the sector boundaries (its fifth sector is the next warp's: an L1
     # hit on a GPU), and border lanes skip taps; 0.73-0.78 on these 24x32 maps, 0.79-0.86 on the benchmark's.
     ("depthwise forward nchw", "dilated_conv_depthwise_kernel<float, int, false>"): "stencil taps off sector bounds",
-    ("depthwise backward nchw", "dilated_conv_depthwise_input_grad_kernel<float, int>"): "stencil taps",
-    ("depthwise backward nhwc", "dilated_conv_depthwise_input_grad_kernel<float, int>"): "stencil taps",
+    ("depthwise backward nchw", "dilated_conv_depthwise_input_grad_kernel<float, int, false>"): "stencil taps",
     ("dilated_conv2d general backward, deterministic", "dilated_conv_im2col_kernel<float, int>"): "stencil taps",
     ("dilated_conv2d general backward, deterministic", "dilated_conv_col2im_kernel<float, int>"): "stencil taps",
     # Gathers at data-dependent positions: unpooling winners, lattice hash tables and neighbours.

@@ -113,40 +113,41 @@ SEGOPS_HOST_DEVICE acc_t depthwise_sum(const scalar_t* input, const StridedImage
   return sum;
 }
 
-// Its input gradient at (n, c, y, x), a gather over the taps that read it, in tap order; grad is contiguous
-// [N, C, Ho, Wo].
+// Its input gradient at (n, c, y, x), a gather over the taps that read it, in tap order; grad [N, C, Ho, Wo] is read
+// through its strides (grad_image) and the filter as in depthwise_sum.
 template <typename acc_t, typename index_t = int64_t, typename scalar_t>
-SEGOPS_HOST_DEVICE acc_t depthwise_input_grad(const scalar_t* grad, const scalar_t* filter, const ConvAxis& ay,
-                                              const ConvAxis& ax, int64_t plane, int64_t y, int64_t x) {
+SEGOPS_HOST_DEVICE acc_t depthwise_input_grad(const scalar_t* grad, const StridedImage& grad_image,
+                                              const scalar_t* filter, int64_t tap_stride, const ConvAxis& ay,
+                                              const ConvAxis& ax, int64_t n, int64_t c, int64_t y, int64_t x) {
   acc_t sum = 0;
-  const scalar_t* grad_plane = grad + plane * ay.out * ax.out;
   for (int64_t i = 0; i < ay.kernel; ++i) {
     const int64_t oy = ay.output_reading<index_t>(y, i);
     if (oy < 0) continue;
     for (int64_t j = 0; j < ax.kernel; ++j) {
       const int64_t ox = ax.output_reading<index_t>(x, j);
       if (ox < 0) continue;
-      sum += static_cast<acc_t>(filter[i * ax.kernel + j]) * static_cast<acc_t>(grad_plane[oy * ax.out + ox]);
+      sum += static_cast<acc_t>(filter[(i * ax.kernel + j) * tap_stride]) *
+             static_cast<acc_t>(grad[grad_image.offset(n, c, oy, ox)]);
     }
   }
   return sum;
 }
 
 // The depthwise weight gradient's share of output column ox of plane (n, c) for tap (i, j): sum over the column's
-// outputs of grad * the input that tap read, in oy order; grad is contiguous [N, C, Ho, Wo]. A column rather than a
-// row, so that the threads of a warp (consecutive ox) read consecutive addresses at each step.
+// outputs of grad * the input that tap read, in oy order; grad and input are read through their strides. A column
+// rather than a row, so that the threads of a warp (consecutive ox, or consecutive c for channels_last tensors) read
+// consecutive addresses at each step.
 template <typename acc_t, typename index_t = int64_t, typename scalar_t>
-SEGOPS_HOST_DEVICE acc_t depthwise_weight_grad_column(const scalar_t* grad, const scalar_t* input,
-                                                      const StridedImage& image, const ConvAxis& ay, const ConvAxis& ax,
-                                                      int64_t n, int64_t c, int64_t channels, int64_t ox, int64_t i,
-                                                      int64_t j) {
+SEGOPS_HOST_DEVICE acc_t depthwise_weight_grad_column(const scalar_t* grad, const StridedImage& grad_image,
+                                                      const scalar_t* input, const StridedImage& image,
+                                                      const ConvAxis& ay, const ConvAxis& ax, int64_t n, int64_t c,
+                                                      int64_t ox, int64_t i, int64_t j) {
   const int64_t x = ax.input_at(ox, j);
   if (x < 0 || x >= ax.in) return acc_t(0);
-  const scalar_t* grad_column = grad + (n * channels + c) * ay.out * ax.out + ox;
   acc_t sum = 0;
   const int64_t last = ay.last_output_inside<index_t>(i);
   for (int64_t oy = ay.first_output_inside<index_t>(i); oy < last; ++oy) {
-    sum += static_cast<acc_t>(grad_column[oy * ax.out]) *
+    sum += static_cast<acc_t>(grad[grad_image.offset(n, c, oy, ox)]) *
            static_cast<acc_t>(input[image.offset(n, c, ay.input_at(oy, i), x)]);
   }
   return sum;

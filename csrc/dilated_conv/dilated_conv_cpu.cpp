@@ -87,14 +87,24 @@ int64_t grain_for(int64_t work) {
 }
 
 // One depthwise plane: its input (read through the row and pixel strides), its filter (kH x kW) and its output
-// (contiguous).
+// (written through its row and pixel strides: contiguous or channels_last).
 template <typename scalar_t>
 struct DepthwisePlane {
   const scalar_t* input;
   const scalar_t* filter;
   scalar_t* output;
-  int64_t stride_h, stride_w;
+  int64_t stride_h, stride_w, out_stride_h, out_stride_w;
 };
+
+// dst[x * step] = value(x) for x in [0, count): a contiguous loop where the step is 1 (it vectorises).
+template <typename scalar_t, class Value>
+inline __attribute__((always_inline)) void store_row(scalar_t* dst, int64_t step, int64_t count, const Value& value) {
+  if (step == 1) {
+    for (int64_t x = 0; x < count; ++x) dst[x] = value(x);
+  } else {
+    for (int64_t x = 0; x < count; ++x) dst[x * step] = value(x);
+  }
+}
 
 // The depthwise forward of one plane, row by row: each output row sums its taps in order in `sums` (Wo of acc_t),
 // then adds the bias; step = the horizontal stride times the input's pixel stride.
@@ -115,8 +125,8 @@ inline __attribute__((always_inline)) void depthwise_plane_forward(const Depthwi
         for (int64_t ox = first; ox < last; ++ox) sums[ox] += w * static_cast<acc_t>(src[(ox - first) * step]);
       }
     }
-    scalar_t* dst = p.output + oy * ax.out;
-    for (int64_t ox = 0; ox < ax.out; ++ox) dst[ox] = static_cast<scalar_t>(sums[ox] + bias);
+    store_row(p.output + oy * p.out_stride_h, p.out_stride_w, ax.out,
+              [&](int64_t ox) { return static_cast<scalar_t>(sums[ox] + bias); });
   }
 }
 
@@ -248,8 +258,9 @@ struct CpuConvOps {
 
   at::Tensor depthwise_forward(const at::Tensor& input, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
                                const CheckedConv& c) const {
-    at::Tensor output = empty_with_huge_pages(c.output_shape(), input.options());
-    const StridedImage image = strided_image(input);
+    at::Tensor output =
+        empty_with_huge_pages(c.output_shape(), input.options().memory_format(conv_memory_format(input)));
+    const StridedImage image = strided_image(input), out_image = strided_image(output);
     const ConvAxis ay = c.ay, ax = c.ax;
     const std::vector<InsideRun> runs = inside_runs(ax);
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "dilated_conv_depthwise", [&] {
@@ -264,8 +275,13 @@ struct CpuConvOps {
         for (int64_t plane = begin; plane < end; ++plane) {
           const int64_t n = plane / c.channels, ch = plane % c.channels;
           const acc_t b = bias_data != nullptr ? static_cast<acc_t>(bias_data[ch]) : acc_t(0);
-          const DepthwisePlane<scalar_t> p{in + image.offset(n, ch, 0, 0), filters + ch * c.taps(),
-                                           out + plane * ay.out * ax.out, image.stride_h, image.stride_w};
+          const DepthwisePlane<scalar_t> p{in + image.offset(n, ch, 0, 0),
+                                           filters + ch * c.taps(),
+                                           out + out_image.offset(n, ch, 0, 0),
+                                           image.stride_h,
+                                           image.stride_w,
+                                           out_image.stride_h,
+                                           out_image.stride_w};
           if (image.stride_w == 1 && ax.stride == 1 &&
               depthwise_plane_forward_fast(p, b, ay, ax, runs.data(), sums.data())) {
             continue;
@@ -278,9 +294,10 @@ struct CpuConvOps {
     return output;
   }
 
-  std::tuple<at::Tensor, at::Tensor, at::Tensor> depthwise_backward(const at::Tensor& grad, const at::Tensor& input,
+  std::tuple<at::Tensor, at::Tensor, at::Tensor> depthwise_backward(const at::Tensor& grad_in, const at::Tensor& input,
                                                                     const at::Tensor& weight, const CheckedConv& c,
                                                                     std::array<bool, 3> output_mask) const {
+    const at::Tensor grad = grad_in.contiguous();  // the loops below read its planes' rows
     at::Tensor grad_input, grad_weight, grad_bias;
     const StridedImage image = strided_image(input);
     const ConvAxis ay = c.ay, ax = c.ax;
@@ -292,12 +309,14 @@ struct CpuConvOps {
       const scalar_t* filters = weight.const_data_ptr<scalar_t>();
       const int64_t out_plane = ay.out * ax.out;
       if (output_mask[0]) {
-        grad_input = empty_with_huge_pages(input.sizes(), input.options().memory_format(at::MemoryFormat::Contiguous));
+        grad_input = empty_with_huge_pages(input.sizes(), input.options().memory_format(conv_memory_format(input)));
+        const StridedImage gi_image = strided_image(grad_input);
         scalar_t* gi = grad_input.mutable_data_ptr<scalar_t>();
         at::parallel_for(0, c.batch * c.channels, grain_for(out_plane * c.taps()), [&](int64_t begin, int64_t end) {
           std::vector<acc_t> sums(ax.in);
           for (int64_t plane = begin; plane < end; ++plane) {
-            const scalar_t* filter = filters + (plane % c.channels) * c.taps();
+            const int64_t n = plane / c.channels, ch = plane % c.channels;
+            const scalar_t* filter = filters + ch * c.taps();
             for (int64_t y = 0; y < ay.in; ++y) {
               std::fill(sums.begin(), sums.end(), acc_t(0));
               for (int64_t i = 0; i < ay.kernel; ++i) {
@@ -316,8 +335,8 @@ struct CpuConvOps {
                   });
                 }
               }
-              scalar_t* dst = gi + (plane * ay.in + y) * ax.in;
-              for (int64_t x = 0; x < ax.in; ++x) dst[x] = static_cast<scalar_t>(sums[x]);
+              store_row(gi + gi_image.offset(n, ch, y, 0), gi_image.stride_w, ax.in,
+                        [&](int64_t x) { return static_cast<scalar_t>(sums[x]); });
             }
           }
         });

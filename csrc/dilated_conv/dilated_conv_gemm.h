@@ -26,6 +26,13 @@
 
 namespace segops {
 
+// The memory format of the op's output and input gradient: the input's, so that channels_last stays channels_last
+// through a network, as F.conv2d keeps it (which also goes channels_last for a channels_last weight alone). The fake
+// kernels (segops/ops/_dilated_conv_meta.py) apply the same rule.
+inline at::MemoryFormat conv_memory_format(const at::Tensor& input) {
+  return input.suggest_memory_format();
+}
+
 // 2^23 elements: 32 MiB of float32 columns, however large the input (a [1, 2048, 128, 256] input with a 3x3 kernel
 // would need 2.4 GB of columns at once).
 constexpr int64_t kColumnBudget = int64_t(1) << 23;
@@ -145,14 +152,16 @@ at::Tensor dilated_conv2d_forward(const Ops& ops, const at::Tensor& input, const
   // The kernels read bias through a raw pointer: a strided or expanded view must become dense first.
   const std::optional<at::Tensor> bias =
       bias_arg.has_value() ? std::optional<at::Tensor>(bias_arg->contiguous()) : std::nullopt;
+  const at::MemoryFormat format = conv_memory_format(input);
   if (c.batch == 0 || c.out_channels == 0 || c.channels == 0) {
     // Nothing to sum: the bias, or zeros.
-    at::Tensor output = at::zeros(c.output_shape(), input.options());
+    at::Tensor output = at::zeros(c.output_shape(), input.options().memory_format(format));
     if (bias.has_value() && output.numel() > 0) output.add_(bias->view({1, -1, 1, 1}));
     return output;
   }
+  // The depthwise kernels write the output in `format` themselves; the GEMM path's is contiguous.
   if (c.depthwise) return ops.depthwise_forward(input, weight.contiguous(), bias, c);
-  return ops.dense_forward(input, weight, bias, c);
+  return ops.dense_forward(input, weight, bias, c).contiguous(format);
 }
 
 // The backward op's results: grads that output_mask leaves out are empty tensors ([0]) rather than undefined, so the
@@ -164,17 +173,20 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> dilated_conv2d_backward(
   const CheckedConv c = checked_dilated_conv2d("_dilated_conv2d_backward", input, weight, std::nullopt, stride, padding,
                                                dilation, groups);
   check_dilated_conv2d_grad(grad, input, c);
+  const at::MemoryFormat format = conv_memory_format(input);
   std::tuple<at::Tensor, at::Tensor, at::Tensor> grads;
   if (c.batch == 0 || c.out_channels == 0 || c.channels == 0) {
-    grads = {at::zeros(input.sizes(), input.options()), at::zeros(weight.sizes(), weight.options()),
-             at::zeros({c.out_channels}, input.options())};
+    grads = {at::zeros(input.sizes(), input.options().memory_format(format)),
+             at::zeros(weight.sizes(), weight.options()), at::zeros({c.out_channels}, input.options())};
     if (output_mask[2] && grad.numel() > 0) {
       std::get<2>(grads) = ops.channel_sums(grad.contiguous()).to(input.scalar_type());
     }
   } else if (c.depthwise) {
-    grads = ops.depthwise_backward(grad.contiguous(), input, weight.contiguous(), c, output_mask);
+    // The grad in whatever layout autograd gives it: each backend reads it in the layout its kernels walk.
+    grads = ops.depthwise_backward(grad, input, weight.contiguous(), c, output_mask);
   } else {
     grads = ops.dense_backward(grad, input, weight, c, output_mask);
+    if (output_mask[0]) std::get<0>(grads) = std::get<0>(grads).contiguous(format);
   }
   // A fresh empty tensor each: outputs must not alias.
   const auto none = [&] { return at::empty({0}, input.options()); };

@@ -59,13 +59,15 @@ __global__ void SEGOPS_LAUNCH_BOUNDS(kThreadsPerBlock)
   }
 }
 
-// kChannelFastest (a channels_last input): threads walk (n, oy, ox, c), so that a warp reads consecutive channels
-// (the stores are Ho * Wo apart); otherwise (n, c, oy, ox), the output's order.
+// kChannelFastest (channels_last tensors): threads walk (n, oy, ox, c), so that a warp reads consecutive channels and
+// writes them into the channels_last output; otherwise (n, c, oy, ox), the contiguous output's order. The output is
+// written through its strides (out_image) either way.
 template <typename scalar_t, typename index_t, bool kChannelFastest>
 __global__ void SEGOPS_LAUNCH_BOUNDS(kThreadsPerBlock)
     dilated_conv_depthwise_kernel(int64_t total, const scalar_t* __restrict__ input, StridedImage image,
                                   const scalar_t* __restrict__ weight, const scalar_t* __restrict__ bias, ConvAxis ay,
-                                  ConvAxis ax, int64_t channels, scalar_t* __restrict__ output) {
+                                  ConvAxis ax, int64_t channels, StridedImage out_image,
+                                  scalar_t* __restrict__ output) {
   using acc_t = at::opmath_type<scalar_t>;
   const index_t out_w = static_cast<index_t>(ax.out), out_h = static_cast<index_t>(ay.out);
   const index_t channel_count = static_cast<index_t>(channels);
@@ -74,64 +76,89 @@ __global__ void SEGOPS_LAUNCH_BOUNDS(kThreadsPerBlock)
     const index_t ox = pixel % out_w;
     const index_t oy = pixel / out_w % out_h;
     const index_t c = kChannelFastest ? index % channel_count : index / (out_w * out_h) % channel_count;
-    const index_t plane = index / (out_w * out_h * channel_count) * channel_count + c;
+    const index_t n = index / (out_w * out_h * channel_count);
     // Channel-fastest walks read the [kH, kW, C] transpose of the weight (consecutive channels, consecutive threads).
-    const acc_t sum = kChannelFastest ? depthwise_sum<acc_t>(input, image, weight + c, channels, ay, ax,
-                                                             plane / channel_count, c, oy, ox)
+    const acc_t sum = kChannelFastest ? depthwise_sum<acc_t>(input, image, weight + c, channels, ay, ax, n, c, oy, ox)
                                       : depthwise_sum<acc_t>(input, image, weight + c * ay.kernel * ax.kernel, 1, ay,
-                                                             ax, plane / channel_count, c, oy, ox);
-    const int64_t out_index = kChannelFastest ? (int64_t(plane) * out_h + oy) * out_w + ox : int64_t(index);
-    output[out_index] = static_cast<scalar_t>(sum + (bias != nullptr ? static_cast<acc_t>(bias[c]) : acc_t(0)));
+                                                             ax, n, c, oy, ox);
+    output[out_image.offset(n, c, oy, ox)] =
+        static_cast<scalar_t>(sum + (bias != nullptr ? static_cast<acc_t>(bias[c]) : acc_t(0)));
   }
 }
 
-template <typename scalar_t, typename index_t>
+// The input gradient, one thread per input element, walked and written as the depthwise forward walks its output
+// (kChannelFastest: grad and grad_input channels_last, the weight as its [kH, kW, C] transpose).
+template <typename scalar_t, typename index_t, bool kChannelFastest>
 __global__ void SEGOPS_LAUNCH_BOUNDS(kThreadsPerBlock)
-    dilated_conv_depthwise_input_grad_kernel(int64_t total, const scalar_t* __restrict__ grad,
+    dilated_conv_depthwise_input_grad_kernel(int64_t total, const scalar_t* __restrict__ grad, StridedImage grad_image,
                                              const scalar_t* __restrict__ weight, ConvAxis ay, ConvAxis ax,
-                                             int64_t channels, scalar_t* __restrict__ grad_input) {
+                                             int64_t channels, StridedImage grad_input_image,
+                                             scalar_t* __restrict__ grad_input) {
   using acc_t = at::opmath_type<scalar_t>;
   const index_t width = static_cast<index_t>(ax.in), height = static_cast<index_t>(ay.in);
+  const index_t channel_count = static_cast<index_t>(channels);
   SEGOPS_KERNEL_LOOP_T(index_t, index, total) {
-    const index_t x = index % width;
-    const index_t y = (index / width) % height;
-    const index_t plane = index / (width * height);
-    const scalar_t* filter = weight + (plane % static_cast<index_t>(channels)) * ay.kernel * ax.kernel;
-    grad_input[index] = static_cast<scalar_t>(depthwise_input_grad<acc_t, index_t>(grad, filter, ay, ax, plane, y, x));
+    const index_t pixel = kChannelFastest ? index / channel_count : index % (width * height);
+    const index_t x = pixel % width;
+    const index_t y = pixel / width % height;
+    const index_t c = kChannelFastest ? index % channel_count : index / (width * height) % channel_count;
+    const index_t n = index / (width * height * channel_count);
+    const acc_t sum =
+        kChannelFastest
+            ? depthwise_input_grad<acc_t, index_t>(grad, grad_image, weight + c, channels, ay, ax, n, c, y, x)
+            : depthwise_input_grad<acc_t, index_t>(grad, grad_image, weight + c * ay.kernel * ax.kernel, 1, ay, ax, n,
+                                                   c, y, x);
+    grad_input[grad_input_image.offset(n, c, y, x)] = static_cast<scalar_t>(sum);
   }
 }
 
-// partials[(c * taps + tap) * (N * Wo) + n * Wo + ox]: the weight gradient's share of one output column; a warp's
-// threads take consecutive columns, so each of its loads reads consecutive addresses.
-template <typename scalar_t, typename index_t>
+// Where partial (channel c, tap, column k of N * Wo) lies: [C, taps, N * Wo] (consecutive columns, consecutive
+// threads) or, kChannelFastest, [taps, N * Wo, C] (consecutive channels, for channels_last grad and input).
+template <bool kChannelFastest>
+struct PartialsLayout {
+  int64_t channels, taps, columns;
+
+  __device__ int64_t offset(int64_t c, int64_t tap, int64_t column) const {
+    return kChannelFastest ? (tap * columns + column) * channels + c : (c * taps + tap) * columns + column;
+  }
+};
+
+// partials[layout.offset(c, tap, n * Wo + ox)]: the weight gradient's share of one output column
+// (depthwise_weight_grad_column), one thread each, in the layout's order.
+template <typename scalar_t, typename index_t, bool kChannelFastest>
 __global__ void SEGOPS_LAUNCH_BOUNDS(kThreadsPerBlock)
     dilated_conv_depthwise_weight_partial_kernel(int64_t total, const scalar_t* __restrict__ grad,
-                                                 const scalar_t* __restrict__ input, StridedImage image, ConvAxis ay,
-                                                 ConvAxis ax, int64_t batch, int64_t channels,
-                                                 at::opmath_type<scalar_t>* __restrict__ partials) {
+                                                 StridedImage grad_image, const scalar_t* __restrict__ input,
+                                                 StridedImage image, ConvAxis ay, ConvAxis ax, int64_t batch,
+                                                 int64_t channels, at::opmath_type<scalar_t>* __restrict__ partials) {
   using acc_t = at::opmath_type<scalar_t>;
-  const index_t out_w = static_cast<index_t>(ax.out), images = static_cast<index_t>(batch);
+  const index_t columns = static_cast<index_t>(batch * ax.out), out_w = static_cast<index_t>(ax.out);
   const index_t kernel_w = static_cast<index_t>(ax.kernel), taps = static_cast<index_t>(ay.kernel * ax.kernel);
+  const index_t channel_count = static_cast<index_t>(channels);
   SEGOPS_KERNEL_LOOP_T(index_t, index, total) {
-    const index_t ox = index % out_w;
-    const index_t n = (index / out_w) % images;
-    const index_t tap = (index / (out_w * images)) % taps;
-    const index_t c = index / (out_w * images * taps);
-    partials[index] = depthwise_weight_grad_column<acc_t, index_t>(grad, input, image, ay, ax, n, c, channels, ox,
-                                                                   tap / kernel_w, tap % kernel_w);
+    const index_t c = kChannelFastest ? index % channel_count : index / (columns * taps);
+    const index_t rest = kChannelFastest ? index / channel_count : index % (columns * taps);  // tap * columns + column
+    const index_t column = rest % columns, tap = rest / columns;
+    partials[index] = depthwise_weight_grad_column<acc_t, index_t>(
+        grad, grad_image, input, image, ay, ax, column / out_w, c, column % out_w, tap / kernel_w, tap % kernel_w);
   }
 }
 
-// grad_weight[k] = sum of partials[k * count .. (k + 1) * count), in order.
-template <typename scalar_t>
+// grad_weight[c * taps + tap] = the sum of that (c, tap)'s partials over the columns, in column order: the same
+// order, so the same bits, in either layout. Threads take (c, tap) in the layout's order (consecutive channels read
+// consecutive partials when kChannelFastest).
+template <typename scalar_t, bool kChannelFastest>
 __global__ void SEGOPS_LAUNCH_BOUNDS(kThreadsPerBlock)
     dilated_conv_ordered_sum_kernel(int64_t total, const at::opmath_type<scalar_t>* __restrict__ partials,
-                                    int64_t count, scalar_t* __restrict__ sums) {
+                                    PartialsLayout<kChannelFastest> layout, scalar_t* __restrict__ sums) {
   using acc_t = at::opmath_type<scalar_t>;
   SEGOPS_KERNEL_LOOP(index, total) {
+    const int64_t c = kChannelFastest ? index % layout.channels : index / layout.taps;
+    const int64_t tap = kChannelFastest ? index / layout.channels : index % layout.taps;
+    const int64_t first = layout.offset(c, tap, 0), step = layout.offset(c, tap, 1) - first;
     acc_t sum = 0;
-    for (int64_t k = 0; k < count; ++k) sum += partials[index * count + k];
-    sums[index] = static_cast<scalar_t>(sum);
+    for (int64_t k = 0; k < layout.columns; ++k) sum += partials[first + k * step];
+    sums[c * layout.taps + tap] = static_cast<scalar_t>(sum);
   }
 }
 
@@ -151,10 +178,11 @@ struct LaunchConvOps {
 
   at::Tensor dense_forward(const at::Tensor& input, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
                            const CheckedConv& c) const {
-    // Every cuDNN forward algorithm is deterministic. Contiguous: the op's output (and its fake kernel's) is.
+    // Every cuDNN forward algorithm is deterministic. In the input's memory format, as the op's (and its fake
+    // kernel's) output is; cuDNN also picks channels_last for a channels_last weight, F.conv2d's rule.
     return at::convolution(input, weight, bias, {c.ay.stride, c.ax.stride}, {c.ay.pad, c.ax.pad},
                            {c.ay.dilation, c.ax.dilation}, /*transposed=*/false, {0, 0}, c.groups)
-        .contiguous();
+        .contiguous(conv_memory_format(input));
   }
 
   std::tuple<at::Tensor, at::Tensor, at::Tensor> dense_backward(const at::Tensor& grad, const at::Tensor& input,
@@ -167,7 +195,7 @@ struct LaunchConvOps {
     auto [grad_input, grad_weight, grad_bias] =
         at::convolution_backward(grad, input, weight, bias_sizes, {c.ay.stride, c.ax.stride}, {c.ay.pad, c.ax.pad},
                                  {c.ay.dilation, c.ax.dilation}, /*transposed=*/false, {0, 0}, c.groups, output_mask);
-    return {output_mask[0] ? grad_input.contiguous() : grad_input,
+    return {output_mask[0] ? grad_input.contiguous(conv_memory_format(input)) : grad_input,
             output_mask[1] ? grad_weight.contiguous() : grad_weight, grad_bias};
   }
 
@@ -211,12 +239,18 @@ struct LaunchConvOps {
     return grad.sum({0, 2, 3}, /*keepdim=*/false, at::toOpMathType(grad.scalar_type()));
   }
 
+  // channels_last tensors are walked channel-fastest (a warp reads and writes consecutive channels), except where the
+  // memory tracer's test plants the output's order instead.
+  static bool walk_channel_fastest(const CheckedConv& c, at::MemoryFormat format) {
+    return c.channels > 1 && format == at::MemoryFormat::ChannelsLast && !force_output_thread_order();
+  }
+
   at::Tensor depthwise_forward(const at::Tensor& input, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
                                const CheckedConv& c) const {
-    at::Tensor output = at::empty(c.output_shape(), input.options());
+    const at::MemoryFormat format = conv_memory_format(input);
+    at::Tensor output = at::empty(c.output_shape(), input.options().memory_format(format));
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "dilated_conv_depthwise", [&] {
-      // An input whose channels are its densest dimension (channels_last) is walked channel-fastest.
-      const bool channel_fastest = c.channels > 1 && input.stride(1) == 1 && !force_output_thread_order();
+      const bool channel_fastest = walk_channel_fastest(c, format);
       // [C, 1, kH, kW] -> [kH, kW, C] for the channel-fastest walk (a few KB).
       const at::Tensor filters = channel_fastest ? weight.permute({2, 3, 0, 1}).contiguous() : weight;
       with_index_type(
@@ -228,27 +262,36 @@ struct LaunchConvOps {
                                    : dilated_conv_depthwise_kernel<scalar_t, index_t, false>,
                    output.numel(), input.const_data_ptr<scalar_t>(), strided_image(input),
                    filters.const_data_ptr<scalar_t>(), bias.has_value() ? bias->const_data_ptr<scalar_t>() : nullptr,
-                   c.ay, c.ax, c.channels, output.mutable_data_ptr<scalar_t>());
+                   c.ay, c.ax, c.channels, strided_image(output), output.mutable_data_ptr<scalar_t>());
           },
           c.axes_fit_32bit());
     });
     return output;
   }
 
-  std::tuple<at::Tensor, at::Tensor, at::Tensor> depthwise_backward(const at::Tensor& grad, const at::Tensor& input,
+  std::tuple<at::Tensor, at::Tensor, at::Tensor> depthwise_backward(const at::Tensor& grad_in, const at::Tensor& input,
                                                                     const at::Tensor& weight, const CheckedConv& c,
                                                                     std::array<bool, 3> output_mask) const {
+    const at::MemoryFormat format = conv_memory_format(input);
+    const bool channel_fastest = walk_channel_fastest(c, format);
+    // The gradient in the input's layout (autograd's is the output's, which is the input's), read in place.
+    const at::Tensor grad = grad_in.contiguous(format);
     at::Tensor grad_input, grad_weight, grad_bias;
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "dilated_conv_depthwise_bwd", [&] {
       using acc_t = at::opmath_type<scalar_t>;
       if (output_mask[0]) {
-        grad_input = at::empty(input.sizes(), input.options().memory_format(at::MemoryFormat::Contiguous));
+        grad_input = at::empty(input.sizes(), input.options().memory_format(format));
+        const at::Tensor filters = channel_fastest ? weight.permute({2, 3, 0, 1}).contiguous() : weight;
         with_index_type(
             {grad, grad_input},
             [&](auto index) {
-              launch(grad_input.numel(), dilated_conv_depthwise_input_grad_kernel<scalar_t, decltype(index)>,
-                     grad_input.numel(), grad.const_data_ptr<scalar_t>(), weight.const_data_ptr<scalar_t>(), c.ay, c.ax,
-                     c.channels, grad_input.mutable_data_ptr<scalar_t>());
+              using index_t = decltype(index);
+              launch(grad_input.numel(),
+                     channel_fastest ? dilated_conv_depthwise_input_grad_kernel<scalar_t, index_t, true>
+                                     : dilated_conv_depthwise_input_grad_kernel<scalar_t, index_t, false>,
+                     grad_input.numel(), grad.const_data_ptr<scalar_t>(), strided_image(grad),
+                     filters.const_data_ptr<scalar_t>(), c.ay, c.ax, c.channels, strided_image(grad_input),
+                     grad_input.mutable_data_ptr<scalar_t>());
             },
             c.axes_fit_32bit());
       }
@@ -259,17 +302,30 @@ struct LaunchConvOps {
         with_index_type(
             {grad, input, partials},
             [&](auto index) {
-              launch(partials.numel(), dilated_conv_depthwise_weight_partial_kernel<scalar_t, decltype(index)>,
-                     partials.numel(), grad.const_data_ptr<scalar_t>(), input.const_data_ptr<scalar_t>(),
-                     strided_image(input), c.ay, c.ax, c.batch, c.channels, partials.mutable_data_ptr<acc_t>());
+              using index_t = decltype(index);
+              launch(partials.numel(),
+                     channel_fastest ? dilated_conv_depthwise_weight_partial_kernel<scalar_t, index_t, true>
+                                     : dilated_conv_depthwise_weight_partial_kernel<scalar_t, index_t, false>,
+                     partials.numel(), grad.const_data_ptr<scalar_t>(), strided_image(grad),
+                     input.const_data_ptr<scalar_t>(), strided_image(input), c.ay, c.ax, c.batch, c.channels,
+                     partials.mutable_data_ptr<acc_t>());
             },
             c.axes_fit_32bit());
         grad_weight = at::empty(weight.sizes(), weight.options());
-        launch(grad_weight.numel(), dilated_conv_ordered_sum_kernel<scalar_t>, grad_weight.numel(),
-               partials.const_data_ptr<acc_t>(), columns, grad_weight.mutable_data_ptr<scalar_t>());
+        if (channel_fastest) {
+          launch(grad_weight.numel(), dilated_conv_ordered_sum_kernel<scalar_t, true>, grad_weight.numel(),
+                 partials.const_data_ptr<acc_t>(), PartialsLayout<true>{c.channels, c.taps(), columns},
+                 grad_weight.mutable_data_ptr<scalar_t>());
+        } else {
+          launch(grad_weight.numel(), dilated_conv_ordered_sum_kernel<scalar_t, false>, grad_weight.numel(),
+                 partials.const_data_ptr<acc_t>(), PartialsLayout<false>{c.channels, c.taps(), columns},
+                 grad_weight.mutable_data_ptr<scalar_t>());
+        }
       }
     });
-    if (output_mask[2]) grad_bias = channel_sums(grad).to(input.scalar_type());
+    // The bias gradient sums a contiguous grad, so that its bits depend on neither argument's layout (ATen's
+    // reduction order follows the layout).
+    if (output_mask[2]) grad_bias = channel_sums(grad_in.contiguous()).to(input.scalar_type());
     return {grad_input, grad_weight, grad_bias};
   }
 };

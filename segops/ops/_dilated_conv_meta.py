@@ -4,6 +4,7 @@ torch.library.register_fake on import. The messages repeat csrc/dilated_conv/dil
 from typing import List, Sequence
 
 import torch
+from torch._prims_common import suggest_memory_format
 
 from segops.ops._checks import (
     check_same_device,
@@ -72,10 +73,16 @@ def check_dilated_conv2d_args(op, input, weight, bias, stride, padding, dilation
     return [input.shape[0], out_channels, out_h, out_w]
 
 
+def _empty_like_input_layout(input, shape):
+    """An empty Tensor[shape] in the input's memory format: the C++ ops' rule for the output and the input gradient
+    (conv_memory_format in csrc/dilated_conv/dilated_conv_gemm.h)."""
+    return torch.empty(shape, dtype=input.dtype, device=input.device, memory_format=suggest_memory_format(input))
+
+
 @torch.library.register_fake("segops::dilated_conv2d")
 def _dilated_conv2d_fake(input, weight, bias, stride, padding, dilation, groups):
     shape = check_dilated_conv2d_args("dilated_conv2d", input, weight, bias, stride, padding, dilation, groups)
-    return input.new_empty(shape)
+    return _empty_like_input_layout(input, shape)
 
 
 @torch.library.register_fake("segops::_dilated_conv2d_backward")
@@ -87,7 +94,7 @@ def _dilated_conv2d_backward_fake(grad, input, weight, stride, padding, dilation
     check_same_dtype(op, "grad", grad, input, "input")
     check_same_device(op, "grad", grad, input, "input")
     return (
-        input.new_empty(input.shape if output_mask[0] else (0,)),
+        _empty_like_input_layout(input, input.shape) if output_mask[0] else input.new_empty((0,)),
         weight.new_empty(weight.shape if output_mask[1] else (0,)),
         input.new_empty((weight.shape[0],) if output_mask[2] else (0,)),
     )

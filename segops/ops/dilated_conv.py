@@ -54,8 +54,9 @@ def dilated_conv2d(
         groups (int): divides C_in and C_out.
 
     Returns:
-        Tensor[N, C_out, Ho, Wo], contiguous, ``Ho = (H + 2 * padding - dilation * (kH - 1) - 1) // stride + 1``
-        (likewise Wo).
+        Tensor[N, C_out, Ho, Wo] in the input's memory format (channels_last for a channels_last input, as
+        ``F.conv2d``'s; contiguous otherwise), ``Ho = (H + 2 * padding - dilation * (kH - 1) - 1) // stride + 1``
+        (likewise Wo). The input gradient follows the input's memory format too.
     """
     if torch.jit.is_scripting():  # TorchScript: the checks are the C++ op's
         return torch.ops.segops.dilated_conv2d(input, weight, bias, stride, padding, dilation, groups)
