@@ -291,8 +291,14 @@ def test_module_is_conv2d_compatible():
         segops.DilatedConv2d(4, 4, 3, padding_mode="reflect")
     with pytest.raises(ValueError, match="DilatedConv2d: padding must be an int or a pair of ints, got 'same'"):
         segops.DilatedConv2d(4, 4, 3, padding="same")
-    with pytest.raises(ValueError, match="DilatedConv2d.from_conv: needs numeric padding"):
-        segops.DilatedConv2d.from_conv(nn.Conv2d(4, 4, 3, padding="same"))
+    for padding in ("same", "valid"):  # string padding becomes F.conv2d's numbers where they are symmetric
+        conv = nn.Conv2d(4, 4, (3, 5), padding=padding, dilation=(2, 3))
+        converted = segops.DilatedConv2d.from_conv(conv)
+        torch.testing.assert_close(converted(x[:, :4]), conv(x[:, :4]), **TOLERANCES[torch.float32])
+    with pytest.raises(ValueError, match=r"DilatedConv2d.from_conv: needs numeric or symmetric padding .*'same'"):
+        segops.DilatedConv2d.from_conv(nn.Conv2d(4, 4, 4, padding="same", dilation=3))  # 9 = 4 + 5: asymmetric
+    with pytest.raises(ValueError, match=r"needs numeric or symmetric padding .* padding_mode='reflect'"):
+        segops.DilatedConv2d.from_conv(nn.Conv2d(4, 4, 3, padding=2, dilation=2, padding_mode="reflect"))
 
 
 def test_function():

@@ -8,6 +8,7 @@ import torchvision
 
 import importlib
 
+import segops
 import segops.models as models
 from segops.reference import flow_warp as grid_sample_flow_warp
 from tolerances import assert_as_accurate_as
@@ -300,6 +301,53 @@ def test_torchvision_mask_rcnn_on_segops_roi_align_equals_torchvision():
     assert len(expected["boxes"]) > 0
     for key in ("boxes", "scores", "labels", "masks"):
         torch.testing.assert_close(actual[key], expected[key], rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("builder", ["deeplabv3_resnet50", "fcn_resnet50"])
+def test_torchvision_segmentation_models_on_segops_dilated_conv_equal_stock(builder):
+    """use_segops_dilated_conv swaps every dilated convolution (the dilated layer3/layer4 and, in DeepLabV3, ASPP)
+    for a DilatedConv2d sharing its parameters: outputs and every parameter's gradient equal stock. In float64,
+    where the two differ only in the order of their sums (segops' im2col + GEMM against oneDNN's direct
+    convolution): each layer within a few thousand terms' rounding (about 1e-12 relatively), far below 1e-8 after
+    the network's ~60 layers."""
+    torch.manual_seed(0)
+    build = getattr(torchvision.models.segmentation, builder)
+    stock = build(weights=None, weights_backbone=None, num_classes=5, aux_loss=True).double()
+    swapped = build(weights=None, weights_backbone=None, num_classes=5, aux_loss=True).double()
+    swapped.load_state_dict(stock.state_dict())
+    dilated = [m for m in stock.modules() if isinstance(m, torch.nn.Conv2d) and max(m.dilation) > 1]
+    assert models.use_segops_dilated_conv(swapped) is swapped
+    converted = [m for m in swapped.modules() if isinstance(m, segops.DilatedConv2d)]
+    assert len(converted) == len(dilated) >= 6
+    assert not [m for m in swapped.modules() if isinstance(m, torch.nn.Conv2d) and max(m.dilation) > 1]
+    images = torch.rand(2, 3, 65, 57, dtype=torch.float64)
+    tolerance = dict(rtol=1e-8, atol=1e-8)
+    for model in (stock, swapped):
+        model.eval()
+    with torch.no_grad():
+        expected, actual = stock(images), swapped(images)
+    assert set(actual) == set(expected) == {"out", "aux"}
+    for key in expected:
+        torch.testing.assert_close(actual[key], expected[key], **tolerance)
+    grads = []
+    for model in (stock, swapped):
+        model.train()
+        model.zero_grad()
+        torch.manual_seed(1)  # the same dropout masks
+        output = model(images)
+        (output["out"].square().mean() + output["aux"].square().mean()).backward()
+        grads.append({name: p.grad for name, p in model.named_parameters()})
+    assert grads[0].keys() == grads[1].keys()
+    for name, expected_grad in grads[0].items():
+        scale = expected_grad.abs().max().item()
+        torch.testing.assert_close(grads[1][name], expected_grad, rtol=1e-7, atol=1e-8 * scale, msg=name)
+
+
+def test_use_segops_dilated_conv_names_a_module_it_cannot_convert():
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.Conv2d(4, 4, 3, padding=2, dilation=2))
+    model[1].padding_mode = "circular"
+    with pytest.raises(ValueError, match="use_segops_dilated_conv: module '1': DilatedConv2d.from_conv: needs"):
+        models.use_segops_dilated_conv(model)
 
 
 # ------------------------------------------------------------------------------------------- Deep Feature Flow

@@ -2,7 +2,8 @@
 builders take `num_classes` and map images Tensor[N, 3, H, W] (any H, W >= 64) to logits Tensor[N, K, H, W]; the
 others say what they return: video (deep_feature_flow), saliency maps (dcl, basnet, poolnet), image labels and
 class activation maps (cam), pixel embeddings (ucn), detections (panet, use_segops_roi_align) and panoptic maps
-(panoptic_fpn)."""
+(panoptic_fpn). use_segops_dilated_conv runs any model's dilated convolutions (torchvision's DeepLabV3 and FCN) on
+segops."""
 
 from segops.models.cam import CAMClassifier, cam
 from segops.models.deeplab import ASPP, DeepLabV2, DeepLabV3, deeplabv2, deeplabv3
@@ -15,6 +16,7 @@ from segops.models.pspnet import PSPNet, PyramidPooling, pspnet
 from segops.models.resnet import DilatedResNet
 from segops.models.saliency import BASNet, DCL, PoolNet, basnet, basnet_loss, dcl, poolnet
 from segops.models.segnet import DeconvNet, SegNet, deconvnet, segnet
+from segops.models.swap import use_segops_dilated_conv
 from segops.models.ucn import UCN, ucn
 from segops.models.unet import UNet, unet
 
@@ -66,5 +68,6 @@ __all__ = [
     "ucn",
     "UNet",
     "unet",
+    "use_segops_dilated_conv",
     "use_segops_roi_align",
 ]

@@ -9,7 +9,7 @@ import torch
 import torchvision
 from torch import Tensor, nn
 
-from segops.ops.dilated_conv import DilatedConv2d
+from segops.models.swap import use_segops_dilated_conv
 
 Weights = Optional[Union[str, Path, dict]]
 
@@ -29,7 +29,7 @@ class DilatedResNet(nn.Module):
         if weights is not None:
             state = weights if isinstance(weights, dict) else torch.load(weights, map_location="cpu", weights_only=True)
             net.load_state_dict(state)
-        _dilated_convs_on_segops(net)
+        use_segops_dilated_conv(net)
         self.depth, self.output_stride = depth, output_stride
         self.conv1, self.bn1, self.relu, self.maxpool = net.conv1, net.bn1, net.relu, net.maxpool
         self.layer1, self.layer2, self.layer3, self.layer4 = net.layer1, net.layer2, net.layer3, net.layer4
@@ -37,12 +37,3 @@ class DilatedResNet(nn.Module):
     def forward(self, images: Tensor) -> Tensor:
         x = self.maxpool(self.relu(self.bn1(self.conv1(images))))
         return self.layer4(self.layer3(self.layer2(self.layer1(x))))
-
-
-def _dilated_convs_on_segops(module: nn.Module) -> None:
-    """Replaces every dilated nn.Conv2d below `module` by a segops.DilatedConv2d sharing its parameters."""
-    for name, child in module.named_children():
-        if isinstance(child, nn.Conv2d) and max(child.dilation) > 1:
-            setattr(module, name, DilatedConv2d.from_conv(child))
-        else:
-            _dilated_convs_on_segops(child)

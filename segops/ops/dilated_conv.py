@@ -214,17 +214,25 @@ class DilatedConv2d(nn.Module):
 
     @classmethod
     def from_conv(cls, conv: nn.Conv2d) -> "DilatedConv2d":
-        """A DilatedConv2d computing what ``conv`` computes, sharing its parameters (no copy)."""
-        if conv.padding_mode != "zeros" or isinstance(conv.padding, str):
+        """A DilatedConv2d computing what ``conv`` computes, sharing its parameters (no copy). String padding becomes
+        numbers: "valid" is 0 and "same" is dilation * (kernel - 1) / 2 per axis, where that is whole (symmetric)."""
+        padding = conv.padding
+        if padding == "valid":
+            padding = (0, 0)
+        elif padding == "same":
+            totals = [d * (k - 1) for d, k in zip(conv.dilation, conv.kernel_size)]
+            padding = tuple(t // 2 for t in totals) if all(t % 2 == 0 for t in totals) else padding
+        if conv.padding_mode != "zeros" or isinstance(padding, str):
             raise ValueError(
-                "DilatedConv2d.from_conv: needs numeric padding with padding_mode 'zeros', "
-                f"got padding={conv.padding!r}, padding_mode={conv.padding_mode!r}"
+                "DilatedConv2d.from_conv: needs numeric or symmetric padding with padding_mode 'zeros', "
+                f"got padding={conv.padding!r} (kernel {tuple(conv.kernel_size)}, dilation {tuple(conv.dilation)}), "
+                f"padding_mode={conv.padding_mode!r}"
             )
         module = cls.__new__(cls)
         nn.Module.__init__(module)
         module.in_channels, module.out_channels = conv.in_channels, conv.out_channels
         module.kernel_size, module.stride = tuple(conv.kernel_size), tuple(conv.stride)
-        module.padding, module.dilation = tuple(conv.padding), tuple(conv.dilation)
+        module.padding, module.dilation = tuple(padding), tuple(conv.dilation)
         module.groups, module.padding_mode = conv.groups, conv.padding_mode
         module.weight = conv.weight
         if conv.bias is not None:
