@@ -81,10 +81,15 @@ def calibrate_batch_norm(model: nn.Module, inputs: torch.Tensor) -> nn.Module:
     return model.eval()
 
 
+def _main_output(output):
+    """The semantic models' logits ({"out": ...}, torchvision's convention), or the model's one tensor."""
+    return output["out"] if isinstance(output, dict) else output
+
+
 def _forward(model, inputs):
     def run():
         with torch.no_grad():
-            return model(inputs)
+            return _main_output(model(inputs))
 
     return run
 
@@ -95,7 +100,7 @@ def _forward_backward(model, inputs):
     def run():
         model.zero_grad(set_to_none=True)
         images = inputs.detach().requires_grad_()
-        model(images).square().mean().backward()
+        _main_output(model(images)).square().mean().backward()
         return images.grad
 
     return run

@@ -39,7 +39,7 @@ BUILDERS = {
     "fcn8s": lambda: models.fcn8s(NUM_CLASSES, base_width=16, dropout=0.0),
     "segnet": lambda: models.segnet(NUM_CLASSES, base_width=16),
     "deconvnet": lambda: models.deconvnet(NUM_CLASSES, base_width=16),
-    "unet": lambda: models.unet(NUM_CLASSES, base_width=16),
+    "unet": lambda: models.unet(NUM_CLASSES, base_width=16, batch_norm=True),
     "deeplabv2": lambda: models.deeplabv2(NUM_CLASSES, depth=50),
 }
 
@@ -113,7 +113,7 @@ def train(name, args, rank=0, world=1, build=None, dataset=None, loss_fn=None):
     for step in range(args.steps):
         first = step * args.batch_size + rank * share
         images, targets = batch(dataset, range(first, first + share))
-        loss = (loss_fn or F.cross_entropy)(trained(normalise(images)), targets)
+        loss = (loss_fn or F.cross_entropy)(trained(normalise(images))["out"], targets)
         optimiser.zero_grad()
         loss.backward()
         optimiser.step()
@@ -144,7 +144,7 @@ def crf_predictor(model, settings):
     """DeepLab's logits refined by segops.dense_crf (5 mean-field steps) on the image in 0..255."""
 
     def predict(images):
-        return segops.dense_crf(model(normalise(images)), images * 255, num_iters=5, **settings)
+        return segops.dense_crf(model(normalise(images))["out"], images * 255, num_iters=5, **settings)
 
     return predict
 
@@ -237,7 +237,7 @@ def main(argv=None):
         rows = [(f"baseline: majority class ({majority})", None, baseline)]
         predictors = []
         for name, (model, seconds) in trained.items():
-            predict = (lambda m: lambda images: m(normalise(images)))(model)
+            predict = (lambda m: lambda images: m(normalise(images))["out"])(model)
             rows.append((name, seconds, evaluate(predict, test_set, rank, world)))
             predictors.append((name, predict))
             if name.startswith("deeplab"):

@@ -425,7 +425,7 @@ def test_create_feature_extractor_on_segnet():
     x = torch.rand(1, 3, 32, 40)
     with torch.no_grad():
         features = extractor(x)
-        assert torch.equal(features["logits"], model(x))
+        assert torch.equal(features["logits"], model(x)["out"])
     assert features["last_unpool"].shape == (1, 4, 32, 40)
 
 

@@ -83,3 +83,29 @@ def test_shape_mismatch_is_an_error():
     pred, target = _pair(4)
     with pytest.raises(ValueError, match=r"iou_loss: target must have pred's shape \[2, 1, 16, 16\], got \[2, 1, 16\]"):
         losses.iou_loss(pred, target[..., 0])
+
+
+def test_unet_weight_map_against_a_brute_force_of_the_papers_formula():
+    """Eq. 2 of Ronneberger et al. computed by hand: class-balancing weights plus w0 exp(-(d1 + d2)^2 / 2 sigma^2)
+    on the background, d1 and d2 the distances to the nearest and second-nearest cell (over every pixel of each)."""
+    instances = torch.zeros(2, 14, 17, dtype=torch.long)
+    instances[0, 2:7, 1:6], instances[0, 2:9, 7:12], instances[0, 10:13, 3:15] = 1, 2, 3  # touching gaps
+    instances[1, 4:9, 4:9] = 5  # a single cell: no gap to weigh
+    w0, sigma = 10.0, 5.0
+    actual = losses.unet_weight_map(instances, w0, sigma)
+    for labels, weights in zip(instances, actual):
+        cells = labels > 0
+        count = {True: int(cells.sum()), False: int((~cells).sum())}
+        ids = [int(i) for i in labels.unique() if i > 0]
+        for y in range(labels.shape[0]):
+            for x in range(labels.shape[1]):
+                expected = labels.numel() / (2 * count[bool(cells[y, x])])
+                if not cells[y, x] and len(ids) >= 2:
+                    nearest = sorted(
+                        min(math.hypot(y - cy, x - cx) for cy, cx in (labels == i).nonzero().tolist()) for i in ids
+                    )
+                    expected += w0 * math.exp(-((nearest[0] + nearest[1]) ** 2) / (2 * sigma**2))
+                assert abs(weights[y, x].item() - expected) < 1e-4 * expected, (y, x)
+    assert torch.equal(losses.unet_weight_map(instances[0]), actual[0])
+    with pytest.raises(ValueError, match="unet_weight_map: instances must be an integer Tensor"):
+        losses.unet_weight_map(instances.float())

@@ -27,7 +27,7 @@ def fcn8():
 @pytest.mark.parametrize("size", [(64, 64), (65, 97), (100, 71)])
 def test_fcn_output_size(fcn8, size):
     with torch.no_grad():
-        assert fcn8(torch.randn(2, 3, *size)).shape == (2, 5, *size)
+        assert fcn8(torch.randn(2, 3, *size))["out"].shape == (2, 5, *size)
 
 
 def test_bilinear_upsampling_layer_equals_bilinear_interpolation():
@@ -58,8 +58,9 @@ def test_skip_scores_start_at_zero_and_learn():
     coarse = model.score_fr(model.fc7(model.fc6(features)))
     up = model.upscore_pool4(model.upscore2(coarse)[..., :6, :8])[..., :12, :16]
     expected = model.upscore_final(up)[..., :96, :128]
-    torch.testing.assert_close(model(x), expected)
-    model(x).square().mean().backward()
+    torch.testing.assert_close(model(x)["out"], expected)
+    # Every score starts at zero: the cross-entropy's gradient (softmax - one-hot) reaches the skips at once.
+    F.cross_entropy(model(x)["out"], torch.randint(0, 4, (1, 96, 128))).backward()
     assert model.score_pool3.weight.grad.abs().sum() > 0 and model.score_pool4.weight.grad.abs().sum() > 0
 
 
@@ -96,7 +97,7 @@ def test_segnet_unpools_with_segops_to_the_input_size(monkeypatch, build, size):
     segops_max_unpool2d = segnet_module.max_unpool2d
     monkeypatch.setattr(segnet_module, "max_unpool2d", counting_unpool)
     model = build(num_classes=4, base_width=8)
-    out = model(torch.randn(2, 3, *size))
+    out = model(torch.randn(2, 3, *size))["out"]
     assert out.shape == (2, 4, *size)
     assert len(calls) == 5 and tuple(calls[-1]) == size
     out.sum().backward()
@@ -112,7 +113,7 @@ def test_segnet_paper_widths():
 @pytest.mark.parametrize("size", [(64, 64), (65, 99)])
 def test_unet_output_size(size):
     model = models.unet(num_classes=3, base_width=8)
-    assert model(torch.randn(2, 3, *size)).shape == (2, 3, *size)
+    assert model(torch.randn(2, 3, *size))["out"].shape == (2, 3, *size)
 
 
 def test_unet_paper_widths():
@@ -136,7 +137,7 @@ def test_deconvnet_layers():
 @pytest.mark.parametrize(
     "build",
     [
-        lambda: models.unet(3, base_width=8),
+        lambda: models.unet(3, base_width=8, depth=2),  # the paper's, without batch norm: shallower to learn fast
         lambda: models.segnet(3, base_width=8),
         lambda: models.deconvnet(3, base_width=8),
     ],
@@ -152,7 +153,7 @@ def test_a_few_training_steps_learn(build):
     losses = []
     for _ in range(30):
         optimiser.zero_grad()
-        loss = F.cross_entropy(model(images), target)
+        loss = F.cross_entropy(model(images)["out"], target)
         loss.backward()
         optimiser.step()
         losses.append(loss.item())
@@ -226,7 +227,10 @@ def test_dilated_models_output_size(build, size):
     model = build().eval()
     assert _count_dilated(model) > 0
     with torch.no_grad():
-        assert model(torch.randn(2, 3, *size)).shape == (2, 5, *size)
+        outputs = model(torch.randn(2, 3, *size))
+    assert {key: value.shape for key, value in outputs.items()} == {
+        key: (2, 5, *size) for key in (("out", "aux") if isinstance(model, models.PSPNet) else ("out",))
+    }
 
 
 def test_deeplabv2_crf_post_processing_and_crf_as_rnn():
@@ -239,13 +243,13 @@ def test_deeplabv2_crf_post_processing_and_crf_as_rnn():
     plain = models.deeplabv2(3, depth=50).eval()
     plain.load_state_dict(post.state_dict(), strict=False)
     with torch.no_grad():
-        logits = plain(images)
+        logits = plain(images)["out"]
         expected = segops.dense_crf(logits, rgb, **segops.DEEPLAB_V2).clamp_min(1e-12).log()
-        torch.testing.assert_close(post(images, rgb), expected)
+        torch.testing.assert_close(post(images, rgb)["out"], expected)
     post.train()
-    assert torch.equal(post(images, rgb), plain.train()(images))  # the CRF only at evaluation
+    assert torch.equal(post(images, rgb)["out"], plain.train()(images)["out"])  # the CRF only at evaluation
     rnn = models.deeplabv2(3, depth=50, crf="rnn")
-    out = rnn(images, rgb)
+    out = rnn(images, rgb)["out"]
     F.nll_loss(out, torch.randint(0, 3, (1, 64, 72))).backward()
     assert rnn.crf.kernel_weights.grad.abs().sum() > 0 and rnn.crf.compatibility.grad.abs().sum() > 0
 
@@ -262,6 +266,225 @@ def test_deeplabv2_crf_post_processing_and_crf_as_rnn():
 def test_dilated_model_errors(build, message):
     with pytest.raises(ValueError, match=message):
         build()
+
+
+# ------------------------------------------------------------------------------- the papers' structures and counts
+
+
+def _parameters(model):
+    return sum(p.numel() for p in model.parameters())
+
+
+@pytest.mark.parametrize(
+    "build, published",
+    [
+        (lambda: models.fcn8s(21), 134.5e6),  # Long et al. 2015 (PASCAL VOC's 21 classes)
+        (lambda: models.segnet(11), 29.5e6),  # Badrinarayanan et al. 2017 (CamVid's 11 classes)
+        (lambda: models.deconvnet(21), 251.8e6),  # Noh et al. 2015
+        (lambda: models.unet(2), 31.0e6),  # Ronneberger et al. 2015 (2 classes), as commonly counted
+    ],
+    ids=["fcn8s", "segnet", "deconvnet", "unet"],
+)
+def test_published_parameter_counts(build, published):
+    assert abs(_parameters(build()) - published) <= 0.015 * published
+
+
+def test_fcn_final_upsampling_is_fixed_bilinear_and_scores_start_at_zero():
+    """The paper learns the 2x upsamplings and fixes the last one to bilinear: FCN-32s's 64x64 upsampling kernel
+    (21 x 21 x 64 x 64 weights, 1.8M) is no parameter; score_fr starts at zero like the skip scores."""
+    model = models.fcn32s(21)
+    assert not list(model.upscore_final.parameters())
+    assert (
+        _parameters(model)
+        == _parameters(models.fcn8s(21))
+        - sum(_parameters(m) for m in (models.fcn8s(21).score_pool4, models.fcn8s(21).score_pool3))
+        - 2 * 21 * 21 * 4 * 4
+        + 0
+    )  # FCN-8s adds two skip scores and two learned 2x upsamplings
+    assert model.score_fr.weight.abs().sum() == 0 and model.score_fr.bias.abs().sum() == 0
+    x = torch.randn(1, 3, 5, 6)
+    up = fcn_module.FixedBilinearUpsampling(3, 8)(x)
+    expected = F.interpolate(x, scale_factor=8, mode="bilinear", align_corners=False)
+    torch.testing.assert_close(up[..., 8:-8, 8:-8], expected[..., 8:-8, 8:-8], rtol=1e-5, atol=1e-5)
+
+
+def test_fcn_staged_training_starts_from_the_coarser_net():
+    torch.manual_seed(0)
+    fcn32 = models.fcn32s(4, base_width=8)
+    with torch.no_grad():
+        for parameter in fcn32.parameters():
+            parameter.normal_()
+    fcn16 = models.fcn16s(4, base_width=8).from_coarser(fcn32)
+    for name, parameter in fcn32.named_parameters():
+        assert torch.equal(dict(fcn16.named_parameters())[name], parameter), name
+    assert fcn16.score_pool4.weight.abs().sum() == 0
+    fcn8 = models.fcn8s(4, base_width=8).from_coarser(fcn16)
+    assert torch.equal(fcn8.upscore2.weight, fcn16.upscore2.weight) and fcn8.score_pool3.weight.abs().sum() == 0
+    with pytest.raises(ValueError, match="FCN.from_coarser: coarser must have a larger stride than 16, got stride 8"):
+        fcn16.from_coarser(fcn8)
+
+
+@pytest.mark.parametrize(
+    "output_stride, multi_grid, dilations",
+    [(16, (1, 2, 4), (2, 4, 8)), (8, (1, 2, 4), (4, 8, 16)), (16, (1, 1, 1), (2, 2, 2))],
+)
+def test_deeplabv3_multi_grid_and_head_as_the_paper(output_stride, multi_grid, dilations):
+    model = models.deeplabv3(3, depth=50, output_stride=output_stride, multi_grid=multi_grid)
+    layer4 = model.backbone.layer4
+    assert tuple(block.conv2.dilation[0] for block in layer4) == dilations
+    assert tuple(block.conv2.padding[0] for block in layer4) == dilations
+    # ASPP (its own 1x1 projection to 256) and the final 1x1 classifier: no 3x3 convolution between.
+    assert [type(m).__name__ for m in model.head] == ["ASPP", "Conv2d"] and model.head[1].kernel_size == (1, 1)
+
+
+def test_pspnet_auxiliary_branch_and_deep_stem_as_the_paper(tmp_path):
+    torch.manual_seed(0)
+    model = models.pspnet(4, depth=50)
+    stem = [m for m in model.backbone.conv1 if isinstance(m, torch.nn.Conv2d)]
+    assert [(c.in_channels, c.out_channels, c.kernel_size, c.stride) for c in stem] == [
+        (3, 64, (3, 3), (2, 2)),
+        (64, 64, (3, 3), (1, 1)),
+        (64, 128, (3, 3), (1, 1)),
+    ]
+    assert model.aux_classifier[0].in_channels == 1024  # block 3 (res4b22)
+    images, target = torch.randn(2, 3, 64, 64), torch.randint(0, 4, (2, 64, 64))
+    outputs = model(images)
+    loss = segops.losses.segmentation_loss(outputs, target)
+    expected = F.cross_entropy(outputs["out"], target) + 0.4 * F.cross_entropy(outputs["aux"], target)
+    torch.testing.assert_close(loss, expected)
+    loss.backward()
+    assert model.aux_classifier[0].weight.grad.abs().sum() > 0
+    assert set(models.pspnet(4, depth=50, aux=False)(images)) == {"out"}
+    path = tmp_path / "resnet50.pth"
+    torch.save(torchvision.models.resnet50(weights=None).state_dict(), path)
+    with pytest.raises(ValueError, match="deep_stem=True has no torchvision weights"):
+        models.pspnet(4, depth=50, backbone=path)
+    plain = models.pspnet(4, depth=50, backbone=path, deep_stem=False)
+    assert torch.equal(plain.backbone.conv1.weight, torch.load(path)["conv1.weight"])
+
+
+@pytest.mark.parametrize(
+    "build",
+    [
+        lambda c: models.fcn8s(3, base_width=8, in_channels=c),
+        lambda c: models.segnet(3, base_width=8, in_channels=c),
+        lambda c: models.deconvnet(3, base_width=8, in_channels=c),
+        lambda c: models.unet(3, base_width=8, depth=2, in_channels=c),
+        lambda c: models.deeplabv2(3, depth=50, in_channels=c),
+        lambda c: models.deeplabv3(3, depth=50, in_channels=c),
+        lambda c: models.pspnet(3, depth=50, in_channels=c),
+    ],
+    ids=["fcn8s", "segnet", "deconvnet", "unet", "deeplabv2", "deeplabv3", "pspnet"],
+)
+@pytest.mark.parametrize("channels", [1, 4])
+def test_in_channels(build, channels):
+    """Grayscale (U-Net's own microscopy) and RGB-D inputs."""
+    model = build(channels).eval()
+    with torch.no_grad():
+        assert model(torch.randn(2, channels, 64, 64))["out"].shape == (2, 3, 64, 64)
+    with pytest.raises(RuntimeError):
+        model(torch.randn(2, 3, 64, 64))  # an RGB image is not what it was built for
+
+
+def test_cam_and_ucn_in_channels():
+    with torch.no_grad():
+        assert models.cam(3, in_channels=1).eval()(torch.randn(1, 1, 64, 64)).shape == (1, 3)
+        assert models.ucn(8, base_width=8, in_channels=4).eval()(torch.randn(1, 4, 32, 32)).shape == (1, 8, 32, 32)
+
+
+def test_pretrained_first_convolution_adapted_to_in_channels(tmp_path):
+    """One channel: the RGB filters summed; k channels: repeated cyclically, scaled by 3 / k. So a gray image
+    repeated over the channels gives the RGB network's response."""
+    torch.manual_seed(0)
+    vgg_path, resnet_path = tmp_path / "vgg16.pth", tmp_path / "resnet50.pth"
+    torch.save(torchvision.models.vgg16(weights=None).state_dict(), vgg_path)
+    torch.save(torchvision.models.resnet50(weights=None).state_dict(), resnet_path)
+    rgb = torch.load(vgg_path)["features.0.weight"]
+    gray = models.fcn32s(3, backbone=vgg_path, in_channels=1)
+    torch.testing.assert_close(gray.stages[0][0].weight, rgb.sum(1, keepdim=True))
+    rgbd = models.deeplabv3(3, depth=50, backbone=resnet_path, in_channels=4)
+    resnet_rgb = torch.load(resnet_path)["conv1.weight"]
+    expected = torch.stack([resnet_rgb[:, 0], resnet_rgb[:, 1], resnet_rgb[:, 2], resnet_rgb[:, 0]], 1) * 0.75
+    torch.testing.assert_close(rgbd.backbone.conv1.weight, expected)
+    image = torch.randn(1, 1, 32, 32)
+    reference = torch.nn.functional.conv2d(image.expand(-1, 3, -1, -1), rgb, padding=1)
+    torch.testing.assert_close(torch.nn.functional.conv2d(image, gray.stages[0][0].weight, padding=1), reference)
+
+
+def test_segnet_encoder_from_torchvision_vgg16_bn(tmp_path):
+    """The encoder loaded from vgg16_bn computes vgg16_bn's features in eval mode (its conv biases folded into the
+    batch norms' running means), in float64."""
+    torch.manual_seed(0)
+    vgg = torchvision.models.vgg16_bn(weights=None)
+    with torch.no_grad():  # statistics and biases away from their defaults, so that a wrong fold would show
+        for m in vgg.features.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_mean.normal_()
+                m.running_var.uniform_(0.5, 2)
+            if isinstance(m, torch.nn.Conv2d):
+                m.bias.normal_()
+    path = tmp_path / "vgg16_bn.pth"
+    torch.save(vgg.state_dict(), path)
+    for build in (models.segnet, models.deconvnet):
+        model = build(5, backbone=path).double().eval()
+        reference = vgg.double().eval().features
+        x = torch.randn(1, 3, 32, 32, dtype=torch.float64)
+        with torch.no_grad():
+            ours = x
+            for stage in model.encoder:
+                ours = F.max_pool2d(stage(ours), 2, 2)
+            # The fold rounds mean - bias to float32 (the state's dtype): a shift of about 2e-7 per channel,
+            # carried through 13 layers.
+            torch.testing.assert_close(ours, reference(x), rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="load_vgg16_bn_encoder: expected torchvision's vgg16_bn"):
+        models.segnet(5, base_width=8, backbone=path)
+
+
+def test_unet_as_the_paper_without_batch_norm():
+    plain, normed = models.unet(2, base_width=8), models.unet(2, base_width=8, batch_norm=True)
+    assert not [m for m in plain.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    assert len([m for m in normed.modules() if isinstance(m, torch.nn.BatchNorm2d)]) == 2 * 9
+
+
+def test_crf_as_rnn_as_zheng_et_al():
+    """FCN-8s + the CRF with the paper's bandwidths; trained end to end (the CRF's parameters get gradients); 5
+    mean-field steps in training and 10 at test, each equal to segops.dense_crf with those steps."""
+    torch.manual_seed(0)
+    model = models.crfasrnn(3, base_width=8)
+    crf = model.crf
+    assert (crf.appearance_sxy, crf.appearance_srgb, crf.smoothness_sxy) == (160.0, 3.0, 3.0)
+    with torch.no_grad():
+        model.fcn.score_fr.weight.normal_()  # away from the zero initialisation, so the CRF has scores to refine
+    images, rgb = torch.randn(1, 3, 64, 64), torch.rand(1, 3, 64, 64) * 255
+    for training, steps in ((True, 5), (False, 10)):
+        model.train(training)
+        with torch.no_grad():
+            torch.manual_seed(1)  # the same dropout masks in training
+            logits = model.fcn(images)["out"]
+            expected = segops.dense_crf(
+                logits,
+                rgb,
+                steps,
+                smoothness_sxy=3.0,
+                smoothness_weight=crf.kernel_weights[0],
+                appearance_sxy=160.0,
+                appearance_srgb=3.0,
+                appearance_weight=crf.kernel_weights[1],
+                compatibility=crf.compatibility,
+            )
+            torch.manual_seed(1)
+            torch.testing.assert_close(model(images, rgb)["out"], expected.clamp_min(1e-12).log())
+    model.train()
+    F.nll_loss(model(images, rgb)["out"], torch.randint(0, 3, (1, 64, 64))).backward()
+    assert crf.kernel_weights.grad.abs().sum() > 0 and crf.compatibility.grad.abs().sum() > 0
+    assert model.fcn.score_fr.weight.grad.abs().sum() > 0
+
+
+def test_dff_reduction_is_dilated_6_on_segops():
+    model = models.deep_feature_flow(3, depth=50, feature_channels=32)
+    reduce = model.feature_net[1]
+    assert isinstance(reduce, segops.DilatedConv2d)
+    assert reduce.dilation == (6, 6) and reduce.padding == (6, 6) and reduce.kernel_size == (3, 3)
 
 
 # ------------------------------------------------------------------------------------------------- R-CNN heads
@@ -287,20 +510,38 @@ def test_mask_and_box_heads_pool_with_segops():
 
 
 def test_torchvision_mask_rcnn_on_segops_roi_align_equals_torchvision():
+    import copy
+
+    from segops.models.rcnn import SegopsRoIHeads
+
     torch.manual_seed(0)
     model = torchvision.models.detection.maskrcnn_resnet50_fpn(
         weights=None, weights_backbone=None, num_classes=3, min_size=128, max_size=160, box_score_thresh=0.0
     ).eval()
+    stock = copy.deepcopy(model)
     images = [torch.rand(3, 120, 150)]
     with torch.no_grad():
         expected = model(images)[0]
         models.use_segops_roi_align(model)
         assert isinstance(model.roi_heads.box_roi_pool, models.SegopsMultiScaleRoIAlign)
         assert isinstance(model.roi_heads.mask_roi_pool, models.SegopsMultiScaleRoIAlign)
+        assert isinstance(model.roi_heads, SegopsRoIHeads)  # mask targets cropped by segops.roi_align
         actual = model(images)[0]
     assert len(expected["boxes"]) > 0
     for key in ("boxes", "scores", "labels", "masks"):
         torch.testing.assert_close(actual[key], expected[key], rtol=1e-4, atol=1e-4)
+    # Training: the same losses (the same proposals sampled; pooled features within the tolerance above).
+    masks = torch.zeros(1, 120, 150, dtype=torch.uint8)
+    masks[0, 20:100, 10:80] = 1
+    targets = [{"boxes": torch.tensor([[10.0, 20.0, 80.0, 100.0]]), "labels": torch.tensor([1]), "masks": masks}]
+    with torch.no_grad():
+        torch.manual_seed(1)
+        expected_losses = stock.train()(images, targets)
+        torch.manual_seed(1)
+        actual_losses = model.train()(images, targets)
+    assert set(actual_losses) == set(expected_losses) and expected_losses["loss_mask"] > 0
+    for key in expected_losses:
+        torch.testing.assert_close(actual_losses[key], expected_losses[key], rtol=1e-4, atol=1e-4)
 
 
 @pytest.mark.parametrize("builder", ["deeplabv3_resnet50", "fcn_resnet50"])

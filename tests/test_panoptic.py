@@ -1,7 +1,12 @@
-"""Panoptic FPN's merging heuristic on hand-made cases, and its output scored by segops.metrics.PanopticQuality."""
+"""Panoptic FPN's merging heuristic on hand-made cases, and its output scored by segops.metrics.PanopticQuality; the
+model's detector on segops' RoI ops (mask targets cropped by segops.roi_align) and its backbone weights from a local
+torchvision state_dict."""
 
 import pytest
 import torch
+import torchvision
+from torchvision.models.detection import roi_heads as torchvision_roi_heads
+from torchvision.ops import FrozenBatchNorm2d
 
 from segops.metrics import PanopticQuality
 from segops.models.panoptic import VOID, panoptic_merge
@@ -130,3 +135,115 @@ def test_panoptic_fpn_training_losses(panoptic_model):
     assert model.semantic_head.predictor.weight.grad.abs().sum() > 0
     assert model.detector.backbone.fpn.layer_blocks[0][0].weight.grad.abs().sum() > 0
     model.eval()
+
+
+def test_panoptic_fpn_crops_mask_targets_with_segops_roi_align(panoptic_model, monkeypatch):
+    """segops.roi_align crops the mask targets (torchvision's is never called), and the detector's training losses
+    equal bit for bit those of torchvision's own RoIHeads.forward on the same heads and inputs."""
+    from segops.models import rcnn
+
+    calls = {"segops": 0, "torchvision": 0}
+
+    def spy(name, function):
+        def counted(*args, **kwargs):
+            calls[name] += 1
+            return function(*args, **kwargs)
+
+        return counted
+
+    monkeypatch.setattr(rcnn, "roi_align", spy("segops", rcnn.roi_align))
+    monkeypatch.setattr(torchvision_roi_heads, "roi_align", spy("torchvision", torchvision_roi_heads.roi_align))
+    detector = panoptic_model.detector
+    monkeypatch.setattr(detector.roi_heads.fg_bg_sampler, "batch_size_per_image", 64)  # fewer sampled boxes: faster
+    assert isinstance(detector.roi_heads, rcnn.SegopsRoIHeads)
+    masks = torch.zeros(2, 120, 150, dtype=torch.uint8)
+    masks[0, 70:110, 10:60] = 1
+    masks[1, 5:50, 80:140] = 1
+    targets = [
+        {
+            "boxes": torch.tensor([[10.0, 70.0, 60.0, 110.0], [80.0, 5.0, 140.0, 50.0]]),
+            "labels": torch.tensor([1, 2]),
+            "masks": masks,
+        }
+    ]
+    panoptic_model.train()
+    with torch.no_grad():
+        image_list, targets = detector.transform([torch.rand(3, 120, 150)], targets)
+        features = detector.backbone(image_list.tensors)
+        proposals, _ = detector.rpn(image_list, features, targets)
+        torch.manual_seed(3)
+        _, losses = detector.roi_heads(features, proposals, image_list.image_sizes, targets)
+        assert calls == {"segops": 1, "torchvision": 0}
+        torch.manual_seed(3)
+        _, stock = torchvision_roi_heads.RoIHeads.forward(
+            detector.roi_heads, features, proposals, image_list.image_sizes, targets
+        )
+        assert calls == {"segops": 1, "torchvision": 1}
+    panoptic_model.eval()
+    assert losses["loss_mask"] > 0 and set(losses) == set(stock)
+    for key in losses:
+        assert torch.equal(losses[key], stock[key]), key
+
+
+def test_panoptic_fpn_backbone_weights_from_a_torchvision_state_dict(tmp_path):
+    import segops.models as models
+
+    torch.manual_seed(8)
+    state = torchvision.models.resnet50(weights=None).state_dict()
+    for key, value in state.items():  # batch norms not at their initial values, so loading them shows
+        if value.is_floating_point() and ("bn" in key or "downsample.1" in key):
+            state[key] = torch.rand_like(value) + 0.5
+    path = tmp_path / "resnet50.pth"
+    torch.save(state, path)
+    expected_keys = {k for k in state if not k.startswith("fc.") and not k.endswith("num_batches_tracked")}
+    for weights, layers in [(path, None), (str(path), 0), (state, 5)]:
+        model = models.panoptic_fpn(
+            2, 2, weights_backbone=weights, trainable_backbone_layers=layers, min_size=128, max_size=160
+        )
+        body = model.detector.backbone.body
+        loaded = body.state_dict()
+        assert set(loaded) == expected_keys
+        for key, value in loaded.items():
+            assert torch.equal(value, state[key]), key
+        # torchvision's choices given backbone weights: frozen batch norms, conv1 and layer1 frozen by default (the
+        # last 3 of layer4, layer3, layer2, layer1, conv1 train), none with 0, all with 5.
+        assert all(not isinstance(m, torch.nn.BatchNorm2d) for m in body.modules())
+        assert isinstance(body.layer2[0].bn1, FrozenBatchNorm2d)
+        trainable = {name.split(".")[0] for name, p in body.named_parameters() if p.requires_grad}
+        expected = {
+            None: {"layer2", "layer3", "layer4"},
+            0: set(),
+            5: {"conv1", "layer1", "layer2", "layer3", "layer4"},
+        }
+        assert trainable == expected[layers]
+
+
+@pytest.mark.parametrize(
+    "options, error, message",
+    [
+        ({"num_things": 0}, ValueError, "PanopticFPN: num_things must be an int >= 1, got 0"),
+        ({"stuff_min_area": -1}, ValueError, "PanopticFPN: stuff_min_area must be an int >= 0, got -1"),
+        (
+            {"weights_backbone": 1.5},
+            TypeError,
+            "PanopticFPN: weights_backbone must be None, a torchvision ResNet50_Weights value, or a torchvision "
+            "ResNet-50 state_dict or the path of its file, got 1.5",
+        ),
+        (
+            {"weights_backbone": "IMAGENET1K_V1"},
+            FileNotFoundError,
+            "PanopticFPN: weights_backbone must name a file .*, got 'IMAGENET1K_V1', which is not a file",
+        ),
+        (
+            {"trainable_backbone_layers": -1},
+            ValueError,
+            r"PanopticFPN: trainable_backbone_layers must be None or an int in \[0, 5\], got -1",
+        ),
+    ],
+)
+def test_panoptic_fpn_errors(options, error, message):
+    import segops.models as models
+
+    arguments = {"num_things": 2, "num_stuff": 2, **options}
+    with pytest.raises(error, match=message):
+        models.panoptic_fpn(**arguments)

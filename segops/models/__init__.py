@@ -1,21 +1,36 @@
 """Segmentation networks written thinly on segops' operators; no builder downloads anything. Semantic segmentation
-builders take `num_classes` and map images Tensor[N, 3, H, W] (any H, W >= 64) to logits Tensor[N, K, H, W]; the
+builders take `num_classes` and `in_channels` and map images Tensor[N, in_channels, H, W] (any H, W >= 64) to
+torchvision's {"out": logits Tensor[N, K, H, W]} (plus "aux" for PSPNet's auxiliary head); the
 others say what they return: video (deep_feature_flow), saliency maps (dcl, basnet, poolnet), image labels and
 class activation maps (cam), pixel embeddings (ucn), detections (panet, use_segops_roi_align) and panoptic maps
 (panoptic_fpn). use_segops_dilated_conv runs any model's dilated convolutions (torchvision's DeepLabV3 and FCN) on
 segops."""
 
 from segops.models.cam import CAMClassifier, cam
+from segops.models.crfasrnn import CRFasRNN, crfasrnn
 from segops.models.deeplab import ASPP, DeepLabV2, DeepLabV3, deeplabv2, deeplabv3
 from segops.models.dff import DeepFeatureFlow, FixedIntervalScheduler, FlowNet, deep_feature_flow
 from segops.models.fcn import FCN, fcn8s, fcn16s, fcn32s, load_vgg16_backbone
-from segops.models.rcnn import FastRCNNBoxHead, MaskRCNNMaskHead, SegopsMultiScaleRoIAlign, use_segops_roi_align
-from segops.models.panet import AdaptiveBoxHead, AdaptiveFeaturePooling, AdaptiveMaskHead, BottomUpPath, panet
+from segops.models.rcnn import (
+    FastRCNNBoxHead,
+    MaskRCNNMaskHead,
+    SegopsMultiScaleRoIAlign,
+    SegopsRoIHeads,
+    use_segops_roi_align,
+)
+from segops.models.panet import (
+    AdaptiveBoxHead,
+    AdaptiveFeaturePooling,
+    AdaptiveMaskHead,
+    BottomUpPath,
+    FusedMaskPredictor,
+    panet,
+)
 from segops.models.panoptic import PanopticFPN, SemanticFPNHead, panoptic_fpn, panoptic_merge
 from segops.models.pspnet import PSPNet, PyramidPooling, pspnet
 from segops.models.resnet import DilatedResNet
 from segops.models.saliency import BASNet, DCL, PoolNet, basnet, basnet_loss, dcl, poolnet
-from segops.models.segnet import DeconvNet, SegNet, deconvnet, segnet
+from segops.models.segnet import DeconvNet, SegNet, deconvnet, load_vgg16_bn_encoder, segnet
 from segops.models.swap import use_segops_dilated_conv
 from segops.models.ucn import UCN, ucn
 from segops.models.unet import UNet, unet
@@ -32,6 +47,8 @@ __all__ = [
     "basnet_loss",
     "cam",
     "CAMClassifier",
+    "CRFasRNN",
+    "crfasrnn",
     "DCL",
     "dcl",
     "DeconvNet",
@@ -49,8 +66,10 @@ __all__ = [
     "fcn32s",
     "fcn8s",
     "FixedIntervalScheduler",
+    "FusedMaskPredictor",
     "FlowNet",
     "load_vgg16_backbone",
+    "load_vgg16_bn_encoder",
     "MaskRCNNMaskHead",
     "panoptic_fpn",
     "PanopticFPN",
@@ -64,6 +83,7 @@ __all__ = [
     "SegNet",
     "segnet",
     "SegopsMultiScaleRoIAlign",
+    "SegopsRoIHeads",
     "UCN",
     "ucn",
     "UNet",

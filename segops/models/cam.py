@@ -38,8 +38,10 @@ class CAMClassifier(nn.Module):
         )
 
 
-def cam(num_classes: int, depth: int = 50, output_stride: int = 16, backbone: Weights = None) -> CAMClassifier:
+def cam(
+    num_classes: int, depth: int = 50, output_stride: int = 16, backbone: Weights = None, in_channels: int = 3
+) -> CAMClassifier:
     """A CAM classifier on a dilated ResNet-50/101 (torchvision weights as for deeplabv2): output stride 16 gives
     14x14 maps for 224x224 images, the resolution for which Zhou et al. cut VGG16 and GoogLeNet short."""
     _check_int("cam", "num_classes", num_classes)
-    return CAMClassifier(num_classes, DilatedResNet(depth, output_stride, backbone), 2048)
+    return CAMClassifier(num_classes, DilatedResNet(depth, output_stride, backbone, in_channels), 2048)

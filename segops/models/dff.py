@@ -10,6 +10,7 @@ from torch.nn import functional as F
 
 from segops.models._checks import check_int as _check_int
 from segops.models.resnet import DilatedResNet, Weights
+from segops.ops.dilated_conv import DilatedConv2d
 from segops.ops.flow_warp import flow_warp
 
 
@@ -142,12 +143,12 @@ def deep_feature_flow(
     num_classes: int, depth: int = 101, key_interval: int = 5, feature_channels: int = 1024, backbone: Weights = None
 ) -> DeepFeatureFlow:
     """DFF's segmentation network: a dilated ResNet (output stride 16; 101 layers unless depth=50; backbone weights
-    as deeplabv2) and a 3x3 convolution to `feature_channels` as the feature network, a 1x1 classifier as the task
-    head, FlowNet as the flow network, a key frame every `key_interval` frames (the paper's 5 on Cityscapes)."""
+    as deeplabv2) and the paper's randomly initialised 3x3 convolution dilated 6 (segops.DilatedConv2d) to
+    `feature_channels` (1024) as the feature network, a 1x1 classifier as the task head, FlowNet as the flow
+    network, a key frame every `key_interval` frames (the paper's 5 on Cityscapes)."""
     _check_int("deep_feature_flow", "num_classes", num_classes)
-    feature_net = nn.Sequential(
-        DilatedResNet(depth, 16, backbone), nn.Conv2d(2048, feature_channels, 3, padding=1), nn.ReLU(inplace=True)
-    )
+    reduce = DilatedConv2d(2048, feature_channels, 3, padding=6, dilation=6)
+    feature_net = nn.Sequential(DilatedResNet(depth, 16, backbone), reduce, nn.ReLU(inplace=True))
     return DeepFeatureFlow(
         feature_net, nn.Conv2d(feature_channels, num_classes, 1), FlowNet(feature_channels), key_interval
     )

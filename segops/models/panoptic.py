@@ -2,12 +2,14 @@
 FPN, and the merging of their outputs into one panoptic map [H, W, 2] of (category id, instance id), which
 segops.metrics.PanopticQuality scores."""
 
-from typing import List, Sequence
+from typing import List, Optional, Sequence
 
 import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
+
 from segops.models._checks import check_int as _check_int
+from segops.models.rcnn import BackboneWeights, _maskrcnn_resnet50_fpn, use_segops_roi_align
 
 VOID = -1  # the category of unassigned pixels: neither a thing nor a stuff category
 
@@ -111,8 +113,9 @@ class SemanticFPNHead(nn.Module):
 
 
 class PanopticFPN(nn.Module):
-    """Panoptic FPN (Kirillov, Girshick, He and Dollar 2019): torchvision's Mask R-CNN (ResNet-50 FPN, no download)
-    pooling with segops.multi_scale_roi_align, and the semantic branch (SemanticFPNHead) on the same FPN features.
+    """Panoptic FPN (Kirillov, Girshick, He and Dollar 2019): torchvision's Mask R-CNN (ResNet-50 FPN) with its RoI
+    ops on segops (use_segops_roi_align: pooling with segops.multi_scale_roi_align, mask targets cropped by
+    segops.roi_align), and the semantic branch (SemanticFPNHead) on the same FPN features.
 
     Categories: things 1..num_things (the detector's classes; 0 is its background), stuff num_things + 1 ..
     num_things + num_stuff. The semantic branch predicts num_stuff + 1 classes: 0 "a thing", s the stuff category
@@ -125,23 +128,37 @@ class PanopticFPN(nn.Module):
       (stuff regions of fewer than ``stuff_min_area`` pixels dropped).
 
     Args:
-        images: a list of Tensor[3, H, W] in 0..1 (torchvision's detection convention), or a Tensor[N, 3, H, W].
-        detector_options: passed to torchvision's maskrcnn_resnet50_fpn (min_size, max_size, thresholds, ...).
+        num_things (int), num_stuff (int): the category counts (>= 1 each).
+        stuff_min_area (int): panoptic_merge's smallest stuff region, in pixels (>= 0).
+        weights_backbone: None (random), a torchvision ResNet50_Weights value (torchvision downloads it), or a
+            torchvision ResNet-50 state_dict or its file (read locally). Given weights, the backbone is built as
+            torchvision's builder builds it: FrozenBatchNorm2d, and the first layers frozen.
+        trainable_backbone_layers (int, optional): with weights, how many of layer4, layer3, layer2, layer1, conv1
+            train (0..5, default 3), as torchvision's; without, all do.
+        detector_options: torchvision's MaskRCNN options (min_size, max_size, thresholds, ...).
+
+    Forward: images, a list of Tensor[3, H, W] in 0..1 (torchvision's detection convention) or a
+    Tensor[N, 3, H, W]; targets as above, in training.
     """
 
-    def __init__(self, num_things: int, num_stuff: int, stuff_min_area: int = 4096, **detector_options):
+    def __init__(
+        self,
+        num_things: int,
+        num_stuff: int,
+        stuff_min_area: int = 4096,
+        *,
+        weights_backbone: BackboneWeights = None,
+        trainable_backbone_layers: Optional[int] = None,
+        **detector_options,
+    ):
         super().__init__()
         _check_int("PanopticFPN", "num_things", num_things)
         _check_int("PanopticFPN", "num_stuff", num_stuff)
-        import torchvision
-
-        from segops.models.rcnn import use_segops_roi_align
-
-        self.detector = use_segops_roi_align(
-            torchvision.models.detection.maskrcnn_resnet50_fpn(
-                weights=None, weights_backbone=None, num_classes=num_things + 1, **detector_options
-            )
+        _check_int("PanopticFPN", "stuff_min_area", stuff_min_area, 0)
+        detector = _maskrcnn_resnet50_fpn(
+            "PanopticFPN", num_things + 1, weights_backbone, trainable_backbone_layers, **detector_options
         )
+        self.detector = use_segops_roi_align(detector)
         self.semantic_head = SemanticFPNHead(num_stuff + 1)
         self.num_things, self.num_stuff, self.stuff_min_area = num_things, num_stuff, stuff_min_area
 
@@ -187,5 +204,6 @@ class PanopticFPN(nn.Module):
 
 
 def panoptic_fpn(num_things: int, num_stuff: int, **options) -> PanopticFPN:
-    """Panoptic FPN on a ResNet-50 FPN (COCO panoptic: 80 things, 53 stuff); options as PanopticFPN."""
+    """Panoptic FPN on a ResNet-50 FPN (COCO panoptic: 80 things, 53 stuff); options as PanopticFPN (stuff_min_area,
+    weights_backbone, trainable_backbone_layers, torchvision's MaskRCNN options)."""
     return PanopticFPN(num_things, num_stuff, **options)

@@ -13,16 +13,17 @@ from segops.models.unet import UNet
 
 
 class UCN(nn.Module):
-    """images [N, 3, H, W] -> unit-norm pixel embeddings [N, D, H, W]. The body is segops' U-Net with D output
-    channels (the paper's is a ResNet-34 encoder-decoder; any encoder-decoder serves: the losses define UCN)."""
+    """images [N, in_channels, H, W] (RGB, or RGB-D with in_channels 4 as in the paper) -> unit-norm pixel
+    embeddings [N, D, H, W]. The body is segops' U-Net with batch norm and D output channels (the paper's is a
+    ResNet-34 encoder-decoder; any encoder-decoder serves: the losses define UCN)."""
 
-    def __init__(self, embedding_dim: int = 64, base_width: int = 64, depth: int = 4):
+    def __init__(self, embedding_dim: int = 64, base_width: int = 64, depth: int = 4, in_channels: int = 3):
         super().__init__()
         _check_int("UCN", "embedding_dim", embedding_dim, 2)
-        self.body = UNet(embedding_dim, base_width, depth)
+        self.body = UNet(embedding_dim, base_width, depth, in_channels, batch_norm=True)
 
     def forward(self, images: Tensor) -> Tensor:
-        return F.normalize(self.body(images), dim=1)
+        return F.normalize(self.body(images)["out"], dim=1)
 
     @torch.no_grad()
     def segment(self, images: Tensor, **mean_shift_options) -> Tensor:
@@ -30,6 +31,6 @@ class UCN(nn.Module):
         return torch.stack([mean_shift(embeddings, **mean_shift_options)[0] for embeddings in self(images)])
 
 
-def ucn(embedding_dim: int = 64, base_width: int = 64) -> UCN:
+def ucn(embedding_dim: int = 64, base_width: int = 64, in_channels: int = 3) -> UCN:
     """UCN's embedding network with 64-dimensional embeddings (the paper's) on a U-Net of the given width."""
-    return UCN(embedding_dim, base_width)
+    return UCN(embedding_dim, base_width, in_channels=in_channels)

@@ -423,6 +423,8 @@ class DenseCRF(nn.Module):
     Args:
         num_labels (int): L >= 2.
         num_iters (int): mean-field steps.
+        test_iters (int, optional): mean-field steps in eval mode, where they differ (CRF-as-RNN: 5 in training, 10
+            at test); None: num_iters.
         smoothness_sxy, appearance_sxy, appearance_srgb (float): bandwidths (fixed).
         smoothness_weight, appearance_weight (float): initial kernel weights (``kernel_weights``, a parameter).
         learn_compatibility (bool): learn an L x L ``compatibility`` initialised to Potts (1 - I); otherwise Potts.
@@ -441,10 +443,14 @@ class DenseCRF(nn.Module):
         appearance_srgb: float = 13.0,
         appearance_weight: float = 10.0,
         learn_compatibility: bool = True,
+        test_iters: Optional[int] = None,
     ):
         super().__init__()
         if isinstance(num_labels, bool) or not isinstance(num_labels, int) or num_labels < 2:
             raise ValueError(f"DenseCRF: num_labels must be an int >= 2, got {num_labels!r}")
+        for name, value in (("num_iters", num_iters), ("test_iters", num_iters if test_iters is None else test_iters)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise ValueError(f"DenseCRF: {name} must be an int >= 0, got {value!r}")
         for name, value in (
             ("smoothness_sxy", smoothness_sxy),
             ("appearance_sxy", appearance_sxy),
@@ -452,6 +458,7 @@ class DenseCRF(nn.Module):
         ):
             _check_positive(name, value)
         self.num_labels, self.num_iters = num_labels, num_iters
+        self.test_iters = num_iters if test_iters is None else test_iters
         self.smoothness_sxy, self.appearance_sxy, self.appearance_srgb = smoothness_sxy, appearance_sxy, appearance_srgb
         self.kernel_weights = nn.Parameter(torch.tensor([float(smoothness_weight), float(appearance_weight)]))
         self.compatibility = nn.Parameter(1.0 - torch.eye(num_labels)) if learn_compatibility else None
@@ -468,7 +475,7 @@ class DenseCRF(nn.Module):
         return _dense_crf_with_parameters(
             unary,
             image,
-            self.num_iters,
+            self.num_iters if self.training else self.test_iters,
             self.kernel_weights,
             self.compatibility,
             self.smoothness_sxy,
@@ -478,7 +485,8 @@ class DenseCRF(nn.Module):
 
     def extra_repr(self) -> str:
         return (
-            f"num_labels={self.num_labels}, num_iters={self.num_iters}, smoothness_sxy={self.smoothness_sxy}, "
+            f"num_labels={self.num_labels}, num_iters={self.num_iters}, test_iters={self.test_iters}, "
+            f"smoothness_sxy={self.smoothness_sxy}, "
             f"appearance_sxy={self.appearance_sxy}, appearance_srgb={self.appearance_srgb}, "
             f"compatibility={'learned' if self.compatibility is not None else 'Potts'}"
         )
