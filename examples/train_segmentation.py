@@ -21,11 +21,11 @@ from pathlib import Path
 
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
 
 import segops
 from segops import models
 from segops.data import CLASS_NAMES, SyntheticShapes
+from segops.losses import segmentation_loss
 from segops.metrics import SegmentationMetrics
 
 NUM_CLASSES = SyntheticShapes.num_classes
@@ -113,7 +113,8 @@ def train(name, args, rank=0, world=1, build=None, dataset=None, loss_fn=None):
     for step in range(args.steps):
         first = step * args.batch_size + rank * share
         images, targets = batch(dataset, range(first, first + share))
-        loss = (loss_fn or F.cross_entropy)(trained(normalise(images))["out"], targets)
+        # The semantic models' {"out", "aux"} (segmentation_loss), or what a given loss_fn takes (saliency maps).
+        loss = (loss_fn or segmentation_loss)(trained(normalise(images)), targets)
         optimiser.zero_grad()
         loss.backward()
         optimiser.step()

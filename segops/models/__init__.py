@@ -29,7 +29,17 @@ from segops.models.panet import (
 from segops.models.panoptic import PanopticFPN, SemanticFPNHead, panoptic_fpn, panoptic_merge
 from segops.models.pspnet import PSPNet, PyramidPooling, pspnet
 from segops.models.resnet import DilatedResNet
-from segops.models.saliency import BASNet, DCL, PoolNet, basnet, basnet_loss, dcl, poolnet
+from segops.models.saliency import (
+    BASNet,
+    DCL,
+    PoolNet,
+    SegmentPooling,
+    basnet,
+    basnet_loss,
+    dcl,
+    grid_segments,
+    poolnet,
+)
 from segops.models.segnet import DeconvNet, SegNet, deconvnet, load_vgg16_bn_encoder, segnet
 from segops.models.swap import use_segops_dilated_conv
 from segops.models.ucn import UCN, ucn
@@ -67,6 +77,7 @@ __all__ = [
     "fcn8s",
     "FixedIntervalScheduler",
     "FusedMaskPredictor",
+    "grid_segments",
     "FlowNet",
     "load_vgg16_backbone",
     "load_vgg16_bn_encoder",
@@ -80,6 +91,7 @@ __all__ = [
     "PSPNet",
     "pspnet",
     "PyramidPooling",
+    "SegmentPooling",
     "SegNet",
     "segnet",
     "SegopsMultiScaleRoIAlign",

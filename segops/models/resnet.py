@@ -23,8 +23,8 @@ def load_state(weights: Union[str, Path, dict]) -> dict:
 def adapt_input_weight(weight: Tensor, in_channels: int) -> Tensor:
     """A first convolution's weight [C_out, 3, kH, kW] (pretrained on RGB) for `in_channels` inputs, keeping what it
     learned: one channel takes the sum of the RGB filters (a gray image's response equals the RGB filters' on that
-    image repeated), k channels take the RGB filters repeated cyclically and scaled by 3 / k (the response to an
-    input whose channels all equal one gray image is kept)."""
+    image repeated), k channels take the RGB filters repeated cyclically and scaled by 3 / k, which keeps the
+    response's scale (exactly, for a gray image repeated over the channels, where k is a multiple of 3)."""
     if in_channels == weight.shape[1]:
         return weight
     if in_channels == 1:
