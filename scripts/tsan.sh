@@ -28,7 +28,13 @@ if ! CCACHE_BASEDIR="$PWD" CCACHE_NOHASHDIR=1 SEGOPS_TSAN=1 \
 fi
 library=$(ls build/tsan/lib/segops/_emulation*.so)
 export SEGOPS_EMULATION_LIBRARY="$PWD/$library" SEGOPS_REQUIRE_EMULATION=1
-export LD_PRELOAD="$(gcc -print-file-name=libtsan.so)"
+# The runtime of the compiler that built the library (torch's cpp_extension uses $CXX, else c++).
+libtsan=$("${CXX:-c++}" -print-file-name=libtsan.so)
+if [ ! -f "$libtsan" ]; then
+  echo "tsan: ${CXX:-c++} has no ThreadSanitizer runtime (libtsan.so)" >&2
+  exit 1
+fi
+export LD_PRELOAD="$libtsan"
 # Reports do not stop the run; each process writes its own to build/tsan/reports/, printed at the end, and any
 # report sets the exit status. Python's and torch's threads are not the kernels' (report_thread_leaks=0). ATen runs
 # on one thread: libgomp is not instrumented, so ThreadSanitizer cannot see its barriers and would report the

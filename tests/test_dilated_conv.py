@@ -1,3 +1,5 @@
+import itertools
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -132,9 +134,44 @@ def test_output_and_input_gradient_keep_the_input_memory_format_as_conv2d(config
         output.backward(torch.ones_like(output))
         strides[name] = (output.stride(), leaf.grad.stride())
     assert strides["segops"] == strides["conv2d"], strides
-    torch._dynamo.reset()  # each case compiles afresh: the fake kernel's strides are what the graph carries
-    compiled = torch.compile(segops.dilated_conv2d, backend="eager", fullgraph=True, dynamic=False)
-    assert compiled(variant, weight, bias, **kwargs).stride() == strides["conv2d"][0]
+
+
+@pytest.mark.parametrize("layout", ["channels_last", "contiguous", "strided"])
+@pytest.mark.parametrize(
+    "case",
+    [
+        ((2, 4, 6, 7), (4, 1, 3, 3), 4),  # depthwise
+        ((2, 4, 6, 7), (6, 2, 3, 3), 2),  # grouped GEMM
+        ((2, 4, 6, 7), (0, 4, 3, 3), 1),  # no output channels: the zero-size path
+        ((0, 4, 6, 7), (6, 4, 3, 3), 1),  # no images
+        ((2, 1, 6, 7), (3, 1, 3, 3), 1),  # one input channel
+    ],
+    ids=["depthwise", "grouped", "no-out-channels", "no-images", "one-channel"],
+)
+def test_fake_kernels_give_the_real_ops_strides(case, layout):
+    """The fake kernels (what torch.compile and torch.export carry) give every output the strides the real op
+    gives it, forward and backward for every output mask, in every input layout."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    input_shape, weight_shape, groups = case
+    input = torch.randn(input_shape)
+    input = layouts(input)[layout] if layout != "contiguous" and input.numel() else input
+    weight = torch.randn(weight_shape)
+    args = ([1, 1], [1, 1], [2, 2], groups)
+    real = torch.ops.segops.dilated_conv2d(input, weight, None, *args)
+    grad = torch.randn(real.shape)
+    masks = [list(mask) for mask in itertools.product([False, True], repeat=3)]
+    real_grads = [torch.ops.segops._dilated_conv2d_backward(grad, input, weight, *args, mask) for mask in masks]
+    with FakeTensorMode() as mode:
+        fake_input, fake_weight, fake_grad = (mode.from_tensor(t) for t in (input, weight, grad))
+        fake = torch.ops.segops.dilated_conv2d(fake_input, fake_weight, None, *args)
+        fake_grads = [
+            torch.ops.segops._dilated_conv2d_backward(fake_grad, fake_input, fake_weight, *args, mask) for mask in masks
+        ]
+    assert (fake.shape, fake.stride()) == (real.shape, real.stride())
+    for mask, reals, fakes in zip(masks, real_grads, fake_grads):
+        for r, f in zip(reals, fakes):
+            assert (f.shape, f.stride()) == (r.shape, r.stride()), mask
 
 
 def test_chunked_columns_match_conv2d_and_stay_within_the_budget():

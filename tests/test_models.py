@@ -453,6 +453,7 @@ def test_crf_as_rnn_as_zheng_et_al():
     model = models.crfasrnn(3, base_width=8)
     crf = model.crf
     assert (crf.appearance_sxy, crf.appearance_srgb, crf.smoothness_sxy) == (160.0, 3.0, 3.0)
+    assert crf.kernel_weights.tolist() == [3.0, 5.0] and crf.test_iters == 10  # smoothness, appearance
     with torch.no_grad():
         model.fcn.score_fr.weight.normal_()  # away from the zero initialisation, so the CRF has scores to refine
     images, rgb = torch.randn(1, 3, 64, 64), torch.rand(1, 3, 64, 64) * 255

@@ -155,7 +155,8 @@ at::Tensor dilated_conv2d_forward(const Ops& ops, const at::Tensor& input, const
   const at::MemoryFormat format = conv_memory_format(input);
   if (c.batch == 0 || c.out_channels == 0 || c.channels == 0) {
     // Nothing to sum: the bias, or zeros.
-    at::Tensor output = at::zeros(c.output_shape(), input.options().memory_format(format));
+    // at::zeros ignores a TensorOptions memory format: allocate in the format, then zero.
+    at::Tensor output = at::empty(c.output_shape(), input.options().memory_format(format)).zero_();
     if (bias.has_value() && output.numel() > 0) output.add_(bias->view({1, -1, 1, 1}));
     return output;
   }
@@ -176,7 +177,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> dilated_conv2d_backward(
   const at::MemoryFormat format = conv_memory_format(input);
   std::tuple<at::Tensor, at::Tensor, at::Tensor> grads;
   if (c.batch == 0 || c.out_channels == 0 || c.channels == 0) {
-    grads = {at::zeros(input.sizes(), input.options().memory_format(format)),
+    grads = {at::empty(input.sizes(), input.options().memory_format(format)).zero_(),
              at::zeros(weight.sizes(), weight.options()), at::zeros({c.out_channels}, input.options())};
     if (output_mask[2] && grad.numel() > 0) {
       std::get<2>(grads) = ops.channel_sums(grad.contiguous()).to(input.scalar_type());

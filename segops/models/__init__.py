@@ -1,7 +1,7 @@
 """Segmentation networks written thinly on segops' operators; no builder downloads anything. Semantic segmentation
-builders take `num_classes` and `in_channels` and map images Tensor[N, in_channels, H, W] (any H, W >= 64) to
-torchvision's {"out": logits Tensor[N, K, H, W]} (plus "aux" for PSPNet's auxiliary head); the
-others say what they return: video (deep_feature_flow), saliency maps (dcl, basnet, poolnet), image labels and
+builders take `num_classes` and `in_channels` (but crfasrnn, RGB) and map images Tensor[N, in_channels, H, W] (any
+H, W >= 64) to torchvision's {"out": logits Tensor[N, K, H, W]} (plus "aux" for PSPNet's auxiliary head); the others
+say what they return: video (deep_feature_flow), saliency maps (dcl, basnet, poolnet), image labels and
 class activation maps (cam), pixel embeddings (ucn), detections (panet, use_segops_roi_align) and panoptic maps
 (panoptic_fpn). use_segops_dilated_conv runs any model's dilated convolutions (torchvision's DeepLabV3 and FCN) on
 segops."""

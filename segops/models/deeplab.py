@@ -102,7 +102,8 @@ class DeepLabV3(nn.Module):
     (4, 8, 16) at 8), ASPP (rates 6/12/18 at output stride 16, 12/24/36 at 8) with image pooling, projected by a
     1x1 convolution to 256 channels, then the final 1x1 classifier; upsampled bilinearly: images
     [N, in_channels, H, W] -> {"out": logits [N, K, H, W]}. `multi_grid=(1, 1, 1)` is the paper's plain setting;
-    torchvision's deeplabv3_* (block 4 at (1, 2, 2) and an extra 3x3 convolution in the head) run on segops
+    torchvision's deeplabv3_* (output stride 8, block 4 at (2, 4, 4), ASPP rates 12/24/36 and an extra 3x3
+    convolution in the head) run on segops
     through use_segops_dilated_conv."""
 
     def __init__(

@@ -33,13 +33,26 @@ def adapt_input_weight(weight: Tensor, in_channels: int) -> Tensor:
     return repeated * (weight.shape[1] / in_channels)
 
 
-def adapt_input_conv(conv: nn.Conv2d, in_channels: int) -> nn.Conv2d:
-    """`conv` for `in_channels` inputs (adapt_input_weight), or `conv` itself where it already takes them."""
+def adapt_input_conv(conv: nn.Conv2d, in_channels: int, pretrained: bool = True) -> nn.Conv2d:
+    """`conv` for `in_channels` inputs: its pretrained filters adapted (adapt_input_weight), or, where it holds no
+    pretrained weights, a fresh convolution initialised as torchvision initialises ResNet's (Kaiming normal, fan
+    out); `conv` itself where it already takes `in_channels`."""
     if in_channels == conv.in_channels:
         return conv
-    adapted = nn.Conv2d(
+    adapted = _like(conv, in_channels, conv.out_channels)
+    if pretrained:
+        with torch.no_grad():
+            adapted.weight.copy_(adapt_input_weight(conv.weight, in_channels))
+            if conv.bias is not None:
+                adapted.bias.copy_(conv.bias)
+    return adapted
+
+
+def _like(conv: nn.Conv2d, in_channels: int, out_channels: int) -> nn.Conv2d:
+    """A convolution with `conv`'s geometry for other channel counts, initialised as torchvision's ResNets are."""
+    fresh = nn.Conv2d(
         in_channels,
-        conv.out_channels,
+        out_channels,
         conv.kernel_size,
         conv.stride,
         conv.padding,
@@ -47,11 +60,10 @@ def adapt_input_conv(conv: nn.Conv2d, in_channels: int) -> nn.Conv2d:
         conv.groups,
         conv.bias is not None,
     )
-    with torch.no_grad():
-        adapted.weight.copy_(adapt_input_weight(conv.weight, in_channels))
-        if conv.bias is not None:
-            adapted.bias.copy_(conv.bias)
-    return adapted
+    nn.init.kaiming_normal_(fresh.weight, mode="fan_out", nonlinearity="relu")
+    if fresh.bias is not None:
+        nn.init.zeros_(fresh.bias)
+    return fresh
 
 
 def deep_stem_layers(in_channels: int) -> nn.Sequential:
@@ -59,8 +71,9 @@ def deep_stem_layers(in_channels: int) -> nn.Sequential:
     batch norm and, but the last, ReLU (ResNet's own ReLU follows); [N, in_channels, H, W] -> [N, 128, H/2, W/2]."""
     layers = []
     for i, (c_in, c_out) in enumerate(((in_channels, 64), (64, 64), (64, 128))):
-        layers += [nn.Conv2d(c_in, c_out, 3, 2 if i == 0 else 1, 1, bias=False), nn.BatchNorm2d(c_out)]
-        layers += [nn.ReLU(inplace=True)] if i < 2 else []
+        conv = nn.Conv2d(c_in, c_out, 3, 2 if i == 0 else 1, 1, bias=False)
+        nn.init.kaiming_normal_(conv.weight, mode="fan_out", nonlinearity="relu")  # torchvision's ResNet init
+        layers += [conv, nn.BatchNorm2d(c_out)] + ([nn.ReLU(inplace=True)] if i < 2 else [])
     return nn.Sequential(*layers)
 
 
@@ -113,10 +126,10 @@ class DilatedResNet(nn.Module):
         if deep_stem:
             net.conv1, net.bn1 = deep_stem_layers(in_channels), nn.Identity()
             first = net.layer1[0]
-            first.conv1 = nn.Conv2d(128, first.conv1.out_channels, 1, bias=False)
-            first.downsample[0] = nn.Conv2d(128, first.downsample[0].out_channels, 1, bias=False)
+            first.conv1 = _like(first.conv1, 128, first.conv1.out_channels)
+            first.downsample[0] = _like(first.downsample[0], 128, first.downsample[0].out_channels)
         else:
-            net.conv1 = adapt_input_conv(net.conv1, in_channels)
+            net.conv1 = adapt_input_conv(net.conv1, in_channels, pretrained=weights is not None)
         use_segops_dilated_conv(net)
         self.depth, self.output_stride, self.in_channels = depth, output_stride, in_channels
         self.conv1, self.bn1, self.relu, self.maxpool = net.conv1, net.bn1, net.relu, net.maxpool

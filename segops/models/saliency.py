@@ -492,7 +492,8 @@ class PoolNet(nn.Module):
         resnet = torchvision.models.resnet50(weights=None)
         if backbone is not None:
             _load_torchvision("PoolNet", resnet, backbone, "resnet50")
-        self.stem = nn.Sequential(adapt_input_conv(resnet.conv1, in_channels), resnet.bn1, resnet.relu, resnet.maxpool)
+        stem_conv = adapt_input_conv(resnet.conv1, in_channels, pretrained=backbone is not None)
+        self.stem = nn.Sequential(stem_conv, resnet.bn1, resnet.relu, resnet.maxpool)
         self.encoder = nn.ModuleList([resnet.layer1, resnet.layer2, resnet.layer3, resnet.layer4])
         self.lateral = nn.ModuleList([nn.Conv2d(c, width, 1) for c in (256, 512, 1024, 2048)])
         self.ppm_bins = (1, 3, 5)
