@@ -9,7 +9,7 @@ import torch
 import torchvision
 from torch import Tensor, nn
 
-from segops.models._checks import check_int
+from segops.models._checks import check_int as _check_int
 from segops.models.swap import use_segops_dilated_conv
 
 Weights = Optional[Union[str, Path, dict]]
@@ -102,7 +102,7 @@ class DilatedResNet(nn.Module):
             raise ValueError(f"DilatedResNet: depth must be 50 or 101, got {depth!r}")
         if output_stride not in (8, 16):
             raise ValueError(f"DilatedResNet: output_stride must be 8 or 16, got {output_stride!r}")
-        check_int("DilatedResNet", "in_channels", in_channels)
+        _check_int("DilatedResNet", "in_channels", in_channels)
         if multi_grid is not None and (
             len(multi_grid) != 3
             or not all(isinstance(r, int) and not isinstance(r, bool) and r >= 1 for r in multi_grid)
