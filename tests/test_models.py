@@ -294,13 +294,9 @@ def test_fcn_final_upsampling_is_fixed_bilinear_and_scores_start_at_zero():
     (21 x 21 x 64 x 64 weights, 1.8M) is no parameter; score_fr starts at zero like the skip scores."""
     model = models.fcn32s(21)
     assert not list(model.upscore_final.parameters())
-    assert (
-        _parameters(model)
-        == _parameters(models.fcn8s(21))
-        - sum(_parameters(m) for m in (models.fcn8s(21).score_pool4, models.fcn8s(21).score_pool3))
-        - 2 * 21 * 21 * 4 * 4
-        + 0
-    )  # FCN-8s adds two skip scores and two learned 2x upsamplings
+    # FCN-8s adds two skip scores (512 + 256 inputs) and two learned 2x upsamplings (4x4 kernels) to FCN-32s.
+    skips, upsamplings = (512 + 1) * 21 + (256 + 1) * 21, 2 * 21 * 21 * 4 * 4
+    assert _parameters(model) == _parameters(models.fcn8s(21)) - skips - upsamplings
     assert model.score_fr.weight.abs().sum() == 0 and model.score_fr.bias.abs().sum() == 0
     x = torch.randn(1, 3, 5, 6)
     up = fcn_module.FixedBilinearUpsampling(3, 8)(x)

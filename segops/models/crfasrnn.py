@@ -6,6 +6,7 @@ from typing import Dict, Optional
 
 from torch import Tensor, nn
 
+from segops.models._checks import check_int as _check_int
 from segops.models.deeplab import unnormalise
 from segops.models.fcn import Backbone, fcn8s
 from segops.ops.dense_crf import DenseCRF
@@ -37,8 +38,7 @@ class CRFasRNN(nn.Module):
         test_iters: int = 10,
     ):
         super().__init__()
-        if num_classes < 2:
-            raise ValueError(f"CRFasRNN: num_classes must be an int >= 2 (the CRF's labels), got {num_classes!r}")
+        _check_int("CRFasRNN", "num_classes", num_classes, 2, " (the CRF's labels)")
         self.fcn = fcn8s(num_classes, backbone, base_width=base_width)
         self.crf = DenseCRF(num_classes, num_iters=train_iters, test_iters=test_iters, **CRF_AS_RNN)
 
