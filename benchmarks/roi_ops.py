@@ -121,9 +121,48 @@ def cases():
     for name, ops in fixed_cost_ops.items():
         result.append(_forward_case(f"{name} fixed cost, 1 box on [1, 8, 16, 16]", 1 / 1.5, ops, small, one_box))
 
+    result += _position_sensitive_cases()
+
     # Mask R-CNN's mask head at inference: 100 detections on the stride-4 map of one 800x1216 image, 14x14 bins.
     image, detections = make_inputs(seed=3, num_boxes=100, batch=1)
     result.append(
         _forward_case("mask head: roi_align 14x14, 100 boxes, [1, 256, 200, 304]", 2.0, _align(14), image, detections)
     )
+    return result
+
+
+# R-FCN's position-sensitive score maps: 7 x 7 bins of 21 classes (VOC + background) on the stride-8 map of an
+# 800 x 1200 image.
+PS_CHANNELS, PS_HEIGHT, PS_WIDTH, PS_SCALE = 7 * 7 * 21, 100, 150, 1 / 8
+
+
+def _position_sensitive_cases():
+    """ps_roi_align (2 samples per bin axis) and ps_roi_pool against torchvision's, forward and forward+backward, at
+    every box count of the sweep."""
+    g = torch.Generator().manual_seed(4)
+    input = torch.randn(1, PS_CHANNELS, PS_HEIGHT, PS_WIDTH, generator=g)
+    image_size = torch.tensor([PS_WIDTH, PS_HEIGHT]) / PS_SCALE
+    ops = {
+        "ps_roi_align 7x7": (
+            lambda x, b: segops.ps_roi_align(x, b, 7, PS_SCALE, 2),
+            lambda x, b: torchvision.ops.ps_roi_align(x, b, 7, PS_SCALE, 2),
+        ),
+        "ps_roi_pool 7x7": (
+            lambda x, b: segops.ps_roi_pool(x, b, 7, PS_SCALE),
+            lambda x, b: torchvision.ops.ps_roi_pool(x, b, 7, PS_SCALE),
+        ),
+    }
+    result = []
+    for num_boxes in SWEEP_BOXES:
+        top_left = torch.rand(num_boxes, 2, generator=g) * image_size
+        size = torch.rand(num_boxes, 2, generator=g) * image_size * 0.5 + 1
+        boxes = torch.cat([torch.zeros(num_boxes, 1), top_left, torch.minimum(top_left + size, image_size)], dim=1)
+        for name, pair in ops.items():
+            label = f"{name} on [1, {PS_CHANNELS}, {PS_HEIGHT}, {PS_WIDTH}], K={num_boxes}"
+            result.append(_forward_case(f"{label} forward", 2.0, pair, input, boxes, (name, "forward", num_boxes)))
+            result.append(
+                _forward_backward_case(
+                    f"{label} forward+backward", 2.0, pair, input, boxes, (name, "forward+backward", num_boxes)
+                )
+            )
     return result

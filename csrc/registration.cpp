@@ -51,6 +51,20 @@ TORCH_LIBRARY(segops, m) {
   m.def(
       "_roi_pool_backward(Tensor grad, Tensor rois, Tensor argmax, float spatial_scale, SymInt pooled_height, "
       "SymInt pooled_width, SymInt batch_size, SymInt channels, SymInt height, SymInt width) -> Tensor");
+  // Position-sensitive RoI ops (R-FCN): input channels C = C_out * PH * PW, output [K, C_out, PH, PW]; channels is C.
+  m.def(
+      "ps_roi_align(Tensor input, Tensor rois, float spatial_scale, SymInt pooled_height, SymInt pooled_width, "
+      "int sampling_ratio) -> Tensor");
+  m.def(
+      "_ps_roi_align_backward(Tensor grad, Tensor rois, float spatial_scale, SymInt pooled_height, "
+      "SymInt pooled_width, SymInt batch_size, SymInt channels, SymInt height, SymInt width, int sampling_ratio) "
+      "-> Tensor");
+  m.def(
+      "ps_roi_pool(Tensor input, Tensor rois, float spatial_scale, SymInt pooled_height, SymInt pooled_width) -> "
+      "Tensor");
+  m.def(
+      "_ps_roi_pool_backward(Tensor grad, Tensor rois, float spatial_scale, SymInt pooled_height, SymInt pooled_width, "
+      "SymInt batch_size, SymInt channels, SymInt height, SymInt width) -> Tensor");
   m.def("flow_warp(Tensor feature, Tensor flow, Tensor? scale=None) -> Tensor");
   m.def(
       "_flow_warp_backward(Tensor grad, Tensor feature, Tensor flow, Tensor? scale) "

@@ -43,8 +43,8 @@ reports=build/tsan/reports
 rm -rf "$reports" && mkdir -p "$reports"
 export TSAN_OPTIONS="halt_on_error=0:exitcode=66:report_thread_leaks=0:second_deadlock_stack=1:log_path=$PWD/$reports/tsan"
 export OMP_NUM_THREADS=1
-selection=(tests/test_emulation.py tests/test_threadsanitizer.py tests/test_layouts.py tests/test_fuzz.py
-           -k "emulat or threadsanitizer")
+selection=(tests/test_emulation.py tests/test_ps_roi.py tests/test_threadsanitizer.py tests/test_layouts.py
+           tests/test_fuzz.py -k "emulat or threadsanitizer")
 for argument in "$@"; do
   if [[ "$argument" == tests/* ]]; then selection=(); fi
 done

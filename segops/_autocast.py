@@ -6,11 +6,11 @@ cast (as PyTorch's own autocast leaves it alone). The policies, and why:
 
 - ``dilated_conv2d``: the autocast dtype (float16 or bfloat16), as PyTorch casts ``conv2d``: a convolution is
   GEMM-bound, and its kernels accumulate in float32 whatever the storage dtype.
-- ``roi_align``, ``roi_pool``, ``multi_scale_roi_align``, ``flow_warp``: the features keep their dtype (the
-  pyramid's levels promoted to a common one), so that a bfloat16 network stays in bfloat16, while the coordinates
-  (boxes, flow) are cast to the features' accumulation dtype, float32: bfloat16 holds 8 significant bits, so a box
-  edge at x = 800 would move by up to 2 pixels and a flow of 100 pixels by up to a quarter of a pixel. The kernels
-  interpolate and accumulate in float32. ``flow_warp``'s scale field takes the features' dtype (its schema).
+- ``roi_align``, ``roi_pool``, ``ps_roi_align``, ``ps_roi_pool``, ``multi_scale_roi_align``, ``flow_warp``: the
+  features keep their dtype (the pyramid's levels promoted to a common one), so that a bfloat16 network stays in
+  bfloat16, while the coordinates (boxes, flow) are cast to the features' accumulation dtype, float32: bfloat16
+  holds 8 significant bits, so a box edge at x = 800 would move by up to 2 pixels and a flow of 100 pixels by up to
+  a quarter of a pixel. The kernels interpolate and accumulate in float32. ``flow_warp``'s scale field takes the features' dtype (its schema).
 - ``max_unpool2d``: unchanged: it moves values and does no arithmetic, so any dtype is exact.
 - the dense CRF's ops (``permutohedral_lattice``, ``permutohedral_filter``, ``dense_crf_softmax``): float32. The
   lattice's barycentric weights and the mean-field softmax over summed messages lose the labelling in 8 bits.
@@ -77,6 +77,8 @@ def _flow_warp_policy(args: List, device_type: str) -> List:
 POLICIES = {
     "roi_align": _boxes_policy,
     "roi_pool": _boxes_policy,
+    "ps_roi_align": _boxes_policy,
+    "ps_roi_pool": _boxes_policy,
     "multi_scale_roi_align": _pyramid_policy,
     "flow_warp": _flow_warp_policy,
     "max_unpool2d": _keep_policy,

@@ -33,6 +33,21 @@ def roi_align(input, rois, spatial_scale, pooled_height, pooled_width, sampling_
     return _roi_align(input, boxes, batch_indices, spatial_scale, pooled_height, pooled_width, sampling_ratio, aligned)
 
 
+def ps_roi_align(input, rois, spatial_scale, pooled_height, pooled_width, sampling_ratio):
+    # RoiAlign pools every channel at every bin, [K, C, PH, PW]; ps_roi_align's bin b = (ph, pw) of output channel c
+    # is input channel c * PH * PW + b at bin b: the diagonal of the [K, C_out, PH * PW, PH * PW] view, gathered.
+    bins = pooled_height * pooled_width
+    boxes, batch_indices = _rois_split(rois)
+    pooled = _roi_align(input, boxes, batch_indices, spatial_scale, pooled_height, pooled_width, sampling_ratio, True)
+    grouped = op.Reshape(pooled, op.Constant(value_ints=[0, -1, bins, bins]))
+    leading = op.Slice(op.Shape(grouped), op.Constant(value_ints=[0]), op.Constant(value_ints=[2]))
+    diagonal = op.Expand(
+        op.Constant(value_ints=list(range(bins))), op.Concat(leading, op.Constant(value_ints=[1, bins]), axis=0)
+    )
+    chosen = op.GatherElements(grouped, diagonal, axis=2)  # [K, C_out, 1, PH * PW]
+    return op.Reshape(chosen, op.Constant(value_ints=[0, -1, pooled_height, pooled_width]))
+
+
 def multi_scale_roi_align(features, rois, levels, spatial_scales, pooled_height, pooled_width, sampling_ratio, aligned):
     # ONNX has no gather across tensors of different shapes: every level pools every box, and each box keeps the
     # row of its own level (L times the work of one RoiAlign, the same values).

@@ -63,23 +63,31 @@ def _into_images(tensor, dim, batch_size: int):
     return _batch_first(tensor, dim, batch_size).flatten(0, 1)
 
 
-def _roi_align(info, in_dims, input, rois, *params):
-    if in_dims[1] is not None:
-        return _loop(_OPS.roi_align)(info, in_dims, input, rois, *params)
-    out = _OPS.roi_align(_into_channels(input, in_dims[0], info.batch_size), rois, *params)
-    return _out_of_channels(out, info.batch_size), 1
+def _channel_rule(name: str) -> Callable:
+    """roi_align, ps_roi_align, ps_roi_pool: each channel (each group of PH * PW score maps) is pooled on its own."""
+    op = getattr(_OPS, name)
+
+    def rule(info, in_dims, input, rois, *params):
+        if in_dims[1] is not None:
+            return _loop(op)(info, in_dims, input, rois, *params)
+        out = op(_into_channels(input, in_dims[0], info.batch_size), rois, *params)
+        return _out_of_channels(out, info.batch_size), 1
+
+    return rule
 
 
-def _roi_align_backward(info, in_dims, grad, rois, scale, ph, pw, n, c, h, w, sampling_ratio, aligned):
-    if in_dims[1] is not None:
-        return _loop(_OPS._roi_align_backward)(
-            info, in_dims, grad, rois, scale, ph, pw, n, c, h, w, sampling_ratio, aligned
-        )
-    b = info.batch_size
-    out = _OPS._roi_align_backward(
-        _into_channels(grad, in_dims[0], b), rois, scale, ph, pw, n, b * c, h, w, sampling_ratio, aligned
-    )
-    return _out_of_channels(out, b), 1
+def _channel_backward_rule(name: str) -> Callable:
+    """Their backward ops, whose arguments are (grad, rois, spatial_scale, PH, PW, N, C, H, W, ...)."""
+    op = getattr(_OPS, name)
+
+    def rule(info, in_dims, grad, rois, scale, ph, pw, n, c, h, w, *params):
+        if in_dims[1] is not None:
+            return _loop(op)(info, in_dims, grad, rois, scale, ph, pw, n, c, h, w, *params)
+        b = info.batch_size
+        out = op(_into_channels(grad, in_dims[0], b), rois, scale, ph, pw, n, b * c, h, w, *params)
+        return _out_of_channels(out, b), 1
+
+    return rule
 
 
 def _roi_pool(info, in_dims, input, rois, *params):
@@ -163,8 +171,12 @@ def _flow_warp(info, in_dims, feature, flow, scale=None):  # the dispatcher drop
 
 
 _RULES = {
-    "roi_align": _roi_align,
-    "_roi_align_backward": _roi_align_backward,
+    "roi_align": _channel_rule("roi_align"),
+    "_roi_align_backward": _channel_backward_rule("_roi_align_backward"),
+    "ps_roi_align": _channel_rule("ps_roi_align"),
+    "_ps_roi_align_backward": _channel_backward_rule("_ps_roi_align_backward"),
+    "ps_roi_pool": _channel_rule("ps_roi_pool"),
+    "_ps_roi_pool_backward": _channel_backward_rule("_ps_roi_pool_backward"),
     "roi_pool": _roi_pool,
     "_roi_pool_backward": _roi_pool_backward,
     "multi_scale_roi_align": _multi_scale_roi_align,

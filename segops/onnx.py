@@ -8,6 +8,9 @@ roi_align              RoiAlign (mode avg; coordinate_transformation_mode half_p
                        output_half_pixel for aligned=False), batch indices split from the rois
 multi_scale_roi_align  one RoiAlign per pyramid level on all boxes, each box's row taken from its level (Where)
 roi_pool               MaxRoiPool; the argmax output (used only by the backward) is filled with -1
+ps_roi_align           RoiAlign (half_pixel) of every channel at every bin, then each channel's own bin gathered
+                       (GatherElements): exact, at PH * PW times ps_roi_align's work
+ps_roi_pool            none: ONNX has no average RoI pooling; export raises an error naming the op
 max_unpool2d           MaxUnpool, PyTorch's per-plane indices offset to ONNX's indices over the whole tensor
 dilated_conv2d         Conv
 flow_warp              GridSample (bilinear, zeros, align_corners=1) on a grid built from the flow, then Mul by
@@ -28,7 +31,7 @@ Where ONNX's operators differ from segops' (tests/test_onnx.py checks each):
 Needs the optional packages: ``pip install .[onnx]`` (onnx, onnxscript, onnxruntime).
 """
 
-from typing import Callable, Dict, Sequence
+from typing import Callable, Dict
 
 import torch
 
@@ -52,26 +55,36 @@ def translation_table() -> Dict[torch._ops.OpOverload, Callable]:
         ops.roi_align.default: translations.roi_align,
         ops.multi_scale_roi_align.default: translations.multi_scale_roi_align,
         ops.roi_pool.default: translations.roi_pool,
+        ops.ps_roi_align.default: translations.ps_roi_align,
         ops.max_unpool2d.default: translations.max_unpool2d,
         ops.dilated_conv2d.default: translations.dilated_conv2d,
         ops.flow_warp.default: translations.flow_warp,
     }
-    for name in UNSUPPORTED:
-        table[getattr(ops, name).default] = _unsupported_translation(name)
+    for name, advice in UNSUPPORTED.items():
+        table[getattr(ops, name).default] = _unsupported_translation(name, advice)
     return table
 
 
-# The dense CRF's ops: exported as an error naming them.
-UNSUPPORTED: Sequence[str] = ("permutohedral_lattice", "permutohedral_filter", "dense_crf_softmax")
+_CRF_ADVICE = (
+    "(the dense CRF) has no ONNX equivalent; export the network without its CRF (e.g. models.deeplabv2(crf=None), "
+    "models.dcl(crf=False)) and run segops.dense_crf in PyTorch"
+)
+# The ops without an ONNX equivalent, and what the error tells the user: exported as an error naming the op.
+UNSUPPORTED: Dict[str, str] = {
+    "permutohedral_lattice": _CRF_ADVICE,
+    "permutohedral_filter": _CRF_ADVICE,
+    "dense_crf_softmax": _CRF_ADVICE,
+    "ps_roi_pool": (
+        "(position-sensitive average RoI pooling) has no ONNX equivalent (MaxRoiPool takes the maximum); export "
+        "with ps_roi_align, which has one"
+    ),
+}
 
 
-def _unsupported_translation(name: str) -> Callable:
-    """A translation that raises: the dense CRF's lattice has no ONNX equivalent."""
+def _unsupported_translation(name: str, advice: str) -> Callable:
+    """A translation that raises an error naming the op."""
 
     def translate(*args, **kwargs):
-        raise UnsupportedOperatorError(
-            f"segops.onnx: segops::{name} (the dense CRF) has no ONNX equivalent; export the network without its "
-            "CRF (e.g. models.deeplabv2(crf=None), models.dcl(crf=False)) and run segops.dense_crf in PyTorch"
-        )
+        raise UnsupportedOperatorError(f"segops.onnx: segops::{name} {advice}")
 
     return translate

@@ -54,11 +54,14 @@ def test_dilated_conv2d_runs_in_the_autocast_dtype(device):
 
 
 @pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("op", ["roi_align", "roi_pool"])
+@pytest.mark.parametrize("op", ["roi_align", "roi_pool", "ps_roi_align", "ps_roi_pool"])
 def test_roi_ops_keep_the_features_dtype_and_boxes_in_float32(device, op):
     pool = {
         "roi_align": lambda f, r: torch.ops.segops.roi_align(f, r, 0.5, 5, 5, 2, True),
         "roi_pool": lambda f, r: torch.ops.segops.roi_pool(f, r, 0.5, 5, 5)[0],
+        # The features' channels as one group of 1 x C bins.
+        "ps_roi_align": lambda f, r: torch.ops.segops.ps_roi_align(f, r, 0.5, 1, f.shape[1], 2),
+        "ps_roi_pool": lambda f, r: torch.ops.segops.ps_roi_pool(f, r, 0.5, 1, f.shape[1]),
     }[op]
     low = _low(device)
     for features in (_features(device), _features(device, low)):

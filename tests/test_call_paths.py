@@ -64,6 +64,28 @@ def roi_pool_case(device="cpu"):
     )
 
 
+def ps_roi_align_case(device="cpu"):
+    boxes = BOXES.to(device)
+    x = randn(2, 12, 8, 9, device=device)  # 2 output channels of 2 x 3 bins
+    return (
+        lambda z: segops.ps_roi_align(z, boxes, (2, 3), 1.0, 2),
+        lambda z: torchvision.ops.ps_roi_align(z, boxes, (2, 3), 1.0, 2),
+        (x,),
+    )
+
+
+def ps_roi_pool_case(device="cpu"):
+    boxes = BOXES.to(device)
+    x = randn(2, 12, 8, 9, device=device)
+    return (
+        lambda z: segops.ps_roi_pool(z, boxes, (2, 3), 1.0),
+        # torchvision's forward clips its windows one pixel short of the map's edge (its backward does not); one more
+        # row and column moves the clip there.
+        lambda z: torchvision.ops.ps_roi_pool(F.pad(z, (0, 1, 0, 1)), boxes, (2, 3), 1.0),
+        (x,),
+    )
+
+
 def multi_scale_case(device="cpu"):
     boxes = BOXES.to(device)
     maps = (randn(2, 3, 16, 16, seed=1, device=device), randn(2, 3, 8, 8, seed=2, device=device))
@@ -115,6 +137,8 @@ def flow_warp_case(device="cpu"):
 CASES = {
     "roi_align": roi_align_case,
     "roi_pool": roi_pool_case,
+    "ps_roi_align": ps_roi_align_case,
+    "ps_roi_pool": ps_roi_pool_case,
     "multi_scale_roi_align": multi_scale_case,
     "max_unpool2d": max_unpool_case,
     "dilated_conv2d": conv_case,
@@ -155,9 +179,16 @@ def test_jvp_jacfwd_jacrev_vmap_equal_the_reference(name, device):
 def test_vmap_over_boxes_loops_over_them():
     x = randn(2, 3, 8, 9)
     boxes = torch.stack([BOXES, BOXES + torch.tensor([0, 0.5, -0.5, 0.25, 1.0], dtype=D)])
-    for ours, theirs in [(segops.roi_align, torchvision.ops.roi_align), (segops.roi_pool, torchvision.ops.roi_pool)]:
-        batched = vmap(lambda b: ours(x, b, 2, 0.5))(boxes)
-        torch.testing.assert_close(batched, torch.stack([theirs(x, b, 2, 0.5) for b in boxes]))
+    for ours, theirs in [
+        (segops.roi_align, torchvision.ops.roi_align),
+        (segops.roi_pool, torchvision.ops.roi_pool),
+        (
+            segops.ps_roi_pool,
+            lambda z, b, size, scale: torchvision.ops.ps_roi_pool(F.pad(z, (0, 1, 0, 1)), b, size, scale),
+        ),
+    ]:
+        batched = vmap(lambda b: ours(x, b, (1, 3), 0.5))(boxes)
+        torch.testing.assert_close(batched, torch.stack([theirs(x, b, (1, 3), 0.5) for b in boxes]))
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -177,7 +208,9 @@ def test_gradcheck_forward_and_batched(name, device):
     )
 
 
-@pytest.mark.parametrize("name", ["roi_align", "roi_pool", "max_unpool2d", "multi_scale_roi_align"])
+@pytest.mark.parametrize(
+    "name", ["roi_align", "roi_pool", "ps_roi_align", "ps_roi_pool", "max_unpool2d", "multi_scale_roi_align"]
+)
 def test_hessian_of_the_twice_differentiable_ops(name):
     ours_all, reference_all, primals = CASES[name]()
     ours = lambda z: ours_all(z, *primals[1:])  # noqa: E731
@@ -479,6 +512,8 @@ def test_tensor_kinds_get_the_ops_own_error(kind):
     calls = {
         "roi_align": lambda v: segops.roi_align(v, BOXES.float(), 2),
         "roi_pool": lambda v: segops.roi_pool(v, BOXES.float(), 2),
+        "ps_roi_align": lambda v: segops.ps_roi_align(v, BOXES.float(), (1, 3)),
+        "ps_roi_pool": lambda v: segops.ps_roi_pool(v, BOXES.float(), (1, 3)),
         "multi_scale_roi_align": lambda v: segops.multi_scale_roi_align([v], BOXES.float(), 2, [1.0]),
         "max_unpool2d": lambda v: segops.max_unpool2d(v, indices, 2),
         "dilated_conv2d": lambda v: segops.dilated_conv2d(v, torch.randn(4, 3, 3, 3)),

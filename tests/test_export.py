@@ -58,6 +58,20 @@ OPS = [
         ({0: BATCH, 2: HEIGHT, 3: WIDTH}, {0: BOXES}),
     ),
     (
+        "ps_roi_align",
+        _Op(lambda x, rois: segops.ps_roi_align(x, rois, 3, 0.5, 2)),
+        (_randn(2, 18, 32, 40), _rois(5, 2, 64)),
+        (_randn(3, 18, 24, 56, seed=1), _rois(9, 3, 80, seed=1)),
+        ({0: BATCH, 2: HEIGHT, 3: WIDTH}, {0: BOXES}),
+    ),
+    (
+        "ps_roi_pool",
+        _Op(lambda x, rois: segops.ps_roi_pool(x, rois, 3, 0.5)),
+        (_randn(2, 18, 32, 40), _rois(5, 2, 64)),
+        (_randn(3, 18, 24, 56, seed=1), _rois(9, 3, 80, seed=1)),
+        ({0: BATCH, 2: HEIGHT, 3: WIDTH}, {0: BOXES}),
+    ),
+    (
         "multi_scale_roi_align",
         _Op(lambda p2, p3, rois: segops.multi_scale_roi_align([p2, p3], rois, 7, [0.25, 0.125], 2, True)),
         (_randn(2, 4, 32, 40), _randn(2, 4, 16, 20), _rois(5, 2, 128)),
@@ -137,8 +151,9 @@ def network_params(networks, slow=SLOW_NETWORKS):
 
 # PoolNet's feature aggregation pools by 8 with ceil_mode, which makes maps of one pixel for small inputs and of
 # several for larger ones; export specialises on that (broadcasting differs at size 1), so its height and width
-# stay static (batch is dynamic).
-STATIC_SIZE = {"poolnet"}
+# stay static (batch is dynamic). So does Deep Feature Flow's: FlowNetS's stride-64 and stride-128 maps are one
+# pixel at these sizes.
+STATIC_SIZE = {"poolnet", "deep_feature_flow"}
 
 
 def _network_inputs(name, batch, height, width):

@@ -140,6 +140,18 @@ def _cases():
         )
     cases["roi_pool forward nchw"] = lambda e: e.roi_pool(x, rois, 0.5, 7, 7, GRID, BLOCK)
     cases["roi_pool forward nhwc"] = lambda e: e.roi_pool(nhwc, rois, 0.5, 7, 7, GRID, BLOCK)
+    score_maps = torch.randn(2, 2 * 7 * 7, 24, 32, generator=g)  # position-sensitive: 2 channels of 7 x 7 bins
+    grad_ps = torch.randn(12, 2, 7, 7, generator=g)
+    cases["ps_roi_align forward"] = lambda e: e.ps_roi_align(score_maps, rois, 0.5, 7, 7, 2, GRID, BLOCK)
+    cases["ps_roi_pool forward"] = lambda e: e.ps_roi_pool(score_maps, rois, 0.5, 7, 7, GRID, BLOCK)
+    for deterministic in (False, True):
+        tag = "deterministic" if deterministic else "atomic"
+        cases[f"ps_roi_align backward {tag}"] = lambda e, d=deterministic: e._ps_roi_align_backward(
+            grad_ps, rois, 0.5, 7, 7, 2, 98, 24, 32, 2, d, GRID, BLOCK
+        )
+        cases[f"ps_roi_pool backward {tag}"] = lambda e, d=deterministic: e._ps_roi_pool_backward(
+            grad_ps, rois, 0.5, 7, 7, 2, 98, 24, 32, d, GRID, BLOCK
+        )
     cases["max_unpool2d forward"] = lambda e: e.max_unpool2d(pooled, indices, 24, 32, GRID, BLOCK)
     cases["max_unpool2d backward"] = lambda e: e._max_unpool2d_backward(x, indices, GRID, BLOCK)
     cases["dilated_conv2d general backward, deterministic"] = lambda e: e._dilated_conv2d_backward(
@@ -167,6 +179,12 @@ BELOW_80 = {
     ("flow_warp backward deterministic", "flow_warp_backward_feature_gather_kernel<float, int>"): "sorted pixels",
     ("roi_pool forward nchw", "roi_pool_forward_kernel<float, false>"): "a bin's window per thread",
     ("roi_align backward deterministic", "roi_gather_kernel<RoIAlignGather<float>, float>"): "the RoIs' bins",
+    ("ps_roi_align backward deterministic", "roi_gather_kernel<PSRoIGather<PSRoIAlignOp<float>, float>, float>"): (
+        "the RoIs' bins"
+    ),
+    # Position-sensitive pooling: consecutive bins read consecutive score maps, a plane apart (as in R-FCN's kernel).
+    ("ps_roi_align forward", "ps_roi_forward_kernel<PSRoIAlignOp<float>, float>"): "each bin its own score map",
+    ("ps_roi_pool forward", "ps_roi_forward_kernel<PSRoIPoolOp<float>, float>"): "each bin its own score map",
     # Channel-fastest walks of channels_last inputs: coalesced reads, stores a plane apart into NCHW outputs (the
     # depthwise convolution's output keeps the input's memory format, and is at 1.00 both ways).
     ("roi_align forward nhwc", "roi_align_forward_kernel<false, true, float>"): "NCHW output of an NHWC walk",

@@ -43,6 +43,7 @@ OP_TOLERANCE = {
     "roi_align": 0,
     "multi_scale_roi_align": 0,
     "roi_pool": 0,
+    "ps_roi_align": 0,
     "max_unpool2d": 0,
     "dilated_conv2d": 1e-5,
     "flow_warp": 5e-5,
@@ -93,6 +94,19 @@ def test_flow_warp_on_a_one_pixel_wide_map_is_the_documented_difference():
     onnx_output = _run(_export(module, (feature, flow), None), (feature, flow))[0]
     assert (segops.flow_warp(feature, flow) == 0).all()  # segops: off the map
     np.testing.assert_allclose(onnx_output, feature.numpy(), atol=1e-6)  # ONNX: the column itself
+
+
+def test_ps_roi_pool_export_names_the_op():
+    module = _Op(lambda x, rois: segops.ps_roi_pool(x, rois, 2, 1.0))
+    with pytest.raises(Exception) as raised:
+        _export(module, (torch.randn(1, 8, 8, 8), torch.tensor([[0, 1.0, 1.0, 6.0, 6.0]])), None)
+    chain, error = [], raised.value
+    while error is not None:
+        chain.append(str(error))
+        error = error.__cause__ or error.__context__
+    assert any(
+        "segops::ps_roi_pool (position-sensitive average RoI pooling) has no ONNX equivalent" in t for t in chain
+    )
 
 
 def test_dense_crf_export_names_the_op():

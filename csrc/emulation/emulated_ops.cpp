@@ -14,6 +14,7 @@
 #include "dilated_conv/dilated_conv_kernels.cuh"
 #include "flow_warp/flow_warp_kernels.cuh"
 #include "max_unpool/max_unpool_kernels.cuh"
+#include "ps_roi/ps_roi_kernels.cuh"
 #include "roi_align/roi_align_kernels.cuh"
 #include "roi_pool/roi_pool_kernels.cuh"
 
@@ -82,6 +83,32 @@ at::Tensor roi_pool_backward(const at::Tensor& grad, const at::Tensor& rois, con
                              at::IntArrayRef block) {
   return roi_pool_backward_launch(launch_of(grid, block), grad, rois, argmax, spatial_scale, pooled_h, pooled_w,
                                   batch_size, channels, height, width, deterministic);
+}
+
+at::Tensor ps_roi_align(const at::Tensor& input, const at::Tensor& rois, double spatial_scale, int64_t pooled_h,
+                        int64_t pooled_w, int64_t sampling_ratio, at::IntArrayRef grid, at::IntArrayRef block) {
+  return ps_roi_align_forward_launch(launch_of(grid, block), input, rois, spatial_scale, pooled_h, pooled_w,
+                                     sampling_ratio);
+}
+
+at::Tensor ps_roi_align_backward(const at::Tensor& grad, const at::Tensor& rois, double spatial_scale, int64_t pooled_h,
+                                 int64_t pooled_w, int64_t batch_size, int64_t channels, int64_t height, int64_t width,
+                                 int64_t sampling_ratio, bool deterministic, at::IntArrayRef grid,
+                                 at::IntArrayRef block) {
+  return ps_roi_align_backward_launch(launch_of(grid, block), grad, rois, spatial_scale, pooled_h, pooled_w, batch_size,
+                                      channels, height, width, sampling_ratio, deterministic);
+}
+
+at::Tensor ps_roi_pool(const at::Tensor& input, const at::Tensor& rois, double spatial_scale, int64_t pooled_h,
+                       int64_t pooled_w, at::IntArrayRef grid, at::IntArrayRef block) {
+  return ps_roi_pool_forward_launch(launch_of(grid, block), input, rois, spatial_scale, pooled_h, pooled_w);
+}
+
+at::Tensor ps_roi_pool_backward(const at::Tensor& grad, const at::Tensor& rois, double spatial_scale, int64_t pooled_h,
+                                int64_t pooled_w, int64_t batch_size, int64_t channels, int64_t height, int64_t width,
+                                bool deterministic, at::IntArrayRef grid, at::IntArrayRef block) {
+  return ps_roi_pool_backward_launch(launch_of(grid, block), grad, rois, spatial_scale, pooled_h, pooled_w, batch_size,
+                                     channels, height, width, deterministic);
 }
 
 at::Tensor flow_warp(const at::Tensor& feature, const at::Tensor& flow, const std::optional<at::Tensor>& scale,
@@ -245,6 +272,23 @@ TORCH_LIBRARY(segops_emulation, m) {
       "int pooled_width, int batch_size, int channels, int height, int width, bool deterministic, int[] grid, "
       "int[] block) -> Tensor",
       &roi_pool_backward);
+  m.def(
+      "ps_roi_align(Tensor input, Tensor rois, float spatial_scale, int pooled_height, int pooled_width, "
+      "int sampling_ratio, int[] grid, int[] block) -> Tensor",
+      &ps_roi_align);
+  m.def(
+      "_ps_roi_align_backward(Tensor grad, Tensor rois, float spatial_scale, int pooled_height, int pooled_width, "
+      "int batch_size, int channels, int height, int width, int sampling_ratio, bool deterministic, int[] grid, "
+      "int[] block) -> Tensor",
+      &ps_roi_align_backward);
+  m.def(
+      "ps_roi_pool(Tensor input, Tensor rois, float spatial_scale, int pooled_height, int pooled_width, int[] grid, "
+      "int[] block) -> Tensor",
+      &ps_roi_pool);
+  m.def(
+      "_ps_roi_pool_backward(Tensor grad, Tensor rois, float spatial_scale, int pooled_height, int pooled_width, "
+      "int batch_size, int channels, int height, int width, bool deterministic, int[] grid, int[] block) -> Tensor",
+      &ps_roi_pool_backward);
   m.def("flow_warp(Tensor feature, Tensor flow, Tensor? scale, int[] grid, int[] block) -> Tensor", &flow_warp);
   m.def(
       "_flow_warp_backward(Tensor grad, Tensor feature, Tensor flow, Tensor? scale, bool deterministic, int[] grid, "

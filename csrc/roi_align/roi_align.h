@@ -204,6 +204,46 @@ SEGOPS_HOST_DEVICE void roi_align_bins_within(T start, T bin, int64_t pooled, in
   if (hi < static_cast<T>(pooled)) last = hi > static_cast<T>(first) ? static_cast<int64_t>(hi) : first;
 }
 
+// For pixel (y, x) and one bin, whose sample axes are `rows` and `cols` (roi_align_bin_axis_within the pixel's
+// windows): calls on_first() before the first sample that touches the pixel, then on_weight(w) for each of that
+// sample's bilinear weights that lands on it, in roi_align_bin_scatter's order.
+template <typename T, typename OnFirst, typename OnWeight>
+SEGOPS_HOST_DEVICE void roi_align_bin_pixel_weights(const RoIAlignBinAxis<T>& rows, const RoIAlignBinAxis<T>& cols,
+                                                    int64_t y, int64_t x, OnFirst&& on_first, OnWeight&& on_weight) {
+  bool started = false;
+  roi_align_for_each_tap(rows, [&](const LinearTap<T>& ty) {
+    if (ty.low != y && ty.high != y) return;
+    roi_align_for_each_tap(cols, [&](const LinearTap<T>& tx) {
+      if (tx.low != x && tx.high != x) return;
+      if (!started) {
+        on_first();
+        started = true;
+      }
+      // bilinear_add's order: (low, low), (low, high), (high, low), (high, high).
+      const BilinearWeights<T> w = bilinear_weights(ty, tx);
+      if (ty.low == y && tx.low == x) on_weight(w.low_low);
+      if (ty.low == y && tx.high == x) on_weight(w.low_high);
+      if (ty.high == y && tx.low == x) on_weight(w.high_low);
+      if (ty.high == y && tx.high == x) on_weight(w.high_high);
+    });
+  });
+}
+
+// The sample axes of bin (ph, pw) restricted to what can touch pixel (y, x).
+template <typename T>
+SEGOPS_HOST_DEVICE RoIAlignBinAxis<T> roi_align_rows_near(const RoIAlignGeometry<T>& g, int64_t ph, int64_t height,
+                                                          int64_t y) {
+  const CoordWindow<T> window = roi_align_pixel_window<T>(y, height);
+  return roi_align_bin_axis_within(g.start_h, g.bin_h, g.grid_h, ph, height, window.low, window.high);
+}
+
+template <typename T>
+SEGOPS_HOST_DEVICE RoIAlignBinAxis<T> roi_align_cols_near(const RoIAlignGeometry<T>& g, int64_t pw, int64_t width,
+                                                          int64_t x) {
+  const CoordWindow<T> window = roi_align_pixel_window<T>(x, width);
+  return roi_align_bin_axis_within(g.start_w, g.bin_w, g.grid_w, pw, width, window.low, window.high);
+}
+
 // For pixel (y, x): calls on_bin(ph, pw) before the first sample of bin (ph, pw) that touches the pixel, then
 // on_weight(w) for each of that sample's bilinear weights that lands on it. Bins, samples and weights come in
 // roi_align_bin_scatter's order (as the CPU backward visits them), so a gather that adds
@@ -212,34 +252,14 @@ template <typename T, typename OnBin, typename OnWeight>
 SEGOPS_HOST_DEVICE void roi_align_pixel_gather(const RoIAlignGeometry<T>& g, int64_t pooled_h, int64_t pooled_w,
                                                int64_t height, int64_t width, int64_t y, int64_t x, OnBin&& on_bin,
                                                OnWeight&& on_weight) {
-  const CoordWindow<T> y_window = roi_align_pixel_window<T>(y, height), x_window = roi_align_pixel_window<T>(x, width);
   int64_t ph_first, ph_last, pw_first, pw_last;
-  roi_align_bins_within(g.start_h, g.bin_h, pooled_h, height, y_window, ph_first, ph_last);
-  roi_align_bins_within(g.start_w, g.bin_w, pooled_w, width, x_window, pw_first, pw_last);
+  roi_align_bins_within(g.start_h, g.bin_h, pooled_h, height, roi_align_pixel_window<T>(y, height), ph_first, ph_last);
+  roi_align_bins_within(g.start_w, g.bin_w, pooled_w, width, roi_align_pixel_window<T>(x, width), pw_first, pw_last);
   for (int64_t ph = ph_first; ph < ph_last; ++ph) {
-    const RoIAlignBinAxis<T> rows =
-        roi_align_bin_axis_within(g.start_h, g.bin_h, g.grid_h, ph, height, y_window.low, y_window.high);
+    const RoIAlignBinAxis<T> rows = roi_align_rows_near(g, ph, height, y);
     if (rows.begin == rows.end) continue;
     for (int64_t pw = pw_first; pw < pw_last; ++pw) {
-      const RoIAlignBinAxis<T> cols =
-          roi_align_bin_axis_within(g.start_w, g.bin_w, g.grid_w, pw, width, x_window.low, x_window.high);
-      bool bin_started = false;
-      roi_align_for_each_tap(rows, [&](const LinearTap<T>& ty) {
-        if (ty.low != y && ty.high != y) return;
-        roi_align_for_each_tap(cols, [&](const LinearTap<T>& tx) {
-          if (tx.low != x && tx.high != x) return;
-          if (!bin_started) {
-            on_bin(ph, pw);
-            bin_started = true;
-          }
-          // bilinear_add's order: (low, low), (low, high), (high, low), (high, high).
-          const BilinearWeights<T> w = bilinear_weights(ty, tx);
-          if (ty.low == y && tx.low == x) on_weight(w.low_low);
-          if (ty.low == y && tx.high == x) on_weight(w.low_high);
-          if (ty.high == y && tx.low == x) on_weight(w.high_low);
-          if (ty.high == y && tx.high == x) on_weight(w.high_high);
-        });
-      });
+      roi_align_bin_pixel_weights(rows, roi_align_cols_near(g, pw, width, x), y, x, [&] { on_bin(ph, pw); }, on_weight);
     }
   }
 }

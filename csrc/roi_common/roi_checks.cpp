@@ -32,28 +32,40 @@ void check_pooling_args(const char* op, double spatial_scale, int64_t pooled_h, 
               ": spatial_scale must be a finite number >= 0, got ", spatial_scale);
 }
 
+// The output channels of a RoI op over `channels` input channels: all of them, or, position-sensitive, one per
+// group of PH * PW (which must divide them).
+int64_t roi_output_channels(const char* op, int64_t channels, int64_t pooled_h, int64_t pooled_w, RoIChannels layout) {
+  if (layout == RoIChannels::kSame) return channels;
+  TORCH_CHECK(channels % (pooled_h * pooled_w) == 0, op,
+              ": input channels must be a multiple of output_size[0] * output_size[1] = ", pooled_h * pooled_w,
+              " (one score map per bin of each output channel), got ", channels);
+  return channels / (pooled_h * pooled_w);
+}
+
 }  // namespace
 
 CheckedRoIOp checked_roi_output(const char* op, const at::Tensor& input, const at::Tensor& rois, double spatial_scale,
-                                int64_t pooled_h, int64_t pooled_w, RoIValues values) {
+                                int64_t pooled_h, int64_t pooled_w, RoIValues values, RoIChannels layout) {
   TORCH_CHECK(input.dim() == 4, op, ": input must have shape [N, C, H, W], got ", input.sizes());
   check_supported_float(op, "input", input);
   at::Tensor rois_acc = checked_rois_tensor(op, rois, input, "input");
   check_pooling_args(op, spatial_scale, pooled_h, pooled_w);
+  const int64_t out_channels = roi_output_channels(op, input.size(1), pooled_h, pooled_w, layout);
   if (values == RoIValues::kCheckOnHost) check_rois_values(op, rois_acc, input.size(0));
-  return {at::empty({rois.size(0), input.size(1), pooled_h, pooled_w}, input.options()), std::move(rois_acc)};
+  return {at::empty({rois.size(0), out_channels, pooled_h, pooled_w}, input.options()), std::move(rois_acc)};
 }
 
 CheckedRoIOp checked_roi_grad_input(const char* op, const at::Tensor& grad, const at::Tensor& rois,
                                     double spatial_scale, int64_t pooled_h, int64_t pooled_w, int64_t batch_size,
                                     int64_t channels, int64_t height, int64_t width, at::ScalarType dtype,
-                                    RoIValues values) {
+                                    RoIValues values, RoIChannels layout) {
   check_supported_float(op, "grad", grad);
   at::Tensor rois_acc = checked_rois_tensor(op, rois, grad, "grad");
   check_pooling_args(op, spatial_scale, pooled_h, pooled_w);
   TORCH_CHECK(batch_size >= 0 && channels >= 0 && height >= 0 && width >= 0, op,
               ": input shape must be non-negative, got [", batch_size, ", ", channels, ", ", height, ", ", width, "]");
-  const std::vector<int64_t> expected{rois.size(0), channels, pooled_h, pooled_w};
+  const std::vector<int64_t> expected{rois.size(0), roi_output_channels(op, channels, pooled_h, pooled_w, layout),
+                                      pooled_h, pooled_w};
   TORCH_CHECK(grad.sizes() == at::IntArrayRef(expected), op, ": grad must have shape ", at::IntArrayRef(expected),
               ", got ", grad.sizes());
   if (values == RoIValues::kCheckOnHost) check_rois_values(op, rois_acc, batch_size);

@@ -21,18 +21,24 @@ struct CheckedRoIOp {
 // host and waiting for the GPU on every call, which also breaks CUDA graph capture.
 enum class RoIValues { kCheckOnHost, kCheckInKernel };
 
-// Checks a forward call; result is its uninitialised output [K, C, PH, PW]. Wants input [N, C, H, W] of a float
-// dtype; rois [K, 5] on input's device, of input's dtype or (for float16/bfloat16 input) float32; output size
-// >= 1; a finite spatial_scale >= 0; and, with kCheckOnHost, valid rois values (see check_rois_values).
-CheckedRoIOp checked_roi_output(const char* op, const at::Tensor& input, const at::Tensor& rois, double spatial_scale,
-                                int64_t pooled_h, int64_t pooled_w, RoIValues values);
+// An op's output channels: the input's (roi_align, roi_pool), or one per group of PH * PW input channels
+// (position-sensitive: ps_roi_align, ps_roi_pool; see roi_common/position_sensitive.h).
+enum class RoIChannels { kSame, kPositionSensitive };
 
-// Checks a backward call (grad [K, C, PH, PW] against rois [K, 5] and the input's shape); result is the zeroed
+// Checks a forward call; result is its uninitialised output [K, C_out, PH, PW]. Wants input [N, C, H, W] of a float
+// dtype (C a multiple of PH * PW if position-sensitive); rois [K, 5] on input's device, of input's dtype or (for
+// float16/bfloat16 input) float32; output size >= 1; a finite spatial_scale >= 0; and, with kCheckOnHost, valid
+// rois values (see check_rois_values).
+CheckedRoIOp checked_roi_output(const char* op, const at::Tensor& input, const at::Tensor& rois, double spatial_scale,
+                                int64_t pooled_h, int64_t pooled_w, RoIValues values,
+                                RoIChannels layout = RoIChannels::kSame);
+
+// Checks a backward call (grad [K, C_out, PH, PW] against rois [K, 5] and the input's shape); result is the zeroed
 // grad_input [N, C, H, W] of `dtype`.
 CheckedRoIOp checked_roi_grad_input(const char* op, const at::Tensor& grad, const at::Tensor& rois,
                                     double spatial_scale, int64_t pooled_h, int64_t pooled_w, int64_t batch_size,
                                     int64_t channels, int64_t height, int64_t width, at::ScalarType dtype,
-                                    RoIValues values);
+                                    RoIValues values, RoIChannels layout = RoIChannels::kSame);
 
 // The most feature maps one multi_scale_roi_align call takes (an FPN has 4 or 5): kernels receive them by value.
 constexpr int64_t kMaxFeatureLevels = 8;

@@ -46,4 +46,11 @@ void for_each_plane_roi(const std::vector<std::vector<int64_t>>& rois_of_image, 
   });
 }
 
+// The CPU backwards' add into a plane that one thread owns (for_each_plane_roi): a plain add.
+template <typename acc_t>
+struct PlaneAdd {
+  acc_t* data;
+  void operator()(int64_t index, acc_t value) const { data[index] += value; }
+};
+
 }  // namespace segops

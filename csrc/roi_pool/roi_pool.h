@@ -37,17 +37,21 @@ struct RoIPoolGeometry {
   T bin_h, bin_w;
 };
 
-// `roi` points at one row [batch_index, x1, y1, x2, y2] of the rois tensor.
+// `roi` points at one row [batch_index, x1, y1, x2, y2] of the rois tensor. RoIPool counts the box's last pixel
+// (width x2 - x1 + 1); position-sensitive RoIPool does not (x2 - x1), as in torchvision.
+enum class RoIPoolEnd { kInclusive, kExclusive };
+
 template <typename T, typename scalar_t>
 SEGOPS_HOST_DEVICE RoIPoolGeometry<T> roi_pool_geometry(const scalar_t* roi, T spatial_scale, int64_t pooled_h,
-                                                        int64_t pooled_w) {
+                                                        int64_t pooled_w, RoIPoolEnd end = RoIPoolEnd::kInclusive) {
   const int64_t roi_start_w = roi_pool_pixel(static_cast<T>(roi[1]) * spatial_scale);
   const int64_t roi_start_h = roi_pool_pixel(static_cast<T>(roi[2]) * spatial_scale);
   const int64_t roi_end_w = roi_pool_pixel(static_cast<T>(roi[3]) * spatial_scale);
   const int64_t roi_end_h = roi_pool_pixel(static_cast<T>(roi[4]) * spatial_scale);
+  const int64_t last = end == RoIPoolEnd::kInclusive ? 1 : 0;
   // Malformed boxes are forced to be at least 1x1.
-  const int64_t roi_w = roi_end_w - roi_start_w + 1 > 1 ? roi_end_w - roi_start_w + 1 : 1;
-  const int64_t roi_h = roi_end_h - roi_start_h + 1 > 1 ? roi_end_h - roi_start_h + 1 : 1;
+  const int64_t roi_w = roi_end_w - roi_start_w + last > 1 ? roi_end_w - roi_start_w + last : 1;
+  const int64_t roi_h = roi_end_h - roi_start_h + last > 1 ? roi_end_h - roi_start_h + last : 1;
   return {roi_start_h, roi_start_w, static_cast<T>(roi_h) / static_cast<T>(pooled_h),
           static_cast<T>(roi_w) / static_cast<T>(pooled_w)};
 }
@@ -132,6 +136,33 @@ SEGOPS_HOST_DEVICE T roi_pool_bin_max(const scalar_t* plane, int64_t width, int6
   }
   argmax = static_cast<int32_t>(best_index);
   return best;
+}
+
+// Position-sensitive RoIPool's bin (R-FCN): the mean over the window of a row-major plane, 0 for an empty bin, summed
+// row by row as torchvision sums it.
+SEGOPS_HOST_DEVICE int64_t roi_pool_bin_area(const RoIPoolBin& bin) {
+  return bin.empty() ? 0 : (bin.h_end - bin.h_start) * (bin.w_end - bin.w_start);
+}
+
+template <typename T, typename scalar_t>
+SEGOPS_HOST_DEVICE T roi_pool_bin_mean(const scalar_t* plane, int64_t width, const RoIPoolBin& bin) {
+  if (bin.empty()) return T(0);
+  T sum = T(0);
+  for (int64_t h = bin.h_start; h < bin.h_end; ++h) {
+    for (int64_t w = bin.w_start; w < bin.w_end; ++w) sum += static_cast<T>(plane[h * width + w]);
+  }
+  return sum / static_cast<T>(roi_pool_bin_area(bin));
+}
+
+// Its adjoint: grad / area to each pixel of the window, through add(offset, value).
+template <typename T, typename Add>
+SEGOPS_HOST_DEVICE void roi_pool_bin_mean_scatter(Add& add, int64_t plane_offset, int64_t width, const RoIPoolBin& bin,
+                                                  T grad) {
+  if (bin.empty()) return;
+  const T share = grad / static_cast<T>(roi_pool_bin_area(bin));
+  for (int64_t h = bin.h_start; h < bin.h_end; ++h) {
+    for (int64_t w = bin.w_start; w < bin.w_end; ++w) add(plane_offset + h * width + w, share);
+  }
 }
 
 }  // namespace segops

@@ -15,27 +15,10 @@
 #include "roi_common/roi_checks.h"
 #include "roi_common/rois_by_image.h"
 #include "roi_pool/roi_pool.h"
+#include "roi_pool/roi_pool_windows.h"
 
 namespace segops {
 namespace {
-
-// Every RoI's bin windows ([K * PH * PW], row-major per RoI), computed once and shared by all its channels.
-template <typename acc_t>
-std::vector<RoIPoolBin> roi_pool_windows(const acc_t* rois, int64_t num_rois, acc_t spatial_scale, int64_t pooled_h,
-                                         int64_t pooled_w, int64_t height, int64_t width) {
-  std::vector<RoIPoolBin> windows(num_rois * pooled_h * pooled_w);
-  at::parallel_for(0, num_rois, 16, [&](int64_t begin, int64_t end) {
-    for (int64_t k = begin; k < end; ++k) {
-      const RoIPoolGeometry<acc_t> g = roi_pool_geometry<acc_t>(rois + k * 5, spatial_scale, pooled_h, pooled_w);
-      for (int64_t ph = 0; ph < pooled_h; ++ph) {
-        for (int64_t pw = 0; pw < pooled_w; ++pw) {
-          windows[(k * pooled_h + ph) * pooled_w + pw] = roi_pool_window(g, ph, pw, height, width);
-        }
-      }
-    }
-  });
-  return windows;
-}
 
 std::tuple<at::Tensor, at::Tensor> roi_pool_forward_cpu(const at::Tensor& input, const at::Tensor& rois,
                                                         double spatial_scale, int64_t pooled_h, int64_t pooled_w) {

@@ -1,10 +1,10 @@
 """Segmentation networks written thinly on segops' operators; no builder downloads anything. Semantic segmentation
 builders take `num_classes` and `in_channels` (but crfasrnn, RGB) and map images Tensor[N, in_channels, H, W] (any
-H, W >= 64) to torchvision's {"out": logits Tensor[N, K, H, W]} (plus "aux" for PSPNet's auxiliary head); the others
-say what they return: video (deep_feature_flow), saliency maps (dcl, basnet, poolnet), image labels and
-class activation maps (cam), pixel embeddings (ucn), detections (panet, use_segops_roi_align) and panoptic maps
-(panoptic_fpn). use_segops_dilated_conv runs any model's dilated convolutions (torchvision's DeepLabV3 and FCN) on
-segops."""
+H, W >= 64; U-Net with padding="valid", the sizes unet_valid_sizes lists, or any through unet_tile_inference) to
+torchvision's {"out": logits Tensor[N, K, H, W]} (plus "aux" for PSPNet's auxiliary head); the others say what they
+return: video (deep_feature_flow), saliency maps (dcl, basnet, poolnet), image labels and class activation maps
+(cam), pixel embeddings (ucn), detections (panet, use_segops_roi_align) and panoptic maps (panoptic_fpn).
+use_segops_dilated_conv runs any model's dilated convolutions (torchvision's DeepLabV3 and FCN) on segops."""
 
 from segops.models.cam import CAMClassifier, cam
 from segops.models.crfasrnn import CRFasRNN, crfasrnn
@@ -28,6 +28,7 @@ from segops.models.panet import (
 )
 from segops.models.panoptic import PanopticFPN, SemanticFPNHead, panoptic_fpn, panoptic_merge
 from segops.models.pspnet import PSPNet, PyramidPooling, pspnet
+from segops.models.rfcn import FCISHead, RFCNHead
 from segops.models.resnet import DilatedResNet
 from segops.models.saliency import (
     BASNet,
@@ -43,7 +44,7 @@ from segops.models.saliency import (
 from segops.models.segnet import DeconvNet, SegNet, deconvnet, load_vgg16_bn_encoder, segnet
 from segops.models.swap import use_segops_dilated_conv
 from segops.models.ucn import UCN, ucn
-from segops.models.unet import UNet, unet
+from segops.models.unet import UNet, unet, unet_tile_inference, unet_valid_sizes
 
 __all__ = [
     "AdaptiveBoxHead",
@@ -71,6 +72,7 @@ __all__ = [
     "deeplabv3",
     "DilatedResNet",
     "FastRCNNBoxHead",
+    "FCISHead",
     "FCN",
     "fcn16s",
     "fcn32s",
@@ -91,6 +93,7 @@ __all__ = [
     "PSPNet",
     "pspnet",
     "PyramidPooling",
+    "RFCNHead",
     "SegmentPooling",
     "SegNet",
     "segnet",
@@ -100,6 +103,8 @@ __all__ = [
     "ucn",
     "UNet",
     "unet",
+    "unet_tile_inference",
+    "unet_valid_sizes",
     "use_segops_dilated_conv",
     "use_segops_roi_align",
 ]

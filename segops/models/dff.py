@@ -1,5 +1,5 @@
 """Deep Feature Flow (Zhu, Xiong, Dai, Yuan and Wei 2017): the expensive feature network runs on key frames only;
-on the frames between, a small flow network estimates the flow from the frame to its key frame and a scale field,
+on the frames between, a flow network (FlowNetS) estimates the flow from the frame to its key frame and a scale field,
 and segops.flow_warp carries the key frame's features along that flow; the cheap task head runs on every frame."""
 
 from typing import Callable, Iterable, Iterator, Union
@@ -35,39 +35,77 @@ def _conv_relu(in_channels: int, out_channels: int, kernel_size: int, stride: in
 
 
 class FlowNet(nn.Module):
-    """A small FlowNet-Simple (Dosovitskiy et al. 2015): the two frames stacked, [N, 6, H, W], through strided
-    convolutions to stride 32, one refinement stage back to stride 16 (up-convolution concatenated with the
-    stride-16 encoder map, as FlowNet's refinement does), and two 3x3 predictors there:
-    flow [N, 2, H/16, W/16] (rounded up, the dilated ResNet's output size), in pixels of that map, and DFF's scale
-    field [N, C, H/16, W/16].
+    """DFF's flow network: FlowNetS, FlowNet's "Simple" variant (Dosovitskiy et al. 2015), as Deep Feature Flow
+    runs it (its section 4, and layer for layer its released code), with DFF's scale predictor.
 
-    The predictors start at flow 0 and scale 1 (weights zero, biases 0 and 1; DFF initialises its scale predictor
-    so), so an untrained network propagates the key frame's features unchanged."""
+    The frame and its key frame, stacked ([N, 6, H, W]) and average-pooled to half size (DFF feeds FlowNet
+    half-sized frames), pass FlowNetS's contracting part: conv1 7x7/2 (`width` 64 channels), conv2 5x5/2 (128),
+    conv3 5x5/2 (256), conv3_1 3x3 (256), conv4 3x3/2 (512), conv4_1 (512), conv5 3x3/2 (512), conv5_1 (512),
+    conv6 3x3/2 (1024) and conv6_1 (1024), each followed by leaky ReLU 0.1. Its refinement follows: at strides
+    64, 32, 16 and 8 of the half-size frames, a 3x3 flow prediction (predict_flow6 ... 3) and 4x4/2
+    up-convolutions of the features (deconv5 ... 2, leaky ReLU) and of that flow (upsample_flow6to5 ... 3to2),
+    concatenated with the contracting map of the finer stride (conv5_1, conv4_1, conv3_1, conv2). FlowNetS
+    predicts its flow from the last concatenation, at a quarter of its input's size. DFF's features are at stride
+    16 of the frames, 8 of FlowNet's input: it average-pools that concatenation 2x2 and predicts from it the flow
+    [N, 2, h, w] (3x3, predict_flow2's shape) and the scale field [N, C, h, w] (1x1, `feature_channels` C), with
+    h, w = ceil(H / 16), ceil(W / 16), the dilated ResNet's output size.
+
+    The flow is in pixels of that map: FlowNet predicts flow / 20 in pixels of its input, so DFF multiplies by
+    20 / 8 = 2.5, and FlowNetS's trained weights keep their meaning. The flow and scale predictors start at flow 0
+    and scale 1 (weights zero, biases 0 and 1; DFF initialises its scale predictor so, and freezes that bias at 1:
+    here it trains), so an untrained network propagates the key frame's features unchanged. At width 64, all but
+    the scale predictor hold 38,676,514 parameters, FlowNetS's count. `width` 32 halves every layer, as DFF's
+    lighter "FlowNet Half" does."""
 
     def __init__(self, feature_channels: int, width: int = 64):
         super().__init__()
-        self.encoder = nn.Sequential(
-            _conv_relu(6, width, 7, 2),
-            _conv_relu(width, 2 * width, 5, 2),
-            _conv_relu(2 * width, 4 * width, 5, 2),
-            _conv_relu(4 * width, 4 * width, 3),
-            _conv_relu(4 * width, 8 * width, 3, 2),
-            _conv_relu(8 * width, 8 * width, 3),
+        _check_int("FlowNet", "feature_channels", feature_channels)
+        _check_int("FlowNet", "width", width)
+        w = width
+        self.encoder = nn.ModuleList(
+            [
+                nn.Sequential(_conv_relu(6, w, 7, 2), _conv_relu(w, 2 * w, 5, 2)),  # conv1, conv2: stride 4
+                nn.Sequential(_conv_relu(2 * w, 4 * w, 5, 2), _conv_relu(4 * w, 4 * w, 3)),  # conv3, conv3_1: 8
+                nn.Sequential(_conv_relu(4 * w, 8 * w, 3, 2), _conv_relu(8 * w, 8 * w, 3)),  # conv4, conv4_1: 16
+                nn.Sequential(_conv_relu(8 * w, 8 * w, 3, 2), _conv_relu(8 * w, 8 * w, 3)),  # conv5, conv5_1: 32
+                nn.Sequential(_conv_relu(8 * w, 16 * w, 3, 2), _conv_relu(16 * w, 16 * w, 3)),  # conv6, conv6_1: 64
+            ]
         )
-        self.bottom = nn.Sequential(_conv_relu(8 * width, 8 * width, 3, 2), _conv_relu(8 * width, 8 * width, 3))
-        self.up = nn.Sequential(nn.ConvTranspose2d(8 * width, 4 * width, 4, 2, 1), nn.LeakyReLU(0.1, inplace=True))
-        self.predict_flow = nn.Conv2d(12 * width, 2, 3, padding=1)
-        self.predict_scale = nn.Conv2d(12 * width, feature_channels, 3, padding=1)
+        # Refinement, coarse to fine: the input channels of each level (1024, then the concatenations 1026, 770,
+        # 386 at width 64) and the up-convolved features' channels (512, 256, 128, 64).
+        inputs, outputs = [16 * w, 16 * w + 2, 12 * w + 2, 6 * w + 2], [8 * w, 4 * w, 2 * w, w]
+        self.predict_coarse = nn.ModuleList([nn.Conv2d(c, 2, 3, padding=1) for c in inputs])  # predict_flow6..3
+        self.deconvs = nn.ModuleList(
+            [
+                nn.Sequential(nn.ConvTranspose2d(c_in, c_out, 4, 2, 1), nn.LeakyReLU(0.1, inplace=True))
+                for c_in, c_out in zip(inputs, outputs)
+            ]
+        )
+        self.upsample_flows = nn.ModuleList([nn.ConvTranspose2d(2, 2, 4, 2, 1) for _ in inputs])
+        # conv2 (2w) + deconv2 (w) + the upsampled flow (2): FlowNetS's last concatenation, 194 channels at 64.
+        self.predict_flow = nn.Conv2d(3 * w + 2, 2, 3, padding=1)
+        self.predict_scale = nn.Conv2d(3 * w + 2, feature_channels, 1)
         for predictor, bias in ((self.predict_flow, 0.0), (self.predict_scale, 1.0)):
             nn.init.zeros_(predictor.weight)
             nn.init.constant_(predictor.bias, bias)
 
     def forward(self, frame: Tensor, key_frame: Tensor):
         """frame, key_frame [N, 3, H, W] -> (flow from frame to key frame [N, 2, h, w], scale [N, C, h, w])."""
-        stride16 = self.encoder(torch.cat([frame, key_frame], dim=1))
-        up = self.up(self.bottom(stride16))[..., : stride16.shape[-2], : stride16.shape[-1]]
-        fused = torch.cat([stride16, up], dim=1)
-        return self.predict_flow(fused), self.predict_scale(fused)
+        x = F.avg_pool2d(torch.cat([frame, key_frame], dim=1), 2, ceil_mode=True)
+        skips = []
+        for stage in self.encoder:
+            x = stage(x)
+            skips.append(x)
+        for predict, deconv, upsample, skip in zip(
+            self.predict_coarse, self.deconvs, self.upsample_flows, reversed(skips[:-1])
+        ):
+            # A 4x4/2 up-convolution padded by 1 doubles the size; cropped to the finer map's (an odd one's).
+            height, width = skip.shape[-2:]
+            features = deconv(x)[..., :height, :width]
+            flow = upsample(predict(x))[..., :height, :width]
+            x = torch.cat([skip, features, flow], dim=1)
+        fused = F.avg_pool2d(x, 2, ceil_mode=True)
+        return self.predict_flow(fused) * 2.5, self.predict_scale(fused)
 
 
 class DeepFeatureFlow(nn.Module):
@@ -144,8 +182,8 @@ def deep_feature_flow(
 ) -> DeepFeatureFlow:
     """DFF's segmentation network: a dilated ResNet (output stride 16; 101 layers unless depth=50; backbone weights
     as deeplabv2) and the paper's randomly initialised 3x3 convolution dilated 6 (segops.DilatedConv2d) to
-    `feature_channels` (1024) as the feature network, a 1x1 classifier as the task head, FlowNet as the flow
-    network, a key frame every `key_interval` frames (the paper's 5 on Cityscapes)."""
+    `feature_channels` (1024) as the feature network, a 1x1 classifier as the task head, FlowNet (FlowNetS, as DFF
+    runs it) as the flow network, a key frame every `key_interval` frames (the paper's 5 on Cityscapes)."""
     _check_int("deep_feature_flow", "num_classes", num_classes)
     reduce = DilatedConv2d(2048, feature_channels, 3, padding=6, dilation=6)
     feature_net = nn.Sequential(DilatedResNet(depth, 16, backbone), reduce, nn.ReLU(inplace=True))

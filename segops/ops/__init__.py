@@ -11,6 +11,7 @@ from segops.ops.multi_scale_roi_align import (
     fpn_levels,
     multi_scale_roi_align,
 )
+from segops.ops.ps_roi import PSRoIAlign, PSRoIAlignFunction, PSRoIPool, PSRoIPoolFunction, ps_roi_align, ps_roi_pool
 from segops.ops.roi_align import RoIAlign, RoIAlignFunction, roi_align
 from segops.ops.roi_pool import RoIPool, RoIPoolFunction, roi_pool
 
@@ -33,6 +34,12 @@ __all__ = [
     "MultiScaleRoIAlignFunction",
     "fpn_levels",
     "multi_scale_roi_align",
+    "PSRoIAlign",
+    "PSRoIAlignFunction",
+    "PSRoIPool",
+    "PSRoIPoolFunction",
+    "ps_roi_align",
+    "ps_roi_pool",
     "RoIAlign",
     "RoIAlignFunction",
     "RoIPool",

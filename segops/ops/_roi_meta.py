@@ -1,4 +1,5 @@
-"""The RoI ops' argument checks and fake kernels (roi_align, roi_pool, multi_scale_roi_align and their backward ops),
+"""The RoI ops' argument checks and fake kernels (roi_align, roi_pool, multi_scale_roi_align, ps_roi_align, ps_roi_pool
+and their backward ops),
 registered with torch.library.register_fake on import.
 
 The messages repeat csrc/roi_common/roi_checks.cpp word for word, so one ``pytest.raises(match=...)`` covers eager, fake
@@ -47,25 +48,57 @@ def check_sampling_ratio(op: str, sampling_ratio: int) -> None:
         )
 
 
-def check_roi_op_args(op: str, input: Tensor, rois: Tensor, spatial_scale: float, pooled_h: int, pooled_w: int) -> None:
-    """input Tensor[N, C, H, W] and rois Tensor[K, 5] of a single-map RoI op (roi_align, roi_pool)."""
+def _output_channels(op: str, channels: int, pooled_h: int, pooled_w: int, position_sensitive: bool) -> int:
+    """C for roi_align and roi_pool; C / (PH * PW) for the position-sensitive ops, which need C divisible by it."""
+    if not position_sensitive:
+        return channels
+    bins = pooled_h * pooled_w
+    if channels % bins != 0:
+        raise RuntimeError(
+            f"{op}: input channels must be a multiple of output_size[0] * output_size[1] = {bins} (one score map per "
+            f"bin of each output channel), got {channels}"
+        )
+    return channels // bins
+
+
+def check_roi_op_args(
+    op: str,
+    input: Tensor,
+    rois: Tensor,
+    spatial_scale: float,
+    pooled_h: int,
+    pooled_w: int,
+    position_sensitive: bool = False,
+) -> int:
+    """input Tensor[N, C, H, W] and rois Tensor[K, 5] of a single-map RoI op (roi_align, roi_pool, ps_roi_align,
+    ps_roi_pool); returns the output's channels."""
     if input.dim() != 4:
         raise RuntimeError(f"{op}: input must have shape [N, C, H, W], got {format_shape(input)}")
     check_supported_float(op, "input", input)
     _check_rois_tensor(op, rois, input, "input")
     _check_pooling_args(op, spatial_scale, pooled_h, pooled_w)
+    return _output_channels(op, input.shape[1], pooled_h, pooled_w, position_sensitive)
 
 
 def check_roi_op_backward_args(
-    op: str, grad: Tensor, rois: Tensor, spatial_scale: float, pooled_h: int, pooled_w: int, input_shape: Sequence[int]
+    op: str,
+    grad: Tensor,
+    rois: Tensor,
+    spatial_scale: float,
+    pooled_h: int,
+    pooled_w: int,
+    input_shape: Sequence[int],
+    position_sensitive: bool = False,
 ) -> None:
-    """grad Tensor[K, C, PH, PW] and rois Tensor[K, 5] of a single-map RoI op's backward; input_shape (N, C, H, W)."""
+    """grad Tensor[K, C_out, PH, PW] and rois Tensor[K, 5] of a single-map RoI op's backward; input_shape
+    (N, C, H, W)."""
     check_supported_float(op, "grad", grad)
     _check_rois_tensor(op, rois, grad, "grad")
     _check_pooling_args(op, spatial_scale, pooled_h, pooled_w)
     if any(size < 0 for size in input_shape):
         raise RuntimeError(f"{op}: input shape must be non-negative, got {format_shape(input_shape)}")
-    check_shape(op, "grad", grad, [rois.shape[0], input_shape[1], pooled_h, pooled_w])
+    out_channels = _output_channels(op, input_shape[1], pooled_h, pooled_w, position_sensitive)
+    check_shape(op, "grad", grad, [rois.shape[0], out_channels, pooled_h, pooled_w])
 
 
 def _check_levels(op: str, levels: Tensor, rois: Tensor) -> None:
@@ -223,4 +256,38 @@ def _roi_pool_backward_fake(
             f"{op}: argmax must be the int32 tensor of grad's shape {format_shape(grad)} and device {grad.device} "
             f"that roi_pool returned, got {dtype_name(argmax.dtype)} {format_shape(argmax)} on {argmax.device}"
         )
+    return grad.new_empty(input_shape)
+
+
+@torch.library.register_fake("segops::ps_roi_align")
+def _ps_roi_align_fake(input, rois, spatial_scale, pooled_height, pooled_width, sampling_ratio):
+    check_sampling_ratio("ps_roi_align", sampling_ratio)
+    out_channels = check_roi_op_args("ps_roi_align", input, rois, spatial_scale, pooled_height, pooled_width, True)
+    return input.new_empty((rois.shape[0], out_channels, pooled_height, pooled_width))
+
+
+@torch.library.register_fake("segops::_ps_roi_align_backward")
+def _ps_roi_align_backward_fake(
+    grad, rois, spatial_scale, pooled_height, pooled_width, batch_size, channels, height, width, sampling_ratio
+):
+    op = "_ps_roi_align_backward"
+    input_shape = (batch_size, channels, height, width)
+    check_sampling_ratio(op, sampling_ratio)
+    check_roi_op_backward_args(op, grad, rois, spatial_scale, pooled_height, pooled_width, input_shape, True)
+    return grad.new_empty(input_shape)
+
+
+@torch.library.register_fake("segops::ps_roi_pool")
+def _ps_roi_pool_fake(input, rois, spatial_scale, pooled_height, pooled_width):
+    out_channels = check_roi_op_args("ps_roi_pool", input, rois, spatial_scale, pooled_height, pooled_width, True)
+    return input.new_empty((rois.shape[0], out_channels, pooled_height, pooled_width))
+
+
+@torch.library.register_fake("segops::_ps_roi_pool_backward")
+def _ps_roi_pool_backward_fake(
+    grad, rois, spatial_scale, pooled_height, pooled_width, batch_size, channels, height, width
+):
+    op = "_ps_roi_pool_backward"
+    input_shape = (batch_size, channels, height, width)
+    check_roi_op_backward_args(op, grad, rois, spatial_scale, pooled_height, pooled_width, input_shape, True)
     return grad.new_empty(input_shape)
