@@ -14,9 +14,7 @@ Evaluation is sharded too, and the confusion matrices are summed across processe
 
 import argparse
 import itertools
-import os
 import sys
-import time
 from pathlib import Path
 
 import torch
@@ -26,7 +24,9 @@ import segops
 from segops import models
 from segops.data import CLASS_NAMES, SyntheticShapes
 from segops.losses import segmentation_loss
-from segops.metrics import SegmentationMetrics
+from segops.train import METRICS, ProgressBar, draw_grid, format_table, init_distributed, metric_cells, train_epoch
+from segops.train import evaluate as evaluate_batches
+from segops.train import load_batch as batch
 
 NUM_CLASSES = SyntheticShapes.num_classes
 IMAGENET_MEAN = torch.tensor(models.deeplab.IMAGENET_MEAN).view(1, 3, 1, 1)
@@ -64,32 +64,8 @@ def parse_args(argv=None):
     return parser.parse_args(argv)
 
 
-def init_distributed():
-    """(rank, world size): torchrun's environment, else a single process."""
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        dist.init_process_group("gloo")
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
-
-
 def normalise(images):
     return (images - IMAGENET_MEAN) / IMAGENET_STD
-
-
-def batch(dataset, indices):
-    images, labels = zip(*(dataset[i] for i in indices))
-    return torch.stack(images), torch.stack(labels)
-
-
-def progress(text, fraction, started):
-    width = 30
-    filled = int(width * fraction)
-    print(
-        f"\r  [{'#' * filled}{'.' * (width - filled)}] {text} {time.perf_counter() - started:5.1f} s",
-        end="",
-        file=sys.stderr,
-        flush=True,
-    )
 
 
 def train(name, args, rank=0, world=1, build=None, dataset=None, loss_fn=None):
@@ -108,37 +84,22 @@ def train(name, args, rank=0, world=1, build=None, dataset=None, loss_fn=None):
     if dataset is None:
         dataset = SyntheticShapes(args.steps * args.batch_size, args.size, seed=args.seed)
     share = args.batch_size // world
-    model.train()
-    started = time.perf_counter()
-    for step in range(args.steps):
-        first = step * args.batch_size + rank * share
-        images, targets = batch(dataset, range(first, first + share))
-        # The semantic models' {"out", "aux"} (segmentation_loss), or what a given loss_fn takes (saliency maps).
-        loss = (loss_fn or segmentation_loss)(trained(normalise(images)), targets)
-        optimiser.zero_grad()
-        loss.backward()
-        optimiser.step()
-        if rank == 0:
-            progress(
-                f"{name:10s} step {step + 1}/{args.steps} loss {loss.item():.3f}", (step + 1) / args.steps, started
-            )
-    seconds = time.perf_counter() - started
-    if rank == 0:
-        print(file=sys.stderr)
+    starts = (step * args.batch_size + rank * share for step in range(args.steps))
+    batches = (
+        (normalise(images), targets) for images, targets in (batch(dataset, range(s, s + share)) for s in starts)
+    )
+    # The semantic models' {"out", "aux"} (segmentation_loss), or what a given loss_fn takes (saliency maps).
+    progress = ProgressBar(args.steps, f"{name:10s}", enabled=rank == 0)
+    seconds = train_epoch(trained, optimiser, batches, loss_fn or segmentation_loss, progress)["seconds"]
+    progress.close()
     return model.eval(), seconds
 
 
 def evaluate(predict, dataset, rank, world, batch_size=8):
     """segops.metrics over this process's share of `dataset`, summed across processes."""
-    metrics = SegmentationMetrics(NUM_CLASSES)
     indices = list(range(rank, len(dataset), world))
-    with torch.no_grad():
-        for start in range(0, len(indices), batch_size):
-            images, labels = batch(dataset, indices[start : start + batch_size])
-            metrics.update(predict(images), labels)
-    if world > 1:
-        metrics.all_reduce()
-    return metrics.compute()
+    batches = (batch(dataset, indices[start : start + batch_size]) for start in range(0, len(indices), batch_size))
+    return evaluate_batches(predict, batches, NUM_CLASSES)
 
 
 def crf_predictor(model, settings):
@@ -175,14 +136,17 @@ def majority_baseline(args, rank, world, test_set):
 
 
 def print_table(rows, baseline_miou):
-    header = ["model", "train (s)", "pixel acc", "mean acc", "mean IU", "f.w. IU", "mean IU - baseline"]
-    print("| " + " | ".join(header) + " |")
-    print("|---|" + "---:|" * (len(header) - 1))
-    for name, seconds, m in rows:
-        cells = [name, "-" if seconds is None else f"{seconds:.0f}"]
-        cells += [f"{100 * m[key]:.1f}" for key in ("pixel_accuracy", "mean_accuracy", "mean_iou", "fw_iou")]
-        cells.append(f"{100 * (m['mean_iou'] - baseline_miou):+.1f}")
-        print("| " + " | ".join(cells) + " |")
+    header = ["model", "train (s)", *(title for _, title in METRICS), "mean IU - baseline"]
+    cells = [
+        [
+            name,
+            "-" if seconds is None else f"{seconds:.0f}",
+            *metric_cells(m),
+            f"{100 * (m['mean_iou'] - baseline_miou):+.1f}",
+        ]
+        for name, seconds, m in rows
+    ]
+    print(format_table(header, cells))
 
 
 def save_grid(path, test_set, predictors, count=4):
@@ -195,32 +159,9 @@ def save_grid(path, test_set, predictors, count=4):
     draw_grid(path, columns)
 
 
-def draw_grid(path, columns):
-    """A PNG of images in a grid: columns is a list of (title, images [rows, H, W] or [rows, H, W, 3], imshow's
-    keyword arguments), one column each."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    count = len(columns[0][1])
-    figure, axes = plt.subplots(count, len(columns), figsize=(2 * len(columns), 2 * count), squeeze=False)
-    for col, (title, values, style) in enumerate(columns):
-        for row in range(count):
-            axis = axes[row][col]
-            axis.imshow(values[row].numpy(), **style)
-            axis.set_xticks([])
-            axis.set_yticks([])
-        axes[0][col].set_title(title, fontsize=9)
-    figure.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path, dpi=100)
-    plt.close(figure)
-
-
 def main(argv=None):
     args = parse_args(argv)
-    rank, world = init_distributed()
+    rank, world, _ = init_distributed("cpu")
     if args.batch_size % world:
         raise SystemExit(f"--batch-size must be a multiple of the number of processes ({world}), got {args.batch_size}")
     if rank == 0:

@@ -4,17 +4,20 @@
 #                 synthetic shapes, metrics against the majority class, demo_output/predictions.png;
 #   saliency      examples/train_saliency.py: BASNet, PoolNet and DCL (+ dense CRF) on synthetic salient objects,
 #                 MAE / max F / S-measure against a location prior, demo_output/saliency.png;
-#   roi_ablation  examples/roi_ablation.py: a mask head trained on RoIPool, RoIAlign and aligned RoIAlign features.
-# ./scripts/demo.sh runs all three; ./scripts/demo.sh PART [ARGS...] runs one, ARGS going to its script (--help).
+#   roi_ablation  examples/roi_ablation.py: a mask head trained on RoIPool, RoIAlign and aligned RoIAlign features;
+#   folder        examples/train_folder.py: a flood-style folder of photos written to disk (metadata.csv, Image/,
+#                 Mask/), FCN-8s and U-Net trained on it through `python -m segops.train` (FCN-8s also from a
+#                 local VGG16 file given --vgg16 PATH), the metric table and demo_output/folder/loss_curves.png.
+# ./scripts/demo.sh runs all four; ./scripts/demo.sh PART [ARGS...] runs one, ARGS going to its script (--help).
 # DEMO_PROCESSES=2 runs the segmentation part data-parallel under torchrun (gloo).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 declare -A scripts=([segmentation]=examples/train_segmentation.py [saliency]=examples/train_saliency.py
-                    [roi_ablation]=examples/roi_ablation.py)
-parts=(segmentation saliency roi_ablation)
+                    [roi_ablation]=examples/roi_ablation.py [folder]=examples/train_folder.py)
+parts=(segmentation saliency roi_ablation folder)
 if [ $# -gt 0 ]; then
   if [ -z "${scripts[$1]+set}" ]; then
-    echo "usage: $0 [segmentation|saliency|roi_ablation [ARGS...]], got '$1'" >&2
+    echo "usage: $0 [segmentation|saliency|roi_ablation|folder [ARGS...]], got '$1'" >&2
     exit 2
   fi
   parts=("$1")

@@ -25,6 +25,10 @@ PUBLIC_MODULES = [
     "segops.pooling",
     "segops.cluster",
     "segops.data",
+    "segops.transforms",
+    "segops.train",
+    "segops.eval",
+    "segops.predict",
     "segops.onnx",
 ]
 

@@ -185,3 +185,50 @@ def test_roi_ablation_targets_fill_their_boxes_and_the_script_runs(tmp_path):
     )
     for variant in ("| RoIPool |", "| RoIAlign (aligned=False) |", "| RoIAlign (aligned=True) |"):
         assert variant in result.stdout
+
+
+def test_demo_sh_runs_the_folder_part_and_rejects_others(tmp_path):
+    result = subprocess.run(["bash", str(ROOT / "scripts" / "demo.sh"), "nonsense"], capture_output=True, text=True)
+    assert result.returncode == 2
+    assert "usage: " in result.stderr and "segmentation|saliency|roi_ablation|folder" in result.stderr
+    assert "[folder]=examples/train_folder.py" in (ROOT / "scripts" / "demo.sh").read_text()
+
+
+def test_the_flood_photos_are_reproducible_with_water_masks():
+    spec = importlib.util.spec_from_file_location("train_folder", ROOT / "examples" / "train_folder.py")
+    folder = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(folder)
+    sizes = set()
+    for index in range(6):
+        image, water = folder.flood_photo(index, seed=1)
+        again, again_water = folder.flood_photo(index, seed=1)
+        assert torch.equal(image, again) and torch.equal(water, again_water)
+        height, width = water.shape
+        assert image.shape == (height, width, 3) and image.dtype == torch.uint8 and water.dtype == torch.bool
+        assert 72 <= height <= 120 and 96 <= width <= 160
+        assert 0.05 < water.float().mean() < 0.7
+        sizes.add((height, width))
+    assert len(sizes) > 1
+
+
+@pytest.mark.slow  # writes a folder and trains two networks through the command line: about a minute
+def test_the_folder_demo_trains_through_the_command_line_and_reports(tmp_path):
+    result = _run(
+        [
+            sys.executable,
+            str(ROOT / "examples" / "train_folder.py"),
+            *("--images", "10", "--epochs", "2", "--batch-size", "4", "--base-width", "4"),
+            *("--output", str(tmp_path / "out")),
+        ],
+        tmp_path,
+    )
+    out = tmp_path / "out"
+    lines = (out / "data" / "metadata.csv").read_text().splitlines()
+    assert lines[0] == "Image,Mask" and lines[1] == "0.jpg,0.png" and len(lines) == 11
+    assert "| run | epochs | train (s) | pixel acc | mean acc | mean IU | f.w. IU |" in result.stdout
+    for row in ("| baseline: ", "| fcn8s from scratch | 2 |", "| unet from scratch | 2 |"):
+        assert row in result.stdout
+    for run in ("fcn8s-from-scratch", "unet-from-scratch"):
+        assert {"checkpoint.pt", "metrics.json", "predictions.png"} <= {p.name for p in (out / run).iterdir()}
+    assert (out / "loss_curves.png").stat().st_size > 0
+    assert sorted(p.name for p in (out / "masks").iterdir()) == ["0.png", "1.png", "2.png", "3.png"]
