@@ -7,17 +7,20 @@
 #   roi_ablation  examples/roi_ablation.py: a mask head trained on RoIPool, RoIAlign and aligned RoIAlign features;
 #   folder        examples/train_folder.py: a flood-style folder of photos written to disk (metadata.csv, Image/,
 #                 Mask/), FCN-8s and U-Net trained on it through `python -m segops.train` (FCN-8s also from a
-#                 local VGG16 file given --vgg16 PATH), the metric table and demo_output/folder/loss_curves.png.
-# ./scripts/demo.sh runs all four; ./scripts/demo.sh PART [ARGS...] runs one, ARGS going to its script (--help).
+#                 local VGG16 file given --vgg16 PATH), the metric table and demo_output/folder/loss_curves.png;
+#   keypoints     examples/roi_ablation.py --task keypoints: the same ablation for a keypoint head (OKS AP, PCK).
+# ./scripts/demo.sh runs all five; ./scripts/demo.sh PART [ARGS...] runs one, ARGS going to its script (--help).
 # DEMO_PROCESSES=2 runs the segmentation part data-parallel under torchrun (gloo).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 declare -A scripts=([segmentation]=examples/train_segmentation.py [saliency]=examples/train_saliency.py
-                    [roi_ablation]=examples/roi_ablation.py [folder]=examples/train_folder.py)
-parts=(segmentation saliency roi_ablation folder)
+                    [roi_ablation]=examples/roi_ablation.py [folder]=examples/train_folder.py
+                    [keypoints]=examples/roi_ablation.py)
+declare -A options=([keypoints]="--task keypoints")  # a part's own arguments, before the caller's
+parts=(segmentation saliency roi_ablation folder keypoints)
 if [ $# -gt 0 ]; then
   if [ -z "${scripts[$1]+set}" ]; then
-    echo "usage: $0 [segmentation|saliency|roi_ablation|folder [ARGS...]], got '$1'" >&2
+    echo "usage: $0 [segmentation|saliency|roi_ablation|folder|keypoints [ARGS...]], got '$1'" >&2
     exit 2
   fi
   parts=("$1")
@@ -29,6 +32,7 @@ for part in "${parts[@]}"; do
   if [ "$part" = segmentation ] && [ "${DEMO_PROCESSES:-1}" -gt 1 ]; then
     torchrun --standalone --nproc_per_node="$DEMO_PROCESSES" "${scripts[$part]}" "$@"
   else
-    python "${scripts[$part]}" "$@"
+    # shellcheck disable=SC2086  # word-split on purpose: "--task keypoints" is two arguments
+    python "${scripts[$part]}" ${options[$part]:-} "$@"
   fi
 done

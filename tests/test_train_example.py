@@ -1,7 +1,10 @@
 """examples/train_segmentation.py: the synthetic dataset, a run of the whole script, and data-parallel training
-under torchrun (2 processes, gloo) equal to single-process training on the same global batch."""
+under torchrun (2 processes, gloo) equal to single-process training on the same global batch. The other demos
+(train_saliency.py, roi_ablation.py, train_folder.py) run at a tiny size; roi_ablation.py's data, keypoint targets
+and metrics (PCK, OKS, OKS-based AP) are checked against hand-computed values."""
 
 import importlib.util
+import math
 import os
 import subprocess
 import sys
@@ -14,6 +17,14 @@ from segops.data import CLASS_COLOURS, SyntheticSalientObjects, SyntheticShapes
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "examples" / "train_segmentation.py"
+
+
+def _example(name):
+    """examples/<name>.py as a module (main() not run)."""
+    spec = importlib.util.spec_from_file_location(name, ROOT / "examples" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def _run(args, tmp_path):
@@ -156,9 +167,7 @@ def test_two_process_training_equals_single_process_training(tmp_path):
     )
     single = torch.load(tmp_path / "single.pt")["fcn8s"]
     ddp = torch.load(tmp_path / "ddp.pt")["fcn8s"]
-    spec = importlib.util.spec_from_file_location("train_segmentation", SCRIPT)
-    script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(script)
+    script = _example("train_segmentation")
     torch.manual_seed(0)
     initial = script.BUILDERS["fcn8s"]().state_dict()
     assert single.keys() == ddp.keys()
@@ -170,9 +179,7 @@ def test_two_process_training_equals_single_process_training(tmp_path):
 
 
 def test_roi_ablation_targets_fill_their_boxes_and_the_script_runs(tmp_path):
-    spec = importlib.util.spec_from_file_location("roi_ablation", ROOT / "examples" / "roi_ablation.py")
-    ablation = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(ablation)
+    ablation = _example("roi_ablation")
     images, boxes, masks = ablation.make_batch(6, torch.Generator().manual_seed(0))
     assert images.shape == (6, 3, 128, 128) and boxes.shape == (6, 5) and masks.shape == (6, 1, 14, 14)
     assert torch.equal(boxes[:, 0], torch.arange(6.0))
@@ -192,12 +199,12 @@ def test_demo_sh_runs_the_folder_part_and_rejects_others(tmp_path):
     assert result.returncode == 2
     assert "usage: " in result.stderr and "segmentation|saliency|roi_ablation|folder" in result.stderr
     assert "[folder]=examples/train_folder.py" in (ROOT / "scripts" / "demo.sh").read_text()
+    assert "|folder|keypoints [ARGS...]" in result.stderr  # the keypoint ablation: roi_ablation.py --task keypoints
+    assert '[keypoints]="--task keypoints"' in (ROOT / "scripts" / "demo.sh").read_text()
 
 
 def test_the_flood_photos_are_reproducible_with_water_masks():
-    spec = importlib.util.spec_from_file_location("train_folder", ROOT / "examples" / "train_folder.py")
-    folder = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(folder)
+    folder = _example("train_folder")
     sizes = set()
     for index in range(6):
         image, water = folder.flood_photo(index, seed=1)
@@ -232,3 +239,101 @@ def test_the_folder_demo_trains_through_the_command_line_and_reports(tmp_path):
         assert {"checkpoint.pt", "metrics.json", "predictions.png"} <= {p.name for p in (out / run).iterdir()}
     assert (out / "loss_curves.png").stat().st_size > 0
     assert sorted(p.name for p in (out / "masks").iterdir()) == ["0.png", "1.png", "2.png", "3.png"]
+
+
+def test_keypoint_ablation_houses_have_their_vertices_as_keypoints():
+    ablation = _example("roi_ablation")
+    images, boxes, keypoints, areas = ablation.make_keypoint_batch(6, torch.Generator().manual_seed(0))
+    assert images.shape == (6, 3, 128, 128) and boxes.shape == (6, 5) and keypoints.shape == (6, 5, 2)
+    assert torch.equal(boxes[:, 0], torch.arange(6.0))
+    # The box is the vertices' extent; the vertices sit at sub-pixel positions, inside the image.
+    assert torch.equal(boxes[:, 1:3], keypoints.min(1).values) and torch.equal(boxes[:, 3:], keypoints.max(1).values)
+    assert (keypoints.frac() != 0).all() and (keypoints > 0).all() and (keypoints < 128).all()
+    assert (areas > 100).all() and (areas < (boxes[:, 3] - boxes[:, 1]) * (boxes[:, 4] - boxes[:, 2])).all()
+    # The vertices in the template's order, clockwise on the screen (a positive shoelace sum with y down): apex, right
+    # eave, right base, left base, left eave; the apex above the bases, the right ones right of the left ones.
+    x, y = keypoints.unbind(-1)
+    signed = 0.5 * (x * y.roll(-1, 1) - x.roll(-1, 1) * y).sum(1)
+    torch.testing.assert_close(signed, areas)
+    assert (y[:, 0] < y[:, 2:4].min(1).values).all() and (x[:, 1] > x[:, 4]).all() and (x[:, 2] > x[:, 3]).all()
+
+
+def test_polygon_mask_and_area_on_hand_cases():
+    ablation = _example("roi_ablation")
+    ys, xs = torch.meshgrid(torch.arange(6) + 0.5, torch.arange(6) + 0.5, indexing="ij")
+    square = torch.tensor(
+        [[1.0, 1.0], [4.0, 1.0], [4.0, 3.0], [1.0, 3.0]]
+    )  # pixels (1..3, 1..2) have their centres in it
+    expected = torch.zeros(6, 6, dtype=torch.bool)
+    expected[1:3, 1:4] = True
+    assert torch.equal(ablation.polygon_mask(square, xs, ys), expected)
+    assert torch.equal(ablation.polygon_mask(square.flip(0), xs, ys), expected)  # either orientation
+    assert ablation.polygon_area(square).item() == 6.0
+    triangle = torch.tensor([[0.0, 0.0], [6.0, 0.0], [0.0, 6.0]])  # below the anti-diagonal: x + y < 6
+    assert torch.equal(ablation.polygon_mask(triangle, xs, ys), xs + ys < 6)
+    assert ablation.polygon_area(triangle).item() == 18.0
+
+
+def test_keypoint_bins_and_decoding_on_hand_cases():
+    ablation = _example("roi_ablation")
+    boxes = torch.tensor([[0, 10.0, 20.0, 38.0, 48.0]])  # 28 x 28 pixels: one pixel per bin of a 28x28 heatmap
+    keypoints = torch.tensor([[[10.0, 20.0], [24.5, 21.2], [38.0, 48.0], [9.0, 50.0]]])
+    # floor((x - x1) * 28 / 28), clamped to the grid (a keypoint on or past the far edge: the last bin), row * 28 + col
+    bins = ablation.keypoint_bins(keypoints, boxes, 28)
+    assert bins.tolist() == [[0, 1 * 28 + 14, 27 * 28 + 27, 27 * 28 + 0]]
+    # A heatmap peaked at those bins decodes to their centres; the score is the mean peak probability.
+    heatmaps = torch.full((1, 4, 28, 28), -1e4)
+    heatmaps.view(1, 4, -1)[0, torch.arange(4), bins[0]] = 0.0
+    decoded, scores = ablation.decode_keypoints(heatmaps, boxes)
+    assert decoded.tolist() == [[[10.5, 20.5], [24.5, 21.5], [37.5, 47.5], [10.5, 47.5]]]
+    assert scores.tolist() == [1.0]
+    assert torch.equal(ablation.keypoint_bins(decoded, boxes, 28), bins)
+    # The loss is the cross-entropy over the 28 x 28 bins: log(784) for flat heatmaps.
+    loss = ablation.keypoint_loss(torch.zeros(1, 4, 28, 28), boxes, keypoints)
+    assert loss.item() == pytest.approx(math.log(784))
+
+
+def test_pck_and_oks_on_hand_cases():
+    ablation = _example("roi_ablation")
+    boxes = torch.tensor([[0, 0.0, 0.0, 30.0, 40.0]])  # diagonal 50: PCK@0.05 within 2.5, PCK@0.1 within 5
+    truth = torch.tensor([[[5.0, 5.0], [10.0, 10.0], [20.0, 20.0], [25.0, 30.0]]], dtype=torch.float64)
+    errors = torch.tensor([[[0.0, 0.0], [1.2, 1.6], [2.4, 3.2], [3.6, 4.8]]], dtype=torch.float64)  # 0, 2, 4, 6 away
+    assert ablation.pck(truth + errors, truth, boxes, 0.05) == 0.5
+    assert ablation.pck(truth + errors, truth, boxes, 0.1) == 0.75
+    # OKS = mean exp(-d^2 / (2 s^2 k^2)): with s^2 = 100 and k = 0.1, s^2 k^2 = 1; distances 0, 2, 4, 6.
+    similarity = ablation.oks(truth + errors, truth, torch.tensor([100.0]), k=0.1)
+    expected = (1 + math.exp(-2) + math.exp(-8) + math.exp(-18)) / 4
+    assert similarity.shape == (1,) and similarity.item() == pytest.approx(expected, rel=1e-12)
+    # A per-keypoint k: the second keypoint's k = 0.2 gives exp(-2 / 4).
+    k = torch.tensor([0.1, 0.2, 0.1, 0.1], dtype=torch.float64)
+    expected = (1 + math.exp(-0.5) + math.exp(-8) + math.exp(-18)) / 4
+    assert ablation.oks(truth + errors, truth, torch.tensor([100.0]), k=k).item() == pytest.approx(expected, rel=1e-12)
+    assert ablation.oks(truth, truth, torch.tensor([100.0])).item() == 1.0
+
+
+def test_oks_ap_on_hand_cases():
+    """Three predictions ranked by score have OKS 0.62, 0.97, 0.4. At thresholds .50, .55, .60 the first two are
+    true positives: recall 1/3, 2/3, 2/3 and precision 1, 1, 2/3, so the 101 recall levels read precision 1 up to
+    0.66 (67 levels) and 0 beyond: AP 67/101. At .65 to .95 only the second is: recall 0, 1/3, 1/3 and precision 0,
+    1/2, 1/3, made non-increasing 1/2, 1/2, 1/3, so levels 0 to 0.33 (34) read 1/2: AP 17/101."""
+    ablation = _example("roi_ablation")
+    scores = torch.tensor([0.7, 0.9, 0.8])
+    similarities = torch.tensor([0.4, 0.62, 0.97], dtype=torch.float64)
+    ap = ablation.oks_ap(similarities, scores)
+    expected = torch.tensor([67 / 101] * 3 + [17 / 101] * 7, dtype=torch.float64)
+    torch.testing.assert_close(ap, expected, rtol=1e-12, atol=0)
+    assert ablation.oks_ap(torch.ones(5, dtype=torch.float64), torch.rand(5)).tolist() == [1.0] * 10
+    assert ablation.oks_ap(torch.zeros(5, dtype=torch.float64), torch.rand(5)).tolist() == [0.0] * 10
+
+
+def test_keypoint_ablation_runs_and_reports_metrics_in_0_1(capsys):
+    ablation = _example("roi_ablation")
+    rows = ablation.main(["--task", "keypoints", "--steps", "2", "--batch-size", "2", "--test-images", "4"])
+    assert [name for name, _, _ in rows] == ["RoIPool", "RoIAlign (aligned=False)", "RoIAlign (aligned=True)"]
+    printed = capsys.readouterr().out
+    assert "| pooling | AP^kp (%) | AP^kp_50 (%) | AP^kp_75 (%) | PCK@0.05 (%) | PCK@0.1 (%) | train (s) |" in printed
+    for name, metrics, seconds in rows:
+        assert f"| {name} |" in printed
+        assert list(metrics) == ["AP^kp", "AP^kp_50", "AP^kp_75", "PCK@0.05", "PCK@0.1"]
+        assert all(math.isfinite(value) and 0 <= value <= 1 for value in metrics.values()), metrics
+        assert seconds > 0

@@ -1,6 +1,6 @@
 """R-CNN heads on segops' RoI ops: Fast R-CNN's box head (RoIPool, Girshick 2015), Mask R-CNN's mask head
-(RoIAlign, He et al. 2017), and torchvision's own Mask R-CNN running its RoI pooling on
-segops.multi_scale_roi_align and cropping its mask targets with segops.roi_align (SegopsRoIHeads)."""
+(RoIAlign, He et al. 2017), and torchvision's own Mask R-CNN and Keypoint R-CNN running their RoI pooling on
+segops.multi_scale_roi_align, Mask R-CNN cropping its mask targets with segops.roi_align (SegopsRoIHeads)."""
 
 import os
 from typing import Any, Dict, List, Optional, Tuple, Union
@@ -327,11 +327,13 @@ class SegopsRoIHeads(RoIHeads):
 
 
 def use_segops_roi_align(model: nn.Module) -> nn.Module:
-    """Makes a torchvision detection model (e.g. `maskrcnn_resnet50_fpn`) run its RoI ops on segops: each
-    MultiScaleRoIAlign in it becomes a SegopsMultiScaleRoIAlign with the same settings (every FPN level pooled in
-    one segops.multi_scale_roi_align pass), and each RoIHeads a SegopsRoIHeads sharing its modules (Mask R-CNN's
-    training targets cropped by segops.roi_align). Converts in place and returns the model (the new SegopsRoIHeads
-    where `model` is itself a RoIHeads)."""
+    """Makes a torchvision detection model (`maskrcnn_resnet50_fpn`, `keypointrcnn_resnet50_fpn`, or any model with
+    a MultiScaleRoIAlign) run its RoI ops on segops: each MultiScaleRoIAlign in it (the box head's, and the mask
+    head's or the keypoint head's) becomes a SegopsMultiScaleRoIAlign with the same settings (every FPN level
+    pooled in one segops.multi_scale_roi_align pass), and each RoIHeads a SegopsRoIHeads sharing its modules (Mask
+    R-CNN's training targets cropped by segops.roi_align; the keypoint branch's loss and inference torchvision's).
+    Detections and training losses equal torchvision's. Converts in place and returns the model (the new
+    SegopsRoIHeads where `model` is itself a RoIHeads)."""
     if not isinstance(model, nn.Module):
         raise TypeError(f"use_segops_roi_align: model must be an nn.Module, got {type(model).__name__}")
     if isinstance(model, RoIHeads) and not isinstance(model, SegopsRoIHeads):
