@@ -10,7 +10,8 @@ cast (as PyTorch's own autocast leaves it alone). The policies, and why:
   features keep their dtype (the pyramid's levels promoted to a common one), so that a bfloat16 network stays in
   bfloat16, while the coordinates (boxes, flow) are cast to the features' accumulation dtype, float32: bfloat16
   holds 8 significant bits, so a box edge at x = 800 would move by up to 2 pixels and a flow of 100 pixels by up to
-  a quarter of a pixel. The kernels interpolate and accumulate in float32. ``flow_warp``'s scale field takes the features' dtype (its schema).
+  a quarter of a pixel. The kernels interpolate and accumulate in float32. ``flow_warp``'s scale field takes the
+  features' dtype (its schema).
 - ``max_unpool2d``: unchanged: it moves values and does no arithmetic, so any dtype is exact.
 - the dense CRF's ops (``permutohedral_lattice``, ``permutohedral_filter``, ``dense_crf_softmax``): float32. The
   lattice's barycentric weights and the mean-field softmax over summed messages lose the labelling in 8 bits.
