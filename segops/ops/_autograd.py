@@ -89,7 +89,7 @@ def call(function: type, op: Callable, *args: Any) -> Any:
     (torch.compile) keep the plain path."""
     if torch._C._are_functorch_transforms_active():
         return function.apply(*args)
-    if not _needs_autograd(args) and not torch.compiler.is_compiling():
+    if not torch.compiler.is_compiling() and not _needs_autograd(args):  # Dynamo cannot trace _any_requires_grad
         with torch._C._AutoDispatchBelowAutograd():
             return op(*args)
     return op(*args)
