@@ -381,7 +381,8 @@ class _Calls(torch.nn.Module):
         b = segops.roi_pool(x, boxes, 2, 1.0)
         c = segops.max_unpool2d(x, indices, 2)
         d = segops.flow_warp(x, flow)
-        return a.sum() + b.sum() + c.sum() + d.sum()
+        e = segops.ps_roi_align(x, boxes, (1, 3), 1.0, 2) + segops.ps_roi_pool(x, boxes, (1, 3), 1.0)
+        return a.sum() + b.sum() + c.sum() + d.sum() + e.sum()
 
 
 def test_fx_traces_public_functions_and_modules_as_one_node():
@@ -391,12 +392,21 @@ def test_fx_traces_public_functions_and_modules_as_one_node():
     boxes = BOXES.float()
     traced = torch.fx.symbolic_trace(_Calls())
     targets = [node.target for node in traced.graph.nodes if node.op == "call_function"]
-    for fn in (segops.roi_align, segops.roi_pool, segops.max_unpool2d, segops.flow_warp):
+    for fn in (
+        segops.roi_align,
+        segops.roi_pool,
+        segops.ps_roi_align,
+        segops.ps_roi_pool,
+        segops.max_unpool2d,
+        segops.flow_warp,
+    ):
         assert targets.count(fn) == 1, fn.__name__
     torch.testing.assert_close(traced(pooled, boxes, indices, flow), _Calls()(pooled, boxes, indices, flow))
     for module, args in [
         (segops.RoIAlign(2, 1.0, 2), (x, boxes)),
         (segops.RoIPool(2, 1.0), (x, boxes)),
+        (segops.PSRoIAlign((1, 3), 1.0, 2), (x, boxes)),
+        (segops.PSRoIPool((1, 3), 1.0), (x, boxes)),
         (segops.MaxUnpool2d(2), (pooled, indices)),
         (segops.FlowWarp(), (x, flow)),
         (segops.DilatedConv2d(3, 4, 3, padding=2, dilation=2), (x,)),
@@ -466,7 +476,12 @@ def test_torchscript_roi_ops_equal_eager():
     x = randn(2, 3, 8, 9).float()
     boxes = BOXES.float()
     listed = [boxes[:1, 1:], boxes[1:, 1:]]
-    for fn, args in [(segops.roi_align, (x, boxes, [2, 3], 0.5, 2, True)), (segops.roi_pool, (x, boxes, [2, 2], 1.0))]:
+    for fn, args in [
+        (segops.roi_align, (x, boxes, [2, 3], 0.5, 2, True)),
+        (segops.roi_pool, (x, boxes, [2, 2], 1.0)),
+        (segops.ps_roi_align, (x, boxes, [1, 3], 0.5, 2)),
+        (segops.ps_roi_pool, (x, boxes, [1, 3], 1.0)),
+    ]:
         scripted = torch.jit.script(fn)
         assert torch.equal(scripted(*args), fn(*args))
         assert torch.equal(scripted(x, listed, *args[2:]), fn(x, listed, *args[2:]))

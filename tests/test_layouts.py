@@ -12,7 +12,13 @@ from conftest import CONCURRENT_EMULATION, emulation_module
 
 LAUNCH = ([3], [32])  # a grid far smaller than the work: every thread runs several grid-stride iterations
 # Emulated ops whose kernels sum floats with atomic adds (their default, non-deterministic backwards).
-ATOMIC_SUMS = {"_roi_align_backward", "_multi_scale_roi_align_backward", "_flow_warp_backward"}
+ATOMIC_SUMS = {
+    "_roi_align_backward",
+    "_multi_scale_roi_align_backward",
+    "_flow_warp_backward",
+    "_ps_roi_align_backward",
+    "_ps_roi_pool_backward",
+}
 
 
 def _cases(lattice_op):
@@ -45,6 +51,21 @@ def _cases(lattice_op):
             "_roi_pool_backward",
             dict(grad=randn(3, 3, 2, 3), rois=rois, argmax=argmax),
             lambda t: (t["grad"], t["rois"], t["argmax"], 1.0, 2, 3, 2, 3, 7, 9),
+            (False,),
+        ),
+        # x's 3 channels as 1 output channel of 1 x 3 bins.
+        "ps_roi_align": ("ps_roi_align", dict(input=x, rois=rois), lambda t: (t["input"], t["rois"], 1.0, 1, 3, 2), ()),
+        "_ps_roi_align_backward": (
+            "_ps_roi_align_backward",
+            dict(grad=randn(3, 1, 1, 3), rois=rois),
+            lambda t: (t["grad"], t["rois"], 1.0, 1, 3, 2, 3, 7, 9, 2),
+            (False,),
+        ),
+        "ps_roi_pool": ("ps_roi_pool", dict(input=x, rois=rois), lambda t: (t["input"], t["rois"], 1.0, 1, 3), ()),
+        "_ps_roi_pool_backward": (
+            "_ps_roi_pool_backward",
+            dict(grad=randn(3, 1, 1, 3), rois=rois),
+            lambda t: (t["grad"], t["rois"], 1.0, 1, 3, 2, 3, 7, 9),
             (False,),
         ),
         "multi_scale_roi_align": (

@@ -86,16 +86,12 @@ struct PSRoIPoolOp {
     roi_pool_bin_mean_scatter(add, plane_offset, width, roi_pool_window(g, ph, pw, height, width), grad);
   }
   __device__ RoIFootprint footprint(const Geometry& g, int64_t height, int64_t width) const {
-    const RoIPoolBin first = roi_pool_window(g, 0, 0, height, width);
-    const RoIPoolBin last = roi_pool_window(g, pooled_h - 1, pooled_w - 1, height, width);
-    return RoIFootprint{0, 0, first.h_start, last.h_end, first.w_start, last.w_end};
+    return roi_pool_footprint(g, 0, pooled_h, pooled_w, height, width);
   }
   __device__ void gather(const Geometry& g, int64_t ph, int64_t pw, int64_t height, int64_t width, int64_t y, int64_t x,
                          acc_t grad, acc_t& sum) const {
     const RoIPoolBin bin = roi_pool_window(g, ph, pw, height, width);
-    if (y >= bin.h_start && y < bin.h_end && x >= bin.w_start && x < bin.w_end) {
-      sum += grad / static_cast<acc_t>(roi_pool_bin_area(bin));
-    }
+    if (roi_pool_window_contains(bin, y * width + x, width)) sum += grad / static_cast<acc_t>(roi_pool_bin_area(bin));
   }
 };
 

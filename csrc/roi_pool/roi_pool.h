@@ -5,6 +5,7 @@
 #include <limits>
 
 #include "common/macros.h"
+#include "roi_common/roi_row.h"
 
 namespace segops {
 
@@ -80,6 +81,16 @@ SEGOPS_HOST_DEVICE bool roi_pool_window_contains(const RoIPoolBin& bin, int64_t 
   if (index < 0 || width <= 0) return false;
   const int64_t h = index / width, w = index % width;
   return h >= bin.h_start && h < bin.h_end && w >= bin.w_start && w < bin.w_end;
+}
+
+// The pixels a RoI's bins can read or write: from its first bin's window to its last's (windows grow with the bin
+// index), in image `batch` of the one map.
+template <typename T>
+SEGOPS_HOST_DEVICE RoIFootprint roi_pool_footprint(const RoIPoolGeometry<T>& g, int64_t batch, int64_t pooled_h,
+                                                   int64_t pooled_w, int64_t height, int64_t width) {
+  const RoIPoolBin first = roi_pool_window(g, 0, 0, height, width);
+  const RoIPoolBin last = roi_pool_window(g, pooled_h - 1, pooled_w - 1, height, width);
+  return RoIFootprint{0, batch, first.h_start, last.h_end, first.w_start, last.w_end};
 }
 
 // The bins [first, last) of an axis of `pooled` bins of size `bin` from pixel `start` that can contain pixel i (a

@@ -89,9 +89,7 @@ __global__ void SEGOPS_LAUNCH_BOUNDS(kThreadsPerBlock)
       continue;
     }
     const RoIPoolGeometry<acc_t> g = roi_pool_geometry<acc_t>(roi, spatial_scale, pooled_h, pooled_w);
-    const RoIPoolBin first = roi_pool_window(g, 0, 0, height, width);
-    const RoIPoolBin last = roi_pool_window(g, pooled_h - 1, pooled_w - 1, height, width);
-    footprints[k] = RoIFootprint{0, static_cast<int64_t>(roi[0]), first.h_start, last.h_end, first.w_start, last.w_end};
+    footprints[k] = roi_pool_footprint(g, static_cast<int64_t>(roi[0]), pooled_h, pooled_w, height, width);
   }
 }
 
