@@ -2,10 +2,13 @@
 
 Each case is timed with torch.utils.benchmark (blocked_autorange, median), segops and the reference interleaved
 over several rounds so that machine noise hits both; the reported time is the median over rounds and the
-speedup their ratio. The compared outputs are checked for agreement in the same run. Writes a table (stdout and
-Markdown), JSON, a PNG chart of the speedups and a log-log PNG of the box-count sweep to benchmarks/results/."""
+speedup their ratio. After the timing rounds, the peak memory of one call of each side is measured (peak_rss_mb). The
+compared outputs are checked for agreement in the same run. Writes a table (stdout and Markdown), JSON, a PNG chart of
+the speedups and a log-log PNG of the box-count sweep to benchmarks/results/."""
 
 import argparse
+import ctypes
+import gc
 import json
 import platform
 import statistics
@@ -61,6 +64,58 @@ def median_seconds(fn, min_run_time):
     return timer.blocked_autorange(min_run_time=min_run_time).median
 
 
+CLEAR_REFS = Path("/proc/self/clear_refs")
+PEAK_CALLS = 3
+# glibc's malloc_trim, or None (another C library): hands the heap's freed pages back to the system.
+MALLOC_TRIM = getattr(ctypes.CDLL(None), "malloc_trim", None)
+
+
+def _release_freed_memory():
+    """Collect Python's garbage and return what malloc holds freed to the system (glibc), so that a call's
+    allocations show as pages it faults in rather than as reuse of pages the process already holds."""
+    gc.collect()
+    if MALLOC_TRIM is not None:
+        MALLOC_TRIM(0)
+
+
+def _status_bytes(key):
+    """A memory field of /proc/self/status (VmRSS, VmHWM: given in kB) in bytes."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(key + ":"):
+            return int(line.split()[1]) * 1024
+    raise KeyError(key)
+
+
+def peak_rss_mb(fn, calls=PEAK_CALLS):
+    """The peak memory of one call of fn on the CPU, in MB (1e6 bytes): how far the process's resident set grew above
+    what it held just before the call, at the call's highest point (its output included, kept alive until the peak is
+    read); the largest over `calls` calls. None where it cannot be measured: /proc/self/clear_refs not writable (not
+    Linux, Linux before 4.0, or a sandbox that forbids it).
+
+    Each call: gc.collect() and glibc's malloc_trim(0), reset the high-water mark VmHWM to the current resident set
+    (writing "5" to /proc/self/clear_refs), read VmRSS, call fn, read VmHWM; the call's peak is VmHWM - VmRSS before.
+    It counts pages the call touched that the process did not already hold. Without the trim, glibc would serve the
+    call from heap pages earlier calls freed but kept, and a call whose buffers fit in them would show nothing (a
+    1 MB max_unpool2d output measured 0); after it, what remains uncounted is memory a cache keeps on purpose (a
+    caching allocator's pool, oneDNN's scratchpads), and under another C library (no malloc_trim) freed heap too. The
+    figure is measured after the timing rounds (every lazy initialisation done) and is the largest of several calls.
+    The high-water mark is the whole process's, so other threads allocating meanwhile would count too (the harness
+    runs one call at a time)."""
+    peaks = []
+    for _ in range(calls):
+        _release_freed_memory()
+        try:
+            CLEAR_REFS.write_text("5")
+        except OSError:
+            return None
+        before = _status_bytes("VmRSS")
+        result = fn()
+        peak = _status_bytes("VmHWM")
+        del result
+        peaks.append(max(0, peak - before) / 1e6)
+    return max(peaks)
+
+
 def compare(actual, expected, allowed_outliers=0.0, agreement=None):
     """Whether segops's result agrees with the reference's: (agrees, max abs diff, elements beyond the tolerance,
     elements, the note of a case's own `agreement` or None). Also used by the GPU table (benchmarks/gpu.py)."""
@@ -101,6 +156,8 @@ def run_case(case, rounds, min_run_time):
             "segops_gb_s": case.bandwidth["bytes"] / segops_s / 1e9,
             "copy_gb_s": case.bandwidth["copy_bytes"] / statistics.median(times["copy"]) / 1e9,
         }
+    # After the timing rounds: both sides' allocators in their steady state.
+    segops_peak_mb, reference_peak_mb = peak_rss_mb(ours), peak_rss_mb(theirs)
     return {
         "case": name,
         "reference": case.reference,
@@ -115,6 +172,8 @@ def run_case(case, rounds, min_run_time):
         "rounds_ms": {key: [t * 1e3 for t in value] for key, value in times.items()},
         "sweep": dict(zip(("op", "pass", "boxes"), case.sweep)) if case.sweep else None,
         "bandwidth": bandwidth,
+        "segops_peak_mb": segops_peak_mb,
+        "reference_peak_mb": reference_peak_mb,
     }
 
 
@@ -136,6 +195,8 @@ def time_alone(case, rounds, min_run_time):
         "rounds_ms": {"segops": [t * 1e3 for t in times]},
         "sweep": None,
         "bandwidth": None,
+        "segops_peak_mb": peak_rss_mb(case.ours),
+        "reference_peak_mb": None,
     }
 
 
@@ -143,17 +204,43 @@ def _ms(value):
     return f"{value:.1f}" if value >= 1 else f"{value:.3f}"
 
 
+def _mb(value):
+    """A peak-memory cell: MB as the times are written (one decimal from 1 MB, else three); "n/a" where unmeasured."""
+    return "n/a" if value is None else _ms(value)
+
+
+def _peak_cells(r):
+    """The two peak-memory cells closing a row: segops's, the reference's (empty for a case timed alone)."""
+    reference = "" if r["reference"] is None else _mb(r.get("reference_peak_mb"))
+    return f" {_mb(r.get('segops_peak_mb'))} | {reference} |"
+
+
+def peak_note(results):
+    """The table's sentence on what the peak columns mean, or why they are empty."""
+    if results and all(r.get("segops_peak_mb") is None for r in results):
+        return f"Peak memory: not measured ({CLEAR_REFS} is not writable, so VmHWM cannot be reset)."
+    return (
+        f"Peak (MB): the resident memory one call adds at its highest point, beyond what the process already held "
+        f"(VmHWM after the call less VmRSS before it, VmHWM reset through {CLEAR_REFS}"
+        + (", freed heap returned by malloc_trim first" if MALLOC_TRIM is not None else "")
+        + f"; the largest of {PEAK_CALLS} calls after the timing rounds)."
+    )
+
+
 def sweep_table(results):
     """Markdown table of the box-count sweep: per op and pass, time against K for both, and the ratio."""
     rows = sorted(
         (r for r in results if r["sweep"]), key=lambda r: (r["sweep"]["op"], r["sweep"]["pass"], r["sweep"]["boxes"])
     )
-    lines = ["| op | pass | boxes K | segops (ms) | torchvision (ms) | speedup |", "|---|---|---:|---:|---:|---:|"]
+    lines = [
+        "| op | pass | boxes K | segops (ms) | torchvision (ms) | speedup | segops peak (MB) | torchvision peak (MB) |",
+        "|---|---|---:|---:|---:|---:|---:|---:|",
+    ]
     for r in rows:
         sweep = r["sweep"]
         lines.append(
             f"| {sweep['op']} | {sweep['pass']} | {sweep['boxes']} | {_ms(r['segops_ms'])} | "
-            f"{_ms(r['reference_ms'])} | {r['speedup']:.2f}x |"
+            f"{_ms(r['reference_ms'])} | {r['speedup']:.2f}x |" + _peak_cells(r)
         )
     return "\n".join(lines)
 
@@ -175,14 +262,18 @@ def markdown_table(results, machine):
     lines = [
         f"Measured on {machine['cpu']} ({machine['cores']} threads"
         + (f", {machine['gpu']}" if machine["gpu"] else ", CPU only")
-        + f"), torch {machine['torch']}, segops {machine['segops']}.",
+        + f"), torch {machine['torch']}, segops {machine['segops']}. "
+        + peak_note(results),
         "",
-        "| case | segops (ms) | reference | reference (ms) | speedup | target | outputs agree (max abs diff) |",
-        "|---|---:|---|---:|---:|---:|---|",
+        "| case | segops (ms) | reference | reference (ms) | speedup | target | outputs agree (max abs diff) "
+        "| segops peak (MB) | reference peak (MB) |",
+        "|---|---:|---|---:|---:|---:|---|---:|---:|",
     ]
     for r in results:
         if r["reference"] is None:
-            lines.append(f"| {r['case']} | {_ms(r['segops_ms'])} | (no segops op: timed alone) | | | | |")
+            lines.append(
+                f"| {r['case']} | {_ms(r['segops_ms'])} | (no segops op: timed alone) | | | | |" + _peak_cells(r)
+            )
             continue
         lines.append(
             f"| {r['case']} | {_ms(r['segops_ms'])} | {r['reference']} | {_ms(r['reference_ms'])} | "
@@ -191,6 +282,7 @@ def markdown_table(results, machine):
             + (f"; beyond 1e-4 at {r['outliers']} elements, kinks" if r.get("outliers") else "")
             + (f"; {r['agreement']}" if r.get("agreement") else "")
             + ") |"
+            + _peak_cells(r)
         )
     return "\n".join(lines)
 
@@ -294,7 +386,9 @@ def main(argv=None):
         r = results[-1]
         print(
             f" segops {_ms(r['segops_ms'])} ms"
-            + (f", {case.reference} {_ms(r['reference_ms'])} ms, {r['speedup']:.2f}x" if r["speedup"] else ""),
+            + (f", {case.reference} {_ms(r['reference_ms'])} ms, {r['speedup']:.2f}x" if r["speedup"] else "")
+            + f"; peak segops {_mb(r['segops_peak_mb'])} MB"
+            + (f", {case.reference} {_mb(r['reference_peak_mb'])} MB" if r["speedup"] else ""),
             file=sys.stderr,
             flush=True,
         )

@@ -178,25 +178,14 @@ struct LaunchConvOps {
 
   at::Tensor dense_forward(const at::Tensor& input, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
                            const CheckedConv& c) const {
-    // Every cuDNN forward algorithm is deterministic. In the input's memory format, as the op's (and its fake
-    // kernel's) output is; cuDNN also picks channels_last for a channels_last weight, F.conv2d's rule.
-    return at::convolution(input, weight, bias, {c.ay.stride, c.ax.stride}, {c.ay.pad, c.ax.pad},
-                           {c.ay.dilation, c.ax.dilation}, /*transposed=*/false, {0, 0}, c.groups)
-        .contiguous(conv_memory_format(input));
+    return aten_conv_forward(input, weight, bias, c);  // every cuDNN forward algorithm is deterministic
   }
 
   std::tuple<at::Tensor, at::Tensor, at::Tensor> dense_backward(const at::Tensor& grad, const at::Tensor& input,
                                                                 const at::Tensor& weight, const CheckedConv& c,
                                                                 std::array<bool, 3> output_mask) const {
     if (deterministic) return dilated_conv2d_gemm_backward(*this, grad, input, weight, c, output_mask);
-    const int64_t bias_size = c.out_channels;
-    const at::OptionalIntArrayRef bias_sizes =
-        output_mask[2] ? at::OptionalIntArrayRef(at::IntArrayRef(&bias_size, 1)) : at::OptionalIntArrayRef();
-    auto [grad_input, grad_weight, grad_bias] =
-        at::convolution_backward(grad, input, weight, bias_sizes, {c.ay.stride, c.ax.stride}, {c.ay.pad, c.ax.pad},
-                                 {c.ay.dilation, c.ax.dilation}, /*transposed=*/false, {0, 0}, c.groups, output_mask);
-    return {output_mask[0] ? grad_input.contiguous(conv_memory_format(input)) : grad_input,
-            output_mask[1] ? grad_weight.contiguous() : grad_weight, grad_bias};
+    return aten_conv_backward(grad, input, weight, c, output_mask);
   }
 
   void batched_gemm(const at::Tensor& out, const at::Tensor& a, bool transpose_a, const at::Tensor& b, bool transpose_b,
