@@ -232,10 +232,15 @@ def test_empty_inputs():
     assert empty_map.grad.shape == (2, 3, 0, 5)
 
 
-@pytest.mark.parametrize("scale", [None, "shared"])
-def test_backward_deterministic_across_runs_and_threads(scale):
-    # Large flows pile many samples onto few pixels: the feature gradient sums many contributions per pixel.
-    feature, flow, scale_tensor = make_case(8, channels=6, height=12, width=10, max_flow=8.0, scale=scale)
+@pytest.mark.parametrize("scale", [None, "shared", "channel"])
+@pytest.mark.parametrize("batch, channels", [(8, 6), (1, 3), (3, 2)])
+def test_backward_deterministic_across_runs_and_threads(scale, batch, channels):
+    # Large flows pile many samples onto few pixels: the feature gradient sums many contributions per pixel. Few
+    # channels with an image per thread take the one-pass backward: (1, 3) compares it (one thread) with the two
+    # passes (two threads).
+    feature, flow, scale_tensor = make_case(
+        8, batch=batch, channels=channels, height=12, width=10, max_flow=8.0, scale=scale
+    )
     previous = torch.get_num_threads()
     try:
         results = []

@@ -163,63 +163,94 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> flow_warp_backward_cpu(const at::
 
       // Flow and scale gradients: sums over channels per output pixel, in channel order, in per-row accumulators.
       const bool shared_scale = scale_data != nullptr && layout.scale_channel_stride == 0;
-      // The same pass keeps each pixel's PlanePoint for the feature-gradient pass.
-      at::parallel_for(0, layout.batch * layout.out_h, 1, [&](int64_t begin, int64_t end) {
-        std::vector<acc_t> sum_dx(layout.out_w), sum_dy(layout.out_w), sum_scale(layout.out_w);
-        std::vector<WarpPoint<acc_t>> row_points(layout.out_w);
-        for (int64_t row = begin; row < end; ++row) {
-          const int64_t n = row / layout.out_h, y = row % layout.out_h;
-          layout.row_points(row_points.data(), flow_data, n, y);
-          if (plane_points != nullptr) {
-            for (int64_t x = 0; x < layout.out_w; ++x)
-              plane_points[row * layout.out_w + x] = plane_point(row_points[x]);
-          }
-          std::fill(sum_dx.begin(), sum_dx.end(), acc_t(0));
-          std::fill(sum_dy.begin(), sum_dy.end(), acc_t(0));
-          std::fill(sum_scale.begin(), sum_scale.end(), acc_t(0));
-          for (int64_t c = 0; c < layout.channels; ++c) {
-            const scalar_t* image = feature_data + n * layout.stride_n + c * layout.stride_c;
-            const int64_t out_offset = ((n * layout.channels + c) * layout.out_h + y) * layout.out_w;
-            const scalar_t* grad_row = grad_data + out_offset;
-            if (scale_data == nullptr) {
-              for (int64_t x = 0; x < layout.out_w; ++x) {
-                const acc_t grad_out = static_cast<acc_t>(grad_row[x]);
-                const WarpGradient<acc_t> d = warp_gradient(image, row_points[x]);
-                sum_dx[x] += grad_out * d.d_dx;
-                sum_dy[x] += grad_out * d.d_dy;
-              }
-              continue;
-            }
-            const int64_t scale_row = layout.scale_offset(n, c, y * layout.out_w);
+      const int64_t plane_size = layout.height * layout.width;
+      acc_t* grad_feature_data = grad_feature.mutable_data_ptr<acc_t>();
+      struct RowBuffers {
+        std::vector<acc_t> sum_dx, sum_dy, sum_scale;
+        std::vector<WarpPoint<acc_t>> points;
+        explicit RowBuffers(int64_t width) : sum_dx(width), sum_dy(width), sum_scale(width), points(width) {}
+      };
+      // Output row y of image n. With `planes` (image n's feature-gradient planes, which this thread owns and fills
+      // row by row), also adds each pixel's feature gradient to them: in pixel order per plane, the separate pass's
+      // order, so both give the same bits.
+      const auto backward_row = [&](int64_t n, int64_t y, RowBuffers& row, acc_t* planes) {
+        layout.row_points(row.points.data(), flow_data, n, y);
+        if (plane_points != nullptr) {
+          for (int64_t x = 0; x < layout.out_w; ++x)
+            plane_points[(n * layout.out_h + y) * layout.out_w + x] = plane_point(row.points[x]);
+        }
+        std::fill(row.sum_dx.begin(), row.sum_dx.end(), acc_t(0));
+        std::fill(row.sum_dy.begin(), row.sum_dy.end(), acc_t(0));
+        std::fill(row.sum_scale.begin(), row.sum_scale.end(), acc_t(0));
+        for (int64_t c = 0; c < layout.channels; ++c) {
+          const scalar_t* image = feature_data + n * layout.stride_n + c * layout.stride_c;
+          const int64_t out_offset = ((n * layout.channels + c) * layout.out_h + y) * layout.out_w;
+          const scalar_t* grad_row = grad_data + out_offset;
+          auto add = [plane = planes != nullptr ? planes + c * plane_size : nullptr](int64_t index, acc_t value) {
+            plane[index] += value;
+          };
+          if (scale_data == nullptr) {
             for (int64_t x = 0; x < layout.out_w; ++x) {
               const acc_t grad_out = static_cast<acc_t>(grad_row[x]);
-              const acc_t scaled = grad_out * static_cast<acc_t>(scale_data[scale_row + x]);
-              const WarpGradient<acc_t> d = warp_gradient(image, row_points[x]);
-              sum_dx[x] += scaled * d.d_dx;
-              sum_dy[x] += scaled * d.d_dy;
-              const acc_t contribution = grad_out * warp_value(image, row_points[x]);
-              if (shared_scale) {
-                sum_scale[x] += contribution;
-              } else {
-                grad_scale_data[scale_row + x] = contribution;
+              const WarpGradient<acc_t> d = warp_gradient(image, row.points[x]);
+              row.sum_dx[x] += grad_out * d.d_dx;
+              row.sum_dy[x] += grad_out * d.d_dy;
+              if (planes != nullptr && row.points[x].touches_feature) {
+                bilinear_add(add, 0, row.points[x].in_plane, row.points[x].value, grad_out);
               }
             }
+            continue;
           }
-          acc_t* grad_dx = grad_flow_data + n * 2 * pixels + y * layout.out_w;
-          std::copy(sum_dx.begin(), sum_dx.end(), grad_dx);
-          std::copy(sum_dy.begin(), sum_dy.end(), grad_dx + pixels);
-          if (shared_scale) {
-            std::copy(sum_scale.begin(), sum_scale.end(),
-                      grad_scale_data + layout.scale_offset(n, 0, y * layout.out_w));
+          const int64_t scale_row = layout.scale_offset(n, c, y * layout.out_w);
+          for (int64_t x = 0; x < layout.out_w; ++x) {
+            const acc_t grad_out = static_cast<acc_t>(grad_row[x]);
+            const acc_t scaled = grad_out * static_cast<acc_t>(scale_data[scale_row + x]);
+            const WarpGradient<acc_t> d = warp_gradient(image, row.points[x]);
+            row.sum_dx[x] += scaled * d.d_dx;
+            row.sum_dy[x] += scaled * d.d_dy;
+            const acc_t contribution = grad_out * warp_value(image, row.points[x]);
+            if (shared_scale) {
+              row.sum_scale[x] += contribution;
+            } else {
+              grad_scale_data[scale_row + x] = contribution;
+            }
+            if (planes != nullptr && row.points[x].touches_feature) {
+              bilinear_add(add, 0, row.points[x].in_plane, row.points[x].value, scaled);
+            }
           }
         }
+        acc_t* grad_dx = grad_flow_data + n * 2 * pixels + y * layout.out_w;
+        std::copy(row.sum_dx.begin(), row.sum_dx.end(), grad_dx);
+        std::copy(row.sum_dy.begin(), row.sum_dy.end(), grad_dx + pixels);
+        if (shared_scale) {
+          std::copy(row.sum_scale.begin(), row.sum_scale.end(),
+                    grad_scale_data + layout.scale_offset(n, 0, y * layout.out_w));
+        }
+      };
+
+      // Few channels (one plane block) and an image per thread at least: one pass per image, which computes each
+      // pixel's point once (the two passes below compute it twice: storing it costs more than a few channels' work).
+      if (blocks == 1 && layout.batch >= at::get_num_threads()) {
+        at::parallel_for(0, layout.batch, 1, [&](int64_t begin, int64_t end) {
+          RowBuffers row(layout.out_w);
+          for (int64_t n = begin; n < end; ++n) {
+            acc_t* planes = grad_feature_data + n * layout.channels * plane_size;
+            std::fill(planes, planes + layout.channels * plane_size, acc_t(0));
+            for (int64_t y = 0; y < layout.out_h; ++y) backward_row(n, y, row, planes);
+          }
+        });
+        return;
+      }
+
+      // The same pass keeps each pixel's PlanePoint for the feature-gradient pass.
+      at::parallel_for(0, layout.batch * layout.out_h, 1, [&](int64_t begin, int64_t end) {
+        RowBuffers row(layout.out_w);
+        for (int64_t r = begin; r < end; ++r) backward_row(r / layout.out_h, r % layout.out_h, row, nullptr);
       });
 
       // Feature gradient: each thread owns blocks of kPlaneBlock planes of one image and visits the pixels in order,
       // adding each pixel's contribution to its planes: every plane's sums run in pixel order on one thread, and a
       // pixel's point is read once per block rather than once per channel.
-      acc_t* grad_feature_data = grad_feature.mutable_data_ptr<acc_t>();
-      const int64_t plane_size = layout.height * layout.width;
       at::parallel_for(0, layout.batch * blocks, 1, [&](int64_t begin, int64_t end) {
         std::vector<WarpPoint<acc_t>> row_points(plane_points == nullptr ? layout.out_w : 0);
         for (int64_t unit = begin; unit < end; ++unit) {
