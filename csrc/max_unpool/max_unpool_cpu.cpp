@@ -63,11 +63,35 @@ int64_t unpool_plane(const scalar_t* input, const int64_t* indices, scalar_t* ou
   return -1;
 }
 
-// Backward of one plane; `taken` (out_plane flags, all clear) is clear again on return. Returns the first position
-// whose index is out of range (its gradient is zero), or -1.
+// Which outputs of the plane being processed a winner has taken: an output is taken when its stamp is the plane's
+// generation, so moving on to the next plane clears every mark at once. One per thread (thread_local), reused across
+// planes and calls.
+class TakenOutputs {
+ public:
+  // Readies the marks for a plane of out_plane outputs, none taken.
+  uint32_t* next_plane(int64_t out_plane) {
+    if (++generation_ == 0) {  // wrapped around: old stamps could equal the new generation
+      std::fill(stamps_.begin(), stamps_.end(), 0);
+      generation_ = 1;
+    }
+    if (stamps_.size() < static_cast<size_t>(out_plane)) stamps_.resize(out_plane, 0);
+    return stamps_.data();
+  }
+  uint32_t generation() const { return generation_; }
+
+ private:
+  std::vector<uint32_t> stamps_;
+  uint32_t generation_ = 0;
+};
+
+// Backward of one plane, one pass in decreasing position order: the first visitor of an output is its winner (the
+// input at the largest position, the forward's last write) and takes its gradient; later (losing) duplicates get
+// zero. Returns the first position whose index is out of range (its gradient is zero), or -1.
 template <typename scalar_t, typename stride_t>
-int64_t unpool_plane_backward(const scalar_t* grad, const int64_t* indices, scalar_t* grad_input, uint8_t* taken,
+int64_t unpool_plane_backward(const scalar_t* grad, const int64_t* indices, scalar_t* grad_input, TakenOutputs& taken,
                               int64_t in_plane, int64_t out_plane, stride_t stride) {
+  uint32_t* stamps = taken.next_plane(out_plane);
+  const uint32_t generation = taken.generation();
   int64_t first_bad = -1;
   for (int64_t p = in_plane - 1; p >= 0; --p) {
     const int64_t index = indices[p * stride];
@@ -76,13 +100,8 @@ int64_t unpool_plane_backward(const scalar_t* grad, const int64_t* indices, scal
       grad_input[p * stride] = scalar_t(0);
       continue;
     }
-    // In decreasing p, the first visitor of an output is its winner.
-    grad_input[p * stride] = taken[index] ? scalar_t(0) : grad[index * stride];
-    taken[index] = 1;
-  }
-  for (int64_t p = 0; p < in_plane; ++p) {
-    const int64_t index = indices[p * stride];
-    if (unpool_index_in_range(index, out_plane)) taken[index] = 0;
+    grad_input[p * stride] = stamps[index] == generation ? scalar_t(0) : grad[index * stride];
+    stamps[index] = generation;
   }
   return first_bad;
 }
@@ -153,12 +172,10 @@ at::Tensor max_unpool2d_backward_cpu(const at::Tensor& grad, const at::Tensor& i
     const int64_t* indices_data = indices_c.const_data_ptr<int64_t>();
     scalar_t* grad_input_data = grad_input.mutable_data_ptr<scalar_t>();
     const int64_t in_plane = checked.in_plane(), out_plane = checked.out_plane();
-    // Outputs whose gradient a winner has taken, per thread (thread_local: one per worker, reused across calls).
     for_each_plane(checked, grad.size(0), 2 * in_plane, bad, [&](int64_t in_base, int64_t out_base, auto stride) {
-      thread_local std::vector<uint8_t> taken;
-      if (taken.size() < static_cast<size_t>(out_plane)) taken.assign(out_plane, 0);
-      return unpool_plane_backward(grad_data + out_base, indices_data + in_base, grad_input_data + in_base,
-                                   taken.data(), in_plane, out_plane, stride);
+      thread_local TakenOutputs taken;
+      return unpool_plane_backward(grad_data + out_base, indices_data + in_base, grad_input_data + in_base, taken,
+                                   in_plane, out_plane, stride);
     });
   });
   bad.throw_if_any("_max_unpool2d_backward", indices_c, checked);

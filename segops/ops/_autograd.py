@@ -7,6 +7,7 @@ a word, so ``jvp`` and ``jacfwd`` return zeros) and generates a Function that ke
 kernel: ``torch.ops.segops.<op>``, the functional front end, TorchScript and ``torch.compile`` all reach it.
 ``generate_vmap_rule`` lets ``torch.func.vmap`` run the Function; the ops' batching rules are in ``segops._vmap``."""
 
+import inspect
 from typing import Any, Callable, NoReturn
 
 import torch
@@ -52,9 +53,21 @@ def _constant_lists(args: tuple) -> tuple:
 class OpFunction(torch.autograd.Function):
     """The base of segops' autograd.Functions: ``apply`` hands list arguments of numbers on as :class:`_Constant`."""
 
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        # Function.apply binds its arguments to forward's signature on every call; inspect.signature reads a
+        # __signature__ at once instead of rebuilding it from the code object (1 us rather than 9).
+        forward = cls.__dict__.get("forward")
+        if isinstance(forward, staticmethod):
+            forward.__func__.__signature__ = inspect.signature(forward.__func__)
+
     @classmethod
     def apply(cls, *args):
         return super().apply(*_constant_lists(args))
+
+
+# Each registered Function's (to_function_args, to_op_output): how call() applies it directly.
+_ADAPTERS: dict = {}
 
 
 def register_function(
@@ -64,6 +77,7 @@ def register_function(
     arguments in the op's order, or as ``to_function_args(args)`` gives them (autograd.Function sees tensors only as
     direct arguments, not inside a list); ``to_op_output`` turns its result into the op's (a tuple into a list)."""
     op = getattr(torch.ops.segops, op_name).default
+    _ADAPTERS[function] = (to_function_args, to_op_output)
 
     def autograd_kernel(keyset, *args):
         if _needs_autograd(args):
@@ -85,14 +99,36 @@ def call(function: type, op: Callable, *args: Any) -> Any:
     """The front ends' call of an op: ``op(*args)``, or ``function.apply(*args)`` under torch.func transforms, which
     must meet the Function before the dispatcher does. Where nothing needs a gradient (inference, no_grad, inputs
     without requires_grad) the op runs below autograd at once, as its Autograd kernel would after a round trip through
-    Python (about a third of a small call's fixed cost); autocast, above autograd, still applies. Traced calls
+    Python (about a third of a small call's fixed cost); autocast, above autograd, still applies. Where a gradient is
+    needed, the Function is applied here, as the Autograd kernel would (see _applies_directly). Traced calls
     (torch.compile) keep the plain path."""
     if torch._C._are_functorch_transforms_active():
         return function.apply(*args)
-    if not torch.compiler.is_compiling() and not _needs_autograd(args):  # Dynamo cannot trace _any_requires_grad
-        with torch._C._AutoDispatchBelowAutograd():
-            return op(*args)
+    if not torch.compiler.is_compiling():  # Dynamo cannot trace _any_requires_grad
+        if not _needs_autograd(args):
+            with torch._C._AutoDispatchBelowAutograd():
+                return op(*args)
+        if _applies_directly(args):
+            to_function_args, to_op_output = _ADAPTERS[function]
+            return to_op_output(function.apply(*to_function_args(args)))
     return op(*args)
+
+
+def _applies_directly(args) -> bool:
+    """Whether a front end may apply an op's Function itself where a gradient is needed: the op's Autograd kernel
+    would apply the same Function, after a round trip through Python that fills in the schema's defaults (about
+    20 us, a fifth of a small op's forward). Not where something must meet the op call first: autocast (above
+    autograd: it casts the arguments), a TorchScript trace (it records dispatcher calls), a __torch_function__ mode
+    or tensor subclass."""
+    if (
+        torch._C._is_any_autocast_enabled()
+        or torch._C._get_tracing_state() is not None
+        or torch._C._is_torch_function_mode_enabled()
+    ):
+        return False
+    return not torch._C._has_torch_function(
+        tuple(item for a in args for item in (a if isinstance(a, (list, tuple)) else (a,)))
+    )
 
 
 def save_for_backward_and_jvp(ctx, *tensors) -> None:
