@@ -1,6 +1,7 @@
 """Max-unpooling (SegNet's decoder) cases: segops.max_unpool2d against torch.nn.functional.max_unpool2d on the same
 pooled values and indices, in one process. The op moves memory and computes nothing, so each case also reports its
-bytes per second beside a plain copy of an output-sized tensor (`bandwidth`), the physical limit."""
+bytes per second beside copies of an output-sized tensor (`bandwidth`): into warm memory (the physical limit) and into
+a fresh tensor (the limit for an op that returns a new one)."""
 
 import torch
 import torch.nn.functional as F
@@ -38,10 +39,13 @@ def forward_bytes(values, indices, out_numel):
 
 
 def bandwidth_reference(shape):
-    """A copy of an output-sized float32 tensor: (the callable, the bytes it moves)."""
+    """Copies of an output-sized float32 tensor: (into a tensor allocated once, into a fresh tensor, the bytes each
+    moves). A fresh output as large as these is new memory from the system each call (glibc maps allocations past
+    its mmap threshold, at most 32 MB, and unmaps them on free), so the second pays the page faults an op's output
+    pays."""
     source = torch.randn(shape)
     target = torch.empty_like(source)
-    return (lambda: target.copy_(source)), 2 * source.numel() * source.element_size()
+    return (lambda: target.copy_(source)), (lambda: source.clone()), 2 * source.numel() * source.element_size()
 
 
 def _cases_for(shape, kernel, stride, padding, forward_target, backward_target=None, suffix=""):
@@ -53,8 +57,10 @@ def _cases_for(shape, kernel, stride, padding, forward_target, backward_target=N
     ours = lambda x: segops.max_unpool2d(x, indices, kernel, stride, padding, size)  # noqa: E731
     theirs = lambda x: F.max_unpool2d(x, indices, kernel, stride, padding, size)  # noqa: E731
     name = f"max_unpool2d {list(values.shape)} -> {list(shape)}{suffix}"
-    copy, copy_bytes = bandwidth_reference(shape)
-    bandwidth = dict(bytes=forward_bytes(values, indices, grad.numel()), copy=copy, copy_bytes=copy_bytes)
+    copy, fresh_copy, copy_bytes = bandwidth_reference(shape)
+    bandwidth = dict(
+        bytes=forward_bytes(values, indices, grad.numel()), copy=copy, fresh_copy=fresh_copy, copy_bytes=copy_bytes
+    )
     result = [
         Case(
             f"{name} forward",
