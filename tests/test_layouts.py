@@ -9,6 +9,7 @@ import segops
 
 from argument_layouts import LAYOUTS, in_layout
 from conftest import CONCURRENT_EMULATION, emulation_module
+from tolerances import summation_bound
 
 LAUNCH = ([3], [32])  # a grid far smaller than the work: every thread runs several grid-stride iterations
 # Emulated ops whose kernels sum floats with atomic adds (their default, non-deterministic backwards).
@@ -144,6 +145,7 @@ ONEDNN_CASES = (
     if torch.backends.mkldnn.is_available()
     else set()
 )
+ONEDNN_TERMS = 90
 
 
 def _flat(result):
@@ -172,11 +174,17 @@ def test_every_tensor_argument_in_every_layout(backend, layout, case):
         variant = in_layout(tensor, layout)
         actual = run({**tensors, name: variant})
         expected = run({**tensors, name: variant.contiguous()})
-        for a, e in zip(actual, expected, strict=True):
-            if (backend == "emulated" and CONCURRENT_EMULATION and op_name in ATOMIC_SUMS) or (
-                backend == "cpu" and case in ONEDNN_CASES and layout == "channels_last"
-            ):
+        onednn = backend == "cpu" and case in ONEDNN_CASES and layout == "channels_last"
+        # The op on its operands' absolute values, in float64: each result's sum of |products|.
+        magnitudes = run({k: v.abs().double() for k, v in tensors.items()}) if onednn else None
+        for index, (a, e) in enumerate(zip(actual, expected, strict=True)):
+            if backend == "emulated" and CONCURRENT_EMULATION and op_name in ATOMIC_SUMS:
                 torch.testing.assert_close(a, e, msg=f"{op_name}: {name} as {layout}")
+            elif onednn:
+                # Two float32 sums of the same products in different orders: each within its rounding bound of the
+                # exact sum (at most 90 products: the weight gradient over 2 x 9 x 5 outputs), on any CPU.
+                bound = 2 * summation_bound(magnitudes[index], ONEDNN_TERMS, torch.float32)
+                assert ((a.double() - e.double()).abs() <= bound).all(), f"{op_name}: {name} as {layout}"
             else:
                 assert torch.equal(a, e), f"{op_name}: {name} as {layout}"
 

@@ -154,8 +154,8 @@ inline bool depthwise_plane_forward_fast(const DepthwisePlane<float>& p, float b
 
 // Whether the general case runs on ATen's convolution, oneDNN: for float32 where ATen has oneDNN and it is enabled
 // (torch.backends.mkldnn), as F.conv2d does. oneDNN's direct convolution beats im2col + GEMM at every size of the
-// benchmark (1.2-3.2x forward, up to 2.2x backward: no column buffer through memory); float64 and the half types
-// keep the GEMM path (ATen's own fallbacks for them are no faster, and the GEMM path accumulates half types in float).
+// benchmark (1.2-3.2x forward, up to 2.2x backward: no column buffer through memory). float64 and the half types
+// keep the GEMM path, which accumulates half types in float (oneDNN's paths for them were not measured).
 bool runs_on_onednn(const at::Tensor& input) {
   return input.scalar_type() == at::kFloat && at::hasMKLDNN() && at::globalContext().userEnabledMkldnn();
 }
