@@ -7,7 +7,6 @@ Environment:
   TORCH_CUDA_ARCH_LIST      CUDA architectures; without a GPU the default is DEFAULT_ARCH_LIST.
   CUDA_HOME                 the CUDA toolkit; otherwise found from the nvcc on PATH (through wrapper scripts).
   SEGOPS_BUILD_EMULATION=1  also build segops._emulation for the kernel-emulation tests.
-  SEGOPS_KEEP_PTX=1         keep each .cu file's PTX in build/ptx/ (tests/test_build.py reads it).
   SEGOPS_SANITIZE=1         instrument the C++ (CPU kernels and emulation) with AddressSanitizer and UBSan; used by
                             scripts/sanitize.sh, which also preloads the runtimes.
   SEGOPS_TSAN=1             build segops._emulation alone, each launch on several OS threads, with ThreadSanitizer;
@@ -130,12 +129,6 @@ def extensions():
         overlay = pip_header_overlay(cuda_home, ROOT / "build" / "pip_cuda_include")
         include_dirs = [str(ROOT / "csrc")] + ([str(overlay)] if overlay else [])
         compile_args["nvcc"] = ["-O3", "--expt-relaxed-constexpr"]
-        if env_flag("SEGOPS_KEEP_PTX"):
-            # nvcc's intermediates, PTX among them (<file>.ptx), for the test that float kernels have no float64 code.
-            keep_dir = ROOT / "build" / "ptx"
-            keep_dir.mkdir(parents=True, exist_ok=True)
-            compile_args["nvcc"] += ["-keep", "-keep-dir", str(keep_dir)]
-            log(f"SEGOPS_KEEP_PTX=1: keeping the kernels' PTX in {keep_dir}")
         main = CUDAExtension(
             "segops._C",
             cpp_sources + sorted(glob.glob("csrc/**/*.cu", recursive=True)),

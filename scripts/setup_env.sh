@@ -2,7 +2,7 @@
 # versions) and builds segops into it, editable, against the torch that will run it (no build isolation).
 # The build is skipped when .venv already holds one made from the same sources with every part the caller asks for
 # (tools/build_stamp.py: FORCE_CUDA=1 asks for the CUDA kernels, SEGOPS_BUILD_EMULATION=1 for the kernel
-# emulation, SEGOPS_KEEP_PTX=1 for the PTX); SEGOPS_REBUILD=1 builds anyway.
+# emulation); SEGOPS_REBUILD=1 builds anyway.
 # The build's own decisions (CPU/CUDA, architectures, emulation) are printed; its full log is build/pip-install.log.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -17,7 +17,6 @@ mkdir -p build
 needed_parts=()
 [ "${FORCE_CUDA:-}" = "1" ] && needed_parts+=(--cuda)
 [ "${SEGOPS_BUILD_EMULATION:-}" = "1" ] && needed_parts+=(--emulation)
-[ "${SEGOPS_KEEP_PTX:-}" = "1" ] && needed_parts+=(--ptx)
 if [ "${SEGOPS_REBUILD:-}" = "1" ] || ! python tools/build_stamp.py check "${needed_parts[@]}"; then
   # torch's build wraps the compilers in the ccache on PATH (requirements.txt installs it): a rebuild after a small
   # change recompiles only what changed; CCACHE_BASEDIR lets clones in other folders share the cache.

@@ -16,12 +16,12 @@ if [ "$full" = "1" ]; then
   if [ -z "${SEGOPS_FORCE_CPU:-}" ] && { command -v nvcc > /dev/null 2>&1 || [ -n "${CUDA_HOME:-}" ]; }; then
     export FORCE_CUDA="${FORCE_CUDA:-1}"
     if ! nvidia-smi > /dev/null 2>&1; then
-      export TORCH_CUDA_ARCH_LIST="${TORCH_CUDA_ARCH_LIST:-9.0}"  # one architecture compile-checks every kernel
+      # One architecture compile-checks every kernel; +PTX embeds its PTX, which tests/test_build.py reads.
+      export TORCH_CUDA_ARCH_LIST="${TORCH_CUDA_ARCH_LIST:-9.0+PTX}"
     fi
   fi
   if [ "${FORCE_CUDA:-}" = "1" ]; then
-    export SEGOPS_EXPECT_CUDA_BUILD=1  # tests/test_build.py checks the CUDA kernels really were compiled
-    export SEGOPS_KEEP_PTX=1           # ... and reads their PTX (no float64 instructions in float kernels)
+    export SEGOPS_EXPECT_CUDA_BUILD=1  # tests/test_build.py checks the CUDA kernels really were compiled, and their PTX
   fi
   export SEGOPS_TEST_TIER=full
 else

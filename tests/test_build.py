@@ -262,7 +262,7 @@ def test_int64_division_scan_of_ptx_finds_64bit_divisions():
 
 @pytest.mark.skipif(
     os.environ.get("SEGOPS_EXPECT_CUDA_BUILD") != "1",
-    reason="reads the PTX that the test command's CUDA build keeps (SEGOPS_KEEP_PTX=1)",
+    reason="reads the PTX that the test command's CUDA build embeds (an architecture with +PTX)",
 )
 def test_kernels_on_32bit_indices_divide_in_32_bits():
     # A GPU divides 64-bit integers in a subroutine about 4x the length of a 32-bit division, and the elementwise
@@ -285,11 +285,19 @@ def test_kernels_on_32bit_indices_divide_in_32_bits():
             "dilated_conv_depthwise_weight_partial_kernel",
         },
     }
-    for stem, names in expected.items():
-        (ptx_file,) = sorted((ROOT / "build" / "ptx").glob(f"{stem}*.ptx"))
-        kernels, dividing = int64_division_in_32bit_index_kernels(ptx_file.read_text())
-        assert {kernel.split("<")[0].removeprefix("segops::") for kernel in kernels} == names, (stem, kernels)
-        assert dividing == [], (stem, dividing)
+    for modules in embedded_ptx_by_arch().values():
+        for stem, names in expected.items():
+            # The module compiled from <stem>.cu: the one holding its kernels.
+            scanned = [int64_division_in_32bit_index_kernels(ptx) for ptx in modules]
+            found = [
+                (kernels, dividing)
+                for kernels, dividing in scanned
+                if any(kernel.split("<")[0].removeprefix("segops::") in names for kernel in kernels)
+            ]
+            assert len(found) == 1, (stem, [kernels for kernels, _ in scanned])
+            ((kernels, dividing),) = found
+            assert {kernel.split("<")[0].removeprefix("segops::") for kernel in kernels} == names, (stem, kernels)
+            assert dividing == [], (stem, dividing)
 
 
 # What each float32/float16/bfloat16 kernel may use on sm_90: 64 registers (256-thread blocks then keep at least
@@ -307,6 +315,51 @@ OVER_BUDGET = {
         for t in ("float", "c10::Half", "c10::BFloat16")
     ),
 }
+
+
+def cuobjdump(*args: str) -> str:
+    """What `cuobjdump <args> segops/_C*.so` prints. torch's dependency triton ships cuobjdump; the CUDA toolkit here
+    does not."""
+    import segops._C
+
+    triton = importlib.util.find_spec("triton")
+    assert triton is not None, "triton (installed with torch) is needed for its cuobjdump"
+    tool = Path(triton.origin).parent / "backends" / "nvidia" / "bin" / "cuobjdump"
+    return subprocess.run([str(tool), *args, segops._C.__file__], capture_output=True, text=True, check=True).stdout
+
+
+def ptx_modules_by_arch(cuobjdump_output: str):
+    """{architecture: [PTX text of each module]} from `cuobjdump -ptx`: one module per .cu file and architecture
+    built with +PTX (TORCH_CUDA_ARCH_LIST)."""
+    modules = {}
+    for section in cuobjdump_output.split("Fatbin ptx code:")[1:]:
+        arch = re.search(r"^arch = (\w+)$", section, re.MULTILINE)
+        assert arch, section[:200]
+        modules.setdefault(arch.group(1), []).append(section)
+    return modules
+
+
+def embedded_ptx_by_arch():
+    """The PTX the built segops._C carries: the full test command builds sm_90 with +PTX (torch adds +PTX to the
+    architecture it detects on a GPU machine too). Read from the library, not from nvcc's intermediates, because a
+    compile that ccache serves writes no intermediates."""
+    modules = ptx_modules_by_arch(cuobjdump("-ptx"))
+    assert modules, "the CUDA build embeds no PTX: its TORCH_CUDA_ARCH_LIST has no architecture with +PTX"
+    return modules
+
+
+def test_ptx_modules_are_split_by_architecture():
+    sample = (
+        "\nFatbin elf code:\n================\narch = sm_90\n"
+        "\nFatbin ptx code:\n================\narch = sm_90\ncode version = [9,0]\n.entry a\n"
+        "\nFatbin ptx code:\n================\narch = sm_80\n.entry b\n"
+        "\nFatbin ptx code:\n================\narch = sm_90\n.entry c\n"
+    )
+    modules = ptx_modules_by_arch(sample)
+    assert sorted(modules) == ["sm_80", "sm_90"]
+    assert [".entry a" in m for m in modules["sm_90"]] == [True, False]
+    assert [".entry c" in m for m in modules["sm_90"]] == [False, True]
+    assert ".entry b" in modules["sm_80"][0]
 
 
 def kernel_resources(cuobjdump_output: str, arch: str = "sm_90"):
@@ -338,15 +391,7 @@ def test_kernel_resources_are_read_from_cuobjdump_output():
 @pytest.mark.slow
 @pytest.mark.skipif(os.environ.get("SEGOPS_EXPECT_CUDA_BUILD") != "1", reason="reads the sm_90 CUDA build's kernels")
 def test_float_kernels_stay_within_the_register_and_stack_budget():
-    import segops._C
-
-    triton = importlib.util.find_spec("triton")  # torch's dependency ships cuobjdump; the CUDA toolkit here does not
-    assert triton is not None, "triton (installed with torch) is needed for its cuobjdump"
-    cuobjdump = Path(triton.origin).parent / "backends" / "nvidia" / "bin" / "cuobjdump"
-    output = subprocess.run(
-        [str(cuobjdump), "-res-usage", segops._C.__file__], capture_output=True, text=True, check=True
-    ).stdout
-    resources = kernel_resources(output)
+    resources = kernel_resources(cuobjdump("-res-usage"))
     if not resources:
         pytest.skip("the CUDA build has no sm_90 code (TORCH_CUDA_ARCH_LIST)")
     lower_precision = {name: used for name, used in resources.items() if "double" not in name}
@@ -362,19 +407,17 @@ def test_float_kernels_stay_within_the_register_and_stack_budget():
 
 @pytest.mark.skipif(
     os.environ.get("SEGOPS_EXPECT_CUDA_BUILD") != "1",
-    reason="reads the PTX that the test command's CUDA build keeps (SEGOPS_KEEP_PTX=1)",
+    reason="reads the PTX that the test command's CUDA build embeds (an architecture with +PTX)",
 )
 def test_float_kernels_have_no_float64_instructions():
     # Consumer GPUs run float64 at 1/32 to 1/64 of the float32 rate: a float, float16 or bfloat16 kernel must not
     # compute in double anywhere (the RoIAlign tap pruning once did).
-    ptx_dir = ROOT / "build" / "ptx"
-    for source in sorted(ROOT.glob("csrc/*/*_cuda.cu")):
-        ptx_files = sorted(ptx_dir.glob(f"{source.stem}*.ptx"))
-        assert ptx_files, f"no PTX kept for {source.relative_to(ROOT)} in {ptx_dir}"
-        for ptx_file in ptx_files:
-            ptx = ptx_file.read_text()
-            assert _KERNEL_DTYPE.search(ptx), f"{ptx_file.name} has no segops kernels"
-            assert float64_in_lower_precision_kernels(ptx) == [], ptx_file.name
+    sources = sorted(ROOT.glob("csrc/**/*.cu"))
+    for arch, modules in embedded_ptx_by_arch().items():
+        assert len(modules) == len(sources), (arch, len(modules), sources)  # one module per .cu file
+        for ptx in modules:
+            assert _KERNEL_DTYPE.search(ptx), f"a {arch} PTX module without segops kernels"
+            assert float64_in_lower_precision_kernels(ptx) == [], arch
 
 
 def test_sdist_holds_every_source_the_build_reads(tmp_path):
@@ -429,7 +472,7 @@ def test_a_build_is_reused_only_from_the_same_sources_with_the_parts_asked_for(t
     monkeypatch.setattr(stamp, "STAMP", tmp_path / "segops-build.json")
     for name in stamp.SETTINGS:
         monkeypatch.delenv(name, raising=False)
-    assert stamp.check({"cuda": False, "emulation": False, "ptx": False}) == "no build recorded"
+    assert stamp.check({"cuda": False, "emulation": False}) == "no build recorded"
 
     def record(**changes):
         recorded = {
@@ -437,24 +480,20 @@ def test_a_build_is_reused_only_from_the_same_sources_with_the_parts_asked_for(t
             "settings": {"TORCH_CUDA_ARCH_LIST": "9.0"},
             "cuda": True,
             "emulation": False,
-            "ptx": False,
             **changes,
         }
         stamp.STAMP.write_text(json.dumps(recorded))
 
     record()
-    assert stamp.check({"cuda": False, "emulation": False, "ptx": False}) == ""  # bench.sh: any build serves
-    assert stamp.check({"cuda": True, "emulation": False, "ptx": False}) == ""
-    assert stamp.check({"cuda": True, "emulation": True, "ptx": False}) == "the last build lacks: emulation"
+    assert stamp.check({"cuda": False, "emulation": False}) == ""  # bench.sh: any build serves
+    assert stamp.check({"cuda": True, "emulation": False}) == ""
+    assert stamp.check({"cuda": True, "emulation": True}) == "the last build lacks: emulation"
     monkeypatch.setenv("TORCH_CUDA_ARCH_LIST", "8.0")  # a command that asks for other architectures rebuilds
-    assert "TORCH_CUDA_ARCH_LIST" in stamp.check({"cuda": True, "emulation": False, "ptx": False})
+    assert "TORCH_CUDA_ARCH_LIST" in stamp.check({"cuda": True, "emulation": False})
     monkeypatch.setenv("TORCH_CUDA_ARCH_LIST", "9.0")
-    assert stamp.check({"cuda": True, "emulation": False, "ptx": False}) == ""
+    assert stamp.check({"cuda": True, "emulation": False}) == ""
     record(fingerprint="0" * 64)  # a source under csrc/ (or setup.py, tools/, torch) changed since
-    assert (
-        stamp.check({"cuda": False, "emulation": False, "ptx": False})
-        == "sources or torch changed since the last build"
-    )
+    assert stamp.check({"cuda": False, "emulation": False}) == "sources or torch changed since the last build"
 
 
 def test_the_fingerprint_follows_the_compiled_sources_only(tmp_path, monkeypatch):

@@ -1,11 +1,11 @@
 """Whether .venv already holds a build of segops that a command can reuse (scripts/setup_env.sh asks).
 
 A build is reusable when it was made from the same sources, build settings and torch, and has every part the
-command needs: the CUDA kernels (`--cuda`), the kernel emulation (`--emulation`), the kept PTX (`--ptx`). So
+command needs: the CUDA kernels (`--cuda`) and the kernel emulation (`--emulation`). So
 `./scripts/bench.sh` after `./scripts/test.sh` (or the other way round) builds once.
 
-    python tools/build_stamp.py check [--cuda] [--emulation] [--ptx]   exit 0: reuse; 1: build (the reason printed)
-    python tools/build_stamp.py write                                  after a build: record what it holds
+    python tools/build_stamp.py check [--cuda] [--emulation]   exit 0: reuse; 1: build (the reason printed)
+    python tools/build_stamp.py write                          after a build: record what it holds
 """
 
 import argparse
@@ -48,7 +48,6 @@ def built_parts() -> dict:
     if result.returncode != 0:
         raise SystemExit(f"build_stamp: segops does not import after the build:\n{result.stderr}")
     parts = json.loads(result.stdout)
-    parts["ptx"] = parts["cuda"] and os.environ.get("SEGOPS_KEEP_PTX") == "1"
     return parts
 
 
@@ -75,7 +74,7 @@ def check(needed: dict) -> str:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="tools/build_stamp.py", description=__doc__.splitlines()[0])
     parser.add_argument("command", choices=["check", "write"])
-    for part in ("cuda", "emulation", "ptx"):
+    for part in ("cuda", "emulation"):
         parser.add_argument(f"--{part}", action="store_true", help=f"the command needs the build's {part}")
     args = parser.parse_args(argv)
     if args.command == "write":
@@ -85,7 +84,7 @@ def main(argv=None) -> int:
             json.dumps({"fingerprint": fingerprint(), "settings": settings, **built_parts()}, indent=2) + "\n"
         )
         return 0
-    reason = check({"cuda": args.cuda, "emulation": args.emulation, "ptx": args.ptx})
+    reason = check({"cuda": args.cuda, "emulation": args.emulation})
     print(f"segops: {reason}: building" if reason else "segops: reusing the build in .venv (sources unchanged)")
     return 1 if reason else 0
 
