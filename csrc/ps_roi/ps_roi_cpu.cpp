@@ -40,15 +40,23 @@ constexpr size_t kPrefetchMaxRoIs = 8;
 template <typename acc_t, typename Prepare, typename Prefetch, typename Body>
 void for_each_ps_plane_roi(const acc_t* rois, int64_t num_rois, int64_t batch_size, int64_t channels, int64_t pooled_h,
                            int64_t pooled_w, const Prepare& prepare, const Prefetch& prefetch, const Body& body) {
+  // Each input channel's bin, from a table rather than divided out twice per plane: with one small RoI a plane's work
+  // is a dozen reads, and the divisions (with for_each_plane_roi's) took a third of it (15 -> 11 ns a plane).
+  std::vector<PSBin> bin_of_channel(channels);
+  for (int64_t out_channel = 0; out_channel < channels / (pooled_h * pooled_w); ++out_channel) {
+    for (int64_t ph = 0; ph < pooled_h; ++ph) {
+      for (int64_t pw = 0; pw < pooled_w; ++pw) {
+        bin_of_channel[ps_input_channel(out_channel, ph, pw, pooled_h, pooled_w)] = {out_channel, ph, pw};
+      }
+    }
+  }
   for (int64_t begin = 0; begin < num_rois;) {
     const int64_t end = prepare(begin);
     const auto groups = group_rois_by_image(rois, begin, end, batch_size);
     for_each_plane_roi(groups, channels, [&](int64_t n, int64_t c, int64_t k) {
       const int64_t ahead = c + kPrefetchPlanes;
-      if (groups[n].size() <= kPrefetchMaxRoIs && ahead < channels) {
-        prefetch(n, ahead, k, ps_bin_of_input_channel(ahead, pooled_h, pooled_w));
-      }
-      body(n, c, k, ps_bin_of_input_channel(c, pooled_h, pooled_w));
+      if (groups[n].size() <= kPrefetchMaxRoIs && ahead < channels) prefetch(n, ahead, k, bin_of_channel[ahead]);
+      body(n, c, k, bin_of_channel[c]);
     });
     begin = end;
   }

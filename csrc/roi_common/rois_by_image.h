@@ -38,10 +38,15 @@ template <typename Body>
 void for_each_plane_roi(const std::vector<std::vector<int64_t>>& rois_of_image, int64_t channels, const Body& body) {
   const int64_t batch_size = static_cast<int64_t>(rois_of_image.size());
   at::parallel_for(0, batch_size * channels, 1, [&](int64_t begin, int64_t end) {
+    // (n, c) of plane n + c * batch_size, stepped rather than divided out per plane: with one or few small RoIs a
+    // plane's work is a few reads, and a 64-bit division costs as much as several.
+    int64_t n = begin % batch_size, c = begin / batch_size;
     for (int64_t plane = begin; plane < end; ++plane) {
-      const int64_t n = plane % batch_size;
-      const int64_t c = plane / batch_size;
       for (const int64_t k : rois_of_image[n]) body(n, c, k);
+      if (++n == batch_size) {
+        n = 0;
+        ++c;
+      }
     }
   });
 }
