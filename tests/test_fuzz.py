@@ -3,8 +3,8 @@ memory layouts and strides, and hostile values (NaN, inf, negative and huge coor
 indices out of range, mismatched dtypes). Every case either raises a Python exception that names the op, or
 returns a result equal to an independent reference (torchvision, the warp's definition summed over every
 pixel, max-unpooling's definition, F.conv2d) or, for
-the dense CRF, one with the reference's invariants. For roi_align and roi_pool, the deterministic GPU backward
-(emulated, a gather) must also equal the CPU backward bit for bit.
+the dense CRF, one with the reference's invariants. For the RoIAlign and RoIPool ops, position-sensitive ones too,
+the deterministic GPU backward (emulated, a gather) must also equal the CPU backward bit for bit.
 
 Profiles: SEGOPS_FUZZ_PROFILE=fast (the default, in `./scripts/test.sh`: 30 cases per op, a fixed seed), full (the
 default of `./scripts/test.sh --full`: 1,000 cases per op, a fixed seed) or long (10,000 cases per op, random seeds):
@@ -26,6 +26,7 @@ from conftest import emulation_module  # noqa: E402
 from segops.ops._checks import accumulation_dtype  # noqa: E402
 from segops.reference import flow_warp_brute_force, max_unpool2d_brute_force  # noqa: E402
 from segops.reference import roi_align as reference_roi_align  # noqa: E402
+from test_ps_roi import torchvision_ps_roi_pool  # noqa: E402  (torchvision's, its forward clipped to the map)
 
 torchvision_ops = pytest.importorskip("torchvision.ops")
 
@@ -156,9 +157,11 @@ def _check_deterministic_gpu_backward(draw, backward, args, forward_out, feature
     assert torch.equal(emulated(grad, *args, True, *launch), getattr(torch.ops.segops, backward)(grad, *args))
 
 
-def _comparable_roi_output(out, features, rois, output_size):
-    """Checks a RoI op's output shape and dtype; whether its values can be compared with a reference."""
-    assert out.shape == (rois.shape[0], features.shape[1], *output_size) and out.dtype == features.dtype
+def _comparable_roi_output(out, features, rois, output_size, out_channels=None):
+    """Checks a RoI op's output shape (out_channels: the input's by default) and dtype; whether its values can be
+    compared with a reference."""
+    out_channels = features.shape[1] if out_channels is None else out_channels
+    assert out.shape == (rois.shape[0], out_channels, *output_size) and out.dtype == features.dtype
     return _finite_moderate(rois, features.shape[-1]) and features.numel() > 0
 
 
@@ -204,6 +207,57 @@ def test_roi_pool(data):
         _check_deterministic_gpu_backward(data.draw, "_roi_pool_backward", args, out, features)
 
     _refused_or(lambda: segops.roi_pool(features, rois, output_size, scale), "roi_pool", check)
+
+
+def _ps_case(draw):
+    """(features, rois, output size, spatial scale) for the position-sensitive ops: C = C_out * PH * PW input channels,
+    or, one case in five, a count the bins do not divide (to be refused)."""
+    output_size = (draw(st.integers(1, 3)), draw(st.integers(1, 3)))
+    bins = output_size[0] * output_size[1]
+    channels = draw(st.integers(0, 2)) * bins
+    if bins > 1 and draw(st.integers(0, 4)) == 0:
+        channels += draw(st.integers(1, bins - 1))
+    shape = (draw(st.integers(0, 3)), channels, draw(st.integers(0, 8)), draw(st.integers(0, 8)))
+    features = _tensor(draw, shape, draw(st.sampled_from(DTYPES)))
+    rois = _rois(draw, features.shape[0], features.shape[-1])
+    return features, rois, output_size, draw(st.sampled_from((1.0, 0.5)))
+
+
+def _ps_out_channels(features, output_size):
+    return features.shape[1] // (output_size[0] * output_size[1])
+
+
+@given(st.data())
+def test_ps_roi_align(data):
+    features, rois, output_size, scale = _ps_case(data.draw)
+    sampling = data.draw(st.integers(-1, 2))
+
+    def check(out):
+        if _comparable_roi_output(out, features, rois, output_size, _ps_out_channels(features, output_size)):
+            expected = torchvision_ops.ps_roi_align(*_as_computed(features, rois), output_size, scale, sampling)
+            # torchvision divides 0 by 0 for a box without samples (the features are finite, so only there): segops
+            # gives 0 (docs/operators.md).
+            _close(out, torch.nan_to_num(expected, nan=0.0), features.dtype)
+        boxes = rois.to(accumulation_dtype(features.dtype))  # as segops.ps_roi_align passes them
+        args = (boxes, scale, *output_size, *features.shape, sampling)
+        _check_deterministic_gpu_backward(data.draw, "_ps_roi_align_backward", args, out, features)
+
+    _refused_or(lambda: segops.ps_roi_align(features, rois, output_size, scale, sampling), "ps_roi_align", check)
+
+
+@given(st.data())
+def test_ps_roi_pool(data):
+    features, rois, output_size, scale = _ps_case(data.draw)
+
+    def check(out):
+        if _comparable_roi_output(out, features, rois, output_size, _ps_out_channels(features, output_size)):
+            expected = torchvision_ps_roi_pool(*_as_computed(features, rois), output_size, scale)
+            _close(out, expected, features.dtype)
+        boxes = rois.to(accumulation_dtype(features.dtype))  # as segops.ps_roi_pool passes them
+        args = (boxes, scale, *output_size, *features.shape)
+        _check_deterministic_gpu_backward(data.draw, "_ps_roi_pool_backward", args, out, features)
+
+    _refused_or(lambda: segops.ps_roi_pool(features, rois, output_size, scale), "ps_roi_pool", check)
 
 
 @given(st.data())
