@@ -598,12 +598,14 @@ def test_lattice_kernels_equal_the_cpu_path_bitwise(emulated, launch, dtype, cas
     assert torch.equal(offsets[:, : rows + 1], expected[3])
     assert torch.equal(entries, expected[4]) and torch.equal(num_vertices, expected[5])
     g = torch.Generator().manual_seed(1)
-    values = torch.rand(features.shape[0], features.shape[1], 21, generator=g, dtype=dtype)
-    for adjoint in (False, True):
-        reference = torch.ops.segops.permutohedral_filter(values, *expected, adjoint)
-        # Either lattice, the GPU's (bound rows) or the CPU's, filters bitwise as the CPU path does.
-        assert torch.equal(emulated.permutohedral_filter(values, *actual, adjoint, grid, block), reference)
-        assert torch.equal(emulated.permutohedral_filter(values, *expected, adjoint, grid, block), reference)
+    # Channels: a CRF's labels, 21 in vectors, 1-5 below a float vector's width (the CPU's narrow sums).
+    for channels in (21, 5, 3, 2, 1):
+        values = torch.rand(features.shape[0], features.shape[1], channels, generator=g, dtype=dtype)
+        for adjoint in (False, True):
+            reference = torch.ops.segops.permutohedral_filter(values, *expected, adjoint)
+            # Either lattice, the GPU's (bound rows) or the CPU's, filters bitwise as the CPU path does.
+            assert torch.equal(emulated.permutohedral_filter(values, *actual, adjoint, grid, block), reference)
+            assert torch.equal(emulated.permutohedral_filter(values, *expected, adjoint, grid, block), reference)
 
 
 @pytest.mark.parametrize("case", LATTICE_CASES, ids=str)
