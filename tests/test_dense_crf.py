@@ -70,6 +70,24 @@ def test_lattice_equals_plain_python_lattice(dims, seed):
     torch.testing.assert_close(lattice.weights.sum(-1), torch.ones(2, 50, dtype=torch.float64))
 
 
+def test_splat_lists_are_a_stable_sort_of_the_entries_by_vertex():
+    # Large enough for the parallel counting sort's several chunks (at least 2^16 entries each), with images of
+    # different vertex counts (the shorter one's rows past its vertices are empty lists).
+    features = torch.cat([random_features(20, points=120_000, dims=2, spread=300.0), torch.zeros(1, 120_000, 2)])
+    lattice = PermutohedralLattice.build(features.float())
+    for b in range(2):
+        ids = lattice.vertex_ids[b].flatten().long()
+        vertices = int(lattice.num_vertices[b])
+        expected_entries = torch.sort(ids, stable=True).indices.to(torch.int32)
+        rows = lattice.splat_offsets.shape[1] - 1
+        counts = torch.bincount(ids, minlength=rows)
+        expected_offsets = torch.cat([torch.zeros(1, dtype=torch.long), counts.cumsum(0)]).to(torch.int32)
+        assert torch.equal(lattice.splat_entries[b], expected_entries)
+        assert torch.equal(lattice.splat_offsets[b], expected_offsets)
+        assert vertices == int((counts > 0).sum()) and (counts[vertices:] == 0).all()
+    assert int(lattice.num_vertices[1]) < int(lattice.num_vertices[0])
+
+
 @pytest.mark.parametrize("case", ["smoothness", "appearance"])
 def test_normalised_filter_approximates_exact_gaussian(case):
     """The lattice's normalised filter against the exact normalised Gaussian filter: the relative error the

@@ -204,14 +204,48 @@ void find_neighbours(const ImageLattice& lattice, int dims, const int32_t* verte
   std::fill(neighbours + vertices * per_vertex, neighbours + rows * per_vertex, -1);
 }
 
-// A counting sort of the entries by vertex, stable: offsets [rows + 1], entries [E].
+// Entries per chunk of the splat lists' counting sort: at least this many, and at most kMaxSortChunks chunks (each
+// holds a count per vertex). Fixed by the sizes alone, not the thread count.
+constexpr int64_t kMinSortChunk = int64_t(1) << 16;
+constexpr int64_t kMaxSortChunks = 16;
+
+// A counting sort of the entries by vertex, stable: offsets [rows + 1], entries [E]. In parallel over chunks of
+// entries: each chunk counts its entries per vertex, then writes them from where the chunks before it end, so each
+// vertex's list is in entry order, as a serial sort gives.
 void splat_lists(const int32_t* vertex_ids, int64_t entries, int64_t vertices, int64_t rows, int32_t* offsets,
                  int32_t* sorted_entries) {
+  const int64_t chunk_size = std::max(kMinSortChunk, (entries + kMaxSortChunks - 1) / kMaxSortChunks);
+  const int64_t chunks = (entries + chunk_size - 1) / chunk_size;
+  // position[c * vertices + v]: chunk c's count of vertex v, then where its first entry of v goes.
+  std::vector<int32_t> position(static_cast<size_t>(chunks * vertices), 0);
+  at::parallel_for(0, chunks, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t c = begin; c < end; ++c) {
+      int32_t* count = position.data() + c * vertices;
+      for (int64_t e = c * chunk_size; e < std::min(entries, (c + 1) * chunk_size); ++e) ++count[vertex_ids[e]];
+    }
+  });
+  // The lists' offsets from the totals, then each chunk's starts, chunk by chunk (rows of `position` in order).
   std::fill(offsets, offsets + rows + 1, 0);
-  for (int64_t e = 0; e < entries; ++e) ++offsets[vertex_ids[e] + 1];
-  for (int64_t v = 0; v < rows; ++v) offsets[v + 1] += offsets[v];
-  std::vector<int32_t> next(offsets, offsets + std::max<int64_t>(vertices, 1));
-  for (int64_t e = 0; e < entries; ++e) sorted_entries[next[vertex_ids[e]]++] = static_cast<int32_t>(e);
+  for (int64_t c = 0; c < chunks; ++c) {
+    for (int64_t v = 0; v < vertices; ++v) offsets[v + 1] += position[c * vertices + v];
+  }
+  for (int64_t v = 0; v < rows; ++v) offsets[v + 1] += offsets[v];  // rows past the vertices: empty lists
+  std::vector<int32_t> start(offsets, offsets + vertices);
+  for (int64_t c = 0; c < chunks; ++c) {
+    int32_t* row = position.data() + c * vertices;
+    for (int64_t v = 0; v < vertices; ++v) {
+      const int32_t count = row[v];
+      row[v] = start[v];
+      start[v] += count;
+    }
+  }
+  at::parallel_for(0, chunks, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t c = begin; c < end; ++c) {
+      int32_t* next = position.data() + c * vertices;
+      for (int64_t e = c * chunk_size; e < std::min(entries, (c + 1) * chunk_size); ++e)
+        sorted_entries[next[vertex_ids[e]]++] = static_cast<int32_t>(e);
+    }
+  });
 }
 
 LatticeTensors permutohedral_lattice_cpu(const at::Tensor& features_in) {
