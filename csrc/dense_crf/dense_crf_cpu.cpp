@@ -95,7 +95,7 @@ void embed_points(const scalar_t* features, int64_t points, int dims, const Latt
   FirstBad bad;
   at::parallel_for(0, points, 2048, [&](int64_t begin, int64_t end) {
     // The dense CRF's d (2 and 5) at compile time, as the GPU's kernels have it: unrolled, with the arrays in
-    // registers, a third of the time of the run-time d (the same operations, so the same bits).
+    // registers (the same operations, so the same bits; the 5-D build of a 500x375 image took 46 ms, now 28-34).
     switch (dims) {
       case 2:
         return embed_point_range<2>(features, begin, end, dims, scales, keys, weights, bad);
