@@ -31,7 +31,7 @@ constexpr int64_t kPlaneBlock = 4;
 
 // The points (warp_point) of output row y of image n, from flow [N, 2, Ho, Wo] (contiguous, accumulation dtype),
 // for a feature with the given row and pixel strides. Computed per row by the thread that uses them (they stay in
-// cache while every channel reads them: a point is 120 bytes, so a row of up to about 250 pixels fits in a 32 KB L1,
+// cache while every channel reads them: a float point is 120 bytes, so a row of up to about 250 pixels fits a 32 KB L1,
 // a wider one in L2); a buffer of all pixels' points would cost more than few channels' work.
 template <typename T>
 void warp_row_points(WarpPoint<T>* points, const T* flow, int64_t n, int64_t y, int64_t out_h, int64_t out_w,
