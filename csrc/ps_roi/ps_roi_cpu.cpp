@@ -2,7 +2,8 @@
 // input channel feeds one bin of one output channel (roi_common/position_sensitive.h), so forward and backward both
 // run input planes outermost (for_each_plane_roi): in parallel over (image, input channel) planes, each plane visited
 // by its image's RoIs in order while it is in cache, each RoI reading (forward) or accumulating into (backward) the
-// plane at its one bin. No atomics, so the backward is bitwise the same for any thread count. Each RoI's geometry,
+// plane at its one bin. The forward takes the planes of one bin of 8 output channels at a time, summing them side by
+// side. No atomics, so the backward is bitwise the same for any thread count. Each RoI's geometry,
 // its bilinear taps (RoIAlign) or bin windows (RoIPool), is computed once per call and shared by all planes, in
 // chunks of bounded memory. torchvision runs one thread, RoI-major, recomputing the geometry per output element and
 // fetching each plane from memory again for every RoI.
@@ -13,6 +14,7 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <array>
 #include <vector>
 
 #include "common/checks.h"
@@ -34,44 +36,73 @@ constexpr int64_t kTapBuildBlock = 16;
 constexpr int64_t kPrefetchPlanes = 4;
 constexpr size_t kPrefetchMaxRoIs = 8;
 
-// Calls body(n, c, k, bin) for every (image n, input channel c) plane and every RoI k of image n, with the output bin
-// that channel c feeds, and, where image n has few RoIs, prefetch(n, c + kPrefetchPlanes, k, that channel's bin)
-// first. RoIs run in chunks: prepare(begin) readies the RoIs from `begin` on and returns the chunk's end.
+// Output channels whose planes a forward reads together at one bin. Their sums are independent, so a core overlaps
+// them, where one plane's sum is a chain of dependent adds: with one small RoI, a dozen adds at 4 cycles each were
+// most of a forward's time.
+constexpr int64_t kForwardPlaneBlock = 8;
+
+// A block of planes that one bin reads: bin (ph, pw) of output channels [out_begin, out_begin + count), from input
+// channels ps_input_channel(out_begin + i, ph, pw), PH * PW channels apart.
+struct PSPlaneBlock {
+  int64_t out_begin, count, ph, pw;
+};
+
+// Calls body(n, k, block) for every block of planes of every image n (blocks of up to block_size output channels)
+// and every RoI k of image n, and, where image n has few RoIs, prefetch(n, k, the block kPrefetchPlanes planes
+// ahead) first. Blocks run as for_each_plane_roi runs planes: with block_size 1, a block is one input channel, in
+// input-channel order. RoIs run in chunks: prepare(begin) readies the RoIs from `begin` on and returns the chunk's
+// end.
 template <typename acc_t, typename Prepare, typename Prefetch, typename Body>
-void for_each_ps_plane_roi(const acc_t* rois, int64_t num_rois, int64_t batch_size, int64_t channels, int64_t pooled_h,
-                           int64_t pooled_w, const Prepare& prepare, const Prefetch& prefetch, const Body& body) {
-  // Each input channel's bin, from a table rather than divided out twice per plane: with one small RoI a plane's work
-  // is a dozen reads, and the divisions (with for_each_plane_roi's) took a third of it (15 -> 11 ns a plane).
-  std::vector<PSBin> bin_of_channel(channels);
-  for (int64_t out_channel = 0; out_channel < channels / (pooled_h * pooled_w); ++out_channel) {
+void for_each_ps_plane_block_roi(const acc_t* rois, int64_t num_rois, int64_t batch_size, int64_t out_channels,
+                                 int64_t pooled_h, int64_t pooled_w, int64_t block_size, const Prepare& prepare,
+                                 const Prefetch& prefetch, const Body& body) {
+  // Listed once per call rather than divided out per block: with one small RoI a plane's work is a dozen reads, and
+  // the divisions took a third of it.
+  std::vector<PSPlaneBlock> blocks;
+  blocks.reserve(((out_channels + block_size - 1) / block_size) * pooled_h * pooled_w);
+  for (int64_t out_begin = 0; out_begin < out_channels; out_begin += block_size) {
+    const int64_t count = std::min(block_size, out_channels - out_begin);
     for (int64_t ph = 0; ph < pooled_h; ++ph) {
-      for (int64_t pw = 0; pw < pooled_w; ++pw) {
-        bin_of_channel[ps_input_channel(out_channel, ph, pw, pooled_h, pooled_w)] = {out_channel, ph, pw};
-      }
+      for (int64_t pw = 0; pw < pooled_w; ++pw) blocks.push_back({out_begin, count, ph, pw});
     }
   }
+  const int64_t num_blocks = static_cast<int64_t>(blocks.size());
+  const int64_t ahead = (kPrefetchPlanes + block_size - 1) / block_size;
   for (int64_t begin = 0; begin < num_rois;) {
     const int64_t end = prepare(begin);
     const auto groups = group_rois_by_image(rois, begin, end, batch_size);
-    for_each_plane_roi(groups, channels, [&](int64_t n, int64_t c, int64_t k) {
-      const int64_t ahead = c + kPrefetchPlanes;
-      if (groups[n].size() <= kPrefetchMaxRoIs && ahead < channels) prefetch(n, ahead, k, bin_of_channel[ahead]);
-      body(n, c, k, bin_of_channel[c]);
+    for_each_plane_roi(groups, num_blocks, [&](int64_t n, int64_t b, int64_t k) {
+      if (groups[n].size() <= kPrefetchMaxRoIs && b + ahead < num_blocks) prefetch(n, k, blocks[b + ahead]);
+      body(n, k, blocks[b]);
     });
     begin = end;
   }
 }
 
 // The backwards accumulate into planes they own (and zeroed): nothing to prefetch.
-constexpr auto kNoPrefetch = [](int64_t, int64_t, int64_t, const PSBin&) {};
+constexpr auto kNoPrefetch = [](int64_t, int64_t, const PSPlaneBlock&) {};
 
-// Prefetches the first and last line of each row a bin reads: a bin spans a few pixels, so these are all its lines.
+// Where a block's planes are in an [N, C, H, W] tensor: its first plane, and the stride to the next.
+struct PSPlanes {
+  int64_t first, stride;
+};
+
+PSPlanes ps_planes(const PSPlaneBlock& block, int64_t n, int64_t channels, int64_t pooled_h, int64_t pooled_w,
+                   int64_t plane_size) {
+  const int64_t channel = ps_input_channel(block.out_begin, block.ph, block.pw, pooled_h, pooled_w);
+  return {(n * channels + channel) * plane_size, pooled_h * pooled_w * plane_size};
+}
+
+// Prefetches the first and last line of each row a bin reads in each of `count` planes (plane i at planes + i *
+// stride): a bin spans a few pixels, so these are all its lines.
 template <typename scalar_t>
-void prefetch_rows(const scalar_t* plane, int64_t width, int64_t row_begin, int64_t row_end, int64_t col_first,
-                   int64_t col_last) {
-  for (int64_t row = row_begin; row < row_end; ++row) {
-    __builtin_prefetch(plane + row * width + col_first);
-    __builtin_prefetch(plane + row * width + col_last);
+void prefetch_rows(const scalar_t* planes, int64_t stride, int64_t count, int64_t width, int64_t row_begin,
+                   int64_t row_end, int64_t col_first, int64_t col_last) {
+  for (int64_t i = 0; i < count; ++i) {
+    for (int64_t row = row_begin; row < row_end; ++row) {
+      __builtin_prefetch(planes + i * stride + row * width + col_first);
+      __builtin_prefetch(planes + i * stride + row * width + col_last);
+    }
   }
 }
 
@@ -127,26 +158,27 @@ at::Tensor ps_roi_align_forward_cpu(const at::Tensor& input, const at::Tensor& r
     scalar_t* output_data = output.mutable_data_ptr<scalar_t>();
     PSRoIAlignTaps<acc_t> chunk{
         rois_data, rois_acc.size(0), {spatial_scale, height, width}, pooled_h, pooled_w, sampling_ratio, {}};
-    for_each_ps_plane_roi(
-        rois_data, rois_acc.size(0), input.size(0), channels, pooled_h, pooled_w,
+    for_each_ps_plane_block_roi(
+        rois_data, rois_acc.size(0), input.size(0), out_channels, pooled_h, pooled_w, kForwardPlaneBlock,
         [&](int64_t begin) { return chunk.prepare(begin); },
-        [&](int64_t n, int64_t c, int64_t k, const PSBin& bin) {
+        [&](int64_t n, int64_t k, const PSPlaneBlock& block) {
           const RoITaps<acc_t>& taps = chunk.of(k);
-          const TapRange<acc_t> rows = taps.y.of_bin(bin.ph), cols = taps.x.of_bin(bin.pw);
+          const TapRange<acc_t> rows = taps.y.of_bin(block.ph), cols = taps.x.of_bin(block.pw);
           if (rows.first == rows.last || cols.first == cols.last) return;
-          const scalar_t* plane = input_data + (n * channels + c) * height * width;
-          prefetch_rows(plane, width, rows.first->low, (rows.last - 1)->high + 1, cols.first->low,
-                        (cols.last - 1)->high);
+          const PSPlanes planes = ps_planes(block, n, channels, pooled_h, pooled_w, height * width);
+          prefetch_rows(input_data + planes.first, planes.stride, block.count, width, rows.first->low,
+                        (rows.last - 1)->high + 1, cols.first->low, (cols.last - 1)->high);
         },
-        [&](int64_t n, int64_t c, int64_t k, const PSBin& bin) {
+        [&](int64_t n, int64_t k, const PSPlaneBlock& block) {
           const RoITaps<acc_t>& taps = chunk.of(k);
-          const scalar_t* plane = input_data + (n * channels + c) * height * width;
-          acc_t sum = acc_t(0);
-          for (const LinearTap<acc_t>& ty : taps.y.of_bin(bin.ph)) {
-            for (const LinearTap<acc_t>& tx : taps.x.of_bin(bin.pw)) sum += bilinear_gather(plane, width, 1, ty, tx);
+          const PSPlanes planes = ps_planes(block, n, channels, pooled_h, pooled_w, height * width);
+          std::array<acc_t, kForwardPlaneBlock> sums;
+          bin_of_channel_block(sums.data(), input_data + planes.first, planes.stride, width, block.count, taps,
+                               block.ph, block.pw);
+          for (int64_t i = 0; i < block.count; ++i) {
+            output_data[((k * out_channels + block.out_begin + i) * pooled_h + block.ph) * pooled_w + block.pw] =
+                static_cast<scalar_t>(sums[i] / taps.geometry.count);
           }
-          output_data[((k * out_channels + bin.out_channel) * pooled_h + bin.ph) * pooled_w + bin.pw] =
-              static_cast<scalar_t>(sum / taps.geometry.count);
         });
   });
   return output;
@@ -171,18 +203,18 @@ at::Tensor ps_roi_align_backward_cpu(const at::Tensor& grad, const at::Tensor& r
     PlaneAdd<acc_t> add{grad_input.mutable_data_ptr<acc_t>()};
     PSRoIAlignTaps<acc_t> chunk{
         rois_data, rois_acc.size(0), {spatial_scale, height, width}, pooled_h, pooled_w, sampling_ratio, {}};
-    for_each_ps_plane_roi(
-        rois_data, rois_acc.size(0), batch_size, channels, pooled_h, pooled_w,
+    for_each_ps_plane_block_roi(
+        rois_data, rois_acc.size(0), batch_size, out_channels, pooled_h, pooled_w, /*block_size=*/1,
         [&](int64_t begin) { return chunk.prepare(begin); }, kNoPrefetch,
-        [&](int64_t n, int64_t c, int64_t k, const PSBin& bin) {
+        [&](int64_t n, int64_t k, const PSPlaneBlock& block) {
           const RoITaps<acc_t>& taps = chunk.of(k);
-          const int64_t plane_offset = (n * channels + c) * height * width;
+          const int64_t plane_offset = ps_planes(block, n, channels, pooled_h, pooled_w, height * width).first;
           const acc_t grad_per_sample =
               static_cast<acc_t>(
-                  grad_data[((k * out_channels + bin.out_channel) * pooled_h + bin.ph) * pooled_w + bin.pw]) /
+                  grad_data[((k * out_channels + block.out_begin) * pooled_h + block.ph) * pooled_w + block.pw]) /
               taps.geometry.count;
-          for (const LinearTap<acc_t>& ty : taps.y.of_bin(bin.ph)) {
-            for (const LinearTap<acc_t>& tx : taps.x.of_bin(bin.pw)) {
+          for (const LinearTap<acc_t>& ty : taps.y.of_bin(block.ph)) {
+            for (const LinearTap<acc_t>& tx : taps.x.of_bin(block.pw)) {
               bilinear_scatter(add, plane_offset, width, ty, tx, grad_per_sample);
             }
           }
@@ -215,19 +247,25 @@ at::Tensor ps_roi_pool_forward_cpu(const at::Tensor& input, const at::Tensor& ro
     scalar_t* output_data = output.mutable_data_ptr<scalar_t>();
     const std::vector<RoIPoolBin> windows =
         ps_roi_pool_windows(rois_data, num_rois, spatial_scale, pooled_h, pooled_w, height, width);
-    for_each_ps_plane_roi(
-        rois_data, num_rois, input.size(0), channels, pooled_h, pooled_w, [&](int64_t) { return num_rois; },
-        [&](int64_t n, int64_t c, int64_t k, const PSBin& bin) {
-          const RoIPoolBin& window = windows[k * pooled_h * pooled_w + bin.ph * pooled_w + bin.pw];
+    for_each_ps_plane_block_roi(
+        rois_data, num_rois, input.size(0), out_channels, pooled_h, pooled_w, kForwardPlaneBlock,
+        [&](int64_t) { return num_rois; },
+        [&](int64_t n, int64_t k, const PSPlaneBlock& block) {
+          const RoIPoolBin& window = windows[(k * pooled_h + block.ph) * pooled_w + block.pw];
           if (window.empty()) return;
-          prefetch_rows(input_data + (n * channels + c) * height * width, width, window.h_start, window.h_end,
+          const PSPlanes planes = ps_planes(block, n, channels, pooled_h, pooled_w, height * width);
+          prefetch_rows(input_data + planes.first, planes.stride, block.count, width, window.h_start, window.h_end,
                         window.w_start, window.w_end - 1);
         },
-        [&](int64_t n, int64_t c, int64_t k, const PSBin& bin) {
-          const int64_t bin_index = bin.ph * pooled_w + bin.pw;
-          output_data[(k * out_channels + bin.out_channel) * pooled_h * pooled_w + bin_index] =
-              static_cast<scalar_t>(roi_pool_bin_mean<acc_t>(input_data + (n * channels + c) * height * width, width,
-                                                             windows[k * pooled_h * pooled_w + bin_index]));
+        [&](int64_t n, int64_t k, const PSPlaneBlock& block) {
+          const PSPlanes planes = ps_planes(block, n, channels, pooled_h, pooled_w, height * width);
+          std::array<acc_t, kForwardPlaneBlock> means;
+          roi_pool_bin_means_of_block(means.data(), input_data + planes.first, planes.stride, width, block.count,
+                                      windows[(k * pooled_h + block.ph) * pooled_w + block.pw]);
+          for (int64_t i = 0; i < block.count; ++i) {
+            output_data[((k * out_channels + block.out_begin + i) * pooled_h + block.ph) * pooled_w + block.pw] =
+                static_cast<scalar_t>(means[i]);
+          }
         });
   });
   return output;
@@ -249,13 +287,15 @@ at::Tensor ps_roi_pool_backward_cpu(const at::Tensor& grad, const at::Tensor& ro
     PlaneAdd<acc_t> add{grad_input.mutable_data_ptr<acc_t>()};
     const std::vector<RoIPoolBin> windows =
         ps_roi_pool_windows(rois_data, num_rois, spatial_scale, pooled_h, pooled_w, height, width);
-    for_each_ps_plane_roi(
-        rois_data, num_rois, batch_size, channels, pooled_h, pooled_w, [&](int64_t) { return num_rois; }, kNoPrefetch,
-        [&](int64_t n, int64_t c, int64_t k, const PSBin& bin) {
-          const int64_t bin_index = bin.ph * pooled_w + bin.pw;
+    for_each_ps_plane_block_roi(
+        rois_data, num_rois, batch_size, out_channels, pooled_h, pooled_w, /*block_size=*/1,
+        [&](int64_t) { return num_rois; }, kNoPrefetch,
+        [&](int64_t n, int64_t k, const PSPlaneBlock& block) {
+          const int64_t bin_index = block.ph * pooled_w + block.pw;
           roi_pool_bin_mean_scatter(
-              add, (n * channels + c) * height * width, width, windows[k * pooled_h * pooled_w + bin_index],
-              static_cast<acc_t>(grad_data[(k * out_channels + bin.out_channel) * pooled_h * pooled_w + bin_index]));
+              add, ps_planes(block, n, channels, pooled_h, pooled_w, height * width).first, width,
+              windows[k * pooled_h * pooled_w + bin_index],
+              static_cast<acc_t>(grad_data[(k * out_channels + block.out_begin) * pooled_h * pooled_w + bin_index]));
         });
   });
   return grad_input.to(grad.scalar_type());

@@ -69,19 +69,6 @@ void parallel_over_roi_parts(const RoIAlignParams<T>& params, int64_t num_rois, 
   });
 }
 
-// Output bin (ph, pw) of `block` channels (<= kChannelBlock) of an NCHW image: planes[c * plane_size + offset]
-// is channel c. Each channel's sum is bilinear_gather's, in the GPU kernel's (and torchvision's) order.
-template <typename T, typename scalar_t>
-void bin_of_channel_block(T* __restrict__ sums, const scalar_t* __restrict__ planes, int64_t plane_size, int64_t width,
-                          int64_t block, const RoITaps<T>& taps, int64_t ph, int64_t pw) {
-  std::fill(sums, sums + block, T(0));
-  for (const LinearTap<T>& ty : taps.y.of_bin(ph)) {
-    for (const LinearTap<T>& tx : taps.x.of_bin(pw)) {
-      for (int64_t c = 0; c < block; ++c) sums[c] += bilinear_gather(planes + c * plane_size, width, 1, ty, tx);
-    }
-  }
-}
-
 // Output bin (ph, pw) of every channel of an NHWC image, summed as bin_of_channel_block sums; the loop over the
 // contiguous channels vectorises.
 template <typename T, typename scalar_t>

@@ -1,6 +1,7 @@
 #pragma once
 // The CPU RoIAlign kernels' view of a RoI (roi_align_cpu.cpp, ps_roi_cpu.cpp): bilinear taps are separable, so each
 // RoI's taps are computed once per axis and shared by every bin and channel.
+#include <algorithm>
 #include <cstdint>
 #include <vector>
 
@@ -62,5 +63,20 @@ struct RoITaps {
 
   size_t size() const { return y.taps.size() + x.taps.size(); }
 };
+
+// Output bin (ph, pw) of `block` planes of one RoI: planes[c * plane_stride + offset] is plane c (channel c of an
+// NCHW image, or every PH * PW-th channel for position-sensitive RoIAlign). Each plane's sum is bilinear_gather's, in
+// the GPU kernel's (and torchvision's) order; the planes' sums are independent, so a core overlaps them where one
+// plane's is a chain of dependent adds.
+template <typename T, typename scalar_t>
+void bin_of_channel_block(T* __restrict__ sums, const scalar_t* __restrict__ planes, int64_t plane_stride,
+                          int64_t width, int64_t block, const RoITaps<T>& taps, int64_t ph, int64_t pw) {
+  std::fill(sums, sums + block, T(0));
+  for (const LinearTap<T>& ty : taps.y.of_bin(ph)) {
+    for (const LinearTap<T>& tx : taps.x.of_bin(pw)) {
+      for (int64_t c = 0; c < block; ++c) sums[c] += bilinear_gather(planes + c * plane_stride, width, 1, ty, tx);
+    }
+  }
+}
 
 }  // namespace segops

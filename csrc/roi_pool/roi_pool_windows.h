@@ -2,6 +2,7 @@
 // The CPU RoIPool kernels' view of the RoIs (roi_pool_cpu.cpp, ps_roi_cpu.cpp).
 #include <ATen/Parallel.h>
 
+#include <algorithm>
 #include <cstdint>
 #include <vector>
 
@@ -26,6 +27,24 @@ std::vector<RoIPoolBin> roi_pool_windows(const acc_t* rois, int64_t num_rois, ac
     }
   });
   return windows;
+}
+
+// The means of one bin window over `block` planes, planes[c * plane_stride + offset] being plane c: each summed as
+// roi_pool_bin_mean sums it, so bitwise the same. The planes' sums are independent, so a core overlaps them where one
+// plane's is a chain of dependent adds.
+template <typename T, typename scalar_t>
+void roi_pool_bin_means_of_block(T* __restrict__ means, const scalar_t* __restrict__ planes, int64_t plane_stride,
+                                 int64_t width, int64_t block, const RoIPoolBin& bin) {
+  std::fill(means, means + block, T(0));
+  if (bin.empty()) return;
+  for (int64_t h = bin.h_start; h < bin.h_end; ++h) {
+    for (int64_t w = bin.w_start; w < bin.w_end; ++w) {
+      const scalar_t* pixel = planes + h * width + w;
+      for (int64_t c = 0; c < block; ++c) means[c] += static_cast<T>(pixel[c * plane_stride]);
+    }
+  }
+  const T area = static_cast<T>(roi_pool_bin_area(bin));
+  for (int64_t c = 0; c < block; ++c) means[c] /= area;
 }
 
 }  // namespace segops
