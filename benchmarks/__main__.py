@@ -10,6 +10,7 @@ import argparse
 import ctypes
 import gc
 import json
+import os
 import platform
 import statistics
 import sys
@@ -55,6 +56,10 @@ def machine_description():
         "segops": segops.__version__,
         "segops_cuda": segops.cuda_version(),
         "python": platform.python_version(),
+        # Set to measure an older CPU's kernels on this one: ATen's vectorised kernels and oneDNN's honour these.
+        "isa_caps": {
+            name: os.environ[name] for name in ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA") if name in os.environ
+        },
     }
 
 
@@ -271,6 +276,7 @@ def markdown_table(results, machine):
     lines = [
         f"Measured on {machine['cpu']} ({machine['cores']} threads"
         + (f", {machine['gpu']}" if machine["gpu"] else ", CPU only")
+        + "".join(f", {name}={value}" for name, value in machine.get("isa_caps", {}).items())
         + f"), torch {machine['torch']}, segops {machine['segops']}. "
         + peak_note(results),
         "",

@@ -192,6 +192,7 @@ _LOOPED = (
     "permutohedral_lattice",
     "permutohedral_filter",
     "dense_crf_softmax",
+    "_dense_crf_step",
 )
 
 for _name, _rule in _RULES.items():

@@ -74,6 +74,7 @@ UNSUPPORTED: Dict[str, str] = {
     "permutohedral_lattice": _CRF_ADVICE,
     "permutohedral_filter": _CRF_ADVICE,
     "dense_crf_softmax": _CRF_ADVICE,
+    "_dense_crf_step": _CRF_ADVICE,
     "ps_roi_pool": (
         "(position-sensitive average RoI pooling) has no ONNX equivalent (MaxRoiPool takes the maximum); export "
         "with ps_roi_align, which has one"

@@ -247,6 +247,99 @@ def test_crf_softmax_errors():
         assert_raises_eager_and_fake(op, args, message)
 
 
+# ---------------------------------------------------------------------------------------- the fused step
+
+
+def _step_lists(lattices):
+    """_dense_crf_step's lattice arguments: one list per lattice field."""
+    return [list(tensors) for tensors in zip(*lattices)]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("labels", [1, 2, 3, 5, 21])
+@pytest.mark.parametrize("kernels", [1, 2, 3])
+def test_fused_step_equals_the_filters_then_the_softmax(dtype, labels, kernels):
+    # Bitwise: the same slices and the same softmax, only without the messages in memory. 3 kernels: the two CRF
+    # lattices and a 1-D one (d = 1 takes the general d path). Two images; 600 points end blocks part-full.
+    unary, image = crf_case(labels + 7 * kernels, batch=2, labels=labels, height=20, width=30, dtype=dtype)
+    lattices = list(crf_lattices(image, 3.0, 8.0, 13.0))
+    if kernels == 3:
+        lattices.append(PermutohedralLattice.build(image[:, :1].flatten(2).transpose(1, 2) / 20).normalized())
+    lattices = [lattice._replace(weights=lattice.weights.to(dtype)) for lattice in lattices[:kernels]]
+    g = torch.Generator().manual_seed(labels)
+    logits = unary.permute(0, 2, 3, 1).reshape(2, -1, labels)
+    q = torch.softmax(torch.randn(logits.shape, generator=g, dtype=dtype), -1)
+    weights = torch.rand(kernels, generator=g, dtype=dtype) * 10
+    expected = crf_softmax(logits, [lattice.filter(q) for lattice in lattices], weights)
+    actual = torch.ops.segops._dense_crf_step(logits, q, weights, *_step_lists(lattices))
+    assert torch.equal(actual, expected)
+
+
+def test_inference_runs_the_fused_step_with_the_autograd_path_bits(monkeypatch):
+    # Without a gradient dense_crf runs _dense_crf_step; with one, DenseCRFFunction: the same numbers either way.
+    unary, image = crf_case(11, labels=5, dtype=torch.float32)
+    calls = []
+    fused = torch.ops.segops._dense_crf_step
+    monkeypatch.setattr(
+        torch.ops.segops, "_dense_crf_step", lambda *args: calls.append(1) or fused(*args), raising=False
+    )
+    inference = segops.dense_crf(unary, image, 3, **SMALL_CRF)
+    assert len(calls) == 2 * 3  # two images, 3 steps each
+    differentiable = segops.dense_crf(unary.clone().requires_grad_(), image, 3, **SMALL_CRF)
+    assert len(calls) == 6 and differentiable.requires_grad
+    assert torch.equal(inference, differentiable.detach())
+    with torch.no_grad():
+        assert torch.equal(segops.dense_crf(unary.clone().requires_grad_(), image, 3, **SMALL_CRF), inference)
+    assert len(calls) == 12
+
+
+def test_fused_step_opcheck_vmap_and_no_derivative():
+    unary, image = crf_case(12, batch=1, labels=3, height=6, width=7)
+    lattices = crf_lattices(image, 3.0, 8.0, 13.0)
+    logits = unary.permute(0, 2, 3, 1).reshape(1, -1, 3).contiguous()
+    q = torch.softmax(logits, -1)
+    args = (logits, q, torch.tensor([3.0, 5.0], dtype=torch.float64), *_step_lists(lattices))
+    torch.library.opcheck(torch.ops.segops._dense_crf_step.default, args, test_utils=("test_schema", "test_faketensor"))
+    batched = torch.stack([logits, logits.flip(1)])
+    expected = torch.stack([torch.ops.segops._dense_crf_step(u, *args[1:]) for u in batched])
+    assert torch.equal(torch.vmap(lambda u: torch.ops.segops._dense_crf_step(u, *args[1:]))(batched), expected)
+    # It has no derivative: a call that wants one is an error naming it, never a silent zero gradient.
+    for wanting in (
+        (logits.clone().requires_grad_(), *args[1:]),
+        (*args[:2], args[2].clone().requires_grad_(), *args[3:]),
+    ):
+        with pytest.raises(RuntimeError, match="segops::_dense_crf_step has no derivative"):
+            torch.ops.segops._dense_crf_step(*wanting)
+    with torch.no_grad():
+        torch.ops.segops._dense_crf_step(logits.clone().requires_grad_(), *args[1:])
+
+
+def test_fused_step_errors():
+    values, lattice = lattice_args()
+    op = torch.ops.segops._dense_crf_step
+    lists = dict(zip(PermutohedralLattice._fields, _step_lists([lattice])))
+    base = dict(unary=values, q=values, kernel_weights=torch.ones(1), **lists)
+    cases = [
+        (dict(vertex_ids=[]), "1 to 8 lattices, got 0"),
+        (
+            dict(weights=lists["weights"] * 2),
+            "one tensor per lattice in every lattice list, got 1 vertex_ids, 2 weights",
+        ),
+        (dict(unary=values[0]), r"unary must be \[B, N, L\] with L >= 1, got shape \[20, 2\]"),
+        (dict(unary=values.half(), q=values.half()), "unary must be float32 or float64, got Half"),
+        (dict(q=values[:, :, :1]), r"q must have unary's shape \[2, 20, 2\] and dtype Float, got \[2, 20, 1\] Float"),
+        (dict(kernel_weights=torch.ones(2)), r"kernel_weights must be \[K\] = \[1\] \(one per lattice\)"),
+        (dict(vertex_ids=[lattice.vertex_ids.long()]), "permutohedral_filter: vertex_ids must be Int, got Long"),
+    ]
+    for change, message in cases:
+        assert_raises_eager_and_fake(op, {**base, **change}, message)
+    # A forged lattice: the slice reports the point, as the filter does.
+    forged = lattice.vertex_ids.clone()
+    forged[1, 3, 2] = 10**6
+    with pytest.raises(RuntimeError, match=r"vertex_ids\[1, 3\] must be vertices in \[0, num_vertices\)"):
+        op(**{**base, "vertex_ids": [forged]})
+
+
 # ------------------------------------------------------------------------------------------- the dense CRF
 
 

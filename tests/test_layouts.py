@@ -118,6 +118,17 @@ def _cases(lattice_op):
             lambda t: (t["unary"], [t["messages[0]"]], t["weights"]),
             (),
         ),
+        "_dense_crf_step": (
+            "_dense_crf_step",
+            {
+                "unary": randn(2, 20, 4),
+                "q": randn(1, 20, 4).repeat(2, 1, 1),
+                "kernel_weights": randn(1),
+                **{f"{name}[0]": tensor for name, tensor in zip(lattice_names, lattice)},
+            },
+            lambda t: (t["unary"], t["q"], t["kernel_weights"], *([t[f"{name}[0]"]] for name in lattice_names)),
+            (),
+        ),
     }
     for path, groups, out_channels in (("gemm", 1, 6), ("grouped-gemm", 3, 6), ("depthwise", 3, 3)):
         conv = dict(input=randn(2, 3, 9, 10), weight=randn(out_channels, 3 // groups, 3, 3))
@@ -158,6 +169,8 @@ def _flat(result):
 def test_every_tensor_argument_in_every_layout(backend, layout, case):
     if backend == "emulated" and case in ("dilated_conv2d-gemm", "dilated_conv2d-grouped-gemm"):
         pytest.skip("on CUDA the general convolution's forward is ATen's (cuDNN), not a segops kernel")
+    if backend == "emulated" and case == "_dense_crf_step":
+        pytest.skip("a CPU kernel only: on CUDA the dense CRF's steps are permutohedral_filter and dense_crf_softmax")
     if backend == "emulated":
         emulated = emulation_module()
         lattice_op = lambda points: emulated.permutohedral_lattice(points, *LAUNCH)  # noqa: E731

@@ -86,4 +86,36 @@ CheckedCrfSoftmax checked_crf_softmax(const at::Tensor& unary, at::TensorList me
   return checked;
 }
 
+CheckedCrfStep checked_crf_step(const at::Tensor& unary, const at::Tensor& q, const at::Tensor& kernel_weights,
+                                at::TensorList vertex_ids, at::TensorList weights, at::TensorList neighbours,
+                                at::TensorList splat_offsets, at::TensorList splat_entries,
+                                at::TensorList num_vertices) {
+  constexpr const char* op = "_dense_crf_step";
+  const size_t kernels = vertex_ids.size();
+  TORCH_CHECK(kernels >= 1 && static_cast<int64_t>(kernels) <= kMaxCrfKernels, op, ": 1 to ", kMaxCrfKernels,
+              " lattices, got ", kernels);
+  TORCH_CHECK(weights.size() == kernels && neighbours.size() == kernels && splat_offsets.size() == kernels &&
+                  splat_entries.size() == kernels && num_vertices.size() == kernels,
+              op, ": one tensor per lattice in every lattice list, got ", vertex_ids.size(), " vertex_ids, ",
+              weights.size(), " weights, ", neighbours.size(), " neighbours, ", splat_offsets.size(),
+              " splat_offsets, ", splat_entries.size(), " splat_entries and ", num_vertices.size(), " num_vertices");
+  TORCH_CHECK(unary.dim() == 3 && unary.size(2) >= 1, op, ": unary must be [B, N, L] with L >= 1, got shape ",
+              unary.sizes());
+  check_float32_or_64(op, "unary", unary);
+  TORCH_CHECK(q.sizes() == unary.sizes() && q.scalar_type() == unary.scalar_type(), op, ": q must have unary's shape ",
+              unary.sizes(), " and dtype ", unary.scalar_type(), ", got ", q.sizes(), " ", q.scalar_type());
+  check_same_device(op, "q", q, unary, "unary");
+  TORCH_CHECK(kernel_weights.dim() == 1 && kernel_weights.size(0) == static_cast<int64_t>(kernels) &&
+                  kernel_weights.scalar_type() == unary.scalar_type(),
+              op, ": kernel_weights must be [K] = [", kernels, "] (one per lattice) of unary's dtype ",
+              unary.scalar_type(), ", got ", kernel_weights.sizes(), " ", kernel_weights.scalar_type());
+  check_same_device(op, "kernel_weights", kernel_weights, unary, "unary");
+  CheckedCrfStep checked{unary.contiguous(), kernel_weights.contiguous(), {}};
+  for (size_t k = 0; k < kernels; ++k) {
+    checked.lattices.push_back(checked_lattice_filter(q, vertex_ids[k], weights[k], neighbours[k], splat_offsets[k],
+                                                      splat_entries[k], num_vertices[k]));
+  }
+  return checked;
+}
+
 }  // namespace segops

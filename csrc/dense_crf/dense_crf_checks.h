@@ -39,4 +39,18 @@ struct CheckedCrfSoftmax {
 // unary's shape, dtype and device; weights [K] (K = len(messages)) of unary's dtype and device.
 CheckedCrfSoftmax checked_crf_softmax(const at::Tensor& unary, at::TensorList messages, const at::Tensor& weights);
 
+// A checked _dense_crf_step call, its tensors contiguous.
+struct CheckedCrfStep {
+  at::Tensor unary, kernel_weights;
+  std::vector<CheckedFilter> lattices;
+};
+
+// _dense_crf_step: unary [B, N, L] float32 or float64; q (the filter's values) of unary's shape, dtype and device;
+// 1 to kMaxCrfKernels lattices, given as one list per lattice tensor (vertex_ids[k], weights[k], ... are lattice
+// k's), each checked as permutohedral_filter checks it with q; kernel_weights [K] of unary's dtype and device.
+CheckedCrfStep checked_crf_step(const at::Tensor& unary, const at::Tensor& q, const at::Tensor& kernel_weights,
+                                at::TensorList vertex_ids, at::TensorList weights, at::TensorList neighbours,
+                                at::TensorList splat_offsets, at::TensorList splat_entries,
+                                at::TensorList num_vertices);
+
 }  // namespace segops

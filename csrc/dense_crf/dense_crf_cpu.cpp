@@ -341,62 +341,130 @@ int64_t parallel_checked(int64_t n, int64_t grain, const Fn& fn) {
   return bad.get();
 }
 
+// Image b of a checked filter call.
+template <typename scalar_t>
+FilterImage<scalar_t> filter_image(const CheckedFilter& c, int64_t b) {
+  const LatticeShape& shape = c.shape;
+  const int64_t points = shape.points, dims = shape.dims, rows = shape.vertex_rows, channels = c.values.size(2);
+  const int64_t vertices = c.num_vertices.const_data_ptr<int64_t>()[b];
+  TORCH_CHECK(vertices >= 0 && vertices <= rows, "permutohedral_filter: num_vertices[", b, "] must be in [0, M] = [0, ",
+              rows, "] (M = neighbours.size(1)), got ", vertices);
+  return {c.values.const_data_ptr<scalar_t>() + b * points * channels,
+          c.vertex_ids.const_data_ptr<int32_t>() + b * points * (dims + 1),
+          c.weights.const_data_ptr<scalar_t>() + b * points * (dims + 1),
+          c.neighbours.const_data_ptr<int32_t>() + b * rows * (dims + 1) * 2,
+          c.splat_offsets.const_data_ptr<int32_t>() + b * (rows + 1),
+          c.splat_entries.const_data_ptr<int32_t>() + b * points * (dims + 1),
+          points,
+          channels,
+          vertices,
+          dims};
+}
+
+// The splat and the blur of image b: its vertex values, [vertices, C].
+template <typename scalar_t>
+std::vector<scalar_t> blurred_vertex_values(const FilterImage<scalar_t>& im, bool adjoint, int64_t b) {
+  const int64_t vertices = im.vertices, channels = im.channels, dims = im.dims;
+  std::vector<scalar_t> current(static_cast<size_t>(vertices * channels)), next(current.size());
+  const int64_t vertex_grain = std::max<int64_t>(1, 8192 / channels);
+  // Splat tasks of equal entry counts (a few vertices carry most entries: a vertex count split would not
+  // balance), bounded by binary search on the offsets.
+  const std::vector<int64_t> bounds = balanced_vertex_bounds(im.offsets, vertices, kSplatTasks);
+  int64_t bad = parallel_checked(kSplatTasks, 1, [&](int64_t begin, int64_t end) {
+    int64_t first_bad = -1;
+    for (int64_t task = begin; task < end && first_bad < 0; ++task)
+      first_bad = SEGOPS_CPU_LOOP(splat_any_stride)(im, bounds[task], bounds[task + 1], current.data());
+    return first_bad;
+  });
+  TORCH_CHECK(bad < 0, "permutohedral_filter: the splat list of vertex ", bad, " of image ", b,
+              " is outside splat_entries or names an entry outside [0, N*(d+1)) = [0, ", im.points * (dims + 1), ")");
+  for (int64_t step = 0; step <= dims; ++step) {
+    const int j = static_cast<int>(adjoint ? dims - step : step);
+    bad = parallel_checked(vertices, vertex_grain, [&](int64_t begin, int64_t end) {
+      return SEGOPS_CPU_LOOP(blur_range)(im, j, begin, end, current.data(), next.data());
+    });
+    TORCH_CHECK(bad < 0, "permutohedral_filter: neighbours[", b, ", ", bad, ", ", j,
+                "] must be vertices in [-1, num_vertices) = [-1, ", vertices, ")");
+    std::swap(current, next);
+  }
+  return current;
+}
+
+// The slice's error: the first point of image b with a vertex outside its lattice.
+void check_sliced(int64_t bad, int64_t b, int64_t vertices) {
+  TORCH_CHECK(bad < 0, "permutohedral_filter: vertex_ids[", b, ", ", bad,
+              "] must be vertices in [0, num_vertices) = [0, ", vertices, ")");
+}
+
 at::Tensor permutohedral_filter_cpu(const at::Tensor& values_in, const at::Tensor& vertex_ids_in,
                                     const at::Tensor& weights_in, const at::Tensor& neighbours_in,
                                     const at::Tensor& splat_offsets_in, const at::Tensor& splat_entries_in,
                                     const at::Tensor& num_vertices_in, bool adjoint) {
   const CheckedFilter c = checked_lattice_filter(values_in, vertex_ids_in, weights_in, neighbours_in, splat_offsets_in,
                                                  splat_entries_in, num_vertices_in);
-  const LatticeShape& shape = c.shape;
-  const at::Tensor &values = c.values, &vertex_ids = c.vertex_ids, &weights = c.weights, &neighbours = c.neighbours;
-  const at::Tensor &offsets = c.splat_offsets, &entries = c.splat_entries, &num_vertices = c.num_vertices;
-  const int64_t batch = shape.batch, points = shape.points, dims = shape.dims, rows = shape.vertex_rows;
-  const int64_t channels = values.size(2);
-  at::Tensor out = at::empty_like(values);
+  const int64_t points = c.shape.points, channels = c.values.size(2);
+  at::Tensor out = at::empty_like(c.values);
   if (out.numel() == 0) return out;
-  AT_DISPATCH_FLOATING_TYPES(values.scalar_type(), "permutohedral_filter_cpu", [&] {
-    for (int64_t b = 0; b < batch; ++b) {
-      const int64_t vertices = num_vertices.const_data_ptr<int64_t>()[b];
-      TORCH_CHECK(vertices >= 0 && vertices <= rows, "permutohedral_filter: num_vertices[", b,
-                  "] must be in [0, M] = [0, ", rows, "] (M = neighbours.size(1)), got ", vertices);
-      const FilterImage<scalar_t> im{values.const_data_ptr<scalar_t>() + b * points * channels,
-                                     vertex_ids.const_data_ptr<int32_t>() + b * points * (dims + 1),
-                                     weights.const_data_ptr<scalar_t>() + b * points * (dims + 1),
-                                     neighbours.const_data_ptr<int32_t>() + b * rows * (dims + 1) * 2,
-                                     offsets.const_data_ptr<int32_t>() + b * (rows + 1),
-                                     entries.const_data_ptr<int32_t>() + b * points * (dims + 1),
-                                     points,
-                                     channels,
-                                     vertices,
-                                     dims};
-      std::vector<scalar_t> current(static_cast<size_t>(vertices * channels)), next(current.size());
-      const int64_t vertex_grain = std::max<int64_t>(1, 8192 / channels);
-      // Splat tasks of equal entry counts (a few vertices carry most entries: a vertex count split would not
-      // balance), bounded by binary search on the offsets.
-      const std::vector<int64_t> bounds = balanced_vertex_bounds(im.offsets, vertices, kSplatTasks);
-      int64_t bad = parallel_checked(kSplatTasks, 1, [&](int64_t begin, int64_t end) {
-        int64_t first_bad = -1;
-        for (int64_t task = begin; task < end && first_bad < 0; ++task)
-          first_bad = SEGOPS_CPU_LOOP(splat_any_stride)(im, bounds[task], bounds[task + 1], current.data());
-        return first_bad;
-      });
-      TORCH_CHECK(bad < 0, "permutohedral_filter: the splat list of vertex ", bad, " of image ", b,
-                  " is outside splat_entries or names an entry outside [0, N*(d+1)) = [0, ", points * (dims + 1), ")");
-      for (int64_t step = 0; step <= dims; ++step) {
-        const int j = static_cast<int>(adjoint ? dims - step : step);
-        bad = parallel_checked(vertices, vertex_grain, [&](int64_t begin, int64_t end) {
-          return SEGOPS_CPU_LOOP(blur_range)(im, j, begin, end, current.data(), next.data());
-        });
-        TORCH_CHECK(bad < 0, "permutohedral_filter: neighbours[", b, ", ", bad, ", ", j,
-                    "] must be vertices in [-1, num_vertices) = [-1, ", vertices, ")");
-        std::swap(current, next);
+  AT_DISPATCH_FLOATING_TYPES(c.values.scalar_type(), "permutohedral_filter_cpu", [&] {
+    for (int64_t b = 0; b < c.shape.batch; ++b) {
+      const FilterImage<scalar_t> im = filter_image<scalar_t>(c, b);
+      const std::vector<scalar_t> vertex_values = blurred_vertex_values(im, adjoint, b);
+      scalar_t* image_out = out.mutable_data_ptr<scalar_t>() + b * points * channels;
+      check_sliced(parallel_checked(points, std::max<int64_t>(1, 4096 / channels),
+                                    [&](int64_t begin, int64_t end) {
+                                      return SEGOPS_CPU_LOOP(slice_range)(im, begin, end, vertex_values.data(),
+                                                                          image_out + begin * channels);
+                                    }),
+                   b, im.vertices);
+    }
+  });
+  return out;
+}
+
+// The dense CRF's mean-field step with Potts compatibility, fused: dense_crf_softmax(unary, [filter_k(q)], weights)
+// with each block of points sliced from every lattice into a small buffer and updated there, so the messages are
+// never written out: per step at 500x375 with 21 labels, 63 MB less memory traffic and 32 MB less fresh memory.
+// The same arithmetic in the same order as the two ops, so bitwise their result.
+at::Tensor dense_crf_step_cpu(const at::Tensor& unary_in, const at::Tensor& q_in, const at::Tensor& kernel_weights_in,
+                              at::TensorList vertex_ids, at::TensorList weights, at::TensorList neighbours,
+                              at::TensorList splat_offsets, at::TensorList splat_entries, at::TensorList num_vertices) {
+  const CheckedCrfStep c = checked_crf_step(unary_in, q_in, kernel_weights_in, vertex_ids, weights, neighbours,
+                                            splat_offsets, splat_entries, num_vertices);
+  const at::Tensor& unary = c.unary;
+  at::Tensor out = at::empty_like(unary);
+  if (out.numel() == 0) return out;
+  const int64_t kernels = static_cast<int64_t>(c.lattices.size());
+  const int64_t points = unary.size(1), labels = unary.size(2);
+  AT_DISPATCH_FLOATING_TYPES(unary.scalar_type(), "dense_crf_step_cpu", [&] {
+    for (int64_t b = 0; b < unary.size(0); ++b) {
+      std::vector<FilterImage<scalar_t>> images;
+      std::vector<std::vector<scalar_t>> vertex_values;
+      for (const CheckedFilter& lattice : c.lattices) {
+        images.push_back(filter_image<scalar_t>(lattice, b));
+        vertex_values.push_back(blurred_vertex_values(images.back(), /*adjoint=*/false, b));
       }
-      bad = parallel_checked(points, std::max<int64_t>(1, 4096 / channels), [&](int64_t begin, int64_t end) {
-        return SEGOPS_CPU_LOOP(slice_range)(im, begin, end, current.data(),
-                                            out.mutable_data_ptr<scalar_t>() + b * points * channels);
+      const scalar_t* image_unary = unary.const_data_ptr<scalar_t>() + b * points * labels;
+      scalar_t* image_out = out.mutable_data_ptr<scalar_t>() + b * points * labels;
+      // Blocks of about 4096 values per message, in cache from the slice to the update.
+      const int64_t block = std::max<int64_t>(1, 4096 / labels);
+      FirstBad bad;
+      at::parallel_for(0, points, block, [&](int64_t begin, int64_t end) {
+        std::vector<scalar_t> messages(static_cast<size_t>(kernels * block * labels));
+        const scalar_t* pointers[kMaxCrfKernels];
+        for (int64_t k = 0; k < kernels; ++k) pointers[k] = messages.data() + k * block * labels;
+        for (int64_t first = begin; first < end; first += block) {
+          const int64_t last = std::min(end, first + block);
+          for (int64_t k = 0; k < kernels; ++k) {
+            const int64_t first_bad = SEGOPS_CPU_LOOP(slice_range)(images[k], first, last, vertex_values[k].data(),
+                                                                   messages.data() + k * block * labels);
+            if (first_bad >= 0) bad.record(k * points + first_bad);
+          }
+          SEGOPS_CPU_LOOP(crf_softmax_rows)(image_unary + first * labels, pointers,
+                                            c.kernel_weights.const_data_ptr<scalar_t>(), static_cast<int>(kernels),
+                                            labels, 0, last - first, image_out + first * labels);
+        }
       });
-      TORCH_CHECK(bad < 0, "permutohedral_filter: vertex_ids[", b, ", ", bad,
-                  "] must be vertices in [0, num_vertices) = [0, ", vertices, ")");
+      if (bad.get() >= 0) check_sliced(bad.get() % points, b, images[bad.get() / points].vertices);
     }
   });
   return out;
@@ -428,6 +496,7 @@ at::Tensor dense_crf_softmax_cpu(const at::Tensor& unary_in, at::TensorList mess
 
 TORCH_LIBRARY_IMPL(segops, CPU, m) {
   m.impl("dense_crf_softmax", &dense_crf_softmax_cpu);
+  m.impl("_dense_crf_step", &dense_crf_step_cpu);
   m.impl("permutohedral_lattice", &permutohedral_lattice_cpu);
   m.impl("permutohedral_filter", &permutohedral_filter_cpu);
 }

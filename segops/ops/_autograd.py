@@ -131,6 +131,20 @@ def _applies_directly(args) -> bool:
     )
 
 
+def register_no_derivative(op_name: str, reason: str) -> None:
+    """Makes the Autograd kernel of ``segops::<op_name>``, an op without a derivative, refuse a call that wants one
+    (PyTorch's fallback would warn and let the gradient through it be silently zero) and run the op otherwise."""
+    op = getattr(torch.ops.segops, op_name).default
+
+    def autograd_kernel(keyset, *args):
+        if _needs_autograd(args):
+            raise RuntimeError(f"segops::{op_name} has no derivative ({reason})")
+        with torch._C._AutoDispatchBelowAutograd():
+            return op.redispatch(keyset & torch._C._after_autograd_keyset, *args)
+
+    _LIBRARY.impl(op_name, autograd_kernel, "Autograd", with_keyset=True)
+
+
 def save_for_backward_and_jvp(ctx, *tensors) -> None:
     """Saves tensors for both the backward and the jvp (``ctx.saved_tensors`` in either)."""
     ctx.save_for_backward(*tensors)

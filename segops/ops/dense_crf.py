@@ -12,9 +12,11 @@ from torch import Tensor, nn
 from segops._fx import not_scriptable, one_fx_node
 from segops.ops._autograd import (
     OpFunction,
+    _needs_autograd,
     below_autograd,
     no_double_backward,
     register_function,
+    register_no_derivative,
     save_for_backward_and_jvp,
 )
 from segops.ops._checks import accumulation_dtype, autocast_to, dtype_name, format_shape
@@ -380,12 +382,34 @@ def _mean_field(
     # Pixel-major (channels-last), the layout the lattice filter and the softmax over labels want: one copy.
     logits = unary.permute(0, 2, 3, 1).contiguous().view(batch, height * width, labels)
     q = crf_softmax(logits)
-    # Dynamo traces no autograd.Function with a jvp: a compiled graph takes the step without it.
-    step = _DenseCRFStep if torch.compiler.is_compiling() else DenseCRFFunction
-    for _ in range(num_iters):
-        q = step.apply(logits, q, weights, compatibility, lattices)
+    if _steps_fuse(logits, weights, compatibility):
+        lattice_lists = [list(tensors) for tensors in zip(*lattices)]  # one list per lattice field
+        for _ in range(num_iters):
+            q = torch.ops.segops._dense_crf_step(logits, q, weights, *lattice_lists)
+    else:
+        # Dynamo traces no autograd.Function with a jvp: a compiled graph takes the step without it.
+        step = _DenseCRFStep if torch.compiler.is_compiling() else DenseCRFFunction
+        for _ in range(num_iters):
+            q = step.apply(logits, q, weights, compatibility, lattices)
     # Contiguous, not a channels-last view: some PyTorch losses' CPU backwards (nll_loss2d) reject the latter.
     return q.view(batch, height, width, labels).permute(0, 3, 1, 2).contiguous()
+
+
+register_no_derivative(
+    "_dense_crf_step", "dense_crf runs it only where no gradient is wanted, and DenseCRFFunction's steps otherwise"
+)
+
+
+def _steps_fuse(logits: Tensor, weights: Tensor, compatibility: Optional[Tensor]) -> bool:
+    """Whether the mean-field steps run as torch.ops.segops._dense_crf_step, each step's messages never stored (the
+    same bits as DenseCRFFunction's forward): on the CPU, which has its kernel; with Potts compatibility; in eager
+    mode; and where nothing wants a derivative (the op has none)."""
+    return (
+        compatibility is None
+        and logits.device.type == "cpu"
+        and not torch.compiler.is_compiling()
+        and not _needs_autograd((logits, weights))
+    )
 
 
 @one_fx_node  # one node under FX: the dtype below is not known while tracing
