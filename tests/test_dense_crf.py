@@ -504,6 +504,26 @@ def test_bad_feature_values(bad):
         PermutohedralLattice.build(features)
 
 
+def test_lattice_has_no_derivative_and_the_crf_image_none():
+    # Features that want a gradient: an error naming the op, not a lattice whose weights' gradient is silently lost.
+    features = random_features(12, dtype=torch.float32).requires_grad_()
+    with pytest.raises(RuntimeError, match="segops::permutohedral_lattice has no derivative"):
+        PermutohedralLattice.build(features)
+    assert not PermutohedralLattice.build(features.detach()).weights.requires_grad
+    import torch.autograd.forward_ad as fwAD
+
+    with fwAD.dual_level():
+        assert not PermutohedralLattice.build(features.detach()).weights.requires_grad  # no tangent: runs
+        with pytest.raises(RuntimeError, match="segops::permutohedral_lattice has no derivative"):
+            PermutohedralLattice.build(fwAD.make_dual(features.detach(), torch.ones_like(features)))
+    # dense_crf differentiates the logits, and not the image (documented): an image that wants a gradient gets none.
+    unary, image = crf_case(13, batch=1, labels=3, height=6, width=7)
+    unary.requires_grad_()
+    image.requires_grad_()
+    segops.dense_crf(unary, image, 2, **SMALL_CRF).sum().backward()
+    assert unary.grad is not None and image.grad is None
+
+
 def test_bad_filter_arguments():
     values, lattice = lattice_args()
     op = torch.ops.segops.permutohedral_filter

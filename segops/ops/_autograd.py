@@ -131,13 +131,21 @@ def _applies_directly(args) -> bool:
     )
 
 
+def _wants_derivative(args) -> bool:
+    """Whether a tensor argument (or one in a list) wants a reverse-mode gradient or carries a forward-mode tangent."""
+    tensors = [t for a in args for t in (a if isinstance(a, (list, tuple)) else (a,)) if isinstance(t, torch.Tensor)]
+    if torch.is_grad_enabled() and any(t.requires_grad for t in tensors):
+        return True
+    return forward_ad._current_level >= 0 and any(forward_ad.unpack_dual(t).tangent is not None for t in tensors)
+
+
 def register_no_derivative(op_name: str, reason: str) -> None:
     """Makes the Autograd kernel of ``segops::<op_name>``, an op without a derivative, refuse a call that wants one
     (PyTorch's fallback would warn and let the gradient through it be silently zero) and run the op otherwise."""
     op = getattr(torch.ops.segops, op_name).default
 
     def autograd_kernel(keyset, *args):
-        if _needs_autograd(args):
+        if _wants_derivative(args):
             raise RuntimeError(f"segops::{op_name} has no derivative ({reason})")
         with torch._C._AutoDispatchBelowAutograd():
             return op.redispatch(keyset & torch._C._after_autograd_keyset, *args)

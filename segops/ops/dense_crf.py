@@ -238,6 +238,7 @@ def crf_lattices(
     _check_positive("appearance_sxy", appearance_sxy)
     _check_positive("appearance_srgb", appearance_srgb)
     batch, _, height, width = image.shape
+    image = image.detach()  # the CRF is not differentiated with respect to the image (documented)
     dtype = torch.float64 if image.dtype == torch.float64 else torch.float32
     ys = torch.arange(height, device=image.device, dtype=dtype).view(height, 1).expand(height, width)
     xs = torch.arange(width, device=image.device, dtype=dtype).view(1, width).expand(height, width)

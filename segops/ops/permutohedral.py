@@ -9,7 +9,14 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
-from segops.ops._autograd import OpFunction, below_autograd, call, register_function, save_for_backward_and_jvp
+from segops.ops._autograd import (
+    OpFunction,
+    below_autograd,
+    call,
+    register_function,
+    register_no_derivative,
+    save_for_backward_and_jvp,
+)
 
 __all__ = ["PermutohedralLattice"]
 
@@ -53,6 +60,11 @@ class _PermutohedralFilterFunction(OpFunction):
 
 
 register_function("permutohedral_filter", _PermutohedralFilterFunction)
+register_no_derivative(
+    "permutohedral_lattice",
+    "the lattice's barycentric weights are not differentiated with respect to the features: build it from "
+    "detached features",
+)
 
 
 class PermutohedralLattice(NamedTuple):
@@ -84,7 +96,8 @@ class PermutohedralLattice(NamedTuple):
     def build(cls, features: Tensor) -> "PermutohedralLattice":
         """The lattice of ``features`` (Tensor[B, N, d], float32 or float64, 1 <= d <= 16), each feature already
         divided by its bandwidth: the filter approximates the Gaussian ``exp(-|f_i - f_j|^2 / 2)`` up to a
-        constant factor (1 for ``f_i = f_j`` is not kept: compare normalised filters)."""
+        constant factor (1 for ``f_i = f_j`` is not kept: compare normalised filters). Not differentiable with
+        respect to the features: features that want a gradient are an error (detach them)."""
         return cls(*torch.ops.segops.permutohedral_lattice(features))
 
     def filter(self, values: Tensor) -> Tensor:
