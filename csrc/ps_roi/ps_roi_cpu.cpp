@@ -48,10 +48,10 @@ struct PSPlaneBlock {
 };
 
 // Calls body(n, k, block) for every block of planes of every image n (blocks of up to block_size output channels)
-// and every RoI k of image n, and, where image n has few RoIs, prefetch(n, k, the block kPrefetchPlanes planes
-// ahead) first. Blocks run as for_each_plane_roi runs planes: with block_size 1, a block is one input channel, in
-// input-channel order. RoIs run in chunks: prepare(begin) readies the RoIs from `begin` on and returns the chunk's
-// end.
+// and every RoI k of image n, and, where image n has few RoIs, prefetch(n, k, the first block at least
+// kPrefetchPlanes planes ahead) first. Blocks run as for_each_plane_roi runs planes: with block_size 1, a block is one
+// input channel, in input-channel order. RoIs run in chunks: prepare(begin) readies the RoIs from `begin` on and
+// returns the chunk's end.
 template <typename acc_t, typename Prepare, typename Prefetch, typename Body>
 void for_each_ps_plane_block_roi(const acc_t* rois, int64_t num_rois, int64_t batch_size, int64_t out_channels,
                                  int64_t pooled_h, int64_t pooled_w, int64_t block_size, const Prepare& prepare,

@@ -27,6 +27,11 @@ def _needs_autograd(args) -> bool:
     # Forward-mode AD works under no_grad too: any open dual level sends the call through the Function.
     if forward_ad._current_level >= 0:
         return True
+    return _wants_gradient(args)
+
+
+def _wants_gradient(args) -> bool:
+    """Whether grad mode is on and a tensor argument (or one in a list or tuple) requires a gradient."""
     if not torch.is_grad_enabled():
         return False
     # _any_requires_grad looks into lists of tensors but not into tuples (which front ends may pass).
@@ -132,11 +137,14 @@ def _applies_directly(args) -> bool:
 
 
 def _wants_derivative(args) -> bool:
-    """Whether a tensor argument (or one in a list) wants a reverse-mode gradient or carries a forward-mode tangent."""
-    tensors = [t for a in args for t in (a if isinstance(a, (list, tuple)) else (a,)) if isinstance(t, torch.Tensor)]
-    if torch.is_grad_enabled() and any(t.requires_grad for t in tensors):
+    """Whether a tensor argument (or one in a list) wants a reverse-mode gradient or carries a forward-mode tangent:
+    unlike _needs_autograd, an open dual level alone is not enough."""
+    if _wants_gradient(args):
         return True
-    return forward_ad._current_level >= 0 and any(forward_ad.unpack_dual(t).tangent is not None for t in tensors)
+    if forward_ad._current_level < 0:
+        return False
+    tensors = [t for a in args for t in (a if isinstance(a, (list, tuple)) else (a,)) if isinstance(t, torch.Tensor)]
+    return any(forward_ad.unpack_dual(t).tangent is not None for t in tensors)
 
 
 def register_no_derivative(op_name: str, reason: str) -> None:
