@@ -5,6 +5,7 @@ scatter in another order (into a float32 buffer for half types, as on the GPU), 
 backwards (torch.use_deterministic_algorithms), which gather in the CPU path's order and must agree with it bitwise
 for every launch shape."""
 
+import itertools
 import warnings
 
 import pytest
@@ -737,3 +738,26 @@ def test_crf_softmax_kernel_equals_the_cpu_path_bitwise(emulated, launch, dtype)
         weights = torch.rand(kernels, generator=g, dtype=dtype)
         expected = torch.ops.segops.dense_crf_softmax(unary, messages, weights)
         assert torch.equal(emulated.dense_crf_softmax(unary, messages, weights, grid, block), expected)
+
+
+@pytest.mark.parametrize("finite", [True, False], ids=["finite-weights", "an-infinite-weight"])
+def test_depthwise_float_forward_rows_equal_the_kernel_bit_for_bit(emulated, finite):
+    """The CPU's float forward sums blocks of 32 and 8 outputs in registers over zero-padded copies of the input rows,
+    where a tap in the padding adds w * 0 to the sum. That changes no bit for finite weights; an infinite one would turn
+    it into NaN, so such planes take the per-tap loop, which skips the padding as the kernel does. Rows of 43 to 77
+    outputs cross both block sizes and end mid-block; a vertical stride of 2 and a kernel taller than the input
+    (dilation 4: the ring of row copies holds the input's 6 rows) move the rows' ring."""
+    g = torch.Generator().manual_seed(3)
+    input = torch.randn(2, 3, 6, 45, generator=g)
+    weight = torch.randn(3, 1, 3, 3, generator=g)
+    bias = torch.randn(3, generator=g)
+    if not finite:
+        weight[1, 0, 0, 0] = float("inf")
+    for (padding, dilation), stride in itertools.product(((0, 1), (2, 2), (5, 3), (4, 4), (17, 1)), (1, 2)):
+        args = ([stride, 1], [padding, padding], [dilation, dilation], 3)
+        expected = emulated.dilated_conv2d(input, weight, bias, *args, (2,), (32,))
+        actual = torch.ops.segops.dilated_conv2d(input, weight, bias, *args)
+        torch.testing.assert_close(actual, expected, rtol=0, atol=0, equal_nan=True)
+        if padding > 0:
+            # Output (0, 0) reads the infinite tap in the padding: skipped, not inf * 0.
+            assert torch.isfinite(actual[:, 1, 0, 0]).all()

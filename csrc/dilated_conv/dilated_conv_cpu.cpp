@@ -18,6 +18,7 @@
 
 #include <algorithm>
 #include <array>
+#include <cmath>
 #include <cstring>
 #include <optional>
 #include <tuple>
@@ -139,16 +140,140 @@ __attribute__((target_clones("avx2", "default"))) void depthwise_plane_forward_u
   depthwise_plane_forward(p, bias, ay, ax, runs, sums, UnitStride{});
 }
 
-// Runs the AVX2-capable copy where there is one (float, unit step): true if it ran.
+// One thread's scratch for the float forward with a horizontal stride of 1: a row of sums, and copies of the input
+// rows that the current output row reads, each with `pad` zeros on its left and zeros up to `width` on its right, so
+// that every tap of every output reads inside it. The copies are a ring: input row y lives in slot y mod slots, where
+// slots = the kernel's vertical span (or the input's rows, if fewer), which holds every row one output row reads, so
+// each input row of a plane is copied once. Only [pad, pad + in) of a copy is ever written: its zeros are set once.
+struct PaddedInputRows {
+  int64_t width;                       // the outputs rounded up to 8, plus the kernel's horizontal span
+  int64_t slots;                       // (kH - 1) * dilation + 1, at most the input's rows
+  std::vector<float> rows;             // slots x width
+  std::vector<int64_t> row_in_slot;    // the input row each slot holds, -1 for none
+  std::vector<float> sums;             // width
+  std::vector<const float*> tap_rows;  // the copies of the output row's taps that fall inside the input, in order
+  std::vector<const float*> tap_filters;
+
+  // Copies at most this many floats (4 MB) a thread: past it (padding or dilation far beyond the input) the forward
+  // takes depthwise_plane_forward.
+  static constexpr int64_t kMaxFloats = int64_t(1) << 20;
+
+  static int64_t span(const ConvAxis& axis) {  // (kernel - 1) * dilation + 1, or kMaxFloats + 1 where that is more
+    const int64_t gaps = axis.kernel - 1;
+    return gaps > 0 && axis.dilation > kMaxFloats / gaps ? kMaxFloats + 1 : gaps * axis.dilation + 1;
+  }
+  // The ring needs no more slots than the input has rows: rows y < in then have a slot each.
+  static int64_t slots_for(const ConvAxis& ay) { return std::min(span(ay), std::max<int64_t>(ay.in, 1)); }
+  static int64_t width_for(const ConvAxis& ax) { return (ax.out + 7) / 8 * 8 + span(ax) - 1; }
+  static bool fits(const ConvAxis& ay, const ConvAxis& ax) {
+    const int64_t width = width_for(ax), slots = slots_for(ay);
+    return width <= kMaxFloats && slots <= kMaxFloats / width;
+  }
+
+  PaddedInputRows(const ConvAxis& ay, const ConvAxis& ax)
+      : width(width_for(ax)),
+        slots(slots_for(ay)),
+        rows(slots * width, 0.0f),
+        row_in_slot(slots),
+        sums(width),
+        tap_rows(ay.kernel),
+        tap_filters(ay.kernel) {}
+
+  // Forgets the rows of the previous plane.
+  void start_plane() { std::fill(row_in_slot.begin(), row_in_slot.end(), int64_t(-1)); }
+
+  // The padded copy of input row y (0 <= y < in) of the plane whose rows start at `input`, `stride_h` apart.
+  const float* padded_row(const float* input, int64_t stride_h, const ConvAxis& ax, int64_t y) {
+    const int64_t slot = y % slots;
+    float* copy = rows.data() + slot * width;
+    if (row_in_slot[slot] != y) {
+      std::memcpy(copy + ax.pad, input + y * stride_h, ax.in * sizeof(float));
+      row_in_slot[slot] = y;
+    }
+    return copy;
+  }
+};
+
+// 8 floats, in two SSE registers on the baseline and one AVX register in the AVX2 copy; read at any alignment, and
+// allowed to alias the floats it is read from (as immintrin.h's __m256_u).
+using FloatLanes = float __attribute__((vector_size(32)));
+using UnalignedFloatLanes = float __attribute__((vector_size(32), aligned(4), may_alias));
+
+inline __attribute__((always_inline)) const UnalignedFloatLanes& lanes_at(const float* at) {
+  return *reinterpret_cast<const UnalignedFloatLanes*>(at);
+}
+
+// sums[x0 + l] for l in [0, 8 * chains): the sums of outputs x0.. over the taps, `chains` independent 8-lane chains
+// so that the adds of one tap overlap.
+template <int chains>
+inline __attribute__((always_inline)) void depthwise_block_sums(const PaddedInputRows& scratch, int64_t taps_inside,
+                                                                const ConvAxis& ax, int64_t x0, float* sums) {
+  FloatLanes a0 = {}, a1 = {}, a2 = {}, a3 = {};
+  for (int64_t t = 0; t < taps_inside; ++t) {
+    const float* row = scratch.tap_rows[t] + x0;
+    const float* filter = scratch.tap_filters[t];
+    for (int64_t j = 0; j < ax.kernel; ++j) {
+      const float w = filter[j];
+      const float* src = row + j * ax.dilation;
+      a0 += w * lanes_at(src);
+      if constexpr (chains == 4) {
+        a1 += w * lanes_at(src + 8);
+        a2 += w * lanes_at(src + 16);
+        a3 += w * lanes_at(src + 24);
+      }
+    }
+  }
+  std::memcpy(sums + x0, &a0, sizeof a0);
+  if constexpr (chains == 4) {
+    std::memcpy(sums + x0 + 8, &a1, sizeof a1);
+    std::memcpy(sums + x0 + 16, &a2, sizeof a2);
+    std::memcpy(sums + x0 + 24, &a3, sizeof a3);
+  }
+}
+
+// The depthwise forward of one float plane with a horizontal stride of 1 and finite weights, each output summed in
+// registers over all its taps: depthwise_plane_forward without its per-tap bounds and its row of sums in memory
+// (1.6x faster at [1, 728, 65, 65]). A tap whose input lies in the horizontal padding reads a zero there and adds
+// w * 0 = +-0, which leaves a sum unchanged: the sum starts at +0, and no float sum in round-to-nearest is -0 unless
+// both terms are, so it is never -0, and s + (+-0) == s bit for bit. So the result is depthwise_sum's, tap for tap. A
+// non-finite weight would turn the padding's zeros into NaN: such planes take depthwise_plane_forward.
+__attribute__((target_clones("avx2", "default"))) void depthwise_plane_forward_padded_float(
+    const DepthwisePlane<float>& p, float bias, const ConvAxis& ay, const ConvAxis& ax, PaddedInputRows& scratch) {
+  float* sums = scratch.sums.data();
+  scratch.start_plane();
+  for (int64_t oy = 0; oy < ay.out; ++oy) {
+    int64_t taps_inside = 0;
+    for (int64_t i = 0; i < ay.kernel; ++i) {
+      const int64_t y = ay.input_at(oy, i);
+      if (y < 0 || y >= ay.in) continue;
+      scratch.tap_rows[taps_inside] = scratch.padded_row(p.input, p.stride_h, ax, y);
+      scratch.tap_filters[taps_inside] = p.filter + i * ax.kernel;
+      ++taps_inside;
+    }
+    int64_t x0 = 0;
+    for (; x0 + 32 <= ax.out; x0 += 32) depthwise_block_sums<4>(scratch, taps_inside, ax, x0, sums);
+    for (; x0 < ax.out; x0 += 8) depthwise_block_sums<1>(scratch, taps_inside, ax, x0, sums);
+    store_row(p.output + oy * p.out_stride_h, p.out_stride_w, ax.out, [&](int64_t ox) { return sums[ox] + bias; });
+  }
+}
+
+// Runs an AVX2-capable copy where there is one (float, unit step): true if it ran.
 template <typename scalar_t, typename acc_t>
 bool depthwise_plane_forward_fast(const DepthwisePlane<scalar_t>&, acc_t, const ConvAxis&, const ConvAxis&,
-                                  const InsideRun*, acc_t*) {
+                                  const InsideRun*, acc_t*, std::optional<PaddedInputRows>&) {
   return false;
 }
 
 inline bool depthwise_plane_forward_fast(const DepthwisePlane<float>& p, float bias, const ConvAxis& ay,
-                                         const ConvAxis& ax, const InsideRun* runs, float* sums) {
-  depthwise_plane_forward_unit_float(p, bias, ay, ax, runs, sums);
+                                         const ConvAxis& ax, const InsideRun* runs, float* sums,
+                                         std::optional<PaddedInputRows>& scratch) {
+  const float* filter_end = p.filter + ay.kernel * ax.kernel;
+  if (std::all_of(p.filter, filter_end, [](float w) { return std::isfinite(w); }) && PaddedInputRows::fits(ay, ax)) {
+    if (!scratch.has_value()) scratch.emplace(ay, ax);
+    depthwise_plane_forward_padded_float(p, bias, ay, ax, *scratch);
+  } else {
+    depthwise_plane_forward_unit_float(p, bias, ay, ax, runs, sums);
+  }
   return true;
 }
 
@@ -286,6 +411,7 @@ struct CpuConvOps {
       const int64_t plane_work = ay.out * ax.out * c.taps();
       at::parallel_for(0, c.batch * c.channels, grain_for(plane_work), [&](int64_t begin, int64_t end) {
         std::vector<acc_t> sums(ax.out);
+        std::optional<PaddedInputRows> padded_rows;
         for (int64_t plane = begin; plane < end; ++plane) {
           const int64_t n = plane / c.channels, ch = plane % c.channels;
           const acc_t b = bias_data != nullptr ? static_cast<acc_t>(bias_data[ch]) : acc_t(0);
@@ -297,7 +423,7 @@ struct CpuConvOps {
                                            out_image.stride_h,
                                            out_image.stride_w};
           if (image.stride_w == 1 && ax.stride == 1 &&
-              depthwise_plane_forward_fast(p, b, ay, ax, runs.data(), sums.data())) {
+              depthwise_plane_forward_fast(p, b, ay, ax, runs.data(), sums.data(), padded_rows)) {
             continue;
           }
           with_stride(ax.stride * image.stride_w,
