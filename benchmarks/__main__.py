@@ -41,15 +41,20 @@ QUICK_CASES = (
 
 def machine_description():
     cpu = platform.processor() or platform.machine()
+    vector_isa = None
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
                 cpu = line.split(":", 1)[1].strip()
-                break
+            elif line.startswith("flags") and vector_isa is None:
+                # The widest vector instructions the CPU has: oneDNN and segops pick kernels by them.
+                flags = set(line.split(":", 1)[1].split())
+                vector_isa = "AVX-512" if "avx512f" in flags else "AVX2" if "avx2" in flags else "no AVX2"
     except OSError:
         pass
     return {
         "cpu": cpu,
+        "vector_isa": vector_isa,
         "cores": torch.get_num_threads(),
         "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
         "torch": torch.__version__,
@@ -274,7 +279,9 @@ def bandwidth_table(results):
 
 def markdown_table(results, machine):
     lines = [
-        f"Measured on {machine['cpu']} ({machine['cores']} threads"
+        f"Measured on {machine['cpu']} ("
+        + (f"{machine['vector_isa']}, " if machine.get("vector_isa") else "")
+        + f"{machine['cores']} threads"
         + (f", {machine['gpu']}" if machine["gpu"] else ", CPU only")
         + "".join(f", {name}={value}" for name, value in machine.get("isa_caps", {}).items())
         + f"), torch {machine['torch']}, segops {machine['segops']}. "

@@ -97,3 +97,12 @@ def test_sweep_table_has_the_peak_columns_last():
     lines = bench.sweep_table([_result("roi_align 7x7 forward, 16 boxes", sweep=sweep)]).splitlines()
     assert _cells(lines[0])[-2:] == ["segops peak (MB)", "torchvision peak (MB)"]
     assert _cells(lines[2]) == ["roi_align 7x7", "forward", "16", "2.0", "6.0", "3.00x", "0.500", "12.3"]
+
+
+def test_markdown_table_names_the_cpus_vector_instructions_and_caps():
+    """Float results and kernel choices differ between AVX2 and AVX-512 CPUs: the header says which ran, and which
+    instruction-set caps the run set."""
+    machine = dict(MACHINE, vector_isa="AVX2", isa_caps={"ONEDNN_MAX_CPU_ISA": "AVX2"})
+    header = bench.markdown_table([_result("roi_align 7x7 forward")], machine).splitlines()[0]
+    assert header.startswith("Measured on test CPU (AVX2, 2 threads, CPU only, ONEDNN_MAX_CPU_ISA=AVX2), torch 2.x")
+    assert bench.machine_description()["vector_isa"] in ("AVX-512", "AVX2", "no AVX2")
