@@ -16,6 +16,7 @@
 #include <memory>
 #include <optional>
 #include <tuple>
+#include <type_traits>
 #include <vector>
 
 #include "common/cpu_memory.h"
@@ -34,13 +35,42 @@ constexpr int64_t kPlaneBlock = 4;
 // cache while every channel reads them: a float point is 120 bytes, so a row of up to about 250 pixels fits a 32 KB L1,
 // a wider one in L2); a buffer of all pixels' points would cost more than few channels' work.
 template <typename T>
-void warp_row_points(WarpPoint<T>* points, const T* flow, int64_t n, int64_t y, int64_t out_h, int64_t out_w,
-                     int64_t height, int64_t width, int64_t row_stride, int64_t pixel_stride) {
+inline __attribute__((always_inline)) void warp_row_points(WarpPoint<T>* points, const T* flow, int64_t n, int64_t y,
+                                                           int64_t out_h, int64_t out_w, int64_t height, int64_t width,
+                                                           int64_t row_stride, int64_t pixel_stride) {
   const T* flow_x = flow + n * 2 * out_h * out_w + y * out_w;
   const T* flow_y = flow_x + out_h * out_w;
   for (int64_t x = 0; x < out_w; ++x) {
     points[x] = warp_point(warp_sample(y, x, flow_x[x], flow_y[x], height, width), row_stride, pixel_stride, width);
   }
+}
+
+// The forward's points (WarpValuePoint) of output row y, from that row of the flow's two channels.
+template <typename T>
+inline __attribute__((always_inline)) void warp_value_row_points(WarpValuePoint<T>* points, const T* flow_x,
+                                                                 const T* flow_y, int64_t y, int64_t out_w,
+                                                                 int64_t height, int64_t width, int64_t row_stride,
+                                                                 int64_t pixel_stride) {
+  for (int64_t x = 0; x < out_w; ++x) {
+    points[x] = warp_value_point(y, x, flow_x[x], flow_y[x], height, width, row_stride, pixel_stride);
+  }
+}
+
+// Both for float, compiled for AVX2 as well as the baseline x86-64 (SSE2); GCC picks the copy when the library loads.
+// With SSE4.1 and up, floor() is one instruction where the baseline calls libm: the points' geometry is most of a
+// warp of few channels.
+__attribute__((target_clones("avx2", "default"))) void warp_row_points_float(WarpPoint<float>* points,
+                                                                             const float* flow, int64_t n, int64_t y,
+                                                                             int64_t out_h, int64_t out_w,
+                                                                             int64_t height, int64_t width,
+                                                                             int64_t row_stride, int64_t pixel_stride) {
+  warp_row_points(points, flow, n, y, out_h, out_w, height, width, row_stride, pixel_stride);
+}
+
+__attribute__((target_clones("avx2", "default"))) void warp_value_row_points_float(
+    WarpValuePoint<float>* points, const float* flow_x, const float* flow_y, int64_t y, int64_t out_w, int64_t height,
+    int64_t width, int64_t row_stride, int64_t pixel_stride) {
+  warp_value_row_points(points, flow_x, flow_y, y, out_w, height, width, row_stride, pixel_stride);
 }
 
 // What the feature-gradient pass needs of a pixel's point: where its neighbours are in a gradient plane and their
@@ -74,7 +104,22 @@ struct WarpLayout {
   int64_t pixels() const { return out_h * out_w; }
   template <typename T>
   void row_points(WarpPoint<T>* points, const T* flow, int64_t n, int64_t y) const {
-    warp_row_points(points, flow, n, y, out_h, out_w, height, width, stride_h, stride_w);
+    if constexpr (std::is_same_v<T, float>) {
+      warp_row_points_float(points, flow, n, y, out_h, out_w, height, width, stride_h, stride_w);
+    } else {
+      warp_row_points(points, flow, n, y, out_h, out_w, height, width, stride_h, stride_w);
+    }
+  }
+  // The forward's points of output row y of image n.
+  template <typename T>
+  void value_row_points(WarpValuePoint<T>* points, const T* flow, int64_t n, int64_t y) const {
+    const T* flow_x = flow + n * 2 * pixels() + y * out_w;
+    const T* flow_y = flow_x + pixels();
+    if constexpr (std::is_same_v<T, float>) {
+      warp_value_row_points_float(points, flow_x, flow_y, y, out_w, height, width, stride_h, stride_w);
+    } else {
+      warp_value_row_points(points, flow_x, flow_y, y, out_w, height, width, stride_h, stride_w);
+    }
   }
   // Offset of channel c of scale [N, C or 1, Ho, Wo] (contiguous) for output pixel p of image n.
   int64_t scale_offset(int64_t n, int64_t c, int64_t p) const {
@@ -101,11 +146,7 @@ at::Tensor flow_warp_forward_cpu(const at::Tensor& feature, const at::Tensor& fl
       std::vector<WarpValuePoint<acc_t>> row_points(layout.out_w);
       for (int64_t row = begin; row < end; ++row) {
         const int64_t n = row / layout.out_h, y = row % layout.out_h;
-        const acc_t* flow_x = flow_data + n * 2 * pixels + y * layout.out_w;
-        for (int64_t x = 0; x < layout.out_w; ++x) {
-          row_points[x] = warp_value_point(y, x, flow_x[x], flow_x[pixels + x], layout.height, layout.width,
-                                           layout.stride_h, layout.stride_w);
-        }
+        layout.value_row_points(row_points.data(), flow_data, n, y);
         for (int64_t c = 0; c < layout.channels; ++c) {
           const scalar_t* image = feature_data + n * layout.stride_n + c * layout.stride_c;
           scalar_t* out = output_data + ((n * layout.channels + c) * layout.out_h + y) * layout.out_w;
