@@ -15,6 +15,7 @@ from torch.func import hessian, jacfwd, jacrev, jvp, vmap
 
 import segops
 from conftest import DEVICES
+from tolerances import assert_within_summation_bound
 
 D = torch.float64
 
@@ -369,6 +370,14 @@ def test_dilated_conv2d_reads_every_argument_in_every_layout(groups, argument):
         variants["channels_last"] = value.contiguous(memory_format=torch.channels_last)
     for name, variant in variants.items():
         arguments = {**dense, argument: variant}
+        if name == "channels_last" and groups == 1 and torch.backends.mkldnn.is_available():
+            # The general case in float32 is oneDNN's convolution, which picks another kernel (another summation
+            # order) for a channels_last argument, as F.conv2d does; on AVX2 CPUs its bits differ. So: within the
+            # rounding bound of each output's sum (C_in * 9 products and the bias).
+            exact = F.conv2d(*(t.double() for t in dense.values()), 1, 2, 2, groups)
+            magnitude = F.conv2d(*(t.double().abs() for t in dense.values()), 1, 2, 2, groups)
+            assert_within_summation_bound(run(**arguments), exact, magnitude, 4 * 9 + 1, name)
+            continue
         assert torch.equal(run(**arguments), run(**{**dense, argument: variant.contiguous()})), name
 
 

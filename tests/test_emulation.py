@@ -746,14 +746,17 @@ def test_depthwise_float_forward_rows_equal_the_kernel_bit_for_bit(emulated, fin
     where a tap in the padding adds w * 0 to the sum. That changes no bit for finite weights; an infinite one would turn
     it into NaN, so such planes take the per-tap loop, which skips the padding as the kernel does. Rows of 43 to 77
     outputs cross both block sizes and end mid-block; a vertical stride of 2 and a kernel taller than the input
-    (dilation 4: the ring of row copies holds the input's 6 rows) move the rows' ring."""
+    (dilation 4: the ring of row copies holds the input's 6 rows) move the rows' ring. Padding and dilation of
+    600,000 would need copies past the 4 MB a thread may take: the per-tap loop runs, with the same result."""
     g = torch.Generator().manual_seed(3)
     input = torch.randn(2, 3, 6, 45, generator=g)
     weight = torch.randn(3, 1, 3, 3, generator=g)
     bias = torch.randn(3, generator=g)
     if not finite:
         weight[1, 0, 0, 0] = float("inf")
-    for (padding, dilation), stride in itertools.product(((0, 1), (2, 2), (5, 3), (4, 4), (17, 1)), (1, 2)):
+    for (padding, dilation), stride in itertools.product(
+        ((0, 1), (2, 2), (5, 3), (4, 4), (17, 1), (600_000, 600_000)), (1, 2)
+    ):
         args = ([stride, 1], [padding, padding], [dilation, dilation], 3)
         expected = emulated.dilated_conv2d(input, weight, bias, *args, (2,), (32,))
         actual = torch.ops.segops.dilated_conv2d(input, weight, bias, *args)
