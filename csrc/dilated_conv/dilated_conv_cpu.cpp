@@ -187,7 +187,9 @@ struct PaddedInputRows {
     const int64_t slot = y % slots;
     float* copy = rows.data() + slot * width;
     if (row_in_slot[slot] != y) {
-      std::memcpy(copy + ax.pad, input + y * stride_h, ax.in * sizeof(float));
+      // An input without columns (outputs made of padding alone) has nothing to copy; memcpy must not see its null
+      // data.
+      if (ax.in > 0) std::memcpy(copy + ax.pad, input + y * stride_h, ax.in * sizeof(float));
       row_in_slot[slot] = y;
     }
     return copy;

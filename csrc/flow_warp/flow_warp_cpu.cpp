@@ -141,7 +141,6 @@ at::Tensor flow_warp_forward_cpu(const at::Tensor& feature, const at::Tensor& fl
     const scalar_t* feature_data = feature.const_data_ptr<scalar_t>();
     const scalar_t* scale_data = checked.scale.defined() ? checked.scale.const_data_ptr<scalar_t>() : nullptr;
     scalar_t* output_data = output.mutable_data_ptr<scalar_t>();
-    const int64_t pixels = layout.pixels();
     at::parallel_for(0, layout.batch * layout.out_h, 1, [&](int64_t begin, int64_t end) {
       std::vector<WarpValuePoint<acc_t>> row_points(layout.out_w);
       for (int64_t row = begin; row < end; ++row) {
