@@ -262,6 +262,34 @@ def test_function_classes_work_under_torch_func():
     torch.testing.assert_close(jvp(unpool, (pooled,), (pooled,))[1], F.max_unpool2d(pooled, indices, 2))
 
 
+def test_eager_apply_runs_an_old_style_twin_equal_to_the_function():
+    """In eager mode OpFunction.apply runs an old-style twin of each Function (PyTorch binds a setup_context
+    Function's arguments to its signature on every call, which costs more than a small op): the twin's gradient and
+    tangent equal those of the Function itself, which torch.func runs, and an omitted default (flow_warp's scale)
+    reaches setup_context filled in (None)."""
+    x, flow, cotangent = randn(1, 2, 5, 6), randn(1, 2, 5, 6, seed=1), randn(1, 2, 5, 6, seed=2)
+    flow_tangent = randn(1, 2, 5, 6, seed=3)
+
+    def warp(z, f):
+        return segops.FlowWarpFunction.apply(z, f)  # scale omitted
+
+    leaf, flow_leaf = x.clone().requires_grad_(), flow.clone().requires_grad_()
+    out = warp(leaf, flow_leaf)
+    assert type(out.grad_fn)._forward_cls is segops.FlowWarpFunction._eager
+    height, width = x.shape[-2:]
+    ys, xs = torch.meshgrid(torch.arange(height, dtype=D), torch.arange(width, dtype=D), indexing="ij")
+    grid = torch.stack([(xs + flow[:, 0]) * 2 / (width - 1) - 1, (ys + flow[:, 1]) * 2 / (height - 1) - 1], dim=-1)
+    torch.testing.assert_close(out, F.grid_sample(x, grid, align_corners=True))
+    grads = torch.autograd.grad(out, (leaf, flow_leaf), cotangent)
+    _, pullback = torch.func.vjp(warp, x, flow)
+    for eager, func in zip(grads, pullback(cotangent)):
+        torch.testing.assert_close(eager, func, rtol=0, atol=0)
+    with torch.autograd.forward_ad.dual_level():
+        dual = warp(*(torch.autograd.forward_ad.make_dual(p, t) for p, t in ((x, cotangent), (flow, flow_tangent))))
+        eager_tangent = torch.autograd.forward_ad.unpack_dual(dual).tangent
+    torch.testing.assert_close(eager_tangent, jvp(warp, (x, flow), (cotangent, flow_tangent))[1], rtol=0, atol=0)
+
+
 def test_raw_op_under_torch_func_says_what_to_call():
     x = randn(2, 3, 8, 9)
     with pytest.raises(RuntimeError, match="segops::roi_align: under torch.func transforms, differentiate the front"):

@@ -56,19 +56,60 @@ def _constant_lists(args: tuple) -> tuple:
 
 
 class OpFunction(torch.autograd.Function):
-    """The base of segops' autograd.Functions: ``apply`` hands list arguments of numbers on as :class:`_Constant`."""
+    """The base of segops' autograd.Functions: ``apply`` hands list arguments of numbers on as :class:`_Constant`.
+
+    In plain eager mode (no torch.func transform, not compiling) ``apply`` runs the Function's eager twin
+    (:func:`_eager_twin`): the same forward, setup_context, backward and jvp as an old-style Function. A Function
+    with a setup_context pays PyTorch's binding of its arguments to forward's signature (inspect.signature.bind) on
+    every call: 16-35 us, more than a small op's kernel (a 64 x 32 x 32 max-unpooling: 10-20 us)."""
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
-        # Function.apply binds its arguments to forward's signature on every call; inspect.signature reads a
-        # __signature__ at once instead of rebuilding it from the code object (1 us rather than 9).
+        # Where the binding still runs (torch.func, torch.compile), inspect.signature reads a __signature__ at once
+        # instead of rebuilding it from the code object (1 us rather than 9).
         forward = cls.__dict__.get("forward")
         if isinstance(forward, staticmethod):
             forward.__func__.__signature__ = inspect.signature(forward.__func__)
+        cls._eager = _eager_twin(cls)
 
     @classmethod
     def apply(cls, *args):
-        return super().apply(*_constant_lists(args))
+        args = _constant_lists(args)
+        if torch.compiler.is_compiling() or torch._C._are_functorch_transforms_active():
+            return super().apply(*args)
+        return cls._eager.apply(*args)
+
+
+def _eager_twin(function: type) -> type:
+    """An old-style autograd.Function (``forward(ctx, *args)``, no setup_context) that calls ``function``'s forward,
+    then its setup_context, and has its backward and jvp: what autograd records, saves and computes is the same, under
+    the same name. Its ``apply`` fills in omitted arguments' defaults, as PyTorch's binding does, so that forward,
+    setup_context, backward and jvp see every argument."""
+    positional = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+    parameters = [p for p in inspect.signature(function.forward).parameters.values() if p.kind in positional]
+    defaults = tuple(p.default for p in parameters if p.default is not inspect.Parameter.empty)
+
+    def apply(cls, *args):
+        missing = len(parameters) - len(args)
+        if missing > 0:
+            args = args + defaults[len(defaults) - missing :]
+        return super(cls, cls).apply(*args)
+
+    def forward(ctx, *args):
+        output = function.forward(*args)
+        function.setup_context(ctx, args, output)
+        return output
+
+    namespace = {
+        "apply": classmethod(apply),
+        "forward": staticmethod(forward),
+        "backward": staticmethod(function.backward),
+        "jvp": staticmethod(function.jvp),
+        "__module__": function.__module__,
+        "__qualname__": function.__qualname__,
+        "__doc__": f"{function.__qualname__} as an old-style Function (OpFunction.apply in eager mode).",
+    }
+    return type(function.__name__, (torch.autograd.Function,), namespace)
 
 
 # Each registered Function's (to_function_args, to_op_output): how call() applies it directly.
