@@ -5,6 +5,8 @@
 
 #include <string>
 
+#include "common/cpu_memory.h"
+
 #ifdef SEGOPS_WITH_CUDA
 #include <cuda_runtime_api.h>
 #endif
@@ -96,6 +98,7 @@ TORCH_LIBRARY(segops, m) {
       "Tensor[] neighbours, Tensor[] splat_offsets, Tensor[] splat_entries, Tensor[] num_vertices) -> Tensor");
   m.def("_cuda_version() -> int", &cuda_version);
   m.def("_torch_version() -> str", &torch_version);
+  m.def("_huge_pages_advised() -> bool", &huge_pages_advised);
 }
 
 }  // namespace segops
