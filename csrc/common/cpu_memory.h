@@ -12,10 +12,10 @@ namespace segops {
 // at::zeros.
 at::Tensor zeros_with_huge_pages(at::IntArrayRef sizes, const at::TensorOptions& options);
 
-// Whether the two functions below advise huge pages: on Linux, unless this is a virtual machine whose guest hands
-// its free 2 MB blocks back to the host (virtio-balloon free page reporting), where a fresh huge page's first touch
-// costs more than the small pages' faults it saves (measured on this project's CI machine kind: a 33 MB
-// max_unpool2d output 5.7 ms back to back but 43 ms after a 1 s pause, against 19-20 ms with small pages).
+// Whether zeros_with_huge_pages and empty_with_huge_pages advise huge pages: on Linux, unless this is a virtual machine
+// whose guest hands its free 2 MB blocks back to the host (virtio-balloon free page reporting), where a fresh huge
+// page's first touch costs more than the small pages' faults it saves. Measured on this project's CI machine kind, a
+// max_unpool2d output of 33 MB: 5.7 ms back to back but 43 ms after a 1 s pause, 19-20 ms with small pages.
 bool huge_pages_advised();
 
 // The same without the zeroing, for outputs a kernel writes in full (a CPU backward that zeroes each plane on the
