@@ -16,8 +16,8 @@ namespace {
 
 // Whether this Linux guest hands its free 2 MB blocks back to the host: a virtio balloon with free page reporting
 // (feature bit 5, VIRTIO_BALLOON_F_REPORTING) at an order of at most 9 (2 MB of 4 KB pages). A huge page then
-// mostly comes from memory the host has taken back, and the host faults it in again 4 KB at a time on its first
-// touch: about 4 ms a 2 MB page, against 3 ms for the 512 small pages' guest faults.
+// mostly comes from memory the host has taken back, and the host faults it in again on its first touch: about 4 ms
+// a 2 MB page here, where the 512 small pages' faults take about 0.8 ms.
 bool host_takes_back_free_huge_pages() {
   std::ifstream order_file("/sys/module/page_reporting/parameters/page_reporting_order");
   int order = 0;

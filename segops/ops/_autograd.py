@@ -61,7 +61,7 @@ class OpFunction(torch.autograd.Function):
     In plain eager mode (no torch.func transform, not compiling) ``apply`` runs the Function's eager twin
     (:func:`_eager_twin`): the same forward, setup_context, backward and jvp as an old-style Function. A Function
     with a setup_context pays PyTorch's binding of its arguments to forward's signature (inspect.signature.bind) on
-    every call: 16-35 us, more than a small op's kernel (a 64 x 32 x 32 max-unpooling: 10-20 us)."""
+    every call: 15-45 us, more than a small op's kernel (a 64 x 32 x 32 max-unpooling: 10-20 us)."""
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
