@@ -493,13 +493,16 @@ def test_bad_features(features, message):
 
 
 @pytest.mark.parametrize("bad", [float("nan"), float("inf"), 1e9])
-def test_bad_feature_values(bad):
-    features = torch.rand(1, 10, 3)
-    features[0, 4, 1] = bad
+@pytest.mark.parametrize("dims", [2, 3, 5])  # 2 and 5: the CPU embeds 8 points at a time in vectors
+def test_bad_feature_values(bad, dims):
+    features = torch.rand(2, 30, dims)
+    # In image 1, the first bad point is named: point 12 (the second group of 8), not the later 27.
+    features[1, 12, 1] = bad
+    features[1, 27, 0] = bad
     with pytest.raises(
         RuntimeError,
         match=r"features must be finite and at most 2\^24 in lattice units.*"
-        r"features\[0, 4, 1\]",
+        r"features\[1, 12, 1\]",
     ):
         PermutohedralLattice.build(features)
 

@@ -573,12 +573,16 @@ LATTICE_CASES = {
     "d5 batch": (3, 200, 5, 10.0),
     "d3 dense": (2, 400, 3, 2.0),
     "d10 (the generic embedding kernel)": (1, 150, 10, 2.0),
+    "d5 halves": (1, 203, 5, -3.0),  # negative spread: multiples of 1/2 around 0, rounding ties and -0.0 in the math
 }
 
 
 def _lattice_features(name, dtype, seed=0):
     batch, points, dims, spread = LATTICE_CASES[name]
-    return torch.rand(batch, points, dims, generator=torch.Generator().manual_seed(seed), dtype=dtype) * spread
+    uniform = torch.rand(batch, points, dims, generator=torch.Generator().manual_seed(seed), dtype=dtype)
+    if spread < 0:
+        return torch.round(uniform * 4 * spread) / 2 - spread
+    return uniform * spread
 
 
 @pytest.mark.parametrize("launch", LAUNCHES, ids=str)

@@ -1,8 +1,8 @@
 // The permutohedral lattice on the CPU.
-//  - Build, image by image: the points are embedded in parallel (dense_crf.h); one thread then inserts the entries
-//    into a hash table in entry order, so vertex v is the v-th distinct key met (the numbering the GPU build
-//    reaches with atomics, see dense_crf_kernels.cuh); neighbours are looked up in parallel; the splat lists come
-//    from a counting sort, in entry order.
+//  - Build, image by image: the points are embedded in parallel (dense_crf.h; 8 at a time in vectors); vertex v is
+//    the v-th distinct key met in entry order (the numbering the GPU build reaches with atomics, see
+//    dense_crf_kernels.cuh), numbered chunk by chunk in parallel and merged in chunk order; neighbours are looked
+//    up in parallel in a table of the vertices' keys; the splat lists come from a counting sort, in entry order.
 //  - Filter: splat (a gather over each vertex's list), blur, slice, each in parallel over independent vertices or
 //    points. No atomics anywhere: bitwise reproducible for any thread count. A lattice index out of range (a forged
 //    lattice) is read as nothing and reported after the pass.
@@ -58,37 +58,76 @@ class FirstBad {
   std::atomic<int64_t> index_{-1};
 };
 
-// A hash table of the entries that numbered a vertex, over one image's keys, growing to stay at most half full.
-class VertexTable {
+// One image's lattice and values, as the filter reads them.
+template <typename scalar_t>
+struct FilterImage {
+  const scalar_t* values;     // [N, C]
+  const int32_t* vertex_ids;  // [N, d+1]
+  const scalar_t* weights;    // [N, d+1]
+  const int32_t* neighbours;  // [M, d+1, 2]
+  const int32_t* offsets;     // [M+1]
+  const int32_t* entries;     // [E]
+  int64_t points, channels, vertices, dims;
+};
+
+// The loops, twice (see dense_crf_cpu_loops.inc).
+namespace baseline {
+#include "dense_crf/dense_crf_cpu_loops.inc"
+}  // namespace baseline
+#if defined(__x86_64__) && defined(__GNUC__)
+#pragma GCC push_options
+#pragma GCC target("avx2")
+namespace avx2 {
+#include "dense_crf/dense_crf_cpu_loops.inc"
+}  // namespace avx2
+#pragma GCC pop_options
+const bool kUseAvx2 = __builtin_cpu_supports("avx2");
+#define SEGOPS_CPU_PICK(...) (kUseAvx2 ? avx2::__VA_ARGS__ : baseline::__VA_ARGS__)
+#else
+#define SEGOPS_CPU_PICK(...) (baseline::__VA_ARGS__)
+#endif
+// The copy of a loop templated on scalar_t for this CPU.
+#define SEGOPS_CPU_LOOP(name) SEGOPS_CPU_PICK(name<scalar_t>)
+
+// A hash table of keys of d coordinates held in an array beside it (key i at keys + i * d): each slot a key's index
+// or -1, at most half full. The methods' kDims > 0 fixes d at compile time (the hash and the compare unroll).
+class KeyTable {
  public:
-  VertexTable(const int32_t* keys, int dims) : keys_(keys), dims_(dims), slots_(1024, -1) {}
+  explicit KeyTable(int dims) : dims_(dims), slots_(1024, -1) {}
 
   // The slot holding `key`, or the empty slot where it would go.
-  int64_t find(const int32_t* key) const {
-    return lattice_table_find(slots_.data(), static_cast<int64_t>(slots_.size()), keys_, key, dims_);
+  template <int kDims = 0>
+  int64_t find(const int32_t* keys, const int32_t* key) const {
+    return lattice_table_find(slots_.data(), static_cast<int64_t>(slots_.size()), keys, key, kDims > 0 ? kDims : dims_);
   }
   int32_t owner(int64_t slot) const { return slots_[slot]; }
-  // Puts `entry` in the empty `slot` (from find); all_entries lists every entry in the table, this one included
+  // Puts `index` in the empty `slot` (from find), the table then holding `count` keys, the i-th at index_at(i)
   // (re-inserted when the table grows).
-  void insert(int64_t slot, int32_t entry, const std::vector<int32_t>& all_entries) {
-    slots_[slot] = entry;
-    if (2 * all_entries.size() > slots_.size()) {
+  template <int kDims = 0, class IndexAt>
+  void insert(int64_t slot, int32_t index, const int32_t* keys, int64_t count, const IndexAt& index_at) {
+    slots_[slot] = index;
+    if (2 * count > static_cast<int64_t>(slots_.size())) {
       slots_.assign(slots_.size() * 2, -1);
-      for (const int32_t e : all_entries) slots_[find(keys_ + static_cast<int64_t>(e) * dims_)] = e;
+      const int64_t d = kDims > 0 ? kDims : dims_;
+      for (int64_t i = 0; i < count; ++i) {
+        const int32_t held = index_at(i);
+        slots_[find<kDims>(keys, keys + held * d)] = held;
+      }
     }
   }
 
  private:
-  const int32_t* keys_;
   int dims_;
   std::vector<int32_t> slots_;
 };
 
-// One image's lattice while it is built: each entry's key, and the table of the entries that numbered a vertex.
+// One image's lattice while it is built: each entry's key, then each vertex's key and their table.
 struct ImageLattice {
-  std::unique_ptr<int32_t[]> keys;   // [E, d]
-  std::optional<VertexTable> table;  // over keys
-  std::vector<int32_t> first_entry;  // [M]: the entry that numbered each vertex (its key is the vertex's key)
+  std::unique_ptr<int32_t[]> keys;  // [E, d], freed once numbered
+  // [M, d]: vertex v's key, a copy of its first entry's; compact, so that the neighbour lookups stay in cache.
+  std::vector<int32_t> vertex_keys;
+  std::optional<KeyTable> table;  // over vertex_keys: slot -> vertex
+  int64_t vertices = 0;
 };
 
 // Embeds points [begin, end); records a point that does not fit in `bad` and zeroes its keys and weights. kDims: as
@@ -96,6 +135,14 @@ struct ImageLattice {
 template <int kDims, typename scalar_t>
 void embed_point_range(const scalar_t* features, int64_t begin, int64_t end, int dims,
                        const LatticeScales<scalar_t>& scales, int32_t* keys, scalar_t* weights, FirstBad& bad) {
+  if constexpr (kDims > 0 && std::is_same_v<scalar_t, float>) {
+    // 8 points at a time where every one of them fits (all but a forged or overflowing input).
+    const auto embed_eight = SEGOPS_CPU_PICK(embed_eight_points<kDims>);
+    for (; begin + 8 <= end; begin += 8) {
+      if (!embed_eight(features + begin * dims, scales, keys + begin * (dims + 1) * dims, weights + begin * (dims + 1)))
+        break;
+    }
+  }
   for (int64_t p = begin; p < end; ++p) {
     if (!lattice_embed<kDims>(features + p * dims, 1, scales, keys + p * (dims + 1) * dims, weights + p * (dims + 1))) {
       bad.record(p);
@@ -129,10 +176,37 @@ void embed_points(const scalar_t* features, int64_t points, int dims, const Latt
 // Points per numbering chunk: a fixed size, so the work split does not depend on the thread count.
 constexpr int64_t kNumberingChunk = 8192;
 
+// Numbers chunk [e_begin, e_end)'s keys in the order they first occur there: vertex_ids[e] the chunk-local number
+// of entry e's key, first[n] the entry that first had number n. kDims: as KeyTable's.
+template <int kDims>
+void number_chunk(const int32_t* keys, int dims, int64_t e_begin, int64_t e_end, int32_t* vertex_ids,
+                  std::vector<int32_t>& first) {
+  const int64_t d = kDims > 0 ? kDims : dims, stride = d + 1;
+  KeyTable table(dims);
+  for (int64_t e = e_begin; e < e_end; ++e) {
+    const int32_t* key = keys + e * d;
+    // Most points lie in the simplex of the point before: skip the table then.
+    if (e - e_begin >= stride && lattice_keys_equal(key, key - stride * d, d)) {
+      vertex_ids[e] = vertex_ids[e - stride];
+      continue;
+    }
+    const int64_t slot = table.find<kDims>(keys, key);
+    const int32_t owner = table.owner(slot);
+    if (owner >= 0) {
+      vertex_ids[e] = vertex_ids[owner];
+      continue;
+    }
+    vertex_ids[e] = static_cast<int32_t>(first.size());
+    first.push_back(static_cast<int32_t>(e));
+    table.insert<kDims>(slot, static_cast<int32_t>(e), keys, static_cast<int64_t>(first.size()),
+                        [&](int64_t i) { return first[i]; });
+  }
+}
+
 // Numbers the vertices in the order their keys first occur among the entries (the GPU build's numbering), in
 // three passes: each chunk of points numbers its own keys in first-occurrence order (in parallel); the chunks'
-// new keys are merged in chunk order (serially, over few keys: neighbouring points share their simplex); each
-// entry's chunk-local number is mapped to the global one (in parallel).
+// new keys are merged in chunk order into the image's vertex keys and table (serially, over few keys: neighbouring
+// points share their simplex); each entry's chunk-local number is mapped to the global one (in parallel).
 void number_vertices(ImageLattice& lattice, int64_t points, int dims, int32_t* vertex_ids) {
   const int64_t stride = dims + 1;
   const int64_t chunks = (points + kNumberingChunk - 1) / kNumberingChunk;
@@ -140,42 +214,24 @@ void number_vertices(ImageLattice& lattice, int64_t points, int dims, int32_t* v
   std::vector<std::vector<int32_t>> chunk_first(static_cast<size_t>(chunks));
   at::parallel_for(0, chunks, 1, [&](int64_t begin, int64_t end) {
     for (int64_t chunk = begin; chunk < end; ++chunk) {
-      std::vector<int32_t>& first = chunk_first[chunk];
-      VertexTable table(keys, dims);
-      const int64_t e_begin = chunk * kNumberingChunk * stride;
-      const int64_t e_end = std::min(points, (chunk + 1) * kNumberingChunk) * stride;
-      for (int64_t e = e_begin; e < e_end; ++e) {
-        const int32_t* key = keys + e * dims;
-        // Most points lie in the simplex of the point before: skip the table then.
-        if (e - e_begin >= stride && lattice_keys_equal(key, key - stride * dims, dims)) {
-          vertex_ids[e] = vertex_ids[e - stride];
-          continue;
-        }
-        const int64_t slot = table.find(key);
-        const int32_t owner = table.owner(slot);
-        if (owner >= 0) {
-          vertex_ids[e] = vertex_ids[owner];
-          continue;
-        }
-        vertex_ids[e] = static_cast<int32_t>(first.size());
-        first.push_back(static_cast<int32_t>(e));
-        table.insert(slot, static_cast<int32_t>(e), first);
-      }
+      with_crf_dims(dims, [&](auto d) {
+        number_chunk<d.value>(keys, dims, chunk * kNumberingChunk * stride,
+                              std::min(points, (chunk + 1) * kNumberingChunk) * stride, vertex_ids, chunk_first[chunk]);
+      });
     }
   });
-  VertexTable global(keys, dims);
+  KeyTable& table = lattice.table.emplace(dims);
+  std::vector<int32_t>& vertex_keys = lattice.vertex_keys;
   std::vector<std::vector<int32_t>> chunk_to_global(static_cast<size_t>(chunks));
   for (int64_t chunk = 0; chunk < chunks; ++chunk) {
     for (const int32_t e : chunk_first[chunk]) {
-      const int64_t slot = global.find(keys + static_cast<int64_t>(e) * dims);
-      int32_t vertex;
-      const int32_t owner = global.owner(slot);
-      if (owner >= 0) {  // first met in an earlier chunk (or earlier in this one): its local number is still there
-        vertex = chunk_to_global[owner / (kNumberingChunk * stride)][vertex_ids[owner]];
-      } else {
-        vertex = static_cast<int32_t>(lattice.first_entry.size());
-        lattice.first_entry.push_back(e);
-        global.insert(slot, e, lattice.first_entry);
+      const int32_t* key = keys + static_cast<int64_t>(e) * dims;
+      const int64_t slot = table.find(vertex_keys.data(), key);
+      int32_t vertex = table.owner(slot);
+      if (vertex < 0) {  // not met in an earlier chunk
+        vertex = static_cast<int32_t>(lattice.vertices++);
+        vertex_keys.insert(vertex_keys.end(), key, key + dims);
+        table.insert(slot, vertex, vertex_keys.data(), lattice.vertices, [](int64_t i) { return int32_t(i); });
       }
       chunk_to_global[chunk].push_back(vertex);
     }
@@ -187,28 +243,28 @@ void number_vertices(ImageLattice& lattice, int64_t points, int dims, int32_t* v
         vertex_ids[e] = chunk_to_global[chunk][vertex_ids[e]];
     }
   });
-  lattice.table.emplace(std::move(global));
 }
 
 // neighbours[v, j, 0 | 1]: the vertex one step along direction j (+1 | -1), or -1; rows past the image's vertices
 // are -1.
-void find_neighbours(const ImageLattice& lattice, int dims, const int32_t* vertex_ids, int64_t rows,
-                     int32_t* neighbours) {
-  const int64_t vertices = static_cast<int64_t>(lattice.first_entry.size());
+void find_neighbours(const ImageLattice& lattice, int dims, int64_t rows, int32_t* neighbours) {
+  const int64_t vertices = lattice.vertices;
   const int64_t per_vertex = (dims + 1) * 2;
-  const VertexTable& table = *lattice.table;
+  const KeyTable& table = *lattice.table;
+  const int32_t* vertex_keys = lattice.vertex_keys.data();
   at::parallel_for(0, vertices, 1024, [&](int64_t begin, int64_t end) {
-    int32_t key[kLatticeMaxFeatures];
-    for (int64_t v = begin; v < end; ++v) {
-      const int32_t* own = lattice.keys.get() + static_cast<int64_t>(lattice.first_entry[v]) * dims;
-      for (int j = 0; j <= dims; ++j) {
-        for (int side = 0; side < 2; ++side) {
-          lattice_neighbour_key(own, dims, j, side == 0 ? 1 : -1, key);
-          const int32_t owner = table.owner(table.find(key));
-          neighbours[v * per_vertex + j * 2 + side] = owner < 0 ? -1 : vertex_ids[owner];
+    with_crf_dims(dims, [&](auto kDims) {
+      const int d = kDims.value > 0 ? kDims.value : dims;
+      int32_t key[kLatticeMaxFeatures];
+      for (int64_t v = begin; v < end; ++v) {
+        for (int j = 0; j <= d; ++j) {
+          for (int side = 0; side < 2; ++side) {
+            lattice_neighbour_key(vertex_keys + v * d, d, j, side == 0 ? 1 : -1, key);
+            neighbours[v * per_vertex + j * 2 + side] = table.owner(table.find<kDims.value>(vertex_keys, key));
+          }
         }
       }
-    }
+    });
   });
   std::fill(neighbours + vertices * per_vertex, neighbours + rows * per_vertex, -1);
 }
@@ -276,52 +332,23 @@ LatticeTensors permutohedral_lattice_cpu(const at::Tensor& features_in) {
       embed_points(features.const_data_ptr<scalar_t>() + b * points * dims, points, dims, scales, image.keys.get(),
                    weights.mutable_data_ptr<scalar_t>() + b * entries, b);
       number_vertices(image, points, dims, vertex_ids.mutable_data_ptr<int32_t>() + b * entries);
-      num_vertices.mutable_data_ptr<int64_t>()[b] = static_cast<int64_t>(image.first_entry.size());
+      image.keys.reset();  // the vertices' keys hold all that is looked up from here on
+      num_vertices.mutable_data_ptr<int64_t>()[b] = image.vertices;
     }
   });
   int64_t rows = 0;
-  for (const ImageLattice& image : images) rows = std::max<int64_t>(rows, image.first_entry.size());
+  for (const ImageLattice& image : images) rows = std::max(rows, image.vertices);
   at::Tensor neighbours = at::empty({batch, rows, dims + 1, 2}, int_options);
   at::Tensor splat_offsets = at::empty({batch, rows + 1}, int_options);
   for (int64_t b = 0; b < batch; ++b) {
     const int32_t* ids = vertex_ids.const_data_ptr<int32_t>() + b * entries;
-    find_neighbours(images[b], dims, ids, rows, neighbours.mutable_data_ptr<int32_t>() + b * rows * (dims + 1) * 2);
-    splat_lists(ids, entries, images[b].first_entry.size(), rows,
-                splat_offsets.mutable_data_ptr<int32_t>() + b * (rows + 1),
+    find_neighbours(images[b], dims, rows, neighbours.mutable_data_ptr<int32_t>() + b * rows * (dims + 1) * 2);
+    splat_lists(ids, entries, images[b].vertices, rows, splat_offsets.mutable_data_ptr<int32_t>() + b * (rows + 1),
                 splat_entries.mutable_data_ptr<int32_t>() + b * entries);
-    images[b] = ImageLattice{};  // free the image's table and keys before the next
+    images[b] = ImageLattice{};  // free the image's table before the next
   }
   return {vertex_ids, weights, neighbours, splat_offsets, splat_entries, num_vertices};
 }
-
-// One image's lattice and values, as the filter reads them.
-template <typename scalar_t>
-struct FilterImage {
-  const scalar_t* values;     // [N, C]
-  const int32_t* vertex_ids;  // [N, d+1]
-  const scalar_t* weights;    // [N, d+1]
-  const int32_t* neighbours;  // [M, d+1, 2]
-  const int32_t* offsets;     // [M+1]
-  const int32_t* entries;     // [E]
-  int64_t points, channels, vertices, dims;
-};
-
-// The loops, twice (see dense_crf_cpu_loops.inc).
-namespace baseline {
-#include "dense_crf/dense_crf_cpu_loops.inc"
-}  // namespace baseline
-#if defined(__x86_64__) && defined(__GNUC__)
-#pragma GCC push_options
-#pragma GCC target("avx2")
-namespace avx2 {
-#include "dense_crf/dense_crf_cpu_loops.inc"
-}  // namespace avx2
-#pragma GCC pop_options
-const bool kUseAvx2 = __builtin_cpu_supports("avx2");
-#define SEGOPS_CPU_LOOP(name) (kUseAvx2 ? avx2::name<scalar_t> : baseline::name<scalar_t>)
-#else
-#define SEGOPS_CPU_LOOP(name) (baseline::name<scalar_t>)
-#endif
 
 constexpr int64_t kSplatTasks = 32;
 
