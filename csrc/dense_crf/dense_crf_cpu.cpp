@@ -121,72 +121,67 @@ class KeyTable {
   std::vector<int32_t> slots_;
 };
 
-// One image's lattice while it is built: each entry's key, then each vertex's key and their table.
+// One image's lattice while it is built: each vertex's key and their table.
 struct ImageLattice {
-  std::unique_ptr<int32_t[]> keys;  // [E, d], freed once numbered
-  // [M, d]: vertex v's key, a copy of its first entry's; compact, so that the neighbour lookups stay in cache.
-  std::vector<int32_t> vertex_keys;
-  std::optional<KeyTable> table;  // over vertex_keys: slot -> vertex
+  std::vector<int32_t> vertex_keys;  // [M, d]: vertex v's key
+  std::optional<KeyTable> table;     // over vertex_keys: slot -> vertex
   int64_t vertices = 0;
 };
 
-// Embeds points [begin, end); records a point that does not fit in `bad` and zeroes its keys and weights. kDims: as
-// lattice_embed's (0: d read at run time).
+// Embeds points [begin, end) (their keys to keys [end - begin, d+1, d], their weights to weights [N, d+1] at row p);
+// records a point that does not fit in `bad` and zeroes its keys and weights. kDims: as lattice_embed's (0: d read
+// at run time).
 template <int kDims, typename scalar_t>
 void embed_point_range(const scalar_t* features, int64_t begin, int64_t end, int dims,
                        const LatticeScales<scalar_t>& scales, int32_t* keys, scalar_t* weights, FirstBad& bad) {
+  const int64_t stride = dims + 1;
+  int64_t p = begin;
   if constexpr (kDims > 0 && std::is_same_v<scalar_t, float>) {
     // 8 points at a time where every one of them fits (all but a forged or overflowing input).
     const auto embed_eight = SEGOPS_CPU_PICK(embed_eight_points<kDims>);
-    for (; begin + 8 <= end; begin += 8) {
-      if (!embed_eight(features + begin * dims, scales, keys + begin * (dims + 1) * dims, weights + begin * (dims + 1)))
-        break;
+    for (; p + 8 <= end; p += 8) {
+      if (!embed_eight(features + p * dims, scales, keys + (p - begin) * stride * dims, weights + p * stride)) break;
     }
   }
-  for (int64_t p = begin; p < end; ++p) {
-    if (!lattice_embed<kDims>(features + p * dims, 1, scales, keys + p * (dims + 1) * dims, weights + p * (dims + 1))) {
+  for (; p < end; ++p) {
+    int32_t* point_keys = keys + (p - begin) * stride * dims;
+    if (!lattice_embed<kDims>(features + p * dims, 1, scales, point_keys, weights + p * stride)) {
       bad.record(p);
-      std::fill_n(keys + p * (dims + 1) * dims, (dims + 1) * dims, 0);
-      std::fill_n(weights + p * (dims + 1), dims + 1, scalar_t(0));
+      std::fill_n(point_keys, stride * dims, 0);
+      std::fill_n(weights + p * stride, stride, scalar_t(0));
     }
   }
 }
 
+// The error for point p of image `image`, which does not fit in the lattice: names its first bad feature.
 template <typename scalar_t>
-void embed_points(const scalar_t* features, int64_t points, int dims, const LatticeScales<scalar_t>& scales,
-                  int32_t* keys, scalar_t* weights, int64_t image) {
-  FirstBad bad;
-  at::parallel_for(0, points, 2048, [&](int64_t begin, int64_t end) {
-    // At compile-time d the 5-D build of a 500x375 image took 28-34 ms, where it took 46.
-    with_crf_dims(dims,
-                  [&](auto d) { embed_point_range<d.value>(features, begin, end, dims, scales, keys, weights, bad); });
-  });
-  if (bad.get() >= 0) {
-    const int64_t p = bad.get();
-    const scalar_t* f = features + p * dims;
-    int k = 0;  // the feature that failed
-    while (k < dims && lattice_coordinate_in_range(static_cast<scalar_t>(f[k]) * scales.scale[k])) ++k;
-    k = std::min(k, dims - 1);
-    TORCH_CHECK(false, "permutohedral_lattice: features must be finite and at most 2^24 in lattice units (feature ", k,
-                " times ", static_cast<double>(scales.scale[k]), "), got features[", image, ", ", p, ", ", k,
-                "] = ", static_cast<double>(f[k]));
-  }
+void report_bad_point(const scalar_t* features, int64_t p, int dims, const LatticeScales<scalar_t>& scales,
+                      int64_t image) {
+  const scalar_t* f = features + p * dims;
+  int k = 0;  // the feature that failed
+  while (k < dims && lattice_coordinate_in_range(static_cast<scalar_t>(f[k]) * scales.scale[k])) ++k;
+  k = std::min(k, dims - 1);
+  TORCH_CHECK(false, "permutohedral_lattice: features must be finite and at most 2^24 in lattice units (feature ", k,
+              " times ", static_cast<double>(scales.scale[k]), "), got features[", image, ", ", p, ", ", k,
+              "] = ", static_cast<double>(f[k]));
 }
 
-// Points per numbering chunk: a fixed size, so the work split does not depend on the thread count.
+// Points per chunk of the embedding and numbering: a fixed size, so the work split does not depend on the thread
+// count; a chunk's keys (1 MB at d = 5) stay in cache from the embedding to the numbering.
 constexpr int64_t kNumberingChunk = 8192;
 
-// Numbers chunk [e_begin, e_end)'s keys in the order they first occur there: vertex_ids[e] the chunk-local number
-// of entry e's key, first[n] the entry that first had number n. kDims: as KeyTable's.
+// Numbers a chunk's entries' keys (keys [entries, d]) in the order they first occur there: vertex_ids[e] the
+// chunk-local number of entry e's key; the keys met, in that order, appended to distinct_keys. kDims: as KeyTable's.
 template <int kDims>
-void number_chunk(const int32_t* keys, int dims, int64_t e_begin, int64_t e_end, int32_t* vertex_ids,
-                  std::vector<int32_t>& first) {
+void number_chunk(const int32_t* keys, int dims, int64_t entries, int32_t* vertex_ids,
+                  std::vector<int32_t>& distinct_keys) {
   const int64_t d = kDims > 0 ? kDims : dims, stride = d + 1;
   KeyTable table(dims);
-  for (int64_t e = e_begin; e < e_end; ++e) {
+  std::vector<int32_t> first;  // the entry that first had each number
+  for (int64_t e = 0; e < entries; ++e) {
     const int32_t* key = keys + e * d;
     // Most points lie in the simplex of the point before: skip the table then.
-    if (e - e_begin >= stride && lattice_keys_equal(key, key - stride * d, d)) {
+    if (e >= stride && lattice_keys_equal(key, key - stride * d, d)) {
       vertex_ids[e] = vertex_ids[e - stride];
       continue;
     }
@@ -198,34 +193,44 @@ void number_chunk(const int32_t* keys, int dims, int64_t e_begin, int64_t e_end,
     }
     vertex_ids[e] = static_cast<int32_t>(first.size());
     first.push_back(static_cast<int32_t>(e));
+    distinct_keys.insert(distinct_keys.end(), key, key + d);
     table.insert<kDims>(slot, static_cast<int32_t>(e), keys, static_cast<int64_t>(first.size()),
                         [&](int64_t i) { return first[i]; });
   }
 }
 
-// Numbers the vertices in the order their keys first occur among the entries (the GPU build's numbering), in
-// three passes: each chunk of points numbers its own keys in first-occurrence order (in parallel); the chunks'
-// new keys are merged in chunk order into the image's vertex keys and table (serially, over few keys: neighbouring
-// points share their simplex); each entry's chunk-local number is mapped to the global one (in parallel).
-void number_vertices(ImageLattice& lattice, int64_t points, int dims, int32_t* vertex_ids) {
+// Embeds an image's points and numbers its vertices in the order their keys first occur among the entries (the GPU
+// build's numbering), in three passes: each chunk of points is embedded and numbers its own keys in
+// first-occurrence order (in parallel); the chunks' keys are merged in chunk order into the image's vertex keys and
+// table (serially, over few keys: neighbouring points share their simplex); each entry's chunk-local number is
+// mapped to the global one (in parallel). No array of every entry's key (22 MB at 500x375, d = 5) is made.
+template <typename scalar_t>
+void embed_and_number(const scalar_t* features, int64_t points, int dims, const LatticeScales<scalar_t>& scales,
+                      scalar_t* weights, int32_t* vertex_ids, ImageLattice& lattice, int64_t image) {
   const int64_t stride = dims + 1;
   const int64_t chunks = (points + kNumberingChunk - 1) / kNumberingChunk;
-  const int32_t* keys = lattice.keys.get();
-  std::vector<std::vector<int32_t>> chunk_first(static_cast<size_t>(chunks));
+  std::vector<std::vector<int32_t>> chunk_keys(static_cast<size_t>(chunks));  // [its distinct keys, d]
+  FirstBad bad;
   at::parallel_for(0, chunks, 1, [&](int64_t begin, int64_t end) {
+    std::vector<int32_t> keys(static_cast<size_t>(std::min(points, kNumberingChunk) * stride * dims));
     for (int64_t chunk = begin; chunk < end; ++chunk) {
+      const int64_t first_point = chunk * kNumberingChunk;
+      const int64_t last_point = std::min(points, first_point + kNumberingChunk);
       with_crf_dims(dims, [&](auto d) {
-        number_chunk<d.value>(keys, dims, chunk * kNumberingChunk * stride,
-                              std::min(points, (chunk + 1) * kNumberingChunk) * stride, vertex_ids, chunk_first[chunk]);
+        embed_point_range<d.value>(features, first_point, last_point, dims, scales, keys.data(), weights, bad);
+        number_chunk<d.value>(keys.data(), dims, (last_point - first_point) * stride, vertex_ids + first_point * stride,
+                              chunk_keys[chunk]);
       });
     }
   });
+  if (bad.get() >= 0) report_bad_point(features, bad.get(), dims, scales, image);
   KeyTable& table = lattice.table.emplace(dims);
   std::vector<int32_t>& vertex_keys = lattice.vertex_keys;
   std::vector<std::vector<int32_t>> chunk_to_global(static_cast<size_t>(chunks));
   for (int64_t chunk = 0; chunk < chunks; ++chunk) {
-    for (const int32_t e : chunk_first[chunk]) {
-      const int32_t* key = keys + static_cast<int64_t>(e) * dims;
+    const std::vector<int32_t>& keys = chunk_keys[chunk];
+    for (size_t first = 0; first < keys.size(); first += dims) {
+      const int32_t* key = keys.data() + first;
       const int64_t slot = table.find(vertex_keys.data(), key);
       int32_t vertex = table.owner(slot);
       if (vertex < 0) {  // not met in an earlier chunk
@@ -328,11 +333,9 @@ LatticeTensors permutohedral_lattice_cpu(const at::Tensor& features_in) {
     const LatticeScales<scalar_t> scales = lattice_scales<scalar_t>(dims);
     for (int64_t b = 0; b < batch; ++b) {
       ImageLattice& image = images[b];
-      image.keys.reset(new int32_t[static_cast<size_t>(std::max<int64_t>(entries * dims, 1))]);
-      embed_points(features.const_data_ptr<scalar_t>() + b * points * dims, points, dims, scales, image.keys.get(),
-                   weights.mutable_data_ptr<scalar_t>() + b * entries, b);
-      number_vertices(image, points, dims, vertex_ids.mutable_data_ptr<int32_t>() + b * entries);
-      image.keys.reset();  // the vertices' keys hold all that is looked up from here on
+      embed_and_number(features.const_data_ptr<scalar_t>() + b * points * dims, points, dims, scales,
+                       weights.mutable_data_ptr<scalar_t>() + b * entries,
+                       vertex_ids.mutable_data_ptr<int32_t>() + b * entries, image, b);
       num_vertices.mutable_data_ptr<int64_t>()[b] = image.vertices;
     }
   });
