@@ -9,9 +9,11 @@ from op_testing import assert_cuda_path_does_not_synchronise, assert_raises_eage
 
 # (input size [N, C, H, W] or [C, H, W], kernel, stride, padding): non-overlapping SegNet pools, odd sizes (the last
 # row/column dropped), padding, and overlapping windows (kernel 3 stride 2, kernel 3 stride 1) whose indices repeat.
+# Non-overlapping pools (2x2 and 3x3) take the CPU backward's plain gather, the others its marks.
 POOLS = [
     ((2, 3, 8, 10), 2, 2, 0),
     ((1, 4, 9, 7), 2, 2, 0),
+    ((2, 3, 9, 12), 3, 3, 0),
     ((2, 2, 11, 13), 3, 2, 1),
     ((3, 7, 5), (2, 3), (2, 1), (1, 0)),
     ((2, 3, 9, 9), 3, 1, 1),
@@ -86,6 +88,21 @@ def test_duplicates_largest_position_wins_and_alone_gets_the_gradient():
     assert input.grad.tolist() == [[[[0.0, 0.0, 5.0, 1.0]]]]
     # No comparison with F.max_unpool2d here: PyTorch does not specify the winner among duplicates, so the expected
     # values above are written out by hand.
+
+
+def test_backward_planes_with_and_without_duplicates():
+    # The CPU backward gathers a plane whose indices lie each in its own 2x2 tile, and marks winners in a plane where
+    # they do not: here plane 1 of image 0 names one output from every input, plane 2 of image 1 a neighbour's tile.
+    input, indices = pooled((2, 3, 8, 10), 2, 2, 0)
+    indices = indices.clone()
+    indices[0, 1] = 7
+    indices[1, 2, 1, 1] = indices[1, 2, 1, 2]
+    out, grad = forward_and_grad(lambda x, i: segops.max_unpool2d(x, i, 2, output_size=(8, 10)), input, indices)
+    grad_out = torch.randn(out.shape, generator=torch.Generator().manual_seed(3))
+    assert torch.equal(out, reference.max_unpool2d_brute_force(input, indices, (8, 10)))
+    expected_grad = reference.max_unpool2d_grad_brute_force(grad_out, indices)
+    assert torch.equal(grad, expected_grad)
+    assert (grad[0, 1].flatten()[:-1] == 0).all() and grad[0, 1, -1, -1] == grad_out[0, 1, 0, 7]
 
 
 @pytest.mark.parametrize(

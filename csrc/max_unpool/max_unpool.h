@@ -44,4 +44,26 @@ SEGOPS_HOST_DEVICE bool unpool_index_in_range(int64_t index, int64_t out_plane) 
   return index >= 0 && index < out_plane;
 }
 
+// The output plane [Ho, Wo] cut into one tile per input (i, j) of [H, W]: rows [i * rows, (i + 1) * rows) and
+// columns [j * cols, (j + 1) * cols), rows = Ho / H and cols = Wo / W (both >= 1). Where each input's index lies in
+// its own tile, as with non-overlapping pooling (SegNet's 2x2, stride 2), distinct inputs name distinct outputs:
+// every input wins its output, and no index is out of range.
+struct UnpoolTiles {
+  int64_t rows, cols, out_width;
+
+  // Whether an index lies in the tile whose top-left output is at `corner` (i * rows * Wo + j * cols for input (i,
+  // j)): index - corner is r * Wo + c for some r < rows and c < cols. Without branches (one unsigned compare a row),
+  // so that a loop over a plane's inputs stays a plain walk.
+  // kRows, kCols > 0: rows and cols known at compile time (2x2 pooling), the loop unrolled.
+  template <int kRows = 0, int kCols = 0>
+  SEGOPS_HOST_DEVICE bool holds(int64_t corner, int64_t index) const {
+    const int64_t offset = index - corner;
+    const int64_t tile_rows = kRows > 0 ? kRows : rows, tile_cols = kCols > 0 ? kCols : cols;
+    bool inside = false;
+    for (int64_t r = 0; r < tile_rows; ++r)
+      inside |= static_cast<uint64_t>(offset - r * out_width) < static_cast<uint64_t>(tile_cols);
+    return inside;
+  }
+};
+
 }  // namespace segops

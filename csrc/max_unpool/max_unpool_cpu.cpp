@@ -106,6 +106,27 @@ int64_t unpool_plane_backward(const scalar_t* grad, const int64_t* indices, scal
   return first_bad;
 }
 
+// Backward of one plane of height x width inputs whose every index lies in the input's own tile (UnpoolTiles), as
+// non-overlapping pooling's do: each input is its output's winner, so the gradient is a plain gather, without the
+// marks. Returns false at a row with an index outside its tile, the plane then left to unpool_plane_backward.
+// kRows, kCols: as UnpoolTiles::holds's.
+template <int kRows, int kCols, typename scalar_t, typename stride_t>
+bool gather_tiled_plane(const scalar_t* grad, const int64_t* indices, scalar_t* grad_input, const UnpoolTiles& tiles,
+                        int64_t height, int64_t width, stride_t stride) {
+  for (int64_t i = 0; i < height; ++i) {
+    const int64_t row_corner = i * tiles.rows * tiles.out_width;
+    const int64_t* row_indices = indices + i * width * stride;
+    // The row's check first, then its gather: each loop a plain walk (the check vectorises).
+    bool inside = true;
+    for (int64_t j = 0; j < width; ++j)
+      inside &= tiles.holds<kRows, kCols>(row_corner + j * tiles.cols, row_indices[j * stride]);
+    if (!inside) return false;
+    scalar_t* row_grad_input = grad_input + i * width * stride;
+    for (int64_t j = 0; j < width; ++j) row_grad_input[j * stride] = grad[row_indices[j * stride] * stride];
+  }
+  return true;
+}
+
 // Runs plane_fn(plane, in_base, out_base, stride) for every plane (n, c) in parallel, where element p of the plane is
 // at in_base + p * stride in [N, C, H, W] tensors and out_base + p * stride in [N, C, Ho, Wo] ones, and records the
 // offset of the first bad index that plane_fn reports.
@@ -172,7 +193,21 @@ at::Tensor max_unpool2d_backward_cpu(const at::Tensor& grad, const at::Tensor& i
     const int64_t* indices_data = indices_c.const_data_ptr<int64_t>();
     scalar_t* grad_input_data = grad_input.mutable_data_ptr<scalar_t>();
     const int64_t in_plane = checked.in_plane(), out_plane = checked.out_plane();
+    const bool tiled = checked.out_h >= checked.height && checked.out_w >= checked.width;
+    const UnpoolTiles tiles{tiled ? checked.out_h / checked.height : 0, tiled ? checked.out_w / checked.width : 0,
+                            checked.out_w};
     for_each_plane(checked, grad.size(0), 2 * in_plane, bad, [&](int64_t in_base, int64_t out_base, auto stride) {
+      if (tiled) {
+        const scalar_t* plane_grad = grad_data + out_base;
+        const int64_t* plane_indices = indices_data + in_base;
+        scalar_t* plane_grad_input = grad_input_data + in_base;
+        const bool gathered = tiles.rows == 2 && tiles.cols == 2
+                                  ? gather_tiled_plane<2, 2>(plane_grad, plane_indices, plane_grad_input, tiles,
+                                                             checked.height, checked.width, stride)
+                                  : gather_tiled_plane<0, 0>(plane_grad, plane_indices, plane_grad_input, tiles,
+                                                             checked.height, checked.width, stride);
+        if (gathered) return int64_t(-1);
+      }
       thread_local TakenOutputs taken;
       return unpool_plane_backward(grad_data + out_base, indices_data + in_base, grad_input_data + in_base, taken,
                                    in_plane, out_plane, stride);
