@@ -116,7 +116,7 @@ bool gather_tiled_plane(const scalar_t* grad, const int64_t* indices, scalar_t* 
   for (int64_t i = 0; i < height; ++i) {
     const int64_t row_corner = i * tiles.rows * tiles.out_width;
     const int64_t* row_indices = indices + i * width * stride;
-    // The row's check first, then its gather: each loop a plain walk (the check vectorises).
+    // The row's check first, then its gather: each loop a plain walk.
     bool inside = true;
     for (int64_t j = 0; j < width; ++j)
       inside &= tiles.holds<kRows, kCols>(row_corner + j * tiles.cols, row_indices[j * stride]);
