@@ -15,7 +15,6 @@
 #include <atomic>
 #include <cstring>
 #include <limits>
-#include <memory>
 #include <optional>
 #include <tuple>
 #include <type_traits>
