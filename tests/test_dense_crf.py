@@ -156,6 +156,22 @@ def test_cpu_results_do_not_depend_on_thread_count(channels):
             assert torch.equal(a, b)
 
 
+def test_dense_crf_does_not_depend_on_thread_count():
+    # 90x100 points at 21 labels: the steps and the softmax run in 12 chunks of 4 blocks, taken by whichever thread
+    # comes free; the lattice build numbers 2 chunks of points.
+    unary, image = crf_case(12, batch=1, labels=21, height=90, width=100, dtype=torch.float32)
+    threads = torch.get_num_threads()
+    results = []
+    try:
+        for count in (1, 2, 3):
+            torch.set_num_threads(count)
+            results.append(segops.dense_crf(unary, image, 3))
+    finally:
+        torch.set_num_threads(threads)
+    for other in results[1:]:
+        assert torch.equal(results[0], other)
+
+
 def test_batch_equals_single_images():
     features = random_features(7, batch=3, points=100, dims=5, spread=8.0)
     values = torch.rand(3, 100, 5, dtype=torch.float64)

@@ -733,12 +733,14 @@ def test_lattice_filter_kernels_assert_on_a_forged_lattice(emulated, field, inde
 
 @pytest.mark.parametrize("launch", LAUNCHES, ids=str)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
-def test_crf_softmax_kernel_equals_the_cpu_path_bitwise(emulated, launch, dtype):
+@pytest.mark.parametrize("labels", [1, 3, 8, 21], ids="{} labels".format)
+def test_crf_softmax_kernel_equals_the_cpu_path_bitwise(emulated, launch, dtype, labels):
+    # 100 rows: the CPU's float path takes 96 of them 8 at a time transposed, the last 4 one by one.
     grid, block = launch
     g = torch.Generator().manual_seed(0)
-    unary = torch.randn(2, 50, 21, generator=g, dtype=dtype) * 20
+    unary = torch.randn(2, 50, labels, generator=g, dtype=dtype) * 20
     for kernels in (0, 2):
-        messages = [torch.randn(2, 50, 21, generator=g, dtype=dtype) for _ in range(kernels)]
+        messages = [torch.randn(2, 50, labels, generator=g, dtype=dtype) for _ in range(kernels)]
         weights = torch.rand(kernels, generator=g, dtype=dtype)
         expected = torch.ops.segops.dense_crf_softmax(unary, messages, weights)
         assert torch.equal(emulated.dense_crf_softmax(unary, messages, weights, grid, block), expected)
