@@ -92,10 +92,11 @@ TORCH_LIBRARY(segops, m) {
   m.def("dense_crf_softmax(Tensor unary, Tensor[] messages, Tensor weights) -> Tensor");
   // dense_crf_softmax(unary, [permutohedral_filter(q, lattice k)], kernel_weights) in one pass over the points, the
   // messages never stored: the CPU's mean-field step where no gradient is needed (lattice k's tensors are element
-  // k of the lists).
+  // k of the lists). labels_first: the result transposed, [B, L, N].
   m.def(
       "_dense_crf_step(Tensor unary, Tensor q, Tensor kernel_weights, Tensor[] vertex_ids, Tensor[] weights, "
-      "Tensor[] neighbours, Tensor[] splat_offsets, Tensor[] splat_entries, Tensor[] num_vertices) -> Tensor");
+      "Tensor[] neighbours, Tensor[] splat_offsets, Tensor[] splat_entries, Tensor[] num_vertices, "
+      "bool labels_first=False) -> Tensor");
   m.def("_cuda_version() -> int", &cuda_version);
   m.def("_torch_version() -> str", &torch_version);
   m.def("_huge_pages_advised() -> bool", &huge_pages_advised);

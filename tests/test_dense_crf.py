@@ -289,6 +289,8 @@ def test_fused_step_equals_the_filters_then_the_softmax(dtype, labels, kernels):
     expected = crf_softmax(logits, [lattice.filter(q) for lattice in lattices], weights)
     actual = torch.ops.segops._dense_crf_step(logits, q, weights, *_step_lists(lattices))
     assert torch.equal(actual, expected)
+    labels_first = torch.ops.segops._dense_crf_step(logits, q, weights, *_step_lists(lattices), labels_first=True)
+    assert labels_first.shape == (2, labels, 600) and torch.equal(labels_first, expected.transpose(1, 2))
 
 
 def test_inference_runs_the_fused_step_with_the_autograd_path_bits(monkeypatch):
@@ -315,7 +317,13 @@ def test_fused_step_opcheck_vmap_and_no_derivative():
     logits = unary.permute(0, 2, 3, 1).reshape(1, -1, 3).contiguous()
     q = torch.softmax(logits, -1)
     args = (logits, q, torch.tensor([3.0, 5.0], dtype=torch.float64), *_step_lists(lattices))
-    torch.library.opcheck(torch.ops.segops._dense_crf_step.default, args, test_utils=("test_schema", "test_faketensor"))
+    for labels_first in (False, True):
+        torch.library.opcheck(
+            torch.ops.segops._dense_crf_step.default,
+            args,
+            dict(labels_first=labels_first),
+            test_utils=("test_schema", "test_faketensor"),
+        )
     batched = torch.stack([logits, logits.flip(1)])
     expected = torch.stack([torch.ops.segops._dense_crf_step(u, *args[1:]) for u in batched])
     assert torch.equal(torch.vmap(lambda u: torch.ops.segops._dense_crf_step(u, *args[1:]))(batched), expected)

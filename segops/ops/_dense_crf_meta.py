@@ -77,9 +77,19 @@ def check_crf_step(
 
 @torch.library.register_fake("segops::_dense_crf_step")
 def _dense_crf_step_fake(
-    unary, q, kernel_weights, vertex_ids, weights, neighbours, splat_offsets, splat_entries, num_vertices
+    unary,
+    q,
+    kernel_weights,
+    vertex_ids,
+    weights,
+    neighbours,
+    splat_offsets,
+    splat_entries,
+    num_vertices,
+    labels_first=False,
 ):
     check_crf_step(
         unary, q, kernel_weights, vertex_ids, weights, neighbours, splat_offsets, splat_entries, num_vertices
     )
-    return unary.new_empty(unary.shape)
+    batch, points, labels = unary.shape
+    return unary.new_empty((batch, labels, points) if labels_first else (batch, points, labels))

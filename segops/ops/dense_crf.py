@@ -383,15 +383,17 @@ def _mean_field(
     # Pixel-major (channels-last), the layout the lattice filter and the softmax over labels want: one copy.
     logits = unary.permute(0, 2, 3, 1).contiguous().view(batch, height * width, labels)
     q = crf_softmax(logits)
-    if _steps_fuse(logits, weights, compatibility):
+    if _steps_fuse(logits, weights, compatibility) and num_iters > 0:
         lattice_lists = [list(tensors) for tensors in zip(*lattices)]  # one list per lattice field
-        for _ in range(num_iters):
+        for _ in range(num_iters - 1):
             q = torch.ops.segops._dense_crf_step(logits, q, weights, *lattice_lists)
-    else:
-        # Dynamo traces no autograd.Function with a jvp: a compiled graph takes the step without it.
-        step = _DenseCRFStep if torch.compiler.is_compiling() else DenseCRFFunction
-        for _ in range(num_iters):
-            q = step.apply(logits, q, weights, compatibility, lattices)
+        # The last step writes [B, L, N]: the result's layout, without a transposing copy.
+        q = torch.ops.segops._dense_crf_step(logits, q, weights, *lattice_lists, True)
+        return q.view(batch, labels, height, width)
+    # Dynamo traces no autograd.Function with a jvp: a compiled graph takes the step without it.
+    step = _DenseCRFStep if torch.compiler.is_compiling() else DenseCRFFunction
+    for _ in range(num_iters):
+        q = step.apply(logits, q, weights, compatibility, lattices)
     # Contiguous, not a channels-last view: some PyTorch losses' CPU backwards (nll_loss2d) reject the latter.
     return q.view(batch, height, width, labels).permute(0, 3, 1, 2).contiguous()
 
