@@ -480,8 +480,8 @@ at::Tensor dense_crf_step_cpu(const at::Tensor& unary_in, const at::Tensor& q_in
   const CheckedCrfStep c = checked_crf_step(unary_in, q_in, kernel_weights_in, vertex_ids, weights, neighbours,
                                             splat_offsets, splat_entries, num_vertices);
   const at::Tensor& unary = c.unary;
-  at::Tensor out = labels_first ? at::empty({unary.size(0), unary.size(2), unary.size(1)}, unary.options())
-                                : at::empty_like(unary);
+  at::Tensor out =
+      labels_first ? at::empty({unary.size(0), unary.size(2), unary.size(1)}, unary.options()) : at::empty_like(unary);
   if (out.numel() == 0) return out;
   const int64_t kernels = static_cast<int64_t>(c.lattices.size());
   const int64_t points = unary.size(1), labels = unary.size(2);
@@ -516,12 +516,7 @@ at::Tensor dense_crf_step_cpu(const at::Tensor& unary_in, const at::Tensor& q_in
           SEGOPS_CPU_LOOP(crf_softmax_rows)(image_unary + first * labels, pointers,
                                             c.kernel_weights.const_data_ptr<scalar_t>(), static_cast<int>(kernels),
                                             labels, 0, last - first, rows);
-          if (labels_first) {
-            for (int64_t l = 0; l < labels; ++l) {
-              scalar_t* plane = image_out + l * points + first;
-              for (int64_t i = 0; i < last - first; ++i) plane[i] = rows[i * labels + l];
-            }
-          }
+          if (labels_first) SEGOPS_CPU_LOOP(rows_to_planes)(rows, last - first, labels, image_out + first, points);
         }
       });
       if (bad.get() >= 0) check_sliced(bad.get() % points, b, images[bad.get() / points].vertices);
