@@ -211,9 +211,9 @@ void embed_and_number(const scalar_t* features, int64_t points, int dims, const 
   const int64_t chunks = (points + kNumberingChunk - 1) / kNumberingChunk;
   std::vector<std::vector<int32_t>> chunk_keys(static_cast<size_t>(chunks));  // [its distinct keys, d]
   FirstBad bad;
-  std::vector<std::vector<int32_t>> thread_keys(static_cast<size_t>(at::get_num_threads()));
-  parallel_chunks(chunks, 1, [&](int64_t begin, int64_t end) {
-    std::vector<int32_t>& keys = thread_keys[at::get_thread_num()];
+  std::vector<std::vector<int32_t>> worker_keys(static_cast<size_t>(chunk_workers(chunks, 1)));
+  parallel_chunks_by_worker(chunks, 1, [&](int64_t worker, int64_t begin, int64_t end) {
+    std::vector<int32_t>& keys = worker_keys[worker];
     keys.resize(static_cast<size_t>(std::min(points, kNumberingChunk) * stride * dims));
     for (int64_t chunk = begin; chunk < end; ++chunk) {
       const int64_t first_point = chunk * kNumberingChunk;
@@ -498,10 +498,11 @@ at::Tensor dense_crf_step_cpu(const at::Tensor& unary_in, const at::Tensor& q_in
       // Blocks of about 4096 values per message, in cache from the slice to the update.
       const int64_t block = std::max<int64_t>(1, 4096 / labels);
       FirstBad bad;
-      std::vector<std::vector<scalar_t>> thread_messages(static_cast<size_t>(at::get_num_threads()));
-      parallel_chunks(points, block * kBlocksPerChunk, [&](int64_t begin, int64_t end) {
+      const int64_t chunk = block * kBlocksPerChunk;
+      std::vector<std::vector<scalar_t>> worker_buffers(static_cast<size_t>(chunk_workers(points, chunk)));
+      parallel_chunks_by_worker(points, chunk, [&](int64_t worker, int64_t begin, int64_t end) {
         // The messages of each lattice, then (labels_first) the block's rows before they are transposed.
-        std::vector<scalar_t>& buffer = thread_messages[at::get_thread_num()];
+        std::vector<scalar_t>& buffer = worker_buffers[worker];
         buffer.resize(static_cast<size_t>((kernels + (labels_first ? 1 : 0)) * block * labels));
         const scalar_t* pointers[kMaxCrfKernels];
         for (int64_t k = 0; k < kernels; ++k) pointers[k] = buffer.data() + k * block * labels;
