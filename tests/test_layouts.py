@@ -39,6 +39,16 @@ def _cases(lattice_op):
     points = randn(1, 20, 3).repeat(2, 1, 1)
     lattice = lattice_op(points)
     lattice_names = ("vertex_ids", "weights", "neighbours", "splat_offsets", "splat_entries", "num_vertices")
+    step_tensors = {
+        "unary": randn(2, 20, 4),
+        "q": randn(1, 20, 4).repeat(2, 1, 1),
+        "kernel_weights": randn(1),
+        **{f"{name}[0]": tensor for name, tensor in zip(lattice_names, lattice)},
+    }
+
+    def step_arguments(t):
+        return (t["unary"], t["q"], t["kernel_weights"], *([t[f"{name}[0]"]] for name in lattice_names))
+
     cases = {
         "roi_align": ("roi_align", dict(input=x, rois=rois), lambda t: (t["input"], t["rois"], 1.0, 2, 3, 2, True), ()),
         "_roi_align_backward": (
@@ -118,17 +128,9 @@ def _cases(lattice_op):
             lambda t: (t["unary"], [t["messages[0]"]], t["weights"]),
             (),
         ),
-        "_dense_crf_step": (
-            "_dense_crf_step",
-            {
-                "unary": randn(2, 20, 4),
-                "q": randn(1, 20, 4).repeat(2, 1, 1),
-                "kernel_weights": randn(1),
-                **{f"{name}[0]": tensor for name, tensor in zip(lattice_names, lattice)},
-            },
-            lambda t: (t["unary"], t["q"], t["kernel_weights"], *([t[f"{name}[0]"]] for name in lattice_names)),
-            (),
-        ),
+        "_dense_crf_step": ("_dense_crf_step", step_tensors, step_arguments, ()),
+        # The last step's [B, L, N] result.
+        "_dense_crf_step-labels_first": ("_dense_crf_step", step_tensors, lambda t: (*step_arguments(t), True), ()),
     }
     for path, groups, out_channels in (("gemm", 1, 6), ("grouped-gemm", 3, 6), ("depthwise", 3, 3)):
         conv = dict(input=randn(2, 3, 9, 10), weight=randn(out_channels, 3 // groups, 3, 3))
@@ -169,7 +171,7 @@ def _flat(result):
 def test_every_tensor_argument_in_every_layout(backend, layout, case):
     if backend == "emulated" and case in ("dilated_conv2d-gemm", "dilated_conv2d-grouped-gemm"):
         pytest.skip("on CUDA the general convolution's forward is ATen's (cuDNN), not a segops kernel")
-    if backend == "emulated" and case == "_dense_crf_step":
+    if backend == "emulated" and case.startswith("_dense_crf_step"):
         pytest.skip("a CPU kernel only: on CUDA the dense CRF's steps are permutohedral_filter and dense_crf_softmax")
     if backend == "emulated":
         emulated = emulation_module()

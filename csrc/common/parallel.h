@@ -8,10 +8,14 @@
 
 namespace segops {
 
+// The chunks of n items, `chunk` (at least 1) at a time.
+inline int64_t chunk_count(int64_t n, int64_t chunk) {
+  return n > 0 ? (n + std::max<int64_t>(chunk, 1) - 1) / std::max<int64_t>(chunk, 1) : 0;
+}
+
 // How many workers parallel_chunks_by_worker runs for n items in chunks of `chunk`: its worker argument is below this.
 inline int64_t chunk_workers(int64_t n, int64_t chunk) {
-  const int64_t chunks = n > 0 ? (n + std::max<int64_t>(chunk, 1) - 1) / std::max<int64_t>(chunk, 1) : 0;
-  return std::max<int64_t>(1, std::min<int64_t>(chunks, at::get_num_threads()));
+  return std::max<int64_t>(1, std::min<int64_t>(chunk_count(n, chunk), at::get_num_threads()));
 }
 
 // Runs fn(worker, begin, end) over [0, n) in chunks of `chunk` items, on at::parallel_for's threads, each thread
@@ -25,7 +29,7 @@ template <class Fn>
 void parallel_chunks_by_worker(int64_t n, int64_t chunk, const Fn& fn) {
   if (n <= 0) return;
   chunk = std::max<int64_t>(chunk, 1);
-  const int64_t chunks = (n + chunk - 1) / chunk;
+  const int64_t chunks = chunk_count(n, chunk);
   std::atomic<int64_t> next{0};
   at::parallel_for(0, chunk_workers(n, chunk), 1, [&](int64_t first_worker, int64_t) {
     for (int64_t c = next.fetch_add(1, std::memory_order_relaxed); c < chunks;
