@@ -1,10 +1,10 @@
 """python -m benchmarks: segops against the reference users would otherwise call, side by side in one process.
 
 Each case is timed with torch.utils.benchmark (blocked_autorange, median), segops and the reference interleaved
-over several rounds so that machine noise hits both; the reported time is the median over rounds and the
-speedup their ratio. After the timing rounds, the peak memory of one call of each side is measured (peak_rss_mb). The
-compared outputs are checked for agreement in the same run. Writes a table (stdout and Markdown), JSON, a PNG chart of
-the speedups and a log-log PNG of the box-count sweep to benchmarks/results/."""
+over several rounds, each going first in every other round, so that machine noise hits both; the reported time is
+the median over rounds and the speedup their ratio. After the timing rounds, the peak memory of one call of each
+side is measured (peak_rss_mb). The compared outputs are checked for agreement in the same run. Writes a table (stdout
+and Markdown), JSON, a PNG chart of the speedups and a log-log PNG of the box-count sweep to benchmarks/results/."""
 
 import argparse
 import ctypes
@@ -153,9 +153,12 @@ def run_case(case, rounds, min_run_time):
     times = {"segops": [], "reference": []}
     if case.bandwidth:
         times["copy"], times["fresh_copy"] = [], []
-    for _ in range(rounds):
-        times["segops"].append(median_seconds(ours, min_run_time))
-        times["reference"].append(median_seconds(theirs, min_run_time))
+    for round_ in range(rounds):
+        # Each side goes first in every other round: a side that runs after the other (its freed memory, its warm
+        # caches) is not always the same one.
+        sides = [("segops", ours), ("reference", theirs)]
+        for key, fn in sides if round_ % 2 == 0 else reversed(sides):
+            times[key].append(median_seconds(fn, min_run_time))
         if case.bandwidth:
             times["copy"].append(median_seconds(case.bandwidth["copy"], min_run_time))
             times["fresh_copy"].append(median_seconds(case.bandwidth["fresh_copy"], min_run_time))

@@ -9,11 +9,14 @@ from benchmarks.case import Case
 
 # (name, input [N, C, H, W], C_out, dilation, groups, forward target, forward+backward target). The issue's ASPP
 # branch (stride-16 features of a 1024x1024 crop, within 1.5x of oneDNN: target 1/1.5) and depthwise DeepLabv3+
-# convolution (at least as fast), then batch 1 and 8, small and large maps.
+# convolution (at least as fast), then batch 1 and 8, small and large maps, and DeepLab v3's own branches.
 CASES = [
     ("ASPP branch", (2, 512, 64, 64), 256, 12, 1, 1 / 1.5, 1 / 1.5),
     ("depthwise", (2, 512, 64, 64), 512, 6, 512, 1.0, 1.0),
     ("ASPP branch, 513 crop", (1, 256, 33, 33), 256, 6, 1, 1 / 1.5, 1 / 1.5),
+    # DeepLab v3's own ASPP branches (2048 -> 256) at output stride 16: most of the taps read padding (tap by tap).
+    ("DeepLab v3 ASPP, 256 crop", (1, 2048, 16, 16), 256, 12, 1, 1 / 1.5, 1 / 1.5),
+    ("DeepLab v3 ASPP, 513 crop", (1, 2048, 33, 33), 256, 18, 1, 1 / 1.5, 1 / 1.5),
     ("ASPP branch", (8, 256, 32, 32), 256, 18, 1, 1 / 1.5, 1 / 1.5),
     ("dense", (1, 64, 256, 256), 64, 2, 1, 1 / 1.5, 1 / 1.5),
     ("depthwise", (1, 728, 65, 65), 728, 2, 728, 1.0, 1.0),

@@ -221,8 +221,10 @@ def test_double_backward_is_a_clear_error():
 
 
 def test_opcheck():
-    for config in (CONFIGS[0], CONFIGS[2], CONFIGS[4]):
-        input, weight, bias, kwargs = make_case(config, dtype=torch.float64)
+    # float64 through segops' GEMM and depthwise paths; float32 through oneDNN's and tap by tap (TAP_BY_TAP, below).
+    float64_cases = [(config, torch.float64) for config in (CONFIGS[0], CONFIGS[2], CONFIGS[4])]
+    for config, dtype in float64_cases + [(CONFIGS[0], torch.float32), (TAP_BY_TAP[1], torch.float32)]:
+        input, weight, bias, kwargs = make_case(config, dtype=dtype)
         pairs = [
             list(kwargs[k]) if isinstance(kwargs[k], tuple) else [kwargs[k]] * 2
             for k in ("stride", "padding", "dilation")
@@ -236,7 +238,7 @@ def test_opcheck():
         )
         torch.library.opcheck(torch.ops.segops.dilated_conv2d.default, args)
         out = torch.ops.segops.dilated_conv2d(*args)
-        grad = torch.randn(out.shape, dtype=torch.float64)
+        grad = torch.randn(out.shape, dtype=dtype)
         for mask in ([True, True, True], [True, False, False], [False, True, bias is not None]):
             torch.library.opcheck(
                 torch.ops.segops._dilated_conv2d_backward.default,
@@ -294,6 +296,67 @@ def test_empty_inputs():
     assert out.shape == (2, 0, 6, 6)
     out.sum().backward()
     assert torch.equal(input.grad, torch.zeros_like(input)) and weight.grad.shape == weight.shape
+
+
+def inside_fraction(config):
+    """The share of config's (output, tap) products whose input lies inside the image, counted by F.conv2d: a
+    convolution of ones with ones counts, at each output, the taps reading inside."""
+    shape, _, kernel, stride, padding, dilation, _, _ = config
+    kernel = kernel if isinstance(kernel, tuple) else (kernel, kernel)
+    counts = F.conv2d(torch.ones(1, 1, *shape[2:]), torch.ones(1, 1, *kernel), None, stride, padding, dilation)
+    return counts.sum().item() / (counts.numel() * kernel[0] * kernel[1])
+
+
+# The float32 general case with at most 60% of its products inside the input runs tap by tap (one GEMM per tap over
+# the outputs it reads inside): an ASPP branch on a small map, taps wholly in the padding, stride 2 with a rectangular
+# kernel and unequal dilations, DeepLab v3's rate 18 at output stride 16 (one tap inside).
+TAP_BY_TAP = [
+    CONFIGS[1],
+    ((2, 6, 9, 10), 5, 3, 1, 6, 6, 1, True),
+    ((1, 4, 5, 7), 3, 3, 1, 6, 6, 1, False),
+    ((2, 5, 12, 11), 4, (3, 2), 2, (5, 4), (5, 7), 1, True),
+    ((1, 16, 4, 4), 8, 3, 1, 18, 18, 1, True),
+]
+
+
+@pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason="the path is chosen beside oneDNN's")
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last", "strided"])
+@pytest.mark.parametrize("config", TAP_BY_TAP, ids=str)
+def test_tap_by_tap_matches_conv2d_in_every_layout(config, layout):
+    assert inside_fraction(config) <= 0.6
+    input, weight, bias, kwargs = make_case(config)
+    actual = forward_and_grads(segops.dilated_conv2d, layouts(input)[layout], weight, bias, kwargs)
+    assert_matches_float64_conv2d(actual, input, weight, bias, kwargs)
+    # Fresh tensors, not views of a working buffer (autograd forbids in-place ops, such as a ReLU, on those).
+    assert all(result._base is None for result in actual)
+    memory_format = torch.channels_last if layout == "channels_last" else torch.contiguous_format
+    assert actual[0].is_contiguous(memory_format=memory_format) and actual[1].is_contiguous(memory_format=memory_format)
+
+
+def aten_ops_called(fn):
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as profile:
+        fn()
+    return {event.key for event in profile.key_averages()}
+
+
+@pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason="the path is chosen beside oneDNN's")
+@pytest.mark.parametrize("deterministic", [False, True])
+@pytest.mark.parametrize("config", TAP_BY_TAP[1:] + [CONFIGS[0], CONFIGS[3], ((1, 4, 16, 16), 4, 3, 1, 4, 4, 1, True)])
+def test_the_float32_general_case_runs_tap_by_tap_where_most_products_read_padding(config, deterministic):
+    # Forward and backward: GEMMs and no oneDNN convolution exactly where at most 60% of the products read inside the
+    # input (counted by brute force), outside deterministic mode; oneDNN otherwise (the backward under deterministic
+    # mode is the im2col GEMM path, also without ATen's convolution: only the forward is checked there).
+    input, weight, bias, kwargs = make_case(config)
+    with DeterministicGuard(deterministic):
+        forward = aten_ops_called(lambda: segops.dilated_conv2d(input, weight, bias, **kwargs))
+        leaves = [t.requires_grad_() for t in (input, weight, bias) if t is not None]
+        output = segops.dilated_conv2d(input, weight, bias, **kwargs)
+        backward = aten_ops_called(lambda: output.backward(torch.ones_like(output)))
+    tap_by_tap = not deterministic and inside_fraction(config) <= 0.6 and config[6] == 1
+    assert ("aten::convolution" not in forward) == tap_by_tap and ("aten::mm" in forward) == tap_by_tap
+    if not deterministic:
+        assert ("aten::convolution_backward" not in backward) == tap_by_tap and ("aten::mm" in backward) == tap_by_tap
+    assert all(leaf.grad is not None for leaf in leaves)
 
 
 # A batch of 8: where oneDNN's weight gradient splits its sum over the batch by thread count.

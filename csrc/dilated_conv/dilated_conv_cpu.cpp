@@ -9,7 +9,11 @@
 //    the order of dilated_conv.h's depthwise_sum / depthwise_input_grad, so each element's sum is theirs;
 //  - depthwise weight gradient and the bias gradient: parallel over channels, sums in a fixed order (eight lanes per
 //    row, rows in order).
-// No atomics: every result is bitwise reproducible for any thread count. The input is read through its strides.
+//  - float32's general case: oneDNN's convolution (ATen's), or tap by tap (a GEMM per kernel tap over the outputs it
+//    reads inside the input) where most products would multiply padding.
+// No atomics: segops' own loops give the same bits for any thread count. ATen's GEMMs and oneDNN's convolution give
+// the same bits run to run; deterministic mode keeps float32 off the two whose bits may change with the thread count
+// (oneDNN's weight gradient, tap by tap). The input is read through its strides.
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
@@ -287,10 +291,113 @@ bool runs_on_onednn(const at::Tensor& input) {
   return input.scalar_type() == at::kFloat && at::hasMKLDNN() && at::globalContext().userEnabledMkldnn();
 }
 
+// The share of a convolution's multiply-adds whose input lies inside the image: tap (i, j) reads inside for the
+// outputs of its row run times those of its column run; the rest multiply padding.
+double inside_fraction(const CheckedConv& c) {
+  const auto inside_outputs = [](const ConvAxis& axis) {
+    int64_t sum = 0;
+    for (const InsideRun& run : inside_runs(axis)) sum += std::max<int64_t>(0, run.last - run.first);
+    return static_cast<double>(sum);
+  };
+  return inside_outputs(c.ay) * inside_outputs(c.ax) /
+         (static_cast<double>(c.ay.kernel * c.ay.out) * static_cast<double>(c.ax.kernel * c.ax.out));
+}
+
+// At most this share inside, the float32 general case runs tap by tap (below). oneDNN multiplies every tap, padding
+// included (past dilation 3 on AVX2 its convolution is an im2col + GEMM), so the share is what tap by tap costs of
+// oneDNN's work. Measured at DeepLab's shapes ([1-4, 512-2048, 16-64, 16-64] -> 21-512, 3x3): tap by tap wins from
+// 0.70 inside down (forward 1.1x, backward 1.2-1.7x; 7x with one tap inside) and ties or loses from 0.77 up.
+constexpr double kTapByTapMaxInsideFraction = 0.6;
+
+// Whether the float32 general case runs tap by tap: one group, most of its taps' reads in the padding (DeepLab's
+// ASPP rates at output stride 16, its multi-grid's dilation 8), outside deterministic mode (the GEMMs' bits may
+// change with the thread count, as oneDNN's weight gradient's do).
+bool runs_tap_by_tap(const CheckedConv& c) {
+  return c.groups == 1 && !at::globalContext().deterministicAlgorithms() &&
+         inside_fraction(c) <= kTapByTapMaxInsideFraction;
+}
+
+// The convolution as one GEMM per tap over the outputs that tap reads inside the input (its row run times its
+// column run), for the whole batch at once: [C_out, C_in] @ [C_in, N * rows * cols]. Padding is never multiplied,
+// and no column buffer is built: each GEMM's operand is a copy of the input window its tap reads. The loops see
+// every tensor channel-major ([C, N, H, W], a transposed view) so that a window of the whole batch is one matrix.
+struct TapByTap {
+  const CheckedConv& c;
+  std::vector<InsideRun> rows, cols;  // per tap row i (column j): the outputs reading inside the input
+
+  explicit TapByTap(const CheckedConv& checked) : c(checked), rows(inside_runs(c.ay)), cols(inside_runs(c.ax)) {}
+
+  bool reads_inside(int64_t i, int64_t j) const { return rows[i].first < rows[i].last && cols[j].first < cols[j].last; }
+  // The outputs of tap (i, j) that read inside, in a channel-major [C_out, N, Ho, Wo] view.
+  at::Tensor output_window(const at::Tensor& by_channel, int64_t i, int64_t j) const {
+    return by_channel.slice(2, rows[i].first, rows[i].last).slice(3, cols[j].first, cols[j].last);
+  }
+  // The input elements they read, in a channel-major [C_in, N, H, W] view.
+  at::Tensor input_window(const at::Tensor& by_channel, int64_t i, int64_t j) const {
+    const int64_t y0 = c.ay.input_at(rows[i].first, i), x0 = c.ax.input_at(cols[j].first, j);
+    return by_channel.slice(2, y0, c.ay.input_at(rows[i].last - 1, i) + 1, c.ay.stride)
+        .slice(3, x0, c.ax.input_at(cols[j].last - 1, j) + 1, c.ax.stride);
+  }
+  // Either window as a [channels, N * rows * cols] matrix (a copy where the window is not dense).
+  static at::Tensor as_matrix(const at::Tensor& window) { return window.reshape({window.size(0), -1}); }
+
+  // Returns the output in the input's memory format.
+  at::Tensor forward(const at::Tensor& input, const at::Tensor& weight, const std::optional<at::Tensor>& bias) const {
+    const at::Tensor tap_weights = weight.permute({2, 3, 0, 1}).contiguous();  // [kH, kW, C_out, C_in]
+    at::Tensor output = at::empty(c.output_shape(), input.options().memory_format(conv_memory_format(input)));
+    if (bias.has_value()) {
+      output.copy_(bias->view({1, -1, 1, 1}).expand_as(output));
+    } else {
+      output.zero_();
+    }
+    const at::Tensor input_by_channel = input.transpose(0, 1), output_by_channel = output.transpose(0, 1);
+    for (int64_t i = 0; i < c.ay.kernel; ++i) {
+      for (int64_t j = 0; j < c.ax.kernel; ++j) {
+        if (!reads_inside(i, j)) continue;
+        at::Tensor window = output_window(output_by_channel, i, j);
+        window.add_(at::mm(tap_weights[i][j], as_matrix(input_window(input_by_channel, i, j))).view(window.sizes()));
+      }
+    }
+    return output;
+  }
+
+  // (grad_input in the input's memory format, grad_weight), each undefined where its flag is false.
+  std::tuple<at::Tensor, at::Tensor> backward(const at::Tensor& grad, const at::Tensor& input, const at::Tensor& weight,
+                                              bool input_grad, bool weight_grad) const {
+    const at::Tensor grad_by_channel = grad.transpose(0, 1), input_by_channel = input.transpose(0, 1);
+    at::Tensor tap_weights, grad_input, grad_weight;
+    if (input_grad) {
+      tap_weights = weight.permute({2, 3, 0, 1}).contiguous();
+      grad_input = at::empty(input.sizes(), input.options().memory_format(conv_memory_format(input))).zero_();
+    }
+    // A tap that reads only padding has a zero gradient.
+    if (weight_grad) grad_weight = at::zeros(weight.sizes(), weight.options());
+    const at::Tensor grad_input_by_channel = input_grad ? grad_input.transpose(0, 1) : at::Tensor();
+    for (int64_t i = 0; i < c.ay.kernel; ++i) {
+      for (int64_t j = 0; j < c.ax.kernel; ++j) {
+        if (!reads_inside(i, j)) continue;
+        const at::Tensor grad_columns = as_matrix(output_window(grad_by_channel, i, j));
+        if (input_grad) {
+          at::Tensor window = input_window(grad_input_by_channel, i, j);
+          window.add_(at::mm(tap_weights[i][j].t(), grad_columns).view(window.sizes()));
+        }
+        if (weight_grad) {
+          grad_weight.select(3, j).select(2, i).copy_(
+              at::mm(grad_columns, as_matrix(input_window(input_by_channel, i, j)).t()));
+        }
+      }
+    }
+    return {grad_input, grad_weight};
+  }
+};
+
 struct CpuConvOps {
   at::Tensor dense_forward(const at::Tensor& input, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
                            const CheckedConv& c) const {
-    if (runs_on_onednn(input)) return aten_conv_forward(input, weight, bias, c);
+    if (runs_on_onednn(input)) {
+      if (runs_tap_by_tap(c)) return TapByTap(c).forward(input, weight, bias);
+      return aten_conv_forward(input, weight, bias, c);
+    }
     return dilated_conv2d_gemm_forward(*this, input, weight, bias, c);
   }
 
@@ -300,6 +407,11 @@ struct CpuConvOps {
     // oneDNN's weight gradient splits its reduction by thread count: bitwise equal run to run, not across thread
     // counts, which deterministic mode asks of segops' CPU kernels (as the GEMM path below gives).
     if (runs_on_onednn(input) && !at::globalContext().deterministicAlgorithms()) {
+      if (runs_tap_by_tap(c)) {
+        auto [grad_input, grad_weight] = TapByTap(c).backward(grad, input, weight, output_mask[0], output_mask[1]);
+        at::Tensor grad_bias = output_mask[2] ? channel_sums(grad.contiguous()).to(input.scalar_type()) : at::Tensor();
+        return {grad_input, grad_weight, grad_bias};
+      }
       return aten_conv_backward(grad, input, weight, c, output_mask);
     }
     return dilated_conv2d_gemm_backward(*this, grad, input, weight, c, output_mask);
