@@ -340,10 +340,14 @@ struct TapByTap {
   }
   // Either window as a [channels, N * rows * cols] matrix (a copy where the window is not dense).
   static at::Tensor as_matrix(const at::Tensor& window) { return window.reshape({window.size(0), -1}); }
+  // Tap (i, j)'s [C_out, C_in] weights, a strided view: the GEMM copies the taps it uses (a copy of the whole
+  // weight, 19 MB for an ASPP branch, would be a call's largest allocation).
+  static at::Tensor tap_weight(const at::Tensor& weight, int64_t i, int64_t j) {
+    return weight.select(3, j).select(2, i);
+  }
 
   // Returns the output in the input's memory format.
   at::Tensor forward(const at::Tensor& input, const at::Tensor& weight, const std::optional<at::Tensor>& bias) const {
-    const at::Tensor tap_weights = weight.permute({2, 3, 0, 1}).contiguous();  // [kH, kW, C_out, C_in]
     at::Tensor output = at::empty(c.output_shape(), input.options().memory_format(conv_memory_format(input)));
     if (bias.has_value()) {
       output.copy_(bias->view({1, -1, 1, 1}).expand_as(output));
@@ -355,7 +359,8 @@ struct TapByTap {
       for (int64_t j = 0; j < c.ax.kernel; ++j) {
         if (!reads_inside(i, j)) continue;
         at::Tensor window = output_window(output_by_channel, i, j);
-        window.add_(at::mm(tap_weights[i][j], as_matrix(input_window(input_by_channel, i, j))).view(window.sizes()));
+        window.add_(
+            at::mm(tap_weight(weight, i, j), as_matrix(input_window(input_by_channel, i, j))).view(window.sizes()));
       }
     }
     return output;
@@ -365,9 +370,8 @@ struct TapByTap {
   std::tuple<at::Tensor, at::Tensor> backward(const at::Tensor& grad, const at::Tensor& input, const at::Tensor& weight,
                                               bool input_grad, bool weight_grad) const {
     const at::Tensor grad_by_channel = grad.transpose(0, 1), input_by_channel = input.transpose(0, 1);
-    at::Tensor tap_weights, grad_input, grad_weight;
+    at::Tensor grad_input, grad_weight;
     if (input_grad) {
-      tap_weights = weight.permute({2, 3, 0, 1}).contiguous();
       grad_input = at::empty(input.sizes(), input.options().memory_format(conv_memory_format(input))).zero_();
     }
     // A tap that reads only padding has a zero gradient.
@@ -379,7 +383,7 @@ struct TapByTap {
         const at::Tensor grad_columns = as_matrix(output_window(grad_by_channel, i, j));
         if (input_grad) {
           at::Tensor window = input_window(grad_input_by_channel, i, j);
-          window.add_(at::mm(tap_weights[i][j].t(), grad_columns).view(window.sizes()));
+          window.add_(at::mm(tap_weight(weight, i, j).t(), grad_columns).view(window.sizes()));
         }
         if (weight_grad) {
           grad_weight.select(3, j).select(2, i).copy_(
