@@ -305,8 +305,9 @@ double inside_fraction(const CheckedConv& c) {
 
 // At most this share inside, the float32 general case runs tap by tap (below). oneDNN multiplies every tap, padding
 // included (past dilation 3 on AVX2 its convolution is an im2col + GEMM), so the share is what tap by tap costs of
-// oneDNN's work. Measured at DeepLab's shapes ([1-4, 512-2048, 16-64, 16-64] -> 21-512, 3x3): tap by tap wins from
-// 0.70 inside down (forward 1.1x, backward 1.2-1.7x; 7x with one tap inside) and ties or loses from 0.77 up.
+// oneDNN's work. Measured at DeepLab's shapes ([1-4, 256-2048, 16-64, 16-64] -> 21-512, 3x3, rates 2-24): tap by
+// tap wins from 0.70 inside down (forward 1.1x, backward 1.2-1.7x; 5-7x with one tap inside) and ties or loses from
+// 0.77 up, and at dilation 4 even at 0.69.
 constexpr double kTapByTapMaxInsideFraction = 0.6;
 
 // Whether the float32 general case runs tap by tap: one group, most of its taps' reads in the padding (DeepLab's
