@@ -132,9 +132,17 @@ def _cases(lattice_op):
         # The last step's [B, L, N] result.
         "_dense_crf_step-labels_first": ("_dense_crf_step", step_tensors, lambda t: (*step_arguments(t), True), ()),
     }
-    for path, groups, out_channels in (("gemm", 1, 6), ("grouped-gemm", 3, 6), ("depthwise", 3, 3)):
-        conv = dict(input=randn(2, 3, 9, 10), weight=randn(out_channels, 3 // groups, 3, 3))
-        geometry = ([1, 2], [2, 2], [2, 2], groups)
+    # (path, groups, C_out, (H, W), stride, padding and dilation, output (Ho, Wo)); tap by tap: rate 4 on a 5x6 map,
+    # 26% of the products inside the input (the float32 general case's GEMM per tap).
+    convs = (
+        ("gemm", 1, 6, (9, 10), [1, 2], 2, (9, 5)),
+        ("grouped-gemm", 3, 6, (9, 10), [1, 2], 2, (9, 5)),
+        ("depthwise", 3, 3, (9, 10), [1, 2], 2, (9, 5)),
+        ("tap-by-tap", 1, 6, (5, 6), [1, 1], 4, (5, 6)),
+    )
+    for path, groups, out_channels, size, stride, rate, out_size in convs:
+        conv = dict(input=randn(2, 3, *size), weight=randn(out_channels, 3 // groups, 3, 3))
+        geometry = (stride, [rate, rate], [rate, rate], groups)
         cases[f"dilated_conv2d-{path}"] = (
             "dilated_conv2d",
             dict(conv, bias=randn(out_channels)),
@@ -143,7 +151,7 @@ def _cases(lattice_op):
         )
         cases[f"_dilated_conv2d_backward-{path}"] = (
             "_dilated_conv2d_backward",
-            dict(conv, grad=randn(2, out_channels, 9, 5)),
+            dict(conv, grad=randn(2, out_channels, *out_size)),
             lambda t, a=geometry: (t["grad"], t["input"], t["weight"], *a, [True, True, True]),
             (True,),  # emulated: the deterministic backward, segops' kernels on every path
         )
@@ -154,7 +162,11 @@ CASES = list(_cases(torch.ops.segops.permutohedral_lattice))
 # The general convolution in float32 on the CPU is oneDNN's, which takes another kernel (another summation order) for
 # channels_last tensors, as F.conv2d does: equal to rounding there.
 ONEDNN_CASES = (
-    {f"{op}-{path}" for op in ("dilated_conv2d", "_dilated_conv2d_backward") for path in ("gemm", "grouped-gemm")}
+    {
+        f"{op}-{path}"
+        for op in ("dilated_conv2d", "_dilated_conv2d_backward")
+        for path in ("gemm", "grouped-gemm", "tap-by-tap")
+    }
     if torch.backends.mkldnn.is_available()
     else set()
 )
@@ -169,7 +181,11 @@ def _flat(result):
 @pytest.mark.parametrize("layout", [layout for layout in LAYOUTS if layout != "contiguous"])
 @pytest.mark.parametrize("case", CASES)
 def test_every_tensor_argument_in_every_layout(backend, layout, case):
-    if backend == "emulated" and case in ("dilated_conv2d-gemm", "dilated_conv2d-grouped-gemm"):
+    if backend == "emulated" and case in (
+        "dilated_conv2d-gemm",
+        "dilated_conv2d-grouped-gemm",
+        "dilated_conv2d-tap-by-tap",
+    ):
         pytest.skip("on CUDA the general convolution's forward is ATen's (cuDNN), not a segops kernel")
     if backend == "emulated" and case.startswith("_dense_crf_step"):
         pytest.skip("a CPU kernel only: on CUDA the dense CRF's steps are permutohedral_filter and dense_crf_softmax")
