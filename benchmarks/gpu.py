@@ -99,10 +99,10 @@ def multi_level_cases():
 def conv_cases():
     """The CPU table's two headline dilated convolutions (its first two CASES): the ASPP branch and the depthwise."""
     result = []
-    for name, shape, out_channels, dilation, groups, *_ in conv_ops.CASES[:2]:
-        input, weight, bias, grad = _cuda(*conv_ops._inputs(shape, out_channels, groups))
-        kwargs = dict(padding=dilation, dilation=dilation, groups=groups)
-        label = f"dilated_conv2d {name} {list(shape)} -> {out_channels}, 3x3, dilation {dilation}"
+    for name, shape, out_channels, kernel, dilation, groups, *_ in conv_ops.CASES[:2]:
+        input, weight, bias, grad = _cuda(*conv_ops._inputs(shape, out_channels, kernel, groups))
+        kwargs = dict(padding=dilation * (kernel - 1) // 2, dilation=dilation, groups=groups)
+        label = f"dilated_conv2d {name} {list(shape)} -> {out_channels}, {kernel}x{kernel}, dilation {dilation}"
         result += [
             GpuCase(
                 f"{label} forward",

@@ -1,7 +1,8 @@
 """Model cases: forward and forward+backward of each segops.models network, each against the same network (same
-weights) on PyTorch's own operators where segops' ops appear in it: nn.Conv2d for segops.DilatedConv2d (DeepLab,
-PSPNet, BASNet), F.max_unpool2d for segops.max_unpool2d (SegNet, DeconvNet), F.grid_sample for segops.flow_warp (Deep
-Feature Flow). FCN-8s, U-Net, PoolNet and DCL (without its CRF) use no segops operator: they are timed alone. Both
+weights) on PyTorch's own operators where segops' ops appear in it: nn.Conv2d for segops.DilatedConv2d (FCN-8s's and
+DeconvNet's fc6/fc7, DeepLab, PSPNet, BASNet), F.max_unpool2d for segops.max_unpool2d (SegNet, DeconvNet),
+F.grid_sample for segops.flow_warp (Deep Feature Flow). U-Net, PoolNet and DCL (without its CRF) use no segops
+operator: they are timed alone. Both
 passes in eval mode (batch norm frozen, as DeepLab and PSPNet fine-tune at small batches), with batch-norm
 statistics first measured on a random batch so that
 the randomly initialised networks are normalised as trained ones are (uncalibrated, a ResNet-101's activations grow
@@ -145,7 +146,7 @@ class RefinedMap(nn.Module):
 
 
 # Networks built on PyTorch's operators only: timed alone.
-WITHOUT_SEGOPS_OPS = ("fcn8s", "unet", "poolnet", "dcl")
+WITHOUT_SEGOPS_OPS = ("unet", "poolnet", "dcl")
 
 # (name, builder, input shape [N, 3, H, W] or [N, T, 3, H, W]); DeepLab v3 at three sizes (batch 1 and 4, a 256 and
 # a 513 crop), the others at one.

@@ -359,6 +359,39 @@ def test_the_float32_general_case_runs_tap_by_tap_where_most_products_read_paddi
     assert all(leaf.grad is not None for leaf in leaves)
 
 
+# Weights of at least 32 MiB: FCN's fc6 shrunk to a 2x2 kernel on a 4x4 map, its fc7 at batch 2, and a kernel of 8x8
+# with 64 output channels on either side of 64 output positions; a 1x1 weight 2 KiB short of 32 MiB.
+WEIGHT_HEAVY = [
+    ((1, 512, 4, 4), 4096, 2, 1, 0, 1, 1, True),
+    ((2, 2048, 4, 4), 4096, 1, 1, 0, 1, 1, False),
+    ((1, 2048, 15, 15), 64, 8, 1, 0, 1, 1, True),
+    ((1, 2048, 15, 16), 64, 8, 1, 0, 1, 1, True),
+    ((2, 2047, 4, 4), 4096, 1, 1, 0, 1, 1, False),
+]
+
+
+@pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason="the path is chosen beside oneDNN's")
+@pytest.mark.parametrize("deterministic", [False, True])
+@pytest.mark.parametrize("config", WEIGHT_HEAVY, ids=str)
+def test_the_float32_general_case_runs_the_gemm_path_where_the_weight_outweighs_the_columns(config, deterministic):
+    # The GEMM path (im2col + GEMM, no oneDNN weight reorder) exactly where the weight is at least 32 MiB and has at
+    # least as many output channels as there are output positions (N * Ho * Wo), forward and backward; its results
+    # within the summation bound of float64 F.conv2d.
+    input, weight, bias, kwargs = make_case(config)
+    out_positions = F.conv2d(input[:, :1], weight[:1, :1], None, **kwargs).numel()
+    gemm_path = weight.numel() * weight.element_size() >= 32 * 2**20 and weight.shape[0] >= out_positions
+    with DeterministicGuard(deterministic):
+        forward = aten_ops_called(lambda: segops.dilated_conv2d(input, weight, bias, **kwargs))
+        leaves = [t.requires_grad_() for t in (input, weight, bias) if t is not None]
+        output = segops.dilated_conv2d(input, weight, bias, **kwargs)
+        backward = aten_ops_called(lambda: output.backward(torch.ones_like(output)))
+        actual = forward_and_grads(segops.dilated_conv2d, input, weight, bias, kwargs)
+    assert ("aten::convolution" not in forward) == gemm_path
+    assert ("aten::convolution_backward" not in backward) == (gemm_path or deterministic)
+    assert all(leaf.grad is not None for leaf in leaves)
+    assert_matches_float64_conv2d(actual, input, weight, bias, kwargs)
+
+
 # A batch of 8: where oneDNN's weight gradient splits its sum over the batch by thread count.
 BATCH_8 = ((8, 16, 12, 12), 16, 3, 1, 2, 2, 1, True)
 

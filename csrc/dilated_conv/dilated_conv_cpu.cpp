@@ -285,8 +285,9 @@ inline bool depthwise_plane_forward_fast(const DepthwisePlane<float>& p, float b
 
 // Whether the general case runs on ATen's convolution, oneDNN: for float32 where ATen has oneDNN and it is enabled
 // (torch.backends.mkldnn), as F.conv2d does. oneDNN's direct convolution beats im2col + GEMM at every size of the
-// benchmark (1.2-3.2x forward, up to 2.2x backward: no column buffer through memory). float64 and the half types
-// keep the GEMM path, which accumulates half types in float (oneDNN's paths for them were not measured).
+// benchmark (1.2-3.2x forward, up to 2.2x backward: no column buffer through memory), but where the weight outweighs
+// the column buffer (weight_outweighs_columns, below). float64 and the half types keep the GEMM path, which
+// accumulates half types in float (oneDNN's paths for them were not measured).
 bool runs_on_onednn(const at::Tensor& input) {
   return input.scalar_type() == at::kFloat && at::hasMKLDNN() && at::globalContext().userEnabledMkldnn();
 }
@@ -316,6 +317,23 @@ constexpr double kTapByTapMaxInsideFraction = 0.6;
 bool runs_tap_by_tap(const CheckedConv& c) {
   return c.groups == 1 && !at::globalContext().deterministicAlgorithms() &&
          inside_fraction(c) <= kTapByTapMaxInsideFraction;
+}
+
+// oneDNN reorders the whole weight into its blocked layout on every call (for the forward and again for the input
+// gradient) and the weight gradient back, at memory speed; the GEMM path (im2col + GEMM) reads the weight in place and
+// instead writes and reads a column buffer of C_in * taps * N * Ho * Wo elements, C_out / (N * Ho * Wo) times smaller
+// than the weight. Where the weight is out of cache and at least as large as that buffer (FCN's and DeconvNet's fc6
+// and fc7 on a map of 8x8, wide layers on small maps), the GEMM path moves less. Measured on AVX2 ([1-4, 512-4096,
+// 8-64, 8-64] -> 256-4096, 1x1 to 7x7): 1.2-2.9x forward and backward where the weight was >= 37 MB and C_out >=
+// N * Ho * Wo; 0.8-1.1x for weights of 2-17 MB at the same shapes, and 0.9-1.0x for a 75 MB weight at C_out =
+// N * Ho * Wo / 2.
+constexpr int64_t kColumnGemmMinWeightBytes = int64_t(32) << 20;
+
+// Whether the float32 general case runs the GEMM path, as above: one group, a weight of at least 32 MiB and at least
+// as many output channels as output positions.
+bool weight_outweighs_columns(const CheckedConv& c, const at::Tensor& weight) {
+  return c.groups == 1 && weight.numel() * weight.element_size() >= kColumnGemmMinWeightBytes &&
+         c.out_channels >= c.batch * c.ay.out * c.ax.out;
 }
 
 // The convolution as one GEMM per tap over the outputs that tap reads inside the input (its row run times its
@@ -399,7 +417,7 @@ struct TapByTap {
 struct CpuConvOps {
   at::Tensor dense_forward(const at::Tensor& input, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
                            const CheckedConv& c) const {
-    if (runs_on_onednn(input)) {
+    if (runs_on_onednn(input) && !weight_outweighs_columns(c, weight)) {
       if (runs_tap_by_tap(c)) return TapByTap(c).forward(input, weight, bias);
       return aten_conv_forward(input, weight, bias, c);
     }
@@ -411,7 +429,8 @@ struct CpuConvOps {
                                                                 std::array<bool, 3> output_mask) const {
     // oneDNN's weight gradient splits its reduction by thread count: bitwise equal run to run, not across thread
     // counts, which deterministic mode asks of segops' CPU kernels (as the GEMM path below gives).
-    if (runs_on_onednn(input) && !at::globalContext().deterministicAlgorithms()) {
+    if (runs_on_onednn(input) && !at::globalContext().deterministicAlgorithms() &&
+        !weight_outweighs_columns(c, weight)) {
       if (runs_tap_by_tap(c)) {
         auto [grad_input, grad_weight] = TapByTap(c).backward(grad, input, weight, output_mask[0], output_mask[1]);
         at::Tensor grad_bias = output_mask[2] ? channel_sums(grad.contiguous()).to(input.scalar_type()) : at::Tensor();

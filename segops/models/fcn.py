@@ -12,6 +12,7 @@ import torch
 from torch import Tensor, nn
 from segops.models._checks import check_int as _check_int
 from segops.models.resnet import adapt_input_weight, load_state
+from segops.ops.dilated_conv import DilatedConv2d
 
 # VGG16's convolution widths per stage, in units of its first width (64); each stage ends in a 2x2 max-pool.
 VGG16_STAGES = ((1, 1), (2, 2), (4, 4, 4), (8, 8, 8), (8, 8, 8))
@@ -88,8 +89,10 @@ class FCN(nn.Module):
         self.stride = stride
         self.stages = vgg16_stages(base_width, in_channels)
         top, fc = 8 * base_width, 64 * base_width
-        self.fc6 = nn.Sequential(nn.Conv2d(top, fc, 7, padding=3), nn.ReLU(inplace=True), nn.Dropout2d(dropout))
-        self.fc7 = nn.Sequential(nn.Conv2d(fc, fc, 1), nn.ReLU(inplace=True), nn.Dropout2d(dropout))
+        # fc6/fc7 on segops' convolution: their weights (411 and 67 MB) outweigh their small maps' activations, where
+        # segops' CPU convolution skips oneDNN's per-call weight reorders (docs/operators.md).
+        self.fc6 = nn.Sequential(DilatedConv2d(top, fc, 7, padding=3), nn.ReLU(inplace=True), nn.Dropout2d(dropout))
+        self.fc7 = nn.Sequential(DilatedConv2d(fc, fc, 1), nn.ReLU(inplace=True), nn.Dropout2d(dropout))
         self.score_fr = nn.Conv2d(fc, num_classes, 1)
         self.score_pool4 = nn.Conv2d(top, num_classes, 1) if stride <= 16 else None
         self.score_pool3 = nn.Conv2d(4 * base_width, num_classes, 1) if stride == 8 else None

@@ -11,6 +11,7 @@ from torch.nn import functional as F
 
 from segops.models._checks import check_int as _check_int
 from segops.models.resnet import adapt_input_weight, load_state
+from segops.ops.dilated_conv import DilatedConv2d
 from segops.ops.max_unpool import max_unpool2d
 
 # Convolutions per stage, VGG16's; stage widths are base_width times these.
@@ -89,10 +90,11 @@ class DeconvNet(SegNet):
     def __init__(self, num_classes: int, base_width: int = 64, in_channels: int = 3):
         super().__init__(num_classes, base_width, decoder_layer=deconv_bn_relu, in_channels=in_channels)
         top, fc = STAGE_MULTIPLIERS[-1] * base_width, 64 * base_width
+        # fc6/fc7 on segops' convolution, as FCN's (models/fcn.py): weights that outweigh their maps' activations.
         self.fc6 = nn.Sequential(
-            nn.Conv2d(top, fc, 7, padding=3, bias=False), nn.BatchNorm2d(fc), nn.ReLU(inplace=True)
+            DilatedConv2d(top, fc, 7, padding=3, bias=False), nn.BatchNorm2d(fc), nn.ReLU(inplace=True)
         )
-        self.fc7 = nn.Sequential(nn.Conv2d(fc, fc, 1, bias=False), nn.BatchNorm2d(fc), nn.ReLU(inplace=True))
+        self.fc7 = nn.Sequential(DilatedConv2d(fc, fc, 1, bias=False), nn.BatchNorm2d(fc), nn.ReLU(inplace=True))
         self.deconv_fc6 = nn.Sequential(
             nn.ConvTranspose2d(fc, top, 7, padding=3, bias=False), nn.BatchNorm2d(top), nn.ReLU(inplace=True)
         )
