@@ -398,12 +398,13 @@ BATCH_8 = ((8, 16, 12, 12), 16, 3, 1, 2, 2, 1, True)
 
 @pytest.mark.parametrize(
     "config, deterministic_mode",
-    [(CONFIGS[1], True), (BATCH_8, True), (CONFIGS[4], False)],
-    ids=["gemm", "gemm-batch-8", "depthwise"],
+    [(CONFIGS[1], True), (BATCH_8, True), (WEIGHT_HEAVY[1], False), (CONFIGS[4], False)],
+    ids=["gemm", "gemm-batch-8", "gemm-weight-heavy", "depthwise"],
 )
 def test_deterministic_across_runs_and_threads(config, deterministic_mode):
     # The general case in float32 runs on oneDNN, bitwise equal run to run, its weight gradient not across thread
-    # counts; deterministic mode gives the GEMM path's backward, equal across both. The depthwise kernels always are.
+    # counts; deterministic mode gives the GEMM path's backward, equal across both, as is the GEMM path a weight that
+    # outweighs the activations takes in any mode. The depthwise kernels always are.
     input, weight, bias, kwargs = make_case(config)
     threads = torch.get_num_threads()
     runs = []
