@@ -1,13 +1,12 @@
-"""Model cases: forward and forward+backward of each segops.models network, each against the same network (same
-weights) on PyTorch's own operators where segops' ops appear in it: nn.Conv2d for segops.DilatedConv2d (FCN-8s's and
+"""Model cases: forward and forward+backward of each segops.models network, each against the same network (same weights)
+on PyTorch's own operators where segops' ops appear in it: nn.Conv2d for segops.DilatedConv2d (FCN-8s's and
 DeconvNet's fc6/fc7, DeepLab, PSPNet, BASNet), F.max_unpool2d for segops.max_unpool2d (SegNet, DeconvNet),
 F.grid_sample for segops.flow_warp (Deep Feature Flow). U-Net, PoolNet and DCL (without its CRF) use no segops
-operator: they are timed alone. Both
-passes in eval mode (batch norm frozen, as DeepLab and PSPNet fine-tune at small batches), with batch-norm
-statistics first measured on a random batch so that
-the randomly initialised networks are normalised as trained ones are (uncalibrated, a ResNet-101's activations grow
-layer by layer and float32 rounding differences with them); forward without gradients, forward+backward computing
-the gradients of every parameter and of the images, as a training step does (the images' gradient is compared)."""
+operator: they are timed alone. Both passes in eval mode (batch norm frozen, as DeepLab and PSPNet fine-tune at small
+batches), with batch-norm statistics first measured on a random batch so that the randomly initialised networks are
+normalised as trained ones are (uncalibrated, a ResNet-101's activations grow layer by layer and float32 rounding
+differences with them); forward without gradients, forward+backward computing the gradients of every parameter and of
+the images, as a training step does (the images' gradient is compared)."""
 
 import contextlib
 import copy
