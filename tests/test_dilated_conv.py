@@ -339,6 +339,15 @@ def aten_ops_called(fn):
     return {event.key for event in profile.key_averages()}
 
 
+def aten_ops_of_forward_and_backward(input, weight, bias, kwargs):
+    """The ATen ops dilated_conv2d's forward and its backward call (two sets), and the leaves, whose grads it set."""
+    forward = aten_ops_called(lambda: segops.dilated_conv2d(input, weight, bias, **kwargs))
+    leaves = [t.requires_grad_() for t in (input, weight, bias) if t is not None]
+    output = segops.dilated_conv2d(input, weight, bias, **kwargs)
+    backward = aten_ops_called(lambda: output.backward(torch.ones_like(output)))
+    return forward, backward, leaves
+
+
 @pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason="the path is chosen beside oneDNN's")
 @pytest.mark.parametrize("deterministic", [False, True])
 @pytest.mark.parametrize("config", TAP_BY_TAP[1:] + [CONFIGS[0], CONFIGS[3], ((1, 4, 16, 16), 4, 3, 1, 4, 4, 1, True)])
@@ -348,10 +357,7 @@ def test_the_float32_general_case_runs_tap_by_tap_where_most_products_read_paddi
     # mode is the im2col GEMM path, also without ATen's convolution: only the forward is checked there).
     input, weight, bias, kwargs = make_case(config)
     with DeterministicGuard(deterministic):
-        forward = aten_ops_called(lambda: segops.dilated_conv2d(input, weight, bias, **kwargs))
-        leaves = [t.requires_grad_() for t in (input, weight, bias) if t is not None]
-        output = segops.dilated_conv2d(input, weight, bias, **kwargs)
-        backward = aten_ops_called(lambda: output.backward(torch.ones_like(output)))
+        forward, backward, leaves = aten_ops_of_forward_and_backward(input, weight, bias, kwargs)
     tap_by_tap = not deterministic and inside_fraction(config) <= 0.6 and config[6] == 1
     assert ("aten::convolution" not in forward) == tap_by_tap and ("aten::mm" in forward) == tap_by_tap
     if not deterministic:
@@ -381,15 +387,26 @@ def test_the_float32_general_case_runs_the_gemm_path_where_the_weight_outweighs_
     out_positions = F.conv2d(input[:, :1], weight[:1, :1], None, **kwargs).numel()
     gemm_path = weight.numel() * weight.element_size() >= 32 * 2**20 and weight.shape[0] >= out_positions
     with DeterministicGuard(deterministic):
-        forward = aten_ops_called(lambda: segops.dilated_conv2d(input, weight, bias, **kwargs))
-        leaves = [t.requires_grad_() for t in (input, weight, bias) if t is not None]
-        output = segops.dilated_conv2d(input, weight, bias, **kwargs)
-        backward = aten_ops_called(lambda: output.backward(torch.ones_like(output)))
+        forward, backward, leaves = aten_ops_of_forward_and_backward(input, weight, bias, kwargs)
         actual = forward_and_grads(segops.dilated_conv2d, input, weight, bias, kwargs)
     assert ("aten::convolution" not in forward) == gemm_path
     assert ("aten::convolution_backward" not in backward) == (gemm_path or deterministic)
     assert all(leaf.grad is not None for leaf in leaves)
     assert_matches_float64_conv2d(actual, input, weight, bias, kwargs)
+
+
+@pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason="the path is chosen beside oneDNN's")
+def test_the_weight_heavy_gemm_path_gives_the_same_bits_in_every_layout():
+    # The GEMM path reads every layout in place (im2col) and returns the input's memory format: the same bits as for
+    # contiguous tensors, as docs/operators.md says of every path but oneDNN's and tap by tap.
+    input, weight, bias, kwargs = make_case(WEIGHT_HEAVY[0])
+    expected = forward_and_grads(segops.dilated_conv2d, input, weight, bias, kwargs)
+    channels_last = input.contiguous(memory_format=torch.channels_last)
+    strided_weight = torch.empty(weight.shape[::-1]).permute(3, 2, 1, 0).copy_(weight)
+    actual = forward_and_grads(segops.dilated_conv2d, channels_last, strided_weight, bias, kwargs)
+    assert actual[0].is_contiguous(memory_format=torch.channels_last)
+    for a, e in zip(actual, expected, strict=True):
+        assert torch.equal(a, e)
 
 
 # A batch of 8: where oneDNN's weight gradient splits its sum over the batch by thread count.
